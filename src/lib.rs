@@ -1,0 +1,6 @@
+//! cairn: a DNS-centric service-discovery daemon that speaks Consul's HTTP API.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the code map and invariants.
+
+pub mod model;
+pub mod store;

@@ -1,0 +1,18 @@
+//! Plain data types of the replicated state and the versioned [`Command`] enum, the only way
+//! that state changes. No I/O lives here.
+//!
+//! Architecture Invariant: every type in this module that is written to the Raft log, a
+//! snapshot or LMDB is a disk format. Fields are only ever added (as `#[serde(default)]`),
+//! variants are never renamed, and `command::tests` pins their exact bytes.
+//! Why: a log written by one version must be replayed by every later one.
+
+mod catalog;
+mod command;
+mod kv;
+
+pub use catalog::{CheckStatus, HealthCheck, Node, Service, Weights};
+pub use command::{
+    CheckDefinition, Command, CommandResult, DeregisterRequest, Proposal, RegisterRequest,
+    ServiceDefinition, TxnError, TxnKvOp, TxnKvVerb, TxnResult,
+};
+pub use kv::KvEntry;

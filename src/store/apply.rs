@@ -1,0 +1,603 @@
+//! Applying committed commands to the state-machine tables.
+//!
+//! Each command runs in its own nested LMDB transaction, so a command that is rejected (or a
+//! transaction that rolls back) leaves no trace, while the batch as a whole commits once,
+//! together with `last_applied`.
+
+use heed::RwTxn;
+
+use super::codec::{self, index_key};
+use super::watch::{Table, Touched};
+use super::{SmTables, Store, StoreError};
+use crate::model::{
+    Command, CommandResult, DeregisterRequest, HealthCheck, KvEntry, Node, RegisterRequest,
+    Service, TxnError, TxnKvOp, TxnKvVerb, TxnResult,
+};
+
+/// One committed log entry's commands, at its log index.
+pub struct AppliedBatch<'a> {
+    pub index: u64,
+    pub commands: &'a [Command],
+}
+
+/// Whether a command's nested transaction is kept.
+enum Outcome {
+    Commit(CommandResult),
+    Abort(CommandResult),
+}
+
+impl Store {
+    /// Applies `batches` in order and writes `meta` (e.g. `last_applied`, membership) into
+    /// `sm_meta`, all in one write transaction; then wakes the blocking queries it touched.
+    /// Returns one result per command. Blocking: call from a blocking thread.
+    pub fn apply(
+        &self,
+        batches: &[AppliedBatch<'_>],
+        meta: &[(&str, Vec<u8>)],
+    ) -> Result<Vec<Vec<CommandResult>>, StoreError> {
+        let mut wtxn = self.env().write_txn()?;
+        let mut touched = Touched::default();
+        let mut last_index = 0;
+        let mut results = Vec::with_capacity(batches.len());
+        for batch in batches {
+            last_index = batch.index;
+            let mut batch_results = Vec::with_capacity(batch.commands.len());
+            for command in batch.commands {
+                let mut nested = self.env().nested_write_txn(&mut wtxn)?;
+                let mut tx = ApplyTx {
+                    txn: &mut nested,
+                    t: self.sm,
+                    index: batch.index,
+                    touched: Touched::default(),
+                };
+                match tx.command(command)? {
+                    Outcome::Commit(result) => {
+                        let command_touched = std::mem::take(&mut tx.touched);
+                        nested.commit()?;
+                        touched.merge(command_touched);
+                        batch_results.push(result);
+                    }
+                    Outcome::Abort(result) => {
+                        nested.abort();
+                        batch_results.push(result);
+                    }
+                }
+            }
+            results.push(batch_results);
+        }
+        for (key, value) in meta {
+            self.sm.meta.put(&mut wtxn, key.as_bytes(), value)?;
+        }
+        wtxn.commit()?;
+        self.watches().notify(&touched, last_index);
+        Ok(results)
+    }
+}
+
+/// The state of one command's application.
+struct ApplyTx<'t, 'e> {
+    txn: &'t mut RwTxn<'e>,
+    t: SmTables,
+    index: u64,
+    touched: Touched,
+}
+
+impl ApplyTx<'_, '_> {
+    fn command(&mut self, command: &Command) -> Result<Outcome, StoreError> {
+        match command {
+            Command::Register(req) => self.register(req),
+            Command::Deregister(req) => self.deregister(req),
+            Command::KvSet {
+                key,
+                value,
+                flags,
+                cas,
+            } => {
+                let done = self.kv_set(key, value.clone(), *flags, *cas)?;
+                Ok(Outcome::Commit(CommandResult::Bool(done)))
+            }
+            Command::KvDelete { key, recurse, cas } => {
+                let done = if *recurse {
+                    self.kv_delete_tree(key)?;
+                    true
+                } else {
+                    self.kv_delete(key, *cas)?
+                };
+                Ok(Outcome::Commit(CommandResult::Bool(done)))
+            }
+            Command::Txn { ops } => self.txn(ops),
+        }
+    }
+
+    // ---- index bookkeeping -------------------------------------------------------------
+
+    fn bump(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        self.t
+            .indexes
+            .put(self.txn, key, &codec::encode_u64(self.index))?;
+        Ok(())
+    }
+
+    fn touch_table(&mut self, table: Table) -> Result<(), StoreError> {
+        self.touched.table(table);
+        self.bump(&index_key::table(table.name()))
+    }
+
+    fn touch_service(&mut self, name: &str) -> Result<(), StoreError> {
+        self.bump(&index_key::service(name))?;
+        self.touched.services.insert(name.to_string());
+        Ok(())
+    }
+
+    fn touch_node(&mut self, name: &str) -> Result<(), StoreError> {
+        self.bump(&index_key::node(name))?;
+        self.touched.nodes.insert(name.to_string());
+        Ok(())
+    }
+
+    /// A node-level change (the node itself or a node check) changes the health of every
+    /// service instance on it.
+    fn touch_node_and_its_services(&mut self, node: &str) -> Result<(), StoreError> {
+        self.touch_node(node)?;
+        for service in self.node_services(node)? {
+            self.touch_service(&service.service)?;
+        }
+        Ok(())
+    }
+
+    // ---- catalog -------------------------------------------------------------------------
+
+    fn get_node(&self, name: &str) -> Result<Option<Node>, StoreError> {
+        match self.t.nodes.get(self.txn, name.as_bytes())? {
+            Some(bytes) => Ok(Some(codec::decode_json(
+                "sm_nodes",
+                name.as_bytes(),
+                bytes,
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    fn get_service(&self, node: &str, id: &str) -> Result<Option<Service>, StoreError> {
+        let key = codec::pair_key(node, id);
+        match self.t.services.get(self.txn, &key)? {
+            Some(bytes) => Ok(Some(codec::decode_json("sm_services", &key, bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn get_check(&self, node: &str, id: &str) -> Result<Option<HealthCheck>, StoreError> {
+        let key = codec::pair_key(node, id);
+        match self.t.checks.get(self.txn, &key)? {
+            Some(bytes) => Ok(Some(codec::decode_json("sm_checks", &key, bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn node_services(&self, node: &str) -> Result<Vec<Service>, StoreError> {
+        let mut out = Vec::new();
+        for row in self
+            .t
+            .services
+            .prefix_iter(self.txn, &codec::pair_prefix(node))?
+        {
+            let (key, bytes) = row?;
+            out.push(codec::decode_json("sm_services", key, bytes)?);
+        }
+        Ok(out)
+    }
+
+    fn node_checks(&self, node: &str) -> Result<Vec<HealthCheck>, StoreError> {
+        let mut out = Vec::new();
+        for row in self
+            .t
+            .checks
+            .prefix_iter(self.txn, &codec::pair_prefix(node))?
+        {
+            let (key, bytes) = row?;
+            out.push(codec::decode_json("sm_checks", key, bytes)?);
+        }
+        Ok(out)
+    }
+
+    fn register(&mut self, req: &RegisterRequest) -> Result<Outcome, StoreError> {
+        if req.node.is_empty() || req.address.is_empty() {
+            return Ok(Outcome::Abort(CommandResult::Rejected(
+                "Must provide node".into(),
+            )));
+        }
+        let existing = self.get_node(&req.node)?;
+        if !(req.skip_node_update && existing.is_some()) {
+            let create_index = existing.as_ref().map_or(self.index, |n| n.create_index);
+            let node = Node {
+                id: req.id.clone(),
+                node: req.node.clone(),
+                address: req.address.clone(),
+                datacenter: req.datacenter.clone(),
+                tagged_addresses: req.tagged_addresses.clone(),
+                meta: req.node_meta.clone(),
+                create_index,
+                modify_index: self.index,
+            };
+            let unchanged = existing.as_ref().is_some_and(|old| {
+                Node {
+                    create_index: old.create_index,
+                    modify_index: old.modify_index,
+                    ..node.clone()
+                } == *old
+            });
+            if !unchanged {
+                self.t
+                    .nodes
+                    .put(self.txn, req.node.as_bytes(), &codec::encode_json(&node))?;
+                self.touch_table(Table::Nodes)?;
+                self.touch_node_and_its_services(&req.node)?;
+            }
+        }
+        if let Some(def) = &req.service {
+            let old = self.get_service(&req.node, &def.id)?;
+            let service = Service {
+                node: req.node.clone(),
+                id: def.id.clone(),
+                service: def.service.clone(),
+                tags: def.tags.clone(),
+                address: def.address.clone(),
+                meta: def.meta.clone(),
+                port: def.port,
+                weights: def.weights,
+                enable_tag_override: def.enable_tag_override,
+                create_index: old.as_ref().map_or(self.index, |s| s.create_index),
+                modify_index: self.index,
+            };
+            let unchanged = old.as_ref().is_some_and(|o| {
+                Service {
+                    create_index: o.create_index,
+                    modify_index: o.modify_index,
+                    ..service.clone()
+                } == *o
+            });
+            if !unchanged {
+                if let Some(old) = &old {
+                    if old.service != service.service {
+                        let stale = codec::triple_key(&old.service, &req.node, &old.id);
+                        self.t.service_names.delete(self.txn, &stale)?;
+                        self.touch_service(&old.service)?;
+                    }
+                }
+                let key = codec::pair_key(&req.node, &def.id);
+                self.t
+                    .services
+                    .put(self.txn, &key, &codec::encode_json(&service))?;
+                let name_key = codec::triple_key(&service.service, &req.node, &service.id);
+                self.t.service_names.put(self.txn, &name_key, &[])?;
+                self.touch_table(Table::Services)?;
+                self.touch_service(&service.service)?;
+                self.touch_node(&req.node)?;
+                // Checks carry the service's name and tags: keep them in step.
+                self.refresh_service_checks(&service)?;
+            }
+        }
+        for def in &req.checks {
+            let (service_name, service_tags) = if def.service_id.is_empty() {
+                (String::new(), Vec::new())
+            } else {
+                match self.get_service(&req.node, &def.service_id)? {
+                    Some(s) => (s.service, s.tags),
+                    None => {
+                        return Ok(Outcome::Abort(CommandResult::Rejected(format!(
+                            "Unknown service ID {:?} for check {:?} on node {:?}",
+                            def.service_id, def.check_id, req.node
+                        ))))
+                    }
+                }
+            };
+            let old = self.get_check(&req.node, &def.check_id)?;
+            let check = HealthCheck {
+                node: req.node.clone(),
+                check_id: def.check_id.clone(),
+                name: def.name.clone(),
+                status: def.status,
+                notes: def.notes.clone(),
+                output: def.output.clone(),
+                service_id: def.service_id.clone(),
+                service_name,
+                service_tags,
+                r#type: def.check_type.clone(),
+                create_index: old.as_ref().map_or(self.index, |c| c.create_index),
+                modify_index: self.index,
+            };
+            let unchanged = old.as_ref().is_some_and(|o| {
+                HealthCheck {
+                    create_index: o.create_index,
+                    modify_index: o.modify_index,
+                    ..check.clone()
+                } == *o
+            });
+            if !unchanged {
+                if let Some(old) = &old {
+                    self.touch_check_scope(old)?;
+                }
+                self.put_check(&check)?;
+                self.touch_check_scope(&check)?;
+            }
+        }
+        Ok(Outcome::Commit(CommandResult::Done))
+    }
+
+    fn put_check(&mut self, check: &HealthCheck) -> Result<(), StoreError> {
+        let key = codec::pair_key(&check.node, &check.check_id);
+        self.t
+            .checks
+            .put(self.txn, &key, &codec::encode_json(check))?;
+        Ok(())
+    }
+
+    /// Marks what a change of `check` affects: its table, its node, and its service (or every
+    /// service on the node for a node check).
+    fn touch_check_scope(&mut self, check: &HealthCheck) -> Result<(), StoreError> {
+        self.touch_table(Table::Checks)?;
+        if check.service_id.is_empty() {
+            self.touch_node_and_its_services(&check.node)
+        } else {
+            self.touch_node(&check.node)?;
+            self.touch_service(&check.service_name)
+        }
+    }
+
+    fn refresh_service_checks(&mut self, service: &Service) -> Result<(), StoreError> {
+        for mut check in self.node_checks(&service.node)? {
+            if check.service_id == service.id
+                && (check.service_name != service.service || check.service_tags != service.tags)
+            {
+                check.service_name = service.service.clone();
+                check.service_tags = service.tags.clone();
+                check.modify_index = self.index;
+                self.put_check(&check)?;
+                self.touch_table(Table::Checks)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn deregister(&mut self, req: &DeregisterRequest) -> Result<Outcome, StoreError> {
+        if self.get_node(&req.node)?.is_none() {
+            return Ok(Outcome::Commit(CommandResult::Done));
+        }
+        match (&req.service_id, &req.check_id) {
+            (Some(service_id), _) => self.delete_service(&req.node, service_id)?,
+            (None, Some(check_id)) => {
+                if let Some(check) = self.get_check(&req.node, check_id)? {
+                    self.t
+                        .checks
+                        .delete(self.txn, &codec::pair_key(&req.node, check_id))?;
+                    self.touch_check_scope(&check)?;
+                }
+            }
+            (None, None) => {
+                self.touch_node_and_its_services(&req.node)?;
+                for service in self.node_services(&req.node)? {
+                    self.delete_service(&req.node, &service.id)?;
+                }
+                for check in self.node_checks(&req.node)? {
+                    self.t
+                        .checks
+                        .delete(self.txn, &codec::pair_key(&req.node, &check.check_id))?;
+                    self.touch_table(Table::Checks)?;
+                }
+                self.t.nodes.delete(self.txn, req.node.as_bytes())?;
+                self.touch_table(Table::Nodes)?;
+            }
+        }
+        Ok(Outcome::Commit(CommandResult::Done))
+    }
+
+    /// Removes a service instance and its checks.
+    fn delete_service(&mut self, node: &str, id: &str) -> Result<(), StoreError> {
+        let Some(service) = self.get_service(node, id)? else {
+            return Ok(());
+        };
+        self.t
+            .services
+            .delete(self.txn, &codec::pair_key(node, id))?;
+        self.t
+            .service_names
+            .delete(self.txn, &codec::triple_key(&service.service, node, id))?;
+        for check in self.node_checks(node)? {
+            if check.service_id == id {
+                self.t
+                    .checks
+                    .delete(self.txn, &codec::pair_key(node, &check.check_id))?;
+                self.touch_table(Table::Checks)?;
+            }
+        }
+        self.touch_table(Table::Services)?;
+        self.touch_service(&service.service)?;
+        self.touch_node(node)
+    }
+
+    // ---- KV --------------------------------------------------------------------------------
+
+    fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, StoreError> {
+        match self.t.kv.get(self.txn, key.as_bytes())? {
+            Some(bytes) => Ok(Some(codec::decode_kv(key.as_bytes(), bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn kv_list(&self, prefix: &str) -> Result<Vec<KvEntry>, StoreError> {
+        let mut out = Vec::new();
+        for row in self.t.kv.prefix_iter(self.txn, prefix.as_bytes())? {
+            let (key, bytes) = row?;
+            out.push(codec::decode_kv(key, bytes)?);
+        }
+        Ok(out)
+    }
+
+    fn touch_kv(&mut self, key: &str) -> Result<(), StoreError> {
+        self.touched.kv_keys.insert(key.to_string());
+        self.touch_table(Table::Kv)
+    }
+
+    /// Sets `key` unless `cas` says otherwise; returns whether it was set.
+    fn kv_set(
+        &mut self,
+        key: &str,
+        value: Option<Vec<u8>>,
+        flags: u64,
+        cas: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        Ok(self.kv_set_entry(key, value, flags, cas)?.is_some())
+    }
+
+    fn kv_set_entry(
+        &mut self,
+        key: &str,
+        value: Option<Vec<u8>>,
+        flags: u64,
+        cas: Option<u64>,
+    ) -> Result<Option<KvEntry>, StoreError> {
+        let old = self.kv_get(key)?;
+        if let Some(expected) = cas {
+            let current = old.as_ref().map_or(0, |e| e.modify_index);
+            if current != expected {
+                return Ok(None);
+            }
+        }
+        let entry = KvEntry {
+            key: key.to_string(),
+            flags,
+            value: value.filter(|v| !v.is_empty()),
+            lock_index: old.as_ref().map_or(0, |e| e.lock_index),
+            session: old.as_ref().and_then(|e| e.session.clone()),
+            create_index: old.as_ref().map_or(self.index, |e| e.create_index),
+            modify_index: self.index,
+        };
+        self.t
+            .kv
+            .put(self.txn, key.as_bytes(), &codec::encode_kv(&entry))?;
+        self.t.kv_tombstones.delete(self.txn, key.as_bytes())?;
+        self.touch_kv(key)?;
+        Ok(Some(entry))
+    }
+
+    fn tombstone(&mut self, key: &str) -> Result<(), StoreError> {
+        self.t.kv.delete(self.txn, key.as_bytes())?;
+        self.t
+            .kv_tombstones
+            .put(self.txn, key.as_bytes(), &codec::encode_u64(self.index))?;
+        self.touch_kv(key)
+    }
+
+    /// Deletes `key` (only at ModifyIndex `cas` when given); returns false on a CAS mismatch.
+    fn kv_delete(&mut self, key: &str, cas: Option<u64>) -> Result<bool, StoreError> {
+        let old = self.kv_get(key)?;
+        if let Some(expected) = cas {
+            if old.as_ref().map_or(0, |e| e.modify_index) != expected {
+                return Ok(false);
+            }
+        }
+        if old.is_some() {
+            self.tombstone(key)?;
+        }
+        Ok(true)
+    }
+
+    fn kv_delete_tree(&mut self, prefix: &str) -> Result<usize, StoreError> {
+        let keys: Vec<String> = self.kv_list(prefix)?.into_iter().map(|e| e.key).collect();
+        for key in &keys {
+            self.tombstone(key)?;
+        }
+        Ok(keys.len())
+    }
+
+    fn txn(&mut self, ops: &[TxnKvOp]) -> Result<Outcome, StoreError> {
+        let mut results = Vec::new();
+        let mut errors = Vec::new();
+        for (op_index, op) in ops.iter().enumerate() {
+            match self.txn_op(op, &mut results)? {
+                Ok(()) => {}
+                Err(what) => errors.push(TxnError { op_index, what }),
+            }
+        }
+        if errors.is_empty() {
+            Ok(Outcome::Commit(CommandResult::TxnCommitted(results)))
+        } else {
+            Ok(Outcome::Abort(CommandResult::TxnRolledBack(errors)))
+        }
+    }
+
+    /// Applies one transaction op; the inner `Err` is the op's failure text (Consul's wording).
+    fn txn_op(
+        &mut self,
+        op: &TxnKvOp,
+        results: &mut Vec<TxnResult>,
+    ) -> Result<Result<(), String>, StoreError> {
+        let key = op.key.as_str();
+        let without_value = |mut e: KvEntry| {
+            e.value = None;
+            TxnResult { entry: e }
+        };
+        let outcome = match op.verb {
+            TxnKvVerb::Set => {
+                let entry = self.kv_set_entry(key, op.value.clone(), op.flags, None)?;
+                results.extend(entry.map(without_value));
+                Ok(())
+            }
+            TxnKvVerb::Cas => {
+                match self.kv_set_entry(key, op.value.clone(), op.flags, Some(op.index))? {
+                    Some(entry) => {
+                        results.push(without_value(entry));
+                        Ok(())
+                    }
+                    None => Err(format!("failed to set key {key:?}, index is stale")),
+                }
+            }
+            TxnKvVerb::Get => match self.kv_get(key)? {
+                Some(entry) => {
+                    results.push(TxnResult { entry });
+                    Ok(())
+                }
+                None => Err(format!("key {key:?} doesn't exist")),
+            },
+            TxnKvVerb::GetTree => {
+                results.extend(
+                    self.kv_list(key)?
+                        .into_iter()
+                        .map(|entry| TxnResult { entry }),
+                );
+                Ok(())
+            }
+            TxnKvVerb::CheckIndex => match self.kv_get(key)? {
+                Some(entry) if entry.modify_index == op.index => {
+                    results.push(without_value(entry));
+                    Ok(())
+                }
+                Some(entry) => Err(format!(
+                    "current modify index {} != {}",
+                    entry.modify_index, op.index
+                )),
+                None => Err(format!("key {key:?} doesn't exist")),
+            },
+            TxnKvVerb::CheckNotExists => match self.kv_get(key)? {
+                Some(_) => Err(format!("key {key:?} exists")),
+                None => Ok(()),
+            },
+            TxnKvVerb::Delete => {
+                self.kv_delete(key, None)?;
+                Ok(())
+            }
+            TxnKvVerb::DeleteTree => {
+                self.kv_delete_tree(key)?;
+                Ok(())
+            }
+            TxnKvVerb::DeleteCas => {
+                if self.kv_delete(key, Some(op.index))? {
+                    Ok(())
+                } else {
+                    Err(format!("failed to delete key {key:?}, index is stale"))
+                }
+            }
+        };
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,181 @@
+//! The LMDB environment and everything in it: the Raft log tables (used by `cluster`) and the
+//! state-machine tables (catalog, KV, indexes) that only [`Store::apply`] changes.
+//!
+//! Architecture Invariant: state-machine tables change only inside [`Store::apply`], one
+//! write transaction per batch of log entries, committed together with `last_applied`.
+//! Why: after a crash the state machine sits exactly at `last_applied` and Raft replays from
+//! there; a second write path would let the state and the log disagree.
+//!
+//! Architecture Invariant: this module knows nothing of openraft; Raft metadata reaches it as
+//! opaque bytes. Why: openraft is pinned to 0.9 and will be ported; the disk layout should not
+//! move with it.
+
+mod apply;
+mod codec;
+mod read;
+mod snapshot;
+mod watch;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use heed::types::Bytes;
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
+
+pub use apply::AppliedBatch;
+pub use read::{ReadView, ServiceHealth};
+pub use watch::{Subscription, Table, Topic, Watches};
+
+/// Raw byte table; keys and values are encoded by `codec`.
+pub type RawDb = Database<'static, Bytes, Bytes>;
+
+/// Names of the LMDB databases, in creation order. Part of the disk format.
+const DB_NAMES: [&str; 10] = [
+    "raft_log",
+    "raft_meta",
+    "sm_meta",
+    "sm_nodes",
+    "sm_services",
+    "sm_service_names",
+    "sm_checks",
+    "sm_kv",
+    "sm_kv_tombstones",
+    "sm_indexes",
+];
+
+/// The state-machine tables, which snapshots copy and restore wholesale.
+#[derive(Clone, Copy)]
+pub(crate) struct SmTables {
+    pub meta: RawDb,
+    pub nodes: RawDb,
+    pub services: RawDb,
+    /// `service name \0 node \0 service id` → empty: instances of a service by name.
+    pub service_names: RawDb,
+    pub checks: RawDb,
+    pub kv: RawDb,
+    /// KV key → index of its deletion, so a blocking query on a deleted key or prefix reports
+    /// an index that never goes backwards.
+    pub kv_tombstones: RawDb,
+    /// Per-table and per-topic modify indexes (`codec::index_key`).
+    pub indexes: RawDb,
+}
+
+impl SmTables {
+    pub(crate) fn all(&self) -> [(u8, RawDb); 8] {
+        [
+            (0, self.meta),
+            (1, self.nodes),
+            (2, self.services),
+            (3, self.service_names),
+            (4, self.checks),
+            (5, self.kv),
+            (6, self.kv_tombstones),
+            (7, self.indexes),
+        ]
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("data dir {path}: cannot open LMDB environment: {source}")]
+    Open { path: PathBuf, source: heed::Error },
+    #[error("LMDB: {0}")]
+    Lmdb(#[from] heed::Error),
+    #[error("corrupt record in table {table} (key {key:?}): {reason}")]
+    Corrupt {
+        table: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error("snapshot is not a cairn snapshot or is damaged: {0}")]
+    BadSnapshot(String),
+}
+
+/// Handle on the LMDB environment. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    env: Env<WithoutTls>,
+    pub(crate) raft_log: RawDb,
+    pub(crate) raft_meta: RawDb,
+    pub(crate) sm: SmTables,
+    watches: Arc<Watches>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the environment in `dir` with a map of `map_size_bytes`.
+    pub fn open(dir: &Path, map_size_bytes: u64) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(heed::Error::Io(e)))?;
+        // SAFETY: the data dir is locked by the agent (one process per environment), and we
+        // never open the same path twice in this process.
+        let env = unsafe {
+            EnvOpenOptions::new()
+                .read_txn_without_tls()
+                .map_size(map_size_bytes as usize)
+                .max_dbs(DB_NAMES.len() as u32 + 2)
+                .max_readers(1024)
+                .open(dir)
+        }
+        .map_err(open_err)?;
+        let wtxn = env.write_txn().map_err(open_err)?;
+        let dbs: [RawDb; 10] = env
+            .create_databases_and_commit(wtxn, |opener, wtxn| {
+                let mut dbs = Vec::with_capacity(DB_NAMES.len());
+                for name in DB_NAMES {
+                    dbs.push(opener.create_database::<Bytes, Bytes>(wtxn, Some(name))?);
+                }
+                let dbs: [_; 10] = dbs.try_into().unwrap_or_else(|_| unreachable!());
+                Ok::<_, heed::Error>(CommitOrAbort::<_, ()>::Commit(dbs))
+            })
+            .map_err(open_err)?
+            .unwrap_commit();
+        let [raft_log, raft_meta, meta, nodes, services, service_names, checks, kv, kv_tombstones, indexes] =
+            dbs;
+        Ok(Store {
+            env,
+            raft_log,
+            raft_meta,
+            sm: SmTables {
+                meta,
+                nodes,
+                services,
+                service_names,
+                checks,
+                kv,
+                kv_tombstones,
+                indexes,
+            },
+            watches: Arc::new(Watches::default()),
+        })
+    }
+
+    pub fn env(&self) -> &Env<WithoutTls> {
+        &self.env
+    }
+
+    pub fn watches(&self) -> &Arc<Watches> {
+        &self.watches
+    }
+
+    /// A consistent point-in-time view of the state machine.
+    pub fn read(&self) -> Result<ReadView<'_>, StoreError> {
+        Ok(ReadView::new(self.env.read_txn()?, self.sm))
+    }
+
+    /// Bytes the map still has room for, and the map size. Used to refuse writes before the
+    /// map fills: a full map inside a Raft append would stop the Raft core.
+    pub fn map_room(&self) -> (u64, u64) {
+        let info = self.env.info();
+        // SAFETY: sysconf has no preconditions. LMDB pages are the OS page size.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+        let used = (info.last_page_number as u64 + 1) * page;
+        let size = info.map_size as u64;
+        (size.saturating_sub(used), size)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,255 @@
+//! Read views over one LMDB read transaction: every answer an HTTP or DNS read needs, taken
+//! from a single consistent point in time.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use heed::{RoTxn, WithoutTls};
+
+use super::codec::{self, index_key};
+use super::watch::Table;
+use super::{SmTables, StoreError};
+use crate::model::{CheckStatus, HealthCheck, KvEntry, Node, Service};
+
+/// A service instance with its node and every check that bears on its health.
+#[derive(Debug, Clone)]
+pub struct ServiceHealth {
+    pub node: Node,
+    pub service: Service,
+    /// The node's own checks, then the instance's checks.
+    pub checks: Vec<HealthCheck>,
+}
+
+impl ServiceHealth {
+    /// The worst status among the checks; an instance without checks is passing.
+    pub fn status(&self) -> CheckStatus {
+        self.checks
+            .iter()
+            .map(|c| c.status)
+            .max()
+            .unwrap_or(CheckStatus::Passing)
+    }
+}
+
+pub struct ReadView<'e> {
+    txn: RoTxn<'e, WithoutTls>,
+    t: SmTables,
+}
+
+impl<'e> ReadView<'e> {
+    pub(super) fn new(txn: RoTxn<'e, WithoutTls>, t: SmTables) -> Self {
+        ReadView { txn, t }
+    }
+
+    fn index(&self, key: &[u8]) -> Result<u64, StoreError> {
+        match self.t.indexes.get(&self.txn, key)? {
+            Some(bytes) => codec::decode_u64("sm_indexes", key, bytes),
+            None => Ok(0),
+        }
+    }
+
+    /// The index of the last write to `table`, as `X-Consul-Index` of list endpoints.
+    pub fn table_index(&self, table: Table) -> Result<u64, StoreError> {
+        self.index(&index_key::table(table.name()))
+    }
+
+    /// The index of the last write that changed anything about service `name`'s instances.
+    pub fn service_index(&self, name: &str) -> Result<u64, StoreError> {
+        self.index(&index_key::service(name))
+    }
+
+    /// The index of the last write that changed node `name`, its services or its checks.
+    pub fn node_index(&self, name: &str) -> Result<u64, StoreError> {
+        self.index(&index_key::node(name))
+    }
+
+    /// Raw `sm_meta` value (Raft metadata kept by `cluster`).
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .t
+            .meta
+            .get(&self.txn, key.as_bytes())?
+            .map(<[u8]>::to_vec))
+    }
+
+    pub fn node(&self, name: &str) -> Result<Option<Node>, StoreError> {
+        match self.t.nodes.get(&self.txn, name.as_bytes())? {
+            Some(bytes) => Ok(Some(codec::decode_json(
+                "sm_nodes",
+                name.as_bytes(),
+                bytes,
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn nodes(&self) -> Result<Vec<Node>, StoreError> {
+        let mut out = Vec::new();
+        for row in self.t.nodes.iter(&self.txn)? {
+            let (key, bytes) = row?;
+            out.push(codec::decode_json("sm_nodes", key, bytes)?);
+        }
+        Ok(out)
+    }
+
+    pub fn node_services(&self, node: &str) -> Result<Vec<Service>, StoreError> {
+        let mut out = Vec::new();
+        for row in self
+            .t
+            .services
+            .prefix_iter(&self.txn, &codec::pair_prefix(node))?
+        {
+            let (key, bytes) = row?;
+            out.push(codec::decode_json("sm_services", key, bytes)?);
+        }
+        Ok(out)
+    }
+
+    pub fn node_checks(&self, node: &str) -> Result<Vec<HealthCheck>, StoreError> {
+        let mut out = Vec::new();
+        for row in self
+            .t
+            .checks
+            .prefix_iter(&self.txn, &codec::pair_prefix(node))?
+        {
+            let (key, bytes) = row?;
+            out.push(codec::decode_json("sm_checks", key, bytes)?);
+        }
+        Ok(out)
+    }
+
+    pub fn all_checks(&self) -> Result<Vec<HealthCheck>, StoreError> {
+        let mut out = Vec::new();
+        for row in self.t.checks.iter(&self.txn)? {
+            let (key, bytes) = row?;
+            out.push(codec::decode_json("sm_checks", key, bytes)?);
+        }
+        Ok(out)
+    }
+
+    /// Every service name with the union of its instances' tags.
+    pub fn service_names(&self) -> Result<BTreeMap<String, BTreeSet<String>>, StoreError> {
+        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for row in self.t.services.iter(&self.txn)? {
+            let (key, bytes) = row?;
+            let service: Service = codec::decode_json("sm_services", key, bytes)?;
+            out.entry(service.service).or_default().extend(service.tags);
+        }
+        Ok(out)
+    }
+
+    /// Instances of service `name`, ordered by node then ID.
+    pub fn service_instances(&self, name: &str) -> Result<Vec<Service>, StoreError> {
+        let mut out = Vec::new();
+        for row in self
+            .t
+            .service_names
+            .prefix_iter(&self.txn, &codec::pair_prefix(name))?
+        {
+            let (key, _) = row?;
+            let parts = codec::split_key(key);
+            let [_, node, id] = parts.as_slice() else {
+                return Err(StoreError::Corrupt {
+                    table: "sm_service_names",
+                    key: String::from_utf8_lossy(key).into_owned(),
+                    reason: "expected three parts".into(),
+                });
+            };
+            let service_key = codec::pair_key(node, id);
+            if let Some(bytes) = self.t.services.get(&self.txn, &service_key)? {
+                out.push(codec::decode_json("sm_services", &service_key, bytes)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Instances of service `name` with their node and checks.
+    pub fn service_health(&self, name: &str) -> Result<Vec<ServiceHealth>, StoreError> {
+        let mut out = Vec::new();
+        for service in self.service_instances(name)? {
+            let Some(node) = self.node(&service.node)? else {
+                continue;
+            };
+            let checks = self
+                .node_checks(&service.node)?
+                .into_iter()
+                .filter(|c| c.service_id.is_empty() || c.service_id == service.id)
+                .collect();
+            out.push(ServiceHealth {
+                node,
+                service,
+                checks,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every node holding a service instance with this ID.
+    pub fn nodes_with_service_id(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for row in self.t.services.iter(&self.txn)? {
+            let (key, _) = row?;
+            if let [node, service_id] = codec::split_key(key).as_slice() {
+                if *service_id == id {
+                    out.push(node.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, StoreError> {
+        match self.t.kv.get(&self.txn, key.as_bytes())? {
+            Some(bytes) => Ok(Some(codec::decode_kv(key.as_bytes(), bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn kv_list(&self, prefix: &str) -> Result<Vec<KvEntry>, StoreError> {
+        let mut out = Vec::new();
+        for row in self.t.kv.prefix_iter(&self.txn, prefix.as_bytes())? {
+            let (key, bytes) = row?;
+            out.push(codec::decode_kv(key, bytes)?);
+        }
+        Ok(out)
+    }
+
+    /// Keys under `prefix`, without decoding values.
+    pub fn kv_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for row in self.t.kv.prefix_iter(&self.txn, prefix.as_bytes())? {
+            let (key, _) = row?;
+            out.push(String::from_utf8_lossy(key).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// The index at which what a read of `key` returns last changed: its ModifyIndex, or the
+    /// index that deleted it; 0 if it never existed.
+    pub fn kv_key_index(&self, key: &str) -> Result<u64, StoreError> {
+        if let Some(entry) = self.kv_get(key)? {
+            return Ok(entry.modify_index);
+        }
+        match self.t.kv_tombstones.get(&self.txn, key.as_bytes())? {
+            Some(bytes) => codec::decode_u64("sm_kv_tombstones", key.as_bytes(), bytes),
+            None => Ok(0),
+        }
+    }
+
+    /// The index at which anything under `prefix` last changed (writes and deletions).
+    pub fn kv_prefix_index(&self, prefix: &str) -> Result<u64, StoreError> {
+        let mut max = 0;
+        for row in self.t.kv.prefix_iter(&self.txn, prefix.as_bytes())? {
+            let (key, bytes) = row?;
+            max = max.max(codec::decode_kv(key, bytes)?.modify_index);
+        }
+        for row in self
+            .t
+            .kv_tombstones
+            .prefix_iter(&self.txn, prefix.as_bytes())?
+        {
+            let (key, bytes) = row?;
+            max = max.max(codec::decode_u64("sm_kv_tombstones", key, bytes)?);
+        }
+        Ok(max)
+    }
+}

@@ -1,0 +1,112 @@
+//! Whole-state-machine snapshots: a point-in-time copy of every state-machine table from one
+//! read transaction, and the reverse, which replaces them in one write transaction.
+//!
+//! Layout (version 1): magic `CAIRNSM1`, then records `table u8, key_len u32 BE, key,
+//! value_len u32 BE, value`, then `record_count u64 BE` and an FNV-1a 64 checksum of
+//! everything before it (u64 BE).
+
+use super::{Store, StoreError};
+
+const MAGIC: &[u8; 8] = b"CAIRNSM1";
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x100000001b3);
+    }
+    hash
+}
+
+impl Store {
+    /// Serializes every state-machine table from one read transaction.
+    pub fn snapshot_bytes(&self) -> Result<Vec<u8>, StoreError> {
+        let rtxn = self.env().read_txn()?;
+        let mut out = MAGIC.to_vec();
+        let mut count: u64 = 0;
+        for (tag, db) in self.sm.all() {
+            for row in db.iter(&rtxn)? {
+                let (key, value) = row?;
+                out.push(tag);
+                out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+                out.extend_from_slice(key);
+                out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+                out.extend_from_slice(value);
+                count += 1;
+            }
+        }
+        out.extend_from_slice(&count.to_be_bytes());
+        let sum = fnv1a(&out);
+        out.extend_from_slice(&sum.to_be_bytes());
+        Ok(out)
+    }
+
+    /// Replaces the state machine with `bytes` (checked before anything is touched), then
+    /// writes `meta`, in one transaction, and wakes every blocking query.
+    pub fn restore_snapshot(
+        &self,
+        bytes: &[u8],
+        meta: &[(&str, Vec<u8>)],
+        index: u64,
+    ) -> Result<(), StoreError> {
+        let records = parse(bytes)?;
+        let tables = self.sm.all();
+        let mut wtxn = self.env().write_txn()?;
+        for (_, db) in tables {
+            db.clear(&mut wtxn)?;
+        }
+        for (tag, key, value) in records {
+            let (_, db) = tables[tag as usize];
+            db.put(&mut wtxn, key, value)?;
+        }
+        for (key, value) in meta {
+            self.sm.meta.put(&mut wtxn, key.as_bytes(), value)?;
+        }
+        wtxn.commit()?;
+        self.watches().notify_all(index);
+        Ok(())
+    }
+}
+
+type Record<'a> = (u8, &'a [u8], &'a [u8]);
+
+/// Splits the next `n` bytes off `rest`.
+fn take<'a>(rest: &mut &'a [u8], n: usize) -> Result<&'a [u8], StoreError> {
+    if rest.len() < n {
+        return Err(StoreError::BadSnapshot("record runs past the end".into()));
+    }
+    let (head, tail) = rest.split_at(n);
+    *rest = tail;
+    Ok(head)
+}
+
+fn parse(bytes: &[u8]) -> Result<Vec<Record<'_>>, StoreError> {
+    let bad = |why: &str| StoreError::BadSnapshot(why.to_string());
+    if bytes.len() < MAGIC.len() + 16 || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(bad("missing CAIRNSM1 header"));
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - 8);
+    if fnv1a(body) != u64::from_be_bytes(sum.try_into().map_err(|_| bad("short trailer"))?) {
+        return Err(bad("checksum mismatch"));
+    }
+    let (records, count) = body.split_at(body.len() - 8);
+    let count = u64::from_be_bytes(count.try_into().map_err(|_| bad("short trailer"))?);
+    let mut out = Vec::new();
+    let mut rest = &records[MAGIC.len()..];
+    while !rest.is_empty() {
+        let tag = take(&mut rest, 1)?[0];
+        if tag > 7 {
+            return Err(bad("unknown table tag"));
+        }
+        let key_len = u32::from_be_bytes(take(&mut rest, 4)?.try_into().unwrap_or([0; 4])) as usize;
+        let key = take(&mut rest, key_len)?;
+        let value_len =
+            u32::from_be_bytes(take(&mut rest, 4)?.try_into().unwrap_or([0; 4])) as usize;
+        let value = take(&mut rest, value_len)?;
+        out.push((tag, key, value));
+    }
+    if out.len() as u64 != count {
+        return Err(bad("record count mismatch"));
+    }
+    Ok(out)
+}
