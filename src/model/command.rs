@@ -51,6 +51,27 @@ pub enum Command {
     Txn { ops: Vec<TxnKvOp> },
 }
 
+impl Command {
+    /// Rough size in bytes of the command in the log, for batch and map-room limits.
+    pub fn approx_size(&self) -> usize {
+        const BASE: usize = 256;
+        match self {
+            Command::KvSet { key, value, .. } => {
+                BASE + key.len() + value.as_ref().map_or(0, |v| v.len() * 4 / 3)
+            }
+            Command::Txn { ops } => {
+                BASE + ops
+                    .iter()
+                    .map(|op| 64 + op.key.len() + op.value.as_ref().map_or(0, |v| v.len() * 4 / 3))
+                    .sum::<usize>()
+            }
+            Command::Register(r) => BASE * 4 + r.checks.len() * BASE,
+            Command::KvDelete { key, .. } => BASE + key.len(),
+            Command::Deregister(_) => BASE,
+        }
+    }
+}
+
 /// A validated catalog registration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterRequest {

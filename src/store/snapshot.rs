@@ -19,9 +19,17 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 impl Store {
-    /// Serializes every state-machine table from one read transaction.
-    pub fn snapshot_bytes(&self) -> Result<Vec<u8>, StoreError> {
+    /// Serializes every state-machine table from one read transaction, and returns the
+    /// `sm_meta` values of `meta_keys` as that same transaction saw them.
+    pub fn snapshot(
+        &self,
+        meta_keys: &[&str],
+    ) -> Result<(Vec<u8>, Vec<Option<Vec<u8>>>), StoreError> {
         let rtxn = self.env().read_txn()?;
+        let mut meta = Vec::with_capacity(meta_keys.len());
+        for key in meta_keys {
+            meta.push(self.sm.meta.get(&rtxn, key.as_bytes())?.map(<[u8]>::to_vec));
+        }
         let mut out = MAGIC.to_vec();
         let mut count: u64 = 0;
         for (tag, db) in self.sm.all() {
@@ -38,7 +46,7 @@ impl Store {
         out.extend_from_slice(&count.to_be_bytes());
         let sum = fnv1a(&out);
         out.extend_from_slice(&sum.to_be_bytes());
-        Ok(out)
+        Ok((out, meta))
     }
 
     /// Replaces the state machine with `bytes` (checked before anything is touched), then

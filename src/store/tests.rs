@@ -271,7 +271,7 @@ fn snapshot_round_trip_and_damage_detected() {
             register("n1", Some(("web1", "web")), vec![]),
         ],
     );
-    let bytes = store.snapshot_bytes().expect("snapshot");
+    let (bytes, _) = store.snapshot(&[]).expect("snapshot");
     let (_dir2, other) = open();
     other.restore_snapshot(&bytes, &[], 2).expect("restore");
     let view = other.read().expect("read");

@@ -1,0 +1,235 @@
+//! The Raft log, vote and committed pointer, in the `raft_log`/`raft_meta` LMDB tables.
+//!
+//! Invariant: `log_io_completed` is called only after the LMDB transaction holding the entries
+//! has committed, and LMDB commits fsync (the environment never sets `NO_SYNC` or
+//! `NO_META_SYNC`). Calling it earlier would acknowledge writes a power loss can take back;
+//! `tests::append_acknowledges_only_committed_entries` fails if that order is ever broken.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
+
+use super::{NodeId, TypeConfig};
+use crate::store::Store;
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+#[derive(Clone)]
+pub struct LogStore {
+    store: Store,
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::read_logs(&e).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_logs(&e).into()
+}
+
+impl LogStore {
+    pub fn new(store: Store) -> Self {
+        LogStore { store }
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> StorageResult<Option<T>> {
+        let rtxn = self.store.env().read_txn().map_err(read_err)?;
+        match self.store.raft_meta.get(&rtxn, key).map_err(read_err)? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(bytes).map_err(read_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes one `raft_meta` value and commits (fsync) before returning.
+    async fn put_meta<T: serde::Serialize>(
+        &self,
+        key: &'static [u8],
+        value: &T,
+    ) -> StorageResult<()> {
+        let bytes = serde_json::to_vec(value).map_err(write_err)?;
+        let store = self.store.clone();
+        blocking(move || {
+            let mut wtxn = store.env().write_txn()?;
+            store.raft_meta.put(&mut wtxn, key, &bytes)?;
+            wtxn.commit()
+        })
+        .await
+        .map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    /// Writes `entries` in one transaction and calls `done` once that transaction has
+    /// committed — or failed. This is `append` without openraft's callback type, so tests can
+    /// observe exactly when completion is reported.
+    pub async fn append_then<F>(
+        &self,
+        entries: Vec<Entry<TypeConfig>>,
+        done: F,
+    ) -> StorageResult<()>
+    where
+        F: FnOnce(Result<(), std::io::Error>) + Send + 'static,
+    {
+        let mut encoded = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            encoded.push((
+                entry.log_id.index,
+                serde_json::to_vec(entry).map_err(write_err)?,
+            ));
+        }
+        let store = self.store.clone();
+        let result = blocking(move || {
+            let mut wtxn = store.env().write_txn()?;
+            for (index, bytes) in &encoded {
+                store.raft_log.put(&mut wtxn, &index.to_be_bytes(), bytes)?;
+            }
+            wtxn.commit()
+        })
+        .await;
+        match result {
+            Ok(()) => {
+                done(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                done(Err(std::io::Error::other(e.to_string())));
+                Err(write_err(e))
+            }
+        }
+    }
+}
+
+/// Runs LMDB write work off the async workers; a panic in it becomes an error.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, heed::Error> + Send + 'static,
+) -> Result<T, heed::Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|join| Err(heed::Error::Io(std::io::Error::other(join.to_string()))))
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        let start = match range.start_bound() {
+            Bound::Included(x) => *x,
+            Bound::Excluded(x) => x.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let rtxn = self.store.env().read_txn().map_err(read_err)?;
+        let mut out = Vec::new();
+        let from = start.to_be_bytes();
+        let bounds = (Bound::Included(&from[..]), Bound::Unbounded);
+        for row in self
+            .store
+            .raft_log
+            .range(&rtxn, &bounds)
+            .map_err(read_err)?
+        {
+            let (key, bytes) = row.map_err(read_err)?;
+            let index = u64::from_be_bytes(key.try_into().map_err(|_| {
+                StorageError::from(StorageIOError::read_logs(&std::io::Error::other(
+                    "log key is not 8 bytes",
+                )))
+            })?);
+            if !range.contains(&index) {
+                break;
+            }
+            let entry: Entry<TypeConfig> = serde_json::from_slice(bytes).map_err(read_err)?;
+            out.push(entry);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let last_purged_log_id: Option<LogId<NodeId>> = self.get_meta(KEY_LAST_PURGED)?;
+        let rtxn = self.store.env().read_txn().map_err(read_err)?;
+        let last = match self.store.raft_log.last(&rtxn).map_err(read_err)? {
+            Some((_, bytes)) => Some(
+                serde_json::from_slice::<Entry<TypeConfig>>(bytes)
+                    .map_err(read_err)?
+                    .log_id,
+            ),
+            None => None,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last.or(last_purged_log_id),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        self.put_meta(KEY_VOTE, vote).await
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        self.get_meta(KEY_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        self.put_meta(KEY_COMMITTED, &committed).await
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+        Ok(self
+            .get_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED)?
+            .flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        self.append_then(entries.into_iter().collect(), move |r| {
+            callback.log_io_completed(r)
+        })
+        .await
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let store = self.store.clone();
+        blocking(move || {
+            let mut wtxn = store.env().write_txn()?;
+            let from = log_id.index.to_be_bytes();
+            store
+                .raft_log
+                .delete_range(&mut wtxn, &(Bound::Included(&from[..]), Bound::Unbounded))?;
+            wtxn.commit()
+        })
+        .await
+        .map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let bytes = serde_json::to_vec(&log_id).map_err(write_err)?;
+        let store = self.store.clone();
+        // `last_purged` is written in the same transaction as the deletion, so the log state
+        // never claims entries that are gone or forgets ones that were purged.
+        blocking(move || {
+            let mut wtxn = store.env().write_txn()?;
+            let upto = log_id.index.to_be_bytes();
+            store
+                .raft_log
+                .delete_range(&mut wtxn, &(Bound::Unbounded, Bound::Included(&upto[..])))?;
+            store.raft_meta.put(&mut wtxn, KEY_LAST_PURGED, &bytes)?;
+            wtxn.commit()
+        })
+        .await
+        .map_err(write_err)
+    }
+}

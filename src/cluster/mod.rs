@@ -1,0 +1,317 @@
+//! Raft glue: openraft's types, the LMDB log store and state machine, RPC, and the one write
+//! path of the daemon, [`Cluster::write`].
+//!
+//! Architecture Invariant: openraft is used only inside this module. Why: it is pinned to
+//! 0.9 and will be ported to 0.10; the rest of cairn sees `Command`s in and results out.
+//!
+//! Writes are batched: concurrent [`Cluster::write`] calls queue up while the previous Raft
+//! entry is being made durable, and then travel together as one [`Proposal`] — one log
+//! append, one fsync — instead of one fsync each. A write returns after its entry is committed
+//! and applied, with the result of its own command.
+
+mod log_store;
+mod network;
+mod state_machine;
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use log_store::LogStore;
+pub use state_machine::StateMachine;
+
+use crate::model::{Command, CommandResult, Proposal};
+use crate::store::Store;
+
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Proposal,
+        R = Vec<CommandResult>,
+);
+
+type Raft = openraft::Raft<TypeConfig>;
+
+/// Commands in one proposal at most. Bounds the apply transaction and the latency of the
+/// slowest write in a batch.
+const BATCH_COMMANDS_MAX: usize = 1024;
+/// Approximate payload bytes in one proposal at most (a full batch of 512 KiB KV values
+/// would otherwise make one huge log entry).
+const BATCH_BYTES_MAX: usize = 4 << 20;
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub node_id: NodeId,
+    /// `ip:port` other servers (and `/v1/status/leader`) use for this server.
+    pub advertise: String,
+    /// Form a one-server cluster at first start (`-bootstrap-expect 1`, `-dev`).
+    pub bootstrap: bool,
+    /// Writes waiting for a proposal at most; when full, writes fail at once with
+    /// [`WriteError::QueueFull`].
+    pub write_queue_max: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot start Raft: {0}")]
+    Start(String),
+    #[error("cannot bootstrap the cluster: {0}")]
+    Bootstrap(String),
+}
+
+/// Why a write was not applied. Each maps to one HTTP status in `http`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    #[error("No cluster leader")]
+    NoLeader,
+    #[error("too many writes pending ({0} queued); try again")]
+    QueueFull(usize),
+    #[error("data store is full: {room_bytes} bytes left of a {size_bytes}-byte LMDB map; raise lmdb_map_size_mb")]
+    MapFull { room_bytes: u64, size_bytes: u64 },
+    #[error("Raft stopped: {0}")]
+    Stopped(String),
+}
+
+struct PendingWrite {
+    command: Command,
+    reply: oneshot::Sender<Result<CommandResult, WriteError>>,
+}
+
+/// Handle on this server's Raft node. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    raft: Raft,
+    store: Store,
+    queue: mpsc::Sender<PendingWrite>,
+    config: Arc<ClusterConfig>,
+}
+
+/// Leader as the HTTP API reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderInfo {
+    pub node_id: NodeId,
+    pub address: String,
+}
+
+impl Cluster {
+    /// Starts the Raft node on `store`, bootstraps a one-server cluster if asked, and spawns
+    /// the proposer task on `tasks`; it stops when `shutdown` is cancelled.
+    pub async fn start(
+        store: Store,
+        config: ClusterConfig,
+        shutdown: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Result<Cluster, ClusterError> {
+        let raft_config = Config {
+            cluster_name: "cairn".into(),
+            // Well above an fsync's p99 on slow disks (openraft's 50/150-300 ms are tight).
+            heartbeat_interval: 250,
+            election_timeout_min: 1000,
+            election_timeout_max: 2000,
+            install_snapshot_timeout: 5000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(10_000),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Default::default()
+        };
+        let raft_config = Arc::new(
+            raft_config
+                .validate()
+                .map_err(|e| ClusterError::Start(e.to_string()))?,
+        );
+        let raft = Raft::new(
+            config.node_id,
+            raft_config,
+            network::Network,
+            LogStore::new(store.clone()),
+            StateMachine::new(store.clone()),
+        )
+        .await
+        .map_err(|e| ClusterError::Start(e.to_string()))?;
+
+        if config.bootstrap {
+            let members = BTreeMap::from([(config.node_id, BasicNode::new(&config.advertise))]);
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!(
+                    node_id = config.node_id,
+                    "bootstrapped a one-server cluster"
+                ),
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                    tracing::debug!("cluster already initialized")
+                }
+                Err(e) => return Err(ClusterError::Bootstrap(e.to_string())),
+            }
+        }
+
+        let (queue, rx) = mpsc::channel(config.write_queue_max.max(1));
+        tasks.spawn(run_proposer(raft.clone(), rx, shutdown));
+        Ok(Cluster {
+            raft,
+            store,
+            queue,
+            config: Arc::new(config),
+        })
+    }
+
+    /// Proposes `command` and waits until it is committed and applied. Fails fast, before
+    /// anything reaches the log, when there is no leader, the queue is full or the LMDB map is
+    /// nearly full (a full map inside a log append would stop Raft).
+    pub async fn write(&self, command: Command) -> Result<CommandResult, WriteError> {
+        let (room_bytes, size_bytes) = self.store.map_room();
+        let reserve = (size_bytes / 8).min(64 << 20) + 4 * command.approx_size() as u64;
+        if room_bytes < reserve {
+            return Err(WriteError::MapFull {
+                room_bytes,
+                size_bytes,
+            });
+        }
+        if self.leader().is_none() {
+            return Err(WriteError::NoLeader);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.queue
+            .try_send(PendingWrite { command, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    WriteError::QueueFull(self.config.write_queue_max)
+                }
+                mpsc::error::TrySendError::Closed(_) => WriteError::Stopped("shutting down".into()),
+            })?;
+        rx.await
+            .unwrap_or_else(|_| Err(WriteError::Stopped("shutting down".into())))
+    }
+
+    /// Confirms with a quorum that this server is still the leader and waits until it has
+    /// applied everything committed before (`?consistent` reads).
+    pub async fn linearizable(&self) -> Result<(), WriteError> {
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map(|_| ())
+            .map_err(|_| WriteError::NoLeader)
+    }
+
+    pub fn leader(&self) -> Option<LeaderInfo> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let id = metrics.current_leader?;
+        let address = metrics
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+            .unwrap_or_default();
+        Some(LeaderInfo {
+            node_id: id,
+            address,
+        })
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader()
+            .is_some_and(|l| l.node_id == self.config.node_id)
+    }
+
+    /// Addresses of the voting servers.
+    pub fn peers(&self) -> Vec<String> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        membership
+            .voter_ids()
+            .filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone()))
+            .collect()
+    }
+
+    /// The index of the last applied log entry.
+    pub fn last_applied(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |id| id.index)
+    }
+
+    /// Waits (up to `timeout`) until this server knows a leader.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> bool {
+        let mut metrics = self.raft.metrics();
+        tokio::time::timeout(timeout, async {
+            loop {
+                if metrics.borrow_and_update().current_leader.is_some() {
+                    return;
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok()
+            && self.leader().is_some()
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "Raft did not shut down cleanly");
+        }
+    }
+}
+
+/// Collects queued writes into proposals, one in flight at a time: while one entry is being
+/// made durable, the next batch accumulates.
+async fn run_proposer(
+    raft: Raft,
+    mut rx: mpsc::Receiver<PendingWrite>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            next = rx.recv() => match next { Some(w) => w, None => return },
+        };
+        let mut batch = vec![first];
+        let mut bytes = batch[0].command.approx_size();
+        while batch.len() < BATCH_COMMANDS_MAX && bytes < BATCH_BYTES_MAX {
+            match rx.try_recv() {
+                Ok(w) => {
+                    bytes += w.command.approx_size();
+                    batch.push(w);
+                }
+                Err(_) => break,
+            }
+        }
+        let (commands, replies): (Vec<Command>, Vec<_>) =
+            batch.into_iter().map(|w| (w.command, w.reply)).unzip();
+        match raft.client_write(Proposal::new(commands)).await {
+            Ok(response) => {
+                let results = response.data;
+                debug_assert_eq!(results.len(), replies.len());
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            Err(e) => {
+                let error = match e {
+                    RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+                        WriteError::NoLeader
+                    }
+                    other => WriteError::Stopped(other.to_string()),
+                };
+                tracing::warn!(error = %error, "proposal failed");
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

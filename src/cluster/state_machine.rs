@@ -1,0 +1,226 @@
+//! openraft's state machine over [`Store`]: applies committed entries, builds and installs
+//! snapshots. Raft metadata (`last_applied`, membership) is kept in `sm_meta`, written in the
+//! same transaction as the changes it describes.
+//!
+//! Invariant: the apply transaction commits with fsync like every LMDB commit here, so no log
+//! entry is purged, and no snapshot taken, before the state that applied it is on disk.
+
+use std::io::Cursor;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+
+use super::{NodeId, TypeConfig};
+use crate::model::{Command, CommandResult};
+use crate::store::{AppliedBatch, Store};
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+type Membership = StoredMembership<NodeId, openraft::BasicNode>;
+
+const META_LAST_APPLIED: &str = "last_applied";
+const META_MEMBERSHIP: &str = "membership";
+/// The current snapshot: its metadata (JSON) and its data (raw), written in one transaction.
+const KEY_SNAPSHOT_META: &[u8] = b"snapshot_meta";
+const KEY_SNAPSHOT_DATA: &[u8] = b"snapshot_data";
+
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    data: Vec<u8>,
+}
+
+#[derive(Clone)]
+pub struct StateMachine {
+    store: Store,
+}
+
+fn sm_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+fn snapshot_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::read_snapshot(None, &e).into()
+}
+
+impl StateMachine {
+    pub fn new(store: Store) -> Self {
+        StateMachine { store }
+    }
+
+    fn read_applied(&self) -> StorageResult<(Option<LogId<NodeId>>, Membership)> {
+        let view = self.store.read().map_err(sm_err)?;
+        let last_applied = match view.meta(META_LAST_APPLIED).map_err(sm_err)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(sm_err)?,
+            None => None,
+        };
+        let membership = match view.meta(META_MEMBERSHIP).map_err(sm_err)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(sm_err)?,
+            None => Membership::default(),
+        };
+        Ok((last_applied, membership))
+    }
+
+    async fn save_snapshot(&self, snapshot: StoredSnapshot) -> StorageResult<()> {
+        let meta = serde_json::to_vec(&snapshot.meta).map_err(sm_err)?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut wtxn = store.env().write_txn()?;
+            store.raft_meta.put(&mut wtxn, KEY_SNAPSHOT_META, &meta)?;
+            store
+                .raft_meta
+                .put(&mut wtxn, KEY_SNAPSHOT_DATA, &snapshot.data)?;
+            wtxn.commit()
+        })
+        .await
+        .map_err(sm_err)?
+        .map_err(|e| StorageIOError::write_snapshot(None, &e).into())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let store = self.store.clone();
+        let (data, meta) = tokio::task::spawn_blocking(move || {
+            store.snapshot(&[META_LAST_APPLIED, META_MEMBERSHIP])
+        })
+        .await
+        .map_err(snapshot_err)?
+        .map_err(snapshot_err)?;
+        let last_log_id: Option<LogId<NodeId>> = match &meta[0] {
+            Some(bytes) => serde_json::from_slice(bytes).map_err(snapshot_err)?,
+            None => None,
+        };
+        let last_membership: Membership = match &meta[1] {
+            Some(bytes) => serde_json::from_slice(bytes).map_err(snapshot_err)?,
+            None => Membership::default(),
+        };
+        let snapshot_id = match last_log_id {
+            Some(id) => format!("{}-{}", id.leader_id, id.index),
+            None => "empty".to_string(),
+        };
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+            snapshot_id,
+        };
+        self.save_snapshot(StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        })
+        .await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<NodeId>>, Membership)> {
+        self.read_applied()
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Vec<CommandResult>>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let Some(last) = entries.last() else {
+            return Ok(Vec::new());
+        };
+        let last_applied = serde_json::to_vec(&Some(last.log_id)).map_err(sm_err)?;
+        let mut membership = None;
+        for entry in &entries {
+            if let EntryPayload::Membership(m) = &entry.payload {
+                membership = Some(Membership::new(Some(entry.log_id), m.clone()));
+            }
+        }
+        let mut meta = vec![(META_LAST_APPLIED, last_applied)];
+        if let Some(m) = membership {
+            meta.push((META_MEMBERSHIP, serde_json::to_vec(&m).map_err(sm_err)?));
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let empty: [Command; 0] = [];
+            let batches: Vec<AppliedBatch<'_>> = entries
+                .iter()
+                .map(|entry| AppliedBatch {
+                    index: entry.log_id.index,
+                    commands: match &entry.payload {
+                        EntryPayload::Normal(proposal) => &proposal.commands,
+                        _ => &empty,
+                    },
+                })
+                .collect();
+            store.apply(&batches, &meta)
+        })
+        .await
+        .map_err(sm_err)?
+        .map_err(sm_err)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let data = snapshot.into_inner();
+        let sm_meta = vec![
+            (
+                META_LAST_APPLIED,
+                serde_json::to_vec(&meta.last_log_id).map_err(sm_err)?,
+            ),
+            (
+                META_MEMBERSHIP,
+                serde_json::to_vec(&meta.last_membership).map_err(sm_err)?,
+            ),
+        ];
+        let index = meta.last_log_id.map_or(0, |id| id.index);
+        let store = self.store.clone();
+        let restore_data = data.clone();
+        tokio::task::spawn_blocking(move || store.restore_snapshot(&restore_data, &sm_meta, index))
+            .await
+            .map_err(sm_err)?
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        self.save_snapshot(StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        })
+        .await
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let rtxn = self.store.env().read_txn().map_err(snapshot_err)?;
+        let meta = self
+            .store
+            .raft_meta
+            .get(&rtxn, KEY_SNAPSHOT_META)
+            .map_err(snapshot_err)?;
+        let data = self
+            .store
+            .raft_meta
+            .get(&rtxn, KEY_SNAPSHOT_DATA)
+            .map_err(snapshot_err)?;
+        let (Some(meta), Some(data)) = (meta, data) else {
+            return Ok(None);
+        };
+        let meta = serde_json::from_slice(meta).map_err(snapshot_err)?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data.to_vec())),
+        }))
+    }
+}
