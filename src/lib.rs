@@ -2,6 +2,9 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the code map and invariants.
 
+pub mod agent;
 pub mod cluster;
+pub mod config;
+pub mod http;
 pub mod model;
 pub mod store;

@@ -1,0 +1,459 @@
+//! `/v1/catalog/*`: registration, deregistration and catalog reads.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::body::{decode_json, read_limited};
+use super::error::ApiError;
+use super::query::Query;
+use super::Ctx;
+use crate::model::{
+    CheckDefinition, CheckStatus, Command, CommandResult, DeregisterRequest, Node, RegisterRequest,
+    Service, ServiceDefinition, Weights,
+};
+use crate::store::{Table, Topic};
+
+/// Body of `PUT /v1/catalog/register`. Unknown fields (Kind, Proxy, Namespace, ...) are
+/// ignored; `null` is accepted wherever Go clients send it for an empty value.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RegisterBody {
+    #[serde(rename = "ID")]
+    id: Option<String>,
+    node: Option<String>,
+    address: Option<String>,
+    datacenter: Option<String>,
+    tagged_addresses: Option<BTreeMap<String, String>>,
+    node_meta: Option<BTreeMap<String, String>>,
+    service: Option<ServiceBody>,
+    check: Option<CheckBody>,
+    checks: Option<Vec<CheckBody>>,
+    skip_node_update: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct ServiceBody {
+    #[serde(rename = "ID")]
+    id: Option<String>,
+    service: Option<String>,
+    tags: Option<Vec<String>>,
+    address: Option<String>,
+    meta: Option<BTreeMap<String, String>>,
+    port: Option<u16>,
+    weights: Option<WeightsBody>,
+    enable_tag_override: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct WeightsBody {
+    passing: Option<i32>,
+    warning: Option<i32>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct CheckBody {
+    #[serde(rename = "CheckID")]
+    check_id: Option<String>,
+    name: Option<String>,
+    status: Option<String>,
+    notes: Option<String>,
+    output: Option<String>,
+    #[serde(rename = "ServiceID")]
+    service_id: Option<String>,
+    r#type: Option<String>,
+}
+
+/// Rejects names that would break composite keys or DNS labels.
+fn check_name(what: &str, value: &str) -> Result<(), ApiError> {
+    if value.contains('\0') {
+        return Err(ApiError::BadRequest(format!(
+            "{what} must not contain NUL characters"
+        )));
+    }
+    if value.len() > 512 {
+        return Err(ApiError::BadRequest(format!(
+            "{what} is longer than 512 bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn check_datacenter(ctx: &super::HttpContext, dc: Option<&str>) -> Result<(), ApiError> {
+    match dc {
+        Some(dc) if !dc.is_empty() && dc != ctx.identity.datacenter => {
+            Err(ApiError::Internal("No path to datacenter".into()))
+        }
+        _ => Ok(()),
+    }
+}
+
+impl ServiceBody {
+    fn into_definition(self) -> Result<ServiceDefinition, ApiError> {
+        let service = self.service.unwrap_or_default();
+        if service.is_empty() {
+            return Err(ApiError::BadRequest(
+                "Must provide service name (Service.Service)".into(),
+            ));
+        }
+        let id = self
+            .id
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| service.clone());
+        check_name("Service.ID", &id)?;
+        check_name("Service.Service", &service)?;
+        let default = Weights::default();
+        let weights = self.weights.map_or(default, |w| Weights {
+            passing: w.passing.unwrap_or(default.passing),
+            warning: w.warning.unwrap_or(default.warning),
+        });
+        if weights.passing < 1 || weights.warning < 0 {
+            return Err(ApiError::BadRequest(
+                "Weights.Passing must be at least 1 and Weights.Warning at least 0".into(),
+            ));
+        }
+        Ok(ServiceDefinition {
+            id,
+            service,
+            tags: dedup(self.tags.unwrap_or_default()),
+            address: self.address.unwrap_or_default(),
+            meta: self.meta.unwrap_or_default(),
+            port: self.port.unwrap_or(0),
+            weights,
+            enable_tag_override: self.enable_tag_override.unwrap_or(false),
+        })
+    }
+}
+
+fn dedup(tags: Vec<String>) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    tags.into_iter()
+        .filter(|t| seen.insert(t.clone()))
+        .collect()
+}
+
+impl CheckBody {
+    /// `service_id` is the registration's own service, which a check without `ServiceID`
+    /// does not inherit (Consul attaches it to the node then).
+    fn into_definition(self) -> Result<CheckDefinition, ApiError> {
+        let name = self.name.unwrap_or_default();
+        let check_id = self
+            .check_id
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| name.clone());
+        if check_id.is_empty() {
+            return Err(ApiError::BadRequest(
+                "Must provide check name (Check.Name) or ID (Check.CheckID)".into(),
+            ));
+        }
+        check_name("CheckID", &check_id)?;
+        let status = match self.status.as_deref() {
+            None | Some("") => CheckStatus::Critical,
+            Some(s) => CheckStatus::parse(s).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "Invalid check status {s:?}: expected passing, warning or critical"
+                ))
+            })?,
+        };
+        Ok(CheckDefinition {
+            name: if name.is_empty() {
+                check_id.clone()
+            } else {
+                name
+            },
+            check_id,
+            status,
+            notes: self.notes.unwrap_or_default(),
+            output: self.output.unwrap_or_default(),
+            service_id: self.service_id.unwrap_or_default(),
+            check_type: self.r#type.unwrap_or_default(),
+        })
+    }
+}
+
+/// Maps a command's outcome to the API's `true`, or to an error.
+fn expect_done(result: CommandResult) -> Result<Json<bool>, ApiError> {
+    match result {
+        CommandResult::Rejected(why) => Err(ApiError::BadRequest(why)),
+        CommandResult::Bool(b) => Ok(Json(b)),
+        _ => Ok(Json(true)),
+    }
+}
+
+pub async fn register(
+    ctx: Ctx,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<bool>, ApiError> {
+    Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
+    let bytes = read_limited(&headers, body, ctx.limits.http_max_body_bytes).await?;
+    let req: RegisterBody = decode_json(&bytes)?;
+    check_datacenter(&ctx, req.datacenter.as_deref())?;
+    let node = req.node.unwrap_or_default();
+    if node.is_empty() {
+        return Err(ApiError::BadRequest("Must provide node".into()));
+    }
+    check_name("Node", &node)?;
+    let address = req.address.unwrap_or_default();
+    if address.is_empty() {
+        return Err(ApiError::BadRequest("Must provide address".into()));
+    }
+    let service = req.service.map(ServiceBody::into_definition).transpose()?;
+    let mut checks = Vec::new();
+    for body in req.check.into_iter().chain(req.checks.unwrap_or_default()) {
+        checks.push(body.into_definition()?);
+    }
+    let command = Command::Register(RegisterRequest {
+        id: req.id.unwrap_or_default(),
+        node,
+        address,
+        datacenter: ctx.identity.datacenter.clone(),
+        tagged_addresses: req.tagged_addresses.unwrap_or_default(),
+        node_meta: req.node_meta.unwrap_or_default(),
+        service,
+        checks,
+        skip_node_update: req.skip_node_update.unwrap_or(false),
+    });
+    expect_done(ctx.cluster.write(command).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DeregisterBody {
+    node: Option<String>,
+    datacenter: Option<String>,
+    #[serde(rename = "ServiceID")]
+    service_id: Option<String>,
+    #[serde(rename = "CheckID")]
+    check_id: Option<String>,
+}
+
+pub async fn deregister(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Json<bool>, ApiError> {
+    let bytes = read_limited(&headers, body, ctx.limits.http_max_body_bytes).await?;
+    let req: DeregisterBody = decode_json(&bytes)?;
+    check_datacenter(&ctx, req.datacenter.as_deref())?;
+    let node = req.node.unwrap_or_default();
+    if node.is_empty() {
+        return Err(ApiError::BadRequest("Must provide node".into()));
+    }
+    let command = Command::Deregister(DeregisterRequest {
+        node,
+        service_id: req.service_id.filter(|s| !s.is_empty()),
+        check_id: req.check_id.filter(|s| !s.is_empty()),
+    });
+    expect_done(ctx.cluster.write(command).await?)
+}
+
+/// `GET|PUT /v1/catalog/deregister/{service_id}`: the short form published how-tos use.
+pub async fn deregister_by_id(
+    ctx: Ctx,
+    Path(service_id): Path<String>,
+) -> Result<Json<bool>, ApiError> {
+    let nodes = ctx.store.read()?.nodes_with_service_id(&service_id)?;
+    let node = match nodes.as_slice() {
+        [] => return Err(ApiError::NotFound(format!("Unknown service ID {service_id:?}: no node holds it"))),
+        [node] => node.clone(),
+        several => {
+            return Err(ApiError::Conflict(format!(
+                "Service ID {service_id:?} is registered on several nodes ({}); use PUT /v1/catalog/deregister with Node and ServiceID",
+                several.join(", ")
+            )))
+        }
+    };
+    let command = Command::Deregister(DeregisterRequest {
+        node,
+        service_id: Some(service_id),
+        check_id: None,
+    });
+    expect_done(ctx.cluster.write(command).await?)
+}
+
+pub async fn datacenters(ctx: Ctx) -> Json<Vec<String>> {
+    Json(vec![ctx.identity.datacenter.clone()])
+}
+
+pub async fn nodes(ctx: Ctx, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
+    let result = ctx
+        .blocking_read(&q, Topic::Table(Table::Nodes), |view| {
+            Ok((view.table_index(Table::Nodes)?, view.nodes()?))
+        })
+        .await?;
+    Ok((ctx.index_headers(result.index), Json(result.value)).into_response())
+}
+
+pub async fn services(ctx: Ctx, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
+    let result = ctx
+        .blocking_read(&q, Topic::Table(Table::Services), |view| {
+            Ok((view.table_index(Table::Services)?, view.service_names()?))
+        })
+        .await?;
+    Ok((ctx.index_headers(result.index), Json(result.value)).into_response())
+}
+
+/// One row of `GET /v1/catalog/service/{name}`, in Consul's shape.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct CatalogServiceRow {
+    #[serde(rename = "ID")]
+    id: String,
+    node: String,
+    address: String,
+    datacenter: String,
+    tagged_addresses: BTreeMap<String, String>,
+    node_meta: BTreeMap<String, String>,
+    service_kind: &'static str,
+    #[serde(rename = "ServiceID")]
+    service_id: String,
+    service_name: String,
+    service_tags: Vec<String>,
+    service_address: String,
+    service_tagged_addresses: BTreeMap<String, String>,
+    service_weights: Weights,
+    service_meta: BTreeMap<String, String>,
+    service_port: u16,
+    service_enable_tag_override: bool,
+    service_proxy: serde_json::Value,
+    service_connect: serde_json::Value,
+    create_index: u64,
+    modify_index: u64,
+}
+
+fn catalog_row(node: &Node, s: Service) -> CatalogServiceRow {
+    CatalogServiceRow {
+        id: node.id.clone(),
+        node: node.node.clone(),
+        address: node.address.clone(),
+        datacenter: node.datacenter.clone(),
+        tagged_addresses: node.tagged_addresses.clone(),
+        node_meta: node.meta.clone(),
+        service_kind: "",
+        service_id: s.id,
+        service_name: s.service,
+        service_tags: s.tags,
+        service_address: s.address,
+        service_tagged_addresses: BTreeMap::new(),
+        service_weights: s.weights,
+        service_meta: s.meta,
+        service_port: s.port,
+        service_enable_tag_override: s.enable_tag_override,
+        service_proxy: serde_json::json!({}),
+        service_connect: serde_json::json!({}),
+        create_index: s.create_index,
+        modify_index: s.modify_index,
+    }
+}
+
+/// True when the instance carries every tag asked for (`?tag=` is repeatable).
+pub(super) fn has_tags(service: &Service, wanted: &[&str]) -> bool {
+    wanted
+        .iter()
+        .all(|w| service.tags.iter().any(|t| t.eq_ignore_ascii_case(w)))
+}
+
+pub async fn service(
+    ctx: Ctx,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
+    let tags = q
+        .all("tag")
+        .into_iter()
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+    let result = ctx
+        .blocking_read(&q, Topic::Service(name.clone()), |view| {
+            let wanted: Vec<&str> = tags.iter().map(String::as_str).collect();
+            let mut rows = Vec::new();
+            for s in view.service_instances(&name)? {
+                if !has_tags(&s, &wanted) {
+                    continue;
+                }
+                if let Some(node) = view.node(&s.node)? {
+                    rows.push(catalog_row(&node, s));
+                }
+            }
+            Ok((view.service_index(&name)?, rows))
+        })
+        .await?;
+    Ok((ctx.index_headers(result.index), Json(result.value)).into_response())
+}
+
+/// A service as `/v1/catalog/node/{node}` and `/v1/health/service` show it.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct ServiceView {
+    #[serde(rename = "ID")]
+    id: String,
+    service: String,
+    tags: Vec<String>,
+    address: String,
+    meta: BTreeMap<String, String>,
+    port: u16,
+    weights: Weights,
+    enable_tag_override: bool,
+    kind: &'static str,
+    create_index: u64,
+    modify_index: u64,
+}
+
+impl From<Service> for ServiceView {
+    fn from(s: Service) -> Self {
+        ServiceView {
+            id: s.id,
+            service: s.service,
+            tags: s.tags,
+            address: s.address,
+            meta: s.meta,
+            port: s.port,
+            weights: s.weights,
+            enable_tag_override: s.enable_tag_override,
+            kind: "",
+            create_index: s.create_index,
+            modify_index: s.modify_index,
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct NodeServices {
+    node: Node,
+    services: BTreeMap<String, ServiceView>,
+}
+
+pub async fn node(
+    ctx: Ctx,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
+    let result = ctx
+        .blocking_read(&q, Topic::Node(name.clone()), |view| {
+            let found = match view.node(&name)? {
+                Some(node) => {
+                    let services = view
+                        .node_services(&name)?
+                        .into_iter()
+                        .map(|s| (s.id.clone(), ServiceView::from(s)))
+                        .collect();
+                    Some(NodeServices { node, services })
+                }
+                None => None,
+            };
+            Ok((view.node_index(&name)?, found))
+        })
+        .await?;
+    Ok((ctx.index_headers(result.index), Json(result.value)).into_response())
+}

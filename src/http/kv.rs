@@ -1,0 +1,224 @@
+//! `/v1/kv/*`: reads (single, `?recurse`, `?keys`, `?raw`), writes with `?cas`/`?flags`, and
+//! deletes.
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde::Serialize;
+
+use super::body::read_limited;
+use super::error::ApiError;
+use super::query::Query;
+use super::Ctx;
+use crate::model::{Command, CommandResult, KvEntry};
+use crate::store::Topic;
+
+/// A KV entry in Consul's JSON shape.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct KvView {
+    lock_index: u64,
+    key: String,
+    flags: u64,
+    value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: Option<String>,
+    create_index: u64,
+    modify_index: u64,
+}
+
+impl From<KvEntry> for KvView {
+    fn from(e: KvEntry) -> Self {
+        KvView {
+            lock_index: e.lock_index,
+            key: e.key,
+            flags: e.flags,
+            value: e.value.map(|v| STANDARD.encode(v)),
+            session: e.session,
+            create_index: e.create_index,
+            modify_index: e.modify_index,
+        }
+    }
+}
+
+fn key_of(path: Option<Path<String>>) -> String {
+    path.map(|Path(k)| k).unwrap_or_default()
+}
+
+/// Collapses keys below `separator` after `prefix`, as `?keys&separator=/` does.
+fn collapse_keys(prefix: &str, keys: Vec<String>, separator: Option<&str>) -> Vec<String> {
+    let Some(sep) = separator.filter(|s| !s.is_empty()) else {
+        return keys;
+    };
+    let mut out: Vec<String> = Vec::with_capacity(keys.len());
+    for key in keys {
+        let rest = &key[prefix.len()..];
+        let shown = match rest.find(sep) {
+            Some(at) => key[..prefix.len() + at + sep.len()].to_string(),
+            None => key,
+        };
+        if out.last() != Some(&shown) {
+            out.push(shown);
+        }
+    }
+    out
+}
+
+enum KvAnswer {
+    Entries(Vec<KvEntry>),
+    Keys(Vec<String>),
+    Missing,
+}
+
+pub async fn get(
+    ctx: Ctx,
+    path: Option<Path<String>>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let key = key_of(path);
+    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
+    let recurse = q.has("recurse");
+    let keys_only = q.has("keys");
+    if key.is_empty() && !recurse && !keys_only {
+        return Err(ApiError::BadRequest("Missing key name".into()));
+    }
+    let separator = q.get("separator").map(str::to_string);
+    let topic = if recurse || keys_only {
+        Topic::KvPrefix(key.clone())
+    } else {
+        Topic::Kv(key.clone())
+    };
+    let result = ctx
+        .blocking_read(&q, topic, |view| {
+            if keys_only {
+                let keys = collapse_keys(&key, view.kv_keys(&key)?, separator.as_deref());
+                let answer = if keys.is_empty() && !key.is_empty() {
+                    KvAnswer::Missing
+                } else {
+                    KvAnswer::Keys(keys)
+                };
+                Ok((view.kv_prefix_index(&key)?, answer))
+            } else if recurse {
+                let entries = view.kv_list(&key)?;
+                let answer = if entries.is_empty() {
+                    KvAnswer::Missing
+                } else {
+                    KvAnswer::Entries(entries)
+                };
+                Ok((view.kv_prefix_index(&key)?, answer))
+            } else {
+                let answer = view
+                    .kv_get(&key)?
+                    .map_or(KvAnswer::Missing, |e| KvAnswer::Entries(vec![e]));
+                Ok((view.kv_key_index(&key)?, answer))
+            }
+        })
+        .await?;
+    let headers = ctx.index_headers(result.index);
+    Ok(match result.value {
+        KvAnswer::Missing => (StatusCode::NOT_FOUND, headers).into_response(),
+        KvAnswer::Keys(keys) => (headers, Json(keys)).into_response(),
+        KvAnswer::Entries(mut entries) if q.has("raw") && !recurse => {
+            let value = entries.pop().and_then(|e| e.value).unwrap_or_default();
+            let mut response = (headers, value).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            response
+        }
+        KvAnswer::Entries(entries) => (
+            headers,
+            Json(entries.into_iter().map(KvView::from).collect::<Vec<_>>()),
+        )
+            .into_response(),
+    })
+}
+
+fn reject_sessions(q: &Query) -> Result<(), ApiError> {
+    for param in ["acquire", "release"] {
+        if q.has(param) {
+            return Err(ApiError::BadRequest(format!(
+                "?{param} needs sessions, which cairn does not implement yet"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn bool_result(result: CommandResult) -> Result<Json<bool>, ApiError> {
+    match result {
+        CommandResult::Bool(b) => Ok(Json(b)),
+        CommandResult::Rejected(why) => Err(ApiError::BadRequest(why)),
+        other => Err(ApiError::Internal(format!("unexpected result {other:?}"))),
+    }
+}
+
+pub async fn put(
+    ctx: Ctx,
+    path: Option<Path<String>>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<bool>, ApiError> {
+    let key = key_of(path);
+    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
+    if key.is_empty() {
+        return Err(ApiError::BadRequest("Missing key name".into()));
+    }
+    reject_sessions(&q)?;
+    let flags = q.u64("flags")?.unwrap_or(0);
+    let cas = q.u64("cas")?;
+    let value = read_limited(&headers, body, ctx.limits.kv_max_value_size).await?;
+    let command = Command::KvSet {
+        key,
+        value: Some(value.to_vec()),
+        flags,
+        cas,
+    };
+    bool_result(ctx.cluster.write(command).await?)
+}
+
+pub async fn delete(
+    ctx: Ctx,
+    path: Option<Path<String>>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<bool>, ApiError> {
+    let key = key_of(path);
+    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
+    let recurse = q.has("recurse");
+    if key.is_empty() && !recurse {
+        return Err(ApiError::BadRequest("Missing key name".into()));
+    }
+    let cas = q.u64("cas")?;
+    if recurse && cas.is_some() {
+        return Err(ApiError::BadRequest(
+            "Conflicting flags: cas and recurse".into(),
+        ));
+    }
+    bool_result(
+        ctx.cluster
+            .write(Command::KvDelete { key, recurse, cas })
+            .await?,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::collapse_keys;
+
+    #[test]
+    fn keys_collapse_below_the_separator() {
+        let keys = ["a/b", "a/c/d", "a/c/e", "a/f/"].map(String::from).to_vec();
+        assert_eq!(
+            collapse_keys("a/", keys.clone(), Some("/")),
+            ["a/b", "a/c/", "a/f/"]
+        );
+        assert_eq!(collapse_keys("a/", keys.clone(), None), keys);
+        assert_eq!(collapse_keys("", keys, Some("/")), ["a/"]);
+    }
+}

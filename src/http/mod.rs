@@ -1,0 +1,128 @@
+//! The Consul-compatible HTTP API: routes, the server with its connection limits, and the
+//! shared context handlers read.
+//!
+//! Architecture Invariant: handlers decode a request, call one store read or one
+//! `Cluster::write`, and encode the answer; catalog and KV semantics live in `store`.
+//! Why: DNS and HTTP must agree on what "healthy" means, and the state machine must be the
+//! only writer.
+
+mod agent;
+mod body;
+mod catalog;
+mod error;
+mod health;
+mod kv;
+mod query;
+mod server;
+mod txn;
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::Router;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+pub use agent::CONSUL_API_VERSION;
+pub use error::ApiError;
+pub use server::serve;
+
+use crate::cluster::Cluster;
+use crate::config::Limits;
+use crate::store::Store;
+
+/// What the API reports about this agent.
+#[derive(Debug, Clone)]
+pub struct AgentIdentity {
+    pub datacenter: String,
+    pub node_name: String,
+    pub node_id: String,
+    pub server: bool,
+    /// Address other agents reach this one at (LAN).
+    pub advertise_addr: String,
+    pub server_port: u16,
+    pub serf_lan_port: u16,
+}
+
+/// Shared by every handler.
+pub struct HttpContext {
+    pub cluster: Cluster,
+    pub store: Store,
+    pub identity: AgentIdentity,
+    pub limits: Limits,
+    /// One permit per blocking query in progress (`limits.max_blocking_queries`); when none is
+    /// left a new blocking query gets 429 at once.
+    pub blocking_permits: Arc<Semaphore>,
+    /// Cancelled at shutdown: blocking queries answer at once with their current data.
+    pub shutdown: CancellationToken,
+}
+
+impl HttpContext {
+    pub fn new(
+        cluster: Cluster,
+        store: Store,
+        identity: AgentIdentity,
+        limits: Limits,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let blocking_permits = Arc::new(Semaphore::new(limits.max_blocking_queries as usize));
+        HttpContext {
+            cluster,
+            store,
+            identity,
+            limits,
+            blocking_permits,
+            shutdown,
+        }
+    }
+}
+
+pub type Ctx = axum::extract::State<Arc<HttpContext>>;
+
+/// Every route of the API.
+pub fn router(ctx: Arc<HttpContext>) -> Router {
+    Router::new()
+        .route("/v1/catalog/register", put(catalog::register))
+        .route("/v1/catalog/deregister", put(catalog::deregister))
+        .route(
+            "/v1/catalog/deregister/{service_id}",
+            get(catalog::deregister_by_id).put(catalog::deregister_by_id),
+        )
+        .route("/v1/catalog/datacenters", get(catalog::datacenters))
+        .route("/v1/catalog/nodes", get(catalog::nodes))
+        .route("/v1/catalog/services", get(catalog::services))
+        .route("/v1/catalog/service/{service}", get(catalog::service))
+        .route("/v1/catalog/node/{node}", get(catalog::node))
+        .route("/v1/health/service/{service}", get(health::service))
+        .route("/v1/health/node/{node}", get(health::node))
+        .route("/v1/health/checks/{service}", get(health::checks))
+        .route("/v1/health/state/{state}", get(health::state))
+        .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
+        .route("/v1/txn", put(txn::txn))
+        .route("/v1/status/leader", get(agent::status_leader))
+        .route("/v1/status/peers", get(agent::status_peers))
+        .route("/v1/agent/self", get(agent::agent_self))
+        .fallback(unknown_path)
+        .method_not_allowed_fallback(wrong_method)
+        .with_state(ctx)
+}
+
+async fn unknown_path() -> ApiError {
+    ApiError::NotFound("Invalid URL path: not a recognized HTTP API endpoint".into())
+}
+
+async fn wrong_method(method: Method, _req: Request) -> Response {
+    let mut response = ApiError::MethodNotAllowed {
+        method: method.to_string(),
+    }
+    .into_response();
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+}

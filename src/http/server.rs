@@ -1,0 +1,114 @@
+//! The HTTP listener: accept loop, per-client connection limit, header read timeout, and
+//! graceful shutdown (stop accepting, let in-flight requests finish for at most the drain
+//! time).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::{router, HttpContext};
+
+/// Open connections per client address. The guard gives its slot back on drop.
+#[derive(Default, Clone)]
+struct ConnectionCounts(Arc<Mutex<HashMap<IpAddr, u32>>>);
+
+struct ConnectionSlot {
+    counts: ConnectionCounts,
+    ip: IpAddr,
+}
+
+impl ConnectionCounts {
+    fn try_take(&self, ip: IpAddr, max: u32) -> Option<ConnectionSlot> {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(ConnectionSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Consul's answer to a client over `http_max_conns_per_client`.
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\n\
+Content-Length: 78\r\nConnection: close\r\n\r\nYour IP is issuing too many concurrent connections, please rate limit your calls";
+
+/// Serves the API on `listener` until `shutdown` is cancelled, then drains open connections
+/// for at most `drain`.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<HttpContext>,
+    shutdown: CancellationToken,
+    drain: Duration,
+) {
+    let service = TowerToHyperService::new(router(ctx.clone()));
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ctx.limits.http_header_read_timeout);
+    let graceful = GracefulShutdown::new();
+    let counts = ConnectionCounts::default();
+    let max_per_client = ctx.limits.http_max_conns_per_client.max(1);
+    loop {
+        let (mut stream, peer): (_, SocketAddr) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(slot) = counts.try_take(peer.ip(), max_per_client) else {
+            tracing::debug!(client = %peer, "connection limit reached");
+            tokio::spawn(async move {
+                let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
+                let _ = stream.shutdown().await;
+            });
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let connection =
+            builder.serve_connection_with_upgrades(TokioIo::new(stream), service.clone());
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(client = %peer, error = %e, "HTTP connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::debug!("HTTP connections drained"),
+        _ = tokio::time::sleep(drain) => tracing::warn!(?drain, "HTTP drain timed out; closing remaining connections"),
+    }
+}
