@@ -155,6 +155,9 @@ impl CheckBody {
             ));
         }
         check_name("CheckID", &check_id)?;
+        if let Some(service_id) = &self.service_id {
+            check_name("Check.ServiceID", service_id)?;
+        }
         let status = match self.status.as_deref() {
             None | Some("") => CheckStatus::Critical,
             Some(s) => CheckStatus::parse(s).ok_or_else(|| {

@@ -45,8 +45,18 @@ impl From<KvEntry> for KvView {
     }
 }
 
-fn key_of(path: Option<Path<String>>) -> String {
-    path.map(|Path(k)| k).unwrap_or_default()
+/// LMDB's key size limit.
+const KEY_BYTES_MAX: usize = 511;
+
+fn key_of(path: Option<Path<String>>) -> Result<String, ApiError> {
+    let key = path.map(|Path(k)| k).unwrap_or_default();
+    if key.len() > KEY_BYTES_MAX {
+        return Err(ApiError::BadRequest(format!(
+            "Key is {} bytes long; at most {KEY_BYTES_MAX} are allowed",
+            key.len()
+        )));
+    }
+    Ok(key)
 }
 
 /// Collapses keys below `separator` after `prefix`, as `?keys&separator=/` does.
@@ -79,7 +89,7 @@ pub async fn get(
     path: Option<Path<String>>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let key = key_of(path);
+    let key = key_of(path)?;
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
     let recurse = q.has("recurse");
     let keys_only = q.has("keys");
@@ -165,7 +175,7 @@ pub async fn put(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<bool>, ApiError> {
-    let key = key_of(path);
+    let key = key_of(path)?;
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
     if key.is_empty() {
         return Err(ApiError::BadRequest("Missing key name".into()));
@@ -188,7 +198,7 @@ pub async fn delete(
     path: Option<Path<String>>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<bool>, ApiError> {
-    let key = key_of(path);
+    let key = key_of(path)?;
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
     let recurse = q.has("recurse");
     if key.is_empty() && !recurse {

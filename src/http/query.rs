@@ -58,6 +58,7 @@ impl Query {
                 _ => {}
             }
         }
+        q.params = params;
         if q.stale && q.consistent {
             return Err(ApiError::BadRequest(
                 "Conflicting flags: stale and consistent".into(),

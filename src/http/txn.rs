@@ -92,6 +92,12 @@ fn decode_ops(body: Vec<TxnOpBody>) -> Result<Vec<TxnKvOp>, Vec<ErrorView>> {
                 if needs_key && key.is_empty() {
                     return Err("Key cannot be empty".to_string());
                 }
+                if key.len() > 511 {
+                    return Err(format!(
+                        "Key is {} bytes long; at most 511 are allowed",
+                        key.len()
+                    ));
+                }
                 let value = match kv.value {
                     Some(v) => Some(
                         STANDARD

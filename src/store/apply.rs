@@ -50,7 +50,18 @@ impl Store {
                     index: batch.index,
                     touched: Touched::default(),
                 };
-                match tx.command(command)? {
+                let outcome = match tx.command(command) {
+                    Ok(outcome) => outcome,
+                    // Deterministic on every replica (a key LMDB cannot hold): a result, not a
+                    // storage failure, which would stop Raft.
+                    Err(StoreError::Lmdb(heed::Error::Mdb(heed::MdbError::BadValSize))) => {
+                        Outcome::Abort(CommandResult::Rejected(
+                            "a key is longer than the store allows".into(),
+                        ))
+                    }
+                    Err(e) => return Err(e),
+                };
+                match outcome {
                     Outcome::Commit(result) => {
                         let command_touched = std::mem::take(&mut tx.touched);
                         nested.commit()?;
@@ -426,7 +437,7 @@ impl ApplyTx<'_, '_> {
 
     fn kv_list(&self, prefix: &str) -> Result<Vec<KvEntry>, StoreError> {
         let mut out = Vec::new();
-        for row in self.t.kv.prefix_iter(self.txn, prefix.as_bytes())? {
+        for row in super::prefix_rows(self.t.kv, self.txn, prefix.as_bytes())? {
             let (key, bytes) = row?;
             out.push(codec::decode_kv(key, bytes)?);
         }

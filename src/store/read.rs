@@ -206,7 +206,7 @@ impl<'e> ReadView<'e> {
 
     pub fn kv_list(&self, prefix: &str) -> Result<Vec<KvEntry>, StoreError> {
         let mut out = Vec::new();
-        for row in self.t.kv.prefix_iter(&self.txn, prefix.as_bytes())? {
+        for row in super::prefix_rows(self.t.kv, &self.txn, prefix.as_bytes())? {
             let (key, bytes) = row?;
             out.push(codec::decode_kv(key, bytes)?);
         }
@@ -216,7 +216,7 @@ impl<'e> ReadView<'e> {
     /// Keys under `prefix`, without decoding values.
     pub fn kv_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let mut out = Vec::new();
-        for row in self.t.kv.prefix_iter(&self.txn, prefix.as_bytes())? {
+        for row in super::prefix_rows(self.t.kv, &self.txn, prefix.as_bytes())? {
             let (key, _) = row?;
             out.push(String::from_utf8_lossy(key).into_owned());
         }
@@ -238,15 +238,11 @@ impl<'e> ReadView<'e> {
     /// The index at which anything under `prefix` last changed (writes and deletions).
     pub fn kv_prefix_index(&self, prefix: &str) -> Result<u64, StoreError> {
         let mut max = 0;
-        for row in self.t.kv.prefix_iter(&self.txn, prefix.as_bytes())? {
+        for row in super::prefix_rows(self.t.kv, &self.txn, prefix.as_bytes())? {
             let (key, bytes) = row?;
             max = max.max(codec::decode_kv(key, bytes)?.modify_index);
         }
-        for row in self
-            .t
-            .kv_tombstones
-            .prefix_iter(&self.txn, prefix.as_bytes())?
-        {
+        for row in super::prefix_rows(self.t.kv_tombstones, &self.txn, prefix.as_bytes())? {
             let (key, bytes) = row?;
             max = max.max(codec::decode_u64("sm_kv_tombstones", key, bytes)?);
         }

@@ -1,0 +1,508 @@
+//! The HTTP API driven over real sockets against a running agent: the published how-to flow,
+//! KV and transactions, blocking queries, and bad input.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::Agent;
+
+const REDIS: &str = r#"{"Datacenter":"dc1","Node":"my-node","Address":"192.168.10.10",
+  "Service":{"ID":"redis1","Service":"redis","Tags":["primary","master"],"Address":"127.0.0.1","Port":8000},
+  "Check":{"Node":"my-node","CheckID":"service:redis1","Name":"Redis health check","Notes":"Script based health check",
+  "Status":"passing","ServiceID":"redis1"}}"#;
+
+#[test]
+fn how_to_register_query_and_deregister_with_plain_curl() {
+    let agent = Agent::start(&[]);
+    let r = agent.put("/v1/catalog/register", REDIS);
+    assert_eq!((r.status, r.text().as_str()), (200, "true"));
+
+    let r = agent.get("/v1/health/service/redis?tag=master");
+    assert_eq!(r.status, 200);
+    assert!(r.index() > 0);
+    assert_eq!(r.header("X-Consul-KnownLeader"), Some("true"));
+    assert!(r.header("X-Consul-LastContact").is_some());
+    let entries = r.json();
+    let entry = &entries[0];
+    assert_eq!(entries.as_array().map(Vec::len), Some(1));
+    assert_eq!(entry["Node"]["Node"], "my-node");
+    assert_eq!(entry["Node"]["Address"], "192.168.10.10");
+    assert_eq!(entry["Service"]["ID"], "redis1");
+    assert_eq!(entry["Service"]["Port"], 8000);
+    assert_eq!(entry["Service"]["Tags"], json!(["primary", "master"]));
+    assert_eq!(entry["Checks"][0]["CheckID"], "service:redis1");
+    assert_eq!(entry["Checks"][0]["Status"], "passing");
+    assert_eq!(entry["Checks"][0]["ServiceName"], "redis");
+
+    let catalog = agent.get("/v1/catalog/service/redis").json();
+    assert_eq!(catalog[0]["ServiceAddress"], "127.0.0.1");
+    assert_eq!(catalog[0]["ServiceTags"], json!(["primary", "master"]));
+    assert!(catalog[0].get("ServiceProxy").is_some() && catalog[0].get("ServiceKind").is_some());
+    assert_eq!(
+        agent.get("/v1/health/service/redis?tag=nope").json(),
+        json!([])
+    );
+    assert_eq!(
+        agent.get("/v1/catalog/services").json()["redis"],
+        json!(["master", "primary"])
+    );
+
+    // The published how-to deregisters with a plain GET.
+    let r = agent.get("/v1/catalog/deregister/redis1");
+    assert_eq!((r.status, r.text().as_str()), (200, "true"));
+    assert_eq!(agent.get("/v1/catalog/service/redis").json(), json!([]));
+    let r = agent.get("/v1/catalog/deregister/redis1");
+    assert_eq!(
+        r.status,
+        404,
+        "second deregister must say nothing holds it: {}",
+        r.text()
+    );
+    assert!(r.text().contains("redis1"));
+}
+
+#[test]
+fn catalog_reads_and_the_servers_own_registration() {
+    let agent = Agent::start(&[]);
+    assert_eq!(agent.get("/v1/catalog/datacenters").json(), json!(["dc1"]));
+    let consul = agent.get("/v1/catalog/service/consul").json();
+    assert_eq!(consul[0]["Node"], "test-node");
+    let checks = agent.get("/v1/health/node/test-node").json();
+    assert_eq!(checks[0]["CheckID"], "serfHealth");
+    assert_eq!(checks[0]["Name"], "Serf Health Status");
+    assert_eq!(checks[0]["Status"], "passing");
+
+    // A service registered without checks is passing; a warning check is not.
+    let body =
+        json!({"Node": "n2", "Address": "10.0.0.2", "Service": {"Service": "web", "Port": 80}});
+    assert_eq!(
+        agent.put("/v1/catalog/register", body.to_string()).status,
+        200
+    );
+    assert_eq!(
+        agent
+            .get("/v1/health/service/web?passing")
+            .json()
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    let body = json!({"Node": "n2", "Address": "10.0.0.2", "Check": {"Name": "disk", "Status": "warning"}});
+    assert_eq!(
+        agent.put("/v1/catalog/register", body.to_string()).status,
+        200
+    );
+    assert_eq!(
+        agent.get("/v1/health/service/web?passing").json(),
+        json!([])
+    );
+    assert_eq!(
+        agent.get("/v1/health/state/warning").json()[0]["CheckID"],
+        "disk"
+    );
+
+    let node = agent.get("/v1/catalog/node/n2").json();
+    assert_eq!(node["Node"]["Address"], "10.0.0.2");
+    assert_eq!(node["Services"]["web"]["Port"], 80);
+    assert_eq!(agent.get("/v1/catalog/node/nope").text(), "null");
+    let nodes = agent.get("/v1/catalog/nodes").json();
+    assert_eq!(nodes.as_array().map(Vec::len), Some(2));
+
+    let r = agent.put("/v1/catalog/deregister", r#"{"Node":"n2"}"#);
+    assert_eq!((r.status, r.text().as_str()), (200, "true"));
+    assert_eq!(agent.get("/v1/catalog/service/web").json(), json!([]));
+    assert_eq!(
+        agent.get("/v1/status/leader").json(),
+        json!(agent.get("/v1/status/peers").json()[0])
+    );
+    let me = agent.get("/v1/agent/self").json();
+    assert_eq!(me["Config"]["Datacenter"], "dc1");
+    assert_eq!(me["Config"]["NodeName"], "test-node");
+    assert_eq!(me["Config"]["Server"], true);
+    assert!(me["Config"]["Version"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("1.")));
+}
+
+fn kv(agent: &Agent, key: &str) -> Value {
+    let r = agent.get(&format!("/v1/kv/{key}"));
+    assert_eq!(r.status, 200, "GET {key}: {}", r.text());
+    r.json()[0].clone()
+}
+
+#[test]
+fn kv_round_trips_cas_recurse_keys_and_raw() {
+    let agent = Agent::start(&[]);
+    assert_eq!(
+        agent
+            .put("/v1/kv/app/config/db?flags=42", "postgres://x")
+            .text(),
+        "true"
+    );
+    let entry = kv(&agent, "app/config/db");
+    assert_eq!(entry["Value"], "cG9zdGdyZXM6Ly94");
+    assert_eq!(entry["Flags"], 42);
+    let modify = entry["ModifyIndex"].as_u64().expect("ModifyIndex");
+    assert_eq!(agent.get("/v1/kv/app/config/db?raw").body, b"postgres://x");
+
+    // CAS: a stale index loses, the current one wins; cas=0 only creates.
+    assert_eq!(
+        agent
+            .put(&format!("/v1/kv/app/config/db?cas={}", modify - 1), "lost")
+            .text(),
+        "false"
+    );
+    assert_eq!(
+        agent.put("/v1/kv/app/config/db?cas=0", "lost").text(),
+        "false"
+    );
+    assert_eq!(
+        agent
+            .put(&format!("/v1/kv/app/config/db?cas={modify}"), "won")
+            .text(),
+        "true"
+    );
+    assert_eq!(agent.get("/v1/kv/app/config/db?raw").body, b"won");
+    assert!(kv(&agent, "app/config/db")["ModifyIndex"].as_u64() > Some(modify));
+
+    agent.put("/v1/kv/app/config/cache", "redis");
+    agent.put("/v1/kv/app/name", "demo");
+    agent.put("/v1/kv/app/empty", "");
+    assert_eq!(kv(&agent, "app/empty")["Value"], Value::Null);
+    let all = agent.get("/v1/kv/app?recurse").json();
+    assert_eq!(all.as_array().map(Vec::len), Some(4));
+    assert_eq!(
+        agent.get("/v1/kv/app/?keys&separator=/").json(),
+        json!(["app/config/", "app/empty", "app/name"])
+    );
+    assert_eq!(
+        agent.get("/v1/kv/?keys").json().as_array().map(Vec::len),
+        Some(4)
+    );
+
+    let missing = agent.get("/v1/kv/app/nope");
+    assert_eq!(missing.status, 404);
+    assert!(missing.body.is_empty());
+    assert!(
+        missing.index() > 0,
+        "a missing key still carries X-Consul-Index"
+    );
+    assert_eq!(missing.header("X-Consul-KnownLeader"), Some("true"));
+    assert_eq!(agent.get("/v1/kv/nothing/?keys").status, 404);
+
+    let current = kv(&agent, "app/name")["ModifyIndex"]
+        .as_u64()
+        .expect("index");
+    assert_eq!(
+        agent
+            .delete(&format!("/v1/kv/app/name?cas={}", current + 100))
+            .text(),
+        "false"
+    );
+    assert_eq!(
+        agent
+            .delete(&format!("/v1/kv/app/name?cas={current}"))
+            .text(),
+        "true"
+    );
+    assert_eq!(agent.delete("/v1/kv/app/config?recurse").text(), "true");
+    assert_eq!(agent.get("/v1/kv/app?keys").json(), json!(["app/empty"]));
+}
+
+#[test]
+fn txn_applies_all_or_nothing() {
+    let agent = Agent::start(&[]);
+    let ok = json!([
+        {"KV": {"Verb": "set", "Key": "t/a", "Value": "MQ=="}},
+        {"KV": {"Verb": "set", "Key": "t/b", "Value": "Mg==", "Flags": 3}},
+        {"KV": {"Verb": "get", "Key": "t/a"}},
+    ]);
+    let r = agent.put("/v1/txn", ok.to_string());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["Errors"], Value::Null);
+    assert_eq!(body["Results"].as_array().map(Vec::len), Some(3));
+    assert_eq!(body["Results"][2]["KV"]["Value"], "MQ==");
+    assert_eq!(body["Results"][0]["KV"]["Value"], Value::Null);
+
+    let index = kv(&agent, "t/a")["ModifyIndex"].as_u64().expect("index");
+    let bad = json!([
+        {"KV": {"Verb": "set", "Key": "t/c", "Value": "Mw=="}},
+        {"KV": {"Verb": "cas", "Key": "t/a", "Value": "eA==", "Index": index + 7}},
+        {"KV": {"Verb": "delete", "Key": "t/b"}},
+    ]);
+    let r = agent.put("/v1/txn", bad.to_string());
+    assert_eq!(r.status, 409, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["Results"], Value::Null);
+    assert_eq!(body["Errors"][0]["OpIndex"], 1);
+    assert!(body["Errors"][0]["What"]
+        .as_str()
+        .is_some_and(|w| w.contains("index is stale")));
+    assert_eq!(
+        agent.get("/v1/kv/t/c").status,
+        404,
+        "rolled-back set was applied"
+    );
+    assert_eq!(
+        agent.get("/v1/kv/t/b").status,
+        200,
+        "rolled-back delete was applied"
+    );
+
+    let too_many: Vec<Value> = (0..65)
+        .map(|i| json!({"KV": {"Verb": "get", "Key": format!("k{i}")}}))
+        .collect();
+    let r = agent.put("/v1/txn", Value::Array(too_many).to_string());
+    assert_eq!(r.status, 413);
+    assert_eq!(
+        r.text(),
+        "Transaction contains too many operations (65 > 64)"
+    );
+    let r = agent.put("/v1/txn", "[{");
+    assert_eq!(r.status, 400);
+    assert!(r.text().starts_with("Failed to parse body"));
+}
+
+#[test]
+fn blocking_query_wakes_on_its_key_and_sleeps_through_others() {
+    let agent = Agent::start(&[]);
+    agent.put("/v1/kv/watched", "1");
+    let index = agent.get("/v1/kv/watched").index();
+
+    // A write to another key must not wake it: it returns only when its wait ends.
+    let addr = agent.http;
+    let started = Instant::now();
+    let sleeper = std::thread::spawn(move || {
+        support::http_request(
+            addr,
+            "GET",
+            &format!("/v1/kv/watched?index={index}&wait=2s"),
+            b"",
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    agent.put("/v1/kv/unrelated", "x");
+    let r = sleeper.join().expect("sleeper");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "woken by an unrelated write after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(r.index(), index, "index changed although the key did not");
+
+    // A write to the key wakes it at once.
+    let started = Instant::now();
+    let waiter = std::thread::spawn(move || {
+        support::http_request(
+            addr,
+            "GET",
+            &format!("/v1/kv/watched?index={index}&wait=60s"),
+            b"",
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    agent.put("/v1/kv/watched", "2");
+    let r = waiter.join().expect("waiter");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "not woken by the write"
+    );
+    assert!(r.index() > index);
+    assert_eq!(r.json()[0]["Value"], "Mg==");
+
+    // Catalog reads block too: a registration of the service wakes a health watcher.
+    let index = agent.get("/v1/health/service/api").index();
+    let waiter = std::thread::spawn(move || {
+        support::http_request(
+            addr,
+            "GET",
+            &format!("/v1/health/service/api?index={index}&wait=60s"),
+            b"",
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let body =
+        json!({"Node": "n3", "Address": "10.0.0.3", "Service": {"Service": "api", "Port": 9000}});
+    agent.put("/v1/catalog/register", body.to_string());
+    let r = waiter.join().expect("waiter");
+    assert_eq!(r.json()[0]["Service"]["Service"], "api");
+}
+
+#[test]
+fn bad_input_gets_a_precise_4xx_and_the_agent_keeps_serving() {
+    let agent = Agent::start(&[]);
+    let cases: Vec<(&str, &str, String, u16, &str)> = vec![
+        (
+            "PUT",
+            "/v1/catalog/register",
+            "{not json".into(),
+            400,
+            "Request decode failed",
+        ),
+        (
+            "PUT",
+            "/v1/catalog/register",
+            "".into(),
+            400,
+            "Request decode failed",
+        ),
+        (
+            "PUT",
+            "/v1/catalog/register",
+            r#"{"Address":"10.0.0.1"}"#.into(),
+            400,
+            "Must provide node",
+        ),
+        (
+            "PUT",
+            "/v1/catalog/register",
+            r#"{"Node":"n"}"#.into(),
+            400,
+            "Must provide address",
+        ),
+        (
+            "PUT",
+            "/v1/catalog/register",
+            r#"{"Node":"n","Address":"a","Service":{"Service":"s","Port":"80"}}"#.into(),
+            400,
+            "invalid type",
+        ),
+        (
+            "PUT",
+            "/v1/catalog/register",
+            r#"{"Node":"n","Address":"a","Service":{"Service":"s","Port":70000}}"#.into(),
+            400,
+            "Request decode failed",
+        ),
+        (
+            "PUT",
+            "/v1/catalog/register",
+            r#"{"Node":"n","Address":"a","Check":{"Name":"c","Status":"bogus"}}"#.into(),
+            400,
+            "Invalid check status",
+        ),
+        (
+            "PUT",
+            "/v1/catalog/register",
+            r#"{"Node":"n","Address":"a","Check":{"Name":"c","ServiceID":"ghost"}}"#.into(),
+            400,
+            "Unknown service ID",
+        ),
+        (
+            "PUT",
+            "/v1/catalog/register",
+            r#"{"Node":"n","Address":"a","Datacenter":"dc9"}"#.into(),
+            500,
+            "No path to datacenter",
+        ),
+        (
+            "PUT",
+            "/v1/kv/big",
+            "x".repeat(524_289),
+            413,
+            "Request body(524289 bytes) too large, max size: 524288 bytes",
+        ),
+        (
+            "PUT",
+            "/v1/kv/k?flags=abc",
+            "v".into(),
+            400,
+            "Invalid flags",
+        ),
+        ("PUT", "/v1/kv/k?acquire=abc", "v".into(), 400, "sessions"),
+        (
+            "GET",
+            "/v1/no/such/endpoint",
+            String::new(),
+            404,
+            "Invalid URL path",
+        ),
+        (
+            "POST",
+            "/v1/kv/k",
+            String::new(),
+            405,
+            "method POST not allowed",
+        ),
+        (
+            "DELETE",
+            "/v1/catalog/nodes",
+            String::new(),
+            405,
+            "method DELETE not allowed",
+        ),
+        (
+            "GET",
+            "/v1/kv/k?index=1&wait=forever",
+            String::new(),
+            400,
+            "Invalid wait time",
+        ),
+        (
+            "GET",
+            "/v1/kv/k?index=abc",
+            String::new(),
+            400,
+            "Invalid index",
+        ),
+        (
+            "GET",
+            "/v1/kv/k?stale&consistent",
+            String::new(),
+            400,
+            "Conflicting flags",
+        ),
+        (
+            "GET",
+            "/v1/kv/k?dc=elsewhere",
+            String::new(),
+            500,
+            "No path to datacenter",
+        ),
+        ("GET", "/v1/kv/", String::new(), 400, "Missing key name"),
+        (
+            "GET",
+            "/v1/health/state/sideways",
+            String::new(),
+            400,
+            "Invalid check state",
+        ),
+    ];
+    for (method, path, body, status, text) in cases {
+        let r = agent.request(method, path, body.as_bytes());
+        assert_eq!(r.status, status, "{method} {path}: {}", r.text());
+        assert!(
+            r.text().contains(text),
+            "{method} {path}: {:?} lacks {text:?}",
+            r.text()
+        );
+        assert!(
+            r.header("Content-Type")
+                .is_some_and(|c| c.starts_with("text/plain")),
+            "{method} {path}: not plain text"
+        );
+    }
+    let r = agent.request("POST", "/v1/kv/k", b"");
+    assert!(
+        r.header("Allow").is_some_and(|a| a.contains("PUT")),
+        "405 without Allow header"
+    );
+
+    // Fields cairn does not know, and nulls as Go clients send them, are accepted.
+    let lenient = json!({"Node": "n4", "Address": "10.0.0.4", "NodeMeta": null, "TaggedAddresses": null, "Namespace": "default",
+        "Service": {"Service": "lenient", "Kind": "", "Proxy": {}, "Connect": {}, "Tags": null, "Weights": null, "Port": 1}});
+    assert_eq!(
+        agent
+            .put("/v1/catalog/register?token=abc&dc=dc1", lenient.to_string())
+            .status,
+        200
+    );
+    // Still serving.
+    assert_eq!(
+        agent.get("/v1/catalog/service/lenient").json()[0]["ServiceName"],
+        "lenient"
+    );
+}
