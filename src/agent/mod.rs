@@ -176,7 +176,7 @@ async fn register_self(cluster: Cluster, id: AgentIdentity, shutdown: Cancellati
         tracing::warn!("no leader elected yet; this server is not registered in the catalog");
         return;
     }
-    let command = Command::Register(RegisterRequest {
+    let command = Command::Register(Box::new(RegisterRequest {
         id: id.node_id.clone(),
         node: id.node_name.clone(),
         address: id.advertise_addr.clone(),
@@ -206,7 +206,7 @@ async fn register_self(cluster: Cluster, id: AgentIdentity, shutdown: Cancellati
             check_type: String::new(),
         }],
         skip_node_update: false,
-    });
+    }));
     match cluster.write(command).await {
         Ok(_) => tracing::info!(node = %id.node_name, "registered this server in the catalog"),
         Err(WriteError::Stopped(_)) => {}

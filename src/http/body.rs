@@ -32,13 +32,103 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, max: u64) -> Result<B
     }
 }
 
-/// Decodes JSON; fields the type does not know are ignored, as Consul does.
+/// Decodes a request body as Consul does: fields the type does not know are ignored, and
+/// field names match whatever their case (Go's decoder does; py-consul sends `{"node": ..}`).
 pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::BadRequest(
             "Request decode failed: empty body".into(),
         ));
     }
-    serde_json::from_slice(bytes)
+    parse_consul_json(bytes)
         .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))
+}
+
+/// Field names of the request bodies cairn reads, in their canonical case.
+const FIELD_NAMES: &[&str] = &[
+    "ID",
+    "Node",
+    "Address",
+    "Datacenter",
+    "TaggedAddresses",
+    "NodeMeta",
+    "Service",
+    "Check",
+    "Checks",
+    "SkipNodeUpdate",
+    "Tags",
+    "Meta",
+    "Port",
+    "Weights",
+    "Passing",
+    "Warning",
+    "EnableTagOverride",
+    "CheckID",
+    "Name",
+    "Status",
+    "Notes",
+    "Output",
+    "ServiceID",
+    "Type",
+    "KV",
+    "Verb",
+    "Key",
+    "Value",
+    "Flags",
+    "Index",
+    "Session",
+];
+
+/// Fields holding user maps, whose keys are data and keep their case.
+const FREE_FORM_FIELDS: &[&str] = &["Meta", "NodeMeta", "TaggedAddresses"];
+
+/// Parses JSON with Consul's leniency about field-name case.
+pub fn parse_consul_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json::Error> {
+    let mut value: serde_json::Value = serde_json::from_slice(bytes)?;
+    canonicalize_field_names(&mut value);
+    serde_json::from_value(value)
+}
+
+fn canonicalize_field_names(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, mut inner) in std::mem::take(map) {
+                let canonical = FIELD_NAMES
+                    .iter()
+                    .find(|f| f.eq_ignore_ascii_case(&key))
+                    .copied();
+                if !canonical.is_some_and(|c| FREE_FORM_FIELDS.contains(&c)) {
+                    canonicalize_field_names(&mut inner);
+                }
+                map.insert(canonical.map_or(key, str::to_string), inner);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(canonicalize_field_names),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    #[serde(rename_all = "PascalCase")]
+    struct Body {
+        node: String,
+        node_meta: std::collections::BTreeMap<String, String>,
+    }
+
+    #[test]
+    fn field_names_match_any_case_but_map_keys_keep_theirs() {
+        let body: Body = parse_consul_json(br#"{"node":"n","NODEMETA":{"rack":"r1"},"extra":1}"#)
+            .expect("decodes");
+        assert_eq!(
+            body,
+            Body {
+                node: "n".into(),
+                node_meta: [("rack".to_string(), "r1".to_string())].into()
+            }
+        );
+    }
 }

@@ -215,7 +215,7 @@ pub async fn register(
     for body in req.check.into_iter().chain(req.checks.unwrap_or_default()) {
         checks.push(body.into_definition()?);
     }
-    let command = Command::Register(RegisterRequest {
+    let command = Command::Register(Box::new(RegisterRequest {
         id: req.id.unwrap_or_default(),
         node,
         address,
@@ -225,7 +225,7 @@ pub async fn register(
         service,
         checks,
         skip_node_update: req.skip_node_update.unwrap_or(false),
-    });
+    }));
     expect_done(ctx.cluster.write(command).await?)
 }
 

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use super::body::read_limited;
+use super::body::{parse_consul_json, read_limited};
 use super::error::ApiError;
 use super::kv::KvView;
 use super::Ctx;

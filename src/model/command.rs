@@ -30,7 +30,7 @@ impl Proposal {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// `PUT /v1/catalog/register`: upsert a node, optionally a service and checks.
-    Register(RegisterRequest),
+    Register(Box<RegisterRequest>),
     /// `PUT /v1/catalog/deregister`: remove a node, or one of its services or checks.
     Deregister(DeregisterRequest),
     /// `PUT /v1/kv/{key}`; with `cas`, only when the key's ModifyIndex equals it (0 = absent).
@@ -222,7 +222,7 @@ mod tests {
                 r#"{"Deregister":{"node":"n1","service_id":"web1","check_id":null}}"#,
             ),
             (
-                Command::Register(RegisterRequest {
+                Command::Register(Box::new(RegisterRequest {
                     id: String::new(),
                     node: "n1".into(),
                     address: "10.0.0.1".into(),
@@ -249,7 +249,7 @@ mod tests {
                         check_type: String::new(),
                     }],
                     skip_node_update: false,
-                }),
+                })),
                 concat!(
                     r#"{"Register":{"id":"","node":"n1","address":"10.0.0.1","datacenter":"dc1","#,
                     r#""tagged_addresses":{},"node_meta":{"rack":"r1"},"service":{"id":"web1","#,

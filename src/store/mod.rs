@@ -91,13 +91,15 @@ pub enum StoreError {
     BadSnapshot(String),
 }
 
+pub(crate) type RowIter<'t> = Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't>;
+
 /// Rows whose key starts with `prefix`; every row for an empty prefix (LMDB rejects an empty
 /// key in a range lookup).
 pub(crate) fn prefix_rows<'t>(
     db: RawDb,
     txn: &'t heed::RoTxn<'_, WithoutTls>,
     prefix: &[u8],
-) -> Result<Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't>, heed::Error> {
+) -> Result<RowIter<'t>, heed::Error> {
     if prefix.is_empty() {
         Ok(Box::new(db.iter(txn)?))
     } else {

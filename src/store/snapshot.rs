@@ -9,6 +9,9 @@ use super::{Store, StoreError};
 
 const MAGIC: &[u8; 8] = b"CAIRNSM1";
 
+/// `sm_meta` values read alongside a snapshot, in the order asked for.
+pub type MetaValues = Vec<Option<Vec<u8>>>;
+
 fn fnv1a(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf29ce484222325;
     for b in bytes {
@@ -21,10 +24,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 impl Store {
     /// Serializes every state-machine table from one read transaction, and returns the
     /// `sm_meta` values of `meta_keys` as that same transaction saw them.
-    pub fn snapshot(
-        &self,
-        meta_keys: &[&str],
-    ) -> Result<(Vec<u8>, Vec<Option<Vec<u8>>>), StoreError> {
+    pub fn snapshot(&self, meta_keys: &[&str]) -> Result<(Vec<u8>, MetaValues), StoreError> {
         let rtxn = self.env().read_txn()?;
         let mut meta = Vec::with_capacity(meta_keys.len());
         for key in meta_keys {

@@ -21,7 +21,7 @@ fn apply(store: &Store, index: u64, commands: Vec<Command>) -> Vec<CommandResult
 }
 
 fn register(node: &str, service: Option<(&str, &str)>, checks: Vec<CheckDefinition>) -> Command {
-    Command::Register(RegisterRequest {
+    Command::Register(Box::new(RegisterRequest {
         id: String::new(),
         node: node.into(),
         address: "10.0.0.1".into(),
@@ -40,7 +40,7 @@ fn register(node: &str, service: Option<(&str, &str)>, checks: Vec<CheckDefiniti
         }),
         checks,
         skip_node_update: false,
-    })
+    }))
 }
 
 fn check(id: &str, service_id: &str, status: CheckStatus) -> CheckDefinition {
