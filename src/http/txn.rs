@@ -148,7 +148,7 @@ fn conflict(errors: Vec<ErrorView>) -> Response {
 
 pub async fn txn(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let bytes = read_limited(&headers, body, ctx.limits.http_max_body_bytes).await?;
-    let body: Vec<TxnOpBody> = serde_json::from_slice(&bytes)
+    let body: Vec<TxnOpBody> = parse_consul_json(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("Failed to parse body: {e}")))?;
     let max = ctx.limits.txn_max_ops as usize;
     if body.len() > max {
