@@ -254,6 +254,8 @@ pub struct Limits {
     pub http_header_read_timeout: Duration,
     pub max_blocking_queries: u32,
     pub txn_max_ops: u32,
+    /// Writes waiting for a Raft proposal; past it writes get 429 at once.
+    pub max_pending_writes: u32,
 }
 
 impl Default for Limits {
@@ -265,6 +267,7 @@ impl Default for Limits {
             http_header_read_timeout: Duration::from_secs(30),
             max_blocking_queries: 20_000,
             txn_max_ops: 64,
+            max_pending_writes: 16_384,
         }
     }
 }
@@ -711,6 +714,9 @@ fn apply_object(
             decode_u32,
         )?;
         limits.set("txn_max_ops", &mut l.txn_max_ops, |v| {
+            decode_uint(v, 1, u32::MAX.into())
+        })?;
+        limits.set("max_pending_writes", &mut l.max_pending_writes, |v| {
             decode_uint(v, 1, u32::MAX.into())
         })?;
         limits.finish(LIMITS_NOT_IMPLEMENTED, warnings)?;
@@ -1385,7 +1391,7 @@ mod tests {
             "limits": {
                 "http_max_conns_per_client": 10, "kv_max_value_size": 11,
                 "http_max_body_bytes": 12, "http_header_read_timeout": "5s",
-                "max_blocking_queries": 13, "txn_max_ops": 14
+                "max_blocking_queries": 13, "txn_max_ops": 14, "max_pending_writes": 15
             },
             "lmdb_map_size_mb": 2, "zones_dir": "/z"
         }"#]);
@@ -1452,6 +1458,7 @@ mod tests {
                 http_header_read_timeout: Duration::from_secs(5),
                 max_blocking_queries: 13,
                 txn_max_ops: 14,
+                max_pending_writes: 15,
             },
             lmdb_map_size_bytes: 2 * MIB,
             zones_dir: Some("/z".into()),

@@ -28,8 +28,6 @@ use crate::store::{Store, StoreError};
 
 /// How long SIGTERM waits for in-flight HTTP requests.
 const DRAIN_MAX: Duration = Duration::from_secs(5);
-/// Writes waiting for a Raft proposal at most (see `ClusterConfig::write_queue_max`).
-const WRITE_QUEUE_MAX: usize = 16_384;
 /// How long a bootstrapping server waits for its own election before registering itself.
 const LEADER_WAIT: Duration = Duration::from_secs(30);
 
@@ -105,7 +103,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             node_id: raft_node_id(&node_id),
             advertise: SocketAddr::new(advertise_ip, server_port).to_string(),
             bootstrap: config.bootstrap_expect == Some(1),
-            write_queue_max: WRITE_QUEUE_MAX,
+            write_queue_max: config.limits.max_pending_writes as usize,
         },
         shutdown.clone(),
         &tasks,

@@ -61,7 +61,11 @@ pub async fn agent_self(ctx: Ctx) -> Json<Value> {
             "DelegateCur": 4,
         },
         "Stats": {
-            "cairn": { "version": env!("CARGO_PKG_VERSION") },
+            "cairn": {
+                "version": env!("CARGO_PKG_VERSION"),
+                "blocking_queries": ctx.blocking_queries_in_flight().to_string(),
+                "blocking_topics": ctx.store.watches().topic_count().to_string(),
+            },
             "raft": {
                 "leader": ctx.cluster.is_leader().to_string(),
                 "applied_index": ctx.cluster.last_applied().to_string(),
