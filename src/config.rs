@@ -114,9 +114,7 @@ pub struct AgentFlags {
 }
 
 fn parse_datacenter_flag(s: &str) -> Result<String, String> {
-    valid_datacenter(s)
-        .then(|| s.to_string())
-        .ok_or_else(|| format!("must be {DATACENTER_EXPECTED}"))
+    valid_datacenter(s).then(|| s.to_string()).ok_or_else(|| format!("must be {DATACENTER_EXPECTED}"))
 }
 
 fn parse_log_level_flag(s: &str) -> Result<LogLevel, String> {
@@ -164,12 +162,7 @@ pub struct Ports {
 
 impl Default for Ports {
     fn default() -> Self {
-        Ports {
-            http: 8500,
-            dns: 8600,
-            server: 8300,
-            serf_lan: 8301,
-        }
+        Ports { http: 8500, dns: 8600, server: 8300, serf_lan: 8301 }
     }
 }
 
@@ -237,12 +230,7 @@ pub struct Soa {
 
 impl Default for Soa {
     fn default() -> Self {
-        Soa {
-            refresh: 3600,
-            retry: 600,
-            expire: 86_400,
-            min_ttl: 0,
-        }
+        Soa { refresh: 3600, retry: 600, expire: 86_400, min_ttl: 0 }
     }
 }
 
@@ -313,17 +301,9 @@ impl From<LogLevel> for tracing::Level {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config {}: cannot read: {}", path.display(), io_reason(source))]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("config {path}: invalid JSON at line {line} column {column}: {msg}")]
-    Parse {
-        path: String,
-        line: usize,
-        column: usize,
-        msg: String,
-    },
+    Parse { path: String, line: usize, column: usize, msg: String },
     #[error("config {path}: the top level must be a JSON object, got {found}")]
     NotAnObject { path: String, found: String },
     #[error("config {path}: unknown key {}{}", quote(key), did_you_mean(suggestion.as_deref()))]
@@ -335,12 +315,7 @@ pub enum ConfigError {
     },
     /// A key holds a value of the wrong JSON type, or of the right type but not allowed.
     #[error("config {path}: key {} must be {expected}, got {found}", quote(key))]
-    WrongType {
-        path: String,
-        key: String,
-        expected: String,
-        found: String,
-    },
+    WrongType { path: String, key: String, expected: String, found: String },
     /// A semantic error, usually spanning several keys or sources.
     #[error("{what}")]
     Invalid { what: String },
@@ -379,10 +354,8 @@ impl Config {
         paths.extend(flags.config_file.iter().cloned());
         let mut sources = Vec::with_capacity(paths.len());
         for path in paths {
-            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            let text =
+                std::fs::read_to_string(&path).map_err(|source| ConfigError::Io { path: path.clone(), source })?;
             sources.push((path.display().to_string(), text));
         }
         let (config, more) = Config::from_sources(&sources, flags)?;
@@ -427,11 +400,7 @@ impl Config {
             server: dev,
             dev,
             bootstrap_expect: dev.then_some(1),
-            bind_addr: if dev {
-                loopback
-            } else {
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-            },
+            bind_addr: if dev { loopback } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) },
             advertise_addr: None,
             client_addr: loopback,
             ports: Ports::default(),
@@ -469,11 +438,7 @@ impl Config {
 
     /// Checks that need the merged files and the flags together.
     fn validate(&self, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
-        let invalid = |what: &str| {
-            Err(ConfigError::Invalid {
-                what: what.to_string(),
-            })
-        };
+        let invalid = |what: &str| Err(ConfigError::Invalid { what: what.to_string() });
         if self.dev && !self.server {
             return invalid("-dev runs a single server: remove \"server\": false");
         }
@@ -481,9 +446,7 @@ impl Config {
             return invalid("-dev runs a single server: bootstrap_expect must be 1 or unset");
         }
         if !self.dev && self.data_dir.is_none() {
-            return invalid(
-                "data_dir is required: set \"data_dir\" in a config file or pass -data-dir",
-            );
+            return invalid("data_dir is required: set \"data_dir\" in a config file or pass -data-dir");
         }
         if let Some(expect) = self.bootstrap_expect {
             if !self.server {
@@ -494,10 +457,7 @@ impl Config {
             }
             // Consul warns about these too: they run, but give up fault tolerance.
             if expect == 2 {
-                warnings.push(
-                    "bootstrap_expect = 2: a cluster of 2 servers tolerates no server failure"
-                        .to_string(),
-                );
+                warnings.push("bootstrap_expect = 2: a cluster of 2 servers tolerates no server failure".to_string());
             } else if expect % 2 == 0 {
                 warnings.push(format!(
                     "bootstrap_expect = {expect}: an even number of servers tolerates no more \
@@ -520,10 +480,7 @@ fn set_if_some<T>(target: &mut T, value: Option<T>) {
 /// ones get a warning: a Consul user moving their directory over would otherwise lose them
 /// silently.
 fn json_files_in(dir: &Path, warnings: &mut Vec<String>) -> Result<Vec<PathBuf>, ConfigError> {
-    let io_error = |source| ConfigError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
+    let io_error = |source| ConfigError::Io { path: dir.to_path_buf(), source };
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_error)? {
         let path = entry.map_err(io_error)?.path();
@@ -557,10 +514,7 @@ fn parse_object(name: &str, text: &str) -> Result<Map<String, Value>, ConfigErro
     })?;
     match value {
         Value::Object(object) => Ok(object),
-        other => Err(ConfigError::NotAnObject {
-            path: name.to_string(),
-            found: describe(&other),
-        }),
+        other => Err(ConfigError::NotAnObject { path: name.to_string(), found: describe(&other) }),
     }
 }
 
@@ -630,18 +584,12 @@ fn apply_object(
 ) -> Result<(), ConfigError> {
     let mut top = Section::new(source, String::new(), object);
     top.set("datacenter", &mut config.datacenter, decode_datacenter)?;
-    top.set("data_dir", &mut config.data_dir, |v| {
-        decode_path(v).map(Some)
-    })?;
+    top.set("data_dir", &mut config.data_dir, |v| decode_path(v).map(Some))?;
     top.set("node_name", &mut config.node_name, decode_node_name)?;
-    top.set("node_id", &mut config.node_id, |v| {
-        decode_node_id(v).map(Some)
-    })?;
+    top.set("node_id", &mut config.node_id, |v| decode_node_id(v).map(Some))?;
     top.set("server", &mut config.server, decode_bool)?;
     let bootstrap = top.get("bootstrap", decode_bool)?;
-    let expect = top.get("bootstrap_expect", |v| {
-        decode_uint::<u32>(v, 1, u32::MAX.into())
-    })?;
+    let expect = top.get("bootstrap_expect", |v| decode_uint::<u32>(v, 1, u32::MAX.into()))?;
     config.bootstrap_expect = match (bootstrap, expect) {
         (Some(true), Some(n)) if n != 1 => {
             return Err(ConfigError::Invalid {
@@ -656,9 +604,7 @@ fn apply_object(
         _ => config.bootstrap_expect,
     };
     top.set("bind_addr", &mut config.bind_addr, decode_ip)?;
-    top.set("advertise_addr", &mut config.advertise_addr, |v| {
-        decode_ip(v).map(Some)
-    })?;
+    top.set("advertise_addr", &mut config.advertise_addr, |v| decode_ip(v).map(Some))?;
     top.set("client_addr", &mut config.client_addr, decode_ip)?;
     if let Some(mut ports) = top.section("ports")? {
         ports.set("http", &mut config.ports.http, decode_port)?;
@@ -674,17 +620,12 @@ fn apply_object(
         addresses.finish(ADDRESSES_NOT_IMPLEMENTED, warnings)?;
     }
     top.set("domain", &mut config.domain, decode_domain)?;
-    top.set("alt_domain", &mut config.alt_domain, |v| {
-        decode_domain(v).map(Some)
-    })?;
+    top.set("alt_domain", &mut config.alt_domain, |v| decode_domain(v).map(Some))?;
     // "recursor" is Consul's old single-server spelling; it adds to "recursors".
     let recursor = top.get("recursor", decode_recursor)?;
     let recursors = top.get("recursors", |v| decode_list(v, decode_recursor))?;
     if recursor.is_some() || recursors.is_some() {
-        config.recursors = recursor
-            .into_iter()
-            .chain(recursors.into_iter().flatten())
-            .collect();
+        config.recursors = recursor.into_iter().chain(recursors.into_iter().flatten()).collect();
     }
     if let Some(dns) = top.section("dns_config")? {
         apply_dns_config(&mut config.dns_config, dns, warnings)?;
@@ -692,45 +633,18 @@ fn apply_object(
     top.set("log_level", &mut config.log_level, decode_log_level)?;
     if let Some(mut limits) = top.section("limits")? {
         let l = &mut config.limits;
-        limits.set(
-            "http_max_conns_per_client",
-            &mut l.http_max_conns_per_client,
-            decode_u32,
-        )?;
+        limits.set("http_max_conns_per_client", &mut l.http_max_conns_per_client, decode_u32)?;
         limits.set("kv_max_value_size", &mut l.kv_max_value_size, decode_u64)?;
-        limits.set(
-            "http_max_body_bytes",
-            &mut l.http_max_body_bytes,
-            decode_u64,
-        )?;
-        limits.set(
-            "http_header_read_timeout",
-            &mut l.http_header_read_timeout,
-            decode_duration,
-        )?;
-        limits.set(
-            "max_blocking_queries",
-            &mut l.max_blocking_queries,
-            decode_u32,
-        )?;
-        limits.set("txn_max_ops", &mut l.txn_max_ops, |v| {
-            decode_uint(v, 1, u32::MAX.into())
-        })?;
-        limits.set("max_pending_writes", &mut l.max_pending_writes, |v| {
-            decode_uint(v, 1, u32::MAX.into())
-        })?;
+        limits.set("http_max_body_bytes", &mut l.http_max_body_bytes, decode_u64)?;
+        limits.set("http_header_read_timeout", &mut l.http_header_read_timeout, decode_duration)?;
+        limits.set("max_blocking_queries", &mut l.max_blocking_queries, decode_u32)?;
+        limits.set("txn_max_ops", &mut l.txn_max_ops, |v| decode_uint(v, 1, u32::MAX.into()))?;
+        limits.set("max_pending_writes", &mut l.max_pending_writes, |v| decode_uint(v, 1, u32::MAX.into()))?;
         limits.finish(LIMITS_NOT_IMPLEMENTED, warnings)?;
     }
-    let map_size_mb = top.get("lmdb_map_size_mb", |v| {
-        decode_uint::<u64>(v, 1, u64::MAX / MIB)
-    })?;
-    set_if_some(
-        &mut config.lmdb_map_size_bytes,
-        map_size_mb.map(|mb| mb * MIB),
-    );
-    top.set("zones_dir", &mut config.zones_dir, |v| {
-        decode_path(v).map(Some)
-    })?;
+    let map_size_mb = top.get("lmdb_map_size_mb", |v| decode_uint::<u64>(v, 1, u64::MAX / MIB))?;
+    set_if_some(&mut config.lmdb_map_size_bytes, map_size_mb.map(|mb| mb * MIB));
+    top.set("zones_dir", &mut config.zones_dir, |v| decode_path(v).map(Some))?;
     top.finish(TOP_NOT_IMPLEMENTED, warnings)
 }
 
@@ -743,25 +657,13 @@ fn apply_dns_config(
     section.set("max_stale", &mut dns.max_stale, decode_duration)?;
     section.set("node_ttl", &mut dns.node_ttl, decode_duration)?;
     section.set("service_ttl", &mut dns.service_ttl, decode_service_ttl)?;
-    section.set("udp_answer_limit", &mut dns.udp_answer_limit, |v| {
-        decode_uint(v, 1, 8)
-    })?;
+    section.set("udp_answer_limit", &mut dns.udp_answer_limit, |v| decode_uint(v, 1, 8))?;
     section.set("a_record_limit", &mut dns.a_record_limit, decode_u32)?;
     section.set("only_passing", &mut dns.only_passing, decode_bool)?;
     section.set("enable_truncate", &mut dns.enable_truncate, decode_bool)?;
-    section.set(
-        "recursor_timeout",
-        &mut dns.recursor_timeout,
-        decode_duration,
-    )?;
-    section.set(
-        "recursor_strategy",
-        &mut dns.recursor_strategy,
-        decode_strategy,
-    )?;
-    section.set("recursor_allow", &mut dns.recursor_allow, |v| {
-        decode_list(v, decode_cidr)
-    })?;
+    section.set("recursor_timeout", &mut dns.recursor_timeout, decode_duration)?;
+    section.set("recursor_strategy", &mut dns.recursor_strategy, decode_strategy)?;
+    section.set("recursor_allow", &mut dns.recursor_allow, |v| decode_list(v, decode_cidr))?;
     if let Some(mut soa) = section.section("soa")? {
         soa.set("refresh", &mut dns.soa.refresh, decode_u32)?;
         soa.set("retry", &mut dns.soa.retry, decode_u32)?;
@@ -784,12 +686,7 @@ struct Section<'a> {
 
 impl<'a> Section<'a> {
     fn new(source: &'a str, path: String, object: &'a Map<String, Value>) -> Self {
-        Section {
-            source,
-            path,
-            object,
-            known: Vec::new(),
-        }
+        Section { source, path, object, known: Vec::new() }
     }
 
     fn key_path(&self, key: &str) -> String {
@@ -828,9 +725,7 @@ impl<'a> Section<'a> {
     }
 
     fn section(&mut self, key: &'static str) -> Result<Option<Section<'a>>, ConfigError> {
-        let object = self.get(key, |v| {
-            v.as_object().ok_or_else(|| Mismatch::new("an object", v))
-        })?;
+        let object = self.get(key, |v| v.as_object().ok_or_else(|| Mismatch::new("an object", v)))?;
         Ok(object.map(|object| Section::new(self.source, self.key_path(key), object)))
     }
 
@@ -866,11 +761,7 @@ fn closest<'c>(key: &str, candidates: impl Iterator<Item = &'c str>) -> Option<&
     let limit = 2.max(key.chars().count() / 3);
     candidates
         .map(|c| {
-            let distance = if c.eq_ignore_ascii_case(key) {
-                0
-            } else {
-                levenshtein(key, c)
-            };
+            let distance = if c.eq_ignore_ascii_case(key) { 0 } else { levenshtein(key, c) };
             (distance, c)
         })
         .filter(|&(distance, _)| distance <= limit)
@@ -904,20 +795,12 @@ struct Mismatch {
 impl Mismatch {
     /// The value has the wrong JSON type: show its type and value.
     fn new(expected: impl Into<String>, found: &Value) -> Self {
-        Mismatch {
-            expected: expected.into(),
-            found: describe(found),
-            at: String::new(),
-        }
+        Mismatch { expected: expected.into(), found: describe(found), at: String::new() }
     }
 
     /// The value is a string of the right type but not allowed: show just the string.
     fn bad_string(expected: impl Into<String>, found: &str) -> Self {
-        Mismatch {
-            expected: expected.into(),
-            found: quote(found),
-            at: String::new(),
-        }
+        Mismatch { expected: expected.into(), found: quote(found), at: String::new() }
     }
 }
 
@@ -937,17 +820,12 @@ fn decode_str<'v>(value: &'v Value, expected: &str) -> Result<&'v str, Mismatch>
 }
 
 fn decode_bool(value: &Value) -> Result<bool, Mismatch> {
-    value
-        .as_bool()
-        .ok_or_else(|| Mismatch::new("true or false", value))
+    value.as_bool().ok_or_else(|| Mismatch::new("true or false", value))
 }
 
 fn decode_uint<T: TryFrom<u64>>(value: &Value, min: u64, max: u64) -> Result<T, Mismatch> {
     let mismatch = || Mismatch::new(format!("an integer from {min} to {max}"), value);
-    let n = value
-        .as_u64()
-        .filter(|n| (min..=max).contains(n))
-        .ok_or_else(mismatch)?;
+    let n = value.as_u64().filter(|n| (min..=max).contains(n)).ok_or_else(mismatch)?;
     T::try_from(n).map_err(|_| mismatch())
 }
 
@@ -986,9 +864,7 @@ fn decode_node_name(value: &Value) -> Result<String, Mismatch> {
 const DATACENTER_EXPECTED: &str = "a datacenter name of lowercase letters, digits, '-' and '_'";
 
 fn valid_datacenter(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 fn decode_datacenter(value: &Value) -> Result<String, Mismatch> {
@@ -1037,9 +913,7 @@ fn decode_domain(value: &Value) -> Result<String, Mismatch> {
     let valid = !name.is_empty()
         && name.split('.').all(|label| {
             (1..=63).contains(&label.len())
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     if valid {
         Ok(format!("{name}."))
@@ -1051,10 +925,7 @@ fn decode_domain(value: &Value) -> Result<String, Mismatch> {
 fn decode_recursor(value: &Value) -> Result<SocketAddr, Mismatch> {
     const EXPECTED: &str = "an IP address or IP:port (\"[v6]:port\" for IPv6)";
     let s = decode_str(value, EXPECTED)?;
-    let bare = s
-        .strip_prefix('[')
-        .and_then(|rest| rest.strip_suffix(']'))
-        .unwrap_or(s);
+    let bare = s.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')).unwrap_or(s);
     s.parse::<SocketAddr>()
         .or_else(|_| bare.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
         .map_err(|_| Mismatch::bad_string(EXPECTED, s))
@@ -1091,9 +962,7 @@ fn decode_duration(value: &Value) -> Result<Duration, Mismatch> {
 
 fn decode_service_ttl(value: &Value) -> Result<Vec<(String, Duration)>, Mismatch> {
     const EXPECTED: &str = "an object of service name (or prefix ending in '*') to duration";
-    let object = value
-        .as_object()
-        .ok_or_else(|| Mismatch::new(EXPECTED, value))?;
+    let object = value.as_object().ok_or_else(|| Mismatch::new(EXPECTED, value))?;
     object
         .iter()
         .map(|(name, ttl)| {
@@ -1103,10 +972,7 @@ fn decode_service_ttl(value: &Value) -> Result<Vec<(String, Duration)>, Mismatch
             };
             let stem = name.strip_suffix('*').unwrap_or(name);
             if stem.contains('*') || name.is_empty() {
-                return Err(at(Mismatch::bad_string(
-                    "a service name, optionally ending in '*'",
-                    name,
-                )));
+                return Err(at(Mismatch::bad_string("a service name, optionally ending in '*'", name)));
             }
             Ok((name.clone(), decode_duration(ttl).map_err(at)?))
         })
@@ -1129,13 +995,8 @@ fn decode_log_level(value: &Value) -> Result<LogLevel, Mismatch> {
     LogLevel::parse(s).ok_or_else(|| Mismatch::bad_string(LOG_LEVEL_EXPECTED, s))
 }
 
-fn decode_list<T>(
-    value: &Value,
-    decode_item: impl Fn(&Value) -> Result<T, Mismatch>,
-) -> Result<Vec<T>, Mismatch> {
-    let items = value
-        .as_array()
-        .ok_or_else(|| Mismatch::new("a list", value))?;
+fn decode_list<T>(value: &Value, decode_item: impl Fn(&Value) -> Result<T, Mismatch>) -> Result<Vec<T>, Mismatch> {
+    let items = value.as_array().ok_or_else(|| Mismatch::new("a list", value))?;
     items
         .iter()
         .enumerate()
@@ -1167,13 +1028,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let mut rest = body;
     let mut total: u128 = 0;
     while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(rest.len());
+        let number_len = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
         let (number, after) = rest.split_at(number_len);
-        let unit_len = after
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(after.len());
+        let unit_len = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
         let (unit, after) = after.split_at(unit_len);
         let unit_nanos: u128 = match unit {
             "ns" => 1,
@@ -1190,11 +1047,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             return Err(format!("invalid number before {}", quote(unit)));
         }
         let too_large = || "duration too large".to_string();
-        let whole: u128 = if whole.is_empty() {
-            0
-        } else {
-            whole.parse().map_err(|_| too_large())?
-        };
+        let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| too_large())? };
         // Digits past nanosecond precision of the hour unit cannot change the result.
         let fraction = &fraction[..fraction.len().min(18)];
         let fraction_nanos = if fraction.is_empty() {
@@ -1241,11 +1094,8 @@ mod tests {
 
     /// Sources named a.json, b.json, ... in order.
     fn load_with(files: &[&str], flags: &AgentFlags) -> Result<(Config, Vec<String>), ConfigError> {
-        let sources: Vec<(String, String)> = files
-            .iter()
-            .zip('a'..)
-            .map(|(text, name)| (format!("{name}.json"), text.to_string()))
-            .collect();
+        let sources: Vec<(String, String)> =
+            files.iter().zip('a'..).map(|(text, name)| (format!("{name}.json"), text.to_string())).collect();
         Config::from_sources(&sources, flags)
     }
 
@@ -1292,11 +1142,7 @@ mod tests {
             (&["-dev", "--", "-server"], &["--dev", "--", "-server"]),
         ];
         for (input, expected) in cases {
-            assert_eq!(
-                normalize_args(strings(input)),
-                strings(expected),
-                "{input:?}"
-            );
+            assert_eq!(normalize_args(strings(input)), strings(expected), "{input:?}");
         }
     }
 
@@ -1338,9 +1184,7 @@ mod tests {
             (&["-bind", "10.0.0.x"], "--bind"),
         ];
         for (args, flag) in cases {
-            let error = parse_flags(args)
-                .expect_err("should be rejected")
-                .to_string();
+            let error = parse_flags(args).expect_err("should be rejected").to_string();
             assert!(error.contains(flag), "{args:?}: {error}");
         }
     }
@@ -1358,10 +1202,7 @@ mod tests {
         assert_eq!(config.ports.dns, 8600);
         assert_eq!(config.domain, "consul.");
         assert_eq!(config.dns_config, DnsConfig::default());
-        assert_eq!(
-            config.dns_config.max_stale,
-            Duration::from_secs(87_600 * 3600)
-        );
+        assert_eq!(config.dns_config.max_stale, Duration::from_secs(87_600 * 3600));
         assert_eq!(config.limits, Limits::default());
         assert_eq!(config.log_level, LogLevel::Info);
         assert_eq!(config.lmdb_map_size_bytes, 1024 * MIB);
@@ -1408,16 +1249,8 @@ mod tests {
             bind_addr: ip("10.0.0.1"),
             advertise_addr: Some(ip("192.0.2.1")),
             client_addr: ip("::"),
-            ports: Ports {
-                http: 1,
-                dns: 2,
-                server: 3,
-                serf_lan: 0,
-            },
-            addresses: Addresses {
-                http: Some(ip("127.0.0.2")),
-                dns: Some(ip("::1")),
-            },
+            ports: Ports { http: 1, dns: 2, server: 3, serf_lan: 0 },
+            addresses: Addresses { http: Some(ip("127.0.0.2")), dns: Some(ip("::1")) },
             domain: "example.internal.".into(),
             alt_domain: Some("cluster.local.".into()),
             recursors: vec![
@@ -1443,12 +1276,7 @@ mod tests {
                 recursor_timeout: Duration::from_millis(250),
                 recursor_strategy: RecursorStrategy::Random,
                 recursor_allow: vec!["10.0.0.0/8".into(), "fd00::/8".into()],
-                soa: Soa {
-                    refresh: 1,
-                    retry: 2,
-                    expire: 3,
-                    min_ttl: 4,
-                },
+                soa: Soa { refresh: 1, retry: 2, expire: 3, min_ttl: 4 },
             },
             log_level: LogLevel::Warn,
             limits: Limits {
@@ -1469,14 +1297,12 @@ mod tests {
     #[test]
     fn merge_replaces_scalars_merges_objects_appends_arrays() {
         let mut merged = Map::new();
-        for text in [
-            r#"{"a": 1, "o": {"x": 1, "y": [1]}, "l": [1]}"#,
-            r#"{"a": 2, "o": {"z": 3, "y": [2]}, "l": [2, 3]}"#,
-        ] {
+        for text in
+            [r#"{"a": 1, "o": {"x": 1, "y": [1]}, "l": [1]}"#, r#"{"a": 2, "o": {"z": 3, "y": [2]}, "l": [2, 3]}"#]
+        {
             merge_objects(&mut merged, parse_object("t.json", text).expect("object"));
         }
-        let expected =
-            serde_json::json!({"a": 2, "o": {"x": 1, "y": [1, 2], "z": 3}, "l": [1, 2, 3]});
+        let expected = serde_json::json!({"a": 2, "o": {"x": 1, "y": [1, 2], "z": 3}, "l": [1, 2, 3]});
         assert_eq!(Value::Object(merged), expected);
 
         let config = load(&[
@@ -1486,27 +1312,18 @@ mod tests {
                 "dns_config": {"only_passing": true, "service_ttl": {"db": "2s"}}}"#,
         ]);
         assert_eq!(config.datacenter, "two");
-        assert_eq!(
-            config.recursors,
-            ["1.1.1.1:53", "8.8.8.8:53"].map(|s| s.parse::<SocketAddr>().expect("addr"))
-        );
+        assert_eq!(config.recursors, ["1.1.1.1:53", "8.8.8.8:53"].map(|s| s.parse::<SocketAddr>().expect("addr")));
         assert_eq!(config.dns_config.node_ttl, Duration::from_secs(5));
         assert!(config.dns_config.only_passing);
         assert_eq!(
             config.dns_config.service_ttl,
-            [
-                ("db".to_string(), Duration::from_secs(2)),
-                ("web".to_string(), Duration::from_secs(1))
-            ]
+            [("db".to_string(), Duration::from_secs(2)), ("web".to_string(), Duration::from_secs(1))]
         );
     }
 
     #[test]
     fn a_list_set_in_a_file_replaces_its_default() {
-        let config = load(&[
-            DATA_DIR,
-            r#"{"dns_config": {"recursor_allow": ["10.0.0.0/8"]}}"#,
-        ]);
+        let config = load(&[DATA_DIR, r#"{"dns_config": {"recursor_allow": ["10.0.0.0/8"]}}"#]);
         assert_eq!(config.dns_config.recursor_allow, ["10.0.0.0/8"]);
     }
 
@@ -1515,8 +1332,7 @@ mod tests {
 
     impl TempDir {
         fn new(name: &str) -> Self {
-            let dir =
-                std::env::temp_dir().join(format!("cairn-config-{}-{name}", std::process::id()));
+            let dir = std::env::temp_dir().join(format!("cairn-config-{}-{name}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("create temp dir");
             TempDir(dir)
@@ -1538,66 +1354,33 @@ mod tests {
     #[test]
     fn config_dir_is_read_in_lexical_order_then_config_files() {
         let dir = TempDir::new("lexical");
-        dir.write(
-            "b.json",
-            r#"{"datacenter": "from-b", "recursors": ["2.2.2.2"]}"#,
-        );
-        dir.write(
-            "10-first.json",
-            r#"{"datacenter": "from-10", "data_dir": "/d"}"#,
-        );
-        dir.write(
-            "a.json",
-            r#"{"datacenter": "from-a", "recursors": ["1.1.1.1"]}"#,
-        );
+        dir.write("b.json", r#"{"datacenter": "from-b", "recursors": ["2.2.2.2"]}"#);
+        dir.write("10-first.json", r#"{"datacenter": "from-10", "data_dir": "/d"}"#);
+        dir.write("a.json", r#"{"datacenter": "from-a", "recursors": ["1.1.1.1"]}"#);
         dir.write("notes.txt", "not json at all");
         dir.write("old.hcl", "datacenter = \"x\"");
-        let flags = AgentFlags {
-            config_dir: vec![dir.0.clone()],
-            ..AgentFlags::default()
-        };
+        let flags = AgentFlags { config_dir: vec![dir.0.clone()], ..AgentFlags::default() };
         let (config, warnings) = Config::load(&flags).expect("loads");
         assert_eq!(config.datacenter, "from-b");
-        assert_eq!(
-            config.recursors,
-            ["1.1.1.1:53", "2.2.2.2:53"].map(|s| s.parse::<SocketAddr>().expect("addr"))
-        );
+        assert_eq!(config.recursors, ["1.1.1.1:53", "2.2.2.2:53"].map(|s| s.parse::<SocketAddr>().expect("addr")));
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("old.hcl"), "{warnings:?}");
 
         let outside = TempDir::new("lexical-file");
         let file = outside.write("z.json", r#"{"datacenter": "from-file"}"#);
-        let flags = AgentFlags {
-            config_file: vec![file],
-            ..flags
-        };
-        assert_eq!(
-            Config::load(&flags).expect("loads").0.datacenter,
-            "from-file"
-        );
+        let flags = AgentFlags { config_file: vec![file], ..flags };
+        assert_eq!(Config::load(&flags).expect("loads").0.datacenter, "from-file");
     }
 
     #[test]
     fn missing_sources_are_io_errors_naming_them() {
         let dir = TempDir::new("missing");
         let missing = dir.0.join("nope");
-        let flags = AgentFlags {
-            config_dir: vec![missing.clone()],
-            ..AgentFlags::default()
-        };
+        let flags = AgentFlags { config_dir: vec![missing.clone()], ..AgentFlags::default() };
         let error = Config::load(&flags).expect_err("missing dir").to_string();
-        assert_eq!(
-            error,
-            format!(
-                "config {}: cannot read: No such file or directory",
-                missing.display()
-            )
-        );
+        assert_eq!(error, format!("config {}: cannot read: No such file or directory", missing.display()));
 
-        let flags = AgentFlags {
-            config_file: vec![missing.join("a.json")],
-            ..AgentFlags::default()
-        };
+        let flags = AgentFlags { config_file: vec![missing.join("a.json")], ..AgentFlags::default() };
         let error = Config::load(&flags).expect_err("missing file").to_string();
         assert!(error.contains("nope/a.json: cannot read"), "{error}");
     }
@@ -1605,10 +1388,7 @@ mod tests {
     #[test]
     fn bad_files_are_reported_with_file_key_and_value() {
         let cases: &[(&str, &str)] = &[
-            (
-                r#"{"dns_confg": {}}"#,
-                r#"config a.json: unknown key "dns_confg" (did you mean "dns_config"?)"#,
-            ),
+            (r#"{"dns_confg": {}}"#, r#"config a.json: unknown key "dns_confg" (did you mean "dns_config"?)"#),
             (
                 r#"{"dns_config": {"udp_answer_limt": 3}}"#,
                 r#"config a.json: unknown key "dns_config.udp_answer_limt" (did you mean "udp_answer_limit"?)"#,
@@ -1617,18 +1397,9 @@ mod tests {
                 r#"{"dns_config": {"soa": {"minttl": 3}}}"#,
                 r#"config a.json: unknown key "dns_config.soa.minttl" (did you mean "min_ttl"?)"#,
             ),
-            (
-                r#"{"Datacenter": "dc1"}"#,
-                r#"config a.json: unknown key "Datacenter" (did you mean "datacenter"?)"#,
-            ),
-            (
-                r#"{"telemetri": {}}"#,
-                r#"config a.json: unknown key "telemetri" (did you mean "telemetry"?)"#,
-            ),
-            (
-                r#"{"flux_capacitor": 1}"#,
-                r#"config a.json: unknown key "flux_capacitor""#,
-            ),
+            (r#"{"Datacenter": "dc1"}"#, r#"config a.json: unknown key "Datacenter" (did you mean "datacenter"?)"#),
+            (r#"{"telemetri": {}}"#, r#"config a.json: unknown key "telemetri" (did you mean "telemetry"?)"#),
+            (r#"{"flux_capacitor": 1}"#, r#"config a.json: unknown key "flux_capacitor""#),
             (
                 r#"{"ports": {"http": "abc"}}"#,
                 r#"config a.json: key "ports.http" must be an integer from 0 to 65535, got string "abc""#,
@@ -1641,18 +1412,9 @@ mod tests {
                 r#"{"ports": {"http": 70000}}"#,
                 r#"config a.json: key "ports.http" must be an integer from 0 to 65535, got 70000"#,
             ),
-            (
-                r#"{"ports": 8500}"#,
-                r#"config a.json: key "ports" must be an object, got 8500"#,
-            ),
-            (
-                r#"{"server": "true"}"#,
-                r#"config a.json: key "server" must be true or false, got string "true""#,
-            ),
-            (
-                r#"{"bind_addr": "10.0.0.x"}"#,
-                r#"config a.json: key "bind_addr" must be an IP address, got "10.0.0.x""#,
-            ),
+            (r#"{"ports": 8500}"#, r#"config a.json: key "ports" must be an object, got 8500"#),
+            (r#"{"server": "true"}"#, r#"config a.json: key "server" must be true or false, got string "true""#),
+            (r#"{"bind_addr": "10.0.0.x"}"#, r#"config a.json: key "bind_addr" must be an IP address, got "10.0.0.x""#),
             (
                 r#"{"bind_addr": "{{ GetPrivateIP }}"}"#,
                 r#"config a.json: key "bind_addr" must be an IP address (templates are not supported), got "{{ GetPrivateIP }}""#,
@@ -1697,10 +1459,7 @@ mod tests {
                 r#"{"recursors": ["8.8.8.8", "dns.google"]}"#,
                 r#"config a.json: key "recursors[1]" must be an IP address or IP:port ("[v6]:port" for IPv6), got "dns.google""#,
             ),
-            (
-                r#"{"recursors": "8.8.8.8"}"#,
-                r#"config a.json: key "recursors" must be a list, got string "8.8.8.8""#,
-            ),
+            (r#"{"recursors": "8.8.8.8"}"#, r#"config a.json: key "recursors" must be a list, got string "8.8.8.8""#),
             (
                 r#"{"domain": "consul..local"}"#,
                 r#"config a.json: key "domain" must be a domain name such as "consul" or "example.internal.", got "consul..local""#,
@@ -1721,22 +1480,13 @@ mod tests {
                 r#"{"lmdb_map_size_mb": 0}"#,
                 r#"config a.json: key "lmdb_map_size_mb" must be an integer from 1 to 17592186044415, got 0"#,
             ),
-            (
-                r#"{"data_dir": ""}"#,
-                r#"config a.json: key "data_dir" must be a non-empty path, got """#,
-            ),
+            (r#"{"data_dir": ""}"#, r#"config a.json: key "data_dir" must be a non-empty path, got """#),
             (
                 "{\n  \"datacenter\": \"dc1\",\n  \"server\": true,,\n}",
                 "config a.json: invalid JSON at line 3 column 18: key must be a string",
             ),
-            (
-                "",
-                "config a.json: invalid JSON at line 1 column 0: EOF while parsing a value",
-            ),
-            (
-                "[1, 2]",
-                "config a.json: the top level must be a JSON object, got an array",
-            ),
+            ("", "config a.json: invalid JSON at line 1 column 0: EOF while parsing a value"),
+            ("[1, 2]", "config a.json: the top level must be a JSON object, got an array"),
         ];
         for (text, expected) in cases {
             assert_eq!(load_error(&[text]), *expected, "{text}");
@@ -1745,11 +1495,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_file_that_holds_the_key() {
-        let error = load_error(&[
-            DATA_DIR,
-            r#"{"server": true}"#,
-            r#"{"ports": {"http": true}}"#,
-        ]);
+        let error = load_error(&[DATA_DIR, r#"{"server": true}"#, r#"{"ports": {"http": true}}"#]);
         assert!(error.starts_with("config c.json: "), "{error}");
     }
 
@@ -1818,15 +1564,7 @@ mod tests {
         assert_eq!(config.node_name, "flagnode");
         assert_eq!(config.bind_addr, "10.1.1.1".parse::<IpAddr>().expect("ip"));
         assert_eq!(config.client_addr, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        assert_eq!(
-            config.ports,
-            Ports {
-                http: 0,
-                dns: 53,
-                server: 1,
-                serf_lan: 2
-            }
-        );
+        assert_eq!(config.ports, Ports { http: 0, dns: 53, server: 1, serf_lan: 2 });
         assert_eq!(config.log_level, LogLevel::Debug);
         assert!(config.server);
         assert_eq!(config.bootstrap_expect, Some(1));
@@ -1834,10 +1572,7 @@ mod tests {
 
     #[test]
     fn dev_mode_defaults() {
-        let flags = AgentFlags {
-            dev: true,
-            ..AgentFlags::default()
-        };
+        let flags = AgentFlags { dev: true, ..AgentFlags::default() };
         let (config, warnings) = load_with(&[], &flags).expect("dev needs no files");
         assert!(config.dev && config.server);
         assert_eq!(config.bootstrap_expect, Some(1));
@@ -1849,20 +1584,10 @@ mod tests {
 
     #[test]
     fn semantic_errors_after_merge() {
-        let dev = AgentFlags {
-            dev: true,
-            ..AgentFlags::default()
-        };
-        let server = AgentFlags {
-            server: true,
-            ..AgentFlags::default()
-        };
+        let dev = AgentFlags { dev: true, ..AgentFlags::default() };
+        let server = AgentFlags { server: true, ..AgentFlags::default() };
         let cases: &[(&[&str], &AgentFlags, &str)] = &[
-            (
-                &[],
-                &server,
-                r#"data_dir is required: set "data_dir" in a config file or pass -data-dir"#,
-            ),
+            (&[], &server, r#"data_dir is required: set "data_dir" in a config file or pass -data-dir"#),
             (
                 &[r#"{"datacenter": "dc1"}"#],
                 &AgentFlags::default(),
@@ -1874,23 +1599,12 @@ mod tests {
                 r#"bootstrap_expect (or bootstrap) is set but this agent is not a server: set "server": true or pass -server"#,
             ),
             (
-                &[
-                    r#"{"server": true, "bootstrap_expect": 3}"#,
-                    r#"{"bootstrap": true}"#,
-                ],
+                &[r#"{"server": true, "bootstrap_expect": 3}"#, r#"{"bootstrap": true}"#],
                 &AgentFlags::default(),
                 r#"config a.json, b.json: "bootstrap": true and "bootstrap_expect": 3 contradict each other; set only one"#,
             ),
-            (
-                &[r#"{"bootstrap_expect": 3}"#],
-                &dev,
-                "-dev runs a single server: bootstrap_expect must be 1 or unset",
-            ),
-            (
-                &[r#"{"server": false}"#],
-                &dev,
-                r#"-dev runs a single server: remove "server": false"#,
-            ),
+            (&[r#"{"bootstrap_expect": 3}"#], &dev, "-dev runs a single server: bootstrap_expect must be 1 or unset"),
+            (&[r#"{"server": false}"#], &dev, r#"-dev runs a single server: remove "server": false"#),
         ];
         for (files, flags, expected) in cases {
             match load_with(files, flags) {
@@ -1902,17 +1616,10 @@ mod tests {
 
     #[test]
     fn even_bootstrap_expect_warns() {
-        let flags = AgentFlags {
-            server: true,
-            bootstrap_expect: Some(4),
-            ..AgentFlags::default()
-        };
+        let flags = AgentFlags { server: true, bootstrap_expect: Some(4), ..AgentFlags::default() };
         let (_, warnings) = load_with(&[DATA_DIR], &flags).expect("loads");
         assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(
-            warnings[0].starts_with("bootstrap_expect = 4"),
-            "{warnings:?}"
-        );
+        assert!(warnings[0].starts_with("bootstrap_expect = 4"), "{warnings:?}");
     }
 
     #[test]
@@ -1928,18 +1635,13 @@ mod tests {
             ("0s", Duration::ZERO),
             ("+3s", Duration::from_secs(3)),
             ("87600h", Duration::from_secs(87_600 * 3600)),
-            (
-                "1h1m1s1ms1us1µs1ns",
-                Duration::from_nanos(3_661_001_002_001),
-            ),
+            ("1h1m1s1ms1us1µs1ns", Duration::from_nanos(3_661_001_002_001)),
             ("0.000000001s", Duration::from_nanos(1)),
         ];
         for (input, expected) in ok {
             assert_eq!(parse_duration(input), Ok(*expected), "{input}");
         }
-        for input in [
-            "", "10", "s", "-1s", "10x", ".s", "1..5s", "1s2", "3000000h", "1 s",
-        ] {
+        for input in ["", "10", "s", "-1s", "10x", ".s", "1..5s", "1s2", "3000000h", "1 s"] {
             assert!(parse_duration(input).is_err(), "{input} should be rejected");
         }
     }
@@ -1970,10 +1672,7 @@ mod tests {
             ("Example.Internal", "example.internal."),
             ("my_zone.local.", "my_zone.local."),
         ] {
-            let config = load(&[
-                DATA_DIR,
-                &format!(r#"{{"domain": "{input}", "alt_domain": "{input}"}}"#),
-            ]);
+            let config = load(&[DATA_DIR, &format!(r#"{{"domain": "{input}", "alt_domain": "{input}"}}"#)]);
             assert_eq!(config.domain, expected, "{input}");
             assert_eq!(config.alt_domain.as_deref(), Some(expected), "{input}");
         }

@@ -7,11 +7,7 @@ use clap::{Parser, Subcommand};
 use cairn::config::{normalize_args, AgentFlags, Config};
 
 #[derive(Parser)]
-#[command(
-    name = "cairn",
-    about = "DNS-centric service discovery that speaks Consul's API",
-    version
-)]
+#[command(name = "cairn", about = "DNS-centric service discovery that speaks Consul's API", version)]
 struct Cli {
     #[command(subcommand)]
     command: CliCommand,
@@ -29,11 +25,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(normalize_args(std::env::args()));
     match cli.command {
         CliCommand::Version => {
-            println!(
-                "cairn v{} (Consul API {})",
-                env!("CARGO_PKG_VERSION"),
-                cairn::http::CONSUL_API_VERSION
-            );
+            println!("cairn v{} (Consul API {})", env!("CARGO_PKG_VERSION"), cairn::http::CONSUL_API_VERSION);
             ExitCode::SUCCESS
         }
         CliCommand::Agent(flags) => run_agent(&flags),
@@ -46,22 +38,13 @@ fn init_logging(level: tracing::Level) {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::prelude::*;
 
-    let raft_level = if level >= tracing::Level::DEBUG {
-        LevelFilter::from_level(level)
-    } else {
-        LevelFilter::WARN
-    };
-    let filter = Targets::new()
-        .with_default(level)
-        .with_target("openraft", raft_level);
+    let raft_level = if level >= tracing::Level::DEBUG { LevelFilter::from_level(level) } else { LevelFilter::WARN };
+    let filter = Targets::new().with_default(level).with_target("openraft", raft_level);
     let format = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
-    tracing_subscriber::registry()
-        .with(format)
-        .with(filter)
-        .init();
+    tracing_subscriber::registry().with(format).with(filter).init();
 }
 
 fn run_agent(flags: &AgentFlags) -> ExitCode {
@@ -76,10 +59,7 @@ fn run_agent(flags: &AgentFlags) -> ExitCode {
     for warning in warnings {
         tracing::warn!("{warning}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cairn: cannot start the async runtime: {e}");

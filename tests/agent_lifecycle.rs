@@ -25,12 +25,7 @@ fn acknowledged_writes_survive_sigkill() {
                 let mut acked = Vec::new();
                 for i in 0..40 {
                     let key = format!("durable/{w}/{i}");
-                    let r = support::http_request(
-                        addr,
-                        "PUT",
-                        &format!("/v1/kv/{key}"),
-                        key.as_bytes(),
-                    );
+                    let r = support::http_request(addr, "PUT", &format!("/v1/kv/{key}"), key.as_bytes());
                     if r.status == 200 && r.text() == "true" {
                         acked.push(key);
                     }
@@ -39,44 +34,22 @@ fn acknowledged_writes_survive_sigkill() {
             })
         })
         .collect();
-    let acked: Vec<String> = writers
-        .into_iter()
-        .flat_map(|h| h.join().expect("writer"))
-        .collect();
-    assert_eq!(
-        acked.len(),
-        320,
-        "every write should have been acknowledged"
-    );
+    let acked: Vec<String> = writers.into_iter().flat_map(|h| h.join().expect("writer")).collect();
+    assert_eq!(acked.len(), 320, "every write should have been acknowledged");
     let body = json!({"Node": "kept", "Address": "10.1.1.1", "Service": {"Service": "kept-svc", "Port": 1}});
-    assert_eq!(
-        agent.put("/v1/catalog/register", body.to_string()).text(),
-        "true"
-    );
+    assert_eq!(agent.put("/v1/catalog/register", body.to_string()).text(), "true");
     let index_before = agent.get("/v1/catalog/service/kept-svc").index();
 
     agent.kill();
     let agent = Agent::start_in(&data_dir, &[]);
     for key in &acked {
         let r = agent.get(&format!("/v1/kv/{key}?raw"));
-        assert_eq!(
-            (r.status, r.text()),
-            (200, key.clone()),
-            "acknowledged write {key} lost"
-        );
+        assert_eq!((r.status, r.text()), (200, key.clone()), "acknowledged write {key} lost");
     }
     let r = agent.get("/v1/catalog/service/kept-svc");
     assert_eq!(r.json()[0]["Node"], "kept");
-    assert_eq!(
-        r.index(),
-        index_before,
-        "indexes must survive a restart unchanged"
-    );
-    assert_eq!(
-        agent.get("/v1/agent/self").json()["Config"]["NodeID"],
-        node_id,
-        "node ID must persist"
-    );
+    assert_eq!(r.index(), index_before, "indexes must survive a restart unchanged");
+    assert_eq!(agent.get("/v1/agent/self").json()["Config"]["NodeID"], node_id, "node ID must persist");
     // Writes keep going after recovery, with growing indexes.
     agent.put("/v1/kv/after", "1");
     assert!(agent.get("/v1/kv/after").index() > index_before);
@@ -102,36 +75,21 @@ fn sigterm_answers_blocking_queries_at_once_and_exits_zero() {
     assert!(status.success(), "exit status after SIGTERM: {status}");
     let (r, elapsed) = waiter.join().expect("waiter");
     assert_eq!(r.status, 200);
-    assert!(
-        elapsed < Duration::from_secs(10),
-        "blocking query held the shutdown for {elapsed:?}"
-    );
+    assert!(elapsed < Duration::from_secs(10), "blocking query held the shutdown for {elapsed:?}");
     assert!(agent.log().contains("shutdown complete"));
 }
 
 #[test]
 fn dev_mode_uses_a_temporary_data_dir_removed_on_exit() {
-    let mut agent = Agent::spawn(
-        ["agent", "-dev", "-http-port", "0"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        "".into(),
-    );
+    let mut agent =
+        Agent::spawn(["agent", "-dev", "-http-port", "0"].iter().map(|s| s.to_string()).collect(), "".into());
     let log = agent.log();
-    let dir = log
-        .split("data_dir=")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .expect("data_dir logged")
-        .to_string();
+    let dir =
+        log.split("data_dir=").nth(1).and_then(|r| r.split_whitespace().next()).expect("data_dir logged").to_string();
     assert!(std::path::Path::new(&dir).exists());
     assert_eq!(agent.put("/v1/kv/dev", "1").text(), "true");
     assert!(agent.terminate().success());
-    assert!(
-        !std::path::Path::new(&dir).exists(),
-        "dev data dir {dir} left behind"
-    );
+    assert!(!std::path::Path::new(&dir).exists(), "dev data dir {dir} left behind");
 }
 
 #[test]
@@ -143,138 +101,55 @@ fn config_errors_name_the_file_and_key_and_exit_1() {
     let conf_s = conf.display().to_string();
 
     std::fs::write(conf.join("10-bad.json"), r#"{"dns_confg": {}}"#).expect("write");
-    let out = Agent::run_to_exit(&[
-        "agent",
-        "-server",
-        "-bootstrap-expect",
-        "1",
-        "-data-dir",
-        &data,
-        "-config-dir",
-        &conf_s,
-    ]);
+    let out =
+        Agent::run_to_exit(&["agent", "-server", "-bootstrap-expect", "1", "-data-dir", &data, "-config-dir", &conf_s]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        out.stderr.contains("10-bad.json") && out.stderr.contains("dns_confg"),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains("did you mean \"dns_config\""),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("10-bad.json") && out.stderr.contains("dns_confg"), "{}", out.stderr);
+    assert!(out.stderr.contains("did you mean \"dns_config\""), "{}", out.stderr);
 
     std::fs::write(conf.join("10-bad.json"), r#"{"ports": {"http": "eighty"}}"#).expect("write");
-    let out = Agent::run_to_exit(&[
-        "agent",
-        "-server",
-        "-bootstrap-expect",
-        "1",
-        "-data-dir",
-        &data,
-        "-config-dir",
-        &conf_s,
-    ]);
+    let out =
+        Agent::run_to_exit(&["agent", "-server", "-bootstrap-expect", "1", "-data-dir", &data, "-config-dir", &conf_s]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        out.stderr.contains("ports.http") && out.stderr.contains("integer"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("ports.http") && out.stderr.contains("integer"), "{}", out.stderr);
 
     let out = Agent::run_to_exit(&["agent", "-server", "-http-port", "nope", "-data-dir", &data]);
     assert_ne!(out.status.code(), Some(0));
-    assert!(
-        out.stderr.contains("--http-port"),
-        "flag error must name the flag: {}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("--http-port"), "flag error must name the flag: {}", out.stderr);
 
     let out = Agent::run_to_exit(&["agent", "-server"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        out.stderr.contains("data_dir is required"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("data_dir is required"), "{}", out.stderr);
 
     // A documented-but-unimplemented Consul key only warns.
-    std::fs::write(
-        conf.join("10-bad.json"),
-        r#"{"telemetry": {"disable_hostname": true}, "datacenter": "dc1"}"#,
-    )
-    .expect("write");
+    std::fs::write(conf.join("10-bad.json"), r#"{"telemetry": {"disable_hostname": true}, "datacenter": "dc1"}"#)
+        .expect("write");
     let agent = Agent::spawn(
-        [
-            "agent",
-            "-server",
-            "-bootstrap-expect",
-            "1",
-            "-http-port",
-            "0",
-            "-data-dir",
-            &data,
-            "-config-dir",
-            &conf_s,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
+        ["agent", "-server", "-bootstrap-expect", "1", "-http-port", "0", "-data-dir", &data, "-config-dir", &conf_s]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         data.clone().into(),
     );
-    assert!(
-        agent.log().contains("telemetry"),
-        "no warning for telemetry: {}",
-        agent.log()
-    );
+    assert!(agent.log().contains("telemetry"), "no warning for telemetry: {}", agent.log());
 }
 
 #[test]
 fn a_second_agent_on_the_same_data_dir_is_refused() {
     let first = Agent::start(&[]);
     let data = first.data_dir.display().to_string();
-    let out = Agent::run_to_exit(&[
-        "agent",
-        "-server",
-        "-bootstrap-expect",
-        "1",
-        "-http-port",
-        "0",
-        "-data-dir",
-        &data,
-    ]);
+    let out =
+        Agent::run_to_exit(&["agent", "-server", "-bootstrap-expect", "1", "-http-port", "0", "-data-dir", &data]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        out.stderr.contains("in use by another cairn agent"),
-        "{}",
-        out.stderr
-    );
-    assert_eq!(
-        first.get("/v1/kv/x").status,
-        404,
-        "the first agent must keep serving"
-    );
+    assert!(out.stderr.contains("in use by another cairn agent"), "{}", out.stderr);
+    assert_eq!(first.get("/v1/kv/x").status, 404, "the first agent must keep serving");
 
     let foreign = tempfile::tempdir().expect("tempdir");
     std::fs::write(foreign.path().join("precious.txt"), b"x").expect("write");
     let dir = foreign.path().display().to_string();
-    let out = Agent::run_to_exit(&[
-        "agent",
-        "-server",
-        "-bootstrap-expect",
-        "1",
-        "-http-port",
-        "0",
-        "-data-dir",
-        &dir,
-    ]);
+    let out = Agent::run_to_exit(&["agent", "-server", "-bootstrap-expect", "1", "-http-port", "0", "-data-dir", &dir]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        out.stderr.contains("not a cairn data directory"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("not a cairn data directory"), "{}", out.stderr);
 }
 
 #[test]
@@ -286,22 +161,10 @@ fn corrupt_lmdb_is_reported_with_its_path() {
     let mdb = data_dir.join("lmdb").join("data.mdb");
     std::fs::write(&mdb, vec![0x5a; 64 * 1024]).expect("overwrite data.mdb");
     let data = data_dir.display().to_string();
-    let out = Agent::run_to_exit(&[
-        "agent",
-        "-server",
-        "-bootstrap-expect",
-        "1",
-        "-http-port",
-        "0",
-        "-data-dir",
-        &data,
-    ]);
+    let out =
+        Agent::run_to_exit(&["agent", "-server", "-bootstrap-expect", "1", "-http-port", "0", "-data-dir", &data]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
-    assert!(
-        out.stderr.contains(&data),
-        "error must name the data dir: {}",
-        out.stderr
-    );
+    assert!(out.stderr.contains(&data), "error must name the data dir: {}", out.stderr);
 }
 
 fn write_config(dir: &std::path::Path, json: serde_json::Value) -> String {
@@ -313,16 +176,12 @@ fn write_config(dir: &std::path::Path, json: serde_json::Value) -> String {
 #[test]
 fn limits_answer_429_and_the_agent_keeps_serving() {
     let temp = tempfile::tempdir().expect("tempdir");
-    let config = write_config(
-        temp.path(),
-        json!({"limits": {"http_max_conns_per_client": 3, "max_blocking_queries": 1}}),
-    );
+    let config =
+        write_config(temp.path(), json!({"limits": {"http_max_conns_per_client": 3, "max_blocking_queries": 1}}));
     let agent = Agent::start(&["-config-file", &config]);
 
     // Connections: three idle ones fill the per-client quota; the fourth is told why.
-    let idle: Vec<TcpStream> = (0..3)
-        .map(|_| TcpStream::connect(agent.http).expect("connect"))
-        .collect();
+    let idle: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(agent.http).expect("connect")).collect();
     let r = support::wait_for("the fourth connection to be refused", IO_TIMEOUT, || {
         let mut extra = TcpStream::connect(agent.http).ok()?;
         extra.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
@@ -332,36 +191,22 @@ fn limits_answer_429_and_the_agent_keeps_serving() {
     assert_eq!(r.status, 429);
     assert!(r.text().contains("too many concurrent connections"));
     drop(idle);
-    support::wait_for("connections to be released", IO_TIMEOUT, || {
-        (agent.get("/v1/kv/x").status == 404).then_some(())
-    });
+    support::wait_for("connections to be released", IO_TIMEOUT, || (agent.get("/v1/kv/x").status == 404).then_some(()));
 
     // Blocking queries: one may wait; the second is refused at once.
     let addr = agent.http;
     let index = agent.get("/v1/kv/x").index();
     let waiter = std::thread::spawn(move || {
-        support::http_request(
-            addr,
-            "GET",
-            &format!("/v1/kv/x?index={index}&wait=30s"),
-            b"",
-        )
+        support::http_request(addr, "GET", &format!("/v1/kv/x?index={index}&wait=30s"), b"")
     });
     // Let the waiter's request arrive first; nothing outside the agent can observe it.
     std::thread::sleep(Duration::from_millis(500));
     let r = agent.get(&format!("/v1/kv/y?index={index}&wait=1s"));
     assert_eq!(r.status, 429, "{}", r.text());
-    assert!(
-        r.text().contains("too many blocking queries"),
-        "{}",
-        r.text()
-    );
+    assert!(r.text().contains("too many blocking queries"), "{}", r.text());
     assert_eq!(agent.put("/v1/kv/x", "ok").text(), "true");
     let woken = waiter.join().expect("waiter");
-    assert_eq!(
-        (woken.status, woken.json()[0]["Key"].as_str()),
-        (200, Some("x"))
-    );
+    assert_eq!((woken.status, woken.json()[0]["Key"].as_str()), (200, Some("x")));
 }
 
 #[test]
@@ -376,22 +221,11 @@ fn a_full_lmdb_map_fails_writes_with_a_reason_while_reads_go_on() {
         (r.status != 200).then_some(r)
     });
     assert_eq!(full.status, 500, "{}", full.text());
-    assert!(
-        full.text().contains("data store is full"),
-        "{}",
-        full.text()
-    );
-    assert_eq!(
-        agent.get("/v1/kv/small?raw").text(),
-        "still here",
-        "reads must go on"
-    );
+    assert!(full.text().contains("data store is full"), "{}", full.text());
+    assert_eq!(agent.get("/v1/kv/small?raw").text(), "still here", "reads must go on");
     assert_eq!(agent.get("/v1/catalog/nodes").status, 200);
 }
 
 fn rand_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }

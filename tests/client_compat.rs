@@ -10,10 +10,7 @@ use support::Agent;
 #[test]
 fn py_consul_works_unchanged() {
     let agent = Agent::start(&[]);
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/compat/py_consul_client.py"
-    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/compat/py_consul_client.py");
     let output = Command::new("python3")
         .arg(script)
         .arg(agent.http.ip().to_string())

@@ -40,26 +40,15 @@ fn how_to_register_query_and_deregister_with_plain_curl() {
     assert_eq!(catalog[0]["ServiceAddress"], "127.0.0.1");
     assert_eq!(catalog[0]["ServiceTags"], json!(["primary", "master"]));
     assert!(catalog[0].get("ServiceProxy").is_some() && catalog[0].get("ServiceKind").is_some());
-    assert_eq!(
-        agent.get("/v1/health/service/redis?tag=nope").json(),
-        json!([])
-    );
-    assert_eq!(
-        agent.get("/v1/catalog/services").json()["redis"],
-        json!(["master", "primary"])
-    );
+    assert_eq!(agent.get("/v1/health/service/redis?tag=nope").json(), json!([]));
+    assert_eq!(agent.get("/v1/catalog/services").json()["redis"], json!(["master", "primary"]));
 
     // The published how-to deregisters with a plain GET.
     let r = agent.get("/v1/catalog/deregister/redis1");
     assert_eq!((r.status, r.text().as_str()), (200, "true"));
     assert_eq!(agent.get("/v1/catalog/service/redis").json(), json!([]));
     let r = agent.get("/v1/catalog/deregister/redis1");
-    assert_eq!(
-        r.status,
-        404,
-        "second deregister must say nothing holds it: {}",
-        r.text()
-    );
+    assert_eq!(r.status, 404, "second deregister must say nothing holds it: {}", r.text());
     assert!(r.text().contains("redis1"));
 }
 
@@ -75,33 +64,13 @@ fn catalog_reads_and_the_servers_own_registration() {
     assert_eq!(checks[0]["Status"], "passing");
 
     // A service registered without checks is passing; a warning check is not.
-    let body =
-        json!({"Node": "n2", "Address": "10.0.0.2", "Service": {"Service": "web", "Port": 80}});
-    assert_eq!(
-        agent.put("/v1/catalog/register", body.to_string()).status,
-        200
-    );
-    assert_eq!(
-        agent
-            .get("/v1/health/service/web?passing")
-            .json()
-            .as_array()
-            .map(Vec::len),
-        Some(1)
-    );
+    let body = json!({"Node": "n2", "Address": "10.0.0.2", "Service": {"Service": "web", "Port": 80}});
+    assert_eq!(agent.put("/v1/catalog/register", body.to_string()).status, 200);
+    assert_eq!(agent.get("/v1/health/service/web?passing").json().as_array().map(Vec::len), Some(1));
     let body = json!({"Node": "n2", "Address": "10.0.0.2", "Check": {"Name": "disk", "Status": "warning"}});
-    assert_eq!(
-        agent.put("/v1/catalog/register", body.to_string()).status,
-        200
-    );
-    assert_eq!(
-        agent.get("/v1/health/service/web?passing").json(),
-        json!([])
-    );
-    assert_eq!(
-        agent.get("/v1/health/state/warning").json()[0]["CheckID"],
-        "disk"
-    );
+    assert_eq!(agent.put("/v1/catalog/register", body.to_string()).status, 200);
+    assert_eq!(agent.get("/v1/health/service/web?passing").json(), json!([]));
+    assert_eq!(agent.get("/v1/health/state/warning").json()[0]["CheckID"], "disk");
 
     let node = agent.get("/v1/catalog/node/n2").json();
     assert_eq!(node["Node"]["Address"], "10.0.0.2");
@@ -113,17 +82,12 @@ fn catalog_reads_and_the_servers_own_registration() {
     let r = agent.put("/v1/catalog/deregister", r#"{"Node":"n2"}"#);
     assert_eq!((r.status, r.text().as_str()), (200, "true"));
     assert_eq!(agent.get("/v1/catalog/service/web").json(), json!([]));
-    assert_eq!(
-        agent.get("/v1/status/leader").json(),
-        json!(agent.get("/v1/status/peers").json()[0])
-    );
+    assert_eq!(agent.get("/v1/status/leader").json(), json!(agent.get("/v1/status/peers").json()[0]));
     let me = agent.get("/v1/agent/self").json();
     assert_eq!(me["Config"]["Datacenter"], "dc1");
     assert_eq!(me["Config"]["NodeName"], "test-node");
     assert_eq!(me["Config"]["Server"], true);
-    assert!(me["Config"]["Version"]
-        .as_str()
-        .is_some_and(|v| v.starts_with("1.")));
+    assert!(me["Config"]["Version"].as_str().is_some_and(|v| v.starts_with("1.")));
 }
 
 fn kv(agent: &Agent, key: &str) -> Value {
@@ -135,12 +99,7 @@ fn kv(agent: &Agent, key: &str) -> Value {
 #[test]
 fn kv_round_trips_cas_recurse_keys_and_raw() {
     let agent = Agent::start(&[]);
-    assert_eq!(
-        agent
-            .put("/v1/kv/app/config/db?flags=42", "postgres://x")
-            .text(),
-        "true"
-    );
+    assert_eq!(agent.put("/v1/kv/app/config/db?flags=42", "postgres://x").text(), "true");
     let entry = kv(&agent, "app/config/db");
     assert_eq!(entry["Value"], "cG9zdGdyZXM6Ly94");
     assert_eq!(entry["Flags"], 42);
@@ -148,22 +107,9 @@ fn kv_round_trips_cas_recurse_keys_and_raw() {
     assert_eq!(agent.get("/v1/kv/app/config/db?raw").body, b"postgres://x");
 
     // CAS: a stale index loses, the current one wins; cas=0 only creates.
-    assert_eq!(
-        agent
-            .put(&format!("/v1/kv/app/config/db?cas={}", modify - 1), "lost")
-            .text(),
-        "false"
-    );
-    assert_eq!(
-        agent.put("/v1/kv/app/config/db?cas=0", "lost").text(),
-        "false"
-    );
-    assert_eq!(
-        agent
-            .put(&format!("/v1/kv/app/config/db?cas={modify}"), "won")
-            .text(),
-        "true"
-    );
+    assert_eq!(agent.put(&format!("/v1/kv/app/config/db?cas={}", modify - 1), "lost").text(), "false");
+    assert_eq!(agent.put("/v1/kv/app/config/db?cas=0", "lost").text(), "false");
+    assert_eq!(agent.put(&format!("/v1/kv/app/config/db?cas={modify}"), "won").text(), "true");
     assert_eq!(agent.get("/v1/kv/app/config/db?raw").body, b"won");
     assert!(kv(&agent, "app/config/db")["ModifyIndex"].as_u64() > Some(modify));
 
@@ -173,40 +119,19 @@ fn kv_round_trips_cas_recurse_keys_and_raw() {
     assert_eq!(kv(&agent, "app/empty")["Value"], Value::Null);
     let all = agent.get("/v1/kv/app?recurse").json();
     assert_eq!(all.as_array().map(Vec::len), Some(4));
-    assert_eq!(
-        agent.get("/v1/kv/app/?keys&separator=/").json(),
-        json!(["app/config/", "app/empty", "app/name"])
-    );
-    assert_eq!(
-        agent.get("/v1/kv/?keys").json().as_array().map(Vec::len),
-        Some(4)
-    );
+    assert_eq!(agent.get("/v1/kv/app/?keys&separator=/").json(), json!(["app/config/", "app/empty", "app/name"]));
+    assert_eq!(agent.get("/v1/kv/?keys").json().as_array().map(Vec::len), Some(4));
 
     let missing = agent.get("/v1/kv/app/nope");
     assert_eq!(missing.status, 404);
     assert!(missing.body.is_empty());
-    assert!(
-        missing.index() > 0,
-        "a missing key still carries X-Consul-Index"
-    );
+    assert!(missing.index() > 0, "a missing key still carries X-Consul-Index");
     assert_eq!(missing.header("X-Consul-KnownLeader"), Some("true"));
     assert_eq!(agent.get("/v1/kv/nothing/?keys").status, 404);
 
-    let current = kv(&agent, "app/name")["ModifyIndex"]
-        .as_u64()
-        .expect("index");
-    assert_eq!(
-        agent
-            .delete(&format!("/v1/kv/app/name?cas={}", current + 100))
-            .text(),
-        "false"
-    );
-    assert_eq!(
-        agent
-            .delete(&format!("/v1/kv/app/name?cas={current}"))
-            .text(),
-        "true"
-    );
+    let current = kv(&agent, "app/name")["ModifyIndex"].as_u64().expect("index");
+    assert_eq!(agent.delete(&format!("/v1/kv/app/name?cas={}", current + 100)).text(), "false");
+    assert_eq!(agent.delete(&format!("/v1/kv/app/name?cas={current}")).text(), "true");
     assert_eq!(agent.delete("/v1/kv/app/config?recurse").text(), "true");
     assert_eq!(agent.get("/v1/kv/app?keys").json(), json!(["app/empty"]));
 }
@@ -238,29 +163,14 @@ fn txn_applies_all_or_nothing() {
     let body = r.json();
     assert_eq!(body["Results"], Value::Null);
     assert_eq!(body["Errors"][0]["OpIndex"], 1);
-    assert!(body["Errors"][0]["What"]
-        .as_str()
-        .is_some_and(|w| w.contains("index is stale")));
-    assert_eq!(
-        agent.get("/v1/kv/t/c").status,
-        404,
-        "rolled-back set was applied"
-    );
-    assert_eq!(
-        agent.get("/v1/kv/t/b").status,
-        200,
-        "rolled-back delete was applied"
-    );
+    assert!(body["Errors"][0]["What"].as_str().is_some_and(|w| w.contains("index is stale")));
+    assert_eq!(agent.get("/v1/kv/t/c").status, 404, "rolled-back set was applied");
+    assert_eq!(agent.get("/v1/kv/t/b").status, 200, "rolled-back delete was applied");
 
-    let too_many: Vec<Value> = (0..65)
-        .map(|i| json!({"KV": {"Verb": "get", "Key": format!("k{i}")}}))
-        .collect();
+    let too_many: Vec<Value> = (0..65).map(|i| json!({"KV": {"Verb": "get", "Key": format!("k{i}")}})).collect();
     let r = agent.put("/v1/txn", Value::Array(too_many).to_string());
     assert_eq!(r.status, 413);
-    assert_eq!(
-        r.text(),
-        "Transaction contains too many operations (65 > 64)"
-    );
+    assert_eq!(r.text(), "Transaction contains too many operations (65 > 64)");
     let r = agent.put("/v1/txn", "[{");
     assert_eq!(r.status, 400);
     assert!(r.text().starts_with("Failed to parse body"));
@@ -276,56 +186,33 @@ fn blocking_query_wakes_on_its_key_and_sleeps_through_others() {
     let addr = agent.http;
     let started = Instant::now();
     let sleeper = std::thread::spawn(move || {
-        support::http_request(
-            addr,
-            "GET",
-            &format!("/v1/kv/watched?index={index}&wait=2s"),
-            b"",
-        )
+        support::http_request(addr, "GET", &format!("/v1/kv/watched?index={index}&wait=2s"), b"")
     });
     std::thread::sleep(Duration::from_millis(300));
     agent.put("/v1/kv/unrelated", "x");
     let r = sleeper.join().expect("sleeper");
-    assert!(
-        started.elapsed() >= Duration::from_secs(2),
-        "woken by an unrelated write after {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() >= Duration::from_secs(2), "woken by an unrelated write after {:?}", started.elapsed());
     assert_eq!(r.index(), index, "index changed although the key did not");
 
     // A write to the key wakes it at once.
     let started = Instant::now();
     let waiter = std::thread::spawn(move || {
-        support::http_request(
-            addr,
-            "GET",
-            &format!("/v1/kv/watched?index={index}&wait=60s"),
-            b"",
-        )
+        support::http_request(addr, "GET", &format!("/v1/kv/watched?index={index}&wait=60s"), b"")
     });
     std::thread::sleep(Duration::from_millis(300));
     agent.put("/v1/kv/watched", "2");
     let r = waiter.join().expect("waiter");
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "not woken by the write"
-    );
+    assert!(started.elapsed() < Duration::from_secs(30), "not woken by the write");
     assert!(r.index() > index);
     assert_eq!(r.json()[0]["Value"], "Mg==");
 
     // Catalog reads block too: a registration of the service wakes a health watcher.
     let index = agent.get("/v1/health/service/api").index();
     let waiter = std::thread::spawn(move || {
-        support::http_request(
-            addr,
-            "GET",
-            &format!("/v1/health/service/api?index={index}&wait=60s"),
-            b"",
-        )
+        support::http_request(addr, "GET", &format!("/v1/health/service/api?index={index}&wait=60s"), b"")
     });
     std::thread::sleep(Duration::from_millis(300));
-    let body =
-        json!({"Node": "n3", "Address": "10.0.0.3", "Service": {"Service": "api", "Port": 9000}});
+    let body = json!({"Node": "n3", "Address": "10.0.0.3", "Service": {"Service": "api", "Port": 9000}});
     agent.put("/v1/catalog/register", body.to_string());
     let r = waiter.join().expect("waiter");
     assert_eq!(r.json()[0]["Service"]["Service"], "api");
@@ -335,34 +222,10 @@ fn blocking_query_wakes_on_its_key_and_sleeps_through_others() {
 fn bad_input_gets_a_precise_4xx_and_the_agent_keeps_serving() {
     let agent = Agent::start(&[]);
     let cases: Vec<(&str, &str, String, u16, &str)> = vec![
-        (
-            "PUT",
-            "/v1/catalog/register",
-            "{not json".into(),
-            400,
-            "Request decode failed",
-        ),
-        (
-            "PUT",
-            "/v1/catalog/register",
-            "".into(),
-            400,
-            "Request decode failed",
-        ),
-        (
-            "PUT",
-            "/v1/catalog/register",
-            r#"{"Address":"10.0.0.1"}"#.into(),
-            400,
-            "Must provide node",
-        ),
-        (
-            "PUT",
-            "/v1/catalog/register",
-            r#"{"Node":"n"}"#.into(),
-            400,
-            "Must provide address",
-        ),
+        ("PUT", "/v1/catalog/register", "{not json".into(), 400, "Request decode failed"),
+        ("PUT", "/v1/catalog/register", "".into(), 400, "Request decode failed"),
+        ("PUT", "/v1/catalog/register", r#"{"Address":"10.0.0.1"}"#.into(), 400, "Must provide node"),
+        ("PUT", "/v1/catalog/register", r#"{"Node":"n"}"#.into(), 400, "Must provide address"),
         (
             "PUT",
             "/v1/catalog/register",
@@ -398,111 +261,35 @@ fn bad_input_gets_a_precise_4xx_and_the_agent_keeps_serving() {
             500,
             "No path to datacenter",
         ),
-        (
-            "PUT",
-            "/v1/kv/big",
-            "x".repeat(524_289),
-            413,
-            "Request body(524289 bytes) too large, max size: 524288 bytes",
-        ),
-        (
-            "PUT",
-            "/v1/kv/k?flags=abc",
-            "v".into(),
-            400,
-            "Invalid flags",
-        ),
+        ("PUT", "/v1/kv/big", "x".repeat(524_289), 413, "Request body(524289 bytes) too large, max size: 524288 bytes"),
+        ("PUT", "/v1/kv/k?flags=abc", "v".into(), 400, "Invalid flags"),
         ("PUT", "/v1/kv/k?acquire=abc", "v".into(), 400, "sessions"),
-        (
-            "GET",
-            "/v1/no/such/endpoint",
-            String::new(),
-            404,
-            "Invalid URL path",
-        ),
-        (
-            "POST",
-            "/v1/kv/k",
-            String::new(),
-            405,
-            "method POST not allowed",
-        ),
-        (
-            "DELETE",
-            "/v1/catalog/nodes",
-            String::new(),
-            405,
-            "method DELETE not allowed",
-        ),
-        (
-            "GET",
-            "/v1/kv/k?index=1&wait=forever",
-            String::new(),
-            400,
-            "Invalid wait time",
-        ),
-        (
-            "GET",
-            "/v1/kv/k?index=abc",
-            String::new(),
-            400,
-            "Invalid index",
-        ),
-        (
-            "GET",
-            "/v1/kv/k?stale&consistent",
-            String::new(),
-            400,
-            "Conflicting flags",
-        ),
-        (
-            "GET",
-            "/v1/kv/k?dc=elsewhere",
-            String::new(),
-            500,
-            "No path to datacenter",
-        ),
+        ("GET", "/v1/no/such/endpoint", String::new(), 404, "Invalid URL path"),
+        ("POST", "/v1/kv/k", String::new(), 405, "method POST not allowed"),
+        ("DELETE", "/v1/catalog/nodes", String::new(), 405, "method DELETE not allowed"),
+        ("GET", "/v1/kv/k?index=1&wait=forever", String::new(), 400, "Invalid wait time"),
+        ("GET", "/v1/kv/k?index=abc", String::new(), 400, "Invalid index"),
+        ("GET", "/v1/kv/k?stale&consistent", String::new(), 400, "Conflicting flags"),
+        ("GET", "/v1/kv/k?dc=elsewhere", String::new(), 500, "No path to datacenter"),
         ("GET", "/v1/kv/", String::new(), 400, "Missing key name"),
-        (
-            "GET",
-            "/v1/health/state/sideways",
-            String::new(),
-            400,
-            "Invalid check state",
-        ),
+        ("GET", "/v1/health/state/sideways", String::new(), 400, "Invalid check state"),
     ];
     for (method, path, body, status, text) in cases {
         let r = agent.request(method, path, body.as_bytes());
         assert_eq!(r.status, status, "{method} {path}: {}", r.text());
+        assert!(r.text().contains(text), "{method} {path}: {:?} lacks {text:?}", r.text());
         assert!(
-            r.text().contains(text),
-            "{method} {path}: {:?} lacks {text:?}",
-            r.text()
-        );
-        assert!(
-            r.header("Content-Type")
-                .is_some_and(|c| c.starts_with("text/plain")),
+            r.header("Content-Type").is_some_and(|c| c.starts_with("text/plain")),
             "{method} {path}: not plain text"
         );
     }
     let r = agent.request("POST", "/v1/kv/k", b"");
-    assert!(
-        r.header("Allow").is_some_and(|a| a.contains("PUT")),
-        "405 without Allow header"
-    );
+    assert!(r.header("Allow").is_some_and(|a| a.contains("PUT")), "405 without Allow header");
 
     // Fields cairn does not know, and nulls as Go clients send them, are accepted.
     let lenient = json!({"Node": "n4", "Address": "10.0.0.4", "NodeMeta": null, "TaggedAddresses": null, "Namespace": "default",
         "Service": {"Service": "lenient", "Kind": "", "Proxy": {}, "Connect": {}, "Tags": null, "Weights": null, "Port": 1}});
-    assert_eq!(
-        agent
-            .put("/v1/catalog/register?token=abc&dc=dc1", lenient.to_string())
-            .status,
-        200
-    );
+    assert_eq!(agent.put("/v1/catalog/register?token=abc&dc=dc1", lenient.to_string()).status, 200);
     // Still serving.
-    assert_eq!(
-        agent.get("/v1/catalog/service/lenient").json()[0]["ServiceName"],
-        "lenient"
-    );
+    assert_eq!(agent.get("/v1/catalog/service/lenient").json()[0]["ServiceName"], "lenient");
 }

@@ -16,11 +16,7 @@ const MARKER_CONTENT: &str = "cairn data directory, format 1\n";
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
     #[error("data dir {path}: {action}: {source}")]
-    Io {
-        path: PathBuf,
-        action: &'static str,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, action: &'static str, source: std::io::Error },
     #[error("data dir {0} is in use by another cairn agent (its lock file is held); stop that agent or choose another -data-dir")]
     Locked(PathBuf),
     #[error("data dir {0} is not a cairn data directory: it holds other files and no {MARKER} marker; use an empty or new directory")]
@@ -39,15 +35,8 @@ pub struct DataDir {
     _temp: Option<tempfile::TempDir>,
 }
 
-fn io_err<'p>(
-    path: &'p Path,
-    action: &'static str,
-) -> impl FnOnce(std::io::Error) -> DataDirError + 'p {
-    move |source| DataDirError::Io {
-        path: path.to_path_buf(),
-        action,
-        source,
-    }
+fn io_err<'p>(path: &'p Path, action: &'static str) -> impl FnOnce(std::io::Error) -> DataDirError + 'p {
+    move |source| DataDirError::Io { path: path.to_path_buf(), action, source }
 }
 
 impl DataDir {
@@ -65,11 +54,7 @@ impl DataDir {
     /// Opens `path`, creating it (mode 0700) if missing, checks it is ours and locks it.
     pub fn open(path: &Path) -> Result<DataDir, DataDirError> {
         if !path.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(path)
-                .map_err(io_err(path, "cannot create"))?;
+            fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(io_err(path, "cannot create"))?;
         }
         if !path.is_dir() {
             return Err(DataDirError::Io {
@@ -81,27 +66,15 @@ impl DataDir {
         let marker = path.join(MARKER);
         match fs::read_to_string(&marker) {
             Ok(content) if content == MARKER_CONTENT => {}
-            Ok(content) => {
-                return Err(DataDirError::BadMarker {
-                    path: path.to_path_buf(),
-                    found: content,
-                })
-            }
+            Ok(content) => return Err(DataDirError::BadMarker { path: path.to_path_buf(), found: content }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut entries = fs::read_dir(path).map_err(io_err(path, "cannot list"))?;
                 if entries.next().is_some() {
                     return Err(DataDirError::Foreign(path.to_path_buf()));
                 }
-                write_synced(&marker, MARKER_CONTENT.as_bytes())
-                    .map_err(io_err(path, "cannot write marker"))?;
+                write_synced(&marker, MARKER_CONTENT.as_bytes()).map_err(io_err(path, "cannot write marker"))?;
             }
-            Err(e) => {
-                return Err(DataDirError::Io {
-                    path: marker,
-                    action: "cannot read marker",
-                    source: e,
-                })
-            }
+            Err(e) => return Err(DataDirError::Io { path: marker, action: "cannot read marker", source: e }),
         }
         let lock_path = path.join("lock");
         let lock = OpenOptions::new()
@@ -117,17 +90,9 @@ impl DataDir {
             if e.kind() == std::io::ErrorKind::WouldBlock {
                 return Err(DataDirError::Locked(path.to_path_buf()));
             }
-            return Err(DataDirError::Io {
-                path: lock_path,
-                action: "cannot lock",
-                source: e,
-            });
+            return Err(DataDirError::Io { path: lock_path, action: "cannot lock", source: e });
         }
-        Ok(DataDir {
-            path: path.to_path_buf(),
-            _lock: lock,
-            _temp: None,
-        })
+        Ok(DataDir { path: path.to_path_buf(), _lock: lock, _temp: None })
     }
 
     pub fn path(&self) -> &Path {
@@ -146,10 +111,7 @@ impl DataDir {
             Ok(content) => {
                 let id = content.trim().to_ascii_lowercase();
                 if uuid::Uuid::parse_str(&id).is_err() {
-                    return Err(DataDirError::BadNodeId {
-                        path: file,
-                        found: id,
-                    });
+                    return Err(DataDirError::BadNodeId { path: file, found: id });
                 }
                 if let Some(c) = configured.filter(|c| *c != id) {
                     tracing::warn!(configured = c, kept = %id, "node_id differs from the one in the data dir; keeping the data dir's");
@@ -157,17 +119,12 @@ impl DataDir {
                 Ok(id)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let id =
-                    configured.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+                let id = configured.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
                 write_synced(&file, format!("{id}\n").as_bytes())
                     .map_err(io_err(&self.path, "cannot write node-id"))?;
                 Ok(id)
             }
-            Err(e) => Err(DataDirError::Io {
-                path: file,
-                action: "cannot read",
-                source: e,
-            }),
+            Err(e) => Err(DataDirError::Io { path: file, action: "cannot read", source: e }),
         }
     }
 }
@@ -175,12 +132,7 @@ impl DataDir {
 /// Writes `bytes` to a temporary file, fsyncs it and renames it over `path`.
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut file = OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     fs::rename(&tmp, path)?;
@@ -201,20 +153,13 @@ mod tests {
         let first = DataDir::open(&path).expect("first open");
         assert!(matches!(DataDir::open(&path), Err(DataDirError::Locked(_))));
         let id = first.node_id(None).expect("node id");
-        assert_eq!(
-            first.node_id(None).expect("node id again"),
-            id,
-            "node id must persist"
-        );
+        assert_eq!(first.node_id(None).expect("node id again"), id, "node id must persist");
         drop(first);
         DataDir::open(&path).expect("reopen after the lock is released");
 
         let foreign = temp.path().join("foreign");
         fs::create_dir(&foreign).expect("mkdir");
         fs::write(foreign.join("something"), b"x").expect("write");
-        assert!(matches!(
-            DataDir::open(&foreign),
-            Err(DataDirError::Foreign(_))
-        ));
+        assert!(matches!(DataDir::open(&foreign), Err(DataDirError::Foreign(_))));
     }
 }

@@ -21,9 +21,7 @@ pub use data_dir::{DataDir, DataDirError};
 use crate::cluster::{Cluster, ClusterConfig, ClusterError, WriteError};
 use crate::config::Config;
 use crate::http::{self, AgentIdentity, HttpContext};
-use crate::model::{
-    CheckDefinition, CheckStatus, Command, RegisterRequest, ServiceDefinition, Weights,
-};
+use crate::model::{CheckDefinition, CheckStatus, Command, RegisterRequest, ServiceDefinition, Weights};
 use crate::store::{Store, StoreError};
 
 /// How long SIGTERM waits for in-flight HTTP requests.
@@ -40,11 +38,7 @@ pub enum AgentError {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
     #[error("cannot listen for {what} on {addr}: {source}")]
-    Bind {
-        what: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("{0}")]
     Unsupported(String),
     #[error("cannot install signal handlers: {0}")]
@@ -74,27 +68,16 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
 
     let http_ip = config.addresses.http.unwrap_or(config.client_addr);
     let http_addr = SocketAddr::new(http_ip, config.ports.http);
-    let http_listener = TcpListener::bind(http_addr)
-        .await
-        .map_err(|source| AgentError::Bind {
-            what: "HTTP",
-            addr: http_addr,
-            source,
-        })?;
-    let http_bound = http_listener
-        .local_addr()
-        .map_err(|source| AgentError::Bind {
-            what: "HTTP",
-            addr: http_addr,
-            source,
-        })?;
+    let http_listener = TcpListener::bind(http_addr).await.map_err(|source| AgentError::Bind {
+        what: "HTTP",
+        addr: http_addr,
+        source,
+    })?;
+    let http_bound =
+        http_listener.local_addr().map_err(|source| AgentError::Bind { what: "HTTP", addr: http_addr, source })?;
 
     let advertise_ip = advertise_ip(&config);
-    let server_port = if config.ports.server == 0 {
-        8300
-    } else {
-        config.ports.server
-    };
+    let server_port = if config.ports.server == 0 { 8300 } else { config.ports.server };
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let cluster = Cluster::start(
@@ -158,9 +141,7 @@ fn advertise_ip(config: &Config) -> IpAddr {
 
 /// Raft node IDs are u64; derive ours from the node UUID so it is stable across restarts.
 fn raft_node_id(uuid: &str) -> u64 {
-    let parsed = uuid::Uuid::parse_str(uuid)
-        .map(|u| u.as_u128())
-        .unwrap_or(1);
+    let parsed = uuid::Uuid::parse_str(uuid).map(|u| u.as_u128()).unwrap_or(1);
     ((parsed >> 64) as u64).max(1)
 }
 
@@ -228,10 +209,7 @@ async fn wait_for_shutdown_signal() -> Result<(), AgentError> {
 /// Raises the soft open-files limit to the hard limit: every HTTP connection and blocking
 /// query holds a descriptor.
 fn raise_open_files_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
@@ -241,11 +219,7 @@ fn raise_open_files_limit() {
             let before = limit.rlim_cur;
             limit.rlim_cur = limit.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                tracing::debug!(
-                    before,
-                    after = limit.rlim_max,
-                    "raised the open-files limit"
-                );
+                tracing::debug!(before, after = limit.rlim_max, "raised the open-files limit");
             }
         }
     }

@@ -47,11 +47,7 @@ impl LogStore {
     }
 
     /// Writes one `raft_meta` value and commits (fsync) before returning.
-    async fn put_meta<T: serde::Serialize>(
-        &self,
-        key: &'static [u8],
-        value: &T,
-    ) -> StorageResult<()> {
+    async fn put_meta<T: serde::Serialize>(&self, key: &'static [u8], value: &T) -> StorageResult<()> {
         let bytes = serde_json::to_vec(value).map_err(write_err)?;
         let store = self.store.clone();
         blocking(move || {
@@ -66,20 +62,13 @@ impl LogStore {
     /// Writes `entries` in one transaction and calls `done` once that transaction has
     /// committed — or failed. This is `append` without openraft's callback type, so tests can
     /// observe exactly when completion is reported.
-    pub async fn append_then<F>(
-        &self,
-        entries: Vec<Entry<TypeConfig>>,
-        done: F,
-    ) -> StorageResult<()>
+    pub async fn append_then<F>(&self, entries: Vec<Entry<TypeConfig>>, done: F) -> StorageResult<()>
     where
         F: FnOnce(Result<(), std::io::Error>) + Send + 'static,
     {
         let mut encoded = Vec::with_capacity(entries.len());
         for entry in &entries {
-            encoded.push((
-                entry.log_id.index,
-                serde_json::to_vec(entry).map_err(write_err)?,
-            ));
+            encoded.push((entry.log_id.index, serde_json::to_vec(entry).map_err(write_err)?));
         }
         let store = self.store.clone();
         let result = blocking(move || {
@@ -126,17 +115,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut out = Vec::new();
         let from = start.to_be_bytes();
         let bounds = (Bound::Included(&from[..]), Bound::Unbounded);
-        for row in self
-            .store
-            .raft_log
-            .range(&rtxn, &bounds)
-            .map_err(read_err)?
-        {
+        for row in self.store.raft_log.range(&rtxn, &bounds).map_err(read_err)? {
             let (key, bytes) = row.map_err(read_err)?;
             let index = u64::from_be_bytes(key.try_into().map_err(|_| {
-                StorageError::from(StorageIOError::read_logs(&std::io::Error::other(
-                    "log key is not 8 bytes",
-                )))
+                StorageError::from(StorageIOError::read_logs(&std::io::Error::other("log key is not 8 bytes")))
             })?);
             if !range.contains(&index) {
                 break;
@@ -155,17 +137,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_purged_log_id: Option<LogId<NodeId>> = self.get_meta(KEY_LAST_PURGED)?;
         let rtxn = self.store.env().read_txn().map_err(read_err)?;
         let last = match self.store.raft_log.last(&rtxn).map_err(read_err)? {
-            Some((_, bytes)) => Some(
-                serde_json::from_slice::<Entry<TypeConfig>>(bytes)
-                    .map_err(read_err)?
-                    .log_id,
-            ),
+            Some((_, bytes)) => Some(serde_json::from_slice::<Entry<TypeConfig>>(bytes).map_err(read_err)?.log_id),
             None => None,
         };
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id: last.or(last_purged_log_id),
-        })
+        Ok(LogState { last_purged_log_id, last_log_id: last.or(last_purged_log_id) })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -185,9 +160,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
-        Ok(self
-            .get_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED)?
-            .flatten())
+        Ok(self.get_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED)?.flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
@@ -195,10 +168,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.append_then(entries.into_iter().collect(), move |r| {
-            callback.log_io_completed(r)
-        })
-        .await
+        self.append_then(entries.into_iter().collect(), move |r| callback.log_io_completed(r)).await
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
@@ -206,9 +176,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         blocking(move || {
             let mut wtxn = store.env().write_txn()?;
             let from = log_id.index.to_be_bytes();
-            store
-                .raft_log
-                .delete_range(&mut wtxn, &(Bound::Included(&from[..]), Bound::Unbounded))?;
+            store.raft_log.delete_range(&mut wtxn, &(Bound::Included(&from[..]), Bound::Unbounded))?;
             wtxn.commit()
         })
         .await
@@ -223,9 +191,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         blocking(move || {
             let mut wtxn = store.env().write_txn()?;
             let upto = log_id.index.to_be_bytes();
-            store
-                .raft_log
-                .delete_range(&mut wtxn, &(Bound::Unbounded, Bound::Included(&upto[..])))?;
+            store.raft_log.delete_range(&mut wtxn, &(Bound::Unbounded, Bound::Included(&upto[..])))?;
             store.raft_meta.put(&mut wtxn, KEY_LAST_PURGED, &bytes)?;
             wtxn.commit()
         })

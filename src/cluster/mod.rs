@@ -124,11 +124,7 @@ impl Cluster {
             max_in_snapshot_log_to_keep: 1000,
             ..Default::default()
         };
-        let raft_config = Arc::new(
-            raft_config
-                .validate()
-                .map_err(|e| ClusterError::Start(e.to_string()))?,
-        );
+        let raft_config = Arc::new(raft_config.validate().map_err(|e| ClusterError::Start(e.to_string()))?);
         let raft = Raft::new(
             config.node_id,
             raft_config,
@@ -142,10 +138,7 @@ impl Cluster {
         if config.bootstrap {
             let members = BTreeMap::from([(config.node_id, BasicNode::new(&config.advertise))]);
             match raft.initialize(members).await {
-                Ok(()) => tracing::info!(
-                    node_id = config.node_id,
-                    "bootstrapped a one-server cluster"
-                ),
+                Ok(()) => tracing::info!(node_id = config.node_id, "bootstrapped a one-server cluster"),
                 Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
                     tracing::debug!("cluster already initialized")
                 }
@@ -155,12 +148,7 @@ impl Cluster {
 
         let (queue, rx) = mpsc::channel(config.write_queue_max.max(1));
         tasks.spawn(run_proposer(raft.clone(), rx, shutdown));
-        Ok(Cluster {
-            raft,
-            store,
-            queue,
-            config: Arc::new(config),
-        })
+        Ok(Cluster { raft, store, queue, config: Arc::new(config) })
     }
 
     /// Proposes `command` and waits until it is committed and applied. Fails fast, before
@@ -170,56 +158,35 @@ impl Cluster {
         let (room_bytes, size_bytes) = self.store.map_room();
         let reserve = (size_bytes / 8).min(64 << 20) + 4 * command.approx_size() as u64;
         if room_bytes < reserve {
-            return Err(WriteError::MapFull {
-                room_bytes,
-                size_bytes,
-            });
+            return Err(WriteError::MapFull { room_bytes, size_bytes });
         }
         if self.leader().is_none() {
             return Err(WriteError::NoLeader);
         }
         let (reply, rx) = oneshot::channel();
-        self.queue
-            .try_send(PendingWrite { command, reply })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    WriteError::QueueFull(self.config.write_queue_max)
-                }
-                mpsc::error::TrySendError::Closed(_) => WriteError::Stopped("shutting down".into()),
-            })?;
-        rx.await
-            .unwrap_or_else(|_| Err(WriteError::Stopped("shutting down".into())))
+        self.queue.try_send(PendingWrite { command, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => WriteError::QueueFull(self.config.write_queue_max),
+            mpsc::error::TrySendError::Closed(_) => WriteError::Stopped("shutting down".into()),
+        })?;
+        rx.await.unwrap_or_else(|_| Err(WriteError::Stopped("shutting down".into())))
     }
 
     /// Confirms with a quorum that this server is still the leader and waits until it has
     /// applied everything committed before (`?consistent` reads).
     pub async fn linearizable(&self) -> Result<(), WriteError> {
-        self.raft
-            .ensure_linearizable()
-            .await
-            .map(|_| ())
-            .map_err(|_| WriteError::NoLeader)
+        self.raft.ensure_linearizable().await.map(|_| ()).map_err(|_| WriteError::NoLeader)
     }
 
     pub fn leader(&self) -> Option<LeaderInfo> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         let id = metrics.current_leader?;
-        let address = metrics
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .map(|n| n.addr.clone())
-            .unwrap_or_default();
-        Some(LeaderInfo {
-            node_id: id,
-            address,
-        })
+        let address = metrics.membership_config.membership().get_node(&id).map(|n| n.addr.clone()).unwrap_or_default();
+        Some(LeaderInfo { node_id: id, address })
     }
 
     pub fn is_leader(&self) -> bool {
-        self.leader()
-            .is_some_and(|l| l.node_id == self.config.node_id)
+        self.leader().is_some_and(|l| l.node_id == self.config.node_id)
     }
 
     /// Addresses of the voting servers.
@@ -227,19 +194,12 @@ impl Cluster {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         let membership = metrics.membership_config.membership();
-        membership
-            .voter_ids()
-            .filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone()))
-            .collect()
+        membership.voter_ids().filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone())).collect()
     }
 
     /// The index of the last applied log entry.
     pub fn last_applied(&self) -> u64 {
-        self.raft
-            .metrics()
-            .borrow()
-            .last_applied
-            .map_or(0, |id| id.index)
+        self.raft.metrics().borrow().last_applied.map_or(0, |id| id.index)
     }
 
     /// Waits (up to `timeout`) until this server knows a leader.
@@ -269,11 +229,7 @@ impl Cluster {
 
 /// Collects queued writes into proposals, one in flight at a time: while one entry is being
 /// made durable, the next batch accumulates.
-async fn run_proposer(
-    raft: Raft,
-    mut rx: mpsc::Receiver<PendingWrite>,
-    shutdown: CancellationToken,
-) {
+async fn run_proposer(raft: Raft, mut rx: mpsc::Receiver<PendingWrite>, shutdown: CancellationToken) {
     loop {
         let first = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -290,8 +246,7 @@ async fn run_proposer(
                 Err(_) => break,
             }
         }
-        let (commands, replies): (Vec<Command>, Vec<_>) =
-            batch.into_iter().map(|w| (w.command, w.reply)).unzip();
+        let (commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().map(|w| (w.command, w.reply)).unzip();
         match raft.client_write(Proposal::new(commands)).await {
             Ok(response) => {
                 let results = response.data;
@@ -302,9 +257,7 @@ async fn run_proposer(
             }
             Err(e) => {
                 let error = match e {
-                    RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
-                        WriteError::NoLeader
-                    }
+                    RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => WriteError::NoLeader,
                     other => WriteError::Stopped(other.to_string()),
                 };
                 tracing::warn!(error = %error, "proposal failed");

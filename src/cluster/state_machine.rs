@@ -9,8 +9,8 @@ use std::io::Cursor;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
-    StorageIOError, StoredMembership,
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership,
 };
 
 use super::{NodeId, TypeConfig};
@@ -68,9 +68,7 @@ impl StateMachine {
         tokio::task::spawn_blocking(move || {
             let mut wtxn = store.env().write_txn()?;
             store.raft_meta.put(&mut wtxn, KEY_SNAPSHOT_META, &meta)?;
-            store
-                .raft_meta
-                .put(&mut wtxn, KEY_SNAPSHOT_DATA, &snapshot.data)?;
+            store.raft_meta.put(&mut wtxn, KEY_SNAPSHOT_DATA, &snapshot.data)?;
             wtxn.commit()
         })
         .await
@@ -82,12 +80,10 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
         let store = self.store.clone();
-        let (data, meta) = tokio::task::spawn_blocking(move || {
-            store.snapshot(&[META_LAST_APPLIED, META_MEMBERSHIP])
-        })
-        .await
-        .map_err(snapshot_err)?
-        .map_err(snapshot_err)?;
+        let (data, meta) = tokio::task::spawn_blocking(move || store.snapshot(&[META_LAST_APPLIED, META_MEMBERSHIP]))
+            .await
+            .map_err(snapshot_err)?
+            .map_err(snapshot_err)?;
         let last_log_id: Option<LogId<NodeId>> = match &meta[0] {
             Some(bytes) => serde_json::from_slice(bytes).map_err(snapshot_err)?,
             None => None,
@@ -100,20 +96,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             Some(id) => format!("{}-{}", id.leader_id, id.index),
             None => "empty".to_string(),
         };
-        let meta = SnapshotMeta {
-            last_log_id,
-            last_membership,
-            snapshot_id,
-        };
-        self.save_snapshot(StoredSnapshot {
-            meta: meta.clone(),
-            data: data.clone(),
-        })
-        .await?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
+        self.save_snapshot(StoredSnapshot { meta: meta.clone(), data: data.clone() }).await?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
 
@@ -179,14 +164,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> StorageResult<()> {
         let data = snapshot.into_inner();
         let sm_meta = vec![
-            (
-                META_LAST_APPLIED,
-                serde_json::to_vec(&meta.last_log_id).map_err(sm_err)?,
-            ),
-            (
-                META_MEMBERSHIP,
-                serde_json::to_vec(&meta.last_membership).map_err(sm_err)?,
-            ),
+            (META_LAST_APPLIED, serde_json::to_vec(&meta.last_log_id).map_err(sm_err)?),
+            (META_MEMBERSHIP, serde_json::to_vec(&meta.last_membership).map_err(sm_err)?),
         ];
         let index = meta.last_log_id.map_or(0, |id| id.index);
         let store = self.store.clone();
@@ -195,32 +174,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(sm_err)?
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        self.save_snapshot(StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        })
-        .await
+        self.save_snapshot(StoredSnapshot { meta: meta.clone(), data }).await
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
         let rtxn = self.store.env().read_txn().map_err(snapshot_err)?;
-        let meta = self
-            .store
-            .raft_meta
-            .get(&rtxn, KEY_SNAPSHOT_META)
-            .map_err(snapshot_err)?;
-        let data = self
-            .store
-            .raft_meta
-            .get(&rtxn, KEY_SNAPSHOT_DATA)
-            .map_err(snapshot_err)?;
+        let meta = self.store.raft_meta.get(&rtxn, KEY_SNAPSHOT_META).map_err(snapshot_err)?;
+        let data = self.store.raft_meta.get(&rtxn, KEY_SNAPSHOT_DATA).map_err(snapshot_err)?;
         let (Some(meta), Some(data)) = (meta, data) else {
             return Ok(None);
         };
         let meta = serde_json::from_slice(meta).map_err(snapshot_err)?;
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data.to_vec())),
-        }))
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data.to_vec())) }))
     }
 }

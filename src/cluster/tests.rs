@@ -9,9 +9,7 @@ use super::*;
 struct LmdbBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for LmdbBuilder {
-    async fn build(
-        &self,
-    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<NodeId>> {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<NodeId>> {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), 64 << 20).expect("open store");
         Ok((dir, LogStore::new(store.clone()), StateMachine::new(store)))
@@ -24,10 +22,7 @@ fn openraft_storage_suite() -> Result<(), StorageError<NodeId>> {
 }
 
 fn blank(index: u64) -> Entry<TypeConfig> {
-    Entry {
-        log_id: log_id(1, 1, index),
-        payload: EntryPayload::Blank,
-    }
+    Entry { log_id: log_id(1, 1, index), payload: EntryPayload::Blank }
 }
 
 /// Fails if completion is ever reported before the entries' transaction has committed: at
@@ -51,19 +46,10 @@ async fn append_acknowledges_only_committed_entries() {
         .await
         .expect("append");
         let visible = rx.recv().expect("done was called");
-        assert_eq!(
-            visible,
-            (round + 1) * 10,
-            "completion reported before commit"
-        );
+        assert_eq!(visible, (round + 1) * 10, "completion reported before commit");
     }
     // LMDB must fsync every commit: no flag that weakens it may be set on this environment.
     let flags = store.env().get_flags().expect("flags");
-    let weakening =
-        heed::EnvFlags::NO_SYNC | heed::EnvFlags::NO_META_SYNC | heed::EnvFlags::MAP_ASYNC;
-    assert_eq!(
-        flags & weakening.bits(),
-        0,
-        "LMDB environment opened without full sync"
-    );
+    let weakening = heed::EnvFlags::NO_SYNC | heed::EnvFlags::NO_META_SYNC | heed::EnvFlags::MAP_ASYNC;
+    assert_eq!(flags & weakening.bits(), 0, "LMDB environment opened without full sync");
 }

@@ -21,16 +21,10 @@ pub async fn status_peers(ctx: Ctx) -> Json<Vec<String>> {
 pub async fn agent_self(ctx: Ctx) -> Json<Value> {
     let id = &ctx.identity;
     let tags = BTreeMap::from([
-        (
-            "role",
-            if id.server { "consul" } else { "node" }.to_string(),
-        ),
+        ("role", if id.server { "consul" } else { "node" }.to_string()),
         ("dc", id.datacenter.clone()),
         ("port", id.server_port.to_string()),
-        (
-            "build",
-            format!("{CONSUL_API_VERSION}:cairn-{}", env!("CARGO_PKG_VERSION")),
-        ),
+        ("build", format!("{CONSUL_API_VERSION}:cairn-{}", env!("CARGO_PKG_VERSION"))),
         ("vsn", "2".to_string()),
         ("id", id.node_id.clone()),
     ]);

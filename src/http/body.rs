@@ -23,12 +23,8 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, max: u64) -> Result<B
     let limited = http_body_util::Limited::new(body, max as usize);
     match limited.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::BodyTooLarge { size: max + 1, max })
-        }
-        Err(e) => Err(ApiError::BadRequest(format!(
-            "Failed to read request body: {e}"
-        ))),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::BodyTooLarge { size: max + 1, max }),
+        Err(e) => Err(ApiError::BadRequest(format!("Failed to read request body: {e}"))),
     }
 }
 
@@ -36,12 +32,9 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, max: u64) -> Result<B
 /// field names match whatever their case (Go's decoder does; py-consul sends `{"node": ..}`).
 pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::BadRequest(
-            "Request decode failed: empty body".into(),
-        ));
+        return Err(ApiError::BadRequest("Request decode failed: empty body".into()));
     }
-    parse_consul_json(bytes)
-        .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))
+    parse_consul_json(bytes).map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))
 }
 
 /// Field names of the request bodies cairn reads, in their canonical case.
@@ -93,10 +86,7 @@ fn canonicalize_field_names(value: &mut serde_json::Value) {
     match value {
         serde_json::Value::Object(map) => {
             for (key, mut inner) in std::mem::take(map) {
-                let canonical = FIELD_NAMES
-                    .iter()
-                    .find(|f| f.eq_ignore_ascii_case(&key))
-                    .copied();
+                let canonical = FIELD_NAMES.iter().find(|f| f.eq_ignore_ascii_case(&key)).copied();
                 if !canonical.is_some_and(|c| FREE_FORM_FIELDS.contains(&c)) {
                     canonicalize_field_names(&mut inner);
                 }
@@ -121,14 +111,7 @@ mod tests {
 
     #[test]
     fn field_names_match_any_case_but_map_keys_keep_theirs() {
-        let body: Body = parse_consul_json(br#"{"node":"n","NODEMETA":{"rack":"r1"},"extra":1}"#)
-            .expect("decodes");
-        assert_eq!(
-            body,
-            Body {
-                node: "n".into(),
-                node_meta: [("rack".to_string(), "r1".to_string())].into()
-            }
-        );
+        let body: Body = parse_consul_json(br#"{"node":"n","NODEMETA":{"rack":"r1"},"extra":1}"#).expect("decodes");
+        assert_eq!(body, Body { node: "n".into(), node_meta: [("rack".to_string(), "r1".to_string())].into() });
     }
 }

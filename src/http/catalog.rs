@@ -14,8 +14,8 @@ use super::error::ApiError;
 use super::query::Query;
 use super::Ctx;
 use crate::model::{
-    CheckDefinition, CheckStatus, Command, CommandResult, DeregisterRequest, Node, RegisterRequest,
-    Service, ServiceDefinition, Weights,
+    CheckDefinition, CheckStatus, Command, CommandResult, DeregisterRequest, Node, RegisterRequest, Service,
+    ServiceDefinition, Weights,
 };
 use crate::store::{Table, Topic};
 
@@ -75,14 +75,10 @@ pub(super) struct CheckBody {
 /// Rejects names that would break composite keys or DNS labels.
 fn check_name(what: &str, value: &str) -> Result<(), ApiError> {
     if value.contains('\0') {
-        return Err(ApiError::BadRequest(format!(
-            "{what} must not contain NUL characters"
-        )));
+        return Err(ApiError::BadRequest(format!("{what} must not contain NUL characters")));
     }
     if value.len() > 512 {
-        return Err(ApiError::BadRequest(format!(
-            "{what} is longer than 512 bytes"
-        )));
+        return Err(ApiError::BadRequest(format!("{what} is longer than 512 bytes")));
     }
     Ok(())
 }
@@ -100,14 +96,9 @@ impl ServiceBody {
     fn into_definition(self) -> Result<ServiceDefinition, ApiError> {
         let service = self.service.unwrap_or_default();
         if service.is_empty() {
-            return Err(ApiError::BadRequest(
-                "Must provide service name (Service.Service)".into(),
-            ));
+            return Err(ApiError::BadRequest("Must provide service name (Service.Service)".into()));
         }
-        let id = self
-            .id
-            .filter(|id| !id.is_empty())
-            .unwrap_or_else(|| service.clone());
+        let id = self.id.filter(|id| !id.is_empty()).unwrap_or_else(|| service.clone());
         check_name("Service.ID", &id)?;
         check_name("Service.Service", &service)?;
         let default = Weights::default();
@@ -135,9 +126,7 @@ impl ServiceBody {
 
 fn dedup(tags: Vec<String>) -> Vec<String> {
     let mut seen = BTreeSet::new();
-    tags.into_iter()
-        .filter(|t| seen.insert(t.clone()))
-        .collect()
+    tags.into_iter().filter(|t| seen.insert(t.clone())).collect()
 }
 
 impl CheckBody {
@@ -145,14 +134,9 @@ impl CheckBody {
     /// does not inherit (Consul attaches it to the node then).
     fn into_definition(self) -> Result<CheckDefinition, ApiError> {
         let name = self.name.unwrap_or_default();
-        let check_id = self
-            .check_id
-            .filter(|id| !id.is_empty())
-            .unwrap_or_else(|| name.clone());
+        let check_id = self.check_id.filter(|id| !id.is_empty()).unwrap_or_else(|| name.clone());
         if check_id.is_empty() {
-            return Err(ApiError::BadRequest(
-                "Must provide check name (Check.Name) or ID (Check.CheckID)".into(),
-            ));
+            return Err(ApiError::BadRequest("Must provide check name (Check.Name) or ID (Check.CheckID)".into()));
         }
         check_name("CheckID", &check_id)?;
         if let Some(service_id) = &self.service_id {
@@ -161,17 +145,11 @@ impl CheckBody {
         let status = match self.status.as_deref() {
             None | Some("") => CheckStatus::Critical,
             Some(s) => CheckStatus::parse(s).ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "Invalid check status {s:?}: expected passing, warning or critical"
-                ))
+                ApiError::BadRequest(format!("Invalid check status {s:?}: expected passing, warning or critical"))
             })?,
         };
         Ok(CheckDefinition {
-            name: if name.is_empty() {
-                check_id.clone()
-            } else {
-                name
-            },
+            name: if name.is_empty() { check_id.clone() } else { name },
             check_id,
             status,
             notes: self.notes.unwrap_or_default(),
@@ -257,10 +235,7 @@ pub async fn deregister(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Json
 }
 
 /// `GET|PUT /v1/catalog/deregister/{service_id}`: the short form published how-tos use.
-pub async fn deregister_by_id(
-    ctx: Ctx,
-    Path(service_id): Path<String>,
-) -> Result<Json<bool>, ApiError> {
+pub async fn deregister_by_id(ctx: Ctx, Path(service_id): Path<String>) -> Result<Json<bool>, ApiError> {
     let nodes = ctx.store.read()?.nodes_with_service_id(&service_id)?;
     let node = match nodes.as_slice() {
         [] => return Err(ApiError::NotFound(format!("Unknown service ID {service_id:?}: no node holds it"))),
@@ -272,11 +247,7 @@ pub async fn deregister_by_id(
             )))
         }
     };
-    let command = Command::Deregister(DeregisterRequest {
-        node,
-        service_id: Some(service_id),
-        check_id: None,
-    });
+    let command = Command::Deregister(DeregisterRequest { node, service_id: Some(service_id), check_id: None });
     expect_done(ctx.cluster.write(command).await?)
 }
 
@@ -287,9 +258,7 @@ pub async fn datacenters(ctx: Ctx) -> Json<Vec<String>> {
 pub async fn nodes(ctx: Ctx, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
     let result = ctx
-        .blocking_read(&q, Topic::Table(Table::Nodes), |view| {
-            Ok((view.table_index(Table::Nodes)?, view.nodes()?))
-        })
+        .blocking_read(&q, Topic::Table(Table::Nodes), |view| Ok((view.table_index(Table::Nodes)?, view.nodes()?)))
         .await?;
     Ok((ctx.index_headers(result.index), Json(result.value)).into_response())
 }
@@ -359,22 +328,12 @@ fn catalog_row(node: &Node, s: Service) -> CatalogServiceRow {
 
 /// True when the instance carries every tag asked for (`?tag=` is repeatable).
 pub(super) fn has_tags(service: &Service, wanted: &[&str]) -> bool {
-    wanted
-        .iter()
-        .all(|w| service.tags.iter().any(|t| t.eq_ignore_ascii_case(w)))
+    wanted.iter().all(|w| service.tags.iter().any(|t| t.eq_ignore_ascii_case(w)))
 }
 
-pub async fn service(
-    ctx: Ctx,
-    Path(name): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
+pub async fn service(ctx: Ctx, Path(name): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
-    let tags = q
-        .all("tag")
-        .into_iter()
-        .map(str::to_string)
-        .collect::<Vec<_>>();
+    let tags = q.all("tag").into_iter().map(str::to_string).collect::<Vec<_>>();
     let result = ctx
         .blocking_read(&q, Topic::Service(name.clone()), |view| {
             let wanted: Vec<&str> = tags.iter().map(String::as_str).collect();
@@ -436,21 +395,14 @@ struct NodeServices {
     services: BTreeMap<String, ServiceView>,
 }
 
-pub async fn node(
-    ctx: Ctx,
-    Path(name): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
+pub async fn node(ctx: Ctx, Path(name): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
     let result = ctx
         .blocking_read(&q, Topic::Node(name.clone()), |view| {
             let found = match view.node(&name)? {
                 Some(node) => {
-                    let services = view
-                        .node_services(&name)?
-                        .into_iter()
-                        .map(|s| (s.id.clone(), ServiceView::from(s)))
-                        .collect();
+                    let services =
+                        view.node_services(&name)?.into_iter().map(|s| (s.id.clone(), ServiceView::from(s))).collect();
                     Some(NodeServices { node, services })
                 }
                 None => None,

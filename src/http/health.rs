@@ -26,13 +26,7 @@ pub(super) struct CheckView {
 
 impl From<HealthCheck> for CheckView {
     fn from(check: HealthCheck) -> Self {
-        CheckView {
-            check,
-            interval: "",
-            timeout: "",
-            exposed_port: 0,
-            definition: serde_json::json!({}),
-        }
+        CheckView { check, interval: "", timeout: "", exposed_port: 0, definition: serde_json::json!({}) }
     }
 }
 
@@ -48,11 +42,7 @@ struct ServiceEntry {
     checks: Vec<CheckView>,
 }
 
-pub async fn service(
-    ctx: Ctx,
-    Path(name): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
+pub async fn service(ctx: Ctx, Path(name): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
     let passing_only = q.get("passing").is_some_and(|v| v != "false" && v != "0");
     let tags: Vec<String> = q.all("tag").into_iter().map(str::to_string).collect();
@@ -64,11 +54,7 @@ pub async fn service(
                 .into_iter()
                 .filter(|h| has_tags(&h.service, &wanted))
                 .filter(|h| !passing_only || h.status() == CheckStatus::Passing)
-                .map(|h| ServiceEntry {
-                    node: h.node,
-                    service: h.service.into(),
-                    checks: views(h.checks),
-                })
+                .map(|h| ServiceEntry { node: h.node, service: h.service.into(), checks: views(h.checks) })
                 .collect::<Vec<_>>();
             Ok((view.service_index(&name)?, entries))
         })
@@ -76,11 +62,7 @@ pub async fn service(
     Ok((ctx.index_headers(result.index), Json(result.value)).into_response())
 }
 
-pub async fn node(
-    ctx: Ctx,
-    Path(name): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
+pub async fn node(ctx: Ctx, Path(name): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
     let result = ctx
         .blocking_read(&q, Topic::Node(name.clone()), |view| {
@@ -90,11 +72,7 @@ pub async fn node(
     Ok((ctx.index_headers(result.index), Json(result.value)).into_response())
 }
 
-pub async fn checks(
-    ctx: Ctx,
-    Path(name): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
+pub async fn checks(ctx: Ctx, Path(name): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
     let result = ctx
         .blocking_read(&q, Topic::Service(name.clone()), |view| {
@@ -109,27 +87,17 @@ pub async fn checks(
     Ok((ctx.index_headers(result.index), Json(result.value)).into_response())
 }
 
-pub async fn state(
-    ctx: Ctx,
-    Path(state): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
+pub async fn state(ctx: Ctx, Path(state): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
     let wanted = match state.as_str() {
         "any" => None,
         other => Some(CheckStatus::parse(other).ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "Invalid check state {other:?}: expected any, passing, warning or critical"
-            ))
+            ApiError::BadRequest(format!("Invalid check state {other:?}: expected any, passing, warning or critical"))
         })?),
     };
     let result = ctx
         .blocking_read(&q, Topic::Table(Table::Checks), |view| {
-            let checks = view
-                .all_checks()?
-                .into_iter()
-                .filter(|c| wanted.is_none_or(|w| c.status == w))
-                .collect();
+            let checks = view.all_checks()?.into_iter().filter(|c| wanted.is_none_or(|w| c.status == w)).collect();
             Ok((view.table_index(Table::Checks)?, views(checks)))
         })
         .await?;

@@ -84,11 +84,7 @@ enum KvAnswer {
     Missing,
 }
 
-pub async fn get(
-    ctx: Ctx,
-    path: Option<Path<String>>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
+pub async fn get(ctx: Ctx, path: Option<Path<String>>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let key = key_of(path)?;
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
     let recurse = q.has("recurse");
@@ -97,33 +93,19 @@ pub async fn get(
         return Err(ApiError::BadRequest("Missing key name".into()));
     }
     let separator = q.get("separator").map(str::to_string);
-    let topic = if recurse || keys_only {
-        Topic::KvPrefix(key.clone())
-    } else {
-        Topic::Kv(key.clone())
-    };
+    let topic = if recurse || keys_only { Topic::KvPrefix(key.clone()) } else { Topic::Kv(key.clone()) };
     let result = ctx
         .blocking_read(&q, topic, |view| {
             if keys_only {
                 let keys = collapse_keys(&key, view.kv_keys(&key)?, separator.as_deref());
-                let answer = if keys.is_empty() && !key.is_empty() {
-                    KvAnswer::Missing
-                } else {
-                    KvAnswer::Keys(keys)
-                };
+                let answer = if keys.is_empty() && !key.is_empty() { KvAnswer::Missing } else { KvAnswer::Keys(keys) };
                 Ok((view.kv_prefix_index(&key)?, answer))
             } else if recurse {
                 let entries = view.kv_list(&key)?;
-                let answer = if entries.is_empty() {
-                    KvAnswer::Missing
-                } else {
-                    KvAnswer::Entries(entries)
-                };
+                let answer = if entries.is_empty() { KvAnswer::Missing } else { KvAnswer::Entries(entries) };
                 Ok((view.kv_prefix_index(&key)?, answer))
             } else {
-                let answer = view
-                    .kv_get(&key)?
-                    .map_or(KvAnswer::Missing, |e| KvAnswer::Entries(vec![e]));
+                let answer = view.kv_get(&key)?.map_or(KvAnswer::Missing, |e| KvAnswer::Entries(vec![e]));
                 Ok((view.kv_key_index(&key)?, answer))
             }
         })
@@ -135,26 +117,19 @@ pub async fn get(
         KvAnswer::Entries(mut entries) if q.has("raw") && !recurse => {
             let value = entries.pop().and_then(|e| e.value).unwrap_or_default();
             let mut response = (headers, value).into_response();
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
             response
         }
-        KvAnswer::Entries(entries) => (
-            headers,
-            Json(entries.into_iter().map(KvView::from).collect::<Vec<_>>()),
-        )
-            .into_response(),
+        KvAnswer::Entries(entries) => {
+            (headers, Json(entries.into_iter().map(KvView::from).collect::<Vec<_>>())).into_response()
+        }
     })
 }
 
 fn reject_sessions(q: &Query) -> Result<(), ApiError> {
     for param in ["acquire", "release"] {
         if q.has(param) {
-            return Err(ApiError::BadRequest(format!(
-                "?{param} needs sessions, which cairn does not implement yet"
-            )));
+            return Err(ApiError::BadRequest(format!("?{param} needs sessions, which cairn does not implement yet")));
         }
     }
     Ok(())
@@ -184,20 +159,11 @@ pub async fn put(
     let flags = q.u64("flags")?.unwrap_or(0);
     let cas = q.u64("cas")?;
     let value = read_limited(&headers, body, ctx.limits.kv_max_value_size).await?;
-    let command = Command::KvSet {
-        key,
-        value: Some(value.to_vec()),
-        flags,
-        cas,
-    };
+    let command = Command::KvSet { key, value: Some(value.to_vec()), flags, cas };
     bool_result(ctx.cluster.write(command).await?)
 }
 
-pub async fn delete(
-    ctx: Ctx,
-    path: Option<Path<String>>,
-    RawQuery(raw): RawQuery,
-) -> Result<Json<bool>, ApiError> {
+pub async fn delete(ctx: Ctx, path: Option<Path<String>>, RawQuery(raw): RawQuery) -> Result<Json<bool>, ApiError> {
     let key = key_of(path)?;
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
     let recurse = q.has("recurse");
@@ -206,15 +172,9 @@ pub async fn delete(
     }
     let cas = q.u64("cas")?;
     if recurse && cas.is_some() {
-        return Err(ApiError::BadRequest(
-            "Conflicting flags: cas and recurse".into(),
-        ));
+        return Err(ApiError::BadRequest("Conflicting flags: cas and recurse".into()));
     }
-    bool_result(
-        ctx.cluster
-            .write(Command::KvDelete { key, recurse, cas })
-            .await?,
-    )
+    bool_result(ctx.cluster.write(Command::KvDelete { key, recurse, cas }).await?)
 }
 
 #[cfg(test)]
@@ -224,10 +184,7 @@ mod tests {
     #[test]
     fn keys_collapse_below_the_separator() {
         let keys = ["a/b", "a/c/d", "a/c/e", "a/f/"].map(String::from).to_vec();
-        assert_eq!(
-            collapse_keys("a/", keys.clone(), Some("/")),
-            ["a/b", "a/c/", "a/f/"]
-        );
+        assert_eq!(collapse_keys("a/", keys.clone(), Some("/")), ["a/b", "a/c/", "a/f/"]);
         assert_eq!(collapse_keys("a/", keys.clone(), None), keys);
         assert_eq!(collapse_keys("", keys, Some("/")), ["a/"]);
     }

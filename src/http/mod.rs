@@ -69,14 +69,12 @@ impl HttpContext {
         shutdown: CancellationToken,
     ) -> Self {
         let blocking_permits = Arc::new(Semaphore::new(limits.max_blocking_queries as usize));
-        HttpContext {
-            cluster,
-            store,
-            identity,
-            limits,
-            blocking_permits,
-            shutdown,
-        }
+        HttpContext { cluster, store, identity, limits, blocking_permits, shutdown }
+    }
+
+    /// Blocking queries waiting right now.
+    pub fn blocking_queries_in_flight(&self) -> usize {
+        (self.limits.max_blocking_queries as usize).saturating_sub(self.blocking_permits.available_permits())
     }
 }
 
@@ -87,10 +85,7 @@ pub fn router(ctx: Arc<HttpContext>) -> Router {
     Router::new()
         .route("/v1/catalog/register", put(catalog::register))
         .route("/v1/catalog/deregister", put(catalog::deregister))
-        .route(
-            "/v1/catalog/deregister/{service_id}",
-            get(catalog::deregister_by_id).put(catalog::deregister_by_id),
-        )
+        .route("/v1/catalog/deregister/{service_id}", get(catalog::deregister_by_id).put(catalog::deregister_by_id))
         .route("/v1/catalog/datacenters", get(catalog::datacenters))
         .route("/v1/catalog/nodes", get(catalog::nodes))
         .route("/v1/catalog/services", get(catalog::services))
@@ -101,10 +96,7 @@ pub fn router(ctx: Arc<HttpContext>) -> Router {
         .route("/v1/health/checks/{service}", get(health::checks))
         .route("/v1/health/state/{state}", get(health::state))
         .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
-        .route(
-            "/v1/kv/{*key}",
-            get(kv::get).put(kv::put).delete(kv::delete),
-        )
+        .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/v1/txn", put(txn::txn))
         .route("/v1/status/leader", get(agent::status_leader))
         .route("/v1/status/peers", get(agent::status_peers))
@@ -119,10 +111,7 @@ async fn unknown_path() -> ApiError {
 }
 
 async fn wrong_method(method: Method, _req: Request) -> Response {
-    let mut response = ApiError::MethodNotAllowed {
-        method: method.to_string(),
-    }
-    .into_response();
+    let mut response = ApiError::MethodNotAllowed { method: method.to_string() }.into_response();
     *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     response
 }

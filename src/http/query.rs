@@ -31,23 +31,15 @@ pub struct Query {
 impl Query {
     /// Parses and validates the query string; `dc` must be the local datacenter.
     pub fn parse(raw: Option<&str>, datacenter: &str) -> Result<Query, ApiError> {
-        let params: Vec<(String, String)> = form_urlencoded::parse(raw.unwrap_or("").as_bytes())
-            .into_owned()
-            .collect();
-        let mut q = Query {
-            wait: WAIT_DEFAULT,
-            ..Default::default()
-        };
+        let params: Vec<(String, String)> = form_urlencoded::parse(raw.unwrap_or("").as_bytes()).into_owned().collect();
+        let mut q = Query { wait: WAIT_DEFAULT, ..Default::default() };
         for (key, value) in &params {
             match key.as_str() {
                 "index" => {
-                    q.index = value
-                        .parse()
-                        .map_err(|_| ApiError::BadRequest("Invalid index".into()))?;
+                    q.index = value.parse().map_err(|_| ApiError::BadRequest("Invalid index".into()))?;
                 }
                 "wait" => {
-                    let wait = parse_duration(value)
-                        .map_err(|_| ApiError::BadRequest("Invalid wait time".into()))?;
+                    let wait = parse_duration(value).map_err(|_| ApiError::BadRequest("Invalid wait time".into()))?;
                     q.wait = wait.min(WAIT_MAX);
                 }
                 "stale" => q.stale = true,
@@ -60,9 +52,7 @@ impl Query {
         }
         q.params = params;
         if q.stale && q.consistent {
-            return Err(ApiError::BadRequest(
-                "Conflicting flags: stale and consistent".into(),
-            ));
+            return Err(ApiError::BadRequest("Conflicting flags: stale and consistent".into()));
         }
         Ok(q)
     }
@@ -72,18 +62,11 @@ impl Query {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     pub fn all(&self, key: &str) -> Vec<&str> {
-        self.params
-            .iter()
-            .filter(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-            .collect()
+        self.params.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect()
     }
 
     /// An optional unsigned integer parameter; a malformed one is a 400 naming it.
@@ -91,9 +74,7 @@ impl Query {
         self.get(key)
             .map(|v| {
                 v.parse().map_err(|_| {
-                    ApiError::BadRequest(format!(
-                        "Invalid {key} value {v:?}: expected an unsigned integer"
-                    ))
+                    ApiError::BadRequest(format!("Invalid {key} value {v:?}: expected an unsigned integer"))
                 })
             })
             .transpose()
@@ -136,22 +117,15 @@ impl HttpContext {
         if q.index == 0 {
             return read_once();
         }
-        let _permit = self
-            .blocking_permits
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| {
-                ApiError::TooMany(format!(
-                    "too many blocking queries in progress (limit {}); retry later",
-                    self.limits.max_blocking_queries
-                ))
-            })?;
+        let _permit = self.blocking_permits.clone().try_acquire_owned().map_err(|_| {
+            ApiError::TooMany(format!(
+                "too many blocking queries in progress (limit {}); retry later",
+                self.limits.max_blocking_queries
+            ))
+        })?;
         let mut subscription = self.store.watches().subscribe(topic);
-        let jitter_ms = if q.wait.as_millis() >= 16 {
-            rand::rng().random_range(0..q.wait.as_millis() as u64 / 16)
-        } else {
-            0
-        };
+        let jitter_ms =
+            if q.wait.as_millis() >= 16 { rand::rng().random_range(0..q.wait.as_millis() as u64 / 16) } else { 0 };
         let deadline = tokio::time::Instant::now() + q.wait + Duration::from_millis(jitter_ms);
         loop {
             let result = read_once()?;
@@ -171,10 +145,7 @@ impl HttpContext {
         let mut headers = HeaderMap::new();
         headers.insert("X-Consul-Index", HeaderValue::from(index.max(1)));
         let known = self.cluster.leader().is_some();
-        headers.insert(
-            "X-Consul-KnownLeader",
-            HeaderValue::from_static(if known { "true" } else { "false" }),
-        );
+        headers.insert("X-Consul-KnownLeader", HeaderValue::from_static(if known { "true" } else { "false" }));
         headers.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
         headers
     }

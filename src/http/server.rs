@@ -34,10 +34,7 @@ impl ConnectionCounts {
             return None;
         }
         *count += 1;
-        Some(ConnectionSlot {
-            counts: self.clone(),
-            ip,
-        })
+        Some(ConnectionSlot { counts: self.clone(), ip })
     }
 }
 
@@ -59,18 +56,10 @@ Content-Length: 78\r\nConnection: close\r\n\r\nYour IP is issuing too many concu
 
 /// Serves the API on `listener` until `shutdown` is cancelled, then drains open connections
 /// for at most `drain`.
-pub async fn serve(
-    listener: TcpListener,
-    ctx: Arc<HttpContext>,
-    shutdown: CancellationToken,
-    drain: Duration,
-) {
+pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>, shutdown: CancellationToken, drain: Duration) {
     let service = TowerToHyperService::new(router(ctx.clone()));
     let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(ctx.limits.http_header_read_timeout);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(ctx.limits.http_header_read_timeout);
     let graceful = GracefulShutdown::new();
     let counts = ConnectionCounts::default();
     let max_per_client = ctx.limits.http_max_conns_per_client.max(1);
@@ -96,8 +85,7 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let connection =
-            builder.serve_connection_with_upgrades(TokioIo::new(stream), service.clone());
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service.clone());
         let connection = graceful.watch(connection.into_owned());
         tokio::spawn(async move {
             if let Err(e) = connection.await {

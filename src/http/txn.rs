@@ -67,9 +67,7 @@ fn parse_verb(verb: &str) -> Result<TxnKvVerb, String> {
         "delete-tree" => TxnKvVerb::DeleteTree,
         "delete-cas" => TxnKvVerb::DeleteCas,
         "lock" | "unlock" | "check-session" => {
-            return Err(format!(
-                "verb {verb:?} needs sessions, which cairn does not implement yet"
-            ))
+            return Err(format!("verb {verb:?} needs sessions, which cairn does not implement yet"))
         }
         other => return Err(format!("unknown KV verb {other:?}")),
     })
@@ -93,34 +91,17 @@ fn decode_ops(body: Vec<TxnOpBody>) -> Result<Vec<TxnKvOp>, Vec<ErrorView>> {
                     return Err("Key cannot be empty".to_string());
                 }
                 if key.len() > 511 {
-                    return Err(format!(
-                        "Key is {} bytes long; at most 511 are allowed",
-                        key.len()
-                    ));
+                    return Err(format!("Key is {} bytes long; at most 511 are allowed", key.len()));
                 }
                 let value = match kv.value {
-                    Some(v) => Some(
-                        STANDARD
-                            .decode(v)
-                            .map_err(|e| format!("Value is not valid base64: {e}"))?,
-                    ),
+                    Some(v) => Some(STANDARD.decode(v).map_err(|e| format!("Value is not valid base64: {e}"))?),
                     None => None,
                 };
-                Ok(TxnKvOp {
-                    verb,
-                    key,
-                    value,
-                    flags: kv.flags.unwrap_or(0),
-                    index: kv.index.unwrap_or(0),
-                })
+                Ok(TxnKvOp { verb, key, value, flags: kv.flags.unwrap_or(0), index: kv.index.unwrap_or(0) })
             })(),
-            TxnOpBody { node: Some(_), .. }
-            | TxnOpBody {
-                service: Some(_), ..
+            TxnOpBody { node: Some(_), .. } | TxnOpBody { service: Some(_), .. } | TxnOpBody { check: Some(_), .. } => {
+                Err("Node, Service and Check operations are not implemented by cairn yet".to_string())
             }
-            | TxnOpBody { check: Some(_), .. } => Err(
-                "Node, Service and Check operations are not implemented by cairn yet".to_string(),
-            ),
             _ => Err("operation has no KV, Node, Service or Check part".to_string()),
         };
         match result {
@@ -136,26 +117,16 @@ fn decode_ops(body: Vec<TxnOpBody>) -> Result<Vec<TxnKvOp>, Vec<ErrorView>> {
 }
 
 fn conflict(errors: Vec<ErrorView>) -> Response {
-    (
-        StatusCode::CONFLICT,
-        Json(TxnResponse {
-            results: None,
-            errors: Some(errors),
-        }),
-    )
-        .into_response()
+    (StatusCode::CONFLICT, Json(TxnResponse { results: None, errors: Some(errors) })).into_response()
 }
 
 pub async fn txn(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let bytes = read_limited(&headers, body, ctx.limits.http_max_body_bytes).await?;
-    let body: Vec<TxnOpBody> = parse_consul_json(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("Failed to parse body: {e}")))?;
+    let body: Vec<TxnOpBody> =
+        parse_consul_json(&bytes).map_err(|e| ApiError::BadRequest(format!("Failed to parse body: {e}")))?;
     let max = ctx.limits.txn_max_ops as usize;
     if body.len() > max {
-        return Err(ApiError::TooLarge(format!(
-            "Transaction contains too many operations ({} > {max})",
-            body.len()
-        )));
+        return Err(ApiError::TooLarge(format!("Transaction contains too many operations ({} > {max})", body.len())));
     }
     let ops = match decode_ops(body) {
         Ok(ops) => ops,
@@ -163,27 +134,12 @@ pub async fn txn(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Response, A
     };
     match ctx.cluster.write(Command::Txn { ops }).await? {
         CommandResult::TxnCommitted(results) => {
-            let results = results
-                .into_iter()
-                .map(|r| KvResult { kv: r.entry.into() })
-                .collect();
-            Ok(Json(TxnResponse {
-                results: Some(results),
-                errors: None,
-            })
-            .into_response())
+            let results = results.into_iter().map(|r| KvResult { kv: r.entry.into() }).collect();
+            Ok(Json(TxnResponse { results: Some(results), errors: None }).into_response())
         }
-        CommandResult::TxnRolledBack(errors) => Ok(conflict(
-            errors
-                .into_iter()
-                .map(|e| ErrorView {
-                    op_index: e.op_index,
-                    what: e.what,
-                })
-                .collect(),
-        )),
-        other => Err(ApiError::Internal(format!(
-            "unexpected transaction result {other:?}"
-        ))),
+        CommandResult::TxnRolledBack(errors) => {
+            Ok(conflict(errors.into_iter().map(|e| ErrorView { op_index: e.op_index, what: e.what }).collect()))
+        }
+        other => Err(ApiError::Internal(format!("unexpected transaction result {other:?}"))),
     }
 }

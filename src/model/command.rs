@@ -19,10 +19,7 @@ impl Proposal {
     pub const VERSION: u32 = 1;
 
     pub fn new(commands: Vec<Command>) -> Self {
-        Proposal {
-            v: Self::VERSION,
-            commands,
-        }
+        Proposal { v: Self::VERSION, commands }
     }
 }
 
@@ -42,11 +39,7 @@ pub enum Command {
         cas: Option<u64>,
     },
     /// `DELETE /v1/kv/{key}`; `recurse` deletes the whole prefix.
-    KvDelete {
-        key: String,
-        recurse: bool,
-        cas: Option<u64>,
-    },
+    KvDelete { key: String, recurse: bool, cas: Option<u64> },
     /// `PUT /v1/txn`: all operations succeed together or none is applied.
     Txn { ops: Vec<TxnKvOp> },
 }
@@ -56,9 +49,7 @@ impl Command {
     pub fn approx_size(&self) -> usize {
         const BASE: usize = 256;
         match self {
-            Command::KvSet { key, value, .. } => {
-                BASE + key.len() + value.as_ref().map_or(0, |v| v.len() * 4 / 3)
-            }
+            Command::KvSet { key, value, .. } => BASE + key.len() + value.as_ref().map_or(0, |v| v.len() * 4 / 3),
             Command::Txn { ops } => {
                 BASE + ops
                     .iter()
@@ -182,8 +173,7 @@ mod opt_base64 {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
         let text: Option<String> = Option::deserialize(d)?;
-        text.map(|t| STANDARD.decode(t).map_err(serde::de::Error::custom))
-            .transpose()
+        text.map(|t| STANDARD.decode(t).map_err(serde::de::Error::custom)).transpose()
     }
 }
 
@@ -197,20 +187,11 @@ mod tests {
     fn command_bytes_are_pinned() {
         let cases: Vec<(Command, &str)> = vec![
             (
-                Command::KvSet {
-                    key: "a/b".into(),
-                    value: Some(b"hi".to_vec()),
-                    flags: 7,
-                    cas: Some(0),
-                },
+                Command::KvSet { key: "a/b".into(), value: Some(b"hi".to_vec()), flags: 7, cas: Some(0) },
                 r#"{"KvSet":{"key":"a/b","value":"aGk=","flags":7,"cas":0}}"#,
             ),
             (
-                Command::KvDelete {
-                    key: "a/".into(),
-                    recurse: true,
-                    cas: None,
-                },
+                Command::KvDelete { key: "a/".into(), recurse: true, cas: None },
                 r#"{"KvDelete":{"key":"a/","recurse":true,"cas":null}}"#,
             ),
             (
@@ -261,13 +242,7 @@ mod tests {
             ),
             (
                 Command::Txn {
-                    ops: vec![TxnKvOp {
-                        verb: TxnKvVerb::DeleteCas,
-                        key: "k".into(),
-                        value: None,
-                        flags: 0,
-                        index: 4,
-                    }],
+                    ops: vec![TxnKvOp { verb: TxnKvVerb::DeleteCas, key: "k".into(), value: None, flags: 0, index: 4 }],
                 },
                 r#"{"Txn":{"ops":[{"verb":"delete-cas","key":"k","value":null,"flags":0,"index":4}]}}"#,
             ),

@@ -12,7 +12,7 @@ mod kv;
 
 pub use catalog::{CheckStatus, HealthCheck, Node, Service, Weights};
 pub use command::{
-    CheckDefinition, Command, CommandResult, DeregisterRequest, Proposal, RegisterRequest,
-    ServiceDefinition, TxnError, TxnKvOp, TxnKvVerb, TxnResult,
+    CheckDefinition, Command, CommandResult, DeregisterRequest, Proposal, RegisterRequest, ServiceDefinition, TxnError,
+    TxnKvOp, TxnKvVerb, TxnResult,
 };
 pub use kv::KvEntry;

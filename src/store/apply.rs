@@ -10,8 +10,8 @@ use super::codec::{self, index_key};
 use super::watch::{Table, Touched};
 use super::{SmTables, Store, StoreError};
 use crate::model::{
-    Command, CommandResult, DeregisterRequest, HealthCheck, KvEntry, Node, RegisterRequest,
-    Service, TxnError, TxnKvOp, TxnKvVerb, TxnResult,
+    Command, CommandResult, DeregisterRequest, HealthCheck, KvEntry, Node, RegisterRequest, Service, TxnError, TxnKvOp,
+    TxnKvVerb, TxnResult,
 };
 
 /// One committed log entry's commands, at its log index.
@@ -44,20 +44,13 @@ impl Store {
             let mut batch_results = Vec::with_capacity(batch.commands.len());
             for command in batch.commands {
                 let mut nested = self.env().nested_write_txn(&mut wtxn)?;
-                let mut tx = ApplyTx {
-                    txn: &mut nested,
-                    t: self.sm,
-                    index: batch.index,
-                    touched: Touched::default(),
-                };
+                let mut tx = ApplyTx { txn: &mut nested, t: self.sm, index: batch.index, touched: Touched::default() };
                 let outcome = match tx.command(command) {
                     Ok(outcome) => outcome,
                     // Deterministic on every replica (a key LMDB cannot hold): a result, not a
                     // storage failure, which would stop Raft.
                     Err(StoreError::Lmdb(heed::Error::Mdb(heed::MdbError::BadValSize))) => {
-                        Outcome::Abort(CommandResult::Rejected(
-                            "a key is longer than the store allows".into(),
-                        ))
+                        Outcome::Abort(CommandResult::Rejected("a key is longer than the store allows".into()))
                     }
                     Err(e) => return Err(e),
                 };
@@ -98,12 +91,7 @@ impl ApplyTx<'_, '_> {
         match command {
             Command::Register(req) => self.register(req),
             Command::Deregister(req) => self.deregister(req),
-            Command::KvSet {
-                key,
-                value,
-                flags,
-                cas,
-            } => {
+            Command::KvSet { key, value, flags, cas } => {
                 let done = self.kv_set(key, value.clone(), *flags, *cas)?;
                 Ok(Outcome::Commit(CommandResult::Bool(done)))
             }
@@ -123,9 +111,7 @@ impl ApplyTx<'_, '_> {
     // ---- index bookkeeping -------------------------------------------------------------
 
     fn bump(&mut self, key: &[u8]) -> Result<(), StoreError> {
-        self.t
-            .indexes
-            .put(self.txn, key, &codec::encode_u64(self.index))?;
+        self.t.indexes.put(self.txn, key, &codec::encode_u64(self.index))?;
         Ok(())
     }
 
@@ -160,11 +146,7 @@ impl ApplyTx<'_, '_> {
 
     fn get_node(&self, name: &str) -> Result<Option<Node>, StoreError> {
         match self.t.nodes.get(self.txn, name.as_bytes())? {
-            Some(bytes) => Ok(Some(codec::decode_json(
-                "sm_nodes",
-                name.as_bytes(),
-                bytes,
-            )?)),
+            Some(bytes) => Ok(Some(codec::decode_json("sm_nodes", name.as_bytes(), bytes)?)),
             None => Ok(None),
         }
     }
@@ -187,11 +169,7 @@ impl ApplyTx<'_, '_> {
 
     fn node_services(&self, node: &str) -> Result<Vec<Service>, StoreError> {
         let mut out = Vec::new();
-        for row in self
-            .t
-            .services
-            .prefix_iter(self.txn, &codec::pair_prefix(node))?
-        {
+        for row in self.t.services.prefix_iter(self.txn, &codec::pair_prefix(node))? {
             let (key, bytes) = row?;
             out.push(codec::decode_json("sm_services", key, bytes)?);
         }
@@ -200,11 +178,7 @@ impl ApplyTx<'_, '_> {
 
     fn node_checks(&self, node: &str) -> Result<Vec<HealthCheck>, StoreError> {
         let mut out = Vec::new();
-        for row in self
-            .t
-            .checks
-            .prefix_iter(self.txn, &codec::pair_prefix(node))?
-        {
+        for row in self.t.checks.prefix_iter(self.txn, &codec::pair_prefix(node))? {
             let (key, bytes) = row?;
             out.push(codec::decode_json("sm_checks", key, bytes)?);
         }
@@ -213,9 +187,7 @@ impl ApplyTx<'_, '_> {
 
     fn register(&mut self, req: &RegisterRequest) -> Result<Outcome, StoreError> {
         if req.node.is_empty() || req.address.is_empty() {
-            return Ok(Outcome::Abort(CommandResult::Rejected(
-                "Must provide node".into(),
-            )));
+            return Ok(Outcome::Abort(CommandResult::Rejected("Must provide node".into())));
         }
         let existing = self.get_node(&req.node)?;
         if !(req.skip_node_update && existing.is_some()) {
@@ -231,16 +203,10 @@ impl ApplyTx<'_, '_> {
                 modify_index: self.index,
             };
             let unchanged = existing.as_ref().is_some_and(|old| {
-                Node {
-                    create_index: old.create_index,
-                    modify_index: old.modify_index,
-                    ..node.clone()
-                } == *old
+                Node { create_index: old.create_index, modify_index: old.modify_index, ..node.clone() } == *old
             });
             if !unchanged {
-                self.t
-                    .nodes
-                    .put(self.txn, req.node.as_bytes(), &codec::encode_json(&node))?;
+                self.t.nodes.put(self.txn, req.node.as_bytes(), &codec::encode_json(&node))?;
                 self.touch_table(Table::Nodes)?;
                 self.touch_node_and_its_services(&req.node)?;
             }
@@ -261,11 +227,7 @@ impl ApplyTx<'_, '_> {
                 modify_index: self.index,
             };
             let unchanged = old.as_ref().is_some_and(|o| {
-                Service {
-                    create_index: o.create_index,
-                    modify_index: o.modify_index,
-                    ..service.clone()
-                } == *o
+                Service { create_index: o.create_index, modify_index: o.modify_index, ..service.clone() } == *o
             });
             if !unchanged {
                 if let Some(old) = &old {
@@ -276,9 +238,7 @@ impl ApplyTx<'_, '_> {
                     }
                 }
                 let key = codec::pair_key(&req.node, &def.id);
-                self.t
-                    .services
-                    .put(self.txn, &key, &codec::encode_json(&service))?;
+                self.t.services.put(self.txn, &key, &codec::encode_json(&service))?;
                 let name_key = codec::triple_key(&service.service, &req.node, &service.id);
                 self.t.service_names.put(self.txn, &name_key, &[])?;
                 self.touch_table(Table::Services)?;
@@ -318,11 +278,7 @@ impl ApplyTx<'_, '_> {
                 modify_index: self.index,
             };
             let unchanged = old.as_ref().is_some_and(|o| {
-                HealthCheck {
-                    create_index: o.create_index,
-                    modify_index: o.modify_index,
-                    ..check.clone()
-                } == *o
+                HealthCheck { create_index: o.create_index, modify_index: o.modify_index, ..check.clone() } == *o
             });
             if !unchanged {
                 if let Some(old) = &old {
@@ -337,9 +293,7 @@ impl ApplyTx<'_, '_> {
 
     fn put_check(&mut self, check: &HealthCheck) -> Result<(), StoreError> {
         let key = codec::pair_key(&check.node, &check.check_id);
-        self.t
-            .checks
-            .put(self.txn, &key, &codec::encode_json(check))?;
+        self.t.checks.put(self.txn, &key, &codec::encode_json(check))?;
         Ok(())
     }
 
@@ -378,9 +332,7 @@ impl ApplyTx<'_, '_> {
             (Some(service_id), _) => self.delete_service(&req.node, service_id)?,
             (None, Some(check_id)) => {
                 if let Some(check) = self.get_check(&req.node, check_id)? {
-                    self.t
-                        .checks
-                        .delete(self.txn, &codec::pair_key(&req.node, check_id))?;
+                    self.t.checks.delete(self.txn, &codec::pair_key(&req.node, check_id))?;
                     self.touch_check_scope(&check)?;
                 }
             }
@@ -390,9 +342,7 @@ impl ApplyTx<'_, '_> {
                     self.delete_service(&req.node, &service.id)?;
                 }
                 for check in self.node_checks(&req.node)? {
-                    self.t
-                        .checks
-                        .delete(self.txn, &codec::pair_key(&req.node, &check.check_id))?;
+                    self.t.checks.delete(self.txn, &codec::pair_key(&req.node, &check.check_id))?;
                     self.touch_table(Table::Checks)?;
                 }
                 self.t.nodes.delete(self.txn, req.node.as_bytes())?;
@@ -407,17 +357,11 @@ impl ApplyTx<'_, '_> {
         let Some(service) = self.get_service(node, id)? else {
             return Ok(());
         };
-        self.t
-            .services
-            .delete(self.txn, &codec::pair_key(node, id))?;
-        self.t
-            .service_names
-            .delete(self.txn, &codec::triple_key(&service.service, node, id))?;
+        self.t.services.delete(self.txn, &codec::pair_key(node, id))?;
+        self.t.service_names.delete(self.txn, &codec::triple_key(&service.service, node, id))?;
         for check in self.node_checks(node)? {
             if check.service_id == id {
-                self.t
-                    .checks
-                    .delete(self.txn, &codec::pair_key(node, &check.check_id))?;
+                self.t.checks.delete(self.txn, &codec::pair_key(node, &check.check_id))?;
                 self.touch_table(Table::Checks)?;
             }
         }
@@ -450,13 +394,7 @@ impl ApplyTx<'_, '_> {
     }
 
     /// Sets `key` unless `cas` says otherwise; returns whether it was set.
-    fn kv_set(
-        &mut self,
-        key: &str,
-        value: Option<Vec<u8>>,
-        flags: u64,
-        cas: Option<u64>,
-    ) -> Result<bool, StoreError> {
+    fn kv_set(&mut self, key: &str, value: Option<Vec<u8>>, flags: u64, cas: Option<u64>) -> Result<bool, StoreError> {
         Ok(self.kv_set_entry(key, value, flags, cas)?.is_some())
     }
 
@@ -483,9 +421,7 @@ impl ApplyTx<'_, '_> {
             create_index: old.as_ref().map_or(self.index, |e| e.create_index),
             modify_index: self.index,
         };
-        self.t
-            .kv
-            .put(self.txn, key.as_bytes(), &codec::encode_kv(&entry))?;
+        self.t.kv.put(self.txn, key.as_bytes(), &codec::encode_kv(&entry))?;
         self.t.kv_tombstones.delete(self.txn, key.as_bytes())?;
         self.touch_kv(key)?;
         Ok(Some(entry))
@@ -493,9 +429,7 @@ impl ApplyTx<'_, '_> {
 
     fn tombstone(&mut self, key: &str) -> Result<(), StoreError> {
         self.t.kv.delete(self.txn, key.as_bytes())?;
-        self.t
-            .kv_tombstones
-            .put(self.txn, key.as_bytes(), &codec::encode_u64(self.index))?;
+        self.t.kv_tombstones.put(self.txn, key.as_bytes(), &codec::encode_u64(self.index))?;
         self.touch_kv(key)
     }
 
@@ -538,11 +472,7 @@ impl ApplyTx<'_, '_> {
     }
 
     /// Applies one transaction op; the inner `Err` is the op's failure text (Consul's wording).
-    fn txn_op(
-        &mut self,
-        op: &TxnKvOp,
-        results: &mut Vec<TxnResult>,
-    ) -> Result<Result<(), String>, StoreError> {
+    fn txn_op(&mut self, op: &TxnKvOp, results: &mut Vec<TxnResult>) -> Result<Result<(), String>, StoreError> {
         let key = op.key.as_str();
         let without_value = |mut e: KvEntry| {
             e.value = None;
@@ -554,15 +484,13 @@ impl ApplyTx<'_, '_> {
                 results.extend(entry.map(without_value));
                 Ok(())
             }
-            TxnKvVerb::Cas => {
-                match self.kv_set_entry(key, op.value.clone(), op.flags, Some(op.index))? {
-                    Some(entry) => {
-                        results.push(without_value(entry));
-                        Ok(())
-                    }
-                    None => Err(format!("failed to set key {key:?}, index is stale")),
+            TxnKvVerb::Cas => match self.kv_set_entry(key, op.value.clone(), op.flags, Some(op.index))? {
+                Some(entry) => {
+                    results.push(without_value(entry));
+                    Ok(())
                 }
-            }
+                None => Err(format!("failed to set key {key:?}, index is stale")),
+            },
             TxnKvVerb::Get => match self.kv_get(key)? {
                 Some(entry) => {
                     results.push(TxnResult { entry });
@@ -571,11 +499,7 @@ impl ApplyTx<'_, '_> {
                 None => Err(format!("key {key:?} doesn't exist")),
             },
             TxnKvVerb::GetTree => {
-                results.extend(
-                    self.kv_list(key)?
-                        .into_iter()
-                        .map(|entry| TxnResult { entry }),
-                );
+                results.extend(self.kv_list(key)?.into_iter().map(|entry| TxnResult { entry }));
                 Ok(())
             }
             TxnKvVerb::CheckIndex => match self.kv_get(key)? {
@@ -583,10 +507,7 @@ impl ApplyTx<'_, '_> {
                     results.push(without_value(entry));
                     Ok(())
                 }
-                Some(entry) => Err(format!(
-                    "current modify index {} != {}",
-                    entry.modify_index, op.index
-                )),
+                Some(entry) => Err(format!("current modify index {} != {}", entry.modify_index, op.index)),
                 None => Err(format!("key {key:?} doesn't exist")),
             },
             TxnKvVerb::CheckNotExists => match self.kv_get(key)? {

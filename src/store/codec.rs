@@ -36,9 +36,7 @@ pub fn triple_key(a: &str, b: &str, c: &str) -> Vec<u8> {
 
 /// Splits a composite key into its parts.
 pub fn split_key(key: &[u8]) -> Vec<&str> {
-    key.split(|b| *b == SEP)
-        .map(|part| std::str::from_utf8(part).unwrap_or(""))
-        .collect()
+    key.split(|b| *b == SEP).map(|part| std::str::from_utf8(part).unwrap_or("")).collect()
 }
 
 pub fn encode_json<T: Serialize>(value: &T) -> Vec<u8> {
@@ -46,11 +44,7 @@ pub fn encode_json<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("catalog records always serialize")
 }
 
-pub fn decode_json<T: DeserializeOwned>(
-    table: &'static str,
-    key: &[u8],
-    bytes: &[u8],
-) -> Result<T, StoreError> {
+pub fn decode_json<T: DeserializeOwned>(table: &'static str, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         table,
         key: String::from_utf8_lossy(key).into_owned(),
@@ -102,8 +96,7 @@ pub fn decode_kv(key: &[u8], bytes: &[u8]) -> Result<KvEntry, StoreError> {
     if bytes.len() < session_end {
         return Err(corrupt("session length past the end of the record"));
     }
-    let session = std::str::from_utf8(&bytes[34..session_end])
-        .map_err(|_| corrupt("session is not UTF-8"))?;
+    let session = std::str::from_utf8(&bytes[34..session_end]).map_err(|_| corrupt("session is not UTF-8"))?;
     let value = &bytes[session_end..];
     Ok(KvEntry {
         key: String::from_utf8(key.to_vec()).map_err(|_| corrupt("key is not UTF-8"))?,

@@ -82,11 +82,7 @@ pub enum StoreError {
     #[error("LMDB: {0}")]
     Lmdb(#[from] heed::Error),
     #[error("corrupt record in table {table} (key {key:?}): {reason}")]
-    Corrupt {
-        table: &'static str,
-        key: String,
-        reason: String,
-    },
+    Corrupt { table: &'static str, key: String, reason: String },
     #[error("snapshot is not a cairn snapshot or is damaged: {0}")]
     BadSnapshot(String),
 }
@@ -120,10 +116,7 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the environment in `dir` with a map of `map_size_bytes`.
     pub fn open(dir: &Path, map_size_bytes: u64) -> Result<Store, StoreError> {
-        let open_err = |source| StoreError::Open {
-            path: dir.to_path_buf(),
-            source,
-        };
+        let open_err = |source| StoreError::Open { path: dir.to_path_buf(), source };
         std::fs::create_dir_all(dir).map_err(|e| open_err(heed::Error::Io(e)))?;
         // SAFETY: the data dir is locked by the agent (one process per environment), and we
         // never open the same path twice in this process.
@@ -148,22 +141,12 @@ impl Store {
             })
             .map_err(open_err)?
             .unwrap_commit();
-        let [raft_log, raft_meta, meta, nodes, services, service_names, checks, kv, kv_tombstones, indexes] =
-            dbs;
+        let [raft_log, raft_meta, meta, nodes, services, service_names, checks, kv, kv_tombstones, indexes] = dbs;
         Ok(Store {
             env,
             raft_log,
             raft_meta,
-            sm: SmTables {
-                meta,
-                nodes,
-                services,
-                service_names,
-                checks,
-                kv,
-                kv_tombstones,
-                indexes,
-            },
+            sm: SmTables { meta, nodes, services, service_names, checks, kv, kv_tombstones, indexes },
             watches: Arc::new(Watches::default()),
         })
     }

@@ -22,11 +22,7 @@ pub struct ServiceHealth {
 impl ServiceHealth {
     /// The worst status among the checks; an instance without checks is passing.
     pub fn status(&self) -> CheckStatus {
-        self.checks
-            .iter()
-            .map(|c| c.status)
-            .max()
-            .unwrap_or(CheckStatus::Passing)
+        self.checks.iter().map(|c| c.status).max().unwrap_or(CheckStatus::Passing)
     }
 }
 
@@ -64,20 +60,12 @@ impl<'e> ReadView<'e> {
 
     /// Raw `sm_meta` value (Raft metadata kept by `cluster`).
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .t
-            .meta
-            .get(&self.txn, key.as_bytes())?
-            .map(<[u8]>::to_vec))
+        Ok(self.t.meta.get(&self.txn, key.as_bytes())?.map(<[u8]>::to_vec))
     }
 
     pub fn node(&self, name: &str) -> Result<Option<Node>, StoreError> {
         match self.t.nodes.get(&self.txn, name.as_bytes())? {
-            Some(bytes) => Ok(Some(codec::decode_json(
-                "sm_nodes",
-                name.as_bytes(),
-                bytes,
-            )?)),
+            Some(bytes) => Ok(Some(codec::decode_json("sm_nodes", name.as_bytes(), bytes)?)),
             None => Ok(None),
         }
     }
@@ -93,11 +81,7 @@ impl<'e> ReadView<'e> {
 
     pub fn node_services(&self, node: &str) -> Result<Vec<Service>, StoreError> {
         let mut out = Vec::new();
-        for row in self
-            .t
-            .services
-            .prefix_iter(&self.txn, &codec::pair_prefix(node))?
-        {
+        for row in self.t.services.prefix_iter(&self.txn, &codec::pair_prefix(node))? {
             let (key, bytes) = row?;
             out.push(codec::decode_json("sm_services", key, bytes)?);
         }
@@ -106,11 +90,7 @@ impl<'e> ReadView<'e> {
 
     pub fn node_checks(&self, node: &str) -> Result<Vec<HealthCheck>, StoreError> {
         let mut out = Vec::new();
-        for row in self
-            .t
-            .checks
-            .prefix_iter(&self.txn, &codec::pair_prefix(node))?
-        {
+        for row in self.t.checks.prefix_iter(&self.txn, &codec::pair_prefix(node))? {
             let (key, bytes) = row?;
             out.push(codec::decode_json("sm_checks", key, bytes)?);
         }
@@ -140,11 +120,7 @@ impl<'e> ReadView<'e> {
     /// Instances of service `name`, ordered by node then ID.
     pub fn service_instances(&self, name: &str) -> Result<Vec<Service>, StoreError> {
         let mut out = Vec::new();
-        for row in self
-            .t
-            .service_names
-            .prefix_iter(&self.txn, &codec::pair_prefix(name))?
-        {
+        for row in self.t.service_names.prefix_iter(&self.txn, &codec::pair_prefix(name))? {
             let (key, _) = row?;
             let parts = codec::split_key(key);
             let [_, node, id] = parts.as_slice() else {
@@ -174,11 +150,7 @@ impl<'e> ReadView<'e> {
                 .into_iter()
                 .filter(|c| c.service_id.is_empty() || c.service_id == service.id)
                 .collect();
-            out.push(ServiceHealth {
-                node,
-                service,
-                checks,
-            });
+            out.push(ServiceHealth { node, service, checks });
         }
         Ok(out)
     }

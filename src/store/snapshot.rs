@@ -51,12 +51,7 @@ impl Store {
 
     /// Replaces the state machine with `bytes` (checked before anything is touched), then
     /// writes `meta`, in one transaction, and wakes every blocking query.
-    pub fn restore_snapshot(
-        &self,
-        bytes: &[u8],
-        meta: &[(&str, Vec<u8>)],
-        index: u64,
-    ) -> Result<(), StoreError> {
+    pub fn restore_snapshot(&self, bytes: &[u8], meta: &[(&str, Vec<u8>)], index: u64) -> Result<(), StoreError> {
         let records = parse(bytes)?;
         let tables = self.sm.all();
         let mut wtxn = self.env().write_txn()?;
@@ -108,8 +103,7 @@ fn parse(bytes: &[u8]) -> Result<Vec<Record<'_>>, StoreError> {
         }
         let key_len = u32::from_be_bytes(take(&mut rest, 4)?.try_into().unwrap_or([0; 4])) as usize;
         let key = take(&mut rest, key_len)?;
-        let value_len =
-            u32::from_be_bytes(take(&mut rest, 4)?.try_into().unwrap_or([0; 4])) as usize;
+        let value_len = u32::from_be_bytes(take(&mut rest, 4)?.try_into().unwrap_or([0; 4])) as usize;
         let value = take(&mut rest, value_len)?;
         out.push((tag, key, value));
     }

@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::model::{
-    CheckDefinition, CheckStatus, Command, CommandResult, DeregisterRequest, KvEntry,
-    RegisterRequest, ServiceDefinition, TxnKvOp, TxnKvVerb, Weights,
+    CheckDefinition, CheckStatus, Command, CommandResult, DeregisterRequest, KvEntry, RegisterRequest,
+    ServiceDefinition, TxnKvOp, TxnKvVerb, Weights,
 };
 
 fn open() -> (tempfile::TempDir, Store) {
@@ -13,10 +13,7 @@ fn open() -> (tempfile::TempDir, Store) {
 }
 
 fn apply(store: &Store, index: u64, commands: Vec<Command>) -> Vec<CommandResult> {
-    let batch = [AppliedBatch {
-        index,
-        commands: &commands,
-    }];
+    let batch = [AppliedBatch { index, commands: &commands }];
     store.apply(&batch, &[]).expect("apply").remove(0)
 }
 
@@ -56,26 +53,13 @@ fn check(id: &str, service_id: &str, status: CheckStatus) -> CheckDefinition {
 }
 
 fn kv_set(key: &str, value: &str, cas: Option<u64>) -> Command {
-    Command::KvSet {
-        key: key.into(),
-        value: Some(value.as_bytes().to_vec()),
-        flags: 0,
-        cas,
-    }
+    Command::KvSet { key: key.into(), value: Some(value.as_bytes().to_vec()), flags: 0, cas }
 }
 
 #[test]
 fn register_then_health_then_deregister() {
     let (_dir, store) = open();
-    apply(
-        &store,
-        5,
-        vec![register(
-            "n1",
-            Some(("web1", "web")),
-            vec![check("c1", "web1", CheckStatus::Warning)],
-        )],
-    );
+    apply(&store, 5, vec![register("n1", Some(("web1", "web")), vec![check("c1", "web1", CheckStatus::Warning)])]);
     let view = store.read().expect("read");
     let health = view.service_health("web").expect("health");
     assert_eq!(health.len(), 1);
@@ -97,106 +81,42 @@ fn register_then_health_then_deregister() {
     );
     let view = store.read().expect("read");
     assert!(view.service_health("web").expect("health").is_empty());
-    assert!(
-        view.node_checks("n1").expect("checks").is_empty(),
-        "service checks go with it"
-    );
+    assert!(view.node_checks("n1").expect("checks").is_empty(), "service checks go with it");
     assert_eq!(view.service_index("web").expect("index"), 6);
 }
 
 #[test]
 fn unchanged_registration_keeps_indexes() {
     let (_dir, store) = open();
-    apply(
-        &store,
-        5,
-        vec![register("n1", Some(("web1", "web")), vec![])],
-    );
-    apply(
-        &store,
-        9,
-        vec![register("n1", Some(("web1", "web")), vec![])],
-    );
+    apply(&store, 5, vec![register("n1", Some(("web1", "web")), vec![])]);
+    apply(&store, 9, vec![register("n1", Some(("web1", "web")), vec![])]);
     let view = store.read().expect("read");
-    assert_eq!(
-        view.service_index("web").expect("index"),
-        5,
-        "same data must not bump the index"
-    );
-    assert_eq!(
-        view.node("n1").expect("node").expect("exists").modify_index,
-        5
-    );
+    assert_eq!(view.service_index("web").expect("index"), 5, "same data must not bump the index");
+    assert_eq!(view.node("n1").expect("node").expect("exists").modify_index, 5);
 }
 
 #[test]
 fn check_for_unknown_service_is_rejected_without_trace() {
     let (_dir, store) = open();
-    let results = apply(
-        &store,
-        3,
-        vec![register(
-            "n1",
-            None,
-            vec![check("c", "nope", CheckStatus::Passing)],
-        )],
-    );
-    assert!(
-        matches!(&results[0], CommandResult::Rejected(why) if why.contains("Unknown service ID"))
-    );
-    assert!(
-        store
-            .read()
-            .expect("read")
-            .node("n1")
-            .expect("node")
-            .is_none(),
-        "rejected command left a node behind"
-    );
+    let results = apply(&store, 3, vec![register("n1", None, vec![check("c", "nope", CheckStatus::Passing)])]);
+    assert!(matches!(&results[0], CommandResult::Rejected(why) if why.contains("Unknown service ID")));
+    assert!(store.read().expect("read").node("n1").expect("node").is_none(), "rejected command left a node behind");
 }
 
 #[test]
 fn kv_cas_and_tombstone_indexes() {
     let (_dir, store) = open();
-    assert_eq!(
-        apply(&store, 2, vec![kv_set("a/b", "1", Some(0))]),
-        vec![CommandResult::Bool(true)]
-    );
-    assert_eq!(
-        apply(&store, 3, vec![kv_set("a/b", "2", Some(0))]),
-        vec![CommandResult::Bool(false)]
-    );
-    assert_eq!(
-        apply(&store, 4, vec![kv_set("a/b", "3", Some(2))]),
-        vec![CommandResult::Bool(true)]
-    );
+    assert_eq!(apply(&store, 2, vec![kv_set("a/b", "1", Some(0))]), vec![CommandResult::Bool(true)]);
+    assert_eq!(apply(&store, 3, vec![kv_set("a/b", "2", Some(0))]), vec![CommandResult::Bool(false)]);
+    assert_eq!(apply(&store, 4, vec![kv_set("a/b", "3", Some(2))]), vec![CommandResult::Bool(true)]);
     let view = store.read().expect("read");
     let entry = view.kv_get("a/b").expect("get").expect("exists");
-    assert_eq!(
-        (
-            entry.create_index,
-            entry.modify_index,
-            entry.value.as_deref()
-        ),
-        (2, 4, Some(&b"3"[..]))
-    );
+    assert_eq!((entry.create_index, entry.modify_index, entry.value.as_deref()), (2, 4, Some(&b"3"[..])));
     drop(view);
-    apply(
-        &store,
-        7,
-        vec![Command::KvDelete {
-            key: "a/".into(),
-            recurse: true,
-            cas: None,
-        }],
-    );
+    apply(&store, 7, vec![Command::KvDelete { key: "a/".into(), recurse: true, cas: None }]);
     let view = store.read().expect("read");
     assert!(view.kv_get("a/b").expect("get").is_none());
-    assert_eq!(
-        view.kv_key_index("a/b").expect("index"),
-        7,
-        "a deleted key reports its deletion index"
-    );
+    assert_eq!(view.kv_key_index("a/b").expect("index"), 7, "a deleted key reports its deletion index");
     assert_eq!(view.kv_prefix_index("a/").expect("index"), 7);
     assert_eq!(view.kv_key_index("never").expect("index"), 0);
 }
@@ -205,20 +125,9 @@ fn kv_cas_and_tombstone_indexes() {
 fn txn_rolls_back_as_a_whole() {
     let (_dir, store) = open();
     apply(&store, 2, vec![kv_set("k", "v", None)]);
-    let op = |verb, key: &str, index| TxnKvOp {
-        verb,
-        key: key.into(),
-        value: Some(b"x".to_vec()),
-        flags: 0,
-        index,
-    };
-    let results = apply(
-        &store,
-        3,
-        vec![Command::Txn {
-            ops: vec![op(TxnKvVerb::Set, "new", 0), op(TxnKvVerb::Cas, "k", 99)],
-        }],
-    );
+    let op = |verb, key: &str, index| TxnKvOp { verb, key: key.into(), value: Some(b"x".to_vec()), flags: 0, index };
+    let results =
+        apply(&store, 3, vec![Command::Txn { ops: vec![op(TxnKvVerb::Set, "new", 0), op(TxnKvVerb::Cas, "k", 99)] }]);
     match &results[0] {
         CommandResult::TxnRolledBack(errors) => {
             assert_eq!(errors.len(), 1);
@@ -227,15 +136,7 @@ fn txn_rolls_back_as_a_whole() {
         }
         other => panic!("expected rollback, got {other:?}"),
     }
-    assert!(
-        store
-            .read()
-            .expect("read")
-            .kv_get("new")
-            .expect("get")
-            .is_none(),
-        "rolled-back set was kept"
-    );
+    assert!(store.read().expect("read").kv_get("new").expect("get").is_none(), "rolled-back set was kept");
 }
 
 #[tokio::test]
@@ -249,48 +150,26 @@ async fn watches_wake_only_touched_topics() {
     assert_eq!(woke.expect("key watcher woke"), 4);
     let woke = tokio::time::timeout(std::time::Duration::from_secs(5), prefix_sub.changed()).await;
     assert_eq!(woke.expect("prefix watcher woke"), 4);
-    let slept =
-        tokio::time::timeout(std::time::Duration::from_millis(50), other_sub.changed()).await;
+    let slept = tokio::time::timeout(std::time::Duration::from_millis(50), other_sub.changed()).await;
     assert!(slept.is_err(), "an unrelated write woke a watcher");
     drop((key_sub, prefix_sub, other_sub));
-    assert_eq!(
-        store.watches().topic_count(),
-        0,
-        "dropped subscriptions must unregister"
-    );
+    assert_eq!(store.watches().topic_count(), 0, "dropped subscriptions must unregister");
 }
 
 #[test]
 fn snapshot_round_trip_and_damage_detected() {
     let (_dir, store) = open();
-    apply(
-        &store,
-        2,
-        vec![
-            kv_set("k", "v", None),
-            register("n1", Some(("web1", "web")), vec![]),
-        ],
-    );
+    apply(&store, 2, vec![kv_set("k", "v", None), register("n1", Some(("web1", "web")), vec![])]);
     let (bytes, _) = store.snapshot(&[]).expect("snapshot");
     let (_dir2, other) = open();
     other.restore_snapshot(&bytes, &[], 2).expect("restore");
     let view = other.read().expect("read");
-    assert_eq!(
-        view.kv_get("k")
-            .expect("get")
-            .expect("exists")
-            .value
-            .as_deref(),
-        Some(&b"v"[..])
-    );
+    assert_eq!(view.kv_get("k").expect("get").expect("exists").value.as_deref(), Some(&b"v"[..]));
     assert_eq!(view.service_instances("web").expect("instances").len(), 1);
     let mut damaged = bytes.clone();
     let mid = damaged.len() / 2;
     damaged[mid] ^= 0xff;
-    assert!(matches!(
-        other.restore_snapshot(&damaged, &[], 3),
-        Err(StoreError::BadSnapshot(_))
-    ));
+    assert!(matches!(other.restore_snapshot(&damaged, &[], 3), Err(StoreError::BadSnapshot(_))));
 }
 
 /// Pins the stored bytes of a KV record (see `codec::encode_kv`).

@@ -73,11 +73,7 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let mut topics = self
-            .watches
-            .topics
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut topics = self.watches.topics.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = topics.get(&self.topic) {
             // Our own receiver still counts here; it is dropped right after this.
             if tx.receiver_count() <= 1 {
@@ -90,15 +86,8 @@ impl Drop for Subscription {
 impl Watches {
     pub fn subscribe(self: &Arc<Self>, topic: Topic) -> Subscription {
         let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
-        let rx = topics
-            .entry(topic.clone())
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe();
-        Subscription {
-            rx,
-            topic,
-            watches: Arc::clone(self),
-        }
+        let rx = topics.entry(topic.clone()).or_insert_with(|| watch::channel(0).0).subscribe();
+        Subscription { rx, topic, watches: Arc::clone(self) }
     }
 
     /// Number of topics with at least one waiter (for tests and metrics).
@@ -108,12 +97,7 @@ impl Watches {
 
     /// Wakes every waiter (after a snapshot replaced the whole state).
     pub fn notify_all(&self, index: u64) {
-        for tx in self
-            .topics
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-        {
+        for tx in self.topics.lock().unwrap_or_else(|e| e.into_inner()).values() {
             tx.send_replace(index);
         }
     }

@@ -25,10 +25,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         if let Some(value) = check() {
             return value;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -80,19 +77,11 @@ impl Agent {
 
     /// Starts a server on `data_dir` (kept after the agent stops).
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Agent {
-        let mut args: Vec<String> = [
-            "agent",
-            "-server",
-            "-bootstrap-expect",
-            "1",
-            "-http-port",
-            "0",
-            "-node",
-            "test-node",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args: Vec<String> =
+            ["agent", "-server", "-bootstrap-expect", "1", "-http-port", "0", "-node", "test-node"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         args.push("-data-dir".into());
         args.push(data_dir.display().to_string());
         args.extend(extra.iter().map(|s| s.to_string()));
@@ -102,45 +91,27 @@ impl Agent {
     /// Starts `cairn` with exactly `args` and waits until it serves HTTP and has a leader.
     pub fn spawn(args: Vec<String>, data_dir: PathBuf) -> Agent {
         let (mut child, log, _reader) = spawn_logged(&args);
-        let http = wait_for(
-            "the agent to listen and register itself",
-            START_TIMEOUT,
-            || {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!(
-                        "agent exited during start ({status}):\n{}",
-                        log.lock().unwrap().join("\n")
-                    );
-                }
-                let lines = log.lock().unwrap();
-                if !lines
-                    .iter()
-                    .any(|l| l.contains("registered this server in the catalog"))
-                {
-                    return None;
-                }
-                lines.iter().find_map(|l| {
-                    let rest = l.split("HTTP API listening addr=").nth(1)?;
-                    rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
-                })
-            },
-        );
-        Agent {
-            child: Some(child),
-            http,
-            data_dir,
-            log,
-            _temp: None,
-        }
+        let http = wait_for("the agent to listen and register itself", START_TIMEOUT, || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("agent exited during start ({status}):\n{}", log.lock().unwrap().join("\n"));
+            }
+            let lines = log.lock().unwrap();
+            if !lines.iter().any(|l| l.contains("registered this server in the catalog")) {
+                return None;
+            }
+            lines.iter().find_map(|l| {
+                let rest = l.split("HTTP API listening addr=").nth(1)?;
+                rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
+            })
+        });
+        Agent { child: Some(child), http, data_dir, log, _temp: None }
     }
 
     /// Runs `cairn` with `args`, expecting it to exit by itself within the deadline.
     pub fn run_to_exit(args: &[&str]) -> Exited {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let (mut child, log, reader) = spawn_logged(&args);
-        let status = wait_for("cairn to exit", START_TIMEOUT, || {
-            child.try_wait().ok().flatten()
-        });
+        let status = wait_for("cairn to exit", START_TIMEOUT, || child.try_wait().ok().flatten());
         // The pipe closes when the process exits, which ends the reader.
         let _ = reader.join();
         let stderr = log.lock().unwrap().join("\n");
@@ -168,11 +139,7 @@ impl Agent {
         let mut child = self.child.take().expect("agent running");
         // SAFETY: plain kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        wait_for(
-            "the agent to exit after SIGTERM",
-            Duration::from_secs(15),
-            || child.try_wait().ok().flatten(),
-        )
+        wait_for("the agent to exit after SIGTERM", Duration::from_secs(15), || child.try_wait().ok().flatten())
     }
 
     pub fn get(&self, path: &str) -> Response {
@@ -207,10 +174,7 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -218,29 +182,19 @@ impl Response {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "response is not JSON ({e}): {} {}",
-                self.status,
-                self.text()
-            )
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("response is not JSON ({e}): {} {}", self.status, self.text()))
     }
 
     pub fn index(&self) -> u64 {
-        self.header("X-Consul-Index")
-            .expect("X-Consul-Index header")
-            .parse()
-            .expect("numeric index")
+        self.header("X-Consul-Index").expect("X-Consul-Index header").parse().expect("numeric index")
     }
 }
 
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`), read to the end.
 pub fn http_request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Response {
     let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(700)))
-        .expect("timeout");
+    stream.set_read_timeout(Some(Duration::from_secs(700))).expect("timeout");
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -257,40 +211,24 @@ pub fn read_response(stream: &mut impl Read) -> Response {
 }
 
 pub fn parse_response(raw: &[u8]) -> Response {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("end of headers");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("end of headers");
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).expect("status");
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
     let mut body = raw[split + 4..].to_vec();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     if chunked {
         body = dechunk(&body);
     }
-    Response {
-        status,
-        headers,
-        body,
-    }
+    Response { status, headers, body }
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
-        let size =
-            usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16).unwrap_or(0);
+        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16).unwrap_or(0);
         if size == 0 || data.len() < eol + 4 + size {
             break;
         }
