@@ -73,6 +73,7 @@ impl Store {
             self.sm.meta.put(&mut wtxn, key.as_bytes(), value)?;
         }
         wtxn.commit()?;
+        self.directory.refresh(&self.read()?, &touched, last_index)?;
         self.watches().notify(&touched, last_index);
         Ok(results)
     }

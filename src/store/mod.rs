@@ -12,6 +12,7 @@
 
 mod apply;
 mod codec;
+mod directory;
 mod read;
 mod snapshot;
 mod watch;
@@ -23,6 +24,7 @@ use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
 
 pub use apply::AppliedBatch;
+pub use directory::{Directory, InstanceRecord, NodeRecord};
 pub use read::{ReadView, ServiceHealth};
 pub use watch::{Subscription, Table, Topic, Watches};
 
@@ -111,6 +113,7 @@ pub struct Store {
     pub(crate) raft_meta: RawDb,
     pub(crate) sm: SmTables,
     watches: Arc<Watches>,
+    directory: Arc<directory::DirectoryCell>,
 }
 
 impl Store {
@@ -142,13 +145,16 @@ impl Store {
             .map_err(open_err)?
             .unwrap_commit();
         let [raft_log, raft_meta, meta, nodes, services, service_names, checks, kv, kv_tombstones, indexes] = dbs;
-        Ok(Store {
+        let store = Store {
             env,
             raft_log,
             raft_meta,
             sm: SmTables { meta, nodes, services, service_names, checks, kv, kv_tombstones, indexes },
             watches: Arc::new(Watches::default()),
-        })
+            directory: Arc::default(),
+        };
+        store.rebuild_directory()?;
+        Ok(store)
     }
 
     pub fn env(&self) -> &Env<WithoutTls> {
@@ -157,6 +163,20 @@ impl Store {
 
     pub fn watches(&self) -> &Arc<Watches> {
         &self.watches
+    }
+
+    /// The DNS view of the catalog as of the last applied batch. Never blocks.
+    pub fn directory(&self) -> Arc<Directory> {
+        self.directory.load()
+    }
+
+    fn rebuild_directory(&self) -> Result<(), StoreError> {
+        let view = self.read()?;
+        let index = [Table::Nodes, Table::Services, Table::Checks]
+            .into_iter()
+            .map(|t| view.table_index(t))
+            .try_fold(0, |max, i| i.map(|i| max.max(i)))?;
+        self.directory.rebuild(&view, index)
     }
 
     /// A consistent point-in-time view of the state machine.

@@ -66,6 +66,7 @@ impl Store {
             self.sm.meta.put(&mut wtxn, key.as_bytes(), value)?;
         }
         wtxn.commit()?;
+        self.rebuild_directory()?;
         self.watches().notify_all(index);
         Ok(())
     }

@@ -194,3 +194,35 @@ fn record_bytes_are_pinned() {
     assert_eq!(codec::decode_kv(b"k", &bytes).expect("decode"), entry);
     assert!(codec::decode_kv(b"k", &bytes[..20]).is_err());
 }
+
+#[test]
+fn directory_follows_every_applied_batch() {
+    let (_dir, store) = open();
+    assert!(store.directory().service("web").is_none());
+    apply(&store, 3, vec![register("n1", Some(("web1", "web")), vec![check("c1", "web1", CheckStatus::Passing)])]);
+    let directory = store.directory();
+    let web = directory.service("WEB").expect("case-insensitive lookup");
+    assert_eq!((web.len(), web[0].status, web[0].effective_address()), (1, CheckStatus::Passing, "10.0.0.1"));
+    assert_eq!(directory.index, 3);
+
+    // A node check going critical changes the instance's health without naming the service.
+    apply(&store, 4, vec![register("n1", None, vec![check("node-down", "", CheckStatus::Critical)])]);
+    assert_eq!(store.directory().service("web").expect("web")[0].status, CheckStatus::Critical);
+
+    // Names that differ only in case are one DNS name.
+    apply(&store, 5, vec![register("n2", Some(("Web2", "Web")), vec![])]);
+    assert_eq!(store.directory().service("web").expect("web").len(), 2);
+    assert_eq!(store.directory().node("N2").expect("node").name, "n2");
+
+    apply(&store, 6, vec![Command::Deregister(DeregisterRequest { node: "n1".into(), service_id: None, check_id: None })]);
+    let directory = store.directory();
+    assert_eq!(directory.service("web").expect("web").len(), 1);
+    assert!(directory.node("n1").is_none());
+    drop(directory);
+
+    // A reopened store rebuilds the same view from LMDB.
+    let path = store.env().path().to_path_buf();
+    drop(store);
+    let reopened = Store::open(&path, 64 << 20).expect("reopen");
+    assert_eq!(reopened.directory().service("web").expect("web")[0].service_id, "Web2");
+}
