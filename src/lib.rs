@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod config;
+pub mod dns;
 pub mod http;
 pub mod model;
 pub mod store;

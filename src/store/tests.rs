@@ -214,7 +214,11 @@ fn directory_follows_every_applied_batch() {
     assert_eq!(store.directory().service("web").expect("web").len(), 2);
     assert_eq!(store.directory().node("N2").expect("node").name, "n2");
 
-    apply(&store, 6, vec![Command::Deregister(DeregisterRequest { node: "n1".into(), service_id: None, check_id: None })]);
+    apply(
+        &store,
+        6,
+        vec![Command::Deregister(DeregisterRequest { node: "n1".into(), service_id: None, check_id: None })],
+    );
     let directory = store.directory();
     assert_eq!(directory.service("web").expect("web").len(), 1);
     assert!(directory.node("n1").is_none());
