@@ -7,6 +7,9 @@
 
 pub mod answer;
 pub mod lookup;
+pub mod wire;
 
 #[cfg(test)]
 mod answer_tests;
+#[cfg(test)]
+mod wire_tests;

@@ -1,0 +1,248 @@
+//! Request → response bytes for names in cairn's domains, shared by UDP and TCP: header
+//! flags, EDNS, the policy limits (`udp_answer_limit`, `a_record_limit`, which never set TC)
+//! and the size limit (which does).
+//!
+//! Hostile input is handled here on purpose: a packet shorter than a header or with QR=1 is
+//! dropped (no reflection), a readable header with an unparsable body gets FORMERR.
+
+use hickory_proto::op::{Edns, Message, MessageType, Metadata, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use rand::Rng;
+
+use super::answer::{self, AnswerSettings, Question};
+use super::lookup;
+use crate::store::Directory;
+
+/// Largest UDP payload cairn sends, whatever a client advertises.
+pub const UDP_PAYLOAD_MAX: u16 = 4096;
+/// The DNS message limit on TCP.
+pub const TCP_MESSAGE_MAX: usize = 65_535;
+const UDP_PLAIN_MAX: u16 = 512;
+
+/// Everything an answer depends on besides the question.
+pub struct Responder {
+    pub answers: AnswerSettings,
+    /// `consul.` first, then the alt domain; lowercase, fully qualified.
+    pub domains: Vec<Name>,
+    /// Cap on answers for clients limited to 512 bytes (no TC).
+    pub udp_answer_limit: usize,
+    /// Cap on A/AAAA/ANY answers on any transport, 0 = none (no TC).
+    pub a_record_limit: usize,
+    /// RA flag: set exactly when recursors are configured.
+    pub recursion_available: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// What to do with a packet.
+#[derive(Debug)]
+pub enum Reply {
+    /// Not worth an answer (too short, a response, ...).
+    Drop,
+    Bytes(Vec<u8>),
+    /// A name outside cairn's domains: the static zones or the forwarder decide.
+    NotOurs,
+}
+
+/// The 12-byte header fields needed to answer even when the body cannot be parsed.
+pub fn peek_header(packet: &[u8]) -> Option<Metadata> {
+    if packet.len() < 12 {
+        return None;
+    }
+    let mut metadata = Metadata::new(
+        u16::from_be_bytes([packet[0], packet[1]]),
+        if packet[2] & 0x80 != 0 { MessageType::Response } else { MessageType::Query },
+        OpCode::from_u8((packet[2] >> 3) & 0x0f),
+    );
+    metadata.recursion_desired = packet[2] & 0x01 != 0;
+    metadata.checking_disabled = packet[3] & 0x10 != 0;
+    Some(metadata)
+}
+
+/// A bare error response (no question), as FORMERR and NOTIMP need.
+pub fn error_reply(request: &Metadata, code: ResponseCode) -> Vec<u8> {
+    let mut metadata = Metadata::response_from_request(request);
+    metadata.response_code = code;
+    let mut message = Message::new(metadata.id, MessageType::Response, metadata.op_code);
+    message.metadata = metadata;
+    message.to_vec().unwrap_or_default()
+}
+
+impl Responder {
+    /// Which of cairn's domains `name` is in, if any.
+    pub fn domain_of(&self, name: &Name) -> Option<&Name> {
+        self.domains.iter().find(|d| d.zone_of(name))
+    }
+
+    /// Answers a raw packet (the UDP path).
+    pub fn reply_to_packet(&self, packet: &[u8], transport: Transport, dir: &Directory, rng: &mut impl Rng) -> Reply {
+        let Some(header) = peek_header(packet) else { return Reply::Drop };
+        if header.message_type == MessageType::Response {
+            return Reply::Drop;
+        }
+        let request = match Message::from_vec(packet) {
+            Ok(request) => request,
+            Err(_) => return Reply::Bytes(error_reply(&header, ResponseCode::FormErr)),
+        };
+        self.reply(&request, transport, dir, rng)
+    }
+
+    /// Answers a parsed request.
+    pub fn reply(&self, request: &Message, transport: Transport, dir: &Directory, rng: &mut impl Rng) -> Reply {
+        let header = &request.metadata;
+        if header.op_code != OpCode::Query {
+            return Reply::Bytes(error_reply(header, ResponseCode::NotImp));
+        }
+        let query = match request.queries.as_slice() {
+            [query] => query,
+            _ => return Reply::Bytes(error_reply(header, ResponseCode::FormErr)),
+        };
+        if let Some(edns) = &request.edns {
+            if edns.version() > 0 {
+                return Reply::Bytes(self.badvers(request));
+            }
+        }
+        let Some(domain) = self.domain_of(&query.name) else { return Reply::NotOurs };
+        if matches!(query.query_type, RecordType::AXFR | RecordType::IXFR) {
+            return Reply::Bytes(error_reply(header, ResponseCode::NotImp));
+        }
+        Reply::Bytes(self.answer(request, query, domain, transport, dir, rng))
+    }
+
+    fn badvers(&self, request: &Message) -> Vec<u8> {
+        let mut message = self.response_shell(request);
+        message.metadata.response_code = ResponseCode::BADVERS;
+        let mut edns = Edns::new();
+        edns.set_max_payload(UDP_PAYLOAD_MAX);
+        edns.set_rcode_high(ResponseCode::BADVERS.high());
+        message.set_edns(edns);
+        message.to_vec().unwrap_or_default()
+    }
+
+    fn response_shell(&self, request: &Message) -> Message {
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.recursion_available = self.recursion_available;
+        let mut message = Message::new(metadata.id, MessageType::Response, metadata.op_code);
+        message.metadata = metadata;
+        message.add_queries(request.queries.iter().cloned());
+        message
+    }
+
+    fn answer(
+        &self,
+        request: &Message,
+        query: &Query,
+        domain: &Name,
+        transport: Transport,
+        dir: &Directory,
+        rng: &mut impl Rng,
+    ) -> Vec<u8> {
+        let lowered = query.name.to_lowercase();
+        let relative = lowered.num_labels().saturating_sub(domain.num_labels()) as usize;
+        let labels: Vec<&str> =
+            lowered.iter().take(relative).map(|l| std::str::from_utf8(l).unwrap_or("\u{fffd}")).collect();
+        let question = Question {
+            name: &query.name,
+            qtype: query.query_type,
+            domain,
+            lookup: lookup::parse(&labels, &self.answers.datacenter),
+            now_secs: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as u32),
+        };
+        let mut built = answer::build(&self.answers, dir, &question, rng);
+
+        let mut message = self.response_shell(request);
+        message.metadata.authoritative = true;
+        message.metadata.response_code = built.rcode;
+        let client_size = request.edns.as_ref().map_or(UDP_PLAIN_MAX, |e| e.max_payload().max(UDP_PLAIN_MAX));
+        if let Some(client_edns) = &request.edns {
+            message.set_edns(response_edns(client_edns));
+        }
+
+        // Policy limits: load spreading, never TC.
+        let is_address_query = matches!(query.query_type, RecordType::A | RecordType::AAAA | RecordType::ANY);
+        if self.a_record_limit > 0 && is_address_query {
+            built.answers.truncate(self.a_record_limit);
+        }
+        if transport == Transport::Udp && client_size <= UDP_PLAIN_MAX && self.udp_answer_limit > 0 {
+            built.answers.truncate(self.udp_answer_limit);
+        }
+        let max = match transport {
+            Transport::Udp => client_size.min(UDP_PAYLOAD_MAX) as usize,
+            Transport::Tcp => TCP_MESSAGE_MAX,
+        };
+        encode_within(message, built.answers, built.authorities, built.additionals, max)
+    }
+}
+
+/// The response's OPT record: our payload size, the client's subnet echoed with scope 0.
+fn response_edns(client: &Edns) -> Edns {
+    let mut edns = Edns::new();
+    edns.set_max_payload(UDP_PAYLOAD_MAX);
+    edns.set_dnssec_ok(client.flags().dnssec_ok);
+    if let Some(EdnsOption::Subnet(subnet)) = client.option(EdnsCode::Subnet) {
+        let echoed = ClientSubnet::new(subnet.addr(), subnet.source_prefix(), 0);
+        edns.options_mut().insert(EdnsOption::Subnet(echoed));
+    }
+    edns
+}
+
+/// Encodes `message` with as many answers as fit in `max` bytes. Additional records are kept
+/// only for the answers that are kept; when an answer had to be cut for size, TC is set so
+/// the client retries over TCP.
+pub fn encode_within(
+    mut message: Message,
+    answers: Vec<Record>,
+    authorities: Vec<Record>,
+    additionals: Vec<Record>,
+    max: usize,
+) -> Vec<u8> {
+    let total = answers.len();
+    let encode = |message: &mut Message, kept: usize, with_additionals: bool| -> Option<Vec<u8>> {
+        message.answers = answers[..kept].to_vec();
+        message.authorities = authorities.clone();
+        message.additionals = if with_additionals { related(&additionals, &answers[..kept]) } else { Vec::new() };
+        message.metadata.truncation = kept < total;
+        let bytes = message.to_vec().ok()?;
+        (bytes.len() <= max).then_some(bytes)
+    };
+    if let Some(bytes) = encode(&mut message, total, true) {
+        return bytes;
+    }
+    if let Some(bytes) = encode(&mut message, total, false) {
+        return bytes;
+    }
+    // Largest prefix of the answers that fits (answers are already in random order).
+    let (mut low, mut high) = (0, total);
+    while low + 1 < high {
+        let mid = (low + high) / 2;
+        if encode(&mut message, mid, false).is_some() {
+            low = mid;
+        } else {
+            high = mid;
+        }
+    }
+    encode(&mut message, low, true)
+        .or_else(|| encode(&mut message, low, false))
+        .or_else(|| encode(&mut message, 0, false))
+        .unwrap_or_else(|| error_reply(&message.metadata, ResponseCode::ServFail))
+}
+
+/// The additional records that belong to `answers`: glue and meta of SRV targets, and
+/// records owned by the answers' own names.
+fn related(additionals: &[Record], answers: &[Record]) -> Vec<Record> {
+    let owners: Vec<&Name> = answers
+        .iter()
+        .map(|r| match &r.data {
+            RData::SRV(srv) => &srv.target,
+            _ => &r.name,
+        })
+        .collect();
+    additionals.iter().filter(|a| owners.iter().any(|n| **n == a.name)).cloned().collect()
+}
