@@ -244,6 +244,8 @@ pub struct Limits {
     pub txn_max_ops: u32,
     /// Writes waiting for a Raft proposal; past it writes get 429 at once.
     pub max_pending_writes: u32,
+    /// DNS answers in flight that need I/O (static zones, forwarding); past it SERVFAIL.
+    pub dns_max_forwards_in_flight: u32,
 }
 
 impl Default for Limits {
@@ -256,6 +258,7 @@ impl Default for Limits {
             max_blocking_queries: 20_000,
             txn_max_ops: 64,
             max_pending_writes: 16_384,
+            dns_max_forwards_in_flight: 1024,
         }
     }
 }
@@ -640,6 +643,9 @@ fn apply_object(
         limits.set("max_blocking_queries", &mut l.max_blocking_queries, decode_u32)?;
         limits.set("txn_max_ops", &mut l.txn_max_ops, |v| decode_uint(v, 1, u32::MAX.into()))?;
         limits.set("max_pending_writes", &mut l.max_pending_writes, |v| decode_uint(v, 1, u32::MAX.into()))?;
+        limits.set("dns_max_forwards_in_flight", &mut l.dns_max_forwards_in_flight, |v| {
+            decode_uint(v, 1, u32::MAX.into())
+        })?;
         limits.finish(LIMITS_NOT_IMPLEMENTED, warnings)?;
     }
     let map_size_mb = top.get("lmdb_map_size_mb", |v| decode_uint::<u64>(v, 1, u64::MAX / MIB))?;
@@ -1232,7 +1238,8 @@ mod tests {
             "limits": {
                 "http_max_conns_per_client": 10, "kv_max_value_size": 11,
                 "http_max_body_bytes": 12, "http_header_read_timeout": "5s",
-                "max_blocking_queries": 13, "txn_max_ops": 14, "max_pending_writes": 15
+                "max_blocking_queries": 13, "txn_max_ops": 14, "max_pending_writes": 15,
+                "dns_max_forwards_in_flight": 16
             },
             "lmdb_map_size_mb": 2, "zones_dir": "/z"
         }"#]);
@@ -1287,6 +1294,7 @@ mod tests {
                 max_blocking_queries: 13,
                 txn_max_ops: 14,
                 max_pending_writes: 15,
+                dns_max_forwards_in_flight: 16,
             },
             lmdb_map_size_bytes: 2 * MIB,
             zones_dir: Some("/z".into()),

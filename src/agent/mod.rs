@@ -41,6 +41,8 @@ pub enum AgentError {
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("{0}")]
     Unsupported(String),
+    #[error(transparent)]
+    Dns(#[from] crate::dns::DnsError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -112,9 +114,14 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     tasks.spawn(http::serve(http_listener, ctx, shutdown.clone(), DRAIN_MAX));
     tracing::info!(addr = %http_bound, "HTTP API listening");
 
+    let dns = Arc::new(crate::dns::service_from_config(&config, store.clone())?);
+    let dns_addr = SocketAddr::new(config.addresses.dns.unwrap_or(config.client_addr), config.ports.dns);
+    let dns_bound = crate::dns::start(Arc::clone(&dns), dns_addr, shutdown.clone(), &tasks).await?;
+    tracing::info!(addr = %dns_bound.udp, "DNS listening (UDP and TCP)");
+
     tasks.spawn(register_self(cluster.clone(), identity, shutdown.clone()));
 
-    wait_for_shutdown_signal().await?;
+    wait_for_shutdown_signal(&dns).await?;
     tracing::info!("shutting down: no new connections; answering blocking queries now");
     shutdown.cancel();
     tasks.close();
@@ -193,7 +200,7 @@ async fn register_self(cluster: Cluster, id: AgentIdentity, shutdown: Cancellati
     }
 }
 
-async fn wait_for_shutdown_signal() -> Result<(), AgentError> {
+async fn wait_for_shutdown_signal(dns: &crate::dns::DnsService) -> Result<(), AgentError> {
     let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(AgentError::Signals)?;
@@ -201,7 +208,10 @@ async fn wait_for_shutdown_signal() -> Result<(), AgentError> {
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => tracing::info!("SIGHUP received; configuration reload is not implemented yet"),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received: reloading static zones");
+                dns.reload_zones();
+            }
         }
     }
 }

@@ -6,10 +6,144 @@
 //! no leader (Consul's `allow_stale`).
 
 pub mod answer;
+mod forward;
 pub mod lookup;
+mod service;
+mod udp;
 pub mod wire;
+mod zones;
+
+pub use forward::Forwarder;
+pub use service::{Cidr, DnsService, TcpHandler};
 
 #[cfg(test)]
 mod answer_tests;
 #[cfg(test)]
 mod wire_tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::rr::Name;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, RecursorStrategy};
+use crate::store::Store;
+
+/// How long an idle DNS TCP connection stays open.
+const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("invalid DNS domain {domain:?}: {reason}")]
+    Domain { domain: String, reason: String },
+    #[error("invalid recursor_allow entry {0:?}: expected ip/prefix")]
+    Cidr(String),
+    #[error("cannot listen for DNS on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Builds the DNS service from the agent's config.
+pub fn service_from_config(config: &Config, store: Store) -> Result<DnsService, DnsError> {
+    let mut domains = Vec::new();
+    for domain in std::iter::once(&config.domain).chain(config.alt_domain.iter()) {
+        let mut name = Name::from_ascii(domain)
+            .map_err(|e| DnsError::Domain { domain: domain.clone(), reason: e.to_string() })?
+            .to_lowercase();
+        name.set_fqdn(true);
+        domains.push(name);
+    }
+    let dns = &config.dns_config;
+    let recursor_allow = dns
+        .recursor_allow
+        .iter()
+        .map(|c| Cidr::parse(c).ok_or_else(|| DnsError::Cidr(c.clone())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let responder = wire::Responder {
+        answers: answer::AnswerSettings {
+            datacenter: config.datacenter.clone(),
+            node_ttl: answer::to_ttl(dns.node_ttl),
+            service_ttl: dns.service_ttl.iter().map(|(k, v)| (k.clone(), answer::to_ttl(*v))).collect(),
+            only_passing: dns.only_passing,
+            soa: answer::SoaSettings {
+                refresh: dns.soa.refresh,
+                retry: dns.soa.retry,
+                expire: dns.soa.expire,
+                min_ttl: dns.soa.min_ttl,
+            },
+        },
+        domains,
+        udp_answer_limit: dns.udp_answer_limit as usize,
+        a_record_limit: dns.a_record_limit as usize,
+        recursion_available: !config.recursors.is_empty(),
+    };
+    let forwarder = Forwarder::new(
+        config.recursors.clone(),
+        dns.recursor_timeout,
+        dns.recursor_strategy == RecursorStrategy::Random,
+    );
+    Ok(DnsService::new(
+        responder,
+        store,
+        // `-dev` serves ./zones when it exists, so the shipped example works out of the box.
+        config
+            .zones_dir
+            .clone()
+            .or_else(|| (config.dev && std::path::Path::new("zones").is_dir()).then(|| "zones".into())),
+        forwarder,
+        recursor_allow,
+        config.limits.dns_max_forwards_in_flight as usize,
+    ))
+}
+
+/// The bound DNS listeners.
+#[derive(Debug, Clone, Copy)]
+pub struct DnsAddrs {
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+}
+
+/// Binds UDP (one socket per core) and TCP on `addr` (port 0: any free port, the same for
+/// both) and serves until `shutdown`.
+pub async fn start(
+    service: Arc<DnsService>,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: &TaskTracker,
+) -> Result<DnsAddrs, DnsError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let bind_err = |addr| move |source| DnsError::Bind { addr, source };
+    // With port 0, UDP picks the port and TCP must get the same one; retry if TCP cannot.
+    let mut attempts = 0;
+    let (sockets, tcp) = loop {
+        attempts += 1;
+        let sockets = udp::bind(addr, cores).map_err(bind_err(addr))?;
+        let udp_addr = sockets[0].local_addr().map_err(bind_err(addr))?;
+        match tokio::net::TcpListener::bind(udp_addr).await {
+            Ok(tcp) => break (sockets, tcp),
+            Err(e) if addr.port() == 0 && attempts < 10 => {
+                tracing::debug!(error = %e, "TCP port taken; choosing another DNS port");
+            }
+            Err(e) => return Err(DnsError::Bind { addr: udp_addr, source: e }),
+        }
+    };
+    let addrs = DnsAddrs {
+        udp: sockets[0].local_addr().map_err(bind_err(addr))?,
+        tcp: tcp.local_addr().map_err(bind_err(addr))?,
+    };
+    for socket in sockets {
+        tasks.spawn(udp::serve(socket, Arc::clone(&service), shutdown.clone(), tasks.clone()));
+    }
+    let mut server = hickory_server::Server::new(TcpHandler(Arc::clone(&service)));
+    server.register_listener(tcp, TCP_IDLE_TIMEOUT, 32);
+    tasks.spawn(async move {
+        shutdown.cancelled().await;
+        server.shutdown_token().cancel();
+        if let Err(e) = server.block_until_done().await {
+            tracing::debug!(error = %e, "DNS TCP server stopped with an error");
+        }
+    });
+    Ok(addrs)
+}

@@ -1,0 +1,254 @@
+//! One DNS service shared by every listener: answers cairn's domains from the directory,
+//! static zones through hickory's `Catalog`, and everything else through the forwarder, for
+//! sources allowed to recurse.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use hickory_proto::op::{Header, HeaderCounts, Message, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::{LowerName, Record};
+use hickory_proto::serialize::binary::BinEncoder;
+use hickory_server::net::runtime::TokioTime;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::net::NetError;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponse;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::forward::{ForwardError, Forwarder};
+use super::wire::{
+    encode_within, error_reply, peek_header, Reply, Responder, Transport, TCP_MESSAGE_MAX, UDP_PAYLOAD_MAX,
+};
+use super::zones::{self, Zones};
+use crate::store::Store;
+
+/// An IP network (`10.0.0.0/8`), for `recursor_allow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Option<Cidr> {
+        let (ip, prefix) = text.split_once('/')?;
+        let network: IpAddr = ip.parse().ok()?;
+        let prefix: u8 = prefix.parse().ok()?;
+        let bits = if network.is_ipv4() { 32 } else { 128 };
+        (prefix <= bits).then_some(Cidr { network, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.network, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+pub struct DnsService {
+    pub responder: Responder,
+    store: Store,
+    zones: ArcSwap<Zones>,
+    zones_dir: Option<PathBuf>,
+    forwarder: Forwarder,
+    recursor_allow: Vec<Cidr>,
+    /// One permit per answer in flight that is not built from the directory (zones and
+    /// forwards); when none is left the client gets SERVFAIL at once.
+    slow_path: Arc<Semaphore>,
+}
+
+impl DnsService {
+    pub fn new(
+        responder: Responder,
+        store: Store,
+        zones_dir: Option<PathBuf>,
+        forwarder: Forwarder,
+        recursor_allow: Vec<Cidr>,
+        slow_path_max: usize,
+    ) -> DnsService {
+        let service = DnsService {
+            responder,
+            store,
+            zones: ArcSwap::from_pointee(Zones::default()),
+            zones_dir,
+            forwarder,
+            recursor_allow,
+            slow_path: Arc::new(Semaphore::new(slow_path_max.max(1))),
+        };
+        service.reload_zones();
+        service
+    }
+
+    /// (Re)loads the zones directory; files that fail keep their previous version. Returns the
+    /// number of zones served.
+    pub fn reload_zones(&self) -> usize {
+        let Some(dir) = &self.zones_dir else { return 0 };
+        let previous = self.zones.load_full();
+        let (zones, errors) = zones::load(dir, Some(&previous));
+        for error in &errors {
+            tracing::error!("{error}; keeping its previous version, if any");
+        }
+        let count = zones.len();
+        tracing::info!(zones = count, dir = %dir.display(), "static zones loaded");
+        self.zones.store(Arc::new(zones));
+        count
+    }
+
+    /// The fast path: answers from the directory without awaiting anything.
+    pub fn reply_fast(&self, packet: &[u8], transport: Transport) -> Reply {
+        let directory = self.store.directory();
+        self.responder.reply_to_packet(packet, transport, &directory, &mut rand::rng())
+    }
+
+    pub fn try_slow_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.slow_path.clone().try_acquire_owned().ok()
+    }
+
+    /// SERVFAIL for `packet`, when the slow path is full.
+    pub fn servfail(packet: &[u8]) -> Option<Vec<u8>> {
+        peek_header(packet).map(|h| error_reply(&h, ResponseCode::ServFail))
+    }
+
+    /// Answers a packet the fast path called `NotOurs`: a static zone, else the forwarder.
+    pub async fn reply_elsewhere(&self, packet: Vec<u8>, src: SocketAddr, transport: Transport) -> Vec<u8> {
+        let Some(header) = peek_header(&packet) else { return Vec::new() };
+        let protocol = if transport == Transport::Udp { Protocol::Udp } else { Protocol::Tcp };
+        let request = match Request::from_bytes(packet.clone(), src, protocol) {
+            Ok(request) => request,
+            Err(_) => return error_reply(&header, ResponseCode::FormErr),
+        };
+        let Some(query) = request.queries.queries().first() else {
+            return error_reply(&header, ResponseCode::FormErr);
+        };
+        let zones = self.zones.load_full();
+        if zones.covers(query.name()) {
+            let limit = match transport {
+                Transport::Udp => request.max_payload().clamp(512, UDP_PAYLOAD_MAX) as usize,
+                Transport::Tcp => TCP_MESSAGE_MAX,
+            };
+            let capture = Capture::default();
+            zones.catalog.handle_request::<_, TokioTime>(&request, capture.clone()).await;
+            return capture.bytes(limit).unwrap_or_else(|| error_reply(&header, ResponseCode::ServFail));
+        }
+        if self.forwarder.is_empty() || !self.recursor_allow.iter().any(|c| c.contains(src.ip())) {
+            return error_reply(&header, ResponseCode::Refused);
+        }
+        match self.forwarder.forward(&packet, transport).await {
+            Ok(answer) => answer,
+            Err(ForwardError::AllFailed) => {
+                tracing::debug!(name = %query.name(), "every recursor failed");
+                error_reply(&header, ResponseCode::ServFail)
+            }
+        }
+    }
+
+    /// Whether `name` is in one of cairn's domains.
+    pub fn owns(&self, name: &LowerName) -> bool {
+        self.responder.domains.iter().any(|d| LowerName::from(d.clone()).zone_of(name))
+    }
+}
+
+/// Captures what a hickory handler answers, as bytes.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Option<Vec<u8>>>>);
+
+impl Capture {
+    /// The captured answer, cut to `limit` bytes by cairn's own rules if it is larger.
+    fn bytes(&self, limit: usize) -> Option<Vec<u8>> {
+        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        if bytes.len() <= limit {
+            return Some(bytes);
+        }
+        let mut message = Message::from_vec(&bytes).ok()?;
+        let answers = std::mem::take(&mut message.answers);
+        let authorities = std::mem::take(&mut message.authorities);
+        let additionals = std::mem::take(&mut message.additionals);
+        Some(encode_within(message, answers, authorities, additionals, limit))
+    }
+}
+
+#[async_trait]
+impl ResponseHandler for Capture {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let mut buf = Vec::with_capacity(512);
+        // Encoded without a limit; `bytes()` applies cairn's size rules (hickory's own
+        // truncation can drop the OPT record and leave stray bytes).
+        let info = response.destructive_emit(&mut BinEncoder::new(&mut buf))?;
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(buf);
+        Ok(info)
+    }
+}
+
+/// hickory's TCP server calls this for every request on cairn's DNS TCP listener.
+#[derive(Clone)]
+pub struct TcpHandler(pub Arc<DnsService>);
+
+#[async_trait]
+impl RequestHandler for TcpHandler {
+    async fn handle_request<R: ResponseHandler, T: hickory_server::net::runtime::Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let packet = request.as_slice().to_vec();
+        let bytes = match self.0.reply_fast(&packet, Transport::Tcp) {
+            Reply::Drop => return not_sent(&request.metadata),
+            Reply::Bytes(bytes) => bytes,
+            Reply::NotOurs => match self.0.try_slow_permit() {
+                Some(_permit) => self.0.reply_elsewhere(packet, request.src(), Transport::Tcp).await,
+                None => error_reply(&request.metadata, ResponseCode::ServFail),
+            },
+        };
+        let Ok(message) = Message::from_vec(&bytes) else { return not_sent(&request.metadata) };
+        let mut builder = hickory_server::zone_handler::MessageResponseBuilder::from_message_request(request);
+        if let Some(edns) = &message.edns {
+            builder.edns(edns);
+        }
+        let response = builder.build(
+            message.metadata,
+            message.answers.iter(),
+            message.authorities.iter(),
+            std::iter::empty(),
+            message.additionals.iter(),
+        );
+        match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::debug!(error = %e, "DNS TCP answer not sent");
+                not_sent(&request.metadata)
+            }
+        }
+    }
+}
+
+/// The `ResponseInfo` hickory wants back when nothing was sent.
+fn not_sent(request: &Metadata) -> ResponseInfo {
+    let mut metadata = Metadata::new(request.id, MessageType::Response, OpCode::Query);
+    metadata.response_code = ResponseCode::ServFail;
+    ResponseInfo::from(Header { metadata, counts: HeaderCounts::default() })
+}
