@@ -81,8 +81,10 @@ fn sigterm_answers_blocking_queries_at_once_and_exits_zero() {
 
 #[test]
 fn dev_mode_uses_a_temporary_data_dir_removed_on_exit() {
-    let mut agent =
-        Agent::spawn(["agent", "-dev", "-http-port", "0"].iter().map(|s| s.to_string()).collect(), "".into());
+    let mut agent = Agent::spawn(
+        ["agent", "-dev", "-http-port", "0", "-dns-port", "0"].iter().map(|s| s.to_string()).collect(),
+        "".into(),
+    );
     let log = agent.log();
     let dir =
         log.split("data_dir=").nth(1).and_then(|r| r.split_whitespace().next()).expect("data_dir logged").to_string();
@@ -125,10 +127,23 @@ fn config_errors_name_the_file_and_key_and_exit_1() {
     std::fs::write(conf.join("10-bad.json"), r#"{"telemetry": {"disable_hostname": true}, "datacenter": "dc1"}"#)
         .expect("write");
     let agent = Agent::spawn(
-        ["agent", "-server", "-bootstrap-expect", "1", "-http-port", "0", "-data-dir", &data, "-config-dir", &conf_s]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        [
+            "agent",
+            "-server",
+            "-bootstrap-expect",
+            "1",
+            "-http-port",
+            "0",
+            "-dns-port",
+            "0",
+            "-data-dir",
+            &data,
+            "-config-dir",
+            &conf_s,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
         data.clone().into(),
     );
     assert!(agent.log().contains("telemetry"), "no warning for telemetry: {}", agent.log());

@@ -105,6 +105,33 @@ pub struct DnsAddrs {
     pub tcp: SocketAddr,
 }
 
+/// Binds the UDP sockets and the TCP listener on one port. For port 0 a free port is found
+/// first with a plain UDP socket: letting `SO_REUSEPORT` sockets pick it could land on a port
+/// another process's `SO_REUSEPORT` sockets already share, splitting its traffic with ours.
+async fn bind_both(
+    addr: SocketAddr,
+    cores: usize,
+) -> Result<(Vec<tokio::net::UdpSocket>, tokio::net::TcpListener), DnsError> {
+    let bind_err = |addr| move |source| DnsError::Bind { addr, source };
+    if addr.port() != 0 {
+        let sockets = udp::bind(addr, cores).map_err(bind_err(addr))?;
+        let tcp = tokio::net::TcpListener::bind(addr).await.map_err(bind_err(addr))?;
+        return Ok((sockets, tcp));
+    }
+    let mut last_error = None;
+    for _ in 0..20 {
+        let probe = std::net::UdpSocket::bind(addr).map_err(bind_err(addr))?;
+        let chosen = probe.local_addr().map_err(bind_err(addr))?;
+        let Ok(tcp) = tokio::net::TcpListener::bind(chosen).await else { continue };
+        drop(probe);
+        match udp::bind(chosen, cores) {
+            Ok(sockets) => return Ok((sockets, tcp)),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(DnsError::Bind { addr, source: last_error.unwrap_or_else(|| std::io::Error::other("no free port found")) })
+}
+
 /// Binds UDP (one socket per core) and TCP on `addr` (port 0: any free port, the same for
 /// both) and serves until `shutdown`.
 pub async fn start(
@@ -115,20 +142,7 @@ pub async fn start(
 ) -> Result<DnsAddrs, DnsError> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let bind_err = |addr| move |source| DnsError::Bind { addr, source };
-    // With port 0, UDP picks the port and TCP must get the same one; retry if TCP cannot.
-    let mut attempts = 0;
-    let (sockets, tcp) = loop {
-        attempts += 1;
-        let sockets = udp::bind(addr, cores).map_err(bind_err(addr))?;
-        let udp_addr = sockets[0].local_addr().map_err(bind_err(addr))?;
-        match tokio::net::TcpListener::bind(udp_addr).await {
-            Ok(tcp) => break (sockets, tcp),
-            Err(e) if addr.port() == 0 && attempts < 10 => {
-                tracing::debug!(error = %e, "TCP port taken; choosing another DNS port");
-            }
-            Err(e) => return Err(DnsError::Bind { addr: udp_addr, source: e }),
-        }
-    };
+    let (sockets, tcp) = bind_both(addr, cores).await?;
     let addrs = DnsAddrs {
         udp: sockets[0].local_addr().map_err(bind_err(addr))?,
         tcp: tcp.local_addr().map_err(bind_err(addr))?,

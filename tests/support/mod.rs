@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod dns;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -34,6 +36,8 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
 pub struct Agent {
     child: Option<Child>,
     pub http: SocketAddr,
+    /// UDP and TCP share this address.
+    pub dns: SocketAddr,
     pub data_dir: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
     _temp: Option<tempfile::TempDir>,
@@ -78,7 +82,7 @@ impl Agent {
     /// Starts a server on `data_dir` (kept after the agent stops).
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Agent {
         let mut args: Vec<String> =
-            ["agent", "-server", "-bootstrap-expect", "1", "-http-port", "0", "-node", "test-node"]
+            ["agent", "-server", "-bootstrap-expect", "1", "-http-port", "0", "-dns-port", "0", "-node", "test-node"]
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
@@ -91,7 +95,7 @@ impl Agent {
     /// Starts `cairn` with exactly `args` and waits until it serves HTTP and has a leader.
     pub fn spawn(args: Vec<String>, data_dir: PathBuf) -> Agent {
         let (mut child, log, _reader) = spawn_logged(&args);
-        let http = wait_for("the agent to listen and register itself", START_TIMEOUT, || {
+        let (http, dns) = wait_for("the agent to listen and register itself", START_TIMEOUT, || {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("agent exited during start ({status}):\n{}", log.lock().unwrap().join("\n"));
             }
@@ -99,12 +103,15 @@ impl Agent {
             if !lines.iter().any(|l| l.contains("registered this server in the catalog")) {
                 return None;
             }
-            lines.iter().find_map(|l| {
-                let rest = l.split("HTTP API listening addr=").nth(1)?;
-                rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
-            })
+            let addr_after = |marker: &str| {
+                lines.iter().find_map(|l| {
+                    let rest = l.split(marker).nth(1)?;
+                    rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
+                })
+            };
+            Some((addr_after("HTTP API listening addr=")?, addr_after("DNS listening (UDP and TCP) addr=")?))
         });
-        Agent { child: Some(child), http, data_dir, log, _temp: None }
+        Agent { child: Some(child), http, dns, data_dir, log, _temp: None }
     }
 
     /// Runs `cairn` with `args`, expecting it to exit by itself within the deadline.
@@ -124,6 +131,12 @@ impl Agent {
 
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// Sends a signal (e.g. `libc::SIGHUP`).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid(), signal) };
     }
 
     /// SIGKILL: no chance to flush or clean up.
