@@ -6,6 +6,7 @@
 //! no leader (Consul's `allow_stale`).
 
 pub mod answer;
+mod cache;
 mod forward;
 pub mod lookup;
 mod service;

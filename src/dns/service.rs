@@ -115,6 +115,11 @@ impl DnsService {
         self.responder.reply_to_packet(packet, transport, &directory, &mut rand::rng())
     }
 
+    /// The directory index answers are currently built from (the answer cache's validity).
+    pub fn directory_index(&self) -> u64 {
+        self.store.directory().index
+    }
+
     pub fn try_slow_permit(&self) -> Option<OwnedSemaphorePermit> {
         self.slow_path.clone().try_acquire_owned().ok()
     }

@@ -11,6 +11,7 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::cache::AnswerCache;
 use super::service::DnsService;
 use super::wire::{Reply, Transport};
 
@@ -43,6 +44,7 @@ pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<UdpSocket>> {
 pub async fn serve(socket: UdpSocket, service: Arc<DnsService>, shutdown: CancellationToken, tasks: TaskTracker) {
     let socket = Arc::new(socket);
     let mut buf = vec![0u8; DATAGRAM_MAX];
+    let mut cache = AnswerCache::default();
     loop {
         let (len, src) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -56,7 +58,13 @@ pub async fn serve(socket: UdpSocket, service: Arc<DnsService>, shutdown: Cancel
             },
         };
         let packet = &buf[..len];
-        match service.reply_fast(packet, Transport::Udp) {
+        let now_secs =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as u32);
+        let reply = match cache.reply(packet, &service, now_secs) {
+            Some(reply) => reply,
+            None => service.reply_fast(packet, Transport::Udp),
+        };
+        match reply {
             Reply::Drop => {}
             Reply::Bytes(answer) => send(&socket, &answer, src).await,
             Reply::NotOurs => match service.try_slow_permit() {

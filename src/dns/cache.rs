@@ -1,0 +1,268 @@
+//! Pre-encoded answers for the UDP hot path.
+//!
+//! A plain query (one question, class IN, at most an OPT record without options) is parsed
+//! in place without allocating. Its answer is built once per (name, type, client size, DO)
+//! as a template for a canonical request (id 0, RD and CD clear, lowercase name), in a few
+//! differently shuffled variants; serving it copies a variant and patches the id, the RD/CD
+//! bits and the question's original case. Anything else takes the full path.
+//!
+//! Invariant: templates are valid only for the directory index they were built from (and
+//! answers carrying an SOA, whose serial is the clock, only within the second); the cache
+//! is emptied when either moves on. Each UDP loop owns its cache: no lock on the hot path.
+
+use std::collections::HashMap;
+
+use super::service::DnsService;
+use super::wire::{Reply, Transport, UDP_PAYLOAD_MAX};
+
+/// Shuffled variants kept per answer with more than one record ("random order per response"
+/// picks one of them).
+const VARIANTS: usize = 4;
+/// Entries at most per loop; when full the cache is emptied (it refills from hot names).
+const ENTRIES_MAX: usize = 16_384;
+const HEADER_LEN: usize = 12;
+
+/// The parts of a plain query the cache needs, borrowed from the packet.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PlainQuery<'a> {
+    pub id: [u8; 2],
+    pub recursion_desired: bool,
+    pub checking_disabled: bool,
+    /// The question name in wire form, as received (case kept).
+    pub qname: &'a [u8],
+    pub qtype: u16,
+    /// `Some((payload, do_bit))` when the query has an OPT record.
+    pub edns: Option<(u16, bool)>,
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// Parses `packet` if it is a plain query; `None` sends it down the full path.
+pub fn parse_plain(packet: &[u8]) -> Option<PlainQuery<'_>> {
+    if packet.len() < HEADER_LEN + 5 {
+        return None;
+    }
+    // QR=0, opcode QUERY, TC=0; one question, no answers or authorities, at most the OPT.
+    if packet[2] & 0xfa != 0 || be16(packet, 4) != 1 || be16(packet, 6) != 0 || be16(packet, 8) != 0 {
+        return None;
+    }
+    let additional = be16(packet, 10);
+    if additional > 1 {
+        return None;
+    }
+    let mut at = HEADER_LEN;
+    loop {
+        let len = *packet.get(at)? as usize;
+        if len == 0 {
+            at += 1;
+            break;
+        }
+        if len > 63 {
+            return None; // compression pointers and extended labels: the full path decides
+        }
+        at += 1 + len;
+        if at - HEADER_LEN > 255 {
+            return None;
+        }
+    }
+    let qname = &packet[HEADER_LEN..at];
+    if packet.len() < at + 4 || be16(packet, at + 2) != 1 {
+        return None;
+    }
+    let qtype = be16(packet, at);
+    at += 4;
+    let edns = if additional == 1 {
+        // Root owner, type OPT, no options (options such as client subnet need the full path).
+        if packet.len() != at + 11 || packet[at] != 0 || be16(packet, at + 1) != 41 || be16(packet, at + 9) != 0 {
+            return None;
+        }
+        if packet[at + 6] != 0 {
+            return None; // EDNS version > 0: BADVERS, via the full path
+        }
+        Some((be16(packet, at + 3), packet[at + 7] & 0x80 != 0))
+    } else {
+        if packet.len() != at {
+            return None;
+        }
+        None
+    };
+    Some(PlainQuery {
+        id: [packet[0], packet[1]],
+        recursion_desired: packet[2] & 0x01 != 0,
+        checking_disabled: packet[3] & 0x10 != 0,
+        qname,
+        qtype,
+        edns,
+    })
+}
+
+#[derive(Hash, PartialEq, Eq)]
+struct Key {
+    qname_lower: Vec<u8>,
+    qtype: u16,
+    /// The client's effective UDP size (512 without EDNS).
+    size: u16,
+    edns: bool,
+    dnssec_ok: bool,
+}
+
+enum Entry {
+    /// Pre-encoded answers (one per variant).
+    Answer { variants: Vec<Vec<u8>>, expires_with_second: bool },
+    /// Not one of cairn's names.
+    NotOurs,
+}
+
+#[derive(Default)]
+pub struct AnswerCache {
+    index: u64,
+    second: u32,
+    entries: HashMap<Key, Entry>,
+    next_variant: usize,
+}
+
+impl AnswerCache {
+    /// Answers `packet` from the cache, building the entry on a miss; `None` when the packet
+    /// is not a plain query.
+    pub fn reply(&mut self, packet: &[u8], service: &DnsService, now_secs: u32) -> Option<Reply> {
+        let query = parse_plain(packet)?;
+        let directory_index = service.directory_index();
+        if directory_index != self.index || self.entries.len() >= ENTRIES_MAX {
+            self.entries.clear();
+            self.index = directory_index;
+        }
+        if now_secs != self.second {
+            self.entries.retain(|_, e| !matches!(e, Entry::Answer { expires_with_second: true, .. }));
+            self.second = now_secs;
+        }
+        let key = Key {
+            qname_lower: query.qname.to_ascii_lowercase(),
+            qtype: query.qtype,
+            size: query.edns.map_or(512, |(payload, _)| payload.clamp(512, UDP_PAYLOAD_MAX)),
+            edns: query.edns.is_some(),
+            dnssec_ok: query.edns.is_some_and(|(_, dnssec_ok)| dnssec_ok),
+        };
+        if !self.entries.contains_key(&key) {
+            let entry = build_entry(&key, &query, service)?;
+            self.entries.insert(key, entry);
+            return self.reply(packet, service, now_secs);
+        }
+        match self.entries.get(&key)? {
+            Entry::NotOurs => Some(Reply::NotOurs),
+            Entry::Answer { variants, .. } => {
+                self.next_variant = self.next_variant.wrapping_add(1);
+                let template = &variants[self.next_variant % variants.len()];
+                Some(Reply::Bytes(patch(template, &query)))
+            }
+        }
+    }
+}
+
+/// The canonical request for `key`: id 0, RD/CD clear, lowercase name.
+fn canonical_request(key: &Key, query: &PlainQuery<'_>) -> Vec<u8> {
+    let mut packet = Vec::with_capacity(HEADER_LEN + key.qname_lower.len() + 15);
+    packet.extend_from_slice(&[0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, u8::from(query.edns.is_some())]);
+    packet.extend_from_slice(&key.qname_lower);
+    packet.extend_from_slice(&key.qtype.to_be_bytes());
+    packet.extend_from_slice(&1u16.to_be_bytes());
+    if let Some((payload, dnssec_ok)) = query.edns {
+        packet.push(0);
+        packet.extend_from_slice(&41u16.to_be_bytes());
+        packet.extend_from_slice(&payload.to_be_bytes());
+        packet.extend_from_slice(&[0, 0, if dnssec_ok { 0x80 } else { 0 }, 0, 0, 0]);
+    }
+    packet
+}
+
+fn build_entry(key: &Key, query: &PlainQuery<'_>, service: &DnsService) -> Option<Entry> {
+    let request = canonical_request(key, query);
+    let mut variants = Vec::new();
+    for _ in 0..VARIANTS {
+        match service.reply_fast(&request, Transport::Udp) {
+            Reply::NotOurs => return Some(Entry::NotOurs),
+            Reply::Drop => return None,
+            Reply::Bytes(bytes) => {
+                // The question must sit right after the header, uncompressed, for `patch`.
+                let end = HEADER_LEN + key.qname_lower.len();
+                if bytes.len() < end || !bytes[HEADER_LEN..end].eq_ignore_ascii_case(&key.qname_lower) {
+                    return None;
+                }
+                let answers = be16(&bytes, 6);
+                let has_authority = be16(&bytes, 8) > 0;
+                variants.push(bytes);
+                if answers <= 1 {
+                    return Some(Entry::Answer { variants, expires_with_second: has_authority });
+                }
+            }
+        }
+    }
+    Some(Entry::Answer { variants, expires_with_second: false })
+}
+
+/// The template answered to this query: its id, RD/CD bits and question case.
+fn patch(template: &[u8], query: &PlainQuery<'_>) -> Vec<u8> {
+    let mut bytes = template.to_vec();
+    bytes[0..2].copy_from_slice(&query.id);
+    bytes[2] = (bytes[2] & !0x01) | u8::from(query.recursion_desired);
+    bytes[3] = (bytes[3] & !0x10) | (u8::from(query.checking_disabled) << 4);
+    bytes[HEADER_LEN..HEADER_LEN + query.qname.len()].copy_from_slice(query.qname);
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{Edns, Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+
+    fn packet(name: &str, edns: Option<u16>) -> Vec<u8> {
+        let mut m = Message::query();
+        m.metadata.id = 0xbeef;
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(Name::from_ascii(name).expect("name"), RecordType::A));
+        if let Some(payload) = edns {
+            let mut e = Edns::new();
+            e.set_max_payload(payload);
+            m.set_edns(e);
+        }
+        m.to_vec().expect("encode")
+    }
+
+    #[test]
+    fn plain_queries_parse_in_place() {
+        let p = packet("Web.Service.Consul.", None);
+        let q = parse_plain(&p).expect("plain");
+        assert_eq!((q.id, q.recursion_desired, q.qtype, q.edns), ([0xbe, 0xef], true, 1, None));
+        assert_eq!(q.qname, b"\x03Web\x07Service\x06Consul\x00");
+        let p = packet("web.service.consul.", Some(1232));
+        assert_eq!(parse_plain(&p).expect("plain").edns, Some((1232, false)));
+        // Responses, trailing bytes, compression pointers: not plain.
+        let mut response = packet("a.consul.", None);
+        response[2] |= 0x80;
+        assert!(parse_plain(&response).is_none());
+        let mut trailing = packet("a.consul.", None);
+        trailing.push(0);
+        assert!(parse_plain(&trailing).is_none());
+        let mut pointer = packet("a.consul.", None)[..12].to_vec();
+        pointer.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+        assert!(parse_plain(&pointer).is_none());
+        for cut in 0..p.len() {
+            let _ = parse_plain(&p[..cut]);
+        }
+    }
+
+    #[test]
+    fn patch_restores_id_flags_and_case() {
+        let q_packet = packet("WeB.service.consul.", None);
+        let query = parse_plain(&q_packet).expect("plain");
+        let key =
+            Key { qname_lower: query.qname.to_ascii_lowercase(), qtype: 1, size: 512, edns: false, dnssec_ok: false };
+        let template = canonical_request(&key, &query);
+        let patched = patch(&template, &query);
+        assert_eq!(&patched[..2], &[0xbe, 0xef]);
+        assert_eq!(patched[2] & 1, 1);
+        assert_eq!(&patched[12..12 + query.qname.len()], query.qname);
+    }
+}
