@@ -144,12 +144,14 @@ impl AnswerCache {
             edns: query.edns.is_some(),
             dnssec_ok: query.edns.is_some_and(|(_, dnssec_ok)| dnssec_ok),
         };
-        if !self.entries.contains_key(&key) {
-            let entry = build_entry(&key, &query, service)?;
-            self.entries.insert(key, entry);
-            return self.reply(packet, service, now_secs);
-        }
-        match self.entries.get(&key)? {
+        let entry = match self.entries.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let built = build_entry(v.key(), &query, service)?;
+                v.insert(built)
+            }
+        };
+        match entry {
             Entry::NotOurs => Some(Reply::NotOurs),
             Entry::Answer { variants, .. } => {
                 self.next_variant = self.next_variant.wrapping_add(1);
