@@ -141,6 +141,9 @@ async fn main() -> ExitCode {
     };
     println!("# cairn HTTP benchmark\n");
     println!("machine: {}", machine_line());
+    // Other work on the machine skews every figure; the load average shows whether there was any.
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average at start: {}", loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
     println!("command: {}", args.join(" "));
     println!(
         "cairn: {}; etcd: {}; servers pinned to core {}; open-files limit {nofile}\n",

@@ -4,7 +4,7 @@
 //! data or warm state.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use base64::Engine as _;
@@ -85,6 +85,9 @@ struct Cell {
     latency: Percentiles,
     errors: u64,
     first_error: Option<String>,
+    /// Server CPU time over wall time for the whole cell (warmup included): near 100 means
+    /// the server's one core was the limit.
+    server_cpu_percent: f64,
 }
 
 pub async fn run(settings: &Settings) -> Result<()> {
@@ -109,7 +112,9 @@ pub async fn run(settings: &Settings) -> Result<()> {
 async fn measure(op: WriteOp, clients: usize, settings: &Settings) -> Result<Cell> {
     let running = op.start(&settings.bins).await?;
     let stop = Stop::Timed { warmup: WARMUP, measure: Duration::from_secs(settings.seconds) };
+    let (cpu_before, started) = (running.server.cpu_time()?, Instant::now());
     let mut outcome = load::drive(running.http, clients, stop, op.requests()).await?;
+    let cpu = running.server.cpu_time()? - cpu_before;
     Ok(Cell {
         op,
         clients,
@@ -117,22 +122,24 @@ async fn measure(op: WriteOp, clients: usize, settings: &Settings) -> Result<Cel
         latency: Percentiles::of(&mut outcome.latencies_us),
         errors: outcome.errors,
         first_error: outcome.first_error,
+        server_cpu_percent: 100.0 * cpu.as_secs_f64() / started.elapsed().as_secs_f64(),
     })
 }
 
 fn print_table(cells: &[Cell]) {
-    println!("| system | op | clients | writes/s | p50 ms | p99 ms | errors |");
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    println!("| system | op | clients | writes/s | p50 ms | p99 ms | errors | server CPU % |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for c in cells {
         println!(
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.0} |",
             c.op.system(),
             c.op.op(),
             c.clients,
             c.per_second,
             c.latency.p50_ms,
             c.latency.p99_ms,
-            c.errors
+            c.errors,
+            c.server_cpu_percent
         );
     }
     for c in cells.iter().filter(|c| c.first_error.is_some()) {
