@@ -1,0 +1,304 @@
+#!/usr/bin/env bash
+# cairn's DNS benchmark (see bench/README.md, section "DNS"): cairn holding 1,000 services x 3
+# instances against Knot DNS and NSD serving a static zone with the same names and answers.
+#
+#   bash bench/dns/run.sh                  # 3 rounds, 10 s per measurement (~10 minutes)
+#   bash bench/dns/run.sh --quick          # smoke run: 1 round, 2 s per measurement
+#   bash bench/dns/run.sh --seconds 20 --rounds 5
+#
+# Every server runs pinned to core 0 and every load generator to core 1 (taskset). All three
+# servers stay up for the whole run; each measurement loads one of them while the others idle.
+# Phases, each a number of rounds over [knot, nsd, cairn] with the order rotated every round:
+#   1. max qps, A queries, dnsperf (the issue's method)
+#   2. max qps, A queries, udpload (bench/dns/udpload.c: one busy-polling thread with
+#      sendmmsg/recvmmsg, which drives the servers harder than dnsperf can from one core)
+#   3. max qps, SRV queries, dnsperf and udpload
+#   4. latency p50/p99/p99.9, A queries, udpload at a fixed rate of 50% of Knot's median
+#      dnsperf max (the issue's rate), then at 50% of Knot's median udpload max
+# Options: DNSPERF_ARGS (default "-c 4 -q 200") and UDPLOAD_WINDOW (default 100 outstanding).
+set -euo pipefail
+
+seconds=10
+rounds=3
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --seconds) seconds="$2"; shift 2 ;;
+        --rounds) rounds="$2"; shift 2 ;;
+        --quick) seconds=2; rounds=1; shift ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+done
+run_args="--seconds $seconds --rounds $rounds"
+dnsperf_args=${DNSPERF_ARGS:-"-c 4 -q 200"}
+udpload_window=${UDPLOAD_WINDOW:-100}
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+
+if [ "$(nproc)" -lt 2 ]; then
+    echo "run.sh: needs 2 cores (servers on core 0, load generators on core 1); this machine has $(nproc)" >&2
+    exit 1
+fi
+
+# --- tools -------------------------------------------------------------------------------
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
+missing=()
+command -v dnsperf >/dev/null || missing+=(dnsperf)
+command -v knotd >/dev/null || missing+=(knot)
+command -v nsd >/dev/null || missing+=(nsd)
+command -v dig >/dev/null || missing+=(bind9-dnsutils)
+command -v gcc >/dev/null || missing+=(gcc)
+command -v taskset >/dev/null || missing+=(util-linux)
+if [ ${#missing[@]} -gt 0 ]; then
+    "${sudo_cmd[@]}" apt-get install -y "${missing[@]}"
+fi
+# The packages may start system-wide knot/nsd services (on port 53); stop them so they hold no
+# CPU. The benchmark runs its own instances on free high ports.
+for svc in knot nsd; do
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+        "${sudo_cmd[@]}" systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    elif command -v service >/dev/null; then
+        "${sudo_cmd[@]}" service "$svc" stop >/dev/null 2>&1 || true
+    fi
+done
+
+(cd "$repo" && cargo build --release --bin cairn)
+cairn_bin="$repo/target/release/cairn"
+
+work=$(mktemp -d /tmp/cairn-dns-bench.XXXXXX)
+pids=()
+cleanup() {
+    if [ -n "${restore_rmem:-}" ]; then "${sudo_cmd[@]}" sysctl -q -w net.core.rmem_default="$old_rmem" || true; fi
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+gcc -O2 -Wall -o "$work/udpload" "$here/udpload.c"
+python3 "$here/gen.py" files "$work"
+
+free_port() {
+    python3 -c '
+import socket
+while True:
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 0)); port = u.getsockname()[1]
+    t = socket.socket()
+    try:
+        t.bind(("127.0.0.1", port)); print(port); break
+    except OSError:
+        pass
+'
+}
+
+# --- servers -----------------------------------------------------------------------------
+# Knot: one UDP worker, one TCP worker, one background worker (it is pinned to one core).
+knot_port=$(free_port)
+mkdir -p "$work/knot"
+cat > "$work/knot/knot.conf" <<EOF
+server:
+    rundir: "$work/knot"
+    listen: 127.0.0.1@$knot_port
+    udp-workers: 1
+    tcp-workers: 1
+    background-workers: 1
+log:
+  - target: stderr
+    any: warning
+database:
+    storage: "$work/knot"
+zone:
+  - domain: consul.
+    storage: "$work"
+    file: "consul.zone"
+EOF
+# Knot 3.2 has no option for its UDP receive buffer and takes the system default
+# (net.core.rmem_default, 208 KiB on Debian: ~300 queued queries), so it drops queries
+# whenever its core stalls for a few ms, where cairn (8 MiB) and NSD (2 MiB) queue them.
+# The default is raised to NSD's 2 MiB while knotd creates its sockets, then restored
+# (KNOT_RMEM=0 to skip; needs root).
+knot_rmem=${KNOT_RMEM:-2097152}
+old_rmem=$(sysctl -n net.core.rmem_default)
+if [ "$knot_rmem" != 0 ]; then
+    "${sudo_cmd[@]}" sysctl -q -w net.core.rmem_default="$knot_rmem"
+    restore_rmem=1
+fi
+taskset -c 0 knotd -c "$work/knot/knot.conf" > "$work/knot/out.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+    dig +noedns +short +tries=1 +time=1 @127.0.0.1 -p "$knot_port" svc-1.service.consul A 2>/dev/null | grep -q . && break
+    sleep 0.1
+done
+if [ -n "${restore_rmem:-}" ]; then
+    "${sudo_cmd[@]}" sysctl -q -w net.core.rmem_default="$old_rmem"
+    restore_rmem=
+fi
+
+# NSD: one server process (server-count 1), RRL off, minimal responses (no NS in the
+# authority section, which cairn and Knot do not send either).
+nsd_port=$(free_port)
+mkdir -p "$work/nsd"
+cat > "$work/nsd/nsd.conf" <<EOF
+server:
+    ip-address: 127.0.0.1@$nsd_port
+    do-ip6: no
+    server-count: 1
+    username: ""
+    chroot: ""
+    zonesdir: "$work"
+    database: ""
+    zonelistfile: "$work/nsd/zone.list"
+    xfrdfile: "$work/nsd/xfrd.state"
+    xfrdir: "$work/nsd"
+    pidfile: "$work/nsd/nsd.pid"
+    logfile: "$work/nsd/nsd.log"
+    rrl-ratelimit: 0
+    minimal-responses: yes
+remote-control:
+    control-enable: no
+zone:
+    name: consul.
+    zonefile: consul.zone
+EOF
+taskset -c 0 nsd -d -c "$work/nsd/nsd.conf" > "$work/nsd/out.log" 2>&1 &
+pids+=($!)
+
+# cairn: under taskset -c 0 it sees one core, so it runs one UDP socket and one runtime worker.
+mkdir -p "$work/cairn"
+taskset -c 0 "$cairn_bin" agent -server -bootstrap-expect 1 -data-dir "$work/cairn/data" \
+    -http-port 0 -dns-port 0 -node bench -log-level info > "$work/cairn/out.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 300); do
+    grep -q "registered this server in the catalog" "$work/cairn/out.log" && break
+    sleep 0.1
+done
+if ! grep -q "registered this server in the catalog" "$work/cairn/out.log"; then
+    echo "run.sh: cairn did not become ready:" >&2; cat "$work/cairn/out.log" >&2; exit 1
+fi
+http_port=$(sed -n 's/.*HTTP API listening addr=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/cairn/out.log" | head -n 1)
+cairn_port=$(sed -n 's/.*DNS listening (UDP and TCP) addr=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/cairn/out.log" | head -n 1)
+python3 "$here/gen.py" load "$http_port"
+
+declare -A port=([knot]=$knot_port [nsd]=$nsd_port [cairn]=$cairn_port)
+servers=(knot nsd cairn)
+
+# --- correctness -------------------------------------------------------------------------
+# Every server must give the same 3 addresses and 3 SRV records for a sample of names.
+for server in "${servers[@]}"; do
+    for _ in $(seq 50); do
+        dig +noedns +short +tries=1 +time=1 @127.0.0.1 -p "${port[$server]}" svc-1.service.consul A 2>/dev/null | grep -q . && break
+        sleep 0.2
+    done
+done
+echo "== correctness (dig +noedns; answers sorted; response size for svc-1)"
+for name in svc-1 svc-500 svc-1000; do
+    expect=""
+    for server in "${servers[@]}"; do
+        got=$(dig +noedns +short +tries=1 +time=2 @127.0.0.1 -p "${port[$server]}" "$name.service.consul" A | sort | tr '\n' ' ')
+        srv=$(dig +noedns +short +tries=1 +time=2 @127.0.0.1 -p "${port[$server]}" "$name.service.consul" SRV | sort | tr '\n' ' ')
+        if [ "$(wc -w <<< "$got")" -ne 3 ] || [ "$(grep -o '\.node\.' <<< "$srv" | wc -l)" -ne 3 ]; then
+            echo "run.sh: $server: $name: expected 3 A and 3 SRV records, got A: $got SRV: $srv" >&2
+            exit 1
+        fi
+        if [ -z "$expect" ]; then expect="$got$srv"; elif [ "$expect" != "$got$srv" ]; then
+            echo "run.sh: $server answers $name differently: $got$srv vs $expect" >&2
+            exit 1
+        fi
+    done
+    echo "$name.service.consul: all servers: A $got"
+done
+for server in "${servers[@]}"; do
+    size() { dig +noedns +tries=1 +time=2 @127.0.0.1 -p "${port[$server]}" svc-1.service.consul "$1" | sed -n 's/.*MSG SIZE  rcvd: //p'; }
+    printf '%-6s port %-5s  A response %s bytes, SRV response %s bytes\n' "$server" "${port[$server]}" "$(size A)" "$(size SRV)"
+done
+for server in "${servers[@]}"; do
+    echo "$server UDP socket: $(ss -ulnm "sport = :${port[$server]}" | grep -o 'rb[0-9]*' | head -n 1 | sed 's/rb/receive buffer /') bytes"
+done
+
+# --- measurement helpers -----------------------------------------------------------------
+results="$work/results.tsv"
+: > "$results"
+
+cpu_snap() { awk '/^cpu[01] /{idle=$5+$6; tot=0; for(i=2;i<=NF;i++) tot+=$i; printf "%s %s ", tot, idle}' /proc/stat; }
+# busy% of core 0 and core 1 between two snapshots
+cpu_busy() {
+    awk -v a="$1" -v b="$2" 'BEGIN{split(a,x," "); split(b,y," ");
+        printf "%.0f %.0f", 100*(1-(y[2]-x[2])/(y[1]-x[1])), 100*(1-(y[4]-x[4])/(y[3]-x[3]))}'
+}
+
+# order of servers in round r (1-based): rotated by r-1
+order() {
+    local r=$1 n=${#servers[@]} i
+    for i in $(seq 0 $((n - 1))); do echo "${servers[$(((i + r - 1) % n))]}"; done
+}
+
+# one dnsperf max-qps run; appends: phase mix server round qps lost busy0 busy1
+run_dnsperf() {
+    local mix=$1 server=$2 round=$3 out="$work/dnsperf.out" a b busy
+    a=$(cpu_snap)
+    # shellcheck disable=SC2086
+    taskset -c 1 dnsperf -s 127.0.0.1 -p "${port[$server]}" -d "$work/queries-$mix.txt" -l "$seconds" $dnsperf_args > "$out" 2>&1
+    b=$(cpu_snap)
+    busy=$(cpu_busy "$a" "$b")
+    local qps lost
+    qps=$(sed -n 's/.*Queries per second: *\([0-9.]*\).*/\1/p' "$out")
+    lost=$(sed -n 's/.*Queries lost: *\([0-9]*\).*/\1/p' "$out")
+    printf 'dnsperf\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mix" "$server" "$round" "${qps%.*}" "$lost" "${busy// /$'\t'}" >> "$results"
+    printf '  round %s %-6s dnsperf %-3s %8s qps  lost %-6s core0 %s%% core1 %s%%\n' "$round" "$server" "$mix" "${qps%.*}" "$lost" ${busy}
+}
+
+# one udpload run (-q N closed loop or -Q RATE fixed rate); appends the key=value line
+run_udpload() {
+    local phase=$1 mix=$2 server=$3 round=$4 mode=$5 a b busy line
+    a=$(cpu_snap)
+    # shellcheck disable=SC2086
+    line=$(taskset -c 1 "$work/udpload" -s 127.0.0.1 -p "${port[$server]}" -d "$work/queries-$mix.txt" -l "$seconds" $mode)
+    b=$(cpu_snap)
+    busy=$(cpu_busy "$a" "$b")
+    printf '%s\t%s\t%s\t%s\t%s busy0=%s busy1=%s\n' "$phase" "$mix" "$server" "$round" "$line" ${busy} >> "$results"
+    printf '  round %s %-6s %-9s %-3s %s  core0 %s%% core1 %s%%\n' "$round" "$server" "$phase" "$mix" \
+        "$(tr ' ' '\n' <<< "$line" | grep -E '^(qps|lost|p50_us|p99_us|p999_us|client_stalls)=' | tr '\n' ' ')" ${busy}
+}
+
+median_of() { # phase mix server field -> median over rounds
+    python3 "$here/report.py" median "$results" "$@"
+}
+
+load_line() { echo "load: $(uptime | sed 's/.*load average/load average/')"; }
+
+# --- header ------------------------------------------------------------------------------
+echo
+echo "== DNS benchmark"
+echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'); cairn commit $(git -C "$repo" rev-parse --short HEAD)$(git -C "$repo" diff --quiet HEAD -- src Cargo.toml || echo ' (src modified)')"
+echo "machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), kernel $(uname -r)"
+echo "servers: $(knotd --version | head -n 1); $(nsd -v 2>&1 | head -n 1); cairn (1,000 services x 3 instances)"
+echo "clients: $(dnsperf -h 2>&1 | sed -n 's/^Version /dnsperf /p') ($dnsperf_args); udpload (-q $udpload_window)"
+echo "run: bash bench/dns/run.sh $run_args"
+echo "all servers on core 0, load generators on core 1; $rounds round(s) x ${seconds}s; orders rotate per round"
+
+# --- phases ------------------------------------------------------------------------------
+for mix in a srv; do
+    echo; echo "== max qps, ${mix^^} queries, dnsperf $dnsperf_args"; load_line
+    for r in $(seq "$rounds"); do
+        for s in $(order "$r"); do run_dnsperf "$mix" "$s" "$r"; done
+    done
+    echo; echo "== max qps, ${mix^^} queries, udpload -q $udpload_window"; load_line
+    for r in $(seq "$rounds"); do
+        for s in $(order "$r"); do run_udpload udpload "$mix" "$s" "$r" "-q $udpload_window"; done
+    done
+done
+
+rate1=$(python3 -c "print(int($(median_of dnsperf a knot qps) / 2))")
+rate2=$(python3 -c "print(int($(median_of udpload a knot qps) / 2))")
+for rate in "$rate1" "$rate2"; do
+    echo; echo "== latency, A queries, udpload -Q $rate"; load_line
+    for r in $(seq "$rounds"); do
+        for s in $(order "$r"); do run_udpload "fixed-$rate" a "$s" "$r" "-Q $rate"; done
+    done
+done
+load_line
+
+echo
+python3 "$here/report.py" table "$results" "$rate1" "$rate2"
