@@ -333,3 +333,25 @@ fn forwarding_to_recursors_only_for_allowed_sources() {
     let plain = Agent::start(&[]);
     assert_eq!(tcp(plain.dns, "example.org.", RecordType::A).metadata.response_code, ResponseCode::Refused);
 }
+
+#[test]
+fn a_custom_domain_and_the_alt_domain_both_answer() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let config = temp.path().join("domains.json");
+    std::fs::write(&config, json!({"domain": "sd.example", "alt_domain": "cairn.internal"}).to_string())
+        .expect("write config");
+    let agent = Agent::start(&["-config-file", &config.display().to_string()]);
+    redis(&agent);
+    assert_eq!(answers(&udp(agent.dns, "redis.service.sd.example.", RecordType::A, None)).len(), 2);
+    let srv = udp(agent.dns, "_redis._tcp.service.cairn.internal.", RecordType::SRV, None);
+    assert!(
+        answers(&srv).contains(&"SRV 1 1 8000 my-node.node.dc1.cairn.internal.".to_string()),
+        "{:?}",
+        answers(&srv)
+    );
+    // `consul.` is no longer cairn's: with no recursors it is refused.
+    assert_eq!(
+        udp(agent.dns, "redis.service.consul.", RecordType::A, None).metadata.response_code,
+        ResponseCode::Refused
+    );
+}
