@@ -14,6 +14,7 @@ mod writes;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -21,6 +22,11 @@ use crate::server::Binaries;
 
 const USAGE: &str = "usage: http_bench [--only writes|watch|footprint]... [--seconds N] \
                      [--cairn PATH] [--etcd PATH]";
+
+/// Longest a section may run: a base, plus a share per `--seconds` (the writes section runs
+/// nine cells of `--seconds` each).
+const SECTION_TIMEOUT_BASE: Duration = Duration::from_secs(600);
+const SECTION_TIMEOUT_PER_SECOND: Duration = Duration::from_secs(20);
 
 /// What every section needs to know.
 pub struct Settings {
@@ -153,11 +159,18 @@ async fn main() -> ExitCode {
     );
     let mut failed = false;
     for section in sections {
-        let result = match section {
-            Section::Writes => writes::run(&settings).await,
-            Section::Watch => watch::run(&settings).await,
-            Section::Footprint => footprint::run(&settings).await,
+        let run = async {
+            match section {
+                Section::Writes => writes::run(&settings).await,
+                Section::Watch => watch::run(&settings).await,
+                Section::Footprint => footprint::run(&settings).await,
+            }
         };
+        // A backstop over the per-step deadlines: no section can hang the bench.
+        let limit = SECTION_TIMEOUT_BASE + SECTION_TIMEOUT_PER_SECOND * settings.seconds as u32;
+        let result = tokio::time::timeout(limit, run)
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("did not finish within {limit:?}")));
         if let Err(e) = result {
             // Report and go on: one section's failure says nothing about the others.
             println!("{section:?} section FAILED: {e:#}\n");

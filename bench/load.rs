@@ -16,8 +16,8 @@ use crate::client::HttpConn;
 pub const VALUE_BYTES: usize = 64;
 /// Operations per `/v1/txn` when loading keys (the server's default `txn_max_ops`).
 pub const TXN_OPS: u64 = 64;
-/// How long a single load request may take before the load is declared failed.
-const LOAD_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one request may take; past it the request counts as an error and its client stops.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Request {
     pub method: &'static str,
@@ -80,14 +80,9 @@ pub async fn drive(addr: SocketAddr, clients: usize, stop: Stop, make: MakeReque
                 }
                 let req = make(client, seq);
                 let sent = Instant::now();
-                let result = match stop {
-                    Stop::Count(_) => {
-                        tokio::time::timeout(LOAD_REQUEST_TIMEOUT, conn.request(req.method, &req.path, &req.body))
-                            .await
-                            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
-                    }
-                    Stop::Timed { .. } => conn.request(req.method, &req.path, &req.body).await,
-                };
+                let result = tokio::time::timeout(REQUEST_TIMEOUT, conn.request(req.method, &req.path, &req.body))
+                    .await
+                    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
                 let done = Instant::now();
                 let in_window = done >= window_start && window_end.is_none_or(|end| done < end);
                 match result {
