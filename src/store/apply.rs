@@ -7,6 +7,7 @@
 use heed::RwTxn;
 
 use super::codec::{self, index_key};
+use super::rows;
 use super::watch::{Table, Touched};
 use super::{SmTables, Store, StoreError};
 use crate::model::{
@@ -146,44 +147,23 @@ impl ApplyTx<'_, '_> {
     // ---- catalog -------------------------------------------------------------------------
 
     fn get_node(&self, name: &str) -> Result<Option<Node>, StoreError> {
-        match self.t.nodes.get(self.txn, name.as_bytes())? {
-            Some(bytes) => Ok(Some(codec::decode_json("sm_nodes", name.as_bytes(), bytes)?)),
-            None => Ok(None),
-        }
+        rows::node(&self.t, self.txn, name)
     }
 
     fn get_service(&self, node: &str, id: &str) -> Result<Option<Service>, StoreError> {
-        let key = codec::pair_key(node, id);
-        match self.t.services.get(self.txn, &key)? {
-            Some(bytes) => Ok(Some(codec::decode_json("sm_services", &key, bytes)?)),
-            None => Ok(None),
-        }
+        rows::service(&self.t, self.txn, node, id)
     }
 
     fn get_check(&self, node: &str, id: &str) -> Result<Option<HealthCheck>, StoreError> {
-        let key = codec::pair_key(node, id);
-        match self.t.checks.get(self.txn, &key)? {
-            Some(bytes) => Ok(Some(codec::decode_json("sm_checks", &key, bytes)?)),
-            None => Ok(None),
-        }
+        rows::check(&self.t, self.txn, node, id)
     }
 
     fn node_services(&self, node: &str) -> Result<Vec<Service>, StoreError> {
-        let mut out = Vec::new();
-        for row in self.t.services.prefix_iter(self.txn, &codec::pair_prefix(node))? {
-            let (key, bytes) = row?;
-            out.push(codec::decode_json("sm_services", key, bytes)?);
-        }
-        Ok(out)
+        rows::node_services(&self.t, self.txn, node)
     }
 
     fn node_checks(&self, node: &str) -> Result<Vec<HealthCheck>, StoreError> {
-        let mut out = Vec::new();
-        for row in self.t.checks.prefix_iter(self.txn, &codec::pair_prefix(node))? {
-            let (key, bytes) = row?;
-            out.push(codec::decode_json("sm_checks", key, bytes)?);
-        }
-        Ok(out)
+        rows::node_checks(&self.t, self.txn, node)
     }
 
     fn register(&mut self, req: &RegisterRequest) -> Result<Outcome, StoreError> {
@@ -374,19 +354,11 @@ impl ApplyTx<'_, '_> {
     // ---- KV --------------------------------------------------------------------------------
 
     fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, StoreError> {
-        match self.t.kv.get(self.txn, key.as_bytes())? {
-            Some(bytes) => Ok(Some(codec::decode_kv(key.as_bytes(), bytes)?)),
-            None => Ok(None),
-        }
+        rows::kv_get(&self.t, self.txn, key)
     }
 
     fn kv_list(&self, prefix: &str) -> Result<Vec<KvEntry>, StoreError> {
-        let mut out = Vec::new();
-        for row in super::prefix_rows(self.t.kv, self.txn, prefix.as_bytes())? {
-            let (key, bytes) = row?;
-            out.push(codec::decode_kv(key, bytes)?);
-        }
-        Ok(out)
+        rows::kv_list(&self.t, self.txn, prefix)
     }
 
     fn touch_kv(&mut self, key: &str) -> Result<(), StoreError> {

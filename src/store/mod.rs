@@ -14,6 +14,7 @@ mod apply;
 mod codec;
 mod directory;
 mod read;
+mod rows;
 mod snapshot;
 mod watch;
 

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use heed::{RoTxn, WithoutTls};
 
 use super::codec::{self, index_key};
+use super::rows;
 use super::watch::Table;
 use super::{SmTables, StoreError};
 use crate::model::{CheckStatus, HealthCheck, KvEntry, Node, Service};
@@ -64,10 +65,7 @@ impl<'e> ReadView<'e> {
     }
 
     pub fn node(&self, name: &str) -> Result<Option<Node>, StoreError> {
-        match self.t.nodes.get(&self.txn, name.as_bytes())? {
-            Some(bytes) => Ok(Some(codec::decode_json("sm_nodes", name.as_bytes(), bytes)?)),
-            None => Ok(None),
-        }
+        rows::node(&self.t, &self.txn, name)
     }
 
     pub fn nodes(&self) -> Result<Vec<Node>, StoreError> {
@@ -80,21 +78,11 @@ impl<'e> ReadView<'e> {
     }
 
     pub fn node_services(&self, node: &str) -> Result<Vec<Service>, StoreError> {
-        let mut out = Vec::new();
-        for row in self.t.services.prefix_iter(&self.txn, &codec::pair_prefix(node))? {
-            let (key, bytes) = row?;
-            out.push(codec::decode_json("sm_services", key, bytes)?);
-        }
-        Ok(out)
+        rows::node_services(&self.t, &self.txn, node)
     }
 
     pub fn node_checks(&self, node: &str) -> Result<Vec<HealthCheck>, StoreError> {
-        let mut out = Vec::new();
-        for row in self.t.checks.prefix_iter(&self.txn, &codec::pair_prefix(node))? {
-            let (key, bytes) = row?;
-            out.push(codec::decode_json("sm_checks", key, bytes)?);
-        }
-        Ok(out)
+        rows::node_checks(&self.t, &self.txn, node)
     }
 
     pub fn all_checks(&self) -> Result<Vec<HealthCheck>, StoreError> {
@@ -170,19 +158,11 @@ impl<'e> ReadView<'e> {
     }
 
     pub fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, StoreError> {
-        match self.t.kv.get(&self.txn, key.as_bytes())? {
-            Some(bytes) => Ok(Some(codec::decode_kv(key.as_bytes(), bytes)?)),
-            None => Ok(None),
-        }
+        rows::kv_get(&self.t, &self.txn, key)
     }
 
     pub fn kv_list(&self, prefix: &str) -> Result<Vec<KvEntry>, StoreError> {
-        let mut out = Vec::new();
-        for row in super::prefix_rows(self.t.kv, &self.txn, prefix.as_bytes())? {
-            let (key, bytes) = row?;
-            out.push(codec::decode_kv(key, bytes)?);
-        }
-        Ok(out)
+        rows::kv_list(&self.t, &self.txn, prefix)
     }
 
     /// Keys under `prefix`, without decoding values.

@@ -1,0 +1,66 @@
+//! Typed row access shared by `apply` (inside its write transaction) and `ReadView`, so the
+//! two read catalog rows the same way.
+
+use heed::{RoTxn, WithoutTls};
+
+use super::{codec, prefix_rows, SmTables, StoreError};
+use crate::model::{HealthCheck, KvEntry, Node, Service};
+
+type Txn<'t> = RoTxn<'t, WithoutTls>;
+
+pub(super) fn node(t: &SmTables, txn: &Txn<'_>, name: &str) -> Result<Option<Node>, StoreError> {
+    match t.nodes.get(txn, name.as_bytes())? {
+        Some(bytes) => Ok(Some(codec::decode_json("sm_nodes", name.as_bytes(), bytes)?)),
+        None => Ok(None),
+    }
+}
+
+pub(super) fn service(t: &SmTables, txn: &Txn<'_>, node: &str, id: &str) -> Result<Option<Service>, StoreError> {
+    let key = codec::pair_key(node, id);
+    match t.services.get(txn, &key)? {
+        Some(bytes) => Ok(Some(codec::decode_json("sm_services", &key, bytes)?)),
+        None => Ok(None),
+    }
+}
+
+pub(super) fn check(t: &SmTables, txn: &Txn<'_>, node: &str, id: &str) -> Result<Option<HealthCheck>, StoreError> {
+    let key = codec::pair_key(node, id);
+    match t.checks.get(txn, &key)? {
+        Some(bytes) => Ok(Some(codec::decode_json("sm_checks", &key, bytes)?)),
+        None => Ok(None),
+    }
+}
+
+pub(super) fn node_services(t: &SmTables, txn: &Txn<'_>, node: &str) -> Result<Vec<Service>, StoreError> {
+    let mut out = Vec::new();
+    for row in t.services.prefix_iter(txn, &codec::pair_prefix(node))? {
+        let (key, bytes) = row?;
+        out.push(codec::decode_json("sm_services", key, bytes)?);
+    }
+    Ok(out)
+}
+
+pub(super) fn node_checks(t: &SmTables, txn: &Txn<'_>, node: &str) -> Result<Vec<HealthCheck>, StoreError> {
+    let mut out = Vec::new();
+    for row in t.checks.prefix_iter(txn, &codec::pair_prefix(node))? {
+        let (key, bytes) = row?;
+        out.push(codec::decode_json("sm_checks", key, bytes)?);
+    }
+    Ok(out)
+}
+
+pub(super) fn kv_get(t: &SmTables, txn: &Txn<'_>, key: &str) -> Result<Option<KvEntry>, StoreError> {
+    match t.kv.get(txn, key.as_bytes())? {
+        Some(bytes) => Ok(Some(codec::decode_kv(key.as_bytes(), bytes)?)),
+        None => Ok(None),
+    }
+}
+
+pub(super) fn kv_list(t: &SmTables, txn: &Txn<'_>, prefix: &str) -> Result<Vec<KvEntry>, StoreError> {
+    let mut out = Vec::new();
+    for row in prefix_rows(t.kv, txn, prefix.as_bytes())? {
+        let (key, bytes) = row?;
+        out.push(codec::decode_kv(key, bytes)?);
+    }
+    Ok(out)
+}
