@@ -355,3 +355,15 @@ fn a_custom_domain_and_the_alt_domain_both_answer() {
         ResponseCode::Refused
     );
 }
+
+#[test]
+fn dns_over_ipv6() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let config = temp.path().join("v6.json");
+    std::fs::write(&config, json!({"addresses": {"dns": "::1"}}).to_string()).expect("write config");
+    let agent = Agent::start(&["-config-file", &config.display().to_string()]);
+    assert!(agent.dns.is_ipv6(), "DNS bound to {}", agent.dns);
+    register(&agent, json!({"Node": "v6-node", "Address": "fd00::10", "Service": {"Service": "v6", "Port": 1}}));
+    assert_eq!(answers(&udp(agent.dns, "v6.service.consul.", RecordType::AAAA, None)), ["AAAA fd00::10"]);
+    assert_eq!(answers(&tcp(agent.dns, "v6-node.node.consul.", RecordType::AAAA)), ["AAAA fd00::10"]);
+}
