@@ -15,7 +15,6 @@ use super::{NodeId, TypeConfig};
 use crate::store::Store;
 
 const KEY_VOTE: &[u8] = b"vote";
-const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -155,13 +154,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.get_meta(KEY_VOTE)
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
-        self.put_meta(KEY_COMMITTED, &committed).await
-    }
-
-    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
-        Ok(self.get_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED)?.flatten())
-    }
+    // `save_committed`/`read_committed` keep openraft's no-op defaults on purpose: persisting
+    // the commit index is an optional restart shortcut, and here it cost a third fsync per
+    // write (after the append and the apply). Safety never depends on it; after a restart
+    // the leader re-commits and the state machine replays from `last_applied`.
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
     where
