@@ -105,8 +105,8 @@ pub async fn get(ctx: Ctx, path: Option<Path<String>>, RawQuery(raw): RawQuery) 
                 let answer = if entries.is_empty() { KvAnswer::Missing } else { KvAnswer::Entries(entries) };
                 Ok((view.kv_prefix_index(&key)?, answer))
             } else {
-                let answer = view.kv_get(&key)?.map_or(KvAnswer::Missing, |e| KvAnswer::Entries(vec![e]));
-                Ok((view.kv_key_index(&key)?, answer))
+                let (entry, index) = view.kv_get_indexed(&key)?;
+                Ok((index, entry.map_or(KvAnswer::Missing, |e| KvAnswer::Entries(vec![e]))))
             }
         })
         .await?;

@@ -144,7 +144,7 @@ impl HttpContext {
     pub fn index_headers(&self, index: u64) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert("X-Consul-Index", HeaderValue::from(index.max(1)));
-        let known = self.cluster.leader().is_some();
+        let known = self.cluster.knows_leader();
         headers.insert("X-Consul-KnownLeader", HeaderValue::from_static(if known { "true" } else { "false" }));
         headers.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
         headers

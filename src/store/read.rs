@@ -175,16 +175,18 @@ impl<'e> ReadView<'e> {
         Ok(out)
     }
 
-    /// The index at which what a read of `key` returns last changed: its ModifyIndex, or the
-    /// index that deleted it; 0 if it never existed.
-    pub fn kv_key_index(&self, key: &str) -> Result<u64, StoreError> {
+    /// `key`'s entry, with the index at which what a read of it returns last changed: its
+    /// ModifyIndex, or the index that deleted it; 0 if it never existed.
+    pub fn kv_get_indexed(&self, key: &str) -> Result<(Option<KvEntry>, u64), StoreError> {
         if let Some(entry) = self.kv_get(key)? {
-            return Ok(entry.modify_index);
+            let index = entry.modify_index;
+            return Ok((Some(entry), index));
         }
-        match self.t.kv_tombstones.get(&self.txn, key.as_bytes())? {
-            Some(bytes) => codec::decode_u64("sm_kv_tombstones", key.as_bytes(), bytes),
-            None => Ok(0),
-        }
+        let index = match self.t.kv_tombstones.get(&self.txn, key.as_bytes())? {
+            Some(bytes) => codec::decode_u64("sm_kv_tombstones", key.as_bytes(), bytes)?,
+            None => 0,
+        };
+        Ok((None, index))
     }
 
     /// The index at which anything under `prefix` last changed (writes and deletions).

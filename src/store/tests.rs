@@ -116,9 +116,9 @@ fn kv_cas_and_tombstone_indexes() {
     apply(&store, 7, vec![Command::KvDelete { key: "a/".into(), recurse: true, cas: None }]);
     let view = store.read().expect("read");
     assert!(view.kv_get("a/b").expect("get").is_none());
-    assert_eq!(view.kv_key_index("a/b").expect("index"), 7, "a deleted key reports its deletion index");
+    assert_eq!(view.kv_get_indexed("a/b").expect("index").1, 7, "a deleted key reports its deletion index");
     assert_eq!(view.kv_prefix_index("a/").expect("index"), 7);
-    assert_eq!(view.kv_key_index("never").expect("index"), 0);
+    assert_eq!(view.kv_get_indexed("never").expect("index").1, 0);
 }
 
 #[test]
