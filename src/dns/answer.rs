@@ -187,6 +187,7 @@ impl Builder<'_> {
             .service(name)
             .unwrap_or(&[])
             .iter()
+            .map(|i| &**i)
             .filter(|i| self.healthy(i))
             .filter(|i| tag.is_none_or(|t| i.tags.iter().any(|it| it.eq_ignore_ascii_case(t))))
             .collect();

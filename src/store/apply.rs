@@ -122,9 +122,10 @@ impl ApplyTx<'_, '_> {
         self.bump(&index_key::table(table.name()))
     }
 
-    fn touch_service(&mut self, name: &str) -> Result<(), StoreError> {
+    /// Service `name`'s instances on `node` changed (the instance, its checks or its node).
+    fn touch_service(&mut self, name: &str, node: &str) -> Result<(), StoreError> {
         self.bump(&index_key::service(name))?;
-        self.touched.services.insert(name.to_string());
+        self.touched.services.entry(name.to_string()).or_default().insert(node.to_string());
         Ok(())
     }
 
@@ -139,7 +140,7 @@ impl ApplyTx<'_, '_> {
     fn touch_node_and_its_services(&mut self, node: &str) -> Result<(), StoreError> {
         self.touch_node(node)?;
         for service in self.node_services(node)? {
-            self.touch_service(&service.service)?;
+            self.touch_service(&service.service, node)?;
         }
         Ok(())
     }
@@ -215,7 +216,7 @@ impl ApplyTx<'_, '_> {
                     if old.service != service.service {
                         let stale = codec::triple_key(&old.service, &req.node, &old.id);
                         self.t.service_names.delete(self.txn, &stale)?;
-                        self.touch_service(&old.service)?;
+                        self.touch_service(&old.service, &req.node)?;
                     }
                 }
                 let key = codec::pair_key(&req.node, &def.id);
@@ -223,7 +224,7 @@ impl ApplyTx<'_, '_> {
                 let name_key = codec::triple_key(&service.service, &req.node, &service.id);
                 self.t.service_names.put(self.txn, &name_key, &[])?;
                 self.touch_table(Table::Services)?;
-                self.touch_service(&service.service)?;
+                self.touch_service(&service.service, &req.node)?;
                 self.touch_node(&req.node)?;
                 // Checks carry the service's name and tags: keep them in step.
                 self.refresh_service_checks(&service)?;
@@ -286,7 +287,7 @@ impl ApplyTx<'_, '_> {
             self.touch_node_and_its_services(&check.node)
         } else {
             self.touch_node(&check.node)?;
-            self.touch_service(&check.service_name)
+            self.touch_service(&check.service_name, &check.node)
         }
     }
 
@@ -347,7 +348,7 @@ impl ApplyTx<'_, '_> {
             }
         }
         self.touch_table(Table::Services)?;
-        self.touch_service(&service.service)?;
+        self.touch_service(&service.service, node)?;
         self.touch_node(node)
     }
 

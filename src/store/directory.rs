@@ -12,7 +12,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use super::watch::Touched;
-use super::{ReadView, StoreError};
+use super::{ReadView, ServiceHealth, StoreError};
 use crate::model::{CheckStatus, Weights};
 
 /// A node as DNS answers need it.
@@ -29,6 +29,8 @@ pub struct NodeRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceRecord {
     pub node: Arc<NodeRecord>,
+    /// The service name as registered.
+    pub service_name: String,
     pub service_id: String,
     /// The service's own address; empty when it uses the node's.
     pub address: String,
@@ -50,6 +52,9 @@ impl InstanceRecord {
     }
 }
 
+/// Instances of one DNS name, shared by reference between directory versions.
+pub type Instances = Arc<[Arc<InstanceRecord>]>;
+
 /// Everything DNS answers from, at one applied index. Keys are lowercase names, since DNS
 /// names are case-insensitive.
 #[derive(Debug, Default)]
@@ -58,14 +63,12 @@ pub struct Directory {
     pub index: u64,
     /// Instances of every service, by lowercase name (names that differ only in case are
     /// one DNS name, so their instances are listed together).
-    pub services: HashMap<String, Arc<[InstanceRecord]>>,
+    pub services: HashMap<String, Instances>,
     pub nodes: HashMap<String, Arc<NodeRecord>>,
-    /// Lowercase service name → the registered spellings that have instances.
-    spellings: HashMap<String, Vec<String>>,
 }
 
 impl Directory {
-    pub fn service(&self, name: &str) -> Option<&[InstanceRecord]> {
+    pub fn service(&self, name: &str) -> Option<&[Arc<InstanceRecord>]> {
         self.services.get(&name.to_ascii_lowercase()).map(|i| &i[..])
     }
 
@@ -97,14 +100,20 @@ impl DirectoryCell {
         for node in view.nodes()? {
             nodes.insert(node.node.to_ascii_lowercase(), Arc::new(node_record(&node)));
         }
-        let names: Vec<String> = view.service_names()?.into_keys().collect();
-        let (mut services, mut spellings) = (HashMap::new(), HashMap::new());
-        recompute_services(view, &names, &nodes, &mut services, &mut spellings)?;
-        self.0.store(Arc::new(Directory { index, services, nodes, spellings }));
+        let mut lists: HashMap<String, Vec<Arc<InstanceRecord>>> = HashMap::new();
+        for name in view.service_names()?.into_keys() {
+            for health in view.service_health(&name)? {
+                lists.entry(name.to_ascii_lowercase()).or_default().push(instance_record(health, &nodes));
+            }
+        }
+        let services = lists.into_iter().map(|(name, list)| (name, list.into())).collect();
+        self.0.store(Arc::new(Directory { index, services, nodes }));
         Ok(())
     }
 
-    /// Recomputes the nodes and services a batch touched.
+    /// Applies what a batch touched: changed nodes, and for each touched service the
+    /// instances on the nodes where it changed. Cost: the touched instances plus one pointer
+    /// copy per untouched instance of a touched service, not a re-read of whole services.
     pub(super) fn refresh(&self, view: &ReadView<'_>, touched: &Touched, index: u64) -> Result<(), StoreError> {
         if touched.services.is_empty() && touched.nodes.is_empty() {
             return Ok(());
@@ -117,12 +126,30 @@ impl DirectoryCell {
                 None => nodes.remove(&name.to_ascii_lowercase()),
             };
         }
-        // A node change can change the instances of services that were not touched by name
-        // only through `touched.services`, which `apply` fills for every service on the node.
-        let names: Vec<String> = touched.services.iter().cloned().collect();
-        let (mut services, mut spellings) = (current.services.clone(), current.spellings.clone());
-        recompute_services(view, &names, &nodes, &mut services, &mut spellings)?;
-        self.0.store(Arc::new(Directory { index, services, nodes, spellings }));
+        let mut services = current.services.clone();
+        for (name, changed_nodes) in &touched.services {
+            let lower = name.to_ascii_lowercase();
+            let mut list: Vec<Arc<InstanceRecord>> = services
+                .get(&lower)
+                .map(|old| {
+                    old.iter()
+                        .filter(|i| !(i.service_name == *name && changed_nodes.contains(&i.node.name)))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            for node in changed_nodes {
+                for health in view.service_health_on_node(name, node)? {
+                    list.push(instance_record(health, &nodes));
+                }
+            }
+            if list.is_empty() {
+                services.remove(&lower);
+            } else {
+                services.insert(lower, list.into());
+            }
+        }
+        self.0.store(Arc::new(Directory { index, services, nodes }));
         Ok(())
     }
 }
@@ -136,69 +163,21 @@ fn node_record(node: &crate::model::Node) -> NodeRecord {
     }
 }
 
-/// Recomputes the entries of `names` (exact spellings) in `services` and `spellings`.
-fn recompute_services(
-    view: &ReadView<'_>,
-    names: &[String],
-    nodes: &HashMap<String, Arc<NodeRecord>>,
-    services: &mut HashMap<String, Arc<[InstanceRecord]>>,
-    spellings: &mut HashMap<String, Vec<String>>,
-) -> Result<(), StoreError> {
-    let mut lowered: Vec<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
-    lowered.sort();
-    lowered.dedup();
-    for name in names {
-        let known = spellings.entry(name.to_ascii_lowercase()).or_default();
-        if !known.contains(name) {
-            known.push(name.clone());
-        }
-    }
-    for lower in lowered {
-        let mut all = Vec::new();
-        let mut live = Vec::new();
-        for spelling in spellings.get(&lower).cloned().unwrap_or_default() {
-            let list = instances(view, &spelling, nodes)?;
-            if !list.is_empty() {
-                live.push(spelling);
-                all.extend(list);
-            }
-        }
-        if all.is_empty() {
-            services.remove(&lower);
-            spellings.remove(&lower);
-        } else {
-            services.insert(lower.clone(), all.into());
-            spellings.insert(lower, live);
-        }
-    }
-    Ok(())
-}
-
-/// The instances of service `name` (exact spelling), sharing node records with `nodes`.
-fn instances(
-    view: &ReadView<'_>,
-    name: &str,
-    nodes: &HashMap<String, Arc<NodeRecord>>,
-) -> Result<Vec<InstanceRecord>, StoreError> {
-    let list: Vec<InstanceRecord> = view
-        .service_health(name)?
-        .into_iter()
-        .map(|health| {
-            let status = health.status();
-            let node = nodes
-                .get(&health.node.node.to_ascii_lowercase())
-                .cloned()
-                .unwrap_or_else(|| Arc::new(node_record(&health.node)));
-            InstanceRecord {
-                node,
-                service_id: health.service.id,
-                address: health.service.address,
-                port: health.service.port,
-                tags: health.service.tags,
-                weights: health.service.weights,
-                status,
-            }
-        })
-        .collect();
-    Ok(list)
+/// One instance with its health folded in, sharing its node record with `nodes`.
+fn instance_record(health: ServiceHealth, nodes: &HashMap<String, Arc<NodeRecord>>) -> Arc<InstanceRecord> {
+    let status = health.status();
+    let node = nodes
+        .get(&health.node.node.to_ascii_lowercase())
+        .cloned()
+        .unwrap_or_else(|| Arc::new(node_record(&health.node)));
+    Arc::new(InstanceRecord {
+        node,
+        service_name: health.service.service,
+        service_id: health.service.id,
+        address: health.service.address,
+        port: health.service.port,
+        tags: health.service.tags,
+        weights: health.service.weights,
+        status,
+    })
 }

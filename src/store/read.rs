@@ -143,6 +143,24 @@ impl<'e> ReadView<'e> {
         Ok(out)
     }
 
+    /// Instances of service `name` on `node` only, with their health.
+    pub fn service_health_on_node(&self, name: &str, node: &str) -> Result<Vec<ServiceHealth>, StoreError> {
+        let Some(node_row) = self.node(node)? else { return Ok(Vec::new()) };
+        let services: Vec<Service> = self.node_services(node)?.into_iter().filter(|s| s.service == name).collect();
+        if services.is_empty() {
+            return Ok(Vec::new());
+        }
+        let checks = self.node_checks(node)?;
+        Ok(services
+            .into_iter()
+            .map(|service| {
+                let checks =
+                    checks.iter().filter(|c| c.service_id.is_empty() || c.service_id == service.id).cloned().collect();
+                ServiceHealth { node: node_row.clone(), service, checks }
+            })
+            .collect())
+    }
+
     /// Every node holding a service instance with this ID.
     pub fn nodes_with_service_id(&self, id: &str) -> Result<Vec<String>, StoreError> {
         let mut out = Vec::new();

@@ -117,7 +117,7 @@ impl Watches {
         for table in &touched.tables {
             wake(&Topic::Table(*table));
         }
-        for name in &touched.services {
+        for name in touched.services.keys() {
             wake(&Topic::Service(name.clone()));
         }
         for name in &touched.nodes {
@@ -136,7 +136,8 @@ impl Watches {
 #[derive(Debug, Default)]
 pub struct Touched {
     pub tables: Vec<Table>,
-    pub services: std::collections::BTreeSet<String>,
+    /// Service name → the nodes whose instances of it changed.
+    pub services: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
     pub nodes: std::collections::BTreeSet<String>,
     pub kv_keys: std::collections::BTreeSet<String>,
 }
@@ -152,7 +153,9 @@ impl Touched {
         for t in other.tables {
             self.table(t);
         }
-        self.services.extend(other.services);
+        for (name, nodes) in other.services {
+            self.services.entry(name).or_default().extend(nodes);
+        }
         self.nodes.extend(other.nodes);
         self.kv_keys.extend(other.kv_keys);
     }
