@@ -231,7 +231,11 @@ pub fn encode_within(
     encode(&mut message, low, true)
         .or_else(|| encode(&mut message, low, false))
         .or_else(|| encode(&mut message, 0, false))
-        .unwrap_or_else(|| error_reply(&message.metadata, ResponseCode::ServFail))
+        .unwrap_or_else(|| {
+            // Not even an empty answer fits or encodes: a bug or a record hickory rejects.
+            tracing::error!(id = message.metadata.id, max, "DNS answer could not be encoded; sending SERVFAIL");
+            error_reply(&message.metadata, ResponseCode::ServFail)
+        })
 }
 
 /// The additional records that belong to `answers`: glue and meta of SRV targets, and
