@@ -204,7 +204,7 @@ fn limits_answer_429_and_the_agent_keeps_serving() {
         Some(support::read_response(&mut extra))
     });
     assert_eq!(r.status, 429);
-    assert!(r.text().contains("too many concurrent connections"));
+    assert_eq!(r.text(), "Your IP is issuing too many concurrent connections, please rate limit your calls");
     drop(idle);
     support::wait_for("connections to be released", IO_TIMEOUT, || (agent.get("/v1/kv/x").status == 404).then_some(()));
 

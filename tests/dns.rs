@@ -367,3 +367,19 @@ fn dns_over_ipv6() {
     assert_eq!(answers(&udp(agent.dns, "v6.service.consul.", RecordType::AAAA, None)), ["AAAA fd00::10"]);
     assert_eq!(answers(&tcp(agent.dns, "v6-node.node.consul.", RecordType::AAAA)), ["AAAA fd00::10"]);
 }
+
+#[test]
+fn answer_limits_rotate_through_every_instance_over_time() {
+    let agent = Agent::start(&[]);
+    many(&agent, 20);
+    // A plain client sees 3 of 20 per answer; across many answers every instance must appear,
+    // not only those of the first few shuffles.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..400 {
+        seen.extend(answers(&udp(agent.dns, "web.service.consul.", RecordType::A, None)));
+        if seen.len() == 20 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 20, "only {} of 20 instances ever answered", seen.len());
+}

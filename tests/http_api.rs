@@ -293,3 +293,33 @@ fn bad_input_gets_a_precise_4xx_and_the_agent_keeps_serving() {
     // Still serving.
     assert_eq!(agent.get("/v1/catalog/service/lenient").json()[0]["ServiceName"], "lenient");
 }
+
+#[test]
+fn consul_leniencies_skip_node_update_and_cas_delete_of_a_missing_key() {
+    let agent = Agent::start(&[]);
+    // SkipNodeUpdate lets a tool add a service to an existing node without its address.
+    assert_eq!(
+        agent.put("/v1/catalog/register", r#"{"Node":"n","Address":"10.0.0.1","NodeMeta":{"k":"v"}}"#).status,
+        200
+    );
+    let r =
+        agent.put("/v1/catalog/register", r#"{"Node":"n","SkipNodeUpdate":true,"Service":{"Service":"s","Port":1}}"#);
+    assert_eq!((r.status, r.text().as_str()), (200, "true"));
+    let node = agent.get("/v1/catalog/node/n").json();
+    assert_eq!((node["Node"]["Address"].as_str(), node["Node"]["Meta"]["k"].as_str()), (Some("10.0.0.1"), Some("v")));
+    assert_eq!(node["Services"]["s"]["Port"], 1);
+    // ... but a new node still needs one.
+    let r = agent.put("/v1/catalog/register", r#"{"Node":"fresh","SkipNodeUpdate":true}"#);
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    // Deleting a missing key with ?cas succeeds, as in Consul, and so does delete-cas in a txn.
+    assert_eq!(agent.delete("/v1/kv/never?cas=5").text(), "true");
+    let txn = json!([{"KV": {"Verb": "delete-cas", "Key": "never", "Index": 9}}]);
+    assert_eq!(agent.put("/v1/txn", txn.to_string()).status, 200);
+
+    // Names longer than anything storable are simply unknown, not a server error.
+    let long = "n".repeat(600);
+    assert_eq!(agent.get(&format!("/v1/catalog/node/{long}")).text(), "null");
+    assert_eq!(agent.get(&format!("/v1/catalog/service/{long}")).json(), json!([]));
+    assert_eq!(agent.get(&format!("/v1/health/service/{long}")).json(), json!([]));
+}

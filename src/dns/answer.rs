@@ -95,28 +95,26 @@ fn hostname(address: &str) -> Option<Name> {
 }
 
 impl Builder<'_> {
-    fn name_in_domain(&self, labels: &[&str]) -> Name {
+    /// `labels` under the question's domain, taken as raw bytes as Consul does (so a node
+    /// named `web_1` keeps its name); `None` when a label cannot be one (empty, over 63
+    /// bytes) or the name is too long — the record that needed it is left out.
+    fn name_in_domain(&self, labels: &[&str]) -> Option<Name> {
         let mut name = Name::root();
         for label in labels {
-            // Labels come from names cairn validated at registration; a bad one yields the
-            // domain itself rather than a panic.
-            name = match name.clone().append_label(*label) {
-                Ok(n) => n,
-                Err(_) => return self.q.domain.clone(),
-            };
+            name = name.append_label(label.as_bytes()).ok()?;
         }
-        name.append_domain(self.q.domain).unwrap_or_else(|_| self.q.domain.clone())
+        name.append_domain(self.q.domain).ok()
     }
 
-    fn node_name(&self, node: &NodeRecord) -> Name {
+    fn node_name(&self, node: &NodeRecord) -> Option<Name> {
         self.name_in_domain(&[&node.name, "node", &self.settings.datacenter])
     }
 
     fn soa_record(&self) -> Record {
         let s = &self.settings.soa;
         let soa = SOA::new(
-            self.name_in_domain(&["ns"]),
-            self.name_in_domain(&["hostmaster"]),
+            self.name_in_domain(&["ns"]).unwrap_or_else(|| self.q.domain.clone()),
+            self.name_in_domain(&["hostmaster"]).unwrap_or_else(|| self.q.domain.clone()),
             self.q.now_secs,
             s.refresh as i32,
             s.retry as i32,
@@ -132,9 +130,8 @@ impl Builder<'_> {
             .servers()
             .iter()
             .take(3)
-            .map(|s| {
-                Record::from_rdata(self.q.domain.clone(), self.settings.node_ttl, RData::NS(NS(self.node_name(s))))
-            })
+            .filter_map(|s| self.node_name(s))
+            .map(|target| Record::from_rdata(self.q.domain.clone(), self.settings.node_ttl, RData::NS(NS(target))))
             .collect()
     }
 
@@ -144,7 +141,7 @@ impl Builder<'_> {
             .servers()
             .iter()
             .take(3)
-            .filter_map(|s| s.address.parse::<IpAddr>().ok().map(|ip| ip_record(self.node_name(s), ttl, ip)))
+            .filter_map(|s| Some(ip_record(self.node_name(s)?, ttl, s.address.parse::<IpAddr>().ok()?)))
             .collect()
     }
 
@@ -161,7 +158,12 @@ impl Builder<'_> {
         for (pattern, ttl) in &self.settings.service_ttl {
             let score = match pattern.strip_suffix('*') {
                 None if pattern.eq_ignore_ascii_case(name) => usize::MAX,
-                Some(prefix) if name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix) => {
+                Some(prefix)
+                    if name
+                        .as_bytes()
+                        .get(..prefix.len())
+                        .is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes())) =>
+                {
                     prefix.len()
                 }
                 _ => continue,
@@ -250,14 +252,16 @@ impl Builder<'_> {
             .clamp(0, u16::MAX as i32) as u16;
             let node_ttl = self.settings.node_ttl;
             let target = if instance.address.is_empty() || instance.address == instance.node.address {
-                let target = self.node_name(&instance.node);
+                let Some(target) = self.node_name(&instance.node) else { continue };
                 if let Ok(ip) = instance.node.address.parse::<IpAddr>() {
                     answer.additionals.push(ip_record(target.clone(), node_ttl, ip));
                 }
                 answer.additionals.extend(self.meta_txt(&instance.node, target.clone()));
                 target
             } else if let Ok(ip) = instance.address.parse::<IpAddr>() {
-                let target = self.name_in_domain(&[&encode_hex_ip(ip), "addr", &self.settings.datacenter]);
+                let Some(target) = self.name_in_domain(&[&encode_hex_ip(ip), "addr", &self.settings.datacenter]) else {
+                    continue;
+                };
                 answer.additionals.push(ip_record(target.clone(), node_ttl, ip));
                 target
             } else {
@@ -277,7 +281,7 @@ impl Builder<'_> {
             .iter()
             .map(|(k, v)| {
                 let text = if k.starts_with("rfc1035-") { v.clone() } else { format!("{k}={v}") };
-                Record::from_rdata(owner.clone(), self.settings.node_ttl, RData::TXT(TXT::new(vec![text])))
+                Record::from_rdata(owner.clone(), self.settings.node_ttl, RData::TXT(TXT::new(txt_strings(&text))))
             })
             .collect()
     }
@@ -308,6 +312,22 @@ impl Builder<'_> {
         }
         Answer { answers: vec![ip_record(self.q.name.clone(), self.settings.node_ttl, ip)], ..Default::default() }
     }
+}
+
+/// Splits `text` into TXT character-strings of at most 255 bytes (at char boundaries).
+fn txt_strings(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while rest.len() > 255 {
+        let mut cut = 255;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.push(rest[..cut].to_string());
+        rest = &rest[cut..];
+    }
+    out.push(rest.to_string());
+    out
 }
 
 fn nodata(soa: Record) -> Answer {

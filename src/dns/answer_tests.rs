@@ -79,11 +79,8 @@ fn ask(store: &Store, settings: &AnswerSettings, qname: &str, qtype: RecordType)
     let name = Name::from_ascii(qname).expect("name");
     let domain = Name::from_ascii("consul.").expect("domain");
     let lowered = name.to_lowercase();
-    let labels: Vec<String> = lowered
-        .iter()
-        .take(lowered.num_labels() as usize - 1)
-        .map(|l| String::from_utf8_lossy(l).into_owned())
-        .collect();
+    let labels: Vec<String> =
+        lowered.iter().take(lowered.iter().count() - 1).map(|l| String::from_utf8_lossy(l).into_owned()).collect();
     let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
     let question = Question { name: &name, qtype, domain: &domain, lookup: lookup::parse(&labels, "dc1"), now_secs: 1 };
     build(settings, &store.directory(), &question, &mut rand::rngs::StdRng::seed_from_u64(7))
@@ -246,4 +243,81 @@ fn nodes_addrs_and_the_apex() {
     assert!(matches!(soa.answers[0].data, RData::SOA(_)));
     let soa_anywhere = ask(&store, &settings(), "web.service.consul.", RecordType::SOA);
     assert!(matches!(soa_anywhere.answers[0].data, RData::SOA(_)));
+}
+
+#[test]
+fn awkward_names_and_meta_never_break_answers() {
+    // A non-ASCII service name against a prefix TTL pattern must not panic (byte-wise compare).
+    let (_d, store) = store_with(&[Instance {
+        node: "web_1",
+        node_addr: "10.0.0.7",
+        id: "u",
+        name: "a\u{e9}",
+        addr: "",
+        tags: &[],
+        status: None,
+    }]);
+    let patterned = AnswerSettings { service_ttl: vec![("ab*".into(), 9)], ..settings() };
+    let name = Name::from_utf8("a\u{e9}.service.consul.").expect("name");
+    let domain = Name::from_ascii("consul.").expect("domain");
+    let question = Question {
+        name: &name,
+        qtype: RecordType::A,
+        domain: &domain,
+        lookup: lookup::parse(&["a\u{e9}"], "dc1"),
+        now_secs: 1,
+    };
+    let _ = build(&patterned, &store.directory(), &question, &mut rand::rngs::StdRng::seed_from_u64(1));
+
+    // A node name that is no hostname (underscore) keeps its own SRV target, never the apex.
+    let (_d, store) = store_with(&[Instance {
+        node: "web_1",
+        node_addr: "10.0.0.7",
+        id: "w",
+        name: "w",
+        addr: "",
+        tags: &[],
+        status: None,
+    }]);
+    let srv = ask(&store, &settings(), "w.service.consul.", RecordType::SRV);
+    match &srv.answers[0].data {
+        RData::SRV(s) => assert_eq!(s.target.to_ascii(), "web_1.node.dc1.consul."),
+        other => panic!("not SRV: {other:?}"),
+    }
+    // `*.consul.` is not the apex.
+    assert_eq!(ask(&store, &settings(), "*.consul.", RecordType::A).rcode, ResponseCode::NXDomain);
+}
+
+#[test]
+fn long_meta_values_split_into_txt_strings() {
+    let (_d, store) = store_with(&[Instance {
+        node: "n1",
+        node_addr: "10.0.0.1",
+        id: "w",
+        name: "w",
+        addr: "",
+        tags: &[],
+        status: None,
+    }]);
+    let mut commands = Vec::new();
+    commands.push(Command::Register(Box::new(RegisterRequest {
+        id: String::new(),
+        node: "n1".into(),
+        address: "10.0.0.1".into(),
+        datacenter: "dc1".into(),
+        tagged_addresses: BTreeMap::new(),
+        node_meta: BTreeMap::from([("big".to_string(), "x".repeat(600))]),
+        service: None,
+        checks: vec![],
+        skip_node_update: false,
+    })));
+    store.apply(&[AppliedBatch { index: 3, commands: &commands }], &[]).expect("apply");
+    let txt = ask(&store, &settings(), "n1.node.consul.", RecordType::TXT);
+    match &txt.answers[0].data {
+        RData::TXT(t) => {
+            assert_eq!(t.txt_data.len(), 3, "604 bytes split into 255-byte strings");
+            assert!(t.txt_data.iter().all(|s| s.len() <= 255));
+        }
+        other => panic!("not TXT: {other:?}"),
+    }
 }

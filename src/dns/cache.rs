@@ -18,6 +18,9 @@ use super::wire::{Reply, Transport, UDP_PAYLOAD_MAX};
 /// Shuffled variants kept per answer with more than one record ("random order per response"
 /// picks one of them).
 const VARIANTS: usize = 4;
+/// One variant is rebuilt with a fresh shuffle every this many hits, so that over time every
+/// order (and, with answer limits, every instance) comes up, not just the first shuffles.
+const RESHUFFLE_EVERY: u32 = 16;
 /// Entries at most per loop; when full the cache is emptied (it refills from hot names).
 const ENTRIES_MAX: usize = 16_384;
 const HEADER_LEN: usize = 12;
@@ -110,7 +113,7 @@ struct Key {
 
 enum Entry {
     /// Pre-encoded answers (one per variant).
-    Answer { variants: Vec<Vec<u8>>, expires_with_second: bool },
+    Answer { variants: Vec<Vec<u8>>, expires_with_second: bool, hits: u32 },
     /// Not one of cairn's names.
     NotOurs,
 }
@@ -153,13 +156,31 @@ impl AnswerCache {
         };
         match entry {
             Entry::NotOurs => Some(Reply::NotOurs),
-            Entry::Answer { variants, .. } => {
+            Entry::Answer { variants, hits, .. } => {
                 self.next_variant = self.next_variant.wrapping_add(1);
-                let template = &variants[self.next_variant % variants.len()];
-                Some(Reply::Bytes(patch(template, &query)))
+                let slot = self.next_variant % variants.len();
+                *hits = hits.wrapping_add(1);
+                if variants.len() > 1 && *hits % RESHUFFLE_EVERY == 0 {
+                    let request = canonical_request_for(&query);
+                    if let Reply::Bytes(fresh) = service.reply_fast(&request, Transport::Udp) {
+                        variants[slot] = fresh;
+                    }
+                }
+                Some(Reply::Bytes(patch(&variants[slot], &query)))
             }
         }
     }
+}
+
+fn canonical_request_for(query: &PlainQuery<'_>) -> Vec<u8> {
+    let key = Key {
+        qname_lower: query.qname.to_ascii_lowercase(),
+        qtype: query.qtype,
+        size: 0,
+        edns: query.edns.is_some(),
+        dnssec_ok: false,
+    };
+    canonical_request(&key, query)
 }
 
 /// The canonical request for `key`: id 0, RD/CD clear, lowercase name.
@@ -192,15 +213,16 @@ fn build_entry(key: &Key, query: &PlainQuery<'_>, service: &DnsService) -> Optio
                     return None;
                 }
                 let answers = be16(&bytes, 6);
-                let has_authority = be16(&bytes, 8) > 0;
+                // Anything carrying an SOA (negative answers, SOA queries) has the clock as serial.
+                let has_soa = be16(&bytes, 8) > 0 || key.qtype == u16::from(hickory_proto::rr::RecordType::SOA);
                 variants.push(bytes);
-                if answers <= 1 {
-                    return Some(Entry::Answer { variants, expires_with_second: has_authority });
+                if answers <= 1 || has_soa {
+                    return Some(Entry::Answer { variants, expires_with_second: has_soa, hits: 0 });
                 }
             }
         }
     }
-    Some(Entry::Answer { variants, expires_with_second: false })
+    Some(Entry::Answer { variants, expires_with_second: false, hits: 0 })
 }
 
 /// The template answered to this query: its id, RD/CD bits and question case.

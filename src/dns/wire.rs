@@ -143,7 +143,8 @@ impl Responder {
         rng: &mut impl Rng,
     ) -> Vec<u8> {
         let lowered = query.name.to_lowercase();
-        let relative = lowered.num_labels().saturating_sub(domain.num_labels()) as usize;
+        // `iter().count()`, not `num_labels()`: the latter does not count a leading `*`.
+        let relative = lowered.iter().count().saturating_sub(domain.iter().count());
         let labels: Vec<&str> =
             lowered.iter().take(relative).map(|l| std::str::from_utf8(l).unwrap_or("\u{fffd}")).collect();
         let question = Question {

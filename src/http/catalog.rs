@@ -185,8 +185,9 @@ pub async fn register(
     }
     check_name("Node", &node)?;
     let address = req.address.unwrap_or_default();
-    if address.is_empty() {
-        return Err(ApiError::BadRequest("Must provide address".into()));
+    let skip_node_update = req.skip_node_update.unwrap_or(false);
+    if address.is_empty() && !skip_node_update {
+        return Err(ApiError::BadRequest("Must provide address if SkipNodeUpdate is not set".into()));
     }
     let service = req.service.map(ServiceBody::into_definition).transpose()?;
     let mut checks = Vec::new();
@@ -202,7 +203,7 @@ pub async fn register(
         node_meta: req.node_meta.unwrap_or_default(),
         service,
         checks,
-        skip_node_update: req.skip_node_update.unwrap_or(false),
+        skip_node_update,
     }));
     expect_done(ctx.cluster.write(command).await?)
 }

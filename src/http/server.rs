@@ -51,14 +51,25 @@ impl Drop for ConnectionSlot {
 }
 
 /// Consul's answer to a client over `http_max_conns_per_client`.
-const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\n\
-Content-Length: 78\r\nConnection: close\r\n\r\nYour IP is issuing too many concurrent connections, please rate limit your calls";
+const TOO_MANY_CONNECTIONS_BODY: &str =
+    "Your IP is issuing too many concurrent connections, please rate limit your calls";
+
+fn too_many_connections() -> Vec<u8> {
+    format!(
+        "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{TOO_MANY_CONNECTIONS_BODY}",
+        TOO_MANY_CONNECTIONS_BODY.len()
+    )
+    .into_bytes()
+}
 
 /// Serves the API on `listener` until `shutdown` is cancelled, then drains open connections
 /// for at most `drain`.
 pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>, shutdown: CancellationToken, drain: Duration) {
     let service = TowerToHyperService::new(router(ctx.clone()));
-    let mut builder = Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only, as Consul serves plain-text clients: cleartext h2 would let one
+    // connection carry many concurrent requests past the per-client connection limit.
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder.http1().timer(TokioTimer::new()).header_read_timeout(ctx.limits.http_header_read_timeout);
     let graceful = GracefulShutdown::new();
     let counts = ConnectionCounts::default();
@@ -79,7 +90,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>, shutdown: Cance
         let Some(slot) = counts.try_take(peer.ip(), max_per_client) else {
             tracing::debug!(client = %peer, "connection limit reached");
             tokio::spawn(async move {
-                let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
+                let _ = stream.write_all(&too_many_connections()).await;
                 let _ = stream.shutdown().await;
             });
             continue;

@@ -168,10 +168,14 @@ impl ApplyTx<'_, '_> {
     }
 
     fn register(&mut self, req: &RegisterRequest) -> Result<Outcome, StoreError> {
-        if req.node.is_empty() || req.address.is_empty() {
+        if req.node.is_empty() {
             return Ok(Outcome::Abort(CommandResult::Rejected("Must provide node".into())));
         }
         let existing = self.get_node(&req.node)?;
+        if req.address.is_empty() && !(req.skip_node_update && existing.is_some()) {
+            let why = "Must provide address if SkipNodeUpdate is not set (or the node does not exist yet)";
+            return Ok(Outcome::Abort(CommandResult::Rejected(why.into())));
+        }
         if !(req.skip_node_update && existing.is_some()) {
             let create_index = existing.as_ref().map_or(self.index, |n| n.create_index);
             let node = Node {
@@ -408,16 +412,13 @@ impl ApplyTx<'_, '_> {
     }
 
     /// Deletes `key` (only at ModifyIndex `cas` when given); returns false on a CAS mismatch.
+    /// A key that does not exist is "deleted" whatever `cas` says, as in Consul.
     fn kv_delete(&mut self, key: &str, cas: Option<u64>) -> Result<bool, StoreError> {
-        let old = self.kv_get(key)?;
-        if let Some(expected) = cas {
-            if old.as_ref().map_or(0, |e| e.modify_index) != expected {
-                return Ok(false);
-            }
+        let Some(old) = self.kv_get(key)? else { return Ok(true) };
+        if cas.is_some_and(|expected| old.modify_index != expected) {
+            return Ok(false);
         }
-        if old.is_some() {
-            self.tombstone(key)?;
-        }
+        self.tombstone(key)?;
         Ok(true)
     }
 

@@ -38,6 +38,9 @@ impl<'e> ReadView<'e> {
     }
 
     fn index(&self, key: &[u8]) -> Result<u64, StoreError> {
+        if !rows::storable(key) {
+            return Ok(0);
+        }
         match self.t.indexes.get(&self.txn, key)? {
             Some(bytes) => codec::decode_u64("sm_indexes", key, bytes),
             None => Ok(0),
@@ -108,7 +111,11 @@ impl<'e> ReadView<'e> {
     /// Instances of service `name`, ordered by node then ID.
     pub fn service_instances(&self, name: &str) -> Result<Vec<Service>, StoreError> {
         let mut out = Vec::new();
-        for row in self.t.service_names.prefix_iter(&self.txn, &codec::pair_prefix(name))? {
+        let prefix = codec::pair_prefix(name);
+        if !rows::storable(&prefix) {
+            return Ok(out);
+        }
+        for row in self.t.service_names.prefix_iter(&self.txn, &prefix)? {
             let (key, _) = row?;
             let parts = codec::split_key(key);
             let [_, node, id] = parts.as_slice() else {

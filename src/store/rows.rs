@@ -8,7 +8,18 @@ use crate::model::{HealthCheck, KvEntry, Node, Service};
 
 type Txn<'t> = RoTxn<'t, WithoutTls>;
 
+/// LMDB's key size limit. A longer name can never have been stored, so lookups of one find
+/// nothing instead of failing the request.
+const KEY_BYTES_MAX: usize = 511;
+
+pub(super) fn storable(key: &[u8]) -> bool {
+    !key.is_empty() && key.len() <= KEY_BYTES_MAX
+}
+
 pub(super) fn node(t: &SmTables, txn: &Txn<'_>, name: &str) -> Result<Option<Node>, StoreError> {
+    if !storable(name.as_bytes()) {
+        return Ok(None);
+    }
     match t.nodes.get(txn, name.as_bytes())? {
         Some(bytes) => Ok(Some(codec::decode_json("sm_nodes", name.as_bytes(), bytes)?)),
         None => Ok(None),
@@ -17,6 +28,9 @@ pub(super) fn node(t: &SmTables, txn: &Txn<'_>, name: &str) -> Result<Option<Nod
 
 pub(super) fn service(t: &SmTables, txn: &Txn<'_>, node: &str, id: &str) -> Result<Option<Service>, StoreError> {
     let key = codec::pair_key(node, id);
+    if !storable(&key) {
+        return Ok(None);
+    }
     match t.services.get(txn, &key)? {
         Some(bytes) => Ok(Some(codec::decode_json("sm_services", &key, bytes)?)),
         None => Ok(None),
@@ -25,6 +39,9 @@ pub(super) fn service(t: &SmTables, txn: &Txn<'_>, node: &str, id: &str) -> Resu
 
 pub(super) fn check(t: &SmTables, txn: &Txn<'_>, node: &str, id: &str) -> Result<Option<HealthCheck>, StoreError> {
     let key = codec::pair_key(node, id);
+    if !storable(&key) {
+        return Ok(None);
+    }
     match t.checks.get(txn, &key)? {
         Some(bytes) => Ok(Some(codec::decode_json("sm_checks", &key, bytes)?)),
         None => Ok(None),
@@ -33,7 +50,11 @@ pub(super) fn check(t: &SmTables, txn: &Txn<'_>, node: &str, id: &str) -> Result
 
 pub(super) fn node_services(t: &SmTables, txn: &Txn<'_>, node: &str) -> Result<Vec<Service>, StoreError> {
     let mut out = Vec::new();
-    for row in t.services.prefix_iter(txn, &codec::pair_prefix(node))? {
+    let prefix = codec::pair_prefix(node);
+    if !storable(&prefix) {
+        return Ok(out);
+    }
+    for row in t.services.prefix_iter(txn, &prefix)? {
         let (key, bytes) = row?;
         out.push(codec::decode_json("sm_services", key, bytes)?);
     }
@@ -42,7 +63,11 @@ pub(super) fn node_services(t: &SmTables, txn: &Txn<'_>, node: &str) -> Result<V
 
 pub(super) fn node_checks(t: &SmTables, txn: &Txn<'_>, node: &str) -> Result<Vec<HealthCheck>, StoreError> {
     let mut out = Vec::new();
-    for row in t.checks.prefix_iter(txn, &codec::pair_prefix(node))? {
+    let prefix = codec::pair_prefix(node);
+    if !storable(&prefix) {
+        return Ok(out);
+    }
+    for row in t.checks.prefix_iter(txn, &prefix)? {
         let (key, bytes) = row?;
         out.push(codec::decode_json("sm_checks", key, bytes)?);
     }
@@ -50,6 +75,9 @@ pub(super) fn node_checks(t: &SmTables, txn: &Txn<'_>, node: &str) -> Result<Vec
 }
 
 pub(super) fn kv_get(t: &SmTables, txn: &Txn<'_>, key: &str) -> Result<Option<KvEntry>, StoreError> {
+    if !storable(key.as_bytes()) {
+        return Ok(None);
+    }
     match t.kv.get(txn, key.as_bytes())? {
         Some(bytes) => Ok(Some(codec::decode_kv(key.as_bytes(), bytes)?)),
         None => Ok(None),
