@@ -299,8 +299,7 @@ fn long_meta_values_split_into_txt_strings() {
         tags: &[],
         status: None,
     }]);
-    let mut commands = Vec::new();
-    commands.push(Command::Register(Box::new(RegisterRequest {
+    let commands = vec![Command::Register(Box::new(RegisterRequest {
         id: String::new(),
         node: "n1".into(),
         address: "10.0.0.1".into(),
@@ -310,7 +309,7 @@ fn long_meta_values_split_into_txt_strings() {
         service: None,
         checks: vec![],
         skip_node_update: false,
-    })));
+    }))];
     store.apply(&[AppliedBatch { index: 3, commands: &commands }], &[]).expect("apply");
     let txt = ask(&store, &settings(), "n1.node.consul.", RecordType::TXT);
     match &txt.answers[0].data {
