@@ -18,6 +18,7 @@ mod state_machine;
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,6 +95,8 @@ pub struct Cluster {
     raft: Raft,
     store: Store,
     queue: mpsc::Sender<PendingWrite>,
+    /// Approximate LMDB bytes the queued and in-flight writes will take.
+    queued_bytes: Arc<AtomicU64>,
     config: Arc<ClusterConfig>,
 }
 
@@ -120,8 +123,9 @@ impl Cluster {
             election_timeout_min: 1000,
             election_timeout_max: 2000,
             install_snapshot_timeout: 5000,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(10_000),
-            max_in_snapshot_log_to_keep: 1000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(5_000),
+            // Entries can be MiBs (batched writes); keep few once they are in a snapshot.
+            max_in_snapshot_log_to_keep: 500,
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| ClusterError::Start(e.to_string()))?);
@@ -148,16 +152,27 @@ impl Cluster {
 
         let (queue, rx) = mpsc::channel(config.write_queue_max.max(1));
         tasks.spawn(run_proposer(raft.clone(), rx, shutdown));
-        Ok(Cluster { raft, store, queue, config: Arc::new(config) })
+        Ok(Cluster { raft, store, queue, queued_bytes: Arc::default(), config: Arc::new(config) })
     }
 
     /// Proposes `command` and waits until it is committed and applied. Fails fast, before
     /// anything reaches the log, when there is no leader, the queue is full or the LMDB map is
     /// nearly full (a full map inside a log append would stop Raft).
     pub async fn write(&self, command: Command) -> Result<CommandResult, WriteError> {
+        // Room is checked against what queued writes will take too (each counted about four
+        // times: log entry, state rows, indexes, and the copy-on-write pages of the commit).
+        let cost = 4 * command.approx_size() as u64;
         let (room_bytes, size_bytes) = self.store.map_room();
-        let reserve = (size_bytes / 8).min(64 << 20) + 4 * command.approx_size() as u64;
-        if room_bytes < reserve {
+        // Deletions keep working on a nearly full map (half the reserve), or it could never
+        // be emptied again.
+        let reserve = (size_bytes / 8).min(64 << 20) / if command.frees_space() { 2 } else { 1 };
+        let queued = self.queued_bytes.load(Ordering::Relaxed);
+        if room_bytes < reserve + queued + cost {
+            // Purging the log is what gives room back: ask for a snapshot now rather than
+            // after the next 5,000 entries.
+            if let Err(e) = self.raft.trigger().snapshot().await {
+                tracing::warn!(error = %e, "could not trigger a snapshot to free LMDB space");
+            }
             return Err(WriteError::MapFull { room_bytes, size_bytes });
         }
         if self.leader().is_none() {
@@ -168,7 +183,10 @@ impl Cluster {
             mpsc::error::TrySendError::Full(_) => WriteError::QueueFull(self.config.write_queue_max),
             mpsc::error::TrySendError::Closed(_) => WriteError::Stopped("shutting down".into()),
         })?;
-        rx.await.unwrap_or_else(|_| Err(WriteError::Stopped("shutting down".into())))
+        self.queued_bytes.fetch_add(cost, Ordering::Relaxed);
+        let result = rx.await.unwrap_or_else(|_| Err(WriteError::Stopped("shutting down".into())));
+        self.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
+        result
     }
 
     /// Confirms with a quorum that this server is still the leader and waits until it has

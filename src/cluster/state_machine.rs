@@ -22,9 +22,9 @@ type Membership = StoredMembership<NodeId, openraft::BasicNode>;
 
 const META_LAST_APPLIED: &str = "last_applied";
 const META_MEMBERSHIP: &str = "membership";
-/// The current snapshot: its metadata (JSON) and its data (raw), written in one transaction.
-const KEY_SNAPSHOT_META: &[u8] = b"snapshot_meta";
-const KEY_SNAPSHOT_DATA: &[u8] = b"snapshot_data";
+/// The current snapshot, beside the LMDB files: `meta length u64 BE, meta JSON, data`. The
+/// data carries its own checksum (`store::snapshot`).
+const SNAPSHOT_FILE: &str = "snapshot.bin";
 
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, openraft::BasicNode>,
@@ -62,18 +62,33 @@ impl StateMachine {
         Ok((last_applied, membership))
     }
 
+    /// Writes the current snapshot to `snapshot.bin` beside the LMDB files: temporary file,
+    /// fsync, rename, directory fsync. Kept out of LMDB so that a snapshot (a full copy of
+    /// the state) never needs room in the map — taking one is how a nearly full map is freed.
     async fn save_snapshot(&self, snapshot: StoredSnapshot) -> StorageResult<()> {
         let meta = serde_json::to_vec(&snapshot.meta).map_err(sm_err)?;
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut wtxn = store.env().write_txn()?;
-            store.raft_meta.put(&mut wtxn, KEY_SNAPSHOT_META, &meta)?;
-            store.raft_meta.put(&mut wtxn, KEY_SNAPSHOT_DATA, &snapshot.data)?;
-            wtxn.commit()
+        let path = self.snapshot_path();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write;
+            let tmp = path.with_extension("tmp");
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&(meta.len() as u64).to_be_bytes())?;
+            file.write_all(&meta)?;
+            file.write_all(&snapshot.data)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
         })
         .await
         .map_err(sm_err)?
         .map_err(|e| StorageIOError::write_snapshot(None, &e).into())
+    }
+
+    fn snapshot_path(&self) -> std::path::PathBuf {
+        self.store.env().path().join(SNAPSHOT_FILE)
     }
 }
 
@@ -178,13 +193,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let rtxn = self.store.env().read_txn().map_err(snapshot_err)?;
-        let meta = self.store.raft_meta.get(&rtxn, KEY_SNAPSHOT_META).map_err(snapshot_err)?;
-        let data = self.store.raft_meta.get(&rtxn, KEY_SNAPSHOT_DATA).map_err(snapshot_err)?;
-        let (Some(meta), Some(data)) = (meta, data) else {
-            return Ok(None);
+        let bytes = match std::fs::read(self.snapshot_path()) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(snapshot_err(e)),
         };
-        let meta = serde_json::from_slice(meta).map_err(snapshot_err)?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data.to_vec())) }))
+        let corrupt = || snapshot_err(std::io::Error::other("snapshot file is truncated"));
+        let meta_len = u64::from_be_bytes(bytes.get(..8).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?);
+        let meta_end = usize::try_from(meta_len).ok().and_then(|l| l.checked_add(8)).ok_or_else(corrupt)?;
+        let meta = serde_json::from_slice(bytes.get(8..meta_end).ok_or_else(corrupt)?).map_err(snapshot_err)?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes[meta_end..].to_vec())) }))
     }
 }

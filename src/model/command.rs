@@ -45,6 +45,11 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether the command removes data (and may run when the store is nearly full).
+    pub fn frees_space(&self) -> bool {
+        matches!(self, Command::KvDelete { .. } | Command::Deregister(_))
+    }
+
     /// Rough size in bytes of the command in the log, for batch and map-room limits.
     pub fn approx_size(&self) -> usize {
         const BASE: usize = 256;
@@ -56,7 +61,8 @@ impl Command {
                     .map(|op| 64 + op.key.len() + op.value.as_ref().map_or(0, |v| v.len() * 4 / 3))
                     .sum::<usize>()
             }
-            Command::Register(r) => BASE * 4 + r.checks.len() * BASE,
+            // Registrations carry free-form maps and texts: measure them.
+            Command::Register(r) => BASE + serde_json::to_vec(r).map_or(BASE * 4, |bytes| bytes.len()),
             Command::KvDelete { key, .. } => BASE + key.len(),
             Command::Deregister(_) => BASE,
         }

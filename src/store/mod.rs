@@ -188,12 +188,23 @@ impl Store {
     /// Bytes the map still has room for, and the map size. Used to refuse writes before the
     /// map fills: a full map inside a Raft append would stop the Raft core.
     pub fn map_room(&self) -> (u64, u64) {
-        let info = self.env.info();
-        // SAFETY: sysconf has no preconditions. LMDB pages are the OS page size.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
-        let used = (info.last_page_number as u64 + 1) * page;
-        let size = info.map_size as u64;
+        let size = self.env.info().map_size as u64;
+        // Pages held by the tables, not LMDB's high-water mark: that mark never comes down,
+        // while pages freed by deletes and log purges are reused.
+        let used = self.used_bytes().unwrap_or(size);
         (size.saturating_sub(used), size)
+    }
+
+    fn used_bytes(&self) -> Result<u64, heed::Error> {
+        let rtxn = self.env.read_txn()?;
+        let mut used = 0u64;
+        let dbs = [self.raft_log, self.raft_meta].into_iter().chain(self.sm.all().into_iter().map(|(_, db)| db));
+        for db in dbs {
+            let stat = db.stat(&rtxn)?;
+            let pages = (stat.branch_pages + stat.leaf_pages + stat.overflow_pages) as u64;
+            used += pages * u64::from(stat.page_size);
+        }
+        Ok(used)
     }
 }
 
