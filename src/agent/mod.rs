@@ -121,7 +121,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
 
     tasks.spawn(register_self(cluster.clone(), identity, shutdown.clone()));
 
-    wait_for_shutdown_signal(&dns).await?;
+    wait_for_shutdown_signal(&dns, &tasks).await?;
     tracing::info!("shutting down: no new connections; answering blocking queries now");
     shutdown.cancel();
     tasks.close();
@@ -200,7 +200,7 @@ async fn register_self(cluster: Cluster, id: AgentIdentity, shutdown: Cancellati
     }
 }
 
-async fn wait_for_shutdown_signal(dns: &crate::dns::DnsService) -> Result<(), AgentError> {
+async fn wait_for_shutdown_signal(dns: &Arc<crate::dns::DnsService>, tasks: &TaskTracker) -> Result<(), AgentError> {
     let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(AgentError::Signals)?;
@@ -210,7 +210,9 @@ async fn wait_for_shutdown_signal(dns: &crate::dns::DnsService) -> Result<(), Ag
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => {
                 tracing::info!("SIGHUP received: reloading static zones");
-                dns.reload_zones();
+                // Parsing zone files is blocking work; signals keep being handled meanwhile.
+                let dns = Arc::clone(dns);
+                tasks.spawn_blocking(move || dns.reload_zones());
             }
         }
     }

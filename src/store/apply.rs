@@ -172,6 +172,14 @@ impl ApplyTx<'_, '_> {
             return Ok(Outcome::Abort(CommandResult::Rejected("Must provide node".into())));
         }
         let existing = self.get_node(&req.node)?;
+        if existing.is_none() {
+            if let Some(other) = self.node_differing_in_case(&req.node)? {
+                return Ok(Outcome::Abort(CommandResult::Rejected(format!(
+                    "Node name {:?} differs only in case from existing node {other:?}; node names are case-insensitive",
+                    req.node
+                ))));
+            }
+        }
         if req.address.is_empty() && !(req.skip_node_update && existing.is_some()) {
             let why = "Must provide address if SkipNodeUpdate is not set (or the node does not exist yet)";
             return Ok(Outcome::Abort(CommandResult::Rejected(why.into())));
@@ -275,6 +283,19 @@ impl ApplyTx<'_, '_> {
             }
         }
         Ok(Outcome::Commit(CommandResult::Done))
+    }
+
+    /// An existing node whose name equals `name` but for case. DNS (and Consul's catalog)
+    /// treat node names case-insensitively, so two such nodes would shadow each other.
+    /// Scans the nodes table, which only a new node's registration pays for.
+    fn node_differing_in_case(&self, name: &str) -> Result<Option<String>, StoreError> {
+        for row in self.t.nodes.iter(self.txn)? {
+            let (key, _) = row?;
+            if key.eq_ignore_ascii_case(name.as_bytes()) && key != name.as_bytes() {
+                return Ok(Some(String::from_utf8_lossy(key).into_owned()));
+            }
+        }
+        Ok(None)
     }
 
     fn put_check(&mut self, check: &HealthCheck) -> Result<(), StoreError> {

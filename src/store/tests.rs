@@ -230,3 +230,14 @@ fn directory_follows_every_applied_batch() {
     let reopened = Store::open(&path, 64 << 20).expect("reopen");
     assert_eq!(reopened.directory().service("web").expect("web")[0].service_id, "Web2");
 }
+
+#[test]
+fn node_names_are_case_insensitive() {
+    let (_dir, store) = open();
+    apply(&store, 2, vec![register("web", None, vec![])]);
+    let results = apply(&store, 3, vec![register("WEB", None, vec![])]);
+    assert!(matches!(&results[0], CommandResult::Rejected(why) if why.contains("differs only in case")), "{results:?}");
+    assert!(store.read().expect("read").node("WEB").expect("node").is_none());
+    // Updating the node under its own spelling still works.
+    assert_eq!(apply(&store, 4, vec![register("web", None, vec![])]), vec![CommandResult::Done]);
+}
