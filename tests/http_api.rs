@@ -323,3 +323,32 @@ fn consul_leniencies_skip_node_update_and_cas_delete_of_a_missing_key() {
     assert_eq!(agent.get(&format!("/v1/catalog/service/{long}")).json(), json!([]));
     assert_eq!(agent.get(&format!("/v1/health/service/{long}")).json(), json!([]));
 }
+
+#[test]
+fn a_check_flip_wakes_health_watchers_but_not_catalog_watchers() {
+    let agent = Agent::start(&[]);
+    let reg = |status: &str| {
+        json!({"Node": "n5", "Address": "10.0.0.5", "Service": {"ID": "api1", "Service": "api", "Port": 1},
+               "Check": {"CheckID": "c", "Name": "c", "Status": status, "ServiceID": "api1"}})
+        .to_string()
+    };
+    assert_eq!(agent.put("/v1/catalog/register", reg("passing")).status, 200);
+    let catalog_index = agent.get("/v1/catalog/service/api").index();
+    let health_index = agent.get("/v1/health/service/api").index();
+    let addr = agent.http;
+    let started = Instant::now();
+    let catalog = std::thread::spawn(move || {
+        support::http_request(addr, "GET", &format!("/v1/catalog/service/api?index={catalog_index}&wait=2s"), b"")
+    });
+    let health = std::thread::spawn(move || {
+        support::http_request(addr, "GET", &format!("/v1/health/service/api?index={health_index}&wait=60s"), b"")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(agent.put("/v1/catalog/register", reg("critical")).status, 200);
+    let health = health.join().expect("health");
+    assert_eq!(health.json()[0]["Checks"][0]["Status"], "critical");
+    assert!(health.index() > health_index);
+    let catalog = catalog.join().expect("catalog");
+    assert!(started.elapsed() >= Duration::from_secs(2), "catalog watcher woken by a check change");
+    assert_eq!(catalog.index(), catalog_index, "catalog index moved although its rows did not");
+}

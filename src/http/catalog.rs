@@ -336,7 +336,7 @@ pub async fn service(ctx: Ctx, Path(name): Path<String>, RawQuery(raw): RawQuery
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
     let tags = q.all("tag").into_iter().map(str::to_string).collect::<Vec<_>>();
     let result = ctx
-        .blocking_read(&q, Topic::Service(name.clone()), |view| {
+        .blocking_read(&q, Topic::CatalogService(name.clone()), |view| {
             let wanted: Vec<&str> = tags.iter().map(String::as_str).collect();
             let mut rows = Vec::new();
             for s in view.service_instances(&name)? {
@@ -347,7 +347,7 @@ pub async fn service(ctx: Ctx, Path(name): Path<String>, RawQuery(raw): RawQuery
                     rows.push(catalog_row(&node, s));
                 }
             }
-            Ok((view.service_index(&name)?, rows))
+            Ok((view.catalog_service_index(&name)?, rows))
         })
         .await?;
     Ok((ctx.index_headers(result.index), Json(result.value)).into_response())
@@ -399,7 +399,7 @@ struct NodeServices {
 pub async fn node(ctx: Ctx, Path(name): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
     let result = ctx
-        .blocking_read(&q, Topic::Node(name.clone()), |view| {
+        .blocking_read(&q, Topic::CatalogNode(name.clone()), |view| {
             let found = match view.node(&name)? {
                 Some(node) => {
                     let services =
@@ -408,7 +408,7 @@ pub async fn node(ctx: Ctx, Path(name): Path<String>, RawQuery(raw): RawQuery) -
                 }
                 None => None,
             };
-            Ok((view.node_index(&name)?, found))
+            Ok((view.catalog_node_index(&name)?, found))
         })
         .await?;
     Ok((ctx.index_headers(result.index), Json(result.value)).into_response())

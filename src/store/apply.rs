@@ -21,6 +21,14 @@ pub struct AppliedBatch<'a> {
     pub commands: &'a [Command],
 }
 
+/// Where a change shows: in health results only (a check's status or output), or in catalog
+/// results as well (nodes and services). Catalog reads wake only for the latter.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Health,
+    Catalog,
+}
+
 /// Whether a command's nested transaction is kept.
 enum Outcome {
     Commit(CommandResult),
@@ -122,25 +130,34 @@ impl ApplyTx<'_, '_> {
         self.bump(&index_key::table(table.name()))
     }
 
-    /// Service `name`'s instances on `node` changed (the instance, its checks or its node).
-    fn touch_service(&mut self, name: &str, node: &str) -> Result<(), StoreError> {
+    /// Service `name`'s instances on `node` changed (the instance, its checks or its node);
+    /// with `Scope::Catalog` also what catalog reads return (not just health).
+    fn touch_service(&mut self, name: &str, node: &str, scope: Scope) -> Result<(), StoreError> {
         self.bump(&index_key::service(name))?;
         self.touched.services.entry(name.to_string()).or_default().insert(node.to_string());
+        if scope == Scope::Catalog {
+            self.bump(&index_key::catalog_service(name))?;
+            self.touched.catalog_services.insert(name.to_string());
+        }
         Ok(())
     }
 
-    fn touch_node(&mut self, name: &str) -> Result<(), StoreError> {
+    fn touch_node(&mut self, name: &str, scope: Scope) -> Result<(), StoreError> {
         self.bump(&index_key::node(name))?;
         self.touched.nodes.insert(name.to_string());
+        if scope == Scope::Catalog {
+            self.bump(&index_key::catalog_node(name))?;
+            self.touched.catalog_nodes.insert(name.to_string());
+        }
         Ok(())
     }
 
-    /// A node-level change (the node itself or a node check) changes the health of every
-    /// service instance on it.
-    fn touch_node_and_its_services(&mut self, node: &str) -> Result<(), StoreError> {
-        self.touch_node(node)?;
+    /// A node-level change (the node itself or a node check) changes every service instance
+    /// on it.
+    fn touch_node_and_its_services(&mut self, node: &str, scope: Scope) -> Result<(), StoreError> {
+        self.touch_node(node, scope)?;
         for service in self.node_services(node)? {
-            self.touch_service(&service.service, node)?;
+            self.touch_service(&service.service, node, scope)?;
         }
         Ok(())
     }
@@ -202,7 +219,7 @@ impl ApplyTx<'_, '_> {
             if !unchanged {
                 self.t.nodes.put(self.txn, req.node.as_bytes(), &codec::encode_json(&node))?;
                 self.touch_table(Table::Nodes)?;
-                self.touch_node_and_its_services(&req.node)?;
+                self.touch_node_and_its_services(&req.node, Scope::Catalog)?;
             }
         }
         if let Some(def) = &req.service {
@@ -228,7 +245,7 @@ impl ApplyTx<'_, '_> {
                     if old.service != service.service {
                         let stale = codec::triple_key(&old.service, &req.node, &old.id);
                         self.t.service_names.delete(self.txn, &stale)?;
-                        self.touch_service(&old.service, &req.node)?;
+                        self.touch_service(&old.service, &req.node, Scope::Catalog)?;
                     }
                 }
                 let key = codec::pair_key(&req.node, &def.id);
@@ -236,8 +253,8 @@ impl ApplyTx<'_, '_> {
                 let name_key = codec::triple_key(&service.service, &req.node, &service.id);
                 self.t.service_names.put(self.txn, &name_key, &[])?;
                 self.touch_table(Table::Services)?;
-                self.touch_service(&service.service, &req.node)?;
-                self.touch_node(&req.node)?;
+                self.touch_service(&service.service, &req.node, Scope::Catalog)?;
+                self.touch_node(&req.node, Scope::Catalog)?;
                 // Checks carry the service's name and tags: keep them in step.
                 self.refresh_service_checks(&service)?;
             }
@@ -309,10 +326,10 @@ impl ApplyTx<'_, '_> {
     fn touch_check_scope(&mut self, check: &HealthCheck) -> Result<(), StoreError> {
         self.touch_table(Table::Checks)?;
         if check.service_id.is_empty() {
-            self.touch_node_and_its_services(&check.node)
+            self.touch_node_and_its_services(&check.node, Scope::Health)
         } else {
-            self.touch_node(&check.node)?;
-            self.touch_service(&check.service_name, &check.node)
+            self.touch_node(&check.node, Scope::Health)?;
+            self.touch_service(&check.service_name, &check.node, Scope::Health)
         }
     }
 
@@ -344,7 +361,7 @@ impl ApplyTx<'_, '_> {
                 }
             }
             (None, None) => {
-                self.touch_node_and_its_services(&req.node)?;
+                self.touch_node_and_its_services(&req.node, Scope::Catalog)?;
                 for service in self.node_services(&req.node)? {
                     self.delete_service(&req.node, &service.id)?;
                 }
@@ -373,8 +390,8 @@ impl ApplyTx<'_, '_> {
             }
         }
         self.touch_table(Table::Services)?;
-        self.touch_service(&service.service, node)?;
-        self.touch_node(node)
+        self.touch_service(&service.service, node, Scope::Catalog)?;
+        self.touch_node(node, Scope::Catalog)
     }
 
     // ---- KV --------------------------------------------------------------------------------

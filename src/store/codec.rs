@@ -120,4 +120,11 @@ pub mod index_key {
     pub fn node(name: &str) -> Vec<u8> {
         format!("n:{name}").into_bytes()
     }
+    /// Like `service`, but bumped only by changes catalog reads show (not by checks).
+    pub fn catalog_service(name: &str) -> Vec<u8> {
+        format!("cs:{name}").into_bytes()
+    }
+    pub fn catalog_node(name: &str) -> Vec<u8> {
+        format!("cn:{name}").into_bytes()
+    }
 }

@@ -62,6 +62,16 @@ impl<'e> ReadView<'e> {
         self.index(&index_key::node(name))
     }
 
+    /// Like [`ReadView::service_index`], for catalog reads: check changes do not move it.
+    pub fn catalog_service_index(&self, name: &str) -> Result<u64, StoreError> {
+        self.index(&index_key::catalog_service(name))
+    }
+
+    /// Like [`ReadView::node_index`], for catalog reads: check changes do not move it.
+    pub fn catalog_node_index(&self, name: &str) -> Result<u64, StoreError> {
+        self.index(&index_key::catalog_node(name))
+    }
+
     /// Raw `sm_meta` value (Raft metadata kept by `cluster`).
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.t.meta.get(&self.txn, key.as_bytes())?.map(<[u8]>::to_vec))

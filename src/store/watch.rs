@@ -42,6 +42,10 @@ pub enum Topic {
     Service(String),
     /// One node: the node, its services and checks.
     Node(String),
+    /// A service's catalog rows (its instances and their nodes, no checks).
+    CatalogService(String),
+    /// A node's catalog rows (the node and its services, no checks).
+    CatalogNode(String),
     Kv(String),
     /// Every key that starts with this prefix ("" = all keys).
     KvPrefix(String),
@@ -123,6 +127,12 @@ impl Watches {
         for name in &touched.nodes {
             wake(&Topic::Node(name.clone()));
         }
+        for name in &touched.catalog_services {
+            wake(&Topic::CatalogService(name.clone()));
+        }
+        for name in &touched.catalog_nodes {
+            wake(&Topic::CatalogNode(name.clone()));
+        }
         for key in &touched.kv_keys {
             wake(&Topic::Kv(key.clone()));
             for (boundary, _) in key.char_indices().chain(std::iter::once((key.len(), ' '))) {
@@ -139,6 +149,8 @@ pub struct Touched {
     /// Service name → the nodes whose instances of it changed.
     pub services: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
     pub nodes: std::collections::BTreeSet<String>,
+    pub catalog_services: std::collections::BTreeSet<String>,
+    pub catalog_nodes: std::collections::BTreeSet<String>,
     pub kv_keys: std::collections::BTreeSet<String>,
 }
 
@@ -157,6 +169,8 @@ impl Touched {
             self.services.entry(name).or_default().extend(nodes);
         }
         self.nodes.extend(other.nodes);
+        self.catalog_services.extend(other.catalog_services);
+        self.catalog_nodes.extend(other.catalog_nodes);
         self.kv_keys.extend(other.kv_keys);
     }
 }
