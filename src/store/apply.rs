@@ -21,6 +21,44 @@ pub struct AppliedBatch<'a> {
     pub commands: &'a [Command],
 }
 
+/// KV tombstones are reaped when a batch reaches an index that is a multiple of this...
+const TOMBSTONE_REAP_EVERY: u64 = 4096;
+/// ... dropping those older than this many indexes. Deterministic (it depends on log indexes
+/// only), so every replica reaps the same ones.
+const TOMBSTONE_RETAIN: u64 = 65_536;
+
+/// Drops old tombstones, raising the KV floor to the newest index dropped: reads of a key or
+/// prefix that only a reaped tombstone described report the floor, so their index never goes
+/// backwards.
+fn reap_tombstones(t: &SmTables, wtxn: &mut RwTxn<'_>, index: u64) -> Result<(), StoreError> {
+    let cutoff = index.saturating_sub(TOMBSTONE_RETAIN);
+    let mut reaped = Vec::new();
+    let mut floor = 0;
+    for row in t.kv_tombstones.iter(wtxn)? {
+        let (key, bytes) = row?;
+        let deleted_at = codec::decode_u64("sm_kv_tombstones", key, bytes)?;
+        if deleted_at <= cutoff {
+            reaped.push(key.to_vec());
+            floor = floor.max(deleted_at);
+        }
+    }
+    for key in &reaped {
+        t.kv_tombstones.delete(wtxn, key)?;
+    }
+    if floor > 0 {
+        let floor_key = index_key::table(KV_FLOOR);
+        let old = match t.indexes.get(wtxn, &floor_key)? {
+            Some(bytes) => codec::decode_u64("sm_indexes", &floor_key, bytes)?,
+            None => 0,
+        };
+        t.indexes.put(wtxn, &floor_key, &codec::encode_u64(old.max(floor)))?;
+    }
+    Ok(())
+}
+
+/// `sm_indexes` entry holding the newest reaped tombstone's index.
+pub(super) const KV_FLOOR: &str = "kv-floor";
+
 /// Where a change shows: in health results only (a check's status or output), or in catalog
 /// results as well (nodes and services). Catalog reads wake only for the latter.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -77,6 +115,9 @@ impl Store {
                 }
             }
             results.push(batch_results);
+        }
+        if batches.iter().any(|b| b.index % TOMBSTONE_REAP_EVERY == 0) {
+            reap_tombstones(&self.sm, &mut wtxn, last_index)?;
         }
         for (key, value) in meta {
             self.sm.meta.put(&mut wtxn, key.as_bytes(), value)?;

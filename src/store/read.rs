@@ -219,14 +219,19 @@ impl<'e> ReadView<'e> {
         }
         let index = match self.t.kv_tombstones.get(&self.txn, key.as_bytes())? {
             Some(bytes) => codec::decode_u64("sm_kv_tombstones", key.as_bytes(), bytes)?,
-            None => 0,
+            None => self.kv_floor()?,
         };
         Ok((None, index))
     }
 
+    /// The newest index of a reaped KV tombstone (0 if none was reaped).
+    fn kv_floor(&self) -> Result<u64, StoreError> {
+        self.index(&index_key::table(super::apply::KV_FLOOR))
+    }
+
     /// The index at which anything under `prefix` last changed (writes and deletions).
     pub fn kv_prefix_index(&self, prefix: &str) -> Result<u64, StoreError> {
-        let mut max = 0;
+        let mut max = self.kv_floor()?;
         for row in super::prefix_rows(self.t.kv, &self.txn, prefix.as_bytes())? {
             let (key, bytes) = row?;
             max = max.max(codec::decode_kv(key, bytes)?.modify_index);

@@ -241,3 +241,18 @@ fn node_names_are_case_insensitive() {
     // Updating the node under its own spelling still works.
     assert_eq!(apply(&store, 4, vec![register("web", None, vec![])]), vec![CommandResult::Done]);
 }
+
+#[test]
+fn old_tombstones_are_reaped_without_indexes_going_back() {
+    let (_dir, store) = open();
+    apply(&store, 10, vec![kv_set("gone", "1", None)]);
+    apply(&store, 11, vec![Command::KvDelete { key: "gone".into(), recurse: false, cas: None }]);
+    assert_eq!(store.read().expect("read").kv_get_indexed("gone").expect("index").1, 11);
+    // Far later, a batch at a reaping index drops the tombstone but keeps the index as floor.
+    apply(&store, 4096 * 40, vec![kv_set("other", "1", None)]);
+    let view = store.read().expect("read");
+    assert_eq!(view.kv_get_indexed("gone").expect("index").1, 11, "index went backwards after reaping");
+    assert_eq!(view.kv_prefix_index("go").expect("index"), 11);
+    let rtxn = store.env().read_txn().expect("txn");
+    assert_eq!(store.sm.kv_tombstones.len(&rtxn).expect("len"), 0, "the old tombstone was kept");
+}
