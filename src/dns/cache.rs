@@ -9,6 +9,9 @@
 //! Invariant: templates are valid only for the directory index they were built from (and
 //! answers carrying an SOA, whose serial is the clock, only within the second); the cache
 //! is emptied when either moves on. Each UDP loop owns its cache: no lock on the hot path.
+//! Only complete answers are cached (their order is reshuffled over time); an answer that
+//! holds a subset of the records (a limit or the size cut them) takes the full path every
+//! time, so which records a client gets stays random per response.
 
 use std::collections::HashMap;
 
@@ -116,6 +119,9 @@ enum Entry {
     Answer { variants: Vec<Vec<u8>>, expires_with_second: bool, hits: u32 },
     /// Not one of cairn's names.
     NotOurs,
+    /// An answer that holds only some of the records (cut by a limit or for size): which
+    /// ones must be drawn at random per response, so it always takes the full path.
+    FullPath,
 }
 
 #[derive(Default)]
@@ -156,6 +162,7 @@ impl AnswerCache {
         };
         match entry {
             Entry::NotOurs => Some(Reply::NotOurs),
+            Entry::FullPath => None,
             Entry::Answer { variants, hits, .. } => {
                 self.next_variant = self.next_variant.wrapping_add(1);
                 let slot = self.next_variant % variants.len();
@@ -213,6 +220,9 @@ fn build_entry(key: &Key, query: &PlainQuery<'_>, service: &DnsService) -> Optio
                     return None;
                 }
                 let answers = be16(&bytes, 6);
+                if variants.is_empty() && answers > 0 && answers < full_answer_count(service, &request) {
+                    return Some(Entry::FullPath);
+                }
                 // Anything carrying an SOA (negative answers, SOA queries) has the clock as serial.
                 let has_soa = be16(&bytes, 8) > 0 || key.qtype == u16::from(hickory_proto::rr::RecordType::SOA);
                 variants.push(bytes);
@@ -223,6 +233,14 @@ fn build_entry(key: &Key, query: &PlainQuery<'_>, service: &DnsService) -> Optio
         }
     }
     Some(Entry::Answer { variants, expires_with_second: false, hits: 0 })
+}
+
+/// How many answers the full set has (as TCP would return it).
+fn full_answer_count(service: &DnsService, request: &[u8]) -> u16 {
+    match service.reply_fast(request, Transport::Tcp) {
+        Reply::Bytes(bytes) if bytes.len() >= HEADER_LEN => be16(&bytes, 6),
+        _ => 0,
+    }
 }
 
 /// The template answered to this query: its id, RD/CD bits and question case.

@@ -63,9 +63,13 @@ pub struct Directory {
     pub index: u64,
     /// Instances of every service, by lowercase name (names that differ only in case are
     /// one DNS name, so their instances are listed together).
-    pub services: HashMap<String, Instances>,
-    pub nodes: HashMap<String, Arc<NodeRecord>>,
+    pub services: PersistentMap<Instances>,
+    pub nodes: PersistentMap<Arc<NodeRecord>>,
 }
+
+/// A persistent (structurally shared) map: cloning it for the next directory version is
+/// O(1) and an update O(log n), so a write costs what it touched, not the catalog's size.
+pub type PersistentMap<V> = imbl::HashMap<String, V>;
 
 impl Directory {
     pub fn service(&self, name: &str) -> Option<&[Arc<InstanceRecord>]> {
@@ -96,7 +100,7 @@ impl DirectoryCell {
 
     /// Rebuilds everything from `view` (at start and after a snapshot install).
     pub(super) fn rebuild(&self, view: &ReadView<'_>, index: u64) -> Result<(), StoreError> {
-        let mut nodes = HashMap::new();
+        let mut nodes = PersistentMap::new();
         for node in view.nodes()? {
             nodes.insert(node.node.to_ascii_lowercase(), Arc::new(node_record(&node)));
         }
@@ -164,7 +168,7 @@ fn node_record(node: &crate::model::Node) -> NodeRecord {
 }
 
 /// One instance with its health folded in, sharing its node record with `nodes`.
-fn instance_record(health: ServiceHealth, nodes: &HashMap<String, Arc<NodeRecord>>) -> Arc<InstanceRecord> {
+fn instance_record(health: ServiceHealth, nodes: &PersistentMap<Arc<NodeRecord>>) -> Arc<InstanceRecord> {
     let status = health.status();
     let node = nodes
         .get(&health.node.node.to_ascii_lowercase())
