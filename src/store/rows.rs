@@ -3,7 +3,7 @@
 
 use heed::{RoTxn, WithoutTls};
 
-use super::{codec, prefix_rows, SmTables, StoreError};
+use super::{codec, prefix_rows, RawDb, SmTables, StoreError};
 use crate::model::{HealthCheck, KvEntry, Node, Service};
 
 type Txn<'t> = RoTxn<'t, WithoutTls>;
@@ -49,27 +49,28 @@ pub(super) fn check(t: &SmTables, txn: &Txn<'_>, node: &str, id: &str) -> Result
 }
 
 pub(super) fn node_services(t: &SmTables, txn: &Txn<'_>, node: &str) -> Result<Vec<Service>, StoreError> {
-    let mut out = Vec::new();
-    let prefix = codec::pair_prefix(node);
-    if !storable(&prefix) {
-        return Ok(out);
-    }
-    for row in t.services.prefix_iter(txn, &prefix)? {
-        let (key, bytes) = row?;
-        out.push(codec::decode_json("sm_services", key, bytes)?);
-    }
-    Ok(out)
+    node_rows(t.services, "sm_services", txn, node)
 }
 
 pub(super) fn node_checks(t: &SmTables, txn: &Txn<'_>, node: &str) -> Result<Vec<HealthCheck>, StoreError> {
+    node_rows(t.checks, "sm_checks", txn, node)
+}
+
+/// Every row of `db` keyed `node \0 ...`, decoded.
+fn node_rows<T: serde::de::DeserializeOwned>(
+    db: RawDb,
+    table: &'static str,
+    txn: &Txn<'_>,
+    node: &str,
+) -> Result<Vec<T>, StoreError> {
     let mut out = Vec::new();
     let prefix = codec::pair_prefix(node);
     if !storable(&prefix) {
         return Ok(out);
     }
-    for row in t.checks.prefix_iter(txn, &prefix)? {
+    for row in db.prefix_iter(txn, &prefix)? {
         let (key, bytes) = row?;
-        out.push(codec::decode_json("sm_checks", key, bytes)?);
+        out.push(codec::decode_json(table, key, bytes)?);
     }
     Ok(out)
 }
