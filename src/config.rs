@@ -27,6 +27,9 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::model::agent::{decode_service, ScriptPolicy, ServiceRegistration, Strictness};
+pub use crate::model::parse_duration;
+
 /// Rewrites Consul-style single-dash long flags (`-dev`, `-http-port=0`) to clap's `--dev`,
 /// `--http-port=0`.
 ///
@@ -149,6 +152,14 @@ pub struct Config {
     pub limits: Limits,
     pub lmdb_map_size_bytes: u64,
     pub zones_dir: Option<PathBuf>,
+    /// `service` and `services` blocks of every file, in load order.
+    pub services: Vec<ServiceRegistration>,
+    /// Script checks run only when set, and only from config files.
+    pub enable_local_script_checks: bool,
+    /// Output-only check changes reach the catalog at most this often.
+    pub check_update_interval: Duration,
+    /// cairn: how often anti-entropy compares all local services and checks with the catalog.
+    pub anti_entropy_interval: Duration,
 }
 
 /// Listener ports; 0 asks the OS for any free port.
@@ -246,6 +257,8 @@ pub struct Limits {
     pub max_pending_writes: u32,
     /// DNS answers in flight that need I/O (static zones, forwarding); past it SERVFAIL.
     pub dns_max_forwards_in_flight: u32,
+    /// Health-check probes running at once; past it a check waits for a free slot.
+    pub checks_max_concurrent: u32,
 }
 
 impl Default for Limits {
@@ -259,6 +272,7 @@ impl Default for Limits {
             txn_max_ops: 64,
             max_pending_writes: 16_384,
             dns_max_forwards_in_flight: 1024,
+            checks_max_concurrent: 512,
         }
     }
 }
@@ -374,8 +388,10 @@ impl Config {
         let defaults = Config::defaults(flags.dev);
         let mut warnings = Vec::new();
         let mut merged = Map::new();
+        let mut service_blocks = Vec::new();
         for (name, text) in sources {
             let object = parse_object(name, text)?;
+            service_blocks.extend(service_blocks_of(name, &object)?);
             // Decoding each file alone is what lets errors name the file; the result is
             // thrown away and the merged object decoded again below.
             apply_object(&mut defaults.clone(), name, &object, &mut warnings)?;
@@ -388,6 +404,7 @@ impl Config {
         apply_object(&mut config, &all_names.join(", "), &merged, &mut Vec::new())?;
         config.apply_flags(flags);
         config.validate(&mut warnings)?;
+        config.services = decode_service_blocks(service_blocks, config.enable_local_script_checks, &mut warnings)?;
         Ok((config, warnings))
     }
 
@@ -416,6 +433,10 @@ impl Config {
             limits: Limits::default(),
             lmdb_map_size_bytes: 1024 * MIB,
             zones_dir: None,
+            services: Vec::new(),
+            enable_local_script_checks: false,
+            check_update_interval: Duration::from_secs(300),
+            anti_entropy_interval: Duration::from_secs(60),
         }
     }
 
@@ -542,12 +563,12 @@ const TOP_NOT_IMPLEMENTED: &str = "
     acl_token acl_ttl advertise_addr_ipv4 advertise_addr_ipv6 advertise_addr_wan
     advertise_addr_wan_ipv4 advertise_addr_wan_ipv6 advertise_reconnect_timeout audit
     auto_config auto_encrypt auto_reload_config autopilot ca_file ca_path cache
-    cert_file check_output_max_size check_update_interval checks cloud config_entries
+    cert_file check_output_max_size checks cloud config_entries
     connect default_query_time disable_anonymous_signature disable_coordinates
     disable_host_node_id disable_http_unprintable_char_filter disable_keyring_file
     disable_remote_exec disable_update_check discard_check_output discovery_max_stale
     enable_acl_replication enable_agent_tls_for_checks enable_central_service_config
-    enable_debug enable_local_script_checks enable_script_checks enable_syslog encrypt
+    enable_debug enable_script_checks enable_syslog encrypt
     encrypt_verify_incoming encrypt_verify_outgoing experiments http_config key_file
     leave_on_terminate license_path locality log_file log_json log_rotate_bytes
     log_rotate_duration log_rotate_max_files max_query_time node_meta non_voting_server
@@ -556,7 +577,7 @@ const TOP_NOT_IMPLEMENTED: &str = "
     reconnect_timeout reconnect_timeout_wan rejoin_after_leave retry_interval
     retry_interval_wan retry_join retry_join_wan retry_max retry_max_wan rpc segment
     segments serf_lan serf_lan_allowed_cidrs serf_wan serf_wan_allowed_cidrs server_name
-    service services session_ttl_min skip_leave_on_interrupt start_join start_join_wan
+    session_ttl_min skip_leave_on_interrupt start_join start_join_wan
     syslog_facility telemetry tls translate_wan_addrs ui ui_config ui_content_path
     ui_dir unix_sockets use_streaming_backend verify_incoming verify_incoming_https
     verify_incoming_rpc verify_outgoing verify_server_hostname watches
@@ -576,6 +597,63 @@ const LIMITS_NOT_IMPLEMENTED: &str = "
     https_handshake_timeout request_limits rpc_client_timeout rpc_handshake_timeout
     rpc_max_burst rpc_max_conns_per_client rpc_rate txn_max_req_len xds_server
 ";
+
+/// One `service` block (or `services` element) of one file, decoded once the merged config
+/// says whether scripts are allowed.
+struct ServiceBlock {
+    source: String,
+    /// `service` or `services[i]`.
+    key: String,
+    value: Value,
+}
+
+fn service_blocks_of(source: &str, object: &Map<String, Value>) -> Result<Vec<ServiceBlock>, ConfigError> {
+    let block = |key: String, value: &Value| ServiceBlock { source: source.to_string(), key, value: value.clone() };
+    let mut blocks = Vec::new();
+    if let Some(value) = object.get("service") {
+        blocks.push(block("service".to_string(), value));
+    }
+    match object.get("services") {
+        None => {}
+        Some(Value::Array(items)) => {
+            blocks.extend(items.iter().enumerate().map(|(i, v)| block(format!("services[{i}]"), v)));
+        }
+        Some(other) => {
+            return Err(ConfigError::WrongType {
+                path: source.to_string(),
+                key: "services".to_string(),
+                expected: "a list of service definitions".to_string(),
+                found: describe(other),
+            })
+        }
+    }
+    Ok(blocks)
+}
+
+fn decode_service_blocks(
+    blocks: Vec<ServiceBlock>,
+    scripts_allowed: bool,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<ServiceRegistration>, ConfigError> {
+    let policy = if scripts_allowed { ScriptPolicy::Allowed } else { ScriptPolicy::Refused };
+    let mut services: Vec<ServiceRegistration> = Vec::with_capacity(blocks.len());
+    for block in blocks {
+        let reg = decode_service(&block.value, Strictness::Strict, policy)
+            .map_err(|e| ConfigError::Invalid { what: format!("config {}: {}: {e}", block.source, block.key) })?;
+        if let Some(earlier) = services.iter_mut().find(|s| s.service.id == reg.service.id) {
+            warnings.push(format!(
+                "config {}: {}: service ID {} is defined more than once; the last definition is used",
+                block.source,
+                block.key,
+                quote(&reg.service.id)
+            ));
+            *earlier = reg;
+        } else {
+            services.push(reg);
+        }
+    }
+    Ok(services)
+}
 
 /// Decodes one config object onto `config`, key by key; keys it does not hold keep their
 /// value. Used for each file alone (to check it) and for the merged object.
@@ -646,11 +724,26 @@ fn apply_object(
         limits.set("dns_max_forwards_in_flight", &mut l.dns_max_forwards_in_flight, |v| {
             decode_uint(v, 1, u32::MAX.into())
         })?;
+        limits.set("checks_max_concurrent", &mut l.checks_max_concurrent, |v| decode_uint(v, 1, 1_000_000))?;
         limits.finish(LIMITS_NOT_IMPLEMENTED, warnings)?;
     }
     let map_size_mb = top.get("lmdb_map_size_mb", |v| decode_uint::<u64>(v, 1, u64::MAX / MIB))?;
     set_if_some(&mut config.lmdb_map_size_bytes, map_size_mb.map(|mb| mb * MIB));
     top.set("zones_dir", &mut config.zones_dir, |v| decode_path(v).map(Some))?;
+    top.set("enable_local_script_checks", &mut config.enable_local_script_checks, decode_bool)?;
+    top.set("check_update_interval", &mut config.check_update_interval, decode_duration)?;
+    top.set("anti_entropy_interval", &mut config.anti_entropy_interval, |v| {
+        decode_duration(v).and_then(|d| {
+            if d < Duration::from_secs(1) {
+                Err(Mismatch::new("a duration of at least 1s", v))
+            } else {
+                Ok(d)
+            }
+        })
+    })?;
+    // Decoded per file by `service_blocks_of`, which names the file in its errors.
+    top.get("service", |_| Ok(()))?;
+    top.get("services", |_| Ok(()))?;
     top.finish(TOP_NOT_IMPLEMENTED, warnings)
 }
 
@@ -1015,65 +1108,6 @@ fn decode_list<T>(value: &Value, decode_item: impl Fn(&Value) -> Result<T, Misma
         .collect()
 }
 
-/// Parses a Go duration (`"10s"`, `"1h30m"`, `"1.5s"`, `"250ms"`, `"0"`): one or more
-/// number+unit pairs, units `ns us µs ms s m h`. Negative durations are rejected; the error
-/// is a short reason, without the input.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    // Go's limit (i64 nanoseconds, about 292 years), so values round-trip with Consul.
-    const MAX_NANOS: u128 = i64::MAX as u128;
-    let body = s.strip_prefix('+').unwrap_or(s);
-    if body.starts_with('-') {
-        return Err("negative durations are not allowed".to_string());
-    }
-    if body == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if body.is_empty() {
-        return Err("empty duration".to_string());
-    }
-    let mut rest = body;
-    let mut total: u128 = 0;
-    while !rest.is_empty() {
-        let number_len = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
-        let (number, after) = rest.split_at(number_len);
-        let unit_len = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
-        let (unit, after) = after.split_at(unit_len);
-        let unit_nanos: u128 = match unit {
-            "ns" => 1,
-            "us" | "µs" | "μs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            "" => return Err(format!("missing unit after {number}")),
-            other => return Err(format!("unknown unit {}", quote(other))),
-        };
-        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-        if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
-            return Err(format!("invalid number before {}", quote(unit)));
-        }
-        let too_large = || "duration too large".to_string();
-        let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| too_large())? };
-        // Digits past nanosecond precision of the hour unit cannot change the result.
-        let fraction = &fraction[..fraction.len().min(18)];
-        let fraction_nanos = if fraction.is_empty() {
-            0
-        } else {
-            let digits: u128 = fraction.parse().map_err(|_| too_large())?;
-            digits * unit_nanos / 10u128.pow(fraction.len() as u32)
-        };
-        total = whole
-            .checked_mul(unit_nanos)
-            .and_then(|n| n.checked_add(fraction_nanos))
-            .and_then(|n| n.checked_add(total))
-            .filter(|&n| n <= MAX_NANOS)
-            .ok_or_else(too_large)?;
-        rest = after;
-    }
-    let nanos = u64::try_from(total).map_err(|_| "duration too large".to_string())?;
-    Ok(Duration::from_nanos(nanos))
-}
-
 /// The machine's hostname, Consul's default node name.
 fn hostname() -> Option<String> {
     let mut buf = [0u8; 256];
@@ -1239,9 +1273,13 @@ mod tests {
                 "http_max_conns_per_client": 10, "kv_max_value_size": 11,
                 "http_max_body_bytes": 12, "http_header_read_timeout": "5s",
                 "max_blocking_queries": 13, "txn_max_ops": 14, "max_pending_writes": 15,
-                "dns_max_forwards_in_flight": 16
+                "dns_max_forwards_in_flight": 16, "checks_max_concurrent": 17
             },
-            "lmdb_map_size_mb": 2, "zones_dir": "/z"
+            "lmdb_map_size_mb": 2, "zones_dir": "/z",
+            "enable_local_script_checks": true, "check_update_interval": "1m",
+            "anti_entropy_interval": "2s",
+            "service": {"name": "a", "check": {"args": ["/bin/true"], "interval": "5s"}},
+            "services": [{"name": "b"}]
         }"#]);
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
         let sock = |s: &str| s.parse::<SocketAddr>().expect("socket address");
@@ -1295,9 +1333,24 @@ mod tests {
                 txn_max_ops: 14,
                 max_pending_writes: 15,
                 dns_max_forwards_in_flight: 16,
+                checks_max_concurrent: 17,
             },
             lmdb_map_size_bytes: 2 * MIB,
             zones_dir: Some("/z".into()),
+            services: ["a", "b"]
+                .iter()
+                .map(|name| {
+                    let def = if *name == "a" {
+                        serde_json::json!({"name": "a", "check": {"args": ["/bin/true"], "interval": "5s"}})
+                    } else {
+                        serde_json::json!({"name": "b"})
+                    };
+                    decode_service(&def, Strictness::Strict, ScriptPolicy::Allowed).expect("valid")
+                })
+                .collect(),
+            enable_local_script_checks: true,
+            check_update_interval: Duration::from_secs(60),
+            anti_entropy_interval: Duration::from_secs(2),
         };
         assert_eq!(config, expected);
     }

@@ -3,6 +3,8 @@
 //! See `ARCHITECTURE.md` at the repository root for the code map and invariants.
 
 pub mod agent;
+pub mod checks;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod dns;

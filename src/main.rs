@@ -17,6 +17,11 @@ struct Cli {
 enum CliCommand {
     /// Run an agent (the daemon).
     Agent(AgentFlags),
+    /// Register or deregister services with the local agent.
+    #[command(subcommand)]
+    Services(cairn::cli::ServicesCommand),
+    /// Make the agent reload its config files.
+    Reload(cairn::cli::ClientFlags),
     /// Print the version.
     Version,
 }
@@ -29,22 +34,46 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         CliCommand::Agent(flags) => run_agent(&flags),
+        CliCommand::Services(command) => client_exit(cairn::cli::services::run(command)),
+        CliCommand::Reload(flags) => client_exit(cairn::cli::reload(&flags)),
     }
 }
 
-/// Logs to stderr at `level`; openraft's own lifecycle chatter only from debug on.
-fn init_logging(level: tracing::Level) {
-    use std::io::IsTerminal;
+fn client_exit(result: Result<(), cairn::cli::CliError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairn: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Which events are logged at `level`: openraft's own lifecycle chatter only from debug on.
+fn log_filter(level: tracing::Level) -> tracing_subscriber::filter::Targets {
     use tracing_subscriber::filter::{LevelFilter, Targets};
+    let raft_level = if level >= tracing::Level::DEBUG { LevelFilter::from_level(level) } else { LevelFilter::WARN };
+    Targets::new().with_default(level).with_target("openraft", raft_level)
+}
+
+/// Logs to stderr at `level`; returns how to change the level later (config reload).
+fn init_logging(level: tracing::Level) -> cairn::agent::SetLogLevel {
+    use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
 
-    let raft_level = if level >= tracing::Level::DEBUG { LevelFilter::from_level(level) } else { LevelFilter::WARN };
-    let filter = Targets::new().with_default(level).with_target("openraft", raft_level);
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(log_filter(level));
     let format = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     tracing_subscriber::registry().with(format).with(filter).init();
+    Box::new(move |level| {
+        let level = tracing::Level::from(level);
+        match handle.reload(log_filter(level)) {
+            Ok(()) => tracing::info!(%level, "log level changed"),
+            Err(e) => tracing::warn!(error = %e, "could not change the log level"),
+        }
+    })
 }
 
 fn run_agent(flags: &AgentFlags) -> ExitCode {
@@ -55,7 +84,7 @@ fn run_agent(flags: &AgentFlags) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_logging(tracing::Level::from(config.log_level));
+    let set_log_level = init_logging(tracing::Level::from(config.log_level));
     for warning in warnings {
         tracing::warn!("{warning}");
     }
@@ -66,7 +95,8 @@ fn run_agent(flags: &AgentFlags) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cairn::agent::run(config)) {
+    let options = cairn::agent::AgentOptions { flags: flags.clone(), set_log_level };
+    match runtime.block_on(cairn::agent::run(config, options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

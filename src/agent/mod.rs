@@ -6,6 +6,7 @@
 //! half-done — no write acknowledged by a task that is then abandoned.
 
 mod data_dir;
+mod reload;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -17,17 +18,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use data_dir::{DataDir, DataDirError};
+pub use reload::SetLogLevel;
 
-use crate::cluster::{Cluster, ClusterConfig, ClusterError, WriteError};
-use crate::config::Config;
-use crate::http::{self, AgentIdentity, HttpContext};
-use crate::model::{CheckDefinition, CheckStatus, Command, RegisterRequest, ServiceDefinition, Weights};
+use crate::checks::{CheckError, LocalAgent, LocalAgentConfig};
+use crate::cluster::{Cluster, ClusterConfig, ClusterError};
+use crate::config::{AgentFlags, Config};
+use crate::http::{self, AgentIdentity, HttpContext, ReloadReply};
+use crate::model::{CheckDefinition, CheckStatus, RegisterRequest, ServiceDefinition, Weights};
 use crate::store::{Store, StoreError};
+use reload::Reloader;
 
 /// How long SIGTERM waits for in-flight HTTP requests.
 const DRAIN_MAX: Duration = Duration::from_secs(5);
-/// How long a bootstrapping server waits for its own election before registering itself.
-const LEADER_WAIT: Duration = Duration::from_secs(30);
+/// Reload requests waiting (HTTP); one more gets 429.
+const RELOADS_QUEUED_MAX: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -45,10 +49,19 @@ pub enum AgentError {
     Dns(#[from] crate::dns::DnsError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Checks(#[from] CheckError),
+}
+
+/// What the agent needs besides its config: the flags it was started with (a reload reads
+/// the same files again) and a way to change the log level.
+pub struct AgentOptions {
+    pub flags: AgentFlags,
+    pub set_log_level: SetLogLevel,
 }
 
 /// Runs the agent until SIGTERM or SIGINT, then shuts down gracefully.
-pub async fn run(config: Config) -> Result<(), AgentError> {
+pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError> {
     raise_open_files_limit();
     if !config.server {
         return Err(AgentError::Unsupported(
@@ -104,9 +117,27 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         server_port,
         serf_lan_port: config.ports.serf_lan,
     };
+    let local = LocalAgent::start(
+        LocalAgentConfig {
+            node_name: config.node_name.clone(),
+            data_dir: data_dir.path().to_path_buf(),
+            check_update_interval: config.check_update_interval,
+            anti_entropy_interval: config.anti_entropy_interval,
+            checks_max_concurrent: config.limits.checks_max_concurrent as usize,
+        },
+        config.services.clone(),
+        self_registration(&identity),
+        cluster.clone(),
+        store.clone(),
+        shutdown.clone(),
+        &tasks,
+    )?;
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(RELOADS_QUEUED_MAX);
     let ctx = Arc::new(HttpContext::new(
         cluster.clone(),
         store.clone(),
+        local.clone(),
+        reload_tx,
         identity.clone(),
         config.limits.clone(),
         shutdown.clone(),
@@ -119,9 +150,8 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let dns_bound = crate::dns::start(Arc::clone(&dns), dns_addr, shutdown.clone(), &tasks).await?;
     tracing::info!(addr = %dns_bound.udp, "DNS listening (UDP and TCP)");
 
-    tasks.spawn(register_self(cluster.clone(), identity, shutdown.clone()));
-
-    wait_for_shutdown_signal(&dns, &tasks).await?;
+    let reloader = Arc::new(Reloader::new(options.flags, config, dns, local, options.set_log_level));
+    wait_for_shutdown_signal(reloader, reload_rx).await?;
     tracing::info!("shutting down: no new connections; answering blocking queries now");
     shutdown.cancel();
     tasks.close();
@@ -152,17 +182,10 @@ fn raft_node_id(uuid: &str) -> u64 {
     ((parsed >> 64) as u64).max(1)
 }
 
-/// Registers this server in the catalog as Consul does: its node, the `consul` service and a
-/// passing `serfHealth` check. An unchanged registration leaves every index as it was.
-async fn register_self(cluster: Cluster, id: AgentIdentity, shutdown: CancellationToken) {
-    if !tokio::select! {
-        ok = cluster.wait_for_leader(LEADER_WAIT) => ok,
-        _ = shutdown.cancelled() => return,
-    } {
-        tracing::warn!("no leader elected yet; this server is not registered in the catalog");
-        return;
-    }
-    let command = Command::Register(Box::new(RegisterRequest {
+/// This server's own catalog entry, as Consul writes it: its node, the `consul` service and
+/// a passing `serfHealth` check. Anti-entropy writes it once the cluster has a leader.
+fn self_registration(id: &AgentIdentity) -> RegisterRequest {
+    RegisterRequest {
         id: id.node_id.clone(),
         node: id.node_name.clone(),
         address: id.advertise_addr.clone(),
@@ -192,28 +215,37 @@ async fn register_self(cluster: Cluster, id: AgentIdentity, shutdown: Cancellati
             check_type: String::new(),
         }],
         skip_node_update: false,
-    }));
-    match cluster.write(command).await {
-        Ok(_) => tracing::info!(node = %id.node_name, "registered this server in the catalog"),
-        Err(WriteError::Stopped(_)) => {}
-        Err(e) => tracing::warn!(error = %e, "could not register this server in the catalog"),
     }
 }
 
-async fn wait_for_shutdown_signal(dns: &Arc<crate::dns::DnsService>, tasks: &TaskTracker) -> Result<(), AgentError> {
+/// Waits for SIGTERM or SIGINT; meanwhile reloads on SIGHUP and on HTTP reload requests,
+/// one at a time, on a blocking thread.
+async fn wait_for_shutdown_signal(
+    reloader: Arc<Reloader>,
+    mut requests: tokio::sync::mpsc::Receiver<ReloadReply>,
+) -> Result<(), AgentError> {
     let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(AgentError::Signals)?;
     loop {
-        tokio::select! {
+        let reply = tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => {
-                tracing::info!("SIGHUP received: reloading static zones");
-                // Parsing zone files is blocking work; signals keep being handled meanwhile.
-                let dns = Arc::clone(dns);
-                tasks.spawn_blocking(move || dns.reload_zones());
+                tracing::info!("SIGHUP received: reloading the config");
+                None
             }
+            Some(reply) = requests.recv() => Some(reply),
+        };
+        let reloader = Arc::clone(&reloader);
+        let result = tokio::task::spawn_blocking(move || reloader.reload())
+            .await
+            .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "config reload failed; the running config is unchanged");
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
         }
     }
 }

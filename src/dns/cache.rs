@@ -126,7 +126,8 @@ enum Entry {
 
 #[derive(Default)]
 pub struct AnswerCache {
-    index: u64,
+    /// `DnsService::answers_version` the entries were built under.
+    version: (u64, u64),
     second: u32,
     entries: HashMap<Key, Entry>,
     next_variant: usize,
@@ -137,10 +138,10 @@ impl AnswerCache {
     /// is not a plain query.
     pub fn reply(&mut self, packet: &[u8], service: &DnsService, now_secs: u32) -> Option<Reply> {
         let query = parse_plain(packet)?;
-        let directory_index = service.directory_index();
-        if directory_index != self.index || self.entries.len() >= ENTRIES_MAX {
+        let version = service.answers_version();
+        if version != self.version || self.entries.len() >= ENTRIES_MAX {
             self.entries.clear();
-            self.index = directory_index;
+            self.version = version;
         }
         if now_secs != self.second {
             self.entries.retain(|_, e| !matches!(e, Entry::Answer { expires_with_second: true, .. }));

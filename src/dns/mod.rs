@@ -15,7 +15,7 @@ pub mod wire;
 mod zones;
 
 pub use forward::Forwarder;
-pub use service::{Cidr, DnsService, TcpHandler};
+pub use service::{Cidr, DnsService, DnsSettings, TcpHandler};
 
 #[cfg(test)]
 mod answer_tests;
@@ -48,6 +48,20 @@ pub enum DnsError {
 
 /// Builds the DNS service from the agent's config.
 pub fn service_from_config(config: &Config, store: Store) -> Result<DnsService, DnsError> {
+    Ok(DnsService::new(
+        settings_from_config(config)?,
+        store,
+        // `-dev` serves ./zones when it exists, so the shipped example works out of the box.
+        config
+            .zones_dir
+            .clone()
+            .or_else(|| (config.dev && std::path::Path::new("zones").is_dir()).then(|| "zones".into())),
+        config.limits.dns_max_forwards_in_flight as usize,
+    ))
+}
+
+/// The reloadable part of the DNS service (answer rules, recursors), from the config.
+pub fn settings_from_config(config: &Config) -> Result<DnsSettings, DnsError> {
     let mut domains = Vec::new();
     for domain in std::iter::once(&config.domain).chain(config.alt_domain.iter()) {
         let mut name = Name::from_ascii(domain)
@@ -85,18 +99,7 @@ pub fn service_from_config(config: &Config, store: Store) -> Result<DnsService, 
         dns.recursor_timeout,
         dns.recursor_strategy == RecursorStrategy::Random,
     );
-    Ok(DnsService::new(
-        responder,
-        store,
-        // `-dev` serves ./zones when it exists, so the shipped example works out of the box.
-        config
-            .zones_dir
-            .clone()
-            .or_else(|| (config.dev && std::path::Path::new("zones").is_dir()).then(|| "zones".into())),
-        forwarder,
-        recursor_allow,
-        config.limits.dns_max_forwards_in_flight as usize,
-    ))
+    Ok(DnsSettings { responder, forwarder, recursor_allow })
 }
 
 /// The bound DNS listeners.

@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -60,34 +61,33 @@ impl Cidr {
     }
 }
 
-pub struct DnsService {
+/// What a reload may change: answer rules, recursors and who may use them.
+pub struct DnsSettings {
     pub responder: Responder,
+    pub forwarder: Forwarder,
+    pub recursor_allow: Vec<Cidr>,
+}
+
+pub struct DnsService {
+    settings: ArcSwap<DnsSettings>,
+    /// Bumped by every reconfiguration, so cached answers built under old settings go.
+    settings_generation: AtomicU64,
     store: Store,
     zones: ArcSwap<Zones>,
     zones_dir: Option<PathBuf>,
-    forwarder: Forwarder,
-    recursor_allow: Vec<Cidr>,
     /// One permit per answer in flight that is not built from the directory (zones and
     /// forwards); when none is left the client gets SERVFAIL at once.
     slow_path: Arc<Semaphore>,
 }
 
 impl DnsService {
-    pub fn new(
-        responder: Responder,
-        store: Store,
-        zones_dir: Option<PathBuf>,
-        forwarder: Forwarder,
-        recursor_allow: Vec<Cidr>,
-        slow_path_max: usize,
-    ) -> DnsService {
+    pub fn new(settings: DnsSettings, store: Store, zones_dir: Option<PathBuf>, slow_path_max: usize) -> DnsService {
         let service = DnsService {
-            responder,
+            settings: ArcSwap::from_pointee(settings),
+            settings_generation: AtomicU64::new(0),
             store,
             zones: ArcSwap::from_pointee(Zones::default()),
             zones_dir,
-            forwarder,
-            recursor_allow,
             slow_path: Arc::new(Semaphore::new(slow_path_max.max(1))),
         };
         service.reload_zones();
@@ -109,15 +109,23 @@ impl DnsService {
         count
     }
 
+    /// Replaces the answer rules and recursors (config reload); in-flight answers finish
+    /// with the old ones.
+    pub fn reconfigure(&self, settings: DnsSettings) {
+        self.settings.store(Arc::new(settings));
+        self.settings_generation.fetch_add(1, Ordering::Release);
+    }
+
     /// The fast path: answers from the directory without awaiting anything.
     pub fn reply_fast(&self, packet: &[u8], transport: Transport) -> Reply {
         let directory = self.store.directory();
-        self.responder.reply_to_packet(packet, transport, &directory, &mut rand::rng())
+        self.settings.load().responder.reply_to_packet(packet, transport, &directory, &mut rand::rng())
     }
 
-    /// The directory index answers are currently built from (the answer cache's validity).
-    pub fn directory_index(&self) -> u64 {
-        self.store.directory().index
+    /// What answers are currently built from: the directory index and the settings
+    /// generation (the answer cache's validity).
+    pub fn answers_version(&self) -> (u64, u64) {
+        (self.store.directory().index, self.settings_generation.load(Ordering::Acquire))
     }
 
     pub fn try_slow_permit(&self) -> Option<OwnedSemaphorePermit> {
@@ -150,10 +158,11 @@ impl DnsService {
             zones.catalog.handle_request::<_, TokioTime>(&request, capture.clone()).await;
             return capture.bytes(limit).unwrap_or_else(|| error_reply(&header, ResponseCode::ServFail));
         }
-        if self.forwarder.is_empty() || !self.recursor_allow.iter().any(|c| c.contains(src.ip())) {
+        let settings = self.settings.load_full();
+        if settings.forwarder.is_empty() || !settings.recursor_allow.iter().any(|c| c.contains(src.ip())) {
             return error_reply(&header, ResponseCode::Refused);
         }
-        match self.forwarder.forward(&packet, transport).await {
+        match settings.forwarder.forward(&packet, transport).await {
             Ok(answer) => answer,
             Err(ForwardError::AllFailed) => {
                 tracing::debug!(name = %query.name(), "every recursor failed");
@@ -164,7 +173,7 @@ impl DnsService {
 
     /// Whether `name` is in one of cairn's domains.
     pub fn owns(&self, name: &LowerName) -> bool {
-        self.responder.domains.iter().any(|d| LowerName::from(d.clone()).zone_of(name))
+        self.settings.load().responder.domains.iter().any(|d| LowerName::from(d.clone()).zone_of(name))
     }
 }
 

@@ -7,6 +7,7 @@
 //! only writer.
 
 mod agent;
+mod agent_local;
 mod body;
 mod catalog;
 mod error;
@@ -23,13 +24,14 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::Router;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 pub use agent::CONSUL_API_VERSION;
 pub use error::ApiError;
 pub use server::serve;
 
+use crate::checks::LocalAgent;
 use crate::cluster::Cluster;
 use crate::config::Limits;
 use crate::store::Store;
@@ -47,10 +49,17 @@ pub struct AgentIdentity {
     pub serf_lan_port: u16,
 }
 
+/// A reload request (`PUT /v1/agent/reload`); the agent answers on the sender once done.
+pub type ReloadReply = oneshot::Sender<Result<(), String>>;
+
 /// Shared by every handler.
 pub struct HttpContext {
     pub cluster: Cluster,
     pub store: Store,
+    /// The agent's own services and checks.
+    pub local: LocalAgent,
+    /// Reload requests for the agent (bounded: a request while one is queued gets 429).
+    pub reload: mpsc::Sender<ReloadReply>,
     pub identity: AgentIdentity,
     pub limits: Limits,
     /// One permit per blocking query in progress (`limits.max_blocking_queries`); when none is
@@ -64,12 +73,14 @@ impl HttpContext {
     pub fn new(
         cluster: Cluster,
         store: Store,
+        local: LocalAgent,
+        reload: mpsc::Sender<ReloadReply>,
         identity: AgentIdentity,
         limits: Limits,
         shutdown: CancellationToken,
     ) -> Self {
         let blocking_permits = Arc::new(Semaphore::new(limits.max_blocking_queries as usize));
-        HttpContext { cluster, store, identity, limits, blocking_permits, shutdown }
+        HttpContext { cluster, store, local, reload, identity, limits, blocking_permits, shutdown }
     }
 
     /// Blocking queries waiting right now.
@@ -101,6 +112,20 @@ pub fn router(ctx: Arc<HttpContext>) -> Router {
         .route("/v1/status/leader", get(agent::status_leader))
         .route("/v1/status/peers", get(agent::status_peers))
         .route("/v1/agent/self", get(agent::agent_self))
+        .route("/v1/agent/services", get(agent_local::services))
+        .route("/v1/agent/service/register", put(agent_local::register_service))
+        .route("/v1/agent/service/deregister/{id}", put(agent_local::deregister_service))
+        .route("/v1/agent/service/maintenance/{id}", put(agent_local::service_maintenance))
+        .route("/v1/agent/service/{id}", get(agent_local::service))
+        .route("/v1/agent/checks", get(agent_local::checks))
+        .route("/v1/agent/check/register", put(agent_local::register_check))
+        .route("/v1/agent/check/deregister/{id}", put(agent_local::deregister_check))
+        .route("/v1/agent/check/pass/{id}", put(agent_local::check_pass))
+        .route("/v1/agent/check/warn/{id}", put(agent_local::check_warn))
+        .route("/v1/agent/check/fail/{id}", put(agent_local::check_fail))
+        .route("/v1/agent/check/update/{id}", put(agent_local::check_update))
+        .route("/v1/agent/maintenance", put(agent_local::node_maintenance))
+        .route("/v1/agent/reload", put(agent_local::reload))
         .fallback(unknown_path)
         .method_not_allowed_fallback(wrong_method)
         .with_state(ctx)

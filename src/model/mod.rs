@@ -6,8 +6,10 @@
 //! variants are never renamed, and `command::tests` pins their exact bytes.
 //! Why: a log written by one version must be replayed by every later one.
 
+pub mod agent;
 mod catalog;
 mod command;
+mod duration;
 mod kv;
 
 pub use catalog::{CheckStatus, HealthCheck, Node, Service, Weights};
@@ -15,4 +17,5 @@ pub use command::{
     CheckDefinition, Command, CommandResult, DeregisterRequest, Proposal, RegisterRequest, ServiceDefinition, TxnError,
     TxnKvOp, TxnKvVerb, TxnResult,
 };
+pub use duration::parse_duration;
 pub use kv::KvEntry;

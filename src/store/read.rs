@@ -90,6 +90,14 @@ impl<'e> ReadView<'e> {
         Ok(out)
     }
 
+    pub fn service(&self, node: &str, id: &str) -> Result<Option<Service>, StoreError> {
+        rows::service(&self.t, &self.txn, node, id)
+    }
+
+    pub fn check(&self, node: &str, id: &str) -> Result<Option<HealthCheck>, StoreError> {
+        rows::check(&self.t, &self.txn, node, id)
+    }
+
     pub fn node_services(&self, node: &str) -> Result<Vec<Service>, StoreError> {
         rows::node_services(&self.t, &self.txn, node)
     }

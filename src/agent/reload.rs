@@ -1,0 +1,124 @@
+//! Config reload (SIGHUP, `cairn reload`, `PUT /v1/agent/reload`): re-reads the same config
+//! files and flags, and applies what can change at run time — config-file services and
+//! checks, `log_level`, `dns_config`, `recursors` and the static zones. Any other changed
+//! key is logged as needing a restart. A config that fails to load changes nothing.
+
+use std::sync::{Arc, Mutex};
+
+use crate::checks::LocalAgent;
+use crate::config::{AgentFlags, Config, LogLevel};
+use crate::dns::DnsService;
+
+/// Applies a new log level to the running subscriber.
+pub type SetLogLevel = Box<dyn Fn(LogLevel) + Send + Sync>;
+
+pub struct Reloader {
+    flags: AgentFlags,
+    /// The config in effect: reloadable keys from the last reload, the others from start.
+    running: Mutex<Config>,
+    dns: Arc<DnsService>,
+    local: LocalAgent,
+    set_log_level: SetLogLevel,
+}
+
+impl Reloader {
+    pub fn new(
+        flags: AgentFlags,
+        config: Config,
+        dns: Arc<DnsService>,
+        local: LocalAgent,
+        set_log_level: SetLogLevel,
+    ) -> Self {
+        Reloader { flags, running: Mutex::new(config), dns, local, set_log_level }
+    }
+
+    /// Reloads; blocking work (reading files, parsing zones), so run it off the async
+    /// workers. The error is one line naming the file and key at fault.
+    pub fn reload(&self) -> Result<(), String> {
+        let (mut new, warnings) = Config::load(&self.flags).map_err(|e| e.to_string())?;
+        for warning in warnings {
+            tracing::warn!("{warning}");
+        }
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        for key in restart_only_changes(&running, &new) {
+            tracing::warn!(key, "config key changed; restart the agent to apply it");
+        }
+        keep_restart_only(&running, &mut new);
+        let dns_settings = crate::dns::settings_from_config(&new).map_err(|e| e.to_string())?;
+        if new.log_level != running.log_level {
+            (self.set_log_level)(new.log_level);
+        }
+        if new.dns_config != running.dns_config || new.recursors != running.recursors {
+            self.dns.reconfigure(dns_settings);
+        }
+        let zones = self.dns.reload_zones();
+        self.local.replace_config_services(new.services.clone());
+        tracing::info!(services = new.services.len(), zones, "config reloaded");
+        *running = new;
+        Ok(())
+    }
+}
+
+/// Keys a reload does not apply that differ between `old` and `new`.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let mut check = |key, differs: bool| {
+        if differs {
+            changed.push(key);
+        }
+    };
+    check("datacenter", old.datacenter != new.datacenter);
+    check("data_dir", old.data_dir != new.data_dir);
+    check("node_name", old.node_name != new.node_name);
+    check("node_id", old.node_id != new.node_id);
+    check("server", old.server != new.server);
+    check("bootstrap_expect", old.bootstrap_expect != new.bootstrap_expect);
+    check("bind_addr", old.bind_addr != new.bind_addr);
+    check("advertise_addr", old.advertise_addr != new.advertise_addr);
+    check("client_addr", old.client_addr != new.client_addr);
+    check("ports", old.ports != new.ports);
+    check("addresses", old.addresses != new.addresses);
+    check("domain", old.domain != new.domain);
+    check("alt_domain", old.alt_domain != new.alt_domain);
+    check("limits", old.limits != new.limits);
+    check("lmdb_map_size_mb", old.lmdb_map_size_bytes != new.lmdb_map_size_bytes);
+    check("zones_dir", old.zones_dir != new.zones_dir);
+    check("check_update_interval", old.check_update_interval != new.check_update_interval);
+    check("anti_entropy_interval", old.anti_entropy_interval != new.anti_entropy_interval);
+    changed
+}
+
+/// Puts the running values of restart-only keys back into `new`, so they keep warning until
+/// a restart and the DNS settings keep the domain they serve.
+fn keep_restart_only(old: &Config, new: &mut Config) {
+    let reloadable = (
+        std::mem::take(&mut new.services),
+        new.log_level,
+        new.dns_config.clone(),
+        std::mem::take(&mut new.recursors),
+        new.enable_local_script_checks,
+    );
+    *new = old.clone();
+    (new.services, new.log_level, new.dns_config, new.recursors, new.enable_local_script_checks) = reloadable;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(json: &str) -> Config {
+        let flags = AgentFlags { dev: true, ..Default::default() };
+        Config::from_sources(&[("a.json".into(), json.into())], &flags).expect("valid").0
+    }
+
+    #[test]
+    fn only_restart_only_keys_are_reported_and_kept() {
+        let old = config(r#"{"datacenter": "dc1", "log_level": "info"}"#);
+        let mut new = config(r#"{"datacenter": "dc2", "log_level": "debug", "recursors": ["1.1.1.1"]}"#);
+        assert_eq!(restart_only_changes(&old, &new), ["datacenter"]);
+        keep_restart_only(&old, &mut new);
+        assert_eq!(new.datacenter, "dc1");
+        assert_eq!(new.log_level, LogLevel::Debug);
+        assert_eq!(new.recursors.len(), 1);
+    }
+}

@@ -1,0 +1,477 @@
+//! Anti-entropy: makes the catalog's entries for this node match the local state.
+//!
+//! Changes are pushed at once: every change marks the service or check dirty and wakes this
+//! task, which compares just those entries with the catalog and writes the difference. Every
+//! `anti_entropy_interval` it compares everything, which repairs drift (an entry deleted
+//! behind the agent's back comes back; one the agent no longer has goes away). An unchanged
+//! entry is never written, so a steady state makes no Raft writes.
+//!
+//! The server's own `consul` service and `serfHealth` check belong to the agent's
+//! self-registration: written once at start (and again only if the node vanished), never
+//! removed here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+
+use super::state::{Dirty, LocalCheck, LocalService};
+use super::Inner;
+use crate::cluster::{Cluster, WriteError};
+use crate::model::{
+    CheckDefinition, Command, CommandResult, DeregisterRequest, HealthCheck, Node, RegisterRequest, Service,
+    ServiceDefinition,
+};
+use crate::store::{Store, StoreError};
+
+/// Catalog writes one sync keeps in flight (they share Raft entries in the proposer).
+pub const WRITES_IN_FLIGHT_MAX: usize = 64;
+/// Pause after a failed sync before trying again (with a full comparison).
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How long to wait for a leader before the first self-registration attempt gives up.
+const LEADER_WAIT: Duration = Duration::from_secs(30);
+const SELF_SERVICE_ID: &str = "consul";
+const SELF_CHECK_ID: &str = "serfHealth";
+
+pub(super) async fn run(inner: Arc<Inner>, cluster: Cluster, store: Store, self_registration: RegisterRequest) {
+    let shutdown = inner.shutdown.clone();
+    if !tokio::select! {
+        ok = cluster.wait_for_leader(LEADER_WAIT) => ok,
+        _ = shutdown.cancelled() => return,
+    } {
+        tracing::warn!("no leader elected yet; catalog sync will keep retrying");
+    }
+    match cluster.write(Command::Register(Box::new(self_registration.clone()))).await {
+        Ok(_) => tracing::info!(node = %self_registration.node, "registered this server in the catalog"),
+        Err(WriteError::Stopped(_)) => return,
+        Err(e) => tracing::warn!(error = %e, "could not register this server in the catalog yet"),
+    }
+    let mut full = tokio::time::interval(inner.config.anti_entropy_interval);
+    full.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    full.tick().await;
+    loop {
+        let dirty = inner.lock().take_dirty();
+        if dirty.is_empty() {
+            tokio::select! {
+                _ = inner.sync_wake.notified() => {}
+                _ = full.tick() => inner.lock().mark_all_dirty(),
+                _ = shutdown.cancelled() => return,
+            }
+            continue;
+        }
+        let failed = match sync_once(&inner, &cluster, &store, &self_registration, &dirty).await {
+            Ok(writes) => {
+                if writes > 0 {
+                    tracing::debug!(writes, full = dirty.full, "catalog synced");
+                }
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "catalog sync failed; retrying");
+                true
+            }
+        };
+        if failed {
+            inner.lock().mark_all_dirty();
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY_AFTER) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+/// The catalog's current entries for this node, as far as a sync needs them.
+#[derive(Debug, Default)]
+struct CatalogView {
+    node: Option<Node>,
+    services: BTreeMap<String, Service>,
+    checks: BTreeMap<String, HealthCheck>,
+}
+
+/// The local entries a sync needs, copied out of the lock.
+#[derive(Debug, Default)]
+struct LocalView {
+    services: BTreeMap<String, LocalService>,
+    checks: BTreeMap<String, LocalCheck>,
+}
+
+async fn sync_once(
+    inner: &Inner,
+    cluster: &Cluster,
+    store: &Store,
+    self_registration: &RegisterRequest,
+    dirty: &Dirty,
+) -> Result<usize, SyncError> {
+    let node = self_registration.node.as_str();
+    let (local, scope) = {
+        let state = inner.lock();
+        if dirty.full {
+            let local = LocalView { services: state.services.clone(), checks: state.checks.clone() };
+            (local, None)
+        } else {
+            let mut services = dirty.services.clone();
+            let mut local = LocalView::default();
+            for id in &dirty.checks {
+                if let Some(check) = state.checks.get(id) {
+                    if !check.spec.service_id.is_empty() {
+                        services.insert(check.spec.service_id.clone());
+                    }
+                    local.checks.insert(id.clone(), check.clone());
+                }
+            }
+            for id in &services {
+                if let Some(service) = state.services.get(id) {
+                    local.services.insert(id.clone(), service.clone());
+                }
+            }
+            (local, Some((services, dirty.checks.clone())))
+        }
+    };
+    let catalog = {
+        let view = store.read()?;
+        match &scope {
+            None => CatalogView {
+                node: view.node(node)?,
+                services: view.node_services(node)?.into_iter().map(|s| (s.id.clone(), s)).collect(),
+                checks: view.node_checks(node)?.into_iter().map(|c| (c.check_id.clone(), c)).collect(),
+            },
+            Some((services, checks)) => {
+                let mut catalog = CatalogView { node: view.node(node)?, ..Default::default() };
+                for id in services {
+                    if let Some(s) = view.service(node, id)? {
+                        catalog.services.insert(id.clone(), s);
+                    }
+                }
+                for id in checks {
+                    if let Some(c) = view.check(node, id)? {
+                        catalog.checks.insert(id.clone(), c);
+                    }
+                }
+                catalog
+            }
+        }
+    };
+    let (first, rest) = plan(self_registration, &local, &catalog, scope.is_none());
+    let mut writes = 0;
+    if let Some(command) = first {
+        writes += 1;
+        report(cluster.write(command).await?);
+    }
+    let mut in_flight = JoinSet::new();
+    let mut result = Ok(());
+    for command in rest {
+        writes += 1;
+        if in_flight.len() >= WRITES_IN_FLIGHT_MAX {
+            result = result.and(collect_one(&mut in_flight).await);
+        }
+        let cluster = cluster.clone();
+        in_flight.spawn(async move { cluster.write(command).await });
+    }
+    while !in_flight.is_empty() {
+        result = result.and(collect_one(&mut in_flight).await);
+    }
+    result.map(|()| writes)
+}
+
+async fn collect_one(in_flight: &mut JoinSet<Result<CommandResult, WriteError>>) -> Result<(), SyncError> {
+    match in_flight.join_next().await {
+        Some(Ok(written)) => {
+            report(written?);
+            Ok(())
+        }
+        Some(Err(e)) => Err(SyncError::Write(WriteError::Stopped(e.to_string()))),
+        None => Ok(()),
+    }
+}
+
+/// A rejected command is the catalog refusing this entry (it would be refused again):
+/// logged, not retried.
+fn report(result: CommandResult) {
+    if let CommandResult::Rejected(why) = result {
+        tracing::warn!(reason = %why, "the catalog refused a local service or check");
+    }
+}
+
+/// The commands that make the catalog match the local entries in scope: the node's
+/// registration first when it must be (re)written, then the rest in any order.
+fn plan(
+    self_registration: &RegisterRequest,
+    local: &LocalView,
+    catalog: &CatalogView,
+    full: bool,
+) -> (Option<Command>, Vec<Command>) {
+    let node_missing = catalog.node.is_none();
+    let first = (node_missing || (full && node_differs(self_registration, catalog.node.as_ref())))
+        .then(|| Command::Register(Box::new(self_registration.clone())));
+    let mut commands = Vec::new();
+    let mut service_ids: BTreeSet<&String> = local.services.keys().collect();
+    let mut check_ids: BTreeSet<&String> = local.checks.keys().collect();
+    service_ids.extend(catalog.services.keys());
+    check_ids.extend(catalog.checks.keys());
+
+    let mut register: BTreeMap<&str, Vec<CheckDefinition>> = BTreeMap::new();
+    let mut removed_services = BTreeSet::new();
+    for id in service_ids {
+        match (local.services.get(id), catalog.services.get(id)) {
+            (Some(l), c) if c.is_none_or(|c| service_differs(l, c)) => {
+                register.entry(id).or_default();
+            }
+            (None, Some(_)) if id != SELF_SERVICE_ID => {
+                removed_services.insert(id.as_str());
+                commands.push(deregister(self_registration, Some(id), None));
+            }
+            _ => {}
+        }
+    }
+    for id in check_ids {
+        match (local.checks.get(id), catalog.checks.get(id)) {
+            (Some(l), c) => {
+                // A periodic comparison leaves a deferred output-only change to its time.
+                let with_output = !full || l.output_due.is_none();
+                if c.is_none_or(|c| check_differs(l, c, with_output)) {
+                    register.entry(l.spec.service_id.as_str()).or_default().push(check_definition(l));
+                }
+            }
+            (None, Some(c)) if id != SELF_CHECK_ID && !removed_services.contains(c.service_id.as_str()) => {
+                commands.push(deregister(self_registration, None, Some(id)));
+            }
+            _ => {}
+        }
+    }
+    for (service_id, checks) in register {
+        // A check's service goes with it: harmless when unchanged, needed when the catalog
+        // lost it.
+        let service = local.services.get(service_id).map(service_definition);
+        if !service_id.is_empty() && service.is_none() {
+            continue;
+        }
+        commands.push(Command::Register(Box::new(RegisterRequest {
+            service,
+            checks,
+            skip_node_update: true,
+            ..node_only(self_registration)
+        })));
+    }
+    (first, commands)
+}
+
+fn node_only(r: &RegisterRequest) -> RegisterRequest {
+    RegisterRequest { service: None, checks: Vec::new(), ..r.clone() }
+}
+
+fn deregister(r: &RegisterRequest, service_id: Option<&str>, check_id: Option<&str>) -> Command {
+    Command::Deregister(DeregisterRequest {
+        node: r.node.clone(),
+        service_id: service_id.map(str::to_string),
+        check_id: check_id.map(str::to_string),
+    })
+}
+
+fn node_differs(r: &RegisterRequest, node: Option<&Node>) -> bool {
+    node.is_none_or(|n| {
+        n.id != r.id || n.address != r.address || n.tagged_addresses != r.tagged_addresses || n.meta != r.node_meta
+    })
+}
+
+fn service_definition(s: &LocalService) -> ServiceDefinition {
+    let spec = &s.spec;
+    ServiceDefinition {
+        id: spec.id.clone(),
+        service: spec.name.clone(),
+        tags: spec.tags.clone(),
+        address: spec.address.clone(),
+        meta: spec.meta.clone(),
+        port: spec.port,
+        weights: spec.weights,
+        enable_tag_override: spec.enable_tag_override,
+    }
+}
+
+fn service_differs(l: &LocalService, c: &Service) -> bool {
+    let d = service_definition(l);
+    d.service != c.service
+        || d.tags != c.tags
+        || d.address != c.address
+        || d.meta != c.meta
+        || d.port != c.port
+        || d.weights != c.weights
+        || d.enable_tag_override != c.enable_tag_override
+}
+
+fn check_definition(l: &LocalCheck) -> CheckDefinition {
+    CheckDefinition {
+        check_id: l.spec.id.clone(),
+        name: l.spec.name.clone(),
+        status: l.status,
+        notes: l.spec.notes.clone(),
+        output: l.output.clone(),
+        service_id: l.spec.service_id.clone(),
+        check_type: l.spec.kind.type_name().to_string(),
+    }
+}
+
+fn check_differs(l: &LocalCheck, c: &HealthCheck, with_output: bool) -> bool {
+    l.status != c.status
+        || l.spec.name != c.name
+        || l.spec.notes != c.notes
+        || l.spec.service_id != c.service_id
+        || l.spec.kind.type_name() != c.r#type
+        || (with_output && l.output != c.output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checks::state::{LocalState, Source};
+    use crate::model::agent::{decode_service, ScriptPolicy, Strictness};
+    use crate::model::CheckStatus;
+    use tokio::time::Instant;
+
+    fn self_registration() -> RegisterRequest {
+        RegisterRequest {
+            id: "id".into(),
+            node: "n1".into(),
+            address: "10.0.0.1".into(),
+            datacenter: "dc1".into(),
+            tagged_addresses: Default::default(),
+            node_meta: Default::default(),
+            service: None,
+            checks: Vec::new(),
+            skip_node_update: false,
+        }
+    }
+
+    fn local_with_web() -> LocalState {
+        let reg = decode_service(
+            &serde_json::json!({"Name": "web", "Port": 80, "Check": {"TTL": "10s", "Status": "passing"}}),
+            Strictness::Lenient,
+            ScriptPolicy::Refused,
+        )
+        .expect("valid");
+        let mut state = LocalState::default();
+        state.add_service(reg.service, reg.checks, Source::Api, false, Instant::now());
+        state
+    }
+
+    fn view(state: &LocalState) -> LocalView {
+        LocalView { services: state.services.clone(), checks: state.checks.clone() }
+    }
+
+    /// The catalog as it would be after applying `commands` (enough for these tests).
+    fn catalog_after(commands: &[Command]) -> CatalogView {
+        let reg = self_registration();
+        let mut catalog = CatalogView {
+            node: Some(Node {
+                id: reg.id,
+                node: reg.node.clone(),
+                address: reg.address,
+                datacenter: reg.datacenter,
+                tagged_addresses: reg.tagged_addresses,
+                meta: reg.node_meta,
+                create_index: 1,
+                modify_index: 1,
+            }),
+            ..Default::default()
+        };
+        for command in commands {
+            let Command::Register(r) = command else { continue };
+            if let Some(s) = &r.service {
+                catalog.services.insert(
+                    s.id.clone(),
+                    Service {
+                        node: r.node.clone(),
+                        id: s.id.clone(),
+                        service: s.service.clone(),
+                        tags: s.tags.clone(),
+                        address: s.address.clone(),
+                        meta: s.meta.clone(),
+                        port: s.port,
+                        weights: s.weights,
+                        enable_tag_override: s.enable_tag_override,
+                        create_index: 2,
+                        modify_index: 2,
+                    },
+                );
+            }
+            for c in &r.checks {
+                catalog.checks.insert(
+                    c.check_id.clone(),
+                    HealthCheck {
+                        node: r.node.clone(),
+                        check_id: c.check_id.clone(),
+                        name: c.name.clone(),
+                        status: c.status,
+                        notes: c.notes.clone(),
+                        output: c.output.clone(),
+                        service_id: c.service_id.clone(),
+                        service_name: String::new(),
+                        service_tags: Vec::new(),
+                        r#type: c.check_type.clone(),
+                        create_index: 2,
+                        modify_index: 2,
+                    },
+                );
+            }
+        }
+        catalog
+    }
+
+    #[test]
+    fn a_synced_state_plans_no_writes() {
+        let state = local_with_web();
+        let (first, commands) = plan(&self_registration(), &view(&state), &catalog_after(&[]), true);
+        assert!(first.is_none());
+        assert_eq!(commands.len(), 1, "one register for the service and its check: {commands:?}");
+        let catalog = catalog_after(&commands);
+        let (first, again) = plan(&self_registration(), &view(&state), &catalog, true);
+        assert!(first.is_none() && again.is_empty(), "steady state writes nothing: {again:?}");
+    }
+
+    #[test]
+    fn drift_is_repaired_both_ways_but_the_servers_own_entries_stay() {
+        let state = local_with_web();
+        let (_, commands) = plan(&self_registration(), &view(&state), &catalog_after(&[]), true);
+        let mut catalog = catalog_after(&commands);
+        let stray = catalog.services["web"].clone();
+        catalog.services.insert("old".into(), Service { id: "old".into(), ..stray.clone() });
+        catalog.services.insert("consul".into(), Service { id: "consul".into(), ..stray });
+        let serf = catalog.checks["service:web"].clone();
+        catalog.checks.insert(
+            "serfHealth".into(),
+            HealthCheck { check_id: "serfHealth".into(), service_id: String::new(), ..serf },
+        );
+        catalog.checks.remove("service:web");
+        let (_, commands) = plan(&self_registration(), &view(&state), &catalog, true);
+        let text = format!("{commands:?}");
+        assert_eq!(commands.len(), 2, "{text}");
+        assert!(text.contains("service_id: Some(\"old\")") && text.contains("check_id: \"service:web\""), "{text}");
+        assert!(!text.contains("consul") && !text.contains("serfHealth"), "{text}");
+    }
+
+    #[test]
+    fn deferred_output_waits_for_its_time_in_a_full_sync() {
+        let mut state = local_with_web();
+        let (_, commands) = plan(&self_registration(), &view(&state), &catalog_after(&[]), true);
+        let catalog = catalog_after(&commands);
+        state.take_dirty();
+        let now = Instant::now();
+        state
+            .update_ttl("service:web", CheckStatus::Passing, "new output".into(), Duration::from_secs(300), now)
+            .expect("ttl");
+        let (_, commands) = plan(&self_registration(), &view(&state), &catalog, true);
+        assert!(commands.is_empty(), "output alone waits: {commands:?}");
+        state.tick(now + Duration::from_secs(300));
+        let (_, commands) = plan(&self_registration(), &view(&state), &catalog, false);
+        assert_eq!(commands.len(), 1, "falls due: {commands:?}");
+    }
+}

@@ -1,0 +1,348 @@
+//! `/v1/agent/service*`, `/v1/agent/check*`, `/v1/agent/maintenance`, `/v1/agent/reload`:
+//! the agent's own services and checks. Reads come from the local state (not the catalog)
+//! and block on `?hash=` with `X-Consul-ContentHash`, as Consul's do.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::body::{parse_consul_json, read_limited};
+use super::error::ApiError;
+use super::query::Query;
+use super::{Ctx, HttpContext};
+use crate::checks::{LocalCheck, LocalError, LocalService, LocalState};
+use crate::model::agent::{decode_check, decode_service, ScriptPolicy, Strictness};
+use crate::model::{CheckStatus, Weights};
+
+impl From<LocalError> for ApiError {
+    fn from(e: LocalError) -> Self {
+        match e {
+            LocalError::UnknownService(_) | LocalError::UnknownCheck(_) => ApiError::NotFound(e.to_string()),
+            LocalError::Invalid(_) => ApiError::BadRequest(e.to_string()),
+            LocalError::NotSaved(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct AgentService<'a> {
+    #[serde(rename = "ID")]
+    id: &'a str,
+    service: &'a str,
+    tags: &'a [String],
+    meta: &'a BTreeMap<String, String>,
+    port: u16,
+    address: &'a str,
+    tagged_addresses: BTreeMap<String, String>,
+    weights: Weights,
+    enable_tag_override: bool,
+    datacenter: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct AgentCheck<'a> {
+    node: &'a str,
+    #[serde(rename = "CheckID")]
+    check_id: &'a str,
+    name: &'a str,
+    status: CheckStatus,
+    notes: &'a str,
+    output: &'a str,
+    #[serde(rename = "ServiceID")]
+    service_id: &'a str,
+    service_name: &'a str,
+    service_tags: &'a [String],
+    r#type: &'static str,
+    interval: String,
+    timeout: String,
+    exposed_port: u16,
+    definition: BTreeMap<String, Value>,
+    create_index: u64,
+    modify_index: u64,
+}
+
+fn agent_service<'a>(s: &'a LocalService, dc: &'a str) -> AgentService<'a> {
+    let spec = &s.spec;
+    AgentService {
+        id: &spec.id,
+        service: &spec.name,
+        tags: &spec.tags,
+        meta: &spec.meta,
+        port: spec.port,
+        address: &spec.address,
+        tagged_addresses: BTreeMap::new(),
+        weights: spec.weights,
+        enable_tag_override: spec.enable_tag_override,
+        datacenter: dc,
+    }
+}
+
+fn agent_check<'a>(c: &'a LocalCheck, state: &'a LocalState, node: &'a str) -> AgentCheck<'a> {
+    let service = state.services.get(&c.spec.service_id);
+    let shown = |d: Duration| if d.is_zero() { String::new() } else { go_duration(d) };
+    AgentCheck {
+        node,
+        check_id: &c.spec.id,
+        name: &c.spec.name,
+        status: c.status,
+        notes: &c.spec.notes,
+        output: &c.output,
+        service_id: &c.spec.service_id,
+        service_name: service.map_or("", |s| s.spec.name.as_str()),
+        service_tags: service.map_or(&[], |s| s.spec.tags.as_slice()),
+        r#type: c.spec.kind.type_name(),
+        interval: shown(c.spec.interval),
+        timeout: shown(c.spec.timeout),
+        exposed_port: 0,
+        definition: BTreeMap::new(),
+        create_index: 0,
+        modify_index: 0,
+    }
+}
+
+/// A duration as Go prints it (`10s`, `1m30s`, `500ms`), as Consul shows check intervals.
+fn go_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        return format!("{}ms", d.as_millis());
+    }
+    let total = d.as_secs();
+    let (h, m) = (total / 3600, total % 3600 / 60);
+    let s = (d - Duration::from_secs(h * 3600 + m * 60)).as_secs_f64();
+    let seconds = format!("{s}s");
+    match (h, m) {
+        (0, 0) => seconds,
+        (0, m) => format!("{m}m{seconds}"),
+        (h, m) => format!("{h}h{m}m{seconds}"),
+    }
+}
+
+/// Answers `render`'s JSON with `X-Consul-ContentHash`; with `?hash=` equal to the current
+/// hash, waits (up to `?wait`) until the local state changes the answer.
+async fn hashed_read(
+    ctx: &HttpContext,
+    q: &Query,
+    render: impl Fn(&LocalState) -> Result<Vec<u8>, ApiError>,
+) -> Result<Response, ApiError> {
+    let wanted = q.get("hash").filter(|h| !h.is_empty()).map(str::to_string);
+    let mut changes = ctx.local.subscribe();
+    let respond = |body: Vec<u8>, hash: String| {
+        let mut headers = HeaderMap::new();
+        if let Ok(value) = HeaderValue::from_str(&hash) {
+            headers.insert("X-Consul-ContentHash", value);
+        }
+        headers.insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        (headers, body).into_response()
+    };
+    let render_hashed = || -> Result<(Vec<u8>, String), ApiError> {
+        let body = ctx.local.read(&render)?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        body.hash(&mut hasher);
+        Ok((body, format!("{:016x}", hasher.finish())))
+    };
+    let (body, hash) = render_hashed()?;
+    let Some(wanted) = wanted.filter(|w| *w == hash) else { return Ok(respond(body, hash)) };
+    let _permit = ctx.blocking_permits.clone().try_acquire_owned().map_err(|_| {
+        ApiError::TooMany(format!(
+            "too many blocking queries in progress (limit {}); retry later",
+            ctx.limits.max_blocking_queries
+        ))
+    })?;
+    let deadline = tokio::time::Instant::now() + q.wait;
+    loop {
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { break },
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = ctx.shutdown.cancelled() => break,
+        }
+        let (body, hash) = render_hashed()?;
+        if hash != wanted {
+            return Ok(respond(body, hash));
+        }
+    }
+    let (body, hash) = render_hashed()?;
+    Ok(respond(body, hash))
+}
+
+fn json_bytes(value: &impl Serialize) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(value).map_err(|e| ApiError::Internal(format!("cannot encode the answer: {e}")))
+}
+
+pub async fn services(ctx: Ctx, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
+    let dc = ctx.identity.datacenter.as_str();
+    hashed_read(&ctx, &q, |state| {
+        let all: BTreeMap<&str, AgentService<'_>> =
+            state.services.iter().map(|(id, s)| (id.as_str(), agent_service(s, dc))).collect();
+        json_bytes(&all)
+    })
+    .await
+}
+
+pub async fn service(ctx: Ctx, Path(id): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
+    if !ctx.local.read(|s| s.services.contains_key(&id)) {
+        return Err(ApiError::NotFound(format!("unknown service ID: {id}")));
+    }
+    let dc = ctx.identity.datacenter.as_str();
+    hashed_read(&ctx, &q, |state| {
+        let service = state.services.get(&id).ok_or_else(|| ApiError::NotFound(format!("unknown service ID: {id}")))?;
+        json_bytes(&agent_service(service, dc))
+    })
+    .await
+}
+
+pub async fn checks(ctx: Ctx, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
+    let node = ctx.local.node_name().to_string();
+    hashed_read(&ctx, &q, |state| {
+        let all: BTreeMap<&str, AgentCheck<'_>> =
+            state.checks.iter().map(|(id, c)| (id.as_str(), agent_check(c, state, &node))).collect();
+        json_bytes(&all)
+    })
+    .await
+}
+
+/// Parses a definition body leniently (unknown fields ignored, any field-name case).
+fn body_value(bytes: &[u8]) -> Result<Value, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest("Request decode failed: empty body".into()));
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))
+}
+
+pub async fn register_service(
+    ctx: Ctx,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
+    let bytes = read_limited(&headers, body, ctx.limits.http_max_body_bytes).await?;
+    let reg = decode_service(&body_value(&bytes)?, Strictness::Lenient, ScriptPolicy::Refused)
+        .map_err(|e| ApiError::BadRequest(format!("Invalid service definition: {e}")))?;
+    let replace = q.get("replace-existing-checks").is_some_and(|v| v != "false" && v != "0");
+    ctx.local.register_service(reg, replace).await?;
+    Ok(().into_response())
+}
+
+pub async fn deregister_service(ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+    ctx.local.deregister_service(&id).await?;
+    Ok(().into_response())
+}
+
+pub async fn register_check(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_limited(&headers, body, ctx.limits.http_max_body_bytes).await?;
+    let spec = decode_check(&body_value(&bytes)?, Strictness::Lenient, ScriptPolicy::Refused)
+        .map_err(|e| ApiError::BadRequest(format!("Invalid check: {e}")))?;
+    ctx.local.register_check(spec).await?;
+    Ok(().into_response())
+}
+
+pub async fn deregister_check(ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+    ctx.local.deregister_check(&id).await?;
+    Ok(().into_response())
+}
+
+fn ttl_update(ctx: &HttpContext, id: &str, status: CheckStatus, raw: Option<&str>) -> Result<Response, ApiError> {
+    let q = Query::parse(raw, &ctx.identity.datacenter)?;
+    ctx.local.update_ttl(id, status, q.get("note").unwrap_or("").to_string())?;
+    Ok(().into_response())
+}
+
+pub async fn check_pass(ctx: Ctx, Path(id): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+    ttl_update(&ctx, &id, CheckStatus::Passing, raw.as_deref())
+}
+
+pub async fn check_warn(ctx: Ctx, Path(id): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+    ttl_update(&ctx, &id, CheckStatus::Warning, raw.as_deref())
+}
+
+pub async fn check_fail(ctx: Ctx, Path(id): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+    ttl_update(&ctx, &id, CheckStatus::Critical, raw.as_deref())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CheckUpdateBody {
+    status: Option<String>,
+    output: Option<String>,
+}
+
+pub async fn check_update(
+    ctx: Ctx,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_limited(&headers, body, ctx.limits.http_max_body_bytes).await?;
+    let update: CheckUpdateBody =
+        parse_consul_json(&bytes).map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))?;
+    let text = update.status.unwrap_or_default();
+    let status = CheckStatus::parse(&text).ok_or_else(|| {
+        ApiError::BadRequest(format!("Invalid check status: {text:?} (must be passing, warning or critical)"))
+    })?;
+    ctx.local.update_ttl(&id, status, update.output.unwrap_or_default())?;
+    Ok(().into_response())
+}
+
+/// `?enable=true|false` (required) and `?reason=`.
+fn maintenance_params(ctx: &HttpContext, raw: Option<&str>) -> Result<(bool, String), ApiError> {
+    let q = Query::parse(raw, &ctx.identity.datacenter)?;
+    let enable = match q.get("enable") {
+        None | Some("") => return Err(ApiError::BadRequest("Missing value for enable".into())),
+        Some(v) => v
+            .parse::<bool>()
+            .map_err(|_| ApiError::BadRequest(format!("Invalid value for enable: {v:?} (expected true or false)")))?,
+    };
+    Ok((enable, q.get("reason").unwrap_or("").to_string()))
+}
+
+pub async fn service_maintenance(
+    ctx: Ctx,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let (enable, reason) = maintenance_params(&ctx, raw.as_deref())?;
+    ctx.local.service_maintenance(&id, enable, &reason).await?;
+    Ok(().into_response())
+}
+
+pub async fn node_maintenance(ctx: Ctx, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+    let (enable, reason) = maintenance_params(&ctx, raw.as_deref())?;
+    ctx.local.node_maintenance(enable, &reason).await?;
+    Ok(().into_response())
+}
+
+/// Asks the agent to reload its config files, as SIGHUP does, and answers when done.
+pub async fn reload(ctx: Ctx) -> Result<Response, ApiError> {
+    let (reply, done) = oneshot::channel();
+    ctx.reload.try_send(reply).map_err(|_| ApiError::TooMany("a reload is already in progress; retry later".into()))?;
+    match done.await {
+        Ok(Ok(())) => Ok(().into_response()),
+        Ok(Err(reason)) => Err(ApiError::Internal(format!("Failed reloading: {reason}"))),
+        Err(_) => Err(ApiError::Internal("Failed reloading: the agent is shutting down".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_print_as_go_does() {
+        let cases = [(500, "500ms"), (1_000, "1s"), (10_000, "10s"), (90_000, "1m30s"), (3_600_000, "1h0m0s")];
+        for (ms, text) in cases {
+            assert_eq!(go_duration(Duration::from_millis(ms)), text);
+        }
+    }
+}
