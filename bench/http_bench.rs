@@ -5,6 +5,7 @@
 //! The bench drives the servers through its own small HTTP/1.1 client (`client.rs`) on a
 //! single-threaded runtime, so its cost per request is small, fixed and on its own core.
 
+mod checks;
 mod client;
 mod footprint;
 mod load;
@@ -20,7 +21,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::server::Binaries;
 
-const USAGE: &str = "usage: http_bench [--only writes|watch|footprint]... [--seconds N] \
+const USAGE: &str = "usage: http_bench [--only writes|watch|footprint|checks]... [--seconds N] \
                      [--cairn PATH] [--etcd PATH]";
 
 /// Longest a section may run: a base, plus a share per `--seconds` (the writes section runs
@@ -40,16 +41,18 @@ enum Section {
     Writes,
     Watch,
     Footprint,
+    Checks,
 }
 
 impl Section {
-    const ALL: [Section; 3] = [Section::Writes, Section::Watch, Section::Footprint];
+    const ALL: [Section; 4] = [Section::Writes, Section::Watch, Section::Footprint, Section::Checks];
 
     fn parse(name: &str) -> Result<Section> {
         Ok(match name {
             "writes" => Section::Writes,
             "watch" => Section::Watch,
             "footprint" => Section::Footprint,
+            "checks" => Section::Checks,
             _ => bail!("unknown section {name:?}; {USAGE}"),
         })
     }
@@ -164,6 +167,7 @@ async fn main() -> ExitCode {
                 Section::Writes => writes::run(&settings).await,
                 Section::Watch => watch::run(&settings).await,
                 Section::Footprint => footprint::run(&settings).await,
+                Section::Checks => checks::run(&settings).await,
             }
         };
         // A backstop over the per-step deadlines: no section can hang the bench.

@@ -77,6 +77,7 @@ fn init_logging(level: tracing::Level) -> cairn::agent::SetLogLevel {
 }
 
 fn run_agent(flags: &AgentFlags) -> ExitCode {
+    fix_malloc_mmap_threshold();
     let (config, warnings) = match Config::load(flags) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -103,5 +104,17 @@ fn run_agent(flags: &AgentFlags) -> ExitCode {
             eprintln!("cairn: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// glibc raises its mmap threshold to the size of every large block freed, so after the first
+/// multi-megabyte response or snapshot, such buffers come from the heap and leave it
+/// fragmented: with 5,000 checks that is ~20 MB of resident memory holding nothing. A fixed
+/// threshold keeps large buffers in their own mappings, returned to the system when freed.
+fn fix_malloc_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }

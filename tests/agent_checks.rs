@@ -497,3 +497,39 @@ fn services_cli_registers_and_deregisters_and_names_an_unreachable_agent() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     let _ = TcpStream::connect(agent.http);
 }
+
+#[test]
+fn script_checks_from_config_and_a_reloaded_dns_config() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let code = temp.path().join("code");
+    std::fs::write(&code, "0").expect("code");
+    let config = temp.path().join("c.json");
+    let write_config = |only_passing: bool| {
+        let body = json!({
+            "enable_local_script_checks": true,
+            "dns_config": {"only_passing": only_passing},
+            "service": {"name": "job", "check": {
+                "args": ["/bin/sh", "-c", format!("echo out; exit $(cat {})", code.display())], "interval": "1s"}}
+        });
+        std::fs::write(&config, body.to_string()).expect("config");
+    };
+    write_config(false);
+    let agent = Agent::start(&["-config-file", config.to_str().unwrap()]);
+    wait_visible(&agent, "job", 1, FLIP);
+    assert_eq!(agent_check(&agent, "service:job").unwrap()["Output"], "out\n");
+
+    std::fs::write(&code, "1").expect("code");
+    wait_for("exit 1 to warn", FLIP, || {
+        (check_status(&agent, "service:job")? == "warning" && passing(&agent, "job") == 0).then_some(())
+    });
+    assert_eq!(dns_addresses(&agent, "job.service.consul"), 1, "warning instances stay in DNS by default");
+    // only_passing is reloadable: the warning instance leaves DNS without a restart.
+    write_config(true);
+    assert_eq!(agent.put("/v1/agent/reload", "").status, 200);
+    assert_eq!(dns_addresses(&agent, "job.service.consul"), 0);
+
+    std::fs::write(&code, "2").expect("code");
+    wait_for("exit 2 to be critical", FLIP, || (check_status(&agent, "service:job")? == "critical").then_some(()));
+    std::fs::write(&code, "0").expect("code");
+    wait_visible(&agent, "job", 1, FLIP);
+}

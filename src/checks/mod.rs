@@ -377,19 +377,18 @@ impl Inner {
         }
     }
 
-    /// What is saved: API registrations, and every check's status.
-    fn to_persisted(&self) -> persist::Persisted {
+    /// What is saved, encoded: API registrations, and every check's status.
+    fn encode_persisted(&self) -> Vec<u8> {
         let state = self.lock();
-        persist::Persisted {
-            version: 0,
-            services: state.services.values().filter(|s| s.source == Source::Api).map(|s| s.spec.clone()).collect(),
-            checks: state.checks.values().filter(|c| c.source == Source::Api).map(|c| c.spec.clone()).collect(),
+        persist::encode(&persist::PersistedRef {
+            services: state.services.values().filter(|s| s.source == Source::Api).map(|s| &s.spec).collect(),
+            checks: state.checks.values().filter(|c| c.source == Source::Api).map(|c| &c.spec).collect(),
             statuses: state
                 .checks
                 .values()
-                .map(|c| persist::PersistedStatus { id: c.spec.id.clone(), status: c.status, output: c.output.clone() })
+                .map(|c| persist::PersistedStatusRef { id: &c.spec.id, status: c.status, output: &c.output })
                 .collect(),
-        }
+        })
     }
 }
 
@@ -439,9 +438,9 @@ async fn persister(inner: Arc<Inner>) {
         let version = inner.lock().version;
         let pending = generation > inner.saved.borrow().0;
         if pending || version != saved_version {
-            let snapshot = inner.to_persisted();
+            let bytes = inner.encode_persisted();
             let path = path.clone();
-            let result = tokio::task::spawn_blocking(move || persist::save(&path, &snapshot))
+            let result = tokio::task::spawn_blocking(move || persist::save(&path, &bytes))
                 .await
                 .unwrap_or_else(|e| Err(PersistError::Io { path: PathBuf::new(), source: std::io::Error::other(e) }));
             let error = result.err().map(|e| {

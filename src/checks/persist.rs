@@ -12,7 +12,7 @@ use crate::model::agent::{CheckSpec, ServiceSpec};
 use crate::model::CheckStatus;
 
 pub const FILE_NAME: &str = "agent-local.json";
-const VERSION: u32 = 1;
+pub const VERSION: u32 = 1;
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Persisted {
@@ -55,14 +55,40 @@ pub fn load(path: &Path) -> Result<Persisted, PersistError> {
     Ok(persisted)
 }
 
-/// Replaces the file with `state`, durably.
-pub fn save(path: &Path, state: &Persisted) -> Result<(), PersistError> {
+/// What [`encode`] writes: borrowed from the live state, so a save copies nothing but bytes.
+#[derive(Serialize)]
+pub struct PersistedRef<'a> {
+    pub services: Vec<&'a ServiceSpec>,
+    pub checks: Vec<&'a CheckSpec>,
+    pub statuses: Vec<PersistedStatusRef<'a>>,
+}
+
+#[derive(Serialize)]
+pub struct PersistedStatusRef<'a> {
+    pub id: &'a str,
+    pub status: CheckStatus,
+    pub output: &'a str,
+}
+
+/// The file's bytes for `state`: one buffer, not a copy of the state's many small parts
+/// (which, made every save, fragment the heap).
+pub fn encode(state: &PersistedRef<'_>) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct File<'r, 'a> {
+        version: u32,
+        #[serde(flatten)]
+        state: &'r PersistedRef<'a>,
+    }
+    // Plain structs of strings and numbers always serialize.
+    serde_json::to_vec(&File { version: VERSION, state }).expect("agent state serializes")
+}
+
+/// Replaces the file with `bytes`, durably.
+pub fn save(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
     let io = |source| PersistError::Io { path: path.to_path_buf(), source };
-    let bytes = serde_json::to_vec(&Persisted { version: VERSION, ..state.clone() })
-        .map_err(|e| io(std::io::Error::other(e)))?;
     let tmp = path.with_extension("json.tmp");
     let mut file = std::fs::File::create(&tmp).map_err(io)?;
-    file.write_all(&bytes).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
     if let Some(dir) = path.parent() {
@@ -85,7 +111,9 @@ mod tests {
             statuses: vec![PersistedStatus { id: "c".into(), status: CheckStatus::Warning, output: "o".into() }],
             ..Default::default()
         };
-        save(&path, &state).expect("saved");
+        let status = PersistedStatusRef { id: "c", status: CheckStatus::Warning, output: "o" };
+        let bytes = encode(&PersistedRef { services: vec![], checks: vec![], statuses: vec![status] });
+        save(&path, &bytes).expect("saved");
         assert_eq!(load(&path).expect("loads"), state);
         std::fs::write(&path, b"{\"version\":1,").expect("damage");
         let err = load(&path).expect_err("damaged").to_string();

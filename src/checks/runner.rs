@@ -30,8 +30,10 @@ pub(super) async fn run(inner: Arc<Inner>, id: String, generation: u64, spec: Ch
             },
             _ = cancel.cancelled() => return,
         };
+        // Boxed: an HTTP probe's future is ~9 KB, and held inline it would stay allocated in
+        // every check's task between runs (45 MB for 5,000 checks).
         let seen = tokio::select! {
-            seen = probe::run(&spec.kind, spec.timeout, &inner.clients) => seen,
+            seen = Box::pin(probe::run(&spec.kind, spec.timeout, &inner.clients)) => seen,
             _ = cancel.cancelled() => return,
         };
         drop(permit);

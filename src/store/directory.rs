@@ -6,7 +6,7 @@
 //! Why: an HTTP write that returned must already be visible in DNS — no polling gap, no cache
 //! to expire. Readers never block: they load an `Arc` and keep it for one answer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -105,9 +105,10 @@ impl DirectoryCell {
             nodes.insert(node.node.to_ascii_lowercase(), Arc::new(node_record(&node)));
         }
         let mut lists: HashMap<String, Vec<Arc<InstanceRecord>>> = HashMap::new();
-        for name in view.service_names()?.into_keys() {
-            for health in view.service_health(&name)? {
-                lists.entry(name.to_ascii_lowercase()).or_default().push(instance_record(health, &nodes));
+        for node in view.nodes()? {
+            for health in view.node_service_health(&node.node, None)? {
+                let name = health.service.service.to_ascii_lowercase();
+                lists.entry(name).or_default().push(instance_record(health, &nodes));
             }
         }
         let services = lists.into_iter().map(|(name, list)| (name, list.into())).collect();
@@ -130,6 +131,21 @@ impl DirectoryCell {
                 None => nodes.remove(&name.to_ascii_lowercase()),
             };
         }
+        // Read per node, not per (service, node): a batch that changes many services of one
+        // node reads its services and checks once.
+        let mut by_node: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for (name, changed_nodes) in &touched.services {
+            for node in changed_nodes {
+                by_node.entry(node.as_str()).or_default().insert(name.as_str());
+            }
+        }
+        let mut fresh: HashMap<String, Vec<Arc<InstanceRecord>>> = HashMap::new();
+        for (node, names) in &by_node {
+            for health in view.node_service_health(node, Some(names))? {
+                let name = health.service.service.clone();
+                fresh.entry(name).or_default().push(instance_record(health, &nodes));
+            }
+        }
         let mut services = current.services.clone();
         for (name, changed_nodes) in &touched.services {
             let lower = name.to_ascii_lowercase();
@@ -142,11 +158,7 @@ impl DirectoryCell {
                         .collect()
                 })
                 .unwrap_or_default();
-            for node in changed_nodes {
-                for health in view.service_health_on_node(name, node)? {
-                    list.push(instance_record(health, &nodes));
-                }
-            }
+            list.extend(fresh.remove(name).unwrap_or_default());
             if list.is_empty() {
                 services.remove(&lower);
             } else {

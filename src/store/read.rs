@@ -151,39 +151,51 @@ impl<'e> ReadView<'e> {
         Ok(out)
     }
 
-    /// Instances of service `name` with their node and checks.
+    /// Instances of service `name` with their node and checks. Each node's checks are read
+    /// once, however many instances it holds.
     pub fn service_health(&self, name: &str) -> Result<Vec<ServiceHealth>, StoreError> {
-        let mut out = Vec::new();
+        let mut by_node: BTreeMap<String, Vec<Service>> = BTreeMap::new();
         for service in self.service_instances(name)? {
-            let Some(node) = self.node(&service.node)? else {
-                continue;
-            };
-            let checks = self
-                .node_checks(&service.node)?
-                .into_iter()
-                .filter(|c| c.service_id.is_empty() || c.service_id == service.id)
-                .collect();
-            out.push(ServiceHealth { node, service, checks });
+            by_node.entry(service.node.clone()).or_default().push(service);
+        }
+        let mut out = Vec::new();
+        for (node, services) in by_node {
+            let Some(node_row) = self.node(&node)? else { continue };
+            out.extend(with_checks(node_row, services, self.node_checks(&node)?));
         }
         Ok(out)
     }
 
-    /// Instances of service `name` on `node` only, with their health.
-    pub fn service_health_on_node(&self, name: &str, node: &str) -> Result<Vec<ServiceHealth>, StoreError> {
+    /// Instances on `node` of the services named in `names` (all of them for `None`), with
+    /// their health: one read of the node's services and checks, however many names.
+    pub fn node_service_health(
+        &self,
+        node: &str,
+        names: Option<&BTreeSet<&str>>,
+    ) -> Result<Vec<ServiceHealth>, StoreError> {
         let Some(node_row) = self.node(node)? else { return Ok(Vec::new()) };
-        let services: Vec<Service> = self.node_services(node)?.into_iter().filter(|s| s.service == name).collect();
+        let Some(names) = names else {
+            return Ok(with_checks(node_row, self.node_services(node)?, self.node_checks(node)?));
+        };
+        let mut services = Vec::new();
+        for name in names {
+            // `service_names` keys are `name \0 node \0 id`: the instances of `name` on `node`.
+            let prefix = codec::triple_key(name, node, "");
+            if !rows::storable(&prefix) {
+                continue;
+            }
+            for row in self.t.service_names.prefix_iter(&self.txn, &prefix)? {
+                let (key, _) = row?;
+                let id = codec::split_key(key).pop().unwrap_or_default();
+                services.extend(rows::service(&self.t, &self.txn, node, id)?);
+            }
+        }
         if services.is_empty() {
             return Ok(Vec::new());
         }
-        let checks = self.node_checks(node)?;
-        Ok(services
-            .into_iter()
-            .map(|service| {
-                let checks =
-                    checks.iter().filter(|c| c.service_id.is_empty() || c.service_id == service.id).cloned().collect();
-                ServiceHealth { node: node_row.clone(), service, checks }
-            })
-            .collect())
+        let ids = services.iter().map(|s| s.id.as_str()).collect();
+        let checks = rows::node_checks_of(&self.t, &self.txn, node, &ids)?;
+        Ok(with_checks(node_row, services, checks))
     }
 
     /// Every node holding a service instance with this ID.
@@ -250,4 +262,22 @@ impl<'e> ReadView<'e> {
         }
         Ok(max)
     }
+}
+
+/// Pairs each of a node's `services` with its checks and the node's own checks.
+fn with_checks(node: Node, services: Vec<Service>, checks: Vec<HealthCheck>) -> Vec<ServiceHealth> {
+    let (node_checks, service_checks): (Vec<HealthCheck>, Vec<HealthCheck>) =
+        checks.into_iter().partition(|c| c.service_id.is_empty());
+    let mut by_service: std::collections::HashMap<String, Vec<HealthCheck>> = std::collections::HashMap::new();
+    for check in service_checks {
+        by_service.entry(check.service_id.clone()).or_default().push(check);
+    }
+    services
+        .into_iter()
+        .map(|service| {
+            let mut checks = node_checks.clone();
+            checks.extend(by_service.remove(&service.id).unwrap_or_default());
+            ServiceHealth { node: node.clone(), service, checks }
+        })
+        .collect()
 }

@@ -56,6 +56,39 @@ pub(super) fn node_checks(t: &SmTables, txn: &Txn<'_>, node: &str) -> Result<Vec
     node_rows(t.checks, "sm_checks", txn, node)
 }
 
+/// The checks on `node` that belong to the node itself or to one of `service_ids`. Only
+/// those rows are decoded in full: a node may hold thousands of checks, and one write
+/// touches a few.
+pub(super) fn node_checks_of(
+    t: &SmTables,
+    txn: &Txn<'_>,
+    node: &str,
+    service_ids: &std::collections::HashSet<&str>,
+) -> Result<Vec<HealthCheck>, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct Owner<'a> {
+        #[serde(rename = "ServiceID", default, borrow)]
+        service_id: std::borrow::Cow<'a, str>,
+    }
+    let mut out = Vec::new();
+    let prefix = codec::pair_prefix(node);
+    if !storable(&prefix) {
+        return Ok(out);
+    }
+    for row in t.checks.prefix_iter(txn, &prefix)? {
+        let (key, bytes) = row?;
+        let owner: Owner<'_> = serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+            table: "sm_checks",
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: e.to_string(),
+        })?;
+        if owner.service_id.is_empty() || service_ids.contains(owner.service_id.as_ref()) {
+            out.push(codec::decode_json("sm_checks", key, bytes)?);
+        }
+    }
+    Ok(out)
+}
+
 /// Every row of `db` keyed `node \0 ...`, decoded.
 fn node_rows<T: serde::de::DeserializeOwned>(
     db: RawDb,
