@@ -114,6 +114,9 @@ pub struct AgentFlags {
     /// trace, debug, info, warn or error.
     #[arg(long, value_name = "LEVEL", value_parser = parse_log_level_flag)]
     pub log_level: Option<LogLevel>,
+    /// Log one JSON object per line (for journald and log shippers).
+    #[arg(long)]
+    pub log_json: bool,
 }
 
 fn parse_datacenter_flag(s: &str) -> Result<String, String> {
@@ -149,6 +152,8 @@ pub struct Config {
     pub recursors: Vec<SocketAddr>,
     pub dns_config: DnsConfig,
     pub log_level: LogLevel,
+    /// One JSON object per log line instead of text.
+    pub log_json: bool,
     pub limits: Limits,
     pub lmdb_map_size_bytes: u64,
     pub zones_dir: Option<PathBuf>,
@@ -430,6 +435,7 @@ impl Config {
             recursors: Vec::new(),
             dns_config: DnsConfig::default(),
             log_level: LogLevel::Info,
+            log_json: false,
             limits: Limits::default(),
             lmdb_map_size_bytes: 1024 * MIB,
             zones_dir: None,
@@ -458,6 +464,9 @@ impl Config {
         set_if_some(&mut self.ports.server, flags.server_port);
         set_if_some(&mut self.ports.serf_lan, flags.serf_lan_port);
         set_if_some(&mut self.log_level, flags.log_level);
+        if flags.log_json {
+            self.log_json = true;
+        }
     }
 
     /// Checks that need the merged files and the flags together.
@@ -570,7 +579,7 @@ const TOP_NOT_IMPLEMENTED: &str = "
     enable_acl_replication enable_agent_tls_for_checks enable_central_service_config
     enable_debug enable_script_checks enable_syslog encrypt
     encrypt_verify_incoming encrypt_verify_outgoing experiments http_config key_file
-    leave_on_terminate license_path locality log_file log_json log_rotate_bytes
+    leave_on_terminate license_path locality log_file log_rotate_bytes
     log_rotate_duration log_rotate_max_files max_query_time node_meta non_voting_server
     peering performance pid_file primary_datacenter primary_gateways raft_logstore
     raft_protocol raft_snapshot_interval raft_snapshot_threshold raft_trailing_logs
@@ -712,6 +721,7 @@ fn apply_object(
         apply_dns_config(&mut config.dns_config, dns, warnings)?;
     }
     top.set("log_level", &mut config.log_level, decode_log_level)?;
+    top.set("log_json", &mut config.log_json, decode_bool)?;
     if let Some(mut limits) = top.section("limits")? {
         let l = &mut config.limits;
         limits.set("http_max_conns_per_client", &mut l.http_max_conns_per_client, decode_u32)?;
@@ -1324,6 +1334,7 @@ mod tests {
                 soa: Soa { refresh: 1, retry: 2, expire: 3, min_ttl: 4 },
             },
             log_level: LogLevel::Warn,
+            log_json: false,
             limits: Limits {
                 http_max_conns_per_client: 10,
                 kv_max_value_size: 11,

@@ -56,17 +56,21 @@ fn log_filter(level: tracing::Level) -> tracing_subscriber::filter::Targets {
     Targets::new().with_default(level).with_target("openraft", raft_level)
 }
 
-/// Logs to stderr at `level`; returns how to change the level later (config reload).
-fn init_logging(level: tracing::Level) -> cairn::agent::SetLogLevel {
+/// Logs to stderr at `level`, as text or one JSON object per line; returns how to change the
+/// level later (config reload).
+fn init_logging(level: tracing::Level, json: bool) -> cairn::agent::SetLogLevel {
     use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
 
     let (filter, handle) = tracing_subscriber::reload::Layer::new(log_filter(level));
-    let format = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false);
-    tracing_subscriber::registry().with(format).with(filter).init();
+    let text = (!json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(false)
+    });
+    let json = json.then(|| tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_target(false));
+    tracing_subscriber::registry().with(text).with(json).with(filter).init();
     Box::new(move |level| {
         let level = tracing::Level::from(level);
         match handle.reload(log_filter(level)) {
@@ -85,7 +89,7 @@ fn run_agent(flags: &AgentFlags) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let set_log_level = init_logging(tracing::Level::from(config.log_level));
+    let set_log_level = init_logging(tracing::Level::from(config.log_level), config.log_json);
     for warning in warnings {
         tracing::warn!("{warning}");
     }

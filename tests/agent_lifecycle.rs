@@ -251,3 +251,69 @@ fn a_full_lmdb_map_fails_writes_with_a_reason_while_reads_go_on() {
 fn rand_suffix() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
+
+#[test]
+fn readiness_and_stopping_reach_the_service_manager() {
+    use std::os::unix::net::UnixDatagram;
+    let temp = tempfile::tempdir().expect("tempdir");
+    let socket_path = temp.path().join("notify.sock");
+    let manager = UnixDatagram::bind(&socket_path).expect("bind notify socket");
+    manager.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    let args: Vec<String> = ["agent", "-dev", "-http-port", "0", "-dns-port", "0"].map(String::from).to_vec();
+    let env = [("NOTIFY_SOCKET", socket_path.display().to_string())];
+    let mut agent = Agent::spawn_with_env(args, temp.path().join("unused"), &env);
+    let mut buf = [0u8; 512];
+    let n = manager.recv(&mut buf).expect("READY within the deadline");
+    let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(ready.starts_with("READY=1\nSTATUS=DNS on 127.0.0.1:"), "{ready}");
+    // READY came once both listeners were bound: they answer now.
+    assert_eq!(agent.get("/v1/status/leader").status, 200);
+    assert!(agent.terminate().success());
+    let n = manager.recv(&mut buf).expect("STOPPING");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}
+
+#[test]
+fn log_json_writes_one_json_object_per_line() {
+    use std::io::BufRead;
+    /// Kills the agent if the test fails half-way, so it cannot outlive the test.
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Reaped(
+        std::process::Command::new(support::cairn_bin())
+            .args(["agent", "-dev", "-log-json", "-http-port", "0", "-dns-port", "0"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+    );
+    let stderr = child.0.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    let logged = |seen: &[serde_json::Value], message: &str| seen.iter().any(|v| v["fields"]["message"] == message);
+    // Self-registration may be logged before or after the listeners, depending on timing.
+    while !(logged(&seen, "registered this server in the catalog") && logged(&seen, "HTTP API listening")) {
+        let line =
+            rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("log line before deadline");
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(value["level"].is_string() && value["timestamp"].is_string(), "{line}");
+        seen.push(value);
+    }
+    let http = seen.iter().find(|v| v["fields"]["message"] == "HTTP API listening").expect("listening line");
+    assert!(http["fields"]["addr"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{http}");
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    assert!(child.0.wait().expect("wait").success());
+}

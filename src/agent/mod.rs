@@ -6,6 +6,7 @@
 //! half-done — no write acknowledged by a task that is then abandoned.
 
 mod data_dir;
+mod notify;
 mod reload;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -63,6 +64,9 @@ pub struct AgentOptions {
 /// Runs the agent until SIGTERM or SIGINT, then shuts down gracefully.
 pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError> {
     raise_open_files_limit();
+    // Installed first: a SIGTERM that arrives while the agent starts must stop it gracefully,
+    // not kill it with the default action.
+    let signals = Signals::install()?;
     if !config.server {
         return Err(AgentError::Unsupported(
             "client agents (server = false) are not supported yet: run with -server or -dev".into(),
@@ -149,10 +153,12 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     let dns_addr = SocketAddr::new(config.addresses.dns.unwrap_or(config.client_addr), config.ports.dns);
     let dns_bound = crate::dns::start(Arc::clone(&dns), dns_addr, shutdown.clone(), &tasks).await?;
     tracing::info!(addr = %dns_bound.udp, "DNS listening (UDP and TCP)");
+    notify::notify(&format!("READY=1\nSTATUS=DNS on {}, HTTP on {http_bound}", dns_bound.udp));
 
     let reloader = Arc::new(Reloader::new(options.flags, config, dns, local, options.set_log_level));
-    wait_for_shutdown_signal(reloader, reload_rx).await?;
+    wait_for_shutdown_signal(signals, reloader, reload_rx).await?;
     tracing::info!("shutting down: no new connections; answering blocking queries now");
+    notify::notify("STOPPING=1");
     shutdown.cancel();
     tasks.close();
     tasks.wait().await;
@@ -218,20 +224,36 @@ fn self_registration(id: &AgentIdentity) -> RegisterRequest {
     }
 }
 
+/// The signals the agent handles, registered before anything starts.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, AgentError> {
+        let install = |kind| signal(kind).map_err(AgentError::Signals);
+        Ok(Signals {
+            term: install(SignalKind::terminate())?,
+            int: install(SignalKind::interrupt())?,
+            hup: install(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// Waits for SIGTERM or SIGINT; meanwhile reloads on SIGHUP and on HTTP reload requests,
 /// one at a time, on a blocking thread.
 async fn wait_for_shutdown_signal(
+    mut signals: Signals,
     reloader: Arc<Reloader>,
     mut requests: tokio::sync::mpsc::Receiver<ReloadReply>,
 ) -> Result<(), AgentError> {
-    let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(AgentError::Signals)?;
     loop {
         let reply = tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
+            _ = signals.term.recv() => return Ok(()),
+            _ = signals.int.recv() => return Ok(()),
+            _ = signals.hup.recv() => {
                 tracing::info!("SIGHUP received: reloading the config");
                 None
             }
