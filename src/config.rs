@@ -264,6 +264,8 @@ pub struct Limits {
     pub dns_max_forwards_in_flight: u32,
     /// Health-check probes running at once; past it a check waits for a free slot.
     pub checks_max_concurrent: u32,
+    /// Largest snapshot archive `PUT /v1/snapshot` accepts; past it 413.
+    pub snapshot_max_bytes: u64,
 }
 
 impl Default for Limits {
@@ -278,6 +280,7 @@ impl Default for Limits {
             max_pending_writes: 16_384,
             dns_max_forwards_in_flight: 1024,
             checks_max_concurrent: 512,
+            snapshot_max_bytes: 4 * 1024 * MIB,
         }
     }
 }
@@ -735,6 +738,7 @@ fn apply_object(
             decode_uint(v, 1, u32::MAX.into())
         })?;
         limits.set("checks_max_concurrent", &mut l.checks_max_concurrent, |v| decode_uint(v, 1, 1_000_000))?;
+        limits.set("snapshot_max_bytes", &mut l.snapshot_max_bytes, decode_u64)?;
         limits.finish(LIMITS_NOT_IMPLEMENTED, warnings)?;
     }
     let map_size_mb = top.get("lmdb_map_size_mb", |v| decode_uint::<u64>(v, 1, u64::MAX / MIB))?;
@@ -1345,6 +1349,7 @@ mod tests {
                 max_pending_writes: 15,
                 dns_max_forwards_in_flight: 16,
                 checks_max_concurrent: 17,
+                snapshot_max_bytes: 4 * 1024 * MIB,
             },
             lmdb_map_size_bytes: 2 * MIB,
             zones_dir: Some("/z".into()),

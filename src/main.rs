@@ -22,6 +22,22 @@ enum CliCommand {
     Services(cairn::cli::ServicesCommand),
     /// Make the agent reload its config files.
     Reload(cairn::cli::ClientFlags),
+    /// Read and write the KV store.
+    #[command(subcommand)]
+    Kv(cairn::cli::kv::KvCommand),
+    /// List services and nodes of the catalog.
+    #[command(subcommand)]
+    Catalog(cairn::cli::catalog::CatalogCommand),
+    /// List the members of the cluster.
+    Members(cairn::cli::ClientFlags),
+    /// Cluster operations.
+    #[command(subcommand)]
+    Operator(cairn::cli::operator::OperatorCommand),
+    /// Save, restore or inspect archives of all replicated state.
+    #[command(subcommand)]
+    Snapshot(cairn::cli::snapshot::SnapshotCommand),
+    /// Make the agent leave and shut down gracefully.
+    Leave(cairn::cli::ClientFlags),
     /// Print the version.
     Version,
 }
@@ -36,6 +52,12 @@ fn main() -> ExitCode {
         CliCommand::Agent(flags) => run_agent(&flags),
         CliCommand::Services(command) => client_exit(cairn::cli::services::run(command)),
         CliCommand::Reload(flags) => client_exit(cairn::cli::reload(&flags)),
+        CliCommand::Kv(command) => client_exit(cairn::cli::kv::run(command)),
+        CliCommand::Catalog(command) => client_exit(cairn::cli::catalog::run(command)),
+        CliCommand::Members(flags) => client_exit(cairn::cli::operator::members(&flags)),
+        CliCommand::Operator(command) => client_exit(cairn::cli::operator::run(command)),
+        CliCommand::Snapshot(command) => client_exit(cairn::cli::snapshot::run(command)),
+        CliCommand::Leave(flags) => client_exit(cairn::cli::leave(&flags)),
     }
 }
 

@@ -146,6 +146,7 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
         config.limits.clone(),
         shutdown.clone(),
     ));
+    let leave = Arc::clone(&ctx.leave);
     tasks.spawn(http::serve(http_listener, ctx, shutdown.clone(), DRAIN_MAX));
     tracing::info!(addr = %http_bound, "HTTP API listening");
 
@@ -156,7 +157,7 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     notify::notify(&format!("READY=1\nSTATUS=DNS on {}, HTTP on {http_bound}", dns_bound.udp));
 
     let reloader = Arc::new(Reloader::new(options.flags, config, dns, local, options.set_log_level));
-    wait_for_shutdown_signal(signals, reloader, reload_rx).await?;
+    wait_for_shutdown_signal(signals, leave, reloader, reload_rx).await?;
     tracing::info!("shutting down: no new connections; answering blocking queries now");
     notify::notify("STOPPING=1");
     shutdown.cancel();
@@ -242,10 +243,11 @@ impl Signals {
     }
 }
 
-/// Waits for SIGTERM or SIGINT; meanwhile reloads on SIGHUP and on HTTP reload requests,
+/// Waits for SIGTERM, SIGINT or `PUT /v1/agent/leave`; meanwhile reloads on SIGHUP and on HTTP reload requests,
 /// one at a time, on a blocking thread.
 async fn wait_for_shutdown_signal(
     mut signals: Signals,
+    leave: Arc<tokio::sync::Notify>,
     reloader: Arc<Reloader>,
     mut requests: tokio::sync::mpsc::Receiver<ReloadReply>,
 ) -> Result<(), AgentError> {
@@ -253,6 +255,10 @@ async fn wait_for_shutdown_signal(
         let reply = tokio::select! {
             _ = signals.term.recv() => return Ok(()),
             _ = signals.int.recv() => return Ok(()),
+            _ = leave.notified() => {
+                tracing::info!("leave requested through the API");
+                return Ok(());
+            }
             _ = signals.hup.recv() => {
                 tracing::info!("SIGHUP received: reloading the config");
                 None

@@ -1,7 +1,11 @@
 //! Client subcommands: thin HTTP clients of a running agent, like Consul's CLI. Each prints
 //! what Consul's prints and exits 1 with a one-line `cairn: ...` error on failure.
 
+pub mod catalog;
+pub mod kv;
+pub mod operator;
 pub mod services;
+pub mod snapshot;
 
 use std::time::Duration;
 
@@ -59,28 +63,83 @@ impl Client {
 
     /// `PUT path` with an optional JSON body; the response body on 2xx.
     pub fn put(&self, path: &str, body: Option<&serde_json::Value>) -> Result<String, CliError> {
-        let mut request = self.http.put(format!("{}{path}", self.base));
-        if let Some(body) = body {
-            request = request.header("Content-Type", "application/json").body(body.to_string());
-        }
-        self.send(request)
+        let body = body.map(|b| b.to_string().into_bytes());
+        let answer = self.request(reqwest::Method::PUT, path, body)?.success()?;
+        Ok(String::from_utf8_lossy(&answer.body).into_owned())
     }
 
-    fn send(&self, request: reqwest::RequestBuilder) -> Result<String, CliError> {
+    /// `GET path`, decoded as JSON, on 2xx.
+    pub fn get_json(&self, path: &str) -> Result<serde_json::Value, CliError> {
+        let answer = self.request(reqwest::Method::GET, path, None)?.success()?;
+        serde_json::from_slice(&answer.body)
+            .map_err(|e| CliError::Usage(format!("the agent answered {path} with invalid JSON: {e}")))
+    }
+
+    /// Any request; the answer whatever its status (callers decide what a 404 means).
+    pub fn request(&self, method: reqwest::Method, path: &str, body: Option<Vec<u8>>) -> Result<Answer, CliError> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.body(body);
+        }
         self.runtime.block_on(async {
             let response = request.send().await.map_err(|e| CliError::Unreachable {
                 addr: self.base.clone(),
                 reason: crate::checks::root_cause(&e),
             })?;
-            let status = response.status();
-            let body = response.text().await.unwrap_or_default();
-            if status.is_success() {
-                Ok(body)
-            } else {
-                Err(CliError::Status { status: status.as_u16(), body: body.trim().to_string() })
-            }
+            let status = response.status().as_u16();
+            let index = response.headers().get("X-Consul-Index").and_then(|v| v.to_str().ok()?.parse().ok());
+            let body = response.bytes().await.map_err(|e| CliError::Unreachable {
+                addr: self.base.clone(),
+                reason: crate::checks::root_cause(&e),
+            })?;
+            Ok(Answer { status, index, body: body.to_vec() })
         })
     }
+}
+
+/// A response as the CLI needs it.
+pub struct Answer {
+    pub status: u16,
+    pub index: Option<u64>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// The answer if 2xx, else Consul's `Unexpected response code` error.
+    pub fn success(self) -> Result<Answer, CliError> {
+        if (200..300).contains(&self.status) {
+            Ok(self)
+        } else {
+            let body = String::from_utf8_lossy(&self.body).trim().to_string();
+            Err(CliError::Status { status: self.status, body })
+        }
+    }
+}
+
+/// Prints rows as columns separated by two spaces, as Consul's tables are.
+pub fn print_table(rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..rows.first().map_or(0, Vec::len))
+        .map(|c| rows.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+}
+
+/// Percent-encodes a path (keeping `/`).
+pub fn encode_path(s: &str) -> String {
+    s.split('/')
+        .map(|part| form_urlencoded::byte_serialize(part.as_bytes()).collect::<String>().replace('+', "%20"))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// `cairn leave`: the agent shuts down gracefully.
+pub fn leave(flags: &ClientFlags) -> Result<(), CliError> {
+    Client::new(flags)?.put("/v1/agent/leave", None)?;
+    println!("Graceful leave complete");
+    Ok(())
 }
 
 /// `cairn reload`: the agent re-reads its config files (as SIGHUP).

@@ -59,7 +59,7 @@ pub fn run(command: ServicesCommand) -> Result<(), CliError> {
             };
             let client = Client::new(&args.client)?;
             for id in ids {
-                client.put(&format!("/v1/agent/service/deregister/{}", encode_segment(&id)), None)?;
+                client.put(&format!("/v1/agent/service/deregister/{}", super::encode_path(&id)), None)?;
                 println!("Deregistered service: {id}");
             }
             Ok(())
@@ -102,9 +102,4 @@ fn read_definitions(files: &[PathBuf]) -> Result<Vec<(String, Value)>, CliError>
 
 fn service_id(definition: &Value) -> String {
     decode_service(definition, Strictness::Lenient, ScriptPolicy::Allowed).map(|r| r.service.id).unwrap_or_default()
-}
-
-/// Percent-encodes a path segment.
-fn encode_segment(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
 }

@@ -32,7 +32,7 @@ pub use log_store::LogStore;
 pub use state_machine::StateMachine;
 
 use crate::model::{Command, CommandResult, Proposal};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 pub type NodeId = u64;
 
@@ -187,6 +187,31 @@ impl Cluster {
         let result = rx.await.unwrap_or_else(|_| Err(WriteError::Stopped("shutting down".into())));
         self.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
         result
+    }
+
+    /// A backup archive of the whole replicated state, taken from one LMDB read transaction
+    /// (writes go on meanwhile), with the highest index it had issued. Blocking work runs
+    /// on a blocking thread.
+    pub async fn backup(&self) -> Result<(Vec<u8>, u64), StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let (state, meta) = store.snapshot(&[state_machine::META_LAST_APPLIED, crate::store::INDEX_OFFSET])?;
+            let bad = |e: &dyn std::fmt::Display| StoreError::BadSnapshot(e.to_string());
+            let applied: Option<openraft::LogId<NodeId>> = match &meta[0] {
+                Some(bytes) => serde_json::from_slice(bytes).map_err(|e| bad(&e))?,
+                None => None,
+            };
+            let offset = match &meta[1] {
+                Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| bad(&"index offset"))?),
+                None => 0,
+            };
+            let (index, term) = applied.map_or((0, 0), |id| (id.index + offset, id.leader_id.term));
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let archive = crate::store::archive::build(&state, index, term, now).map_err(|e| bad(&e))?;
+            Ok((archive, index))
+        })
+        .await
+        .map_err(|e| StoreError::BadSnapshot(format!("backup task failed: {e}")))?
     }
 
     /// Confirms with a quorum that this server is still the leader and waits until it has

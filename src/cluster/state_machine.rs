@@ -20,7 +20,7 @@ use crate::store::{AppliedBatch, Store};
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
 
-const META_LAST_APPLIED: &str = "last_applied";
+pub(super) const META_LAST_APPLIED: &str = "last_applied";
 const META_MEMBERSHIP: &str = "membership";
 /// The current snapshot, beside the LMDB files: `meta length u64 BE, meta JSON, data`. The
 /// data carries its own checksum (`store::snapshot`).

@@ -18,7 +18,9 @@ pub async fn status_peers(ctx: Ctx) -> Json<Vec<String>> {
     Json(ctx.cluster.peers())
 }
 
-pub async fn agent_self(ctx: Ctx) -> Json<Value> {
+/// This agent as a gossip member (`Member` of `/v1/agent/self`, an entry of
+/// `/v1/agent/members`); until gossip exists it is the only member it knows.
+fn member(ctx: &super::HttpContext) -> Value {
     let id = &ctx.identity;
     let tags = BTreeMap::from([
         ("role", if id.server { "consul" } else { "node" }.to_string()),
@@ -28,6 +30,49 @@ pub async fn agent_self(ctx: Ctx) -> Json<Value> {
         ("vsn", "2".to_string()),
         ("id", id.node_id.clone()),
     ]);
+    json!({
+        "Name": id.node_name,
+        "Addr": id.advertise_addr,
+        "Port": id.serf_lan_port,
+        "Tags": tags,
+        "Status": 1,
+        "ProtocolMin": 1,
+        "ProtocolMax": 5,
+        "ProtocolCur": 2,
+        "DelegateMin": 2,
+        "DelegateMax": 5,
+        "DelegateCur": 4,
+    })
+}
+
+pub async fn agent_members(ctx: Ctx) -> Json<Value> {
+    Json(json!([member(&ctx)]))
+}
+
+/// `PUT /v1/agent/leave`: answers, then the agent shuts down gracefully (as SIGTERM).
+pub async fn agent_leave(ctx: Ctx) -> &'static str {
+    ctx.leave.notify_one();
+    ""
+}
+
+/// `GET /v1/operator/raft/configuration`: the Raft voters (this server, for now).
+pub async fn raft_configuration(ctx: Ctx) -> Json<Value> {
+    let id = &ctx.identity;
+    Json(json!({
+        "Servers": [{
+            "ID": id.node_id,
+            "Node": id.node_name,
+            "Address": format!("{}:{}", id.advertise_addr, id.server_port),
+            "Leader": ctx.cluster.is_leader(),
+            "Voter": true,
+            "ProtocolVersion": "3",
+        }],
+        "Index": ctx.cluster.last_applied(),
+    }))
+}
+
+pub async fn agent_self(ctx: Ctx) -> Json<Value> {
+    let id = &ctx.identity;
     Json(json!({
         "Config": {
             "Datacenter": id.datacenter,
@@ -41,19 +86,7 @@ pub async fn agent_self(ctx: Ctx) -> Json<Value> {
         },
         "DebugConfig": {},
         "Coord": null,
-        "Member": {
-            "Name": id.node_name,
-            "Addr": id.advertise_addr,
-            "Port": id.serf_lan_port,
-            "Tags": tags,
-            "Status": 1,
-            "ProtocolMin": 1,
-            "ProtocolMax": 5,
-            "ProtocolCur": 2,
-            "DelegateMin": 2,
-            "DelegateMax": 5,
-            "DelegateCur": 4,
-        },
+        "Member": member(&ctx),
         "Stats": {
             "cairn": {
                 "version": env!("CARGO_PKG_VERSION"),

@@ -15,6 +15,7 @@ mod health;
 mod kv;
 mod query;
 mod server;
+mod snapshot;
 mod txn;
 
 use std::sync::Arc;
@@ -60,6 +61,8 @@ pub struct HttpContext {
     pub local: LocalAgent,
     /// Reload requests for the agent (bounded: a request while one is queued gets 429).
     pub reload: mpsc::Sender<ReloadReply>,
+    /// `PUT /v1/agent/leave`: the agent shuts down when notified.
+    pub leave: Arc<tokio::sync::Notify>,
     pub identity: AgentIdentity,
     pub limits: Limits,
     /// One permit per blocking query in progress (`limits.max_blocking_queries`); when none is
@@ -80,7 +83,8 @@ impl HttpContext {
         shutdown: CancellationToken,
     ) -> Self {
         let blocking_permits = Arc::new(Semaphore::new(limits.max_blocking_queries as usize));
-        HttpContext { cluster, store, local, reload, identity, limits, blocking_permits, shutdown }
+        let leave = Arc::default();
+        HttpContext { cluster, store, local, reload, leave, identity, limits, blocking_permits, shutdown }
     }
 
     /// Blocking queries waiting right now.
@@ -112,6 +116,9 @@ pub fn router(ctx: Arc<HttpContext>) -> Router {
         .route("/v1/status/leader", get(agent::status_leader))
         .route("/v1/status/peers", get(agent::status_peers))
         .route("/v1/agent/self", get(agent::agent_self))
+        .route("/v1/agent/members", get(agent::agent_members))
+        .route("/v1/agent/leave", put(agent::agent_leave))
+        .route("/v1/operator/raft/configuration", get(agent::raft_configuration))
         .route("/v1/agent/services", get(agent_local::services))
         .route("/v1/agent/service/register", put(agent_local::register_service))
         .route("/v1/agent/service/deregister/{id}", put(agent_local::deregister_service))
@@ -126,6 +133,7 @@ pub fn router(ctx: Arc<HttpContext>) -> Router {
         .route("/v1/agent/check/update/{id}", put(agent_local::check_update))
         .route("/v1/agent/maintenance", put(agent_local::node_maintenance))
         .route("/v1/agent/reload", put(agent_local::reload))
+        .route("/v1/snapshot", get(snapshot::save).put(snapshot::restore))
         .fallback(unknown_path)
         .method_not_allowed_fallback(wrong_method)
         .with_state(ctx)

@@ -42,6 +42,19 @@ pub enum Command {
     KvDelete { key: String, recurse: bool, cas: Option<u64> },
     /// `PUT /v1/txn`: all operations succeed together or none is applied.
     Txn { ops: Vec<TxnKvOp> },
+    /// `PUT /v1/snapshot`: replace the whole state with a backup archive staged beside the
+    /// store. The entry names the file and its checksum instead of carrying the archive, so a
+    /// 100 MB restore is a small log entry.
+    Restore(RestoreRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreRequest {
+    /// File name (no directories) in the store's staging directory.
+    pub archive: String,
+    /// The archive's own checksum (its trailer), checked again when applied.
+    pub checksum: u64,
+    pub size_bytes: u64,
 }
 
 impl Command {
@@ -65,6 +78,8 @@ impl Command {
             Command::Register(r) => BASE + serde_json::to_vec(r).map_or(BASE * 4, |bytes| bytes.len()),
             Command::KvDelete { key, .. } => BASE + key.len(),
             Command::Deregister(_) => BASE,
+            // What it writes into the store, not the size of the entry.
+            Command::Restore(r) => BASE + r.size_bytes as usize,
         }
     }
 }
@@ -259,6 +274,10 @@ mod tests {
             let back: Command = serde_json::from_str(pinned).expect("pinned bytes decode");
             assert_eq!(back, command);
         }
+        let restore = Command::Restore(RestoreRequest { archive: "a.archive".into(), checksum: 7, size_bytes: 9 });
+        let pinned = r#"{"Restore":{"archive":"a.archive","checksum":7,"size_bytes":9}}"#;
+        assert_eq!(serde_json::to_string(&restore).expect("serializes"), pinned);
+        assert_eq!(serde_json::from_str::<Command>(pinned).expect("decodes"), restore);
         let proposal = serde_json::to_string(&Proposal::new(vec![])).expect("serializes");
         assert_eq!(proposal, r#"{"v":1,"commands":[]}"#);
     }

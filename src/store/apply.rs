@@ -11,8 +11,8 @@ use super::rows;
 use super::watch::{Table, Touched};
 use super::{SmTables, Store, StoreError};
 use crate::model::{
-    Command, CommandResult, DeregisterRequest, HealthCheck, KvEntry, Node, RegisterRequest, Service, TxnError, TxnKvOp,
-    TxnKvVerb, TxnResult,
+    Command, CommandResult, DeregisterRequest, HealthCheck, KvEntry, Node, RegisterRequest, RestoreRequest, Service,
+    TxnError, TxnKvOp, TxnKvVerb, TxnResult,
 };
 
 /// One committed log entry's commands, at its log index.
@@ -59,6 +59,17 @@ fn reap_tombstones(t: &SmTables, wtxn: &mut RwTxn<'_>, index: u64) -> Result<(),
 /// `sm_indexes` entry holding the newest reaped tombstone's index.
 pub(super) const KV_FLOOR: &str = "kv-floor";
 
+/// `sm_meta` key of the index offset (u64 BE): catalog and KV indexes are the Raft log index
+/// plus this. 0 until a restore raises it.
+pub(crate) const INDEX_OFFSET: &str = "index-offset";
+
+pub(super) fn read_index_offset(t: &SmTables, txn: &heed::RoTxn<'_, heed::WithoutTls>) -> Result<u64, StoreError> {
+    match t.meta.get(txn, INDEX_OFFSET.as_bytes())? {
+        Some(bytes) => codec::decode_u64("sm_meta", INDEX_OFFSET.as_bytes(), bytes),
+        None => Ok(0),
+    }
+}
+
 /// Where a change shows: in health results only (a check's status or output), or in catalog
 /// results as well (nodes and services). Catalog reads wake only for the latter.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -86,12 +97,19 @@ impl Store {
         let mut touched = Touched::default();
         let mut last_index = 0;
         let mut results = Vec::with_capacity(batches.len());
+        let mut offset = read_index_offset(&self.sm, &wtxn)?;
         for batch in batches {
-            last_index = batch.index;
             let mut batch_results = Vec::with_capacity(batch.commands.len());
             for command in batch.commands {
                 let mut nested = self.env().nested_write_txn(&mut wtxn)?;
-                let mut tx = ApplyTx { txn: &mut nested, t: self.sm, index: batch.index, touched: Touched::default() };
+                let mut tx = ApplyTx {
+                    txn: &mut nested,
+                    t: self.sm,
+                    index: batch.index + offset,
+                    offset,
+                    staging_dir: self.staging_dir(),
+                    touched: Touched::default(),
+                };
                 let outcome = match tx.command(command) {
                     Ok(outcome) => outcome,
                     // Deterministic on every replica (a key LMDB cannot hold): a result, not a
@@ -101,9 +119,11 @@ impl Store {
                     }
                     Err(e) => return Err(e),
                 };
+                let new_offset = tx.offset;
                 match outcome {
                     Outcome::Commit(result) => {
                         let command_touched = std::mem::take(&mut tx.touched);
+                        offset = new_offset;
                         nested.commit()?;
                         touched.merge(command_touched);
                         batch_results.push(result);
@@ -115,6 +135,7 @@ impl Store {
                 }
             }
             results.push(batch_results);
+            last_index = batch.index + offset;
         }
         if batches.iter().any(|b| b.index % TOMBSTONE_REAP_EVERY == 0) {
             reap_tombstones(&self.sm, &mut wtxn, last_index)?;
@@ -123,8 +144,13 @@ impl Store {
             self.sm.meta.put(&mut wtxn, key.as_bytes(), value)?;
         }
         wtxn.commit()?;
-        self.directory.refresh(&self.read()?, &touched, last_index)?;
-        self.watches().notify(&touched, last_index);
+        if touched.everything {
+            self.rebuild_directory()?;
+            self.watches().notify_all(last_index);
+        } else {
+            self.directory.refresh(&self.read()?, &touched, last_index)?;
+            self.watches().notify(&touched, last_index);
+        }
         Ok(results)
     }
 }
@@ -133,7 +159,10 @@ impl Store {
 struct ApplyTx<'t, 'e> {
     txn: &'t mut RwTxn<'e>,
     t: SmTables,
+    /// The index this command's changes get: its Raft log index plus `offset`.
     index: u64,
+    offset: u64,
+    staging_dir: &'t std::path::Path,
     touched: Touched,
 }
 
@@ -156,7 +185,47 @@ impl ApplyTx<'_, '_> {
                 Ok(Outcome::Commit(CommandResult::Bool(done)))
             }
             Command::Txn { ops } => self.txn(ops),
+            Command::Restore(req) => self.restore(req),
         }
+    }
+
+    /// Replaces every catalog and KV table with a staged archive's state, indexes included,
+    /// and raises the index offset so that every later index exceeds the archive's. Raft's
+    /// own keys in `sm_meta` stay. A missing or changed archive is a rejection, identical on
+    /// every replica that lacks it, never a storage error.
+    fn restore(&mut self, req: &RestoreRequest) -> Result<Outcome, StoreError> {
+        let reject = |why: String| Ok(Outcome::Abort(CommandResult::Rejected(why)));
+        if req.archive.is_empty() || req.archive.contains('/') || req.archive.starts_with('.') {
+            return reject(format!("invalid staged archive name {:?}", req.archive));
+        }
+        let path = self.staging_dir.join(&req.archive);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) => return reject(format!("staged archive {}: {e}", path.display())),
+        };
+        let verified = match super::archive::verify(&bytes) {
+            Ok(v) if v.checksum == req.checksum => v,
+            Ok(_) => return reject(format!("staged archive {} changed since it was checked", path.display())),
+            Err(e) => return reject(e.to_string()),
+        };
+        let records = super::snapshot::parse(verified.state(&bytes))?;
+        // `sm_meta` is Raft's position and the index offset: it stays this server's.
+        let tables = self.t.all();
+        for (tag, db) in tables {
+            if tag != super::TAG_META {
+                db.clear(self.txn)?;
+            }
+        }
+        for (tag, key, value) in records {
+            if tag != super::TAG_META {
+                tables[tag as usize].1.put(self.txn, key, value)?;
+            }
+        }
+        let raft_index = self.index - self.offset;
+        self.offset = self.offset.max(verified.header.index.saturating_sub(raft_index));
+        self.t.meta.put(self.txn, INDEX_OFFSET.as_bytes(), &codec::encode_u64(self.offset))?;
+        self.touched.everything = true;
+        Ok(Outcome::Commit(CommandResult::Done))
     }
 
     // ---- index bookkeeping -------------------------------------------------------------

@@ -11,6 +11,7 @@
 //! move with it.
 
 mod apply;
+pub mod archive;
 mod codec;
 mod directory;
 mod read;
@@ -25,6 +26,7 @@ use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
 
 pub use apply::AppliedBatch;
+pub(crate) use apply::INDEX_OFFSET;
 pub use directory::{Directory, InstanceRecord, NodeRecord};
 pub use read::{ReadView, ServiceHealth};
 pub use watch::{Subscription, Table, Topic, Watches};
@@ -65,6 +67,7 @@ pub(crate) struct SmTables {
 
 impl SmTables {
     pub(crate) fn all(&self) -> [(u8, RawDb); 8] {
+        // The tags are the snapshot format (`TAG_*`): never renumber them.
         [
             (0, self.meta),
             (1, self.nodes),
@@ -106,6 +109,13 @@ pub(crate) fn prefix_rows<'t>(
     }
 }
 
+/// Table tags in snapshots and archives.
+pub(crate) const TAG_META: u8 = 0;
+pub(crate) const TAG_NODES: u8 = 1;
+pub(crate) const TAG_SERVICES: u8 = 2;
+pub(crate) const TAG_CHECKS: u8 = 4;
+pub(crate) const TAG_KV: u8 = 5;
+
 /// Handle on the LMDB environment. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -115,6 +125,8 @@ pub struct Store {
     pub(crate) sm: SmTables,
     watches: Arc<Watches>,
     directory: Arc<directory::DirectoryCell>,
+    /// Where restore archives are staged before the Raft entry that applies them.
+    staging_dir: Arc<std::path::PathBuf>,
 }
 
 impl Store {
@@ -153,9 +165,22 @@ impl Store {
             sm: SmTables { meta, nodes, services, service_names, checks, kv, kv_tombstones, indexes },
             watches: Arc::new(Watches::default()),
             directory: Arc::default(),
+            staging_dir: Arc::new(dir.join("restore")),
         };
         store.rebuild_directory()?;
         Ok(store)
+    }
+
+    /// Where `PUT /v1/snapshot` stages an archive for `Command::Restore`.
+    pub fn staging_dir(&self) -> &Path {
+        &self.staging_dir
+    }
+
+    /// Added to Raft log indexes to give catalog and KV indexes; raised by a restore so that
+    /// every index issued after it exceeds the archive's.
+    pub fn index_offset(&self) -> Result<u64, StoreError> {
+        let rtxn = self.env.read_txn()?;
+        apply::read_index_offset(&self.sm, &rtxn)
     }
 
     pub fn env(&self) -> &Env<WithoutTls> {

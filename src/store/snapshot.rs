@@ -12,7 +12,7 @@ const MAGIC: &[u8; 8] = b"CAIRNSM1";
 /// `sm_meta` values read alongside a snapshot, in the order asked for.
 pub type MetaValues = Vec<Option<Vec<u8>>>;
 
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf29ce484222325;
     for b in bytes {
         hash ^= u64::from(*b);
@@ -72,7 +72,7 @@ impl Store {
     }
 }
 
-type Record<'a> = (u8, &'a [u8], &'a [u8]);
+pub(super) type Record<'a> = (u8, &'a [u8], &'a [u8]);
 
 /// Splits the next `n` bytes off `rest`.
 fn take<'a>(rest: &mut &'a [u8], n: usize) -> Result<&'a [u8], StoreError> {
@@ -84,7 +84,7 @@ fn take<'a>(rest: &mut &'a [u8], n: usize) -> Result<&'a [u8], StoreError> {
     Ok(head)
 }
 
-fn parse(bytes: &[u8]) -> Result<Vec<Record<'_>>, StoreError> {
+pub(super) fn parse(bytes: &[u8]) -> Result<Vec<Record<'_>>, StoreError> {
     let bad = |why: &str| StoreError::BadSnapshot(why.to_string());
     if bytes.len() < MAGIC.len() + 16 || &bytes[..MAGIC.len()] != MAGIC {
         return Err(bad("missing CAIRNSM1 header"));

@@ -152,6 +152,8 @@ pub struct Touched {
     pub catalog_services: std::collections::BTreeSet<String>,
     pub catalog_nodes: std::collections::BTreeSet<String>,
     pub kv_keys: std::collections::BTreeSet<String>,
+    /// The whole state was replaced (a restore): every topic and the whole directory.
+    pub everything: bool,
 }
 
 impl Touched {
@@ -172,5 +174,6 @@ impl Touched {
         self.catalog_services.extend(other.catalog_services);
         self.catalog_nodes.extend(other.catalog_nodes);
         self.kv_keys.extend(other.kv_keys);
+        self.everything |= other.everything;
     }
 }

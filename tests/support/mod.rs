@@ -156,6 +156,12 @@ impl Agent {
         }
     }
 
+    /// Waits for the agent to exit by itself (e.g. after `cairn leave`).
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("agent running");
+        wait_for("the agent to exit", Duration::from_secs(15), || child.try_wait().ok().flatten())
+    }
+
     /// SIGTERM, then waits for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("agent running");

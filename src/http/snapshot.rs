@@ -1,0 +1,85 @@
+//! `/v1/snapshot`: backup (GET) and restore (PUT) of the whole replicated state.
+//!
+//! A restore streams the archive to a staging file (never into memory as a whole request),
+//! verifies it completely, then commits one small Raft entry naming the file and its
+//! checksum; the state machine replaces the state from the file. A bad archive is refused
+//! with 400 before anything is proposed, so nothing changes.
+
+use axum::body::Body;
+use axum::extract::RawQuery;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
+
+use super::error::ApiError;
+use super::query::Query;
+use super::Ctx;
+use crate::model::{Command, CommandResult, RestoreRequest};
+use crate::store::archive;
+
+pub async fn save(ctx: Ctx, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
+    if !q.stale && !ctx.cluster.is_leader() {
+        return Err(ApiError::Write(crate::cluster::WriteError::NoLeader));
+    }
+    let (bytes, index) = ctx.cluster.backup().await?;
+    let mut headers = ctx.index_headers(index);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    Ok((headers, bytes).into_response())
+}
+
+/// Removes the staged archive however the request ends.
+struct Staged(std::path::PathBuf);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %self.0.display(), error = %e, "cannot remove a staged snapshot archive");
+            }
+        }
+    }
+}
+
+pub async fn restore(ctx: Ctx, headers: HeaderMap, mut body: Body) -> Result<Response, ApiError> {
+    let max = ctx.limits.snapshot_max_bytes;
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(len) = declared.filter(|len| *len > max) {
+        return Err(ApiError::BodyTooLarge { size: len, max });
+    }
+    let dir = ctx.store.staging_dir().to_path_buf();
+    let staging_error =
+        |e: std::io::Error| ApiError::Internal(format!("cannot stage the archive in {}: {e}", dir.display()));
+    tokio::fs::create_dir_all(&dir).await.map_err(staging_error)?;
+    let name = format!("{}.archive", uuid::Uuid::new_v4());
+    let staged = Staged(dir.join(&name));
+    let mut file = tokio::fs::File::create(&staged.0).await.map_err(staging_error)?;
+    let mut size: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::BadRequest(format!("Failed to read request body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        size += data.len() as u64;
+        if size > max {
+            return Err(ApiError::BodyTooLarge { size, max });
+        }
+        file.write_all(&data).await.map_err(staging_error)?;
+    }
+    file.sync_all().await.map_err(staging_error)?;
+    drop(file);
+    let path = staged.0.clone();
+    let verified = tokio::task::spawn_blocking(move || std::fs::read(&path).map(|bytes| archive::verify(&bytes)))
+        .await
+        .map_err(|e| ApiError::Internal(format!("archive check failed: {e}")))?
+        .map_err(staging_error)?
+        .map_err(|e| ApiError::BadRequest(format!("Invalid snapshot archive: {}", e.0)))?;
+    let command = Command::Restore(RestoreRequest { archive: name, checksum: verified.checksum, size_bytes: size });
+    match ctx.cluster.write(command).await? {
+        CommandResult::Done => {
+            tracing::info!(index = verified.header.index, bytes = size, "state restored from a snapshot archive");
+            Ok(().into_response())
+        }
+        CommandResult::Rejected(why) => Err(ApiError::Internal(format!("Restore failed: {why}"))),
+        other => Err(ApiError::Internal(format!("Restore failed: unexpected result {other:?}"))),
+    }
+}

@@ -1,0 +1,219 @@
+//! Backup and restore through `/v1/snapshot` and `cairn snapshot`, and the operator CLI
+//! (`kv`, `catalog`, `members`, `operator raft list-peers`, `leave`, `version`) driven against
+//! a running agent.
+
+mod support;
+
+use std::process::Output;
+
+use serde_json::json;
+use support::{cairn_bin, Agent};
+
+fn cairn(args: &[&str]) -> Output {
+    std::process::Command::new(cairn_bin()).args(args).output().expect("run cairn")
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn put_ok(agent: &Agent, path: &str, body: impl AsRef<[u8]>) {
+    let r = agent.put(path, body);
+    assert_eq!(r.status, 200, "PUT {path}: {}", r.text());
+}
+
+/// Every read endpoint a restore must bring back exactly, with its index.
+const ENDPOINTS: &[&str] = &[
+    "/v1/catalog/services",
+    "/v1/catalog/nodes",
+    "/v1/catalog/service/web",
+    "/v1/catalog/node/n1",
+    "/v1/health/service/web",
+    "/v1/health/state/any",
+    "/v1/kv/?recurse",
+    "/v1/kv/app/config",
+];
+
+fn observe(agent: &Agent) -> Vec<(String, u16, String, Option<String>)> {
+    ENDPOINTS
+        .iter()
+        .map(|path| {
+            let r = agent.get(path);
+            (path.to_string(), r.status, r.text(), r.header("X-Consul-Index").map(str::to_string))
+        })
+        .collect()
+}
+
+fn populate(agent: &Agent) {
+    put_ok(
+        agent,
+        "/v1/catalog/register",
+        json!({"Node": "n1", "Address": "10.0.0.1", "Service": {"ID": "web1", "Service": "web", "Port": 80},
+               "Check": {"CheckID": "c1", "Name": "c1", "Status": "passing", "ServiceID": "web1"}})
+        .to_string(),
+    );
+    put_ok(agent, "/v1/kv/app/config", "v1");
+    put_ok(agent, "/v1/kv/app/other", "x");
+}
+
+fn applied_index(agent: &Agent) -> u64 {
+    agent.get("/v1/agent/self").json()["Stats"]["raft"]["applied_index"].as_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn restore_brings_back_every_endpoint_exactly_and_bad_archives_change_nothing() {
+    let agent = Agent::start(&[]);
+    populate(&agent);
+    let before = observe(&agent);
+    let backup = agent.get("/v1/snapshot");
+    assert_eq!(backup.status, 200);
+    assert!(backup.index() >= 3, "X-Consul-Index of the archive");
+    let archive = backup.body.clone();
+
+    // Change everything the archive holds.
+    put_ok(&agent, "/v1/kv/app/config", "v2");
+    agent.delete("/v1/kv/app/other");
+    put_ok(&agent, "/v1/catalog/deregister", json!({"Node": "n1", "ServiceID": "web1"}).to_string());
+    put_ok(&agent, "/v1/catalog/register", json!({"Node": "n2", "Address": "10.0.0.2"}).to_string());
+    assert_ne!(observe(&agent), before);
+
+    // Damaged, truncated and foreign archives: 400 with a reason, nothing proposed.
+    let changed = observe(&agent);
+    let applied = applied_index(&agent);
+    let mut damaged = archive.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x40;
+    let cases: [(&[u8], &str); 4] = [
+        (&damaged, "checksum mismatch"),
+        (&archive[..archive.len() / 2], "checksum mismatch"),
+        (b"{\"Node\": \"not an archive\"}", "missing CAIRNBK1 header"),
+        (b"", "missing CAIRNBK1 header"),
+    ];
+    for (bytes, reason) in cases {
+        let r = agent.put("/v1/snapshot", bytes);
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(r.text().starts_with("Invalid snapshot archive") && r.text().contains(reason), "{}", r.text());
+    }
+    assert_eq!(applied_index(&agent), applied, "a refused archive proposes nothing");
+    assert_eq!(observe(&agent), changed);
+    assert!(
+        std::fs::read_dir(agent.data_dir.join("lmdb/restore")).map_or(0, |d| d.count()) == 0,
+        "refused archives are not left staged"
+    );
+
+    put_ok(&agent, "/v1/snapshot", &archive);
+    assert_eq!(observe(&agent), before, "every endpoint, indexes included, as saved");
+    // A later write gets an index above everything in the archive.
+    put_ok(&agent, "/v1/kv/after", "1");
+    assert!(agent.get("/v1/kv/after").index() > backup.index());
+}
+
+#[test]
+fn a_restore_into_a_fresh_data_dir_issues_indexes_above_the_archive() {
+    let source = Agent::start(&[]);
+    populate(&source);
+    // Push the source's index well past what a fresh server's log will be at.
+    for i in 0..40 {
+        put_ok(&source, &format!("/v1/kv/fill/{i}"), "x");
+    }
+    let temp = tempfile::tempdir().expect("tempdir");
+    let file = temp.path().join("backup.snap");
+    let http = source.http.to_string();
+    let saved = stdout(&cairn(&["snapshot", "save", "-http-addr", &http, file.to_str().unwrap()]));
+    let archive_index: u64 = saved.trim().rsplit(' ').next().unwrap().parse().expect("index in the message");
+    assert!(saved.starts_with("Saved and verified snapshot to index"), "{saved}");
+    let inspect = stdout(&cairn(&["snapshot", "inspect", file.to_str().unwrap()]));
+    assert!(inspect.contains(&format!("Index       {archive_index}")), "{inspect}");
+    assert!(inspect.contains("KV entries  42"), "{inspect}");
+    let before = observe(&source);
+    drop(source);
+
+    let fresh = Agent::start(&[]);
+    assert!(applied_index(&fresh) < archive_index);
+    let restored =
+        stdout(&cairn(&["snapshot", "restore", "-http-addr", &fresh.http.to_string(), file.to_str().unwrap()]));
+    assert_eq!(restored.trim(), "Restored snapshot");
+    assert_eq!(observe(&fresh), before);
+    put_ok(&fresh, "/v1/kv/new", "1");
+    let index = fresh.get("/v1/kv/new").index();
+    assert!(index > archive_index, "new index {index} must exceed the archive's {archive_index}");
+
+    // And the offset survives a restart.
+    let data_dir = fresh.data_dir.clone();
+    let mut fresh = fresh;
+    assert!(fresh.terminate().success());
+    let again = Agent::start_in(&data_dir, &[]);
+    put_ok(&again, "/v1/kv/later", "1");
+    assert!(again.get("/v1/kv/later").index() > index);
+
+    let mut damaged = std::fs::read(&file).expect("read");
+    damaged.truncate(damaged.len() - 10);
+    std::fs::write(&file, damaged).expect("write");
+    let out = cairn(&["snapshot", "inspect", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checksum mismatch"));
+}
+
+#[test]
+fn a_100_mb_archive_saves_and_restores() {
+    let source = Agent::start(&[]);
+    let value = vec![b'v'; 512 * 1024 - 1];
+    for i in 0..200 {
+        put_ok(&source, &format!("/v1/kv/big/{i}"), &value);
+    }
+    let archive = source.get("/v1/snapshot");
+    assert_eq!(archive.status, 200);
+    assert!(archive.body.len() > 100_000_000, "archive is {} bytes", archive.body.len());
+    drop(source);
+    let fresh = Agent::start(&[]);
+    put_ok(&fresh, "/v1/snapshot", &archive.body);
+    let keys = fresh.get("/v1/kv/big/?keys").json();
+    assert_eq!(keys.as_array().map(Vec::len), Some(200));
+    assert_eq!(fresh.get("/v1/kv/big/199?raw").body, value);
+}
+
+#[test]
+fn operator_cli_commands_against_a_running_agent() {
+    let mut agent = Agent::start(&[]);
+    populate(&agent);
+    let http = agent.http.to_string();
+    let a = |args: &[&str]| {
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend(["-http-addr", http.as_str()]);
+        cairn(&full)
+    };
+
+    assert_eq!(stdout(&a(&["kv", "put", "cli/k", "hello"])).trim(), "Success! Data written to: cli/k");
+    assert_eq!(stdout(&a(&["kv", "get", "cli/k"])), "hello\n");
+    assert_eq!(stdout(&a(&["kv", "get", "-base64", "cli/k"])), "aGVsbG8=\n");
+    let index = agent.get("/v1/kv/cli/k").json()[0]["ModifyIndex"].as_u64().unwrap().to_string();
+    let failed = a(&["kv", "put", "-cas", "-modify-index", "1", "cli/k", "x"]);
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("Did not write to cli/k: CAS failed"));
+    stdout(&a(&["kv", "put", "-cas", "-modify-index", &index, "cli/k", "y"]));
+    assert_eq!(stdout(&a(&["kv", "get", "-recurse", "cli/"])), "cli/k:y\n");
+    let missing = a(&["kv", "get", "cli/none"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&missing.stderr).trim(), "cairn: Error! No key exists at: cli/none");
+    assert_eq!(stdout(&a(&["kv", "delete", "-recurse", "cli/"])).trim(), "Success! Deleted keys with prefix: cli/");
+
+    assert_eq!(stdout(&a(&["catalog", "services"])), "consul\nweb\n");
+    let nodes = stdout(&a(&["catalog", "nodes", "-service", "web"]));
+    assert!(nodes.starts_with("Node  ID") && nodes.contains("n1") && nodes.contains("10.0.0.1"), "{nodes}");
+    let members = stdout(&a(&["members"]));
+    let row: Vec<&str> = members.lines().nth(1).unwrap_or("").split_whitespace().collect();
+    assert_eq!(row.first().copied(), Some("test-node"), "{members}");
+    assert_eq!(row.get(2..4), Some(&["alive", "server"][..]), "{members}");
+    let peers = stdout(&a(&["operator", "raft", "list-peers"]));
+    let row: Vec<&str> = peers.lines().nth(1).unwrap_or("").split_whitespace().collect();
+    assert_eq!((row[0], row[3], row[4]), ("test-node", "leader", "true"), "{peers}");
+    assert!(stdout(&cairn(&["version"])).starts_with("cairn v"));
+
+    assert_eq!(stdout(&a(&["leave"])).trim(), "Graceful leave complete");
+    let status = agent.wait_exit();
+    assert!(status.success(), "leave exits 0: {status}");
+    let gone = a(&["members"]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gone.stderr).contains(&format!("cannot reach the cairn agent at http://{http}")));
+}
