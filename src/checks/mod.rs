@@ -150,7 +150,7 @@ impl LocalAgent {
             }
             let ids: Vec<String> = state.checks.keys().cloned().collect();
             drop(state);
-            agent.start_runners(&ids);
+            agent.inner.reconcile_runners(&ids);
         }
         let inner = &agent.inner;
         tasks.spawn(sync::run(Arc::clone(inner), cluster, store, self_registration));
@@ -177,19 +177,26 @@ impl LocalAgent {
         &self.inner.config.node_name
     }
 
+    /// Compares everything with the catalog now (after the catalog was replaced by a
+    /// restore, say) instead of at the next periodic sync.
+    pub fn resync(&self) {
+        self.lock().mark_all_dirty();
+        self.inner.sync_wake.notify_one();
+    }
+
     /// Registers (or replaces) a service with its checks; returns once saved to disk.
     pub async fn register_service(&self, reg: ServiceRegistration, replace_checks: bool) -> Result<(), LocalError> {
         let started = {
             let mut state = self.lock();
             state.add_service(reg.service, reg.checks, Source::Api, replace_checks, Instant::now())
         };
-        self.changed(&started, &[]);
+        self.changed(&started);
         self.save().await
     }
 
     pub async fn deregister_service(&self, id: &str) -> Result<(), LocalError> {
         let stopped = self.lock().remove_service(id)?;
-        self.changed(&[], &stopped);
+        self.changed(&stopped);
         self.save().await
     }
 
@@ -202,7 +209,7 @@ impl LocalAgent {
             }
             state.add_check(spec, Source::Api, Instant::now())
         };
-        self.changed(started.as_slice(), &[]);
+        self.changed(started.as_slice());
         self.save().await
     }
 
@@ -210,7 +217,7 @@ impl LocalAgent {
         if !self.lock().remove_check(id) {
             return Err(LocalError::UnknownCheck(id.to_string()));
         }
-        self.changed(&[], &[id.to_string()]);
+        self.changed(&[id.to_string()]);
         self.save().await
     }
 
@@ -218,7 +225,7 @@ impl LocalAgent {
     pub fn update_ttl(&self, id: &str, status: CheckStatus, output: String) -> Result<(), LocalError> {
         let delay = self.inner.config.check_update_interval;
         self.lock().update_ttl(id, status, output, delay, Instant::now())?;
-        self.changed(&[], &[]);
+        self.changed(&[]);
         Ok(())
     }
 
@@ -241,7 +248,7 @@ impl LocalAgent {
                 state.remove_check(&check_id);
             }
         }
-        self.changed(&[], &[]);
+        self.changed(&[]);
         self.save().await
     }
 
@@ -257,14 +264,14 @@ impl LocalAgent {
                 state.remove_check(NODE_MAINTENANCE_ID);
             }
         }
-        self.changed(&[], &[]);
+        self.changed(&[]);
         self.save().await
     }
 
     /// Makes the config-file services exactly `services`: ones no longer listed go, new and
     /// changed ones are (re)registered, unchanged checks keep their status and runner.
     pub fn replace_config_services(&self, services: Vec<ServiceRegistration>) {
-        let (started, stopped) = {
+        let (mut started, stopped) = {
             let mut state = self.lock();
             let now = Instant::now();
             let listed: std::collections::HashSet<String> = services.iter().map(|r| r.service.id.clone()).collect();
@@ -284,35 +291,15 @@ impl LocalAgent {
             }
             (started, stopped)
         };
-        self.changed(&started, &stopped);
+        started.extend(stopped);
+        self.changed(&started);
     }
 
-    /// After a change: stop and start runners, wake anti-entropy and blocking readers.
-    fn changed(&self, started: &[String], stopped: &[String]) {
-        self.stop_runners(stopped);
-        self.start_runners(started);
+    /// After a change to the checks `ids`: runners follow, anti-entropy and blocking readers
+    /// wake.
+    fn changed(&self, ids: &[String]) {
+        self.inner.reconcile_runners(ids);
         self.inner.after_change();
-    }
-
-    fn start_runners(&self, ids: &[String]) {
-        let state = self.lock();
-        let mut runners = self.inner.runners.lock().unwrap_or_else(|e| e.into_inner());
-        for id in ids {
-            let Some(check) = state.checks.get(id) else { continue };
-            if matches!(check.spec.kind, CheckKind::Ttl { .. } | CheckKind::Maintenance) {
-                continue;
-            }
-            let cancel = self.inner.shutdown.child_token();
-            if let Some((_, old)) = runners.insert(id.clone(), (check.generation, cancel.clone())) {
-                old.cancel();
-            }
-            let inner = Arc::clone(&self.inner);
-            self.inner.tasks.spawn(runner::run(inner, id.clone(), check.generation, check.spec.clone(), cancel));
-        }
-    }
-
-    fn stop_runners(&self, ids: &[String]) {
-        self.inner.stop_runners(ids);
     }
 
     /// Asks the persister to save, and waits until it has.
@@ -323,11 +310,16 @@ impl LocalAgent {
             target = *g;
         });
         let mut saved = self.inner.saved.subscribe();
-        let result = saved.wait_for(|(generation, _)| *generation >= target).await;
-        match result.as_deref() {
-            Ok((_, None)) => Ok(()),
-            Ok((_, Some(error))) => Err(LocalError::NotSaved(error.clone())),
-            Err(_) => Err(LocalError::NotSaved("the agent is shutting down".into())),
+        let stopping = || LocalError::NotSaved("the agent is shutting down".into());
+        // The persister's last save happens at shutdown; a change made after it is not saved.
+        let result = tokio::select! {
+            result = saved.wait_for(|(generation, _)| *generation >= target) => result.map(|r| r.1.clone()),
+            _ = self.inner.shutdown.cancelled() => return Err(stopping()),
+        };
+        match result {
+            Ok(None) => Ok(()),
+            Ok(Some(error)) => Err(LocalError::NotSaved(error)),
+            Err(_) => Err(stopping()),
         }
     }
 }
@@ -368,11 +360,28 @@ impl Inner {
         self.sync_wake.notify_one();
     }
 
-    fn stop_runners(&self, ids: &[String]) {
+    /// Makes the runners of checks `ids` match the state: one per HTTP, TCP or script check
+    /// at its current generation, none for anything else (removed, TTL, maintenance). Done
+    /// under the state lock (order: state, then runners), so a removal that lost a race with
+    /// a re-registration cannot cancel the new runner.
+    fn reconcile_runners(self: &Arc<Self>, ids: &[String]) {
+        let state = self.lock();
         let mut runners = self.runners.lock().unwrap_or_else(|e| e.into_inner());
         for id in ids {
-            if let Some((_, cancel)) = runners.remove(id) {
-                cancel.cancel();
+            let wanted =
+                state.checks.get(id).filter(|c| !matches!(c.spec.kind, CheckKind::Ttl { .. } | CheckKind::Maintenance));
+            let running = runners.get(id).map(|(generation, _)| *generation);
+            if running.is_some() && running == wanted.map(|c| c.generation) {
+                continue;
+            }
+            if let Some((_, old)) = runners.remove(id) {
+                old.cancel();
+            }
+            if let Some(check) = wanted {
+                let cancel = self.shutdown.child_token();
+                runners.insert(id.clone(), (check.generation, cancel.clone()));
+                let spec = check.spec.clone();
+                self.tasks.spawn(runner::run(Arc::clone(self), id.clone(), check.generation, spec, cancel));
             }
         }
     }
@@ -409,7 +418,7 @@ async fn timekeeper(inner: Arc<Inner>) {
         };
         for (service, checks) in &reaped {
             tracing::info!(service = %service, "service critical past DeregisterCriticalServiceAfter: deregistered");
-            inner.stop_runners(checks);
+            inner.reconcile_runners(checks);
         }
         if !reaped.is_empty() {
             inner.save_requested.send_modify(|g| *g += 1);

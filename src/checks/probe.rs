@@ -123,6 +123,8 @@ async fn script(args: &[String], timeout: Duration) -> Observation {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        // Its own process group, so a timeout kills what it started too (`sh -c "a | b"`).
+        .process_group(0)
         .kill_on_drop(true)
         .spawn();
     let mut child = match spawned {
@@ -130,6 +132,9 @@ async fn script(args: &[String], timeout: Duration) -> Observation {
         Err(e) => return critical(format!("cannot run {program:?}: {e}")),
     };
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let group = child.id().and_then(|pid| i32::try_from(pid).ok());
+    // Kills the whole group however this run ends (timeout, or the check being removed).
+    let _group_guard = KillGroup(group);
     let finished = async {
         let (out, err, status) = tokio::join!(read_capped(stdout), read_capped(stderr), child.wait());
         (out, err, status)
@@ -146,8 +151,19 @@ async fn script(args: &[String], timeout: Duration) -> Observation {
             Observation { status: state, output: cut_output(output) }
         }
         Ok((_, _, Err(e))) => critical(format!("waiting for {program:?}: {e}")),
-        // Dropping the child kills it (`kill_on_drop`).
         Err(_) => critical(format!("{program:?} timed out after {timeout:?} and was killed")),
+    }
+}
+
+/// SIGKILLs a process group when dropped (a finished group is gone already: no effect).
+struct KillGroup(Option<i32>);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            // SAFETY: killpg(2) on the group this probe created; no memory is involved.
+            unsafe { libc::killpg(pgid, libc::SIGKILL) };
+        }
     }
 }
 

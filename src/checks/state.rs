@@ -108,8 +108,8 @@ impl LocalState {
     }
 
     /// Adds or replaces a service and its checks. With `replace_checks`, the service's other
-    /// checks are removed (`?replace-existing-checks`). Returns the IDs of checks whose
-    /// runners must (re)start.
+    /// checks are removed (`?replace-existing-checks`). Returns the IDs of the checks added,
+    /// changed or removed (whose runners may have to change).
     pub fn add_service(
         &mut self,
         service: ServiceSpec,
@@ -119,6 +119,7 @@ impl LocalState {
         now: Instant,
     ) -> Vec<String> {
         let id = service.id.clone();
+        let mut affected = Vec::new();
         if replace_checks {
             let keep: BTreeSet<&str> = checks.iter().map(|c| c.id.as_str()).collect();
             let stale: Vec<String> = self
@@ -128,14 +129,16 @@ impl LocalState {
                 .filter(|c| c.spec.kind != CheckKind::Maintenance)
                 .map(|c| c.spec.id.clone())
                 .collect();
-            for check in stale {
-                self.remove_check(&check);
+            for check in &stale {
+                self.remove_check(check);
             }
+            affected.extend(stale);
         }
         self.services.insert(id.clone(), LocalService { spec: service, source });
         self.dirty.services.insert(id);
         self.changed();
-        checks.into_iter().filter_map(|c| self.add_check(c, source, now)).collect()
+        affected.extend(checks.into_iter().filter_map(|c| self.add_check(c, source, now)));
+        affected
     }
 
     /// Adds or replaces a check; returns its ID when its runner must (re)start (a new or
@@ -326,7 +329,10 @@ impl LocalState {
             } else {
                 format!("TTL expired (last output before timeout follows): {last}")
             };
-            self.set(&id, CheckStatus::Critical, output, now);
+            if !self.set(&id, CheckStatus::Critical, output, now) {
+                // Already critical: the catalog still gets the "TTL expired" output now.
+                self.dirty.checks.insert(id);
+            }
         }
         reap.into_iter().filter_map(|id| self.remove_service(&id).ok().map(|checks| (id, checks))).collect()
     }

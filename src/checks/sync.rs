@@ -31,8 +31,7 @@ pub const WRITES_IN_FLIGHT_MAX: usize = 64;
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How long to wait for a leader before the first self-registration attempt gives up.
 const LEADER_WAIT: Duration = Duration::from_secs(30);
-const SELF_SERVICE_ID: &str = "consul";
-const SELF_CHECK_ID: &str = "serfHealth";
+use crate::model::agent::{RESERVED_CHECK_ID as SELF_CHECK_ID, RESERVED_SERVICE_ID as SELF_SERVICE_ID};
 
 pub(super) async fn run(inner: Arc<Inner>, cluster: Cluster, store: Store, self_registration: RegisterRequest) {
     let shutdown = inner.shutdown.clone();
@@ -47,15 +46,20 @@ pub(super) async fn run(inner: Arc<Inner>, cluster: Cluster, store: Store, self_
         Err(WriteError::Stopped(_)) => return,
         Err(e) => tracing::warn!(error = %e, "could not register this server in the catalog yet"),
     }
-    let mut full = tokio::time::interval(inner.config.anti_entropy_interval);
-    full.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    full.tick().await;
+    let every = inner.config.anti_entropy_interval;
+    let mut next_full = tokio::time::Instant::now() + every;
     loop {
+        // Checked every turn, not only when idle: steady churn must not starve the full
+        // comparison that repairs drift.
+        if tokio::time::Instant::now() >= next_full {
+            inner.lock().mark_all_dirty();
+            next_full = tokio::time::Instant::now() + every;
+        }
         let dirty = inner.lock().take_dirty();
         if dirty.is_empty() {
             tokio::select! {
                 _ = inner.sync_wake.notified() => {}
-                _ = full.tick() => inner.lock().mark_all_dirty(),
+                _ = tokio::time::sleep_until(next_full) => {}
                 _ = shutdown.cancelled() => return,
             }
             continue;

@@ -43,6 +43,12 @@ pub struct Client {
 
 impl Client {
     pub fn new(flags: &ClientFlags) -> Result<Client, CliError> {
+        Client::with_timeout(flags, Some(REQUEST_TIMEOUT))
+    }
+
+    /// A client whose requests may take `timeout` (`None`: as long as they take, for
+    /// transfers such as snapshots; connecting is still bounded).
+    pub fn with_timeout(flags: &ClientFlags, timeout: Option<Duration>) -> Result<Client, CliError> {
         let addr = flags
             .http_addr
             .clone()
@@ -52,8 +58,11 @@ impl Client {
         let base = if addr.contains("://") { addr } else { format!("http://{addr}") };
         let base = base.trim_end_matches('/').to_string();
         let setup = |reason: String| CliError::Unreachable { addr: base.clone(), reason };
-        let http =
-            reqwest::Client::builder().timeout(REQUEST_TIMEOUT).no_proxy().build().map_err(|e| setup(e.to_string()))?;
+        let mut builder = reqwest::Client::builder().connect_timeout(REQUEST_TIMEOUT).no_proxy();
+        if let Some(timeout) = timeout {
+            builder = builder.timeout(timeout);
+        }
+        let http = builder.build().map_err(|e| setup(e.to_string()))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -36,7 +36,8 @@ fn read(file: &PathBuf) -> Result<Vec<u8>, CliError> {
 pub fn run(command: SnapshotCommand) -> Result<(), CliError> {
     match command {
         SnapshotCommand::Save(a) => {
-            let answer = Client::new(&a.client)?.request(Method::GET, "/v1/snapshot", None)?.success()?;
+            let client = Client::with_timeout(&a.client, None)?;
+            let answer = client.request(Method::GET, "/v1/snapshot", None)?.success()?;
             // Checked before it is kept: a damaged transfer must not pass for a backup.
             let verified =
                 archive::verify(&answer.body).map_err(|e| CliError::Usage(format!("Error verifying snapshot: {e}")))?;
@@ -53,7 +54,7 @@ pub fn run(command: SnapshotCommand) -> Result<(), CliError> {
         SnapshotCommand::Restore(a) => {
             let bytes = read(&a.file)?;
             archive::verify(&bytes).map_err(|e| CliError::Usage(format!("Error verifying snapshot: {e}")))?;
-            Client::new(&a.client)?.request(Method::PUT, "/v1/snapshot", Some(bytes))?.success()?;
+            Client::with_timeout(&a.client, None)?.request(Method::PUT, "/v1/snapshot", Some(bytes))?.success()?;
             println!("Restored snapshot");
             Ok(())
         }

@@ -23,6 +23,10 @@ pub const INTERVAL_MIN: Duration = Duration::from_secs(1);
 pub const PROBE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 /// Default timeout of script checks (Consul's).
 pub const SCRIPT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// The server's own catalog entries (its self-registration); local definitions cannot take
+/// these IDs, or anti-entropy and the self-registration would overwrite each other.
+pub const RESERVED_SERVICE_ID: &str = "consul";
+pub const RESERVED_CHECK_ID: &str = "serfHealth";
 /// Longest ID or name accepted; longer ones could not be catalog keys.
 const NAME_BYTES_MAX: usize = 512;
 
@@ -156,6 +160,9 @@ pub fn decode_service(
     check_name(&f.path("Name"), &name)?;
     let id = f.string(&["id"])?.filter(|id| !id.is_empty()).unwrap_or_else(|| name.clone());
     check_name(&f.path("ID"), &id)?;
+    if id == RESERVED_SERVICE_ID {
+        return Err(error(&f.path("ID"), "\"consul\" is the server's own service and cannot be registered locally"));
+    }
     let default = Weights::default();
     let weights = match f.object(&["weights"])? {
         Some(mut w) => {
@@ -280,6 +287,9 @@ fn decode_check_at(
         .unwrap_or_else(|| name.clone());
     check_name(&f.path("CheckID"), &id)?;
     check_name(&f.path("Name"), &name)?;
+    if id == RESERVED_CHECK_ID || id.starts_with("_service_maintenance:") || id == "_node_maintenance" {
+        return Err(error(&f.path("CheckID"), format!("{id:?} is reserved for the agent's own checks")));
+    }
     let interval = f.duration(&["interval"])?;
     let timeout = f.duration(&["timeout"])?;
     let ttl = f.duration(&["ttl"])?;
@@ -585,6 +595,11 @@ mod tests {
             (json!({"Name": "w", "Check": {"Args": ["/bin/true"], "Interval": "1s"}}), "script checks are disabled"),
             (json!({"Name": "w", "Weights": {"Passing": 0}}), "field Weights: Passing must be 1..65535"),
             (json!(["w"]), "must be an object, got a list"),
+            (json!({"Name": "consul"}), "field ID: \"consul\" is the server's own service"),
+            (
+                json!({"Name": "w", "Check": {"CheckID": "serfHealth", "TTL": "1s"}}),
+                "reserved for the agent's own checks",
+            ),
         ];
         for (input, expected) in cases {
             let err = service(input.clone()).expect_err(&input.to_string());

@@ -63,6 +63,14 @@ pub(super) const KV_FLOOR: &str = "kv-floor";
 /// plus this. 0 until a restore raises it.
 pub(crate) const INDEX_OFFSET: &str = "index-offset";
 
+/// `sm_indexes` entry holding the index of the last restore: no KV read reports less.
+pub(super) const RESTORED: &str = "restored";
+
+/// Indexes stay below 2^53 so every JSON client reads them exactly (and sums cannot wrap).
+pub(crate) fn archive_index_max() -> u64 {
+    1 << 53
+}
+
 pub(super) fn read_index_offset(t: &SmTables, txn: &heed::RoTxn<'_, heed::WithoutTls>) -> Result<u64, StoreError> {
     match t.meta.get(txn, INDEX_OFFSET.as_bytes())? {
         Some(bytes) => codec::decode_u64("sm_meta", INDEX_OFFSET.as_bytes(), bytes),
@@ -209,6 +217,16 @@ impl ApplyTx<'_, '_> {
             Err(e) => return reject(e.to_string()),
         };
         let records = super::snapshot::parse(verified.state(&bytes))?;
+        // The restore's own index: above the archive's highest and above anything issued
+        // before, so no reader sees an index go backwards. Later indexes follow from it.
+        let raft_index = self.index - self.offset;
+        let Some(offset) = verified.header.index.checked_add(1).map(|i| i.saturating_sub(raft_index).max(self.offset))
+        else {
+            return reject("archive index out of range".into());
+        };
+        let Some(restore_index) = raft_index.checked_add(offset).filter(|i| *i < archive_index_max()) else {
+            return reject("archive index out of range".into());
+        };
         // `sm_meta` is Raft's position and the index offset: it stays this server's.
         let tables = self.t.all();
         for (tag, db) in tables {
@@ -221,8 +239,16 @@ impl ApplyTx<'_, '_> {
                 tables[tag as usize].1.put(self.txn, key, value)?;
             }
         }
-        let raft_index = self.index - self.offset;
-        self.offset = self.offset.max(verified.header.index.saturating_sub(raft_index));
+        // Rows keep their archived Create/ModifyIndex; every index readers block on moves
+        // to the restore's.
+        let index_keys: Vec<Vec<u8>> =
+            self.t.indexes.iter(self.txn)?.map(|row| row.map(|(key, _)| key.to_vec())).collect::<Result<_, _>>()?;
+        for key in index_keys {
+            self.t.indexes.put(self.txn, &key, &codec::encode_u64(restore_index))?;
+        }
+        self.t.indexes.put(self.txn, &index_key::table(RESTORED), &codec::encode_u64(restore_index))?;
+        self.offset = offset;
+        self.index = restore_index;
         self.t.meta.put(self.txn, INDEX_OFFSET.as_bytes(), &codec::encode_u64(self.offset))?;
         self.touched.everything = true;
         Ok(Outcome::Commit(CommandResult::Done))

@@ -97,11 +97,31 @@ pub fn verify(archive: &[u8]) -> Result<Verified, ArchiveError> {
     if header.version != VERSION {
         return Err(bad(format!("format version {} is not {VERSION}", header.version)));
     }
+    if header.index >= super::apply::archive_index_max() {
+        return Err(bad(format!("index {} is out of range", header.index)));
+    }
     let state = 12 + header_len..body.len();
     if state.len() as u64 != header.state_bytes {
         return Err(bad(format!("state is {} bytes, the header says {}", state.len(), header.state_bytes)));
     }
-    parse(&archive[state.clone()]).map_err(|e| bad(e.to_string()))?;
+    // Every row must read back as what its table holds: a restore replaces the tables, and
+    // a row the server cannot decode afterwards would stop it.
+    for (tag, key, value) in parse(&archive[state.clone()]).map_err(|e| bad(e.to_string()))? {
+        let decoded = match tag {
+            super::TAG_NODES => {
+                serde_json::from_slice::<crate::model::Node>(value).map(drop).map_err(|e| e.to_string())
+            }
+            super::TAG_SERVICES => {
+                serde_json::from_slice::<crate::model::Service>(value).map(drop).map_err(|e| e.to_string())
+            }
+            super::TAG_CHECKS => {
+                serde_json::from_slice::<crate::model::HealthCheck>(value).map(drop).map_err(|e| e.to_string())
+            }
+            super::TAG_KV => super::codec::decode_kv(key, value).map(drop).map_err(|e| e.to_string()),
+            _ => Ok(()),
+        };
+        decoded.map_err(|e| bad(format!("a row of table {tag} does not decode: {e}")))?;
+    }
     Ok(Verified { header, checksum, state })
 }
 

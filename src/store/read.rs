@@ -234,7 +234,7 @@ impl<'e> ReadView<'e> {
     /// ModifyIndex, or the index that deleted it; 0 if it never existed.
     pub fn kv_get_indexed(&self, key: &str) -> Result<(Option<KvEntry>, u64), StoreError> {
         if let Some(entry) = self.kv_get(key)? {
-            let index = entry.modify_index;
+            let index = entry.modify_index.max(self.restored()?);
             return Ok((Some(entry), index));
         }
         let index = match self.t.kv_tombstones.get(&self.txn, key.as_bytes())? {
@@ -245,8 +245,16 @@ impl<'e> ReadView<'e> {
     }
 
     /// The newest index of a reaped KV tombstone (0 if none was reaped).
+    /// The least index a KV read reports: the newest reaped tombstone's, or the last
+    /// restore's (rows keep their archived indexes; readers must never see less).
     fn kv_floor(&self) -> Result<u64, StoreError> {
-        self.index(&index_key::table(super::apply::KV_FLOOR))
+        let reaped = self.index(&index_key::table(super::apply::KV_FLOOR))?;
+        Ok(reaped.max(self.restored()?))
+    }
+
+    /// The last restore's index (0 if none).
+    fn restored(&self) -> Result<u64, StoreError> {
+        self.index(&index_key::table(super::apply::RESTORED))
     }
 
     /// The index at which anything under `prefix` last changed (writes and deletions).
