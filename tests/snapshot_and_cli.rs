@@ -154,7 +154,14 @@ fn a_restore_into_a_fresh_data_dir_issues_indexes_above_the_archive() {
     let data_dir = fresh.data_dir.clone();
     let mut fresh = fresh;
     assert!(fresh.terminate().success());
+    // An archive a crashed run left staged is removed once the restarted server is caught up.
+    let stale = data_dir.join("lmdb/restore/left-by-a-crash.archive");
+    std::fs::create_dir_all(stale.parent().unwrap()).expect("staging dir");
+    std::fs::write(&stale, b"partial upload").expect("stale file");
     let again = Agent::start_in(&data_dir, &[]);
+    support::wait_for("the stale staged archive to go", std::time::Duration::from_secs(10), || {
+        (!stale.exists()).then_some(())
+    });
     put_ok(&again, "/v1/kv/later", "1");
     assert!(again.get("/v1/kv/later").index() > index);
 

@@ -156,6 +156,7 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     tracing::info!(addr = %dns_bound.udp, "DNS listening (UDP and TCP)");
     notify::notify(&format!("READY=1\nSTATUS=DNS on {}, HTTP on {http_bound}", dns_bound.udp));
 
+    tasks.spawn(remove_stale_staged_archives(cluster.clone(), store.clone(), shutdown.clone()));
     let reloader = Arc::new(Reloader::new(options.flags, config, dns, local, options.set_log_level));
     wait_for_shutdown_signal(signals, leave, reloader, reload_rx).await?;
     tracing::info!("shutting down: no new connections; answering blocking queries now");
@@ -222,6 +223,19 @@ fn self_registration(id: &AgentIdentity) -> RegisterRequest {
             check_type: String::new(),
         }],
         skip_node_update: false,
+    }
+}
+
+/// Once this server leads and has applied everything committed before it started (a
+/// replayed restore needs its staged file), archives staged by earlier runs are removed.
+async fn remove_stale_staged_archives(cluster: Cluster, store: Store, shutdown: CancellationToken) {
+    let ready = tokio::select! {
+        ready = async { cluster.wait_for_leader(Duration::from_secs(60)).await && cluster.linearizable().await.is_ok() } => ready,
+        _ = shutdown.cancelled() => return,
+    };
+    if ready {
+        let dir = store.staging_dir().to_path_buf();
+        let _ = tokio::task::spawn_blocking(move || http::remove_stale_staged(&dir)).await;
     }
 }
 
