@@ -50,12 +50,11 @@ pub async fn run(settings: &Settings) -> Result<()> {
     let dir = server::temp_dir("cairn-bench-checks-")?;
     let config = dir.path().join("bench.json");
     std::fs::write(&config, server::RAISED_LIMITS_CONFIG).context("write cairn config")?;
-    let args = server::cairn_server_args(&dir.path().join("data"), 0, Some(&config));
-    let mut args = args;
+    let mut args = server::cairn_server_args(&dir.path().join("data"), 0, Some(&config));
     args.extend(["-dns-port".into(), "0".into()]);
     let mut cairn = server::Server::spawn("cairn", &settings.bins.cairn, &args)?;
     let http = server::wait_cairn_ready(&mut cairn).await?;
-    let dns = dns_addr(&mut cairn).await?;
+    let dns = server::logged_addr(&mut cairn, "DNS listening (UDP and TCP) addr=").await?;
 
     let started = Instant::now();
     register_all(http, http_target, tcp_target).await?;
@@ -159,15 +158,6 @@ async fn serve_tcp_target() -> Result<SocketAddr> {
         }
     });
     Ok(addr)
-}
-
-async fn dns_addr(cairn: &mut server::Server) -> Result<SocketAddr> {
-    let line = cairn.wait_for_log("DNS listening (UDP and TCP) addr=").await?;
-    line.split("addr=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|addr| addr.parse().ok())
-        .with_context(|| format!("no address in cairn log line {line:?}"))
 }
 
 async fn register_all(http: SocketAddr, http_target: SocketAddr, tcp_target: SocketAddr) -> Result<()> {

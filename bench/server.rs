@@ -228,8 +228,13 @@ pub async fn start_cairn_dev(bins: &Binaries) -> Result<Running> {
 /// the HTTP address it logged.
 pub async fn wait_cairn_ready(server: &mut Server) -> Result<SocketAddr> {
     server.wait_for_log("registered this server in the catalog").await?;
-    let line = server.wait_for_log("HTTP API listening addr=").await?;
-    line.split("HTTP API listening addr=")
+    logged_addr(server, "HTTP API listening addr=").await
+}
+
+/// The address cairn logged right after `marker` (e.g. `DNS listening (UDP and TCP) addr=`).
+pub async fn logged_addr(server: &mut Server, marker: &str) -> Result<SocketAddr> {
+    let line = server.wait_for_log(marker).await?;
+    line.split(marker)
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|addr| addr.parse().ok())
