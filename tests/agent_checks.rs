@@ -533,3 +533,82 @@ fn script_checks_from_config_and_a_reloaded_dns_config() {
     std::fs::write(&code, "0").expect("code");
     wait_visible(&agent, "job", 1, FLIP);
 }
+
+/// An HTTPS server (Python's, with a self-signed certificate from `openssl`) answering 200.
+struct HttpsTarget {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl HttpsTarget {
+    fn start() -> HttpsTarget {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let made = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl (tests/setup.sh installs it)");
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        let script = r#"
+import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"ok")
+    def log_message(self, *a): pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(&cert)
+            .arg(&key)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line)
+            .expect("port line");
+        let port = line.trim().parse().unwrap_or_else(|_| panic!("no port from the HTTPS target: {line:?}"));
+        HttpsTarget { child, port, _dir: dir }
+    }
+}
+
+impl Drop for HttpsTarget {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn https_checks_verify_certificates_unless_told_to_skip() {
+    let agent = Agent::start(&[]);
+    let target = HttpsTarget::start();
+    let url = format!("https://127.0.0.1:{}/health", target.port);
+    put_ok(
+        &agent,
+        "/v1/agent/service/register",
+        json!({"Name": "tls-skip", "Check": {"HTTP": url, "Interval": "1s", "TLSSkipVerify": true}}),
+    );
+    put_ok(
+        &agent,
+        "/v1/agent/service/register",
+        json!({"Name": "tls-verify", "Check": {"HTTP": url, "Interval": "1s"}}),
+    );
+    wait_visible(&agent, "tls-skip", 1, FLIP);
+    let verified = wait_for("the verifying check to run", FLIP, || {
+        let check = agent_check(&agent, "service:tls-verify")?;
+        (!check["Output"].as_str()?.is_empty()).then_some(check)
+    });
+    assert_eq!(verified["Status"], "critical", "a self-signed certificate must fail verification: {verified}");
+    let output = verified["Output"].as_str().unwrap().to_ascii_lowercase();
+    assert!(output.contains("certificate"), "{output}");
+}

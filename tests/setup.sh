@@ -2,13 +2,14 @@
 # Installs what the test suite needs beyond Rust; idempotent, quick when all is present.
 #   - py-consul: a real Consul client library, driven by tests/client_compat.rs.
 #   - dnsmasq and dig: the end-to-end resolver set-up in tests/dnsmasq_e2e.rs.
+#   - openssl: a self-signed certificate for the HTTPS check test in tests/agent_checks.rs.
 set -euo pipefail
 if ! python3 -c 'import consul' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'py-consul==1.8.0'
 fi
-if ! command -v dnsmasq >/dev/null || ! command -v dig >/dev/null; then
+if ! command -v dnsmasq >/dev/null || ! command -v dig >/dev/null || ! command -v openssl >/dev/null; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dnsmasq-base bind9-dnsutils >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dnsmasq-base bind9-dnsutils openssl >/dev/null
 fi
