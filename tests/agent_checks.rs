@@ -508,6 +508,7 @@ fn script_checks_from_config_and_a_reloaded_dns_config() {
         let body = json!({
             "enable_local_script_checks": true,
             "dns_config": {"only_passing": only_passing},
+            "log_level": if only_passing { "debug" } else { "info" },
             "service": {"name": "job", "check": {
                 "args": ["/bin/sh", "-c", format!("echo out; exit $(cat {})", code.display())], "interval": "1s"}}
         });
@@ -527,6 +528,8 @@ fn script_checks_from_config_and_a_reloaded_dns_config() {
     write_config(true);
     assert_eq!(agent.put("/v1/agent/reload", "").status, 200);
     assert_eq!(dns_addresses(&agent, "job.service.consul"), 0);
+    // log_level is reloadable too.
+    assert!(agent.log().contains("log level changed"), "{}", agent.log());
 
     std::fs::write(&code, "2").expect("code");
     wait_for("exit 2 to be critical", FLIP, || (check_status(&agent, "service:job")? == "critical").then_some(()));
