@@ -380,7 +380,7 @@ impl Inner {
             if let Some(check) = wanted {
                 let cancel = self.shutdown.child_token();
                 runners.insert(id.clone(), (check.generation, cancel.clone()));
-                let spec = check.spec.clone();
+                let spec = Arc::clone(&check.spec);
                 self.tasks.spawn(runner::run(Arc::clone(self), id.clone(), check.generation, spec, cancel));
             }
         }
@@ -391,7 +391,7 @@ impl Inner {
         let state = self.lock();
         persist::encode(&persist::PersistedRef {
             services: state.services.values().filter(|s| s.source == Source::Api).map(|s| &s.spec).collect(),
-            checks: state.checks.values().filter(|c| c.source == Source::Api).map(|c| &c.spec).collect(),
+            checks: state.checks.values().filter(|c| c.source == Source::Api).map(|c| &*c.spec).collect(),
             statuses: state
                 .checks
                 .values()

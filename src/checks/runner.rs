@@ -14,7 +14,13 @@ use tokio_util::sync::CancellationToken;
 use super::{probe, Inner};
 use crate::model::agent::CheckSpec;
 
-pub(super) async fn run(inner: Arc<Inner>, id: String, generation: u64, spec: CheckSpec, cancel: CancellationToken) {
+pub(super) async fn run(
+    inner: Arc<Inner>,
+    id: String,
+    generation: u64,
+    spec: Arc<CheckSpec>,
+    cancel: CancellationToken,
+) {
     let interval = spec.interval;
     let stagger_ms = rand::rng().random_range(0..(interval.as_millis() as u64).max(1));
     let mut next = Instant::now() + std::time::Duration::from_millis(stagger_ms);

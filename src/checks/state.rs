@@ -3,6 +3,7 @@
 //! deregister-after, output deferral); no I/O and no clock of its own — callers pass `now`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -29,7 +30,8 @@ pub struct LocalService {
 
 #[derive(Debug, Clone)]
 pub struct LocalCheck {
-    pub spec: CheckSpec,
+    /// Shared with the check's runner task (one copy per check, however many readers).
+    pub spec: Arc<CheckSpec>,
     pub source: Source,
     /// Distinguishes this registration from an earlier one with the same ID, so a runner of
     /// the old definition cannot report into the new one.
@@ -145,7 +147,7 @@ impl LocalState {
     /// changed definition). The status of an unchanged definition is kept.
     pub fn add_check(&mut self, spec: CheckSpec, source: Source, now: Instant) -> Option<String> {
         if let Some(old) = self.checks.get_mut(&spec.id) {
-            if old.spec == spec {
+            if *old.spec == spec {
                 old.source = source;
                 return None;
             }
@@ -167,7 +169,7 @@ impl LocalState {
             critical_since: (status == CheckStatus::Critical).then_some(now),
             ttl_deadline,
             output_due: None,
-            spec,
+            spec: Arc::new(spec),
         };
         self.checks.insert(id.clone(), check);
         self.dirty.checks.insert(id.clone());
