@@ -104,6 +104,17 @@ fn wait_visible(agent: &Agent, service: &str, expected: usize, timeout: Duration
     });
 }
 
+/// An agent started with `config` as a config file (kept with the agent's temp dir).
+fn start_with_config(config: Value) -> Agent {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let path = temp.path().join("c.json");
+    std::fs::write(&path, config.to_string()).expect("config");
+    let agent = Agent::start(&["-config-file", path.to_str().unwrap()]);
+    // The file is read at start and on reload; these tests do not reload.
+    drop(temp);
+    agent
+}
+
 fn applied_index(agent: &Agent) -> u64 {
     let stats = agent.get("/v1/agent/self").json();
     stats["Stats"]["raft"]["applied_index"].as_str().and_then(|s| s.parse().ok()).expect("applied_index")
@@ -366,10 +377,7 @@ fn steady_checks_make_no_raft_writes_and_agent_reads_block_on_hash() {
 
 #[test]
 fn anti_entropy_repairs_the_catalog_both_ways() {
-    let temp = tempfile::tempdir().expect("tempdir");
-    let config = temp.path().join("c.json");
-    std::fs::write(&config, r#"{"anti_entropy_interval": "1s"}"#).expect("config");
-    let agent = Agent::start(&["-config-file", config.to_str().unwrap()]);
+    let agent = start_with_config(json!({"anti_entropy_interval": "1s"}));
     put_ok(&agent, "/v1/agent/service/register", json!({"Name": "web", "Check": {"TTL": "60s", "Status": "passing"}}));
     wait_visible(&agent, "web", 1, FLIP);
 
@@ -614,4 +622,22 @@ fn https_checks_verify_certificates_unless_told_to_skip() {
     assert_eq!(verified["Status"], "critical", "a self-signed certificate must fail verification: {verified}");
     let output = verified["Output"].as_str().unwrap().to_ascii_lowercase();
     assert!(output.contains("certificate"), "{output}");
+}
+
+#[test]
+fn output_only_changes_reach_the_catalog_after_check_update_interval() {
+    let agent = start_with_config(json!({"check_update_interval": "3s"}));
+    put_ok(&agent, "/v1/agent/service/register", json!({"Name": "job", "Check": {"TTL": "60s", "Status": "passing"}}));
+    wait_visible(&agent, "job", 1, FLIP);
+    let catalog_output = || agent.get("/v1/health/checks/job").json()[0]["Output"].as_str().map(str::to_string);
+
+    let changed = Instant::now();
+    assert_eq!(agent.put("/v1/agent/check/pass/service:job?note=new%20output", "").status, 200);
+    // The agent shows it at once; the catalog gets an output-only change only after the interval.
+    assert_eq!(agent_check(&agent, "service:job").unwrap()["Output"], "new output");
+    assert_eq!(catalog_output().as_deref(), Some(""), "written before check_update_interval");
+    wait_for("the output to reach the catalog", Duration::from_secs(3) + FLIP, || {
+        (catalog_output()? == "new output").then_some(())
+    });
+    assert!(changed.elapsed() >= Duration::from_millis(2500), "after {:?}", changed.elapsed());
 }

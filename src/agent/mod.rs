@@ -234,8 +234,7 @@ async fn remove_stale_staged_archives(cluster: Cluster, store: Store, shutdown: 
         _ = shutdown.cancelled() => return,
     };
     if ready {
-        let dir = store.staging_dir().to_path_buf();
-        let _ = tokio::task::spawn_blocking(move || http::remove_stale_staged(&dir)).await;
+        let _ = tokio::task::spawn_blocking(move || store.remove_stale_staged()).await;
     }
 }
 

@@ -386,10 +386,11 @@ impl Inner {
         }
     }
 
-    /// What is saved, encoded: API registrations, and every check's status.
-    fn encode_persisted(&self) -> Vec<u8> {
+    /// Encodes what is saved (API registrations, every check's status) and saves it.
+    /// Blocking (encoding under the state lock, then fsync): run on a blocking thread.
+    fn save_blocking(&self, path: &std::path::Path) -> Result<(), PersistError> {
         let state = self.lock();
-        persist::encode(&persist::PersistedRef {
+        let bytes = persist::encode(&persist::PersistedRef {
             services: state.services.values().filter(|s| s.source == Source::Api).map(|s| &s.spec).collect(),
             checks: state.checks.values().filter(|c| c.source == Source::Api).map(|c| &*c.spec).collect(),
             statuses: state
@@ -398,6 +399,9 @@ impl Inner {
                 .map(|c| persist::PersistedStatusRef { id: &c.spec.id, status: c.status, output: &c.output })
                 .collect(),
         })
+        .map_err(|e| PersistError::Io { path: path.to_path_buf(), source: std::io::Error::other(e) })?;
+        drop(state);
+        persist::save(path, &bytes)
     }
 }
 
@@ -447,9 +451,8 @@ async fn persister(inner: Arc<Inner>) {
         let version = inner.lock().version;
         let pending = generation > inner.saved.borrow().0;
         if pending || version != saved_version {
-            let bytes = inner.encode_persisted();
-            let path = path.clone();
-            let result = tokio::task::spawn_blocking(move || persist::save(&path, &bytes))
+            let (saver, path) = (Arc::clone(&inner), path.clone());
+            let result = tokio::task::spawn_blocking(move || saver.save_blocking(&path))
                 .await
                 .unwrap_or_else(|e| Err(PersistError::Io { path: PathBuf::new(), source: std::io::Error::other(e) }));
             let error = result.err().map(|e| {

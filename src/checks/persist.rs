@@ -3,7 +3,6 @@
 //! flap instances out of DNS). One JSON file, replaced atomically (write, fsync, rename,
 //! fsync the directory): after a crash it holds the old or the new state, never a mix.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -72,29 +71,20 @@ pub struct PersistedStatusRef<'a> {
 
 /// The file's bytes for `state`: one buffer, not a copy of the state's many small parts
 /// (which, made every save, fragment the heap).
-pub fn encode(state: &PersistedRef<'_>) -> Vec<u8> {
+pub fn encode(state: &PersistedRef<'_>) -> Result<Vec<u8>, serde_json::Error> {
     #[derive(Serialize)]
     struct File<'r, 'a> {
         version: u32,
         #[serde(flatten)]
         state: &'r PersistedRef<'a>,
     }
-    // Plain structs of strings and numbers always serialize.
-    serde_json::to_vec(&File { version: VERSION, state }).expect("agent state serializes")
+    serde_json::to_vec(&File { version: VERSION, state })
 }
 
 /// Replaces the file with `bytes`, durably.
 pub fn save(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
-    let io = |source| PersistError::Io { path: path.to_path_buf(), source };
-    let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&tmp).map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-    }
-    Ok(())
+    crate::store::replace_file_durably(path, &[bytes])
+        .map_err(|source| PersistError::Io { path: path.to_path_buf(), source })
 }
 
 #[cfg(test)]
@@ -112,7 +102,8 @@ mod tests {
             ..Default::default()
         };
         let status = PersistedStatusRef { id: "c", status: CheckStatus::Warning, output: "o" };
-        let bytes = encode(&PersistedRef { services: vec![], checks: vec![], statuses: vec![status] });
+        let bytes =
+            encode(&PersistedRef { services: vec![], checks: vec![], statuses: vec![status] }).expect("encodes");
         save(&path, &bytes).expect("saved");
         assert_eq!(load(&path).expect("loads"), state);
         std::fs::write(&path, b"{\"version\":1,").expect("damage");

@@ -41,13 +41,8 @@ pub fn run(command: SnapshotCommand) -> Result<(), CliError> {
             // Checked before it is kept: a damaged transfer must not pass for a backup.
             let verified =
                 archive::verify(&answer.body).map_err(|e| CliError::Usage(format!("Error verifying snapshot: {e}")))?;
-            let tmp = a.file.with_extension("tmp");
-            let write = || -> std::io::Result<()> {
-                std::fs::write(&tmp, &answer.body)?;
-                std::fs::File::open(&tmp)?.sync_all()?;
-                std::fs::rename(&tmp, &a.file)
-            };
-            write().map_err(|e| CliError::Usage(format!("Error writing {}: {e}", a.file.display())))?;
+            crate::store::replace_file_durably(&a.file, &[&answer.body])
+                .map_err(|e| CliError::Usage(format!("Error writing {}: {e}", a.file.display())))?;
             println!("Saved and verified snapshot to index {}", verified.header.index);
             Ok(())
         }

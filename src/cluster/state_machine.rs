@@ -68,19 +68,9 @@ impl StateMachine {
     async fn save_snapshot(&self, snapshot: StoredSnapshot) -> StorageResult<()> {
         let meta = serde_json::to_vec(&snapshot.meta).map_err(sm_err)?;
         let path = self.snapshot_path();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            use std::io::Write;
-            let tmp = path.with_extension("tmp");
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&(meta.len() as u64).to_be_bytes())?;
-            file.write_all(&meta)?;
-            file.write_all(&snapshot.data)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            if let Some(dir) = path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
+        tokio::task::spawn_blocking(move || {
+            let len = (meta.len() as u64).to_be_bytes();
+            crate::store::replace_file_durably(&path, &[&len, &meta, &snapshot.data])
         })
         .await
         .map_err(sm_err)?

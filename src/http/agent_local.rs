@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use super::body::{parse_consul_json, read_limited};
+use super::body::{decode_json, decode_json_value, read_limited};
 use super::error::ApiError;
 use super::query::Query;
 use super::{Ctx, HttpContext};
@@ -151,12 +151,7 @@ async fn hashed_read(
     };
     let (body, hash) = render_hashed()?;
     let Some(wanted) = wanted.filter(|w| *w == hash) else { return Ok(respond(body, hash)) };
-    let _permit = ctx.blocking_permits.clone().try_acquire_owned().map_err(|_| {
-        ApiError::TooMany(format!(
-            "too many blocking queries in progress (limit {}); retry later",
-            ctx.limits.max_blocking_queries
-        ))
-    })?;
+    let _permit = ctx.blocking_permit()?;
     let deadline = tokio::time::Instant::now() + q.wait;
     loop {
         tokio::select! {
@@ -190,9 +185,6 @@ pub async fn services(ctx: Ctx, RawQuery(raw): RawQuery) -> Result<Response, Api
 
 pub async fn service(ctx: Ctx, Path(id): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
-    if !ctx.local.read(|s| s.services.contains_key(&id)) {
-        return Err(ApiError::NotFound(format!("unknown service ID: {id}")));
-    }
     let dc = ctx.identity.datacenter.as_str();
     hashed_read(&ctx, &q, |state| {
         let service = state.services.get(&id).ok_or_else(|| ApiError::NotFound(format!("unknown service ID: {id}")))?;
@@ -212,14 +204,6 @@ pub async fn checks(ctx: Ctx, RawQuery(raw): RawQuery) -> Result<Response, ApiEr
     .await
 }
 
-/// Parses a definition body leniently (unknown fields ignored, any field-name case).
-fn body_value(bytes: &[u8]) -> Result<Value, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::BadRequest("Request decode failed: empty body".into()));
-    }
-    serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))
-}
-
 pub async fn register_service(
     ctx: Ctx,
     RawQuery(raw): RawQuery,
@@ -228,7 +212,7 @@ pub async fn register_service(
 ) -> Result<Response, ApiError> {
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
     let bytes = read_limited(&headers, body, ctx.limits.http_max_body_bytes).await?;
-    let reg = decode_service(&body_value(&bytes)?, Strictness::Lenient, ScriptPolicy::Refused)
+    let reg = decode_service(&decode_json_value(&bytes)?, Strictness::Lenient, ScriptPolicy::Refused)
         .map_err(|e| ApiError::BadRequest(format!("Invalid service definition: {e}")))?;
     let replace = q.get("replace-existing-checks").is_some_and(|v| v != "false" && v != "0");
     ctx.local.register_service(reg, replace).await?;
@@ -242,7 +226,7 @@ pub async fn deregister_service(ctx: Ctx, Path(id): Path<String>) -> Result<Resp
 
 pub async fn register_check(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let bytes = read_limited(&headers, body, ctx.limits.http_max_body_bytes).await?;
-    let spec = decode_check(&body_value(&bytes)?, Strictness::Lenient, ScriptPolicy::Refused)
+    let spec = decode_check(&decode_json_value(&bytes)?, Strictness::Lenient, ScriptPolicy::Refused)
         .map_err(|e| ApiError::BadRequest(format!("Invalid check: {e}")))?;
     ctx.local.register_check(spec).await?;
     Ok(().into_response())
@@ -285,8 +269,7 @@ pub async fn check_update(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_limited(&headers, body, ctx.limits.http_max_body_bytes).await?;
-    let update: CheckUpdateBody =
-        parse_consul_json(&bytes).map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))?;
+    let update: CheckUpdateBody = decode_json(&bytes)?;
     let text = update.status.unwrap_or_default();
     let status = CheckStatus::parse(&text).ok_or_else(|| {
         ApiError::BadRequest(format!("Invalid check status: {text:?} (must be passing, warning or critical)"))

@@ -31,10 +31,18 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, max: u64) -> Result<B
 /// Decodes a request body as Consul does: fields the type does not know are ignored, and
 /// field names match whatever their case (Go's decoder does; py-consul sends `{"node": ..}`).
 pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut value = decode_json_value(bytes)?;
+    canonicalize_field_names(&mut value);
+    serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))
+}
+
+/// A body as plain JSON, for decoders that match field names themselves
+/// (`model::agent`); empty or malformed → 400 `Request decode failed: ...`.
+pub fn decode_json_value(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::BadRequest("Request decode failed: empty body".into()));
     }
-    parse_consul_json(bytes).map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))
 }
 
 /// Field names of the request bodies cairn reads, in their canonical case.

@@ -31,7 +31,6 @@ use tokio_util::sync::CancellationToken;
 pub use agent::CONSUL_API_VERSION;
 pub use error::ApiError;
 pub use server::serve;
-pub use snapshot::remove_stale_staged;
 
 use crate::checks::LocalAgent;
 use crate::cluster::Cluster;

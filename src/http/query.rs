@@ -117,12 +117,7 @@ impl HttpContext {
         if q.index == 0 {
             return read_once();
         }
-        let _permit = self.blocking_permits.clone().try_acquire_owned().map_err(|_| {
-            ApiError::TooMany(format!(
-                "too many blocking queries in progress (limit {}); retry later",
-                self.limits.max_blocking_queries
-            ))
-        })?;
+        let _permit = self.blocking_permit()?;
         let mut subscription = self.store.watches().subscribe(topic);
         let jitter_ms =
             if q.wait.as_millis() >= 16 { rand::rng().random_range(0..q.wait.as_millis() as u64 / 16) } else { 0 };
@@ -138,6 +133,17 @@ impl HttpContext {
                 _ = self.shutdown.cancelled() => return read_once(),
             }
         }
+    }
+
+    /// One of `limits.max_blocking_queries` permits, held while a query blocks; none left:
+    /// 429 at once.
+    pub fn blocking_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.blocking_permits.clone().try_acquire_owned().map_err(|_| {
+            ApiError::TooMany(format!(
+                "too many blocking queries in progress (limit {}); retry later",
+                self.limits.max_blocking_queries
+            ))
+        })
     }
 
     /// The headers every blocking-capable endpoint sends.

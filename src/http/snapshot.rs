@@ -29,33 +29,6 @@ pub async fn save(ctx: Ctx, RawQuery(raw): RawQuery) -> Result<Response, ApiErro
     Ok((headers, bytes).into_response())
 }
 
-/// Names this process's staged archives apart from leftovers of earlier ones.
-fn process_tag() -> &'static str {
-    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    TAG.get_or_init(|| uuid::Uuid::new_v4().simple().to_string())
-}
-
-/// Removes archives staged by earlier processes (a crash between staging and the end of
-/// the request leaves one). Call once everything committed before start is applied: a
-/// restore entry still to be replayed needs its file.
-pub fn remove_stale_staged(dir: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with(process_tag()) {
-            continue;
-        }
-        match std::fs::remove_file(entry.path()) {
-            Ok(()) => {
-                tracing::info!(path = %entry.path().display(), "removed a snapshot archive left staged by an earlier run")
-            }
-            Err(e) => {
-                tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a stale staged archive")
-            }
-        }
-    }
-}
-
 /// Removes the staged archive however the request ends.
 struct Staged(std::path::PathBuf);
 
@@ -79,7 +52,7 @@ pub async fn restore(ctx: Ctx, headers: HeaderMap, mut body: Body) -> Result<Res
     let staging_error =
         |e: std::io::Error| ApiError::Internal(format!("cannot stage the archive in {}: {e}", dir.display()));
     tokio::fs::create_dir_all(&dir).await.map_err(staging_error)?;
-    let name = format!("{}-{}.archive", process_tag(), uuid::Uuid::new_v4());
+    let name = ctx.store.new_staged_archive_name();
     let staged = Staged(dir.join(&name));
     let mut file = tokio::fs::File::create(&staged.0).await.map_err(staging_error)?;
     let mut size: u64 = 0;

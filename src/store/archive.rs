@@ -108,21 +108,19 @@ pub fn verify(archive: &[u8]) -> Result<Verified, ArchiveError> {
     // a row the server cannot decode afterwards would stop it.
     for (tag, key, value) in parse(&archive[state.clone()]).map_err(|e| bad(e.to_string()))? {
         let decoded = match tag {
-            super::TAG_NODES => {
-                serde_json::from_slice::<crate::model::Node>(value).map(drop).map_err(|e| e.to_string())
-            }
-            super::TAG_SERVICES => {
-                serde_json::from_slice::<crate::model::Service>(value).map(drop).map_err(|e| e.to_string())
-            }
-            super::TAG_CHECKS => {
-                serde_json::from_slice::<crate::model::HealthCheck>(value).map(drop).map_err(|e| e.to_string())
-            }
+            super::TAG_NODES => json_row::<crate::model::Node>(value),
+            super::TAG_SERVICES => json_row::<crate::model::Service>(value),
+            super::TAG_CHECKS => json_row::<crate::model::HealthCheck>(value),
             super::TAG_KV => super::codec::decode_kv(key, value).map(drop).map_err(|e| e.to_string()),
             _ => Ok(()),
         };
         decoded.map_err(|e| bad(format!("a row of table {tag} does not decode: {e}")))?;
     }
     Ok(Verified { header, checksum, state })
+}
+
+fn json_row<T: serde::de::DeserializeOwned>(value: &[u8]) -> Result<(), String> {
+    serde_json::from_slice::<T>(value).map(drop).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -109,6 +109,32 @@ pub(crate) fn prefix_rows<'t>(
     }
 }
 
+/// Replaces `path` with `parts` written in order, durably: a temporary file beside it,
+/// fsync, rename, directory fsync. After a crash the path holds the old or the new content,
+/// never a mix.
+pub fn replace_file_durably(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp_name);
+    let mut file = std::fs::File::create(&tmp)?;
+    for part in parts {
+        file.write_all(part)?;
+    }
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Tags this process's staged archives.
+fn process_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| uuid::Uuid::new_v4().simple().to_string())
+}
+
 /// Table tags in snapshots and archives.
 pub(crate) const TAG_META: u8 = 0;
 pub(crate) const TAG_NODES: u8 = 1;
@@ -174,6 +200,31 @@ impl Store {
     /// Where `PUT /v1/snapshot` stages an archive for `Command::Restore`.
     pub fn staging_dir(&self) -> &Path {
         &self.staging_dir
+    }
+
+    /// A fresh file name for an archive staged in [`Store::staging_dir`], tagged with this
+    /// process so that [`Store::remove_stale_staged`] can tell earlier runs' files apart.
+    pub fn new_staged_archive_name(&self) -> String {
+        format!("{}-{}.archive", process_tag(), uuid::Uuid::new_v4())
+    }
+
+    /// Removes archives staged by earlier processes (a crash between staging and the end of
+    /// the request leaves one). Call once everything committed before start is applied: a
+    /// restore entry still to be replayed needs its file. Blocking.
+    pub fn remove_stale_staged(&self) {
+        let Ok(entries) = std::fs::read_dir(self.staging_dir()) else { return };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(process_tag()) {
+                continue;
+            }
+            let path = entry.path();
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "removed a snapshot archive left staged by an earlier run")
+                }
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove a stale staged archive"),
+            }
+        }
     }
 
     /// Added to Raft log indexes to give catalog and KV indexes; raised by a restore so that

@@ -27,23 +27,27 @@ pub(super) fn node(t: &SmTables, txn: &Txn<'_>, name: &str) -> Result<Option<Nod
 }
 
 pub(super) fn service(t: &SmTables, txn: &Txn<'_>, node: &str, id: &str) -> Result<Option<Service>, StoreError> {
-    let key = codec::pair_key(node, id);
-    if !storable(&key) {
-        return Ok(None);
-    }
-    match t.services.get(txn, &key)? {
-        Some(bytes) => Ok(Some(codec::decode_json("sm_services", &key, bytes)?)),
-        None => Ok(None),
-    }
+    pair_row(t.services, "sm_services", txn, node, id)
 }
 
 pub(super) fn check(t: &SmTables, txn: &Txn<'_>, node: &str, id: &str) -> Result<Option<HealthCheck>, StoreError> {
+    pair_row(t.checks, "sm_checks", txn, node, id)
+}
+
+/// The row of `db` keyed `node \0 id`, decoded.
+fn pair_row<T: serde::de::DeserializeOwned>(
+    db: RawDb,
+    table: &'static str,
+    txn: &Txn<'_>,
+    node: &str,
+    id: &str,
+) -> Result<Option<T>, StoreError> {
     let key = codec::pair_key(node, id);
     if !storable(&key) {
         return Ok(None);
     }
-    match t.checks.get(txn, &key)? {
-        Some(bytes) => Ok(Some(codec::decode_json("sm_checks", &key, bytes)?)),
+    match db.get(txn, &key)? {
+        Some(bytes) => Ok(Some(codec::decode_json(table, &key, bytes)?)),
         None => Ok(None),
     }
 }
