@@ -235,3 +235,17 @@ fn operator_cli_commands_against_a_running_agent() {
     assert_eq!(gone.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&gone.stderr).contains(&format!("cannot reach the cairn agent at http://{http}")));
 }
+
+#[test]
+fn an_archive_over_snapshot_max_bytes_gets_413_and_changes_nothing() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let config = temp.path().join("c.json");
+    std::fs::write(&config, r#"{"limits": {"snapshot_max_bytes": 1000}}"#).expect("config");
+    let agent = Agent::start(&["-config-file", config.to_str().unwrap()]);
+    populate(&agent);
+    let before = observe(&agent);
+    let r = agent.put("/v1/snapshot", vec![0u8; 2000]);
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(r.text().contains("max size: 1000 bytes"), "{}", r.text());
+    assert_eq!(observe(&agent), before);
+}
