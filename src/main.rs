@@ -136,11 +136,19 @@ fn run_agent(flags: &AgentFlags) -> ExitCode {
 /// glibc raises its mmap threshold to the size of every large block freed, so after the first
 /// multi-megabyte response or snapshot, such buffers come from the heap and leave it
 /// fragmented: with 5,000 checks that is ~20 MB of resident memory holding nothing. A fixed
-/// threshold keeps large buffers in their own mappings, returned to the system when freed.
+/// threshold keeps larger buffers in their own mappings, returned to the system when freed.
+///
+/// The threshold sits above 3 MiB because LMDB allocates a 2 MiB dirty-page list and a 1 MiB
+/// free-page list for every nested write transaction, i.e. for every applied command: as
+/// mappings, each command cost two `mmap`s, two `munmap`s and their page faults (~15% of the
+/// server's CPU under write load). The trim threshold keeps that much free memory at the top
+/// of an arena instead of handing it back and faulting it in again for the next command; it
+/// costs resident memory only for pages that were touched.
 fn fix_malloc_mmap_threshold() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 * 1024 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 4 * 1024 * 1024);
     }
 }
