@@ -1,8 +1,8 @@
 //! The Raft log, vote and committed pointer, in the `raft_log`/`raft_meta` LMDB tables.
 //!
 //! Invariant: `log_io_completed` is called only after the LMDB transaction holding the entries
-//! has committed, and LMDB commits fsync (the environment never sets `NO_SYNC` or
-//! `NO_META_SYNC`). Calling it earlier would acknowledge writes a power loss can take back;
+//! has committed and been synced to disk (`Store::commit_durably`; every write here goes
+//! through it). Calling it earlier would acknowledge writes a power loss can take back;
 //! `tests::append_acknowledges_only_committed_entries` fails if that order is ever broken.
 
 use std::fmt::Debug;
@@ -45,14 +45,14 @@ impl LogStore {
         }
     }
 
-    /// Writes one `raft_meta` value and commits (fsync) before returning.
+    /// Writes one `raft_meta` value and returns once it is durable.
     async fn put_meta<T: serde::Serialize>(&self, key: &'static [u8], value: &T) -> StorageResult<()> {
         let bytes = serde_json::to_vec(value).map_err(write_err)?;
         let store = self.store.clone();
         blocking(move || {
             let mut wtxn = store.env().write_txn()?;
             store.raft_meta.put(&mut wtxn, key, &bytes)?;
-            wtxn.commit()
+            store.commit_durably(wtxn)
         })
         .await
         .map_err(|e| StorageIOError::write_vote(&e).into())
@@ -75,7 +75,7 @@ impl LogStore {
             for (index, bytes) in &encoded {
                 store.raft_log.put(&mut wtxn, &index.to_be_bytes(), bytes)?;
             }
-            wtxn.commit()
+            store.commit_durably(wtxn)
         })
         .await;
         match result {
@@ -173,7 +173,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut wtxn = store.env().write_txn()?;
             let from = log_id.index.to_be_bytes();
             store.raft_log.delete_range(&mut wtxn, &(Bound::Included(&from[..]), Bound::Unbounded))?;
-            wtxn.commit()
+            store.commit_durably(wtxn)
         })
         .await
         .map_err(write_err)
@@ -189,7 +189,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let upto = log_id.index.to_be_bytes();
             store.raft_log.delete_range(&mut wtxn, &(Bound::Unbounded, Bound::Included(&upto[..])))?;
             store.raft_meta.put(&mut wtxn, KEY_LAST_PURGED, &bytes)?;
-            wtxn.commit()
+            store.commit_durably(wtxn)
         })
         .await
         .map_err(write_err)

@@ -151,8 +151,12 @@ impl Store {
         for (key, value) in meta {
             self.sm.meta.put(&mut wtxn, key.as_bytes(), value)?;
         }
+        // Not `commit_durably`: the log holds these entries durably already (see there).
         wtxn.commit()?;
         if touched.everything {
+            // A restore's staged archive is deleted once this returns; the Raft entry could
+            // not be applied again without it.
+            self.sync()?;
             self.rebuild_directory()?;
             self.watches().notify_all(last_index);
         } else {

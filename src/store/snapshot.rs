@@ -25,6 +25,9 @@ impl Store {
     /// Serializes every state-machine table from one read transaction, and returns the
     /// `sm_meta` values of `meta_keys` as that same transaction saw them.
     pub fn snapshot(&self, meta_keys: &[&str]) -> Result<(Vec<u8>, MetaValues), StoreError> {
+        // The state copied must be on disk before the snapshot lets the log be purged (the
+        // invariant at `Store::commit_durably`).
+        self.sync()?;
         let rtxn = self.env().read_txn()?;
         let mut meta = Vec::with_capacity(meta_keys.len());
         for key in meta_keys {
@@ -65,7 +68,7 @@ impl Store {
         for (key, value) in meta {
             self.sm.meta.put(&mut wtxn, key.as_bytes(), value)?;
         }
-        wtxn.commit()?;
+        self.commit_durably(wtxn)?;
         self.rebuild_directory()?;
         self.watches().notify_all(index);
         Ok(())
