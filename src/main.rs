@@ -103,7 +103,7 @@ fn init_logging(level: tracing::Level, json: bool) -> cairn::agent::SetLogLevel 
 }
 
 fn run_agent(flags: &AgentFlags) -> ExitCode {
-    fix_malloc_mmap_threshold();
+    cairn::agent::memory::tune_allocator();
     let (config, warnings) = match Config::load(flags) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -133,25 +133,3 @@ fn run_agent(flags: &AgentFlags) -> ExitCode {
     }
 }
 
-/// glibc raises its mmap threshold to the size of every large block freed, so after the first
-/// multi-megabyte response or snapshot, such buffers come from the heap and leave it
-/// fragmented: with 5,000 checks that is ~20 MB of resident memory holding nothing. A fixed
-/// threshold keeps larger buffers in their own mappings, returned to the system when freed.
-///
-/// The threshold sits above 3 MiB because LMDB allocates a 2 MiB dirty-page list and a 1 MiB
-/// free-page list for every nested write transaction, i.e. for every applied command: as
-/// mappings, each command cost two `mmap`s, two `munmap`s and their page faults (~15% of the
-/// server's CPU under write load). The trim threshold keeps that much free memory at the top
-/// of an arena instead of handing it back and faulting it in again for the next command; it
-/// costs resident memory only for pages that were touched. With buffers up to 4 MiB now in
-/// the arenas, two arenas (glibc's default is 8 per core) keep the fragmentation the checks
-/// benchmark measures within its target (60 MB with 5,000 checks; 75 MB with the default).
-fn fix_malloc_mmap_threshold() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 * 1024 * 1024);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 4 * 1024 * 1024);
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}

@@ -6,6 +6,7 @@
 //! half-done — no write acknowledged by a task that is then abandoned.
 
 mod data_dir;
+pub mod memory;
 mod notify;
 mod reload;
 
@@ -157,6 +158,7 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     notify::notify(&format!("READY=1\nSTATUS=DNS on {}, HTTP on {http_bound}", dns_bound.udp));
 
     tasks.spawn(remove_stale_staged_archives(cluster.clone(), store.clone(), shutdown.clone()));
+    tasks.spawn(memory::trim_periodically(shutdown.clone()));
     let reloader = Arc::new(Reloader::new(options.flags, config, dns, local, options.set_log_level));
     wait_for_shutdown_signal(signals, leave, reloader, reload_rx).await?;
     tracing::info!("shutting down: no new connections; answering blocking queries now");
