@@ -132,4 +132,3 @@ fn run_agent(flags: &AgentFlags) -> ExitCode {
         }
     }
 }
-
