@@ -249,9 +249,16 @@ struct Upstream {
 
 impl Upstream {
     fn start() -> Upstream {
-        let udp_socket = UdpSocket::bind("127.0.0.1:0").expect("bind upstream");
-        let addr = udp_socket.local_addr().expect("addr");
-        let tcp_listener = std::net::TcpListener::bind(addr).expect("bind upstream tcp");
+        // UDP and TCP on one port: the TCP port of a free UDP port may be taken (by another
+        // test's connection), so try fresh ports until both bind.
+        let (udp_socket, tcp_listener, addr) = (0..100)
+            .find_map(|_| {
+                let udp_socket = UdpSocket::bind("127.0.0.1:0").expect("bind upstream");
+                let addr = udp_socket.local_addr().expect("addr");
+                let tcp_listener = std::net::TcpListener::bind(addr).ok()?;
+                Some((udp_socket, tcp_listener, addr))
+            })
+            .expect("no port free for both UDP and TCP in 100 tries");
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok((n, from)) = udp_socket.recv_from(&mut buf) {
