@@ -218,6 +218,45 @@ fn blocking_query_wakes_on_its_key_and_sleeps_through_others() {
     assert_eq!(r.json()[0]["Service"]["Service"], "api");
 }
 
+/// Watchers of one key woken by one write share an encoded answer: every one still gets the
+/// new value, in the shape its own request asked for (JSON or `?raw`).
+#[test]
+fn watchers_woken_by_one_write_each_get_their_own_shape_of_the_answer() {
+    let agent = Agent::start(&[]);
+    agent.put("/v1/kv/fan", "a");
+    let index = agent.get("/v1/kv/fan").index();
+    let addr = agent.http;
+    let paths: Vec<String> = (0..6)
+        .map(|i| {
+            let raw = if i % 2 == 0 { "raw&" } else { "" };
+            format!("/v1/kv/fan?{raw}index={index}&wait=60s")
+        })
+        .collect();
+    let watchers: Vec<_> = paths
+        .iter()
+        .cloned()
+        .map(|path| std::thread::spawn(move || support::http_request(addr, "GET", &path, b"")))
+        .collect();
+    support::wait_for("6 blocking queries", Duration::from_secs(10), || {
+        let counted: usize =
+            agent.get("/v1/agent/self").json()["Stats"]["cairn"]["blocking_queries"].as_str()?.parse().ok()?;
+        (counted >= 6).then_some(())
+    });
+    agent.put("/v1/kv/fan", "b");
+    for (path, watcher) in paths.iter().zip(watchers) {
+        let r = watcher.join().expect("watcher");
+        assert_eq!(r.status, 200, "{path}");
+        assert!(r.index() > index, "{path}: index did not move");
+        if path.contains("raw") {
+            assert_eq!(r.text(), "b", "{path}");
+            assert_eq!(r.header("content-type"), Some("application/octet-stream"), "{path}");
+        } else {
+            assert_eq!(r.json()[0]["Value"], "Yg==", "{path}");
+            assert_eq!(r.header("content-type"), Some("application/json"), "{path}");
+        }
+    }
+}
+
 #[test]
 fn bad_input_gets_a_precise_4xx_and_the_agent_keeps_serving() {
     let agent = Agent::start(&[]);

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use axum::body::Body;
 use axum::extract::{Path, RawQuery};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::http::Uri;
+use axum::response::Response;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
@@ -256,22 +257,20 @@ pub async fn datacenters(ctx: Ctx) -> Json<Vec<String>> {
     Json(vec![ctx.identity.datacenter.clone()])
 }
 
-pub async fn nodes(ctx: Ctx, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+pub async fn nodes(ctx: Ctx, uri: Uri, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
-    let result = ctx
-        .blocking_read(&q, Topic::Table(Table::Nodes), |view| Ok((view.table_index(Table::Nodes)?, view.nodes()?)))
-        .await?;
-    Ok((ctx.index_headers(result.index), Json(result.value)).into_response())
+    ctx.blocking_json(&q, uri.path(), Topic::Table(Table::Nodes), |view| {
+        Ok((view.table_index(Table::Nodes)?, view.nodes()?))
+    })
+    .await
 }
 
-pub async fn services(ctx: Ctx, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+pub async fn services(ctx: Ctx, uri: Uri, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
-    let result = ctx
-        .blocking_read(&q, Topic::Table(Table::Services), |view| {
-            Ok((view.table_index(Table::Services)?, view.service_names()?))
-        })
-        .await?;
-    Ok((ctx.index_headers(result.index), Json(result.value)).into_response())
+    ctx.blocking_json(&q, uri.path(), Topic::Table(Table::Services), |view| {
+        Ok((view.table_index(Table::Services)?, view.service_names()?))
+    })
+    .await
 }
 
 /// One row of `GET /v1/catalog/service/{name}`, in Consul's shape.
@@ -332,25 +331,28 @@ pub(super) fn has_tags(service: &Service, wanted: &[&str]) -> bool {
     wanted.iter().all(|w| service.tags.iter().any(|t| t.eq_ignore_ascii_case(w)))
 }
 
-pub async fn service(ctx: Ctx, Path(name): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+pub async fn service(
+    ctx: Ctx,
+    uri: Uri,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
     let tags = q.all("tag").into_iter().map(str::to_string).collect::<Vec<_>>();
-    let result = ctx
-        .blocking_read(&q, Topic::CatalogService(name.clone()), |view| {
-            let wanted: Vec<&str> = tags.iter().map(String::as_str).collect();
-            let mut rows = Vec::new();
-            for s in view.service_instances(&name)? {
-                if !has_tags(&s, &wanted) {
-                    continue;
-                }
-                if let Some(node) = view.node(&s.node)? {
-                    rows.push(catalog_row(&node, s));
-                }
+    ctx.blocking_json(&q, uri.path(), Topic::CatalogService(name.clone()), |view| {
+        let wanted: Vec<&str> = tags.iter().map(String::as_str).collect();
+        let mut rows = Vec::new();
+        for s in view.service_instances(&name)? {
+            if !has_tags(&s, &wanted) {
+                continue;
             }
-            Ok((view.catalog_service_index(&name)?, rows))
-        })
-        .await?;
-    Ok((ctx.index_headers(result.index), Json(result.value)).into_response())
+            if let Some(node) = view.node(&s.node)? {
+                rows.push(catalog_row(&node, s));
+            }
+        }
+        Ok((view.catalog_service_index(&name)?, rows))
+    })
+    .await
 }
 
 /// A service as `/v1/catalog/node/{node}` and `/v1/health/service` show it.
@@ -396,20 +398,18 @@ struct NodeServices {
     services: BTreeMap<String, ServiceView>,
 }
 
-pub async fn node(ctx: Ctx, Path(name): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+pub async fn node(ctx: Ctx, uri: Uri, Path(name): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
-    let result = ctx
-        .blocking_read(&q, Topic::CatalogNode(name.clone()), |view| {
-            let found = match view.node(&name)? {
-                Some(node) => {
-                    let services =
-                        view.node_services(&name)?.into_iter().map(|s| (s.id.clone(), ServiceView::from(s))).collect();
-                    Some(NodeServices { node, services })
-                }
-                None => None,
-            };
-            Ok((view.catalog_node_index(&name)?, found))
-        })
-        .await?;
-    Ok((ctx.index_headers(result.index), Json(result.value)).into_response())
+    ctx.blocking_json(&q, uri.path(), Topic::CatalogNode(name.clone()), |view| {
+        let found = match view.node(&name)? {
+            Some(node) => {
+                let services =
+                    view.node_services(&name)?.into_iter().map(|s| (s.id.clone(), ServiceView::from(s))).collect();
+                Some(NodeServices { node, services })
+            }
+            None => None,
+        };
+        Ok((view.catalog_node_index(&name)?, found))
+    })
+    .await
 }

@@ -1,8 +1,8 @@
 //! `/v1/health/*`: instances with their health, and check lists.
 
 use axum::extract::{Path, RawQuery};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::http::Uri;
+use axum::response::Response;
 use serde::Serialize;
 
 use super::catalog::{has_tags, ServiceView};
@@ -42,52 +42,61 @@ struct ServiceEntry {
     checks: Vec<CheckView>,
 }
 
-pub async fn service(ctx: Ctx, Path(name): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+pub async fn service(
+    ctx: Ctx,
+    uri: Uri,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
     let passing_only = q.get("passing").is_some_and(|v| v != "false" && v != "0");
     let tags: Vec<String> = q.all("tag").into_iter().map(str::to_string).collect();
-    let result = ctx
-        .blocking_read(&q, Topic::Service(name.clone()), |view| {
-            let wanted: Vec<&str> = tags.iter().map(String::as_str).collect();
-            let entries = view
-                .service_health(&name)?
-                .into_iter()
-                .filter(|h| has_tags(&h.service, &wanted))
-                .filter(|h| !passing_only || h.status() == CheckStatus::Passing)
-                .map(|h| ServiceEntry { node: h.node, service: h.service.into(), checks: views(h.checks) })
-                .collect::<Vec<_>>();
-            Ok((view.service_index(&name)?, entries))
-        })
-        .await?;
-    Ok((ctx.index_headers(result.index), Json(result.value)).into_response())
+    ctx.blocking_json(&q, uri.path(), Topic::Service(name.clone()), |view| {
+        let wanted: Vec<&str> = tags.iter().map(String::as_str).collect();
+        let entries = view
+            .service_health(&name)?
+            .into_iter()
+            .filter(|h| has_tags(&h.service, &wanted))
+            .filter(|h| !passing_only || h.status() == CheckStatus::Passing)
+            .map(|h| ServiceEntry { node: h.node, service: h.service.into(), checks: views(h.checks) })
+            .collect::<Vec<_>>();
+        Ok((view.service_index(&name)?, entries))
+    })
+    .await
 }
 
-pub async fn node(ctx: Ctx, Path(name): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+pub async fn node(ctx: Ctx, uri: Uri, Path(name): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
-    let result = ctx
-        .blocking_read(&q, Topic::Node(name.clone()), |view| {
-            Ok((view.node_index(&name)?, views(view.node_checks(&name)?)))
-        })
-        .await?;
-    Ok((ctx.index_headers(result.index), Json(result.value)).into_response())
+    ctx.blocking_json(&q, uri.path(), Topic::Node(name.clone()), |view| {
+        Ok((view.node_index(&name)?, views(view.node_checks(&name)?)))
+    })
+    .await
 }
 
-pub async fn checks(ctx: Ctx, Path(name): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+pub async fn checks(
+    ctx: Ctx,
+    uri: Uri,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
-    let result = ctx
-        .blocking_read(&q, Topic::Service(name.clone()), |view| {
-            let checks = view
-                .service_health(&name)?
-                .into_iter()
-                .flat_map(|h| h.checks.into_iter().filter(|c| !c.service_id.is_empty()))
-                .collect();
-            Ok((view.service_index(&name)?, views(checks)))
-        })
-        .await?;
-    Ok((ctx.index_headers(result.index), Json(result.value)).into_response())
+    ctx.blocking_json(&q, uri.path(), Topic::Service(name.clone()), |view| {
+        let checks = view
+            .service_health(&name)?
+            .into_iter()
+            .flat_map(|h| h.checks.into_iter().filter(|c| !c.service_id.is_empty()))
+            .collect();
+        Ok((view.service_index(&name)?, views(checks)))
+    })
+    .await
 }
 
-pub async fn state(ctx: Ctx, Path(state): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+pub async fn state(
+    ctx: Ctx,
+    uri: Uri,
+    Path(state): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
     let wanted = match state.as_str() {
         "any" => None,
@@ -95,11 +104,9 @@ pub async fn state(ctx: Ctx, Path(state): Path<String>, RawQuery(raw): RawQuery)
             ApiError::BadRequest(format!("Invalid check state {other:?}: expected any, passing, warning or critical"))
         })?),
     };
-    let result = ctx
-        .blocking_read(&q, Topic::Table(Table::Checks), |view| {
-            let checks = view.all_checks()?.into_iter().filter(|c| wanted.is_none_or(|w| c.status == w)).collect();
-            Ok((view.table_index(Table::Checks)?, views(checks)))
-        })
-        .await?;
-    Ok((ctx.index_headers(result.index), Json(result.value)).into_response())
+    ctx.blocking_json(&q, uri.path(), Topic::Table(Table::Checks), |view| {
+        let checks = view.all_checks()?.into_iter().filter(|c| wanted.is_none_or(|w| c.status == w)).collect();
+        Ok((view.table_index(Table::Checks)?, views(checks)))
+    })
+    .await
 }

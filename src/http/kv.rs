@@ -3,8 +3,8 @@
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
 use axum::Json;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::body::read_limited;
 use super::error::ApiError;
-use super::query::Query;
+use super::query::{Answer, Query};
 use super::Ctx;
 use crate::model::{Command, CommandResult, KvEntry};
 use crate::store::Topic;
@@ -78,52 +78,49 @@ fn collapse_keys(prefix: &str, keys: Vec<String>, separator: Option<&str>) -> Ve
     out
 }
 
-enum KvAnswer {
-    Entries(Vec<KvEntry>),
-    Keys(Vec<String>),
-    Missing,
-}
-
-pub async fn get(ctx: Ctx, path: Option<Path<String>>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+pub async fn get(
+    ctx: Ctx,
+    uri: Uri,
+    path: Option<Path<String>>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
     let key = key_of(path)?;
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
     let recurse = q.has("recurse");
     let keys_only = q.has("keys");
+    let raw = q.has("raw");
     if key.is_empty() && !recurse && !keys_only {
         return Err(ApiError::BadRequest("Missing key name".into()));
     }
     let separator = q.get("separator").map(str::to_string);
     let topic = if recurse || keys_only { Topic::KvPrefix(key.clone()) } else { Topic::Kv(key.clone()) };
-    let result = ctx
-        .blocking_read(&q, topic, |view| {
-            if keys_only {
-                let keys = collapse_keys(&key, view.kv_keys(&key)?, separator.as_deref());
-                let answer = if keys.is_empty() && !key.is_empty() { KvAnswer::Missing } else { KvAnswer::Keys(keys) };
-                Ok((view.kv_prefix_index(&key)?, answer))
-            } else if recurse {
-                let entries = view.kv_list(&key)?;
-                let answer = if entries.is_empty() { KvAnswer::Missing } else { KvAnswer::Entries(entries) };
-                Ok((view.kv_prefix_index(&key)?, answer))
+    ctx.blocking_answer(&q, uri.path(), topic, |view| {
+        if keys_only {
+            let keys = collapse_keys(&key, view.kv_keys(&key)?, separator.as_deref());
+            let index = view.kv_prefix_index(&key)?;
+            if keys.is_empty() && !key.is_empty() {
+                Ok(Answer::not_found(index))
             } else {
-                let (entry, index) = view.kv_get_indexed(&key)?;
-                Ok((index, entry.map_or(KvAnswer::Missing, |e| KvAnswer::Entries(vec![e]))))
+                Answer::json(index, &keys)
             }
-        })
-        .await?;
-    let headers = ctx.index_headers(result.index);
-    Ok(match result.value {
-        KvAnswer::Missing => (StatusCode::NOT_FOUND, headers).into_response(),
-        KvAnswer::Keys(keys) => (headers, Json(keys)).into_response(),
-        KvAnswer::Entries(mut entries) if q.has("raw") && !recurse => {
-            let value = entries.pop().and_then(|e| e.value).unwrap_or_default();
-            let mut response = (headers, value).into_response();
-            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-            response
-        }
-        KvAnswer::Entries(entries) => {
-            (headers, Json(entries.into_iter().map(KvView::from).collect::<Vec<_>>())).into_response()
+        } else if recurse {
+            let entries = view.kv_list(&key)?;
+            let index = view.kv_prefix_index(&key)?;
+            if entries.is_empty() {
+                Ok(Answer::not_found(index))
+            } else {
+                Answer::json(index, &entries.into_iter().map(KvView::from).collect::<Vec<_>>())
+            }
+        } else {
+            let (entry, index) = view.kv_get_indexed(&key)?;
+            match entry {
+                None => Ok(Answer::not_found(index)),
+                Some(entry) if raw => Ok(Answer::bytes(index, entry.value.unwrap_or_default())),
+                Some(entry) => Answer::json(index, &[KvView::from(entry)]),
+            }
         }
     })
+    .await
 }
 
 fn reject_sessions(q: &Query) -> Result<(), ApiError> {

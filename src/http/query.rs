@@ -4,10 +4,14 @@
 //! *before* reading, returns at once if the answer's index is already past N, and otherwise
 //! sleeps until that topic is touched, the wait ends, or the agent shuts down — never polling.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use rand::Rng;
+use serde::Serialize;
 
 use super::error::ApiError;
 use super::HttpContext;
@@ -81,10 +85,46 @@ impl Query {
     }
 }
 
-/// A read result with the index it reflects.
-pub struct Indexed<T> {
+/// An encoded answer of a blocking-capable endpoint: the index it reflects, and what to send.
+/// Every blocking query of the same request that one write woke sends the same one.
+pub struct Answer {
     pub index: u64,
-    pub value: T,
+    pub status: StatusCode,
+    /// `None` for an empty body.
+    pub content_type: Option<&'static str>,
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// `value` as JSON, 200.
+    pub fn json(index: u64, value: &impl Serialize) -> Result<Answer, ApiError> {
+        let body =
+            serde_json::to_vec(value).map_err(|e| ApiError::Internal(format!("cannot encode the answer: {e}")))?;
+        Ok(Answer { index, status: StatusCode::OK, content_type: Some("application/json"), body: body.into() })
+    }
+
+    /// 404 with an empty body (and the index headers), as Consul answers a missing KV key.
+    pub fn not_found(index: u64) -> Answer {
+        Answer { index, status: StatusCode::NOT_FOUND, content_type: None, body: Bytes::new() }
+    }
+
+    /// Raw bytes, 200.
+    pub fn bytes(index: u64, body: Vec<u8>) -> Answer {
+        Answer { index, status: StatusCode::OK, content_type: Some("application/octet-stream"), body: body.into() }
+    }
+}
+
+/// What makes two requests' answers the same: the path and every parameter but `index` and
+/// `wait`, in order.
+fn request_key(path: &str, q: &Query) -> String {
+    let mut key = path.to_string();
+    for (name, value) in q.params.iter().filter(|(name, _)| name != "index" && name != "wait") {
+        key.push('\0');
+        key.push_str(name);
+        key.push('=');
+        key.push_str(value);
+    }
+    key
 }
 
 impl HttpContext {
@@ -100,39 +140,63 @@ impl HttpContext {
         Ok(())
     }
 
-    /// Runs `read` as a (possibly blocking) query on `topic`. `read` returns the index its
-    /// answer reflects along with the answer.
-    pub async fn blocking_read<T>(
+    /// Answers a read of `path` that may block on `topic`: `answer` reads and encodes; a
+    /// blocking query (`?index=`) returns as soon as an answer's index passes `q.index`.
+    /// After a wake-up, the queries of the same request share one answer
+    /// ([`crate::store::Subscription::shared`]): one read and one encoding per write, not one
+    /// per waiting client.
+    pub async fn blocking_answer(
         &self,
         q: &Query,
+        path: &str,
         topic: Topic,
-        read: impl Fn(&ReadView<'_>) -> Result<(u64, T), StoreError>,
-    ) -> Result<Indexed<T>, ApiError> {
+        answer: impl Fn(&ReadView<'_>) -> Result<Answer, ApiError>,
+    ) -> Result<Response, ApiError> {
         self.check_consistency(q).await?;
-        let read_once = || -> Result<Indexed<T>, ApiError> {
-            let view = self.store.read()?;
-            let (index, value) = read(&view)?;
-            Ok(Indexed { index, value })
-        };
+        let answer_now = || -> Result<Answer, ApiError> { answer(&self.store.read()?) };
         if q.index == 0 {
-            return read_once();
+            return Ok(self.respond(&answer_now()?));
         }
         let _permit = self.blocking_permit()?;
         let mut subscription = self.store.watches().subscribe(topic);
+        let key = request_key(path, q);
         let jitter_ms =
             if q.wait.as_millis() >= 16 { rand::rng().random_range(0..q.wait.as_millis() as u64 / 16) } else { 0 };
         let deadline = tokio::time::Instant::now() + q.wait + Duration::from_millis(jitter_ms);
+        let mut current = Arc::new(answer_now()?);
         loop {
-            let result = read_once()?;
-            if result.index > q.index {
-                return Ok(result);
+            if current.index > q.index {
+                return Ok(self.respond(&current));
             }
             tokio::select! {
-                _ = subscription.changed() => {}
-                _ = tokio::time::sleep_until(deadline) => return read_once(),
-                _ = self.shutdown.cancelled() => return read_once(),
+                wake = subscription.changed() => current = subscription.shared(&key, wake, answer_now)?,
+                _ = tokio::time::sleep_until(deadline) => return Ok(self.respond(&answer_now()?)),
+                _ = self.shutdown.cancelled() => return Ok(self.respond(&answer_now()?)),
             }
         }
+    }
+
+    /// [`HttpContext::blocking_answer`] for endpoints that answer `read`'s value as JSON.
+    pub async fn blocking_json<T: Serialize>(
+        &self,
+        q: &Query,
+        path: &str,
+        topic: Topic,
+        read: impl Fn(&ReadView<'_>) -> Result<(u64, T), StoreError>,
+    ) -> Result<Response, ApiError> {
+        self.blocking_answer(q, path, topic, |view| {
+            let (index, value) = read(view)?;
+            Answer::json(index, &value)
+        })
+        .await
+    }
+
+    fn respond(&self, answer: &Answer) -> Response {
+        let mut headers = self.index_headers(answer.index);
+        if let Some(content_type) = answer.content_type {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        }
+        (answer.status, headers, answer.body.clone()).into_response()
     }
 
     /// One of `limits.max_blocking_queries` permits, held while a query blocks; none left:

@@ -8,7 +8,12 @@
 //!
 //! Subscribe *before* reading the data: a notification that lands between the read and the
 //! wait is then still seen, because `watch::Receiver` remembers it.
+//!
+//! Subscribers of a topic that one write woke can share what they compute from it
+//! ([`Subscription::shared`]): with 10,000 watchers of one key, the answer is read and encoded
+//! once instead of 10,000 times.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -54,13 +59,29 @@ pub enum Topic {
 /// Registry of topics someone waits on. Topics nobody waits on cost nothing.
 #[derive(Default)]
 pub struct Watches {
-    topics: Mutex<HashMap<Topic, watch::Sender<u64>>>,
+    topics: Mutex<HashMap<Topic, Arc<TopicState>>>,
+}
+
+/// A topic someone waits on: its wake-ups, and what its subscribers computed after the last.
+struct TopicState {
+    tx: watch::Sender<u64>,
+    shared: Mutex<Shared>,
+}
+
+/// Values computed by subscribers after the wake-up `wake`, by key. Bounded by the number of
+/// subscribers (each adds at most one key per wake-up), emptied by the next wake-up, dropped
+/// with the topic's last subscriber.
+#[derive(Default)]
+struct Shared {
+    wake: u64,
+    values: HashMap<String, Arc<dyn Any + Send + Sync>>,
 }
 
 /// One query's interest in a topic. Dropping it unregisters the topic when it was the last.
 pub struct Subscription {
     rx: watch::Receiver<u64>,
     topic: Topic,
+    state: Arc<TopicState>,
     watches: Arc<Watches>,
 }
 
@@ -73,16 +94,42 @@ impl Subscription {
         let _ = self.rx.changed().await;
         *self.rx.borrow_and_update()
     }
+
+    /// The value another subscriber of this topic computed for `key` after the wake-up
+    /// `wake` (a value [`Subscription::changed`] returned), or else `make`'s, kept for the
+    /// others. `make` runs without any lock held; two subscribers racing may both run it.
+    /// Only share what depends on nothing but `key` and the data as of the wake-up or later.
+    pub fn shared<T, E>(&self, key: &str, wake: u64, make: impl FnOnce() -> Result<T, E>) -> Result<Arc<T>, E>
+    where
+        T: Send + Sync + 'static,
+    {
+        {
+            let shared = self.state.shared.lock().unwrap_or_else(|e| e.into_inner());
+            if shared.wake == wake {
+                if let Some(value) = shared.values.get(key).and_then(|v| Arc::clone(v).downcast::<T>().ok()) {
+                    return Ok(value);
+                }
+            }
+        }
+        let value = Arc::new(make()?);
+        let mut shared = self.state.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if wake > shared.wake {
+            shared.wake = wake;
+            shared.values.clear();
+        }
+        if wake == shared.wake {
+            shared.values.insert(key.to_string(), Arc::clone(&value) as Arc<dyn Any + Send + Sync>);
+        }
+        Ok(value)
+    }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
         let mut topics = self.watches.topics.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = topics.get(&self.topic) {
-            // Our own receiver still counts here; it is dropped right after this.
-            if tx.receiver_count() <= 1 {
-                topics.remove(&self.topic);
-            }
+        // Our own receiver still counts here; it is dropped right after this.
+        if self.state.tx.receiver_count() <= 1 {
+            topics.remove(&self.topic);
         }
     }
 }
@@ -90,8 +137,11 @@ impl Drop for Subscription {
 impl Watches {
     pub fn subscribe(self: &Arc<Self>, topic: Topic) -> Subscription {
         let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
-        let rx = topics.entry(topic.clone()).or_insert_with(|| watch::channel(0).0).subscribe();
-        Subscription { rx, topic, watches: Arc::clone(self) }
+        let state = topics
+            .entry(topic.clone())
+            .or_insert_with(|| Arc::new(TopicState { tx: watch::channel(0).0, shared: Mutex::default() }));
+        let state = Arc::clone(state);
+        Subscription { rx: state.tx.subscribe(), topic, state, watches: Arc::clone(self) }
     }
 
     /// Number of topics with at least one waiter (for tests and metrics).
@@ -101,8 +151,8 @@ impl Watches {
 
     /// Wakes every waiter (after a snapshot replaced the whole state).
     pub fn notify_all(&self, index: u64) {
-        for tx in self.topics.lock().unwrap_or_else(|e| e.into_inner()).values() {
-            tx.send_replace(index);
+        for state in self.topics.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            state.tx.send_replace(index);
         }
     }
 
@@ -114,8 +164,8 @@ impl Watches {
             return;
         }
         let wake = |topic: &Topic| {
-            if let Some(tx) = topics.get(topic) {
-                tx.send_replace(index);
+            if let Some(state) = topics.get(topic) {
+                state.tx.send_replace(index);
             }
         };
         for table in &touched.tables {
@@ -175,5 +225,44 @@ impl Touched {
         self.catalog_nodes.extend(other.catalog_nodes);
         self.kv_keys.extend(other.kv_keys);
         self.everything |= other.everything;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    #[test]
+    fn subscribers_woken_by_one_write_share_what_they_compute() {
+        let watches = Arc::new(Watches::default());
+        let first = watches.subscribe(Topic::Kv("k".into()));
+        let second = watches.subscribe(Topic::Kv("k".into()));
+        let runs = AtomicU32::new(0);
+        let make = |value: &'static str| {
+            let runs = &runs;
+            move || {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, ()>(value)
+            }
+        };
+        let a = first.shared("req", 5, make("at 5")).unwrap();
+        let b = second.shared("req", 5, make("again")).unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "the second subscriber computed its own");
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        // Another request, or a later wake-up, computes afresh.
+        assert_eq!(*second.shared("other", 5, make("other")).unwrap(), "other");
+        assert_eq!(*first.shared("req", 6, make("at 6")).unwrap(), "at 6");
+        assert_eq!(*second.shared("req", 6, make("again")).unwrap(), "at 6");
+        // A subscriber still on an older wake-up gets its own value and stores nothing.
+        assert_eq!(*first.shared("req", 5, make("late")).unwrap(), "late");
+        assert_eq!(*second.shared("req", 6, make("again")).unwrap(), "at 6");
+        assert_eq!(runs.load(Ordering::SeqCst), 4);
+        // Errors are not kept.
+        assert!(first.shared::<&str, ()>("err", 6, || Err(())).is_err());
+        assert_eq!(*first.shared("err", 6, make("ok")).unwrap(), "ok");
+        drop((first, second));
+        assert_eq!(watches.topic_count(), 0, "the topic outlived its subscribers");
     }
 }
