@@ -341,6 +341,33 @@ fn forwarding_to_recursors_only_for_allowed_sources() {
     assert_eq!(tcp(plain.dns, "example.org.", RecordType::A).metadata.response_code, ResponseCode::Refused);
 }
 
+/// `recursors` reload with the config (SIGHUP): added, they forward at once; removed, names
+/// outside cairn's domains are REFUSED again.
+#[test]
+fn recursors_follow_a_reload() {
+    let upstream = Upstream::start();
+    let temp = tempfile::tempdir().expect("tempdir");
+    let config = temp.path().join("dns.json");
+    std::fs::write(&config, "{}").expect("write config");
+    let agent = Agent::start(&["-config-file", &config.display().to_string()]);
+    let refused = |agent: &Agent| udp(agent.dns, "example.org.", RecordType::A, None).metadata.response_code;
+    assert_eq!(refused(&agent), ResponseCode::Refused);
+
+    std::fs::write(&config, json!({"recursors": [upstream.addr.to_string()]}).to_string()).expect("add recursor");
+    agent.signal(libc::SIGHUP);
+    wait_for("forwarding after the reload", Duration::from_secs(10), || {
+        (answers(&udp(agent.dns, "example.org.", RecordType::A, None)) == ["A 10.99.0.1"]).then_some(())
+    });
+    assert_eq!(answers(&tcp(agent.dns, "example.org.", RecordType::A)), ["A 10.99.0.1"]);
+
+    std::fs::write(&config, "{}").expect("remove recursor");
+    agent.signal(libc::SIGHUP);
+    wait_for("REFUSED after the reload", Duration::from_secs(10), || {
+        (refused(&agent) == ResponseCode::Refused).then_some(())
+    });
+    assert_eq!(tcp(agent.dns, "example.org.", RecordType::A).metadata.response_code, ResponseCode::Refused);
+}
+
 #[test]
 fn a_custom_domain_and_the_alt_domain_both_answer() {
     let temp = tempfile::tempdir().expect("tempdir");
