@@ -5,6 +5,7 @@
 mod support;
 
 use std::process::Output;
+use std::time::Duration;
 
 use serde_json::json;
 use support::{cairn_bin, Agent};
@@ -113,6 +114,23 @@ fn restore_brings_back_every_endpoint_exactly_and_bad_archives_change_nothing() 
     // A later write gets an index above everything in the archive.
     put_ok(&agent, "/v1/kv/after", "1");
     assert!(agent.get("/v1/kv/after").index() > backup.index());
+}
+
+/// A restored archive that lacks this agent's own services does not keep them out of the
+/// catalog until the next periodic anti-entropy run (60 s): replacing the state triggers a
+/// full comparison at once.
+#[test]
+fn a_restore_without_the_agents_services_gets_them_back_at_once() {
+    let agent = Agent::start(&[]);
+    let archive = agent.get("/v1/snapshot");
+    assert_eq!(archive.status, 200, "{}", archive.text());
+    put_ok(&agent, "/v1/agent/service/register", json!({"Name": "local-web", "Port": 8080}).to_string());
+    let listed = || !agent.get("/v1/catalog/service/local-web").json().as_array().expect("array").is_empty();
+    support::wait_for("local-web in the catalog", Duration::from_secs(10), || listed().then_some(()));
+
+    put_ok(&agent, "/v1/snapshot", &archive.body);
+    support::wait_for("local-web back after the restore", Duration::from_secs(10), || listed().then_some(()));
+    assert!(agent.log().contains("state restored from a snapshot archive"), "{}", agent.log());
 }
 
 #[test]

@@ -177,13 +177,6 @@ impl LocalAgent {
         &self.inner.config.node_name
     }
 
-    /// Compares everything with the catalog now (after the catalog was replaced by a
-    /// restore, say) instead of at the next periodic sync.
-    pub fn resync(&self) {
-        self.lock().mark_all_dirty();
-        self.inner.sync_wake.notify_one();
-    }
-
     /// Registers (or replaces) a service with its checks; returns once saved to disk.
     pub async fn register_service(&self, reg: ServiceRegistration, replace_checks: bool) -> Result<(), LocalError> {
         let started = {

@@ -23,7 +23,7 @@ use crate::model::{
     CheckDefinition, Command, CommandResult, DeregisterRequest, HealthCheck, Node, RegisterRequest, Service,
     ServiceDefinition,
 };
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Topic};
 
 /// Catalog writes one sync keeps in flight (they share Raft entries in the proposer).
 pub const WRITES_IN_FLIGHT_MAX: usize = 64;
@@ -48,6 +48,8 @@ pub(super) async fn run(inner: Arc<Inner>, cluster: Cluster, store: Store, self_
     }
     let every = inner.config.anti_entropy_interval;
     let mut next_full = tokio::time::Instant::now() + every;
+    // A restored catalog may lack this agent's services: compare everything at once.
+    let mut replaced = store.watches().subscribe(Topic::Replaced);
     loop {
         // Checked every turn, not only when idle: steady churn must not starve the full
         // comparison that repairs drift.
@@ -59,6 +61,7 @@ pub(super) async fn run(inner: Arc<Inner>, cluster: Cluster, store: Store, self_
         if dirty.is_empty() {
             tokio::select! {
                 _ = inner.sync_wake.notified() => {}
+                _ = replaced.changed() => inner.lock().mark_all_dirty(),
                 _ = tokio::time::sleep_until(next_full) => {}
                 _ = shutdown.cancelled() => return,
             }

@@ -77,8 +77,6 @@ pub async fn restore(ctx: Ctx, headers: HeaderMap, mut body: Body) -> Result<Res
     match ctx.cluster.write(command).await? {
         CommandResult::Done => {
             tracing::info!(index = verified.header.index, bytes = size, "state restored from a snapshot archive");
-            // The archive may lack this agent's own services: put them back now.
-            ctx.local.resync();
             Ok(().into_response())
         }
         CommandResult::Rejected(why) => Err(ApiError::Internal(format!("Restore failed: {why}"))),

@@ -54,6 +54,9 @@ pub enum Topic {
     Kv(String),
     /// Every key that starts with this prefix ("" = all keys).
     KvPrefix(String),
+    /// Only the replacement of the whole state (a restore, an installed snapshot); no single
+    /// write touches it.
+    Replaced,
 }
 
 /// Registry of topics someone waits on. Topics nobody waits on cost nothing.
