@@ -125,6 +125,7 @@ fn kv_round_trips_cas_recurse_keys_and_raw() {
     let missing = agent.get("/v1/kv/app/nope");
     assert_eq!(missing.status, 404);
     assert!(missing.body.is_empty());
+    assert_eq!(missing.header("Content-Type"), None, "an empty 404 names no content type");
     assert!(missing.index() > 0, "a missing key still carries X-Consul-Index");
     assert_eq!(missing.header("X-Consul-KnownLeader"), Some("true"));
     assert_eq!(agent.get("/v1/kv/nothing/?keys").status, 404);

@@ -7,8 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 use rand::Rng;
 use serde::Serialize;
@@ -191,12 +192,16 @@ impl HttpContext {
         .await
     }
 
+    /// The response for `answer`; no Content-Type unless the answer names one (an empty 404).
     fn respond(&self, answer: &Answer) -> Response {
-        let mut headers = self.index_headers(answer.index);
+        let mut response = Response::new(Body::from(answer.body.clone()));
+        *response.status_mut() = answer.status;
+        let headers = response.headers_mut();
+        *headers = self.index_headers(answer.index);
         if let Some(content_type) = answer.content_type {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         }
-        (answer.status, headers, answer.body.clone()).into_response()
+        response
     }
 
     /// One of `limits.max_blocking_queries` permits, held while a query blocks; none left:
