@@ -195,7 +195,9 @@ impl Cluster {
     pub async fn backup(&self) -> Result<(Vec<u8>, u64), StoreError> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
-            let (state, meta) = store.snapshot(&[state_machine::META_LAST_APPLIED, crate::store::INDEX_OFFSET])?;
+            let mut archive = crate::store::archive::begin();
+            let meta =
+                store.snapshot_into(&mut archive, &[state_machine::META_LAST_APPLIED, crate::store::INDEX_OFFSET])?;
             let bad = |e: &dyn std::fmt::Display| StoreError::BadSnapshot(e.to_string());
             let applied: Option<openraft::LogId<NodeId>> = match &meta[0] {
                 Some(bytes) => serde_json::from_slice(bytes).map_err(|e| bad(&e))?,
@@ -207,7 +209,7 @@ impl Cluster {
             };
             let (index, term) = applied.map_or((0, 0), |id| (id.index + offset, id.leader_id.term));
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            let archive = crate::store::archive::build(&state, index, term, now).map_err(|e| bad(&e))?;
+            let archive = crate::store::archive::finish(archive, index, term, now).map_err(|e| bad(&e))?;
             Ok((archive, index))
         })
         .await

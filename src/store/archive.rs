@@ -2,7 +2,8 @@
 //! one index, versioned and checksummed, restorable with `PUT /v1/snapshot`.
 //!
 //! Layout (version 1): magic `CAIRNBK1`; `header_len u32 BE`; the header as JSON
-//! ([`ArchiveHeader`]); the state-machine snapshot (`store::snapshot`'s `CAIRNSM1` bytes, with
+//! ([`ArchiveHeader`]; cairn pads it with spaces to 1 KiB, so the state can be written before
+//! the header is known); the state-machine snapshot (`store::snapshot`'s `CAIRNSM1` bytes, with
 //! their own checksum); then an FNV-1a 64 checksum (u64 BE) of everything before it, which
 //! is the archive's checksum.
 //!
@@ -11,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::snapshot::{fnv1a, parse};
+use super::snapshot::{count_by_tag, fnv1a, parse};
 
 const MAGIC: &[u8; 8] = b"CAIRNBK1";
 pub const VERSION: u32 = 1;
@@ -50,27 +51,45 @@ impl Verified {
 #[error("not a valid cairn snapshot archive: {0}")]
 pub struct ArchiveError(pub String);
 
-/// Wraps state-machine snapshot bytes into an archive.
-pub fn build(state: &[u8], index: u64, term: u64, created_unix: u64) -> Result<Vec<u8>, ArchiveError> {
-    let records = parse(state).map_err(|e| ArchiveError(e.to_string()))?;
-    let count = |tag: u8| records.iter().filter(|(t, _, _)| *t == tag).count() as u64;
+/// Room for the header at the front of an archive being built: its JSON is padded with spaces
+/// to fill it, so the state can be written after it before the header is known.
+const HEADER_ROOM: usize = 1024;
+
+/// Where the state bytes of an archive started with [`begin`] go.
+pub const STATE_START: usize = MAGIC.len() + 4 + HEADER_ROOM;
+
+/// Starts an archive: magic, header length and room for the header. Append the state-machine
+/// snapshot bytes, then call [`finish`].
+pub fn begin() -> Vec<u8> {
+    let mut out = Vec::with_capacity(STATE_START);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(HEADER_ROOM as u32).to_be_bytes());
+    out.resize(STATE_START, b' ');
+    out
+}
+
+/// Finishes an archive from [`begin`] whose state bytes follow the header room: writes the
+/// header and appends the checksum, in place (a backup never holds two copies of the state).
+pub fn finish(mut out: Vec<u8>, index: u64, term: u64, created_unix: u64) -> Result<Vec<u8>, ArchiveError> {
+    let state = out.get(STATE_START..).ok_or_else(|| ArchiveError("archive was not started with begin()".into()))?;
+    let counts = count_by_tag(state).map_err(|e| ArchiveError(e.to_string()))?;
     let header = ArchiveHeader {
         version: VERSION,
         index,
         term,
         created_unix,
-        nodes: count(super::TAG_NODES),
-        services: count(super::TAG_SERVICES),
-        checks: count(super::TAG_CHECKS),
-        kv: count(super::TAG_KV),
+        nodes: counts[super::TAG_NODES as usize],
+        services: counts[super::TAG_SERVICES as usize],
+        checks: counts[super::TAG_CHECKS as usize],
+        kv: counts[super::TAG_KV as usize],
         state_bytes: state.len() as u64,
     };
     let header = serde_json::to_vec(&header).map_err(|e| ArchiveError(e.to_string()))?;
-    let mut out = Vec::with_capacity(MAGIC.len() + 4 + header.len() + state.len() + 8);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(header.len() as u32).to_be_bytes());
-    out.extend_from_slice(&header);
-    out.extend_from_slice(state);
+    if header.len() > HEADER_ROOM {
+        return Err(ArchiveError(format!("header of {} bytes does not fit in {HEADER_ROOM}", header.len())));
+    }
+    let room = MAGIC.len() + 4;
+    out[room..room + header.len()].copy_from_slice(&header);
     let sum = fnv1a(&out);
     out.extend_from_slice(&sum.to_be_bytes());
     Ok(out)
@@ -130,8 +149,9 @@ mod tests {
     fn archive() -> Vec<u8> {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = crate::store::Store::open(dir.path(), 16 << 20).expect("store");
-        let (state, _) = store.snapshot(&[]).expect("snapshot");
-        build(&state, 42, 3, 1_700_000_000).expect("build")
+        let mut out = begin();
+        store.snapshot_into(&mut out, &[]).expect("snapshot");
+        finish(out, 42, 3, 1_700_000_000).expect("finish")
     }
 
     #[test]

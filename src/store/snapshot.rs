@@ -25,6 +25,14 @@ impl Store {
     /// Serializes every state-machine table from one read transaction, and returns the
     /// `sm_meta` values of `meta_keys` as that same transaction saw them.
     pub fn snapshot(&self, meta_keys: &[&str]) -> Result<(Vec<u8>, MetaValues), StoreError> {
+        let mut out = Vec::new();
+        let meta = self.snapshot_into(&mut out, meta_keys)?;
+        Ok((out, meta))
+    }
+
+    /// [`Store::snapshot`], appended to `out` (so that a backup archive is built in one
+    /// buffer, without a copy of the state).
+    pub fn snapshot_into(&self, out: &mut Vec<u8>, meta_keys: &[&str]) -> Result<MetaValues, StoreError> {
         // The state copied must be on disk before the snapshot lets the log be purged (the
         // invariant at `Store::commit_durably`).
         self.sync()?;
@@ -33,7 +41,8 @@ impl Store {
         for key in meta_keys {
             meta.push(self.sm.meta.get(&rtxn, key.as_bytes())?.map(<[u8]>::to_vec));
         }
-        let mut out = MAGIC.to_vec();
+        let start = out.len();
+        out.extend_from_slice(MAGIC);
         let mut count: u64 = 0;
         for (tag, db) in self.sm.all() {
             for row in db.iter(&rtxn)? {
@@ -47,9 +56,9 @@ impl Store {
             }
         }
         out.extend_from_slice(&count.to_be_bytes());
-        let sum = fnv1a(&out);
+        let sum = fnv1a(&out[start..]);
         out.extend_from_slice(&sum.to_be_bytes());
-        Ok((out, meta))
+        Ok(meta)
     }
 
     /// Replaces the state machine with `bytes` (checked before anything is touched), then
@@ -88,6 +97,20 @@ fn take<'a>(rest: &mut &'a [u8], n: usize) -> Result<&'a [u8], StoreError> {
 }
 
 pub(super) fn parse(bytes: &[u8]) -> Result<Vec<Record<'_>>, StoreError> {
+    let mut out = Vec::new();
+    walk(bytes, |record| out.push(record))?;
+    Ok(out)
+}
+
+/// Checks `bytes` like [`parse`] and counts the records of each table tag.
+pub(super) fn count_by_tag(bytes: &[u8]) -> Result<[u64; 8], StoreError> {
+    let mut counts = [0u64; 8];
+    walk(bytes, |(tag, _, _)| counts[tag as usize] += 1)?;
+    Ok(counts)
+}
+
+/// Checks the magic, checksum and record count of `bytes`, calling `each` for every record.
+fn walk<'a>(bytes: &'a [u8], mut each: impl FnMut(Record<'a>)) -> Result<(), StoreError> {
     let bad = |why: &str| StoreError::BadSnapshot(why.to_string());
     if bytes.len() < MAGIC.len() + 16 || &bytes[..MAGIC.len()] != MAGIC {
         return Err(bad("missing CAIRNSM1 header"));
@@ -98,7 +121,7 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Vec<Record<'_>>, StoreError> {
     }
     let (records, count) = body.split_at(body.len() - 8);
     let count = u64::from_be_bytes(count.try_into().map_err(|_| bad("short trailer"))?);
-    let mut out = Vec::new();
+    let mut seen: u64 = 0;
     let mut rest = &records[MAGIC.len()..];
     while !rest.is_empty() {
         let tag = take(&mut rest, 1)?[0];
@@ -109,10 +132,11 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Vec<Record<'_>>, StoreError> {
         let key = take(&mut rest, key_len)?;
         let value_len = u32::from_be_bytes(take(&mut rest, 4)?.try_into().unwrap_or([0; 4])) as usize;
         let value = take(&mut rest, value_len)?;
-        out.push((tag, key, value));
+        each((tag, key, value));
+        seen += 1;
     }
-    if out.len() as u64 != count {
+    if seen != count {
         return Err(bad("record count mismatch"));
     }
-    Ok(out)
+    Ok(())
 }
