@@ -172,8 +172,7 @@ fn json_bytes(value: &impl Serialize) -> Result<Vec<u8>, ApiError> {
     serde_json::to_vec(value).map_err(|e| ApiError::Internal(format!("cannot encode the answer: {e}")))
 }
 
-pub async fn services(ctx: Ctx, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
-    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
+pub async fn services(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
     let dc = ctx.identity.datacenter.as_str();
     hashed_read(&ctx, &q, |state| {
         let all: BTreeMap<&str, AgentService<'_>> =
@@ -183,8 +182,7 @@ pub async fn services(ctx: Ctx, RawQuery(raw): RawQuery) -> Result<Response, Api
     .await
 }
 
-pub async fn service(ctx: Ctx, Path(id): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
-    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
+pub async fn service(ctx: Ctx, Path(id): Path<String>, q: Query) -> Result<Response, ApiError> {
     let dc = ctx.identity.datacenter.as_str();
     hashed_read(&ctx, &q, |state| {
         let service = state.services.get(&id).ok_or_else(|| ApiError::NotFound(format!("unknown service ID: {id}")))?;
@@ -193,8 +191,7 @@ pub async fn service(ctx: Ctx, Path(id): Path<String>, RawQuery(raw): RawQuery) 
     .await
 }
 
-pub async fn checks(ctx: Ctx, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
-    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
+pub async fn checks(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
     let node = ctx.local.node_name().to_string();
     hashed_read(&ctx, &q, |state| {
         let all: BTreeMap<&str, AgentCheck<'_>> =

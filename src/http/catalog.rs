@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use axum::body::Body;
 use axum::extract::{Path, RawQuery};
 use axum::http::HeaderMap;
-use axum::http::Uri;
 use axum::response::Response;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -257,17 +256,12 @@ pub async fn datacenters(ctx: Ctx) -> Json<Vec<String>> {
     Json(vec![ctx.identity.datacenter.clone()])
 }
 
-pub async fn nodes(ctx: Ctx, uri: Uri, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
-    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
-    ctx.blocking_json(&q, uri.path(), Topic::Table(Table::Nodes), |view| {
-        Ok((view.table_index(Table::Nodes)?, view.nodes()?))
-    })
-    .await
+pub async fn nodes(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
+    ctx.blocking_json(&q, Topic::Table(Table::Nodes), |view| Ok((view.table_index(Table::Nodes)?, view.nodes()?))).await
 }
 
-pub async fn services(ctx: Ctx, uri: Uri, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
-    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
-    ctx.blocking_json(&q, uri.path(), Topic::Table(Table::Services), |view| {
+pub async fn services(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
+    ctx.blocking_json(&q, Topic::Table(Table::Services), |view| {
         Ok((view.table_index(Table::Services)?, view.service_names()?))
     })
     .await
@@ -331,15 +325,9 @@ pub(super) fn has_tags(service: &Service, wanted: &[&str]) -> bool {
     wanted.iter().all(|w| service.tags.iter().any(|t| t.eq_ignore_ascii_case(w)))
 }
 
-pub async fn service(
-    ctx: Ctx,
-    uri: Uri,
-    Path(name): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
-    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
+pub async fn service(ctx: Ctx, Path(name): Path<String>, q: Query) -> Result<Response, ApiError> {
     let tags = q.all("tag").into_iter().map(str::to_string).collect::<Vec<_>>();
-    ctx.blocking_json(&q, uri.path(), Topic::CatalogService(name.clone()), |view| {
+    ctx.blocking_json(&q, Topic::CatalogService(name.clone()), |view| {
         let wanted: Vec<&str> = tags.iter().map(String::as_str).collect();
         let mut rows = Vec::new();
         for s in view.service_instances(&name)? {
@@ -398,9 +386,8 @@ struct NodeServices {
     services: BTreeMap<String, ServiceView>,
 }
 
-pub async fn node(ctx: Ctx, uri: Uri, Path(name): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
-    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
-    ctx.blocking_json(&q, uri.path(), Topic::CatalogNode(name.clone()), |view| {
+pub async fn node(ctx: Ctx, Path(name): Path<String>, q: Query) -> Result<Response, ApiError> {
+    ctx.blocking_json(&q, Topic::CatalogNode(name.clone()), |view| {
         let found = match view.node(&name)? {
             Some(node) => {
                 let services =

@@ -1,7 +1,6 @@
 //! `/v1/health/*`: instances with their health, and check lists.
 
-use axum::extract::{Path, RawQuery};
-use axum::http::Uri;
+use axum::extract::Path;
 use axum::response::Response;
 use serde::Serialize;
 
@@ -42,16 +41,10 @@ struct ServiceEntry {
     checks: Vec<CheckView>,
 }
 
-pub async fn service(
-    ctx: Ctx,
-    uri: Uri,
-    Path(name): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
-    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
+pub async fn service(ctx: Ctx, Path(name): Path<String>, q: Query) -> Result<Response, ApiError> {
     let passing_only = q.get("passing").is_some_and(|v| v != "false" && v != "0");
     let tags: Vec<String> = q.all("tag").into_iter().map(str::to_string).collect();
-    ctx.blocking_json(&q, uri.path(), Topic::Service(name.clone()), |view| {
+    ctx.blocking_json(&q, Topic::Service(name.clone()), |view| {
         let wanted: Vec<&str> = tags.iter().map(String::as_str).collect();
         let entries = view
             .service_health(&name)?
@@ -65,22 +58,15 @@ pub async fn service(
     .await
 }
 
-pub async fn node(ctx: Ctx, uri: Uri, Path(name): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
-    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
-    ctx.blocking_json(&q, uri.path(), Topic::Node(name.clone()), |view| {
+pub async fn node(ctx: Ctx, Path(name): Path<String>, q: Query) -> Result<Response, ApiError> {
+    ctx.blocking_json(&q, Topic::Node(name.clone()), |view| {
         Ok((view.node_index(&name)?, views(view.node_checks(&name)?)))
     })
     .await
 }
 
-pub async fn checks(
-    ctx: Ctx,
-    uri: Uri,
-    Path(name): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
-    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
-    ctx.blocking_json(&q, uri.path(), Topic::Service(name.clone()), |view| {
+pub async fn checks(ctx: Ctx, Path(name): Path<String>, q: Query) -> Result<Response, ApiError> {
+    ctx.blocking_json(&q, Topic::Service(name.clone()), |view| {
         let checks = view
             .service_health(&name)?
             .into_iter()
@@ -91,20 +77,14 @@ pub async fn checks(
     .await
 }
 
-pub async fn state(
-    ctx: Ctx,
-    uri: Uri,
-    Path(state): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
-    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
+pub async fn state(ctx: Ctx, Path(state): Path<String>, q: Query) -> Result<Response, ApiError> {
     let wanted = match state.as_str() {
         "any" => None,
         other => Some(CheckStatus::parse(other).ok_or_else(|| {
             ApiError::BadRequest(format!("Invalid check state {other:?}: expected any, passing, warning or critical"))
         })?),
     };
-    ctx.blocking_json(&q, uri.path(), Topic::Table(Table::Checks), |view| {
+    ctx.blocking_json(&q, Topic::Table(Table::Checks), |view| {
         let checks = view.all_checks()?.into_iter().filter(|c| wanted.is_none_or(|w| c.status == w)).collect();
         Ok((view.table_index(Table::Checks)?, views(checks)))
     })

@@ -3,7 +3,7 @@
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery};
-use axum::http::{HeaderMap, Uri};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Json;
 use base64::engine::general_purpose::STANDARD;
@@ -78,14 +78,8 @@ fn collapse_keys(prefix: &str, keys: Vec<String>, separator: Option<&str>) -> Ve
     out
 }
 
-pub async fn get(
-    ctx: Ctx,
-    uri: Uri,
-    path: Option<Path<String>>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
+pub async fn get(ctx: Ctx, path: Option<Path<String>>, q: Query) -> Result<Response, ApiError> {
     let key = key_of(path)?;
-    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
     let recurse = q.has("recurse");
     let keys_only = q.has("keys");
     let raw = q.has("raw");
@@ -94,7 +88,7 @@ pub async fn get(
     }
     let separator = q.get("separator").map(str::to_string);
     let topic = if recurse || keys_only { Topic::KvPrefix(key.clone()) } else { Topic::Kv(key.clone()) };
-    ctx.blocking_answer(&q, uri.path(), topic, |view| {
+    ctx.blocking_answer(&q, topic, |view| {
         if keys_only {
             let keys = collapse_keys(&key, view.kv_keys(&key)?, separator.as_deref());
             let index = view.kv_prefix_index(&key)?;
@@ -160,9 +154,8 @@ pub async fn put(
     bool_result(ctx.cluster.write(command).await?)
 }
 
-pub async fn delete(ctx: Ctx, path: Option<Path<String>>, RawQuery(raw): RawQuery) -> Result<Json<bool>, ApiError> {
+pub async fn delete(ctx: Ctx, path: Option<Path<String>>, q: Query) -> Result<Json<bool>, ApiError> {
     let key = key_of(path)?;
-    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
     let recurse = q.has("recurse");
     if key.is_empty() && !recurse {
         return Err(ApiError::BadRequest("Missing key name".into()));

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
@@ -23,9 +25,12 @@ const WAIT_DEFAULT: Duration = Duration::from_secs(300);
 const WAIT_MAX: Duration = Duration::from_secs(600);
 
 /// Parsed query string: the well-known options plus every parameter in order (repeatable
-/// ones such as `tag` included).
+/// ones such as `tag` included). As an extractor it also keeps the request's path, which
+/// together with the parameters tells requests apart (see `request_key`).
 #[derive(Debug, Default)]
 pub struct Query {
+    /// The request's path; empty when parsed with [`Query::parse`] alone.
+    pub path: String,
     pub params: Vec<(String, String)>,
     pub index: u64,
     pub wait: Duration,
@@ -86,6 +91,16 @@ impl Query {
     }
 }
 
+impl FromRequestParts<Arc<HttpContext>> for Query {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, ctx: &Arc<HttpContext>) -> Result<Query, ApiError> {
+        let mut q = Query::parse(parts.uri.query(), &ctx.identity.datacenter)?;
+        q.path = parts.uri.path().to_string();
+        Ok(q)
+    }
+}
+
 /// An encoded answer of a blocking-capable endpoint: the index it reflects, and what to send.
 /// Every blocking query of the same request that one write woke sends the same one.
 pub struct Answer {
@@ -117,8 +132,8 @@ impl Answer {
 
 /// What makes two requests' answers the same: the path and every parameter but `index` and
 /// `wait`, in order.
-fn request_key(path: &str, q: &Query) -> String {
-    let mut key = path.to_string();
+fn request_key(q: &Query) -> String {
+    let mut key = q.path.clone();
     for (name, value) in q.params.iter().filter(|(name, _)| name != "index" && name != "wait") {
         key.push('\0');
         key.push_str(name);
@@ -141,7 +156,7 @@ impl HttpContext {
         Ok(())
     }
 
-    /// Answers a read of `path` that may block on `topic`: `answer` reads and encodes; a
+    /// Answers a read that may block on `topic`: `answer` reads and encodes; a
     /// blocking query (`?index=`) returns as soon as an answer's index passes `q.index`.
     /// After a wake-up, the queries of the same request share one answer
     /// ([`crate::store::Subscription::shared`]): one read and one encoding per write, not one
@@ -149,7 +164,6 @@ impl HttpContext {
     pub async fn blocking_answer(
         &self,
         q: &Query,
-        path: &str,
         topic: Topic,
         answer: impl Fn(&ReadView<'_>) -> Result<Answer, ApiError>,
     ) -> Result<Response, ApiError> {
@@ -160,7 +174,7 @@ impl HttpContext {
         }
         let _permit = self.blocking_permit()?;
         let mut subscription = self.store.watches().subscribe(topic);
-        let key = request_key(path, q);
+        let key = request_key(q);
         let jitter_ms =
             if q.wait.as_millis() >= 16 { rand::rng().random_range(0..q.wait.as_millis() as u64 / 16) } else { 0 };
         let deadline = tokio::time::Instant::now() + q.wait + Duration::from_millis(jitter_ms);
@@ -181,11 +195,10 @@ impl HttpContext {
     pub async fn blocking_json<T: Serialize>(
         &self,
         q: &Query,
-        path: &str,
         topic: Topic,
         read: impl Fn(&ReadView<'_>) -> Result<(u64, T), StoreError>,
     ) -> Result<Response, ApiError> {
-        self.blocking_answer(q, path, topic, |view| {
+        self.blocking_answer(q, topic, |view| {
             let (index, value) = read(view)?;
             Answer::json(index, &value)
         })

@@ -6,7 +6,6 @@
 //! with 400 before anything is proposed, so nothing changes.
 
 use axum::body::Body;
-use axum::extract::RawQuery;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
@@ -18,8 +17,7 @@ use super::Ctx;
 use crate::model::{Command, CommandResult, RestoreRequest};
 use crate::store::archive;
 
-pub async fn save(ctx: Ctx, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
-    let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
+pub async fn save(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
     if !q.stale && !ctx.cluster.is_leader() {
         return Err(ApiError::Write(crate::cluster::WriteError::NoLeader));
     }
