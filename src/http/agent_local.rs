@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use super::body::{decode_json, decode_json_value, read_limited};
 use super::error::ApiError;
-use super::query::Query;
+use super::query::{json_bytes, Query};
 use super::{Ctx, HttpContext};
 use crate::checks::{LocalCheck, LocalError, LocalService, LocalState};
 use crate::model::agent::{decode_check, decode_service, ScriptPolicy, Strictness};
@@ -166,10 +166,6 @@ async fn hashed_read(
     }
     let (body, hash) = render_hashed()?;
     Ok(respond(body, hash))
-}
-
-fn json_bytes(value: &impl Serialize) -> Result<Vec<u8>, ApiError> {
-    serde_json::to_vec(value).map_err(|e| ApiError::Internal(format!("cannot encode the answer: {e}")))
 }
 
 pub async fn services(ctx: Ctx, q: Query) -> Result<Response, ApiError> {

@@ -114,9 +114,8 @@ pub struct Answer {
 impl Answer {
     /// `value` as JSON, 200.
     pub fn json(index: u64, value: &impl Serialize) -> Result<Answer, ApiError> {
-        let body =
-            serde_json::to_vec(value).map_err(|e| ApiError::Internal(format!("cannot encode the answer: {e}")))?;
-        Ok(Answer { index, status: StatusCode::OK, content_type: Some("application/json"), body: body.into() })
+        let body = json_bytes(value)?.into();
+        Ok(Answer { index, status: StatusCode::OK, content_type: Some("application/json"), body })
     }
 
     /// 404 with an empty body (and the index headers), as Consul answers a missing KV key.
@@ -128,6 +127,11 @@ impl Answer {
     pub fn bytes(index: u64, body: Vec<u8>) -> Answer {
         Answer { index, status: StatusCode::OK, content_type: Some("application/octet-stream"), body: body.into() }
     }
+}
+
+/// `value` encoded as a JSON answer body.
+pub fn json_bytes(value: &impl Serialize) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(value).map_err(|e| ApiError::Internal(format!("cannot encode the answer: {e}")))
 }
 
 /// What makes two requests' answers the same: the path and every parameter but `index` and
