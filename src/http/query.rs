@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use rand::Rng;
@@ -102,30 +102,39 @@ impl FromRequestParts<Arc<HttpContext>> for Query {
 }
 
 /// An encoded answer of a blocking-capable endpoint: the index it reflects, and what to send.
-/// Every blocking query of the same request that one write woke sends the same one.
+/// Every blocking query of the same request that one write woke sends the same one, so the
+/// header values that depend on it are encoded here once, not once per response.
 pub struct Answer {
     pub index: u64,
     pub status: StatusCode,
     /// `None` for an empty body.
     pub content_type: Option<&'static str>,
     pub body: Bytes,
+    /// `X-Consul-Index` for `index`.
+    index_value: HeaderValue,
+    /// `Content-Length` of `body`.
+    length_value: HeaderValue,
 }
 
 impl Answer {
+    fn new(index: u64, status: StatusCode, content_type: Option<&'static str>, body: Bytes) -> Answer {
+        let length_value = HeaderValue::from(body.len());
+        Answer { index, status, content_type, body, index_value: index_value(index), length_value }
+    }
+
     /// `value` as JSON, 200.
     pub fn json(index: u64, value: &impl Serialize) -> Result<Answer, ApiError> {
-        let body = json_bytes(value)?.into();
-        Ok(Answer { index, status: StatusCode::OK, content_type: Some("application/json"), body })
+        Ok(Answer::new(index, StatusCode::OK, Some("application/json"), json_bytes(value)?.into()))
     }
 
     /// 404 with an empty body (and the index headers), as Consul answers a missing KV key.
     pub fn not_found(index: u64) -> Answer {
-        Answer { index, status: StatusCode::NOT_FOUND, content_type: None, body: Bytes::new() }
+        Answer::new(index, StatusCode::NOT_FOUND, None, Bytes::new())
     }
 
     /// Raw bytes, 200.
     pub fn bytes(index: u64, body: Vec<u8>) -> Answer {
-        Answer { index, status: StatusCode::OK, content_type: Some("application/octet-stream"), body: body.into() }
+        Answer::new(index, StatusCode::OK, Some("application/octet-stream"), body.into())
     }
 }
 
@@ -210,11 +219,15 @@ impl HttpContext {
     }
 
     /// The response for `answer`; no Content-Type unless the answer names one (an empty 404).
+    /// Runs once per woken blocking query, so it allocates only what hyper needs per
+    /// response (the header map and the boxed body): names are constants and values shared.
     fn respond(&self, answer: &Answer) -> Response {
         let mut response = Response::new(Body::from(answer.body.clone()));
         *response.status_mut() = answer.status;
         let headers = response.headers_mut();
-        *headers = self.index_headers(answer.index);
+        headers.reserve(RESPONSE_HEADERS_MAX);
+        self.insert_index_headers(headers, answer.index_value.clone());
+        headers.insert(header::CONTENT_LENGTH, answer.length_value.clone());
         if let Some(content_type) = answer.content_type {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         }
@@ -234,11 +247,26 @@ impl HttpContext {
 
     /// The headers every blocking-capable endpoint sends.
     pub fn index_headers(&self, index: u64) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert("X-Consul-Index", HeaderValue::from(index.max(1)));
-        let known = self.cluster.knows_leader();
-        headers.insert("X-Consul-KnownLeader", HeaderValue::from_static(if known { "true" } else { "false" }));
-        headers.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
+        let mut headers = HeaderMap::with_capacity(RESPONSE_HEADERS_MAX);
+        self.insert_index_headers(&mut headers, index_value(index));
         headers
     }
+
+    fn insert_index_headers(&self, headers: &mut HeaderMap, index_value: HeaderValue) {
+        headers.insert(X_CONSUL_INDEX, index_value);
+        let known = if self.cluster.knows_leader() { "true" } else { "false" };
+        headers.insert(X_CONSUL_KNOWN_LEADER, HeaderValue::from_static(known));
+        headers.insert(X_CONSUL_LAST_CONTACT, HeaderValue::from_static("0"));
+    }
+}
+
+const X_CONSUL_INDEX: HeaderName = HeaderName::from_static("x-consul-index");
+const X_CONSUL_KNOWN_LEADER: HeaderName = HeaderName::from_static("x-consul-knownleader");
+const X_CONSUL_LAST_CONTACT: HeaderName = HeaderName::from_static("x-consul-lastcontact");
+/// The index headers, Content-Type and Content-Length.
+const RESPONSE_HEADERS_MAX: usize = 5;
+
+/// `X-Consul-Index` for `index`: never 0, as Consul sends it.
+fn index_value(index: u64) -> HeaderValue {
+    HeaderValue::from(index.max(1))
 }
