@@ -191,13 +191,21 @@ impl HttpContext {
         let jitter_ms =
             if q.wait.as_millis() >= 16 { rand::rng().random_range(0..q.wait.as_millis() as u64 / 16) } else { 0 };
         let deadline = tokio::time::Instant::now() + q.wait + Duration::from_millis(jitter_ms);
-        let mut current = Arc::new(answer_now()?);
+        let first = answer_now()?;
+        if first.index > q.index {
+            return Ok(self.respond(&first));
+        }
+        // Not kept while waiting: 10,000 waiting queries would each hold an answer that no
+        // one will be sent (a few hundred MB when answers are large).
+        drop(first);
         loop {
-            if current.index > q.index {
-                return Ok(self.respond(&current));
-            }
             tokio::select! {
-                wake = subscription.changed() => current = subscription.shared(&key, wake, answer_now)?,
+                wake = subscription.changed() => {
+                    let answer = subscription.shared(&key, wake, answer_now)?;
+                    if answer.index > q.index {
+                        return Ok(self.respond(&answer));
+                    }
+                }
                 _ = tokio::time::sleep_until(deadline) => return Ok(self.respond(&answer_now()?)),
                 _ = self.shutdown.cancelled() => return Ok(self.respond(&answer_now()?)),
             }
