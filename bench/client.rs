@@ -43,6 +43,12 @@ impl Response {
         self.header("X-Consul-Index")?.parse().ok()
     }
 
+    /// The response as it came over the wire (head, blank line, body) when its body was framed
+    /// by `Content-Length`, for replaying it.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        [self.head.as_bytes(), b"\r\n\r\n", &self.body].concat()
+    }
+
     /// The body as text, for error messages.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()

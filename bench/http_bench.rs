@@ -134,6 +134,18 @@ fn machine_line() -> String {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(watch::WRITE_FLOOR_FLAG) {
+        // The watch section runs this same executable as its write floor's server.
+        let watchers = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
+        let served = raise_nofile_limit().and_then(|_| watch::serve_write_floor(watchers));
+        return match served {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("write floor: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let (sections, settings) = match parse_args(&args[1..]) {
         Ok(parsed) => parsed,
         Err(e) => {

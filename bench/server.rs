@@ -24,6 +24,21 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Lines of server stderr kept for readiness checks and error reports.
 const LOG_LINES_MAX: usize = 10_000;
 
+/// Pins the calling thread (in a child before exec: the process) to `SERVER_CPU`. Builds a
+/// cpu_set_t on the stack and makes one system call, so it is async-signal-safe.
+pub fn pin_to_server_cpu() -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity only
+    // read and write that set, which lives on this stack.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(SERVER_CPU, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 pub struct Server {
     name: String,
     child: Child,
@@ -36,17 +51,10 @@ impl Server {
     pub fn spawn(name: &str, program: &Path, args: &[String]) -> Result<Server> {
         let mut command = Command::new(program);
         command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        // SAFETY: runs in the forked child before exec; only builds a cpu_set_t on the stack
-        // and makes one system call, both async-signal-safe.
+        // SAFETY: runs in the forked child before exec; `pin_to_server_cpu` only builds a
+        // cpu_set_t on the stack and makes one system call, both async-signal-safe.
         unsafe {
-            command.pre_exec(|| {
-                let mut set: libc::cpu_set_t = std::mem::zeroed();
-                libc::CPU_SET(SERVER_CPU, &mut set);
-                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            command.pre_exec(pin_to_server_cpu);
         }
         let mut child = command.spawn().with_context(|| format!("cannot start {name} ({})", program.display()))?;
         let log = Arc::new(Mutex::new(Vec::new()));

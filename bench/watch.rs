@@ -8,13 +8,21 @@
 //! The watchers are tokio tasks on the bench's single core; each timestamps its own answer as
 //! soon as it has read it, so the figures include the bench's cost of reading up to 10,000
 //! answers in turn (a few microseconds each), which this bench keeps small but cannot remove.
+//!
+//! A calibration row, the "write floor", runs the one-key case against no server at all: a
+//! thread of the bench on the servers' core that accepts the same watchers and, at the write,
+//! sends each of them the bytes cairn answered, one after the other, doing nothing else. With
+//! the same client on the same machine, it is what the kernel alone costs to deliver 10,000
+//! answers over loopback TCP from one core; cairn's own cost is what it takes beyond that.
 
+use std::io::{IoSlice, Read as _, Write as _};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::client::HttpConn;
 use crate::load::{self, Percentiles};
@@ -158,6 +166,16 @@ async fn wait_server_counts(addr: SocketAddr, n: usize) -> Result<usize> {
     }
 }
 
+/// What is measured with every watcher waiting, just before the write.
+struct Waiting {
+    /// Blocking queries the server counted.
+    server_counted: usize,
+    /// Watchers that had already answered (should be 0).
+    early: usize,
+    /// The server's VmRSS.
+    server_rss_kib: u64,
+}
+
 /// CPU time used by the server and by the bench, to tell whose work a latency is.
 #[derive(Clone, Copy)]
 struct CpuUse {
@@ -182,9 +200,7 @@ struct Report {
     case: &'static str,
     sent: usize,
     failed: usize,
-    server_counted: usize,
-    /// Answered before any write was sent (should be 0).
-    early: usize,
+    waiting: Waiting,
     /// Affected watchers that answered, and those that answered with something other than 200.
     answered: usize,
     affected: usize,
@@ -201,23 +217,135 @@ struct Report {
 
 pub async fn run(settings: &Settings) -> Result<()> {
     println!("## Blocking-query fan-out (cairn, {WATCHERS} watchers, one connection each)\n");
-    let one = one_key(&server::start_cairn_server(&settings.bins).await?).await?;
+    let (one, answer) = one_key(&server::start_cairn_server(&settings.bins).await?).await?;
     eprintln!("  one key: p99 {:.1} ms", one.latency.p99_ms);
+    let mut reports = vec![one];
+    // A calibration, not a measure of cairn: if it cannot run, say so and go on.
+    match write_floor(answer).await {
+        Ok(floor) => {
+            eprintln!("  write floor: p99 {:.1} ms", floor.latency.p99_ms);
+            reports.push(floor);
+        }
+        Err(e) => println!("write floor: not measured: {e:#}\n"),
+    }
     let distinct = distinct_keys(&server::start_cairn_server(&settings.bins).await?).await?;
     eprintln!("  distinct keys: p99 {:.1} ms", distinct.latency.p99_ms);
     let large = large_answer(&server::start_cairn_server(&settings.bins).await?).await?;
     eprintln!("  large answer: p99 {:.1} ms", large.latency.p99_ms);
-    print_reports(&[one, distinct, large]);
+    reports.extend([distinct, large]);
+    print_reports(&reports);
     Ok(())
 }
 
-/// (i) Every watcher on `watch/one`; one write; every watcher should answer.
-async fn one_key(running: &Running) -> Result<Report> {
+/// (i) Every watcher on `watch/one`; one write; every watcher should answer. Also returns the
+/// answer as sent (a GET of the key after the write), for the write floor.
+async fn one_key(running: &Running) -> Result<(Report, Vec<u8>)> {
     let mut writer = HttpConn::connect(running.http).await?;
-    expect_ok(writer.request("PUT", "/v1/kv/watch/one", b"0").await?, "create watch/one")?;
+    expect_ok(&writer.request("PUT", "/v1/kv/watch/one", b"0").await?, "create watch/one")?;
     let index = index_of(&mut writer, "/v1/kv/watch/one").await?;
     let path = format!("/v1/kv/watch/one?index={index}&wait=5m");
-    all_answer_one_write("one key", running, &mut writer, vec![path; WATCHERS], "/v1/kv/watch/one", b"1".to_vec()).await
+    let report =
+        all_answer_one_write("one key", running, &mut writer, vec![path; WATCHERS], "/v1/kv/watch/one", b"1".to_vec())
+            .await?;
+    let answer = writer.request("GET", "/v1/kv/watch/one", b"").await?;
+    expect_ok(&answer, "read watch/one")?;
+    Ok((report, answer.to_bytes()))
+}
+
+/// (i') The write floor: the one-key case against no server. A process of its own (this
+/// bench, run as `--write-floor-server`, see [`serve_write_floor`]) pinned to the servers'
+/// core accepts `WATCHERS` watchers and reads their requests; at T0 it writes `answer` to each
+/// in turn (head and body in one `writev`, as hyper sends them). No target: it shows how much of
+/// the one-key latency is the kernel's, on this machine, whatever the server.
+async fn write_floor(answer: Vec<u8>) -> Result<Report> {
+    let exe = std::env::current_exe().context("path of the bench executable")?;
+    let mut server = Server::spawn("write floor", &exe, &[WRITE_FLOOR_FLAG.to_owned(), WATCHERS.to_string()])?;
+    let addr = server::logged_addr(&mut server, WRITE_FLOOR_LISTENING).await?;
+    let mut control = tokio::net::TcpStream::connect(addr).await.context("connect to the write floor")?;
+    control.write_all(&(answer.len() as u32).to_be_bytes()).await?;
+    control.write_all(&answer).await?;
+    let watchers = open_watchers(addr, vec!["/v1/kv/watch/one?index=1&wait=5m".to_owned(); WATCHERS]).await?;
+    let mut ready = [0u8; 1];
+    tokio::time::timeout(REGISTER_TIMEOUT, control.read_exact(&mut ready))
+        .await
+        .context("the write floor did not read every request in time")?
+        .with_context(|| format!("the write floor failed:\n{}", server.log_tail()))?;
+    let waiting = Waiting {
+        server_counted: WATCHERS,
+        early: watchers.state.answered.load(Ordering::Relaxed),
+        server_rss_kib: server.vm_rss_kib()?,
+    };
+
+    let cpu_before = CpuUse::now(&server)?;
+    let t0 = Instant::now();
+    control.write_all(b"g").await.context("tell the write floor to write")?;
+    let state = &watchers.state;
+    let _ = poll_until(ANSWER_TIMEOUT, || state.answered.load(Ordering::Relaxed) >= state.sent.load(Ordering::Relaxed))
+        .await;
+    let cpu = cpu_before.since(&server)?;
+    let starts = vec![Some(t0); watchers.count];
+    let mut report = report("write floor (no server, no target)", &watchers, waiting, &starts, None, cpu);
+    report.has_target = false;
+    Ok(report)
+}
+
+/// The argument that makes this bench the write floor's server instead ([`serve_write_floor`]).
+pub const WRITE_FLOOR_FLAG: &str = "--write-floor-server";
+/// Logged by the write floor's server, followed by its address.
+const WRITE_FLOOR_LISTENING: &str = "write floor listening on ";
+
+/// The write floor's server: logs its address; takes a control connection that sends the
+/// answer (a u32 length, big-endian, then the bytes); accepts `watchers` connections and reads
+/// one request head from each; sends one byte on the control connection; waits for one byte
+/// back; then writes the answer to every watcher in turn and keeps them open until the control
+/// connection closes. Blocking I/O on one thread, and nothing else.
+pub fn serve_write_floor(watchers: usize) -> Result<()> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    // Holds every connect in flight, as cairn's backlog does.
+    socket.listen(1024)?;
+    let listener: std::net::TcpListener = socket.into();
+    eprintln!("{WRITE_FLOOR_LISTENING}{}", listener.local_addr()?);
+    let (mut control, _) = listener.accept().context("accept the control connection")?;
+    let mut len = [0u8; 4];
+    control.read_exact(&mut len).context("read the answer's length")?;
+    let mut answer = vec![0u8; u32::from_be_bytes(len) as usize];
+    control.read_exact(&mut answer).context("read the answer")?;
+    let head_len = find_head_end(&answer).context("the answer has no complete head")?;
+    let (head, body) = answer.split_at(head_len);
+
+    let mut streams = Vec::with_capacity(watchers);
+    let mut buf = [0u8; 1024];
+    for i in 0..watchers {
+        let (mut stream, _) = listener.accept().with_context(|| format!("accept watcher {i}"))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(OPEN_TIMEOUT))?;
+        let mut request = Vec::new();
+        while find_head_end(&request).is_none() {
+            let read = stream.read(&mut buf).with_context(|| format!("read watcher {i}'s request"))?;
+            if read == 0 {
+                bail!("watcher {i} closed before its request was complete");
+            }
+            request.extend_from_slice(&buf[..read]);
+        }
+        streams.push(stream);
+    }
+    control.write_all(b"r").context("report ready")?;
+    control.read_exact(&mut [0u8; 1]).context("wait for the go")?;
+    for stream in &mut streams {
+        let written = stream.write_vectored(&[IoSlice::new(head), IoSlice::new(body)])?;
+        if written != answer.len() {
+            bail!("short write to a watcher: {written} of {} bytes", answer.len());
+        }
+    }
+    // Open until the bench is done, as cairn keeps its connections.
+    let _ = control.read(&mut [0u8; 1]);
+    Ok(())
+}
+
+/// Where the head of an HTTP message ends (after its blank line), if it is complete.
+fn find_head_end(message: &[u8]) -> Option<usize> {
+    message.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4)
 }
 
 /// (iii) 2,000 watchers of the health of `big`, a service with 100 instances (~60 KB of JSON);
@@ -237,7 +365,7 @@ async fn large_answer(running: &Running) -> Result<Report> {
         .into_bytes()
     };
     for i in 0..LARGE_INSTANCES {
-        expect_ok(writer.request("PUT", "/v1/catalog/register", &register(i)).await?, "register big")?;
+        expect_ok(&writer.request("PUT", "/v1/catalog/register", &register(i)).await?, "register big")?;
     }
     let index = index_of(&mut writer, "/v1/health/service/big").await?;
     let path = format!("/v1/health/service/big?index={index}&wait=5m");
@@ -267,17 +395,21 @@ async fn all_answer_one_write(
 ) -> Result<Report> {
     let watchers = open_watchers(running.http, paths).await?;
     let server_counted = wait_server_counts(running.http, watchers.state.sent.load(Ordering::Relaxed)).await?;
-    let early = watchers.state.answered.load(Ordering::Relaxed);
+    let waiting = Waiting {
+        server_counted,
+        early: watchers.state.answered.load(Ordering::Relaxed),
+        server_rss_kib: running.server.vm_rss_kib()?,
+    };
 
     let cpu_before = CpuUse::now(&running.server)?;
     let t0 = Instant::now();
-    expect_ok(writer.request("PUT", write_path, &body).await?, "the write the watchers wait for")?;
+    expect_ok(&writer.request("PUT", write_path, &body).await?, "the write the watchers wait for")?;
     let state = &watchers.state;
     let _ = poll_until(ANSWER_TIMEOUT, || state.answered.load(Ordering::Relaxed) >= state.sent.load(Ordering::Relaxed))
         .await;
     let cpu = cpu_before.since(&running.server)?;
     let starts = vec![Some(t0); watchers.count];
-    Ok(report(case, &watchers, server_counted, early, &starts, None, cpu))
+    Ok(report(case, &watchers, waiting, &starts, None, cpu))
 }
 
 /// (ii) Watcher i on its own key `watch/k{i}`; 100 of the keys written at once; only their
@@ -298,7 +430,11 @@ async fn distinct_keys(running: &Running) -> Result<Report> {
     let paths = (0..n).map(|i| format!("/v1/kv/{}?index={index}&wait=5m", load::kv_key(prefix, i))).collect();
     let watchers = open_watchers(http, paths).await?;
     let server_counted = wait_server_counts(http, watchers.state.sent.load(Ordering::Relaxed)).await?;
-    let early = watchers.state.answered.load(Ordering::Relaxed);
+    let waiting = Waiting {
+        server_counted,
+        early: watchers.state.answered.load(Ordering::Relaxed),
+        server_rss_kib: running.server.vm_rss_kib()?,
+    };
 
     let written: Vec<usize> = (0..WRITTEN_KEYS).map(|j| j * (WATCHERS / WRITTEN_KEYS)).collect();
     let cpu_before = CpuUse::now(&running.server)?;
@@ -313,7 +449,7 @@ async fn distinct_keys(running: &Running) -> Result<Report> {
     tokio::time::sleep(QUIET_PERIOD).await;
     let answers = state.answers();
     let unaffected = (0..WATCHERS).filter(|k| starts[*k].is_none() && answers[*k].is_some()).count();
-    Ok(report("distinct keys", &watchers, server_counted, early, &starts, Some(unaffected), cpu))
+    Ok(report("distinct keys", &watchers, waiting, &starts, Some(unaffected), cpu))
 }
 
 /// Writes each of `keys` (by number) on its own pre-opened connection, all at once; returns
@@ -335,13 +471,13 @@ async fn write_concurrently(http: SocketAddr, prefix: &str, keys: &[usize]) -> R
     let mut starts = vec![None; WATCHERS];
     while let Some(joined) = writes.join_next().await {
         let (k, start, resp) = joined.context("writer task panicked")?;
-        expect_ok(resp?, "write a watched key")?;
+        expect_ok(&resp?, "write a watched key")?;
         starts[k] = Some(start);
     }
     Ok(starts)
 }
 
-fn expect_ok(resp: crate::client::Response, what: &str) -> Result<()> {
+fn expect_ok(resp: &crate::client::Response, what: &str) -> Result<()> {
     if resp.status != 200 {
         bail!("{what}: {} {}", resp.status, resp.text().trim());
     }
@@ -352,8 +488,7 @@ fn expect_ok(resp: crate::client::Response, what: &str) -> Result<()> {
 fn report(
     case: &'static str,
     watchers: &Watchers,
-    server_counted: usize,
-    early: usize,
+    waiting: Waiting,
     starts: &[Option<Instant>],
     unaffected_answered: Option<usize>,
     cpu: CpuUse,
@@ -379,8 +514,7 @@ fn report(
         case,
         sent: watchers.state.sent.load(Ordering::Relaxed),
         failed: watchers.state.failed.load(Ordering::Relaxed),
-        server_counted,
-        early,
+        waiting,
         answered,
         affected,
         not_ok,
@@ -393,20 +527,20 @@ fn report(
 }
 
 fn print_reports(reports: &[Report]) {
-    println!("| case | watchers open | server counted | answered / affected | p50 ms | p99 ms | max ms | unaffected answered | CPU server / bench ms | p99 < {TARGET_P99_MS} ms |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("| case | watchers open | server counted | answered / affected | p50 ms | p99 ms | max ms | unaffected answered | CPU server / bench ms | server RSS MB | p99 < {TARGET_P99_MS} ms |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in reports {
         let clean = r.failed == 0
-            && r.early == 0
+            && r.waiting.early == 0
             && r.not_ok == 0
             && r.answered == r.affected
             && r.unaffected_answered.unwrap_or(0) == 0;
         let met = clean && r.latency.p99_ms < TARGET_P99_MS;
         println!(
-            "| {} | {} | {} | {} / {} | {:.1} | {:.1} | {:.1} | {} | {} / {} | {} |",
+            "| {} | {} | {} | {} / {} | {:.1} | {:.1} | {:.1} | {} | {} / {} | {:.1} | {} |",
             r.case,
             r.sent,
-            r.server_counted,
+            r.waiting.server_counted,
             r.answered,
             r.affected,
             r.latency.p50_ms,
@@ -415,6 +549,7 @@ fn print_reports(reports: &[Report]) {
             r.unaffected_answered.map_or("-".to_owned(), |n| n.to_string()),
             r.cpu.server.as_millis(),
             r.cpu.bench.as_millis(),
+            r.waiting.server_rss_kib as f64 * 1024.0 / 1e6,
             if !r.has_target {
                 "-"
             } else if met {
@@ -426,13 +561,14 @@ fn print_reports(reports: &[Report]) {
     }
     println!(
         "CPU: time each process used from the first write until the affected watchers had \
-         answered (clock-tick resolution, 10 ms).\n"
+         answered (clock-tick resolution, 10 ms). RSS: the server's VmRSS with every watcher \
+         waiting, just before the write (MB = 10^6 bytes).\n"
     );
     for r in reports {
-        if r.failed > 0 || r.early > 0 || r.not_ok > 0 {
+        if r.failed > 0 || r.waiting.early > 0 || r.not_ok > 0 {
             println!(
                 "{}: {} watchers failed to open, {} answered before the write, {} answered non-200",
-                r.case, r.failed, r.early, r.not_ok
+                r.case, r.failed, r.waiting.early, r.not_ok
             );
         }
         if let Some(e) = &r.first_error {
