@@ -9,9 +9,10 @@
 //! soon as it has read it, so the figures include the bench's cost of reading up to 10,000
 //! answers in turn (a few microseconds each), which this bench keeps small but cannot remove.
 //!
-//! A calibration row, the "write floor", runs the one-key case against no server at all: a
-//! thread of the bench on the servers' core that accepts the same watchers and, at the write,
-//! sends each of them the bytes cairn answered, one after the other, doing nothing else. With
+//! A calibration row, the "write floor", runs the one-key case against no server at all: the
+//! bench run again as a bare server on the servers' core, which accepts the same watchers and,
+//! at the write, sends each of them the bytes cairn answered, one after the other, doing
+//! nothing else. With
 //! the same client on the same machine, it is what the kernel alone costs to deliver 10,000
 //! answers over loopback TCP from one core; cairn's own cost is what it takes beyond that.
 
