@@ -80,6 +80,11 @@ fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     haystack.get(from..)?.windows(needle.len()).position(|w| w == needle).map(|p| p + from)
 }
 
+/// Where the head of an HTTP message ends (after its blank line), if it is complete.
+pub fn head_end(message: &[u8]) -> Option<usize> {
+    find(message, b"\r\n\r\n", 0).map(|at| at + 4)
+}
+
 impl HttpConn {
     pub async fn connect(addr: SocketAddr) -> io::Result<HttpConn> {
         let stream = TcpStream::connect(addr).await?;
@@ -110,8 +115,8 @@ impl HttpConn {
     /// Reads one complete response, leaving any bytes after it for the next one.
     pub async fn read_response(&mut self) -> io::Result<Response> {
         let head_end = loop {
-            if let Some(pos) = find(&self.buf, b"\r\n\r\n", 0) {
-                break pos + 4;
+            if let Some(end) = head_end(&self.buf) {
+                break end;
             }
             if self.buf.len() > HEAD_BYTES_MAX {
                 return Err(invalid("response head too long"));

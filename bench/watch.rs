@@ -12,9 +12,9 @@
 //! A calibration row, the "write floor", runs the one-key case against no server at all: the
 //! bench run again as a bare server on the servers' core, which accepts the same watchers and,
 //! at the write, sends each of them the bytes cairn answered, one after the other, doing
-//! nothing else. With
-//! the same client on the same machine, it is what the kernel alone costs to deliver 10,000
-//! answers over loopback TCP from one core; cairn's own cost is what it takes beyond that.
+//! nothing else. With the same client on the same machine, it is what the kernel alone costs
+//! to deliver 10,000 answers over loopback TCP from one core; cairn's own cost is what it takes
+//! beyond that.
 
 use std::io::{IoSlice, Read as _, Write as _};
 use std::net::SocketAddr;
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::client::HttpConn;
+use crate::client::{self, HttpConn};
 use crate::load::{self, Percentiles};
 use crate::server::{self, Running, Server};
 use crate::Settings;
@@ -177,6 +177,13 @@ struct Waiting {
     server_rss_kib: u64,
 }
 
+impl Waiting {
+    fn now(server_counted: usize, watchers: &Watchers, server: &Server) -> Result<Waiting> {
+        let early = watchers.state.answered.load(Ordering::Relaxed);
+        Ok(Waiting { server_counted, early, server_rss_kib: server.vm_rss_kib()? })
+    }
+}
+
 /// CPU time used by the server and by the bench, to tell whose work a latency is.
 #[derive(Clone, Copy)]
 struct CpuUse {
@@ -271,11 +278,7 @@ async fn write_floor(answer: Vec<u8>) -> Result<Report> {
         .await
         .context("the write floor did not read every request in time")?
         .with_context(|| format!("the write floor failed:\n{}", server.log_tail()))?;
-    let waiting = Waiting {
-        server_counted: WATCHERS,
-        early: watchers.state.answered.load(Ordering::Relaxed),
-        server_rss_kib: server.vm_rss_kib()?,
-    };
+    let waiting = Waiting::now(WATCHERS, &watchers, &server)?;
 
     let cpu_before = CpuUse::now(&server)?;
     let t0 = Instant::now();
@@ -312,7 +315,7 @@ pub fn serve_write_floor(watchers: usize) -> Result<()> {
     control.read_exact(&mut len).context("read the answer's length")?;
     let mut answer = vec![0u8; u32::from_be_bytes(len) as usize];
     control.read_exact(&mut answer).context("read the answer")?;
-    let head_len = find_head_end(&answer).context("the answer has no complete head")?;
+    let head_len = client::head_end(&answer).context("the answer has no complete head")?;
     let (head, body) = answer.split_at(head_len);
 
     let mut streams = Vec::with_capacity(watchers);
@@ -322,7 +325,7 @@ pub fn serve_write_floor(watchers: usize) -> Result<()> {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(OPEN_TIMEOUT))?;
         let mut request = Vec::new();
-        while find_head_end(&request).is_none() {
+        while client::head_end(&request).is_none() {
             let read = stream.read(&mut buf).with_context(|| format!("read watcher {i}'s request"))?;
             if read == 0 {
                 bail!("watcher {i} closed before its request was complete");
@@ -342,11 +345,6 @@ pub fn serve_write_floor(watchers: usize) -> Result<()> {
     // Open until the bench is done, as cairn keeps its connections.
     let _ = control.read(&mut [0u8; 1]);
     Ok(())
-}
-
-/// Where the head of an HTTP message ends (after its blank line), if it is complete.
-fn find_head_end(message: &[u8]) -> Option<usize> {
-    message.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4)
 }
 
 /// (iii) 2,000 watchers of the health of `big`, a service with 100 instances (~60 KB of JSON);
@@ -396,11 +394,7 @@ async fn all_answer_one_write(
 ) -> Result<Report> {
     let watchers = open_watchers(running.http, paths).await?;
     let server_counted = wait_server_counts(running.http, watchers.state.sent.load(Ordering::Relaxed)).await?;
-    let waiting = Waiting {
-        server_counted,
-        early: watchers.state.answered.load(Ordering::Relaxed),
-        server_rss_kib: running.server.vm_rss_kib()?,
-    };
+    let waiting = Waiting::now(server_counted, &watchers, &running.server)?;
 
     let cpu_before = CpuUse::now(&running.server)?;
     let t0 = Instant::now();
@@ -431,11 +425,7 @@ async fn distinct_keys(running: &Running) -> Result<Report> {
     let paths = (0..n).map(|i| format!("/v1/kv/{}?index={index}&wait=5m", load::kv_key(prefix, i))).collect();
     let watchers = open_watchers(http, paths).await?;
     let server_counted = wait_server_counts(http, watchers.state.sent.load(Ordering::Relaxed)).await?;
-    let waiting = Waiting {
-        server_counted,
-        early: watchers.state.answered.load(Ordering::Relaxed),
-        server_rss_kib: running.server.vm_rss_kib()?,
-    };
+    let waiting = Waiting::now(server_counted, &watchers, &running.server)?;
 
     let written: Vec<usize> = (0..WRITTEN_KEYS).map(|j| j * (WATCHERS / WRITTEN_KEYS)).collect();
     let cpu_before = CpuUse::now(&running.server)?;
