@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod dns;
+pub mod gossip;
 pub mod http;
 pub mod model;
 pub mod store;

@@ -1,0 +1,615 @@
+//! The gossip state machine without I/O: foca, its timers on a clock the caller supplies,
+//! Lifeguard's additions, and the member list with left/failed told apart.
+//!
+//! The caller (the UDP/TCP task in `transport`, or the simulated network in tests) feeds it
+//! packets, fires its due timers and sends what lands in its outbox. Nothing here reads a
+//! clock, a socket or a random source it was not handed, so a seeded simulation replays
+//! exactly.
+//!
+//! What cairn adds to foca (which has neither), after Lifeguard (Dadgar et al., 2018):
+//! - **Local health.** A member that fails its own probes, or whose timers fire late (it was
+//!   paused or starved), raises a score; each probe interval and probe timeout is stretched by
+//!   `score + 1` (up to `awareness_max`). A successful probe lowers it. So a member that is
+//!   itself the slow one waits longer instead of accusing healthy peers.
+//! - **Suspicion that shortens with independent confirmations.** foca declares a member down
+//!   when a suspicion timer it asked for fires; cairn decides when that is. Every member whose
+//!   own probe fails broadcasts "I suspect X" (a foca custom broadcast); the timeout starts at
+//!   `suspicion_max` and shrinks logarithmically towards `suspicion_min` as distinct members
+//!   confirm, as memberlist's does.
+//! - **Left versus failed.** A graceful leave is broadcast first, so peers record the member
+//!   as left (3), not failed (4), once foca marks it down.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroU8, NonZeroUsize};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use foca::{BroadcastHandler, Foca, Invalidates, Member, Message, Notification, PostcardCodec, State, Timer};
+use rand_foca::rngs::StdRng;
+use rand_foca::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::member::{MemberId, MemberInfo, MemberStatus};
+
+/// Members' SWIM timings; see `Timings::lan`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timings {
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
+    pub indirect_checks: usize,
+    /// `suspicion_max` = this × max(1, log10 N) × `probe_interval`.
+    pub suspicion_mult: f64,
+    /// `suspicion_min` = `suspicion_max` × this.
+    pub suspicion_min_ratio: f64,
+    /// Independent confirmations after which the suspicion timeout is `suspicion_min`.
+    pub suspicion_confirmations: usize,
+    /// Local-health multiplier cap: probe interval and timeout grow up to this many times.
+    pub awareness_max: u32,
+    pub gossip_interval: Duration,
+    pub gossip_nodes: usize,
+    /// Full-state exchange with one random member this often (scaled up above 32 members).
+    pub push_pull_interval: Duration,
+    /// Down members are forgotten by foca after this long (`reconnect_timeout`).
+    pub reconnect_timeout: Duration,
+}
+
+impl Timings {
+    /// memberlist's LAN profile: probe 1 s, timeout 500 ms, 3 indirect checks, suspicion
+    /// 4·max(1, log10 N) s shrinking with confirmations, gossip every 200 ms to 3 members,
+    /// push/pull every 30 s.
+    pub fn lan() -> Timings {
+        Timings {
+            probe_interval: Duration::from_secs(1),
+            probe_timeout: Duration::from_millis(500),
+            indirect_checks: 3,
+            suspicion_mult: 4.0,
+            suspicion_min_ratio: 0.25,
+            suspicion_confirmations: 2,
+            awareness_max: 8,
+            gossip_interval: Duration::from_millis(200),
+            gossip_nodes: 3,
+            push_pull_interval: Duration::from_secs(30),
+            reconnect_timeout: Duration::from_secs(72 * 3600),
+        }
+    }
+
+    /// The longest and shortest suspicion timeouts at `members` members.
+    pub fn suspicion_bounds(&self, members: usize) -> (Duration, Duration) {
+        let scale = (members.max(1) as f64).log10().max(1.0);
+        let max = self.probe_interval.mul_f64(self.suspicion_mult * scale);
+        (max, max.mul_f64(self.suspicion_min_ratio))
+    }
+
+    /// The push/pull interval at `members` members: memberlist's scaling, so a large cluster
+    /// does not spend its bandwidth on full-state exchanges.
+    pub fn push_pull_interval_at(&self, members: usize) -> Duration {
+        const THRESHOLD: f64 = 32.0;
+        let n = members as f64;
+        if n <= THRESHOLD {
+            return self.push_pull_interval;
+        }
+        let mult = ((n.log2() - THRESHOLD.log2()).ceil() + 1.0).max(1.0);
+        self.push_pull_interval.mul_f64(mult)
+    }
+
+    fn foca_config(&self, members: usize) -> foca::Config {
+        let size = NonZeroU32::new(members.clamp(1, u32::MAX as usize) as u32).unwrap_or(NonZeroU32::MIN);
+        let mut config = foca::Config::new_lan(size);
+        config.probe_period = self.probe_interval;
+        config.probe_rtt = self.probe_timeout;
+        config.num_indirect_probes = NonZeroUsize::new(self.indirect_checks.max(1)).unwrap_or(NonZeroUsize::MIN);
+        // cairn schedules the suspect→down timer itself (Lifeguard); foca's value is only a
+        // fallback that is never used.
+        config.suspect_to_down_after = self.suspicion_bounds(members).0;
+        config.remove_down_after = Some(self.reconnect_timeout);
+        // Room for the envelope (1 + 12 + 8 + 16 bytes) inside a 1,400-byte datagram.
+        config.max_packet_size = NonZeroUsize::new(MAX_FOCA_PACKET).unwrap_or(NonZeroUsize::MIN);
+        config.periodic_gossip = Some(foca::PeriodicParams {
+            frequency: self.gossip_interval,
+            num_members: NonZeroUsize::new(self.gossip_nodes.max(1)).unwrap_or(NonZeroUsize::MIN),
+        });
+        config.max_transmissions = config.max_transmissions.max(NonZeroU8::new(4).unwrap_or(NonZeroU8::MIN));
+        config
+    }
+}
+
+/// foca's packets at most, so that with the envelope one fits a 1,400-byte datagram.
+pub const MAX_FOCA_PACKET: usize = 1360;
+
+/// What cairn adds to foca's gossip, as custom broadcasts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Broadcast {
+    /// `by`'s own probe of `of` (that incarnation of it: `boot`) failed.
+    Suspect { by: SocketAddr, of: SocketAddr, boot: u64 },
+    /// The member left gracefully, or was force-left by an operator.
+    Left { addr: SocketAddr, boot: u64 },
+}
+
+impl Invalidates for Broadcast {
+    fn invalidates(&self, other: &Self) -> bool {
+        self == other
+    }
+}
+
+/// Broadcasts remembered to tell a new one from a relayed copy; the oldest are forgotten.
+const SEEN_BROADCASTS_MAX: usize = 16_384;
+/// Confirmations kept for members not (yet) suspected here.
+const EARLY_CONFIRMATIONS_MAX: usize = 4_096;
+/// A timer that fires later than this after its deadline counts against local health.
+const TIMER_LATE: Duration = Duration::from_millis(100);
+
+/// Decodes custom broadcasts for foca, passes new ones on and hands them to [`Core`].
+struct BroadcastInbox {
+    shared: Arc<Mutex<Vec<Broadcast>>>,
+    seen: HashSet<Broadcast>,
+    seen_order: std::collections::VecDeque<Broadcast>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable custom broadcast: {0}")]
+pub struct BroadcastError(String);
+
+impl BroadcastHandler<MemberId> for BroadcastInbox {
+    type Key = Broadcast;
+    type Error = BroadcastError;
+
+    fn receive_item(&mut self, data: &[u8], _sender: Option<&MemberId>) -> Result<Option<Broadcast>, BroadcastError> {
+        let item: Broadcast = postcard::from_bytes(data).map_err(|e| BroadcastError(e.to_string()))?;
+        if !self.seen.insert(item.clone()) {
+            return Ok(None);
+        }
+        self.seen_order.push_back(item.clone());
+        if self.seen_order.len() > SEEN_BROADCASTS_MAX {
+            if let Some(old) = self.seen_order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        self.shared.lock().unwrap_or_else(|e| e.into_inner()).push(item.clone());
+        Ok(Some(item))
+    }
+}
+
+type Swim = Foca<MemberId, PostcardCodec, StdRng, BroadcastInbox>;
+
+/// One suspicion this member's own failed probe raised.
+struct Suspicion {
+    boot: u64,
+    started: Instant,
+    confirmers: HashSet<SocketAddr>,
+    /// Where its timer sits in `Core::timers`.
+    timer: (Instant, u64),
+}
+
+/// Everything a runtime call may touch besides foca itself.
+struct Effects {
+    now: Instant,
+    own_addr: SocketAddr,
+    timers: BTreeMap<(Instant, u64), Timer<MemberId>>,
+    timer_seq: u64,
+    outbox: Vec<(SocketAddr, Vec<u8>)>,
+    health_score: u32,
+    suspicions: HashMap<SocketAddr, Suspicion>,
+    early_confirmations: HashMap<(SocketAddr, u64), HashSet<SocketAddr>>,
+    /// Broadcasts to add once foca's call returns.
+    to_broadcast: Vec<Broadcast>,
+    own_incarnation: u16,
+    membership_changed: bool,
+    timings: Timings,
+    members: usize,
+}
+
+impl Effects {
+    fn schedule(&mut self, at: Instant, timer: Timer<MemberId>) -> (Instant, u64) {
+        self.timer_seq += 1;
+        let key = (at, self.timer_seq);
+        self.timers.insert(key, timer);
+        key
+    }
+
+    fn awareness(&self) -> u32 {
+        self.health_score.min(self.timings.awareness_max.saturating_sub(1)) + 1
+    }
+
+    fn raise_health_score(&mut self) {
+        self.health_score = (self.health_score + 1).min(self.timings.awareness_max.saturating_sub(1));
+    }
+
+    fn suspicion_timeout(&self, confirmations: usize) -> Duration {
+        let (max, min) = self.timings.suspicion_bounds(self.members);
+        let expected = self.timings.suspicion_confirmations.min(self.members.saturating_sub(2));
+        if expected == 0 {
+            return min;
+        }
+        let c = confirmations.min(expected) as f64;
+        let shrink = (c + 1.0).ln() / (expected as f64 + 1.0).ln();
+        max.saturating_sub((max.saturating_sub(min)).mul_f64(shrink)).max(min)
+    }
+
+    /// Adds `by` as a confirmation of a suspicion about `of`, moving its timer earlier.
+    fn confirm(&mut self, of: SocketAddr, boot: u64, by: SocketAddr) {
+        if by == self.own_addr {
+            return;
+        }
+        let Some(s) = self.suspicions.get_mut(&of).filter(|s| s.boot == boot) else {
+            if self.early_confirmations.len() < EARLY_CONFIRMATIONS_MAX
+                || self.early_confirmations.contains_key(&(of, boot))
+            {
+                self.early_confirmations.entry((of, boot)).or_default().insert(by);
+            }
+            return;
+        };
+        if !s.confirmers.insert(by) {
+            return;
+        }
+        let (started, old_key, count) = (s.started, s.timer, s.confirmers.len());
+        let deadline = (started + self.suspicion_timeout(count)).max(self.now);
+        if deadline < old_key.0 {
+            if let Some(timer) = self.timers.remove(&old_key) {
+                let key = self.schedule(deadline, timer);
+                if let Some(s) = self.suspicions.get_mut(&of) {
+                    s.timer = key;
+                }
+            }
+        }
+    }
+}
+
+impl foca::Runtime<MemberId> for Effects {
+    fn notify(&mut self, notification: Notification<'_, MemberId>) {
+        match notification {
+            Notification::MemberUp(_)
+            | Notification::MemberDown(_)
+            | Notification::Rename(..)
+            | Notification::Rejoin(_)
+            | Notification::Active
+            | Notification::Idle => self.membership_changed = true,
+            Notification::Defunct => {
+                self.membership_changed = true;
+                tracing::warn!("this agent was declared failed by the cluster and could not rejoin");
+            }
+            Notification::ProbeFailed(_, member) => {
+                self.raise_health_score();
+                self.to_broadcast.push(Broadcast::Suspect { by: self.own_addr, of: member.addr, boot: member.boot });
+            }
+            Notification::DataReceived(header) => {
+                if matches!(header.message, Message::Ack(_) | Message::ForwardedAck { .. }) {
+                    self.health_score = self.health_score.saturating_sub(1);
+                }
+            }
+            Notification::DataSent(header) => self.own_incarnation = header.src_incarnation,
+        }
+    }
+
+    fn send_to(&mut self, to: MemberId, data: &[u8]) {
+        self.outbox.push((to.addr, data.to_vec()));
+    }
+
+    fn submit_after(&mut self, event: Timer<MemberId>, after: Duration) {
+        match &event {
+            Timer::ProbeRandomMember(_) | Timer::SendIndirectProbe { .. } => {
+                let at = self.now + after * self.awareness();
+                self.schedule(at, event);
+            }
+            Timer::ChangeSuspectToDown { member_id, .. } => {
+                let (addr, boot) = (member_id.addr, member_id.boot);
+                let confirmers = self.early_confirmations.remove(&(addr, boot)).unwrap_or_default();
+                let existing = self.suspicions.get(&addr).filter(|s| s.boot == boot).map(|s| s.started);
+                let started = existing.unwrap_or(self.now);
+                let mut all = self.suspicions.remove(&addr).filter(|s| s.boot == boot).map_or_else(HashSet::new, |s| {
+                    self.timers.remove(&s.timer);
+                    s.confirmers
+                });
+                all.extend(confirmers);
+                let at = (started + self.suspicion_timeout(all.len())).max(self.now);
+                let timer = self.schedule(at, event);
+                self.suspicions.insert(addr, Suspicion { boot, started, confirmers: all, timer });
+            }
+            _ => {
+                self.schedule(self.now + after, event);
+            }
+        }
+    }
+}
+
+/// The full state one member sends another on join and on each push/pull.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PushPull {
+    pub from: MemberId,
+    pub members: Vec<Member<MemberId>>,
+    /// Members that left (rather than failed), by address and boot.
+    pub left: Vec<(SocketAddr, u64)>,
+}
+
+/// Counted outcomes, for logs and `/v1/agent/self`.
+#[derive(Debug, Default, Clone)]
+pub struct CoreStats {
+    pub packets_in: u64,
+    pub packets_rejected: u64,
+    pub late_timers: u64,
+}
+
+pub struct Core {
+    swim: Swim,
+    inbox: Arc<Mutex<Vec<Broadcast>>>,
+    fx: Effects,
+    /// Members known to have left (by address, boot).
+    left: HashMap<SocketAddr, u64>,
+    /// Force-left members removed from the list with `?prune`.
+    pruned: HashSet<SocketAddr>,
+    leaving: bool,
+    pub stats: CoreStats,
+}
+
+impl Core {
+    pub fn new(id: MemberId, timings: Timings, seed: u64, now: Instant) -> Core {
+        let shared = Arc::new(Mutex::new(Vec::new()));
+        let handler =
+            BroadcastInbox { shared: Arc::clone(&shared), seen: HashSet::new(), seen_order: Default::default() };
+        let own_addr = id.addr;
+        let swim = Foca::with_custom_broadcast(
+            id,
+            timings.foca_config(1),
+            StdRng::seed_from_u64(seed),
+            PostcardCodec,
+            handler,
+        );
+        Core {
+            swim,
+            inbox: shared,
+            fx: Effects {
+                now,
+                own_addr,
+                timers: BTreeMap::new(),
+                timer_seq: 0,
+                outbox: Vec::new(),
+                health_score: 0,
+                suspicions: HashMap::new(),
+                early_confirmations: HashMap::new(),
+                to_broadcast: Vec::new(),
+                own_incarnation: 0,
+                membership_changed: true,
+                timings,
+                members: 1,
+            },
+            left: HashMap::new(),
+            pruned: HashSet::new(),
+            leaving: false,
+            stats: CoreStats::default(),
+        }
+    }
+
+    pub fn identity(&self) -> &MemberId {
+        self.swim.identity()
+    }
+
+    pub fn timings(&self) -> &Timings {
+        &self.fx.timings
+    }
+
+    /// The local-health multiplier now applied to probe timings (1 = healthy).
+    pub fn awareness(&self) -> u32 {
+        self.fx.awareness()
+    }
+
+    /// Hands a packet that passed the envelope to foca.
+    pub fn handle_packet(&mut self, now: Instant, payload: &[u8]) -> Result<(), foca::Error> {
+        self.fx.now = now;
+        self.stats.packets_in += 1;
+        let result = self.swim.handle_data(payload, &mut self.fx);
+        if result.is_err() {
+            self.stats.packets_rejected += 1;
+        }
+        self.after_call();
+        result
+    }
+
+    /// When the next timer is due.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.fx.timers.keys().next().map(|(at, _)| *at)
+    }
+
+    /// Fires every timer due at `now`, in deadline order.
+    pub fn fire_due(&mut self, now: Instant) {
+        self.fx.now = now;
+        while let Some(entry) = self.fx.timers.first_entry() {
+            let (at, _) = *entry.key();
+            if at > now {
+                break;
+            }
+            let timer = entry.remove();
+            if now.duration_since(at) > TIMER_LATE {
+                self.stats.late_timers += 1;
+                self.fx.raise_health_score();
+            }
+            if let Timer::ChangeSuspectToDown { member_id, .. } = &timer {
+                self.fx.suspicions.remove(&member_id.addr);
+            }
+            if let Err(e) = self.swim.handle_timer(timer, &mut self.fx) {
+                tracing::debug!(error = %e, "gossip timer failed");
+            }
+            self.after_call();
+        }
+    }
+
+    /// Applies the state another member sent (join or push/pull).
+    pub fn apply_push_pull(&mut self, now: Instant, state: PushPull) -> Result<(), foca::Error> {
+        self.fx.now = now;
+        for (addr, boot) in &state.left {
+            self.record_left(*addr, *boot);
+        }
+        let mut members = state.members;
+        members.push(Member::alive(state.from));
+        let result = self.swim.apply_many(members.into_iter(), true, &mut self.fx);
+        self.after_call();
+        result
+    }
+
+    /// This member's full state for a join or push/pull.
+    pub fn push_pull_state(&self) -> PushPull {
+        PushPull {
+            from: self.swim.identity().clone(),
+            members: self.swim.iter_membership_state().cloned().collect(),
+            left: self.left.iter().map(|(a, b)| (*a, *b)).collect(),
+        }
+    }
+
+    /// Announces this member to `dst` over UDP (after a join, so it answers with its view).
+    pub fn announce(&mut self, now: Instant, dst: MemberId) {
+        self.fx.now = now;
+        if let Err(e) = self.swim.announce(dst, &mut self.fx) {
+            tracing::debug!(error = %e, "gossip announce failed");
+        }
+        self.after_call();
+    }
+
+    /// Starts a graceful leave: peers record this member as left, then foca says goodbye.
+    pub fn leave(&mut self, now: Instant) {
+        self.fx.now = now;
+        self.leaving = true;
+        let id = self.swim.identity().clone();
+        self.add_broadcast(Broadcast::Left { addr: id.addr, boot: id.boot });
+        // Push the broadcast out at once, then the goodbye.
+        if let Err(e) = self.swim.gossip(&mut self.fx) {
+            tracing::debug!(error = %e, "gossip before leave failed");
+        }
+        if let Err(e) = self.swim.leave_cluster(&mut self.fx) {
+            tracing::debug!(error = %e, "leave_cluster failed");
+        }
+        self.fx.membership_changed = true;
+    }
+
+    /// Marks a failed member as left everywhere (`force-leave`); with `prune`, also drops it
+    /// from this member's list. False if no failed member has that name.
+    pub fn force_leave(&mut self, now: Instant, name: &str, prune: bool) -> bool {
+        self.fx.now = now;
+        let target = self
+            .swim
+            .iter_membership_state()
+            .find(|m| m.id().name == name && m.state() == State::Down)
+            .map(|m| m.id().clone());
+        let Some(target) = target else {
+            return false;
+        };
+        self.add_broadcast(Broadcast::Left { addr: target.addr, boot: target.boot });
+        if prune {
+            self.pruned.insert(target.addr);
+        }
+        self.fx.membership_changed = true;
+        true
+    }
+
+    /// Takes the packets to send: (destination, foca payload).
+    pub fn take_outbox(&mut self) -> Vec<(SocketAddr, Vec<u8>)> {
+        std::mem::take(&mut self.fx.outbox)
+    }
+
+    /// Whether the member list changed since the last call.
+    pub fn take_membership_changed(&mut self) -> bool {
+        std::mem::take(&mut self.fx.membership_changed)
+    }
+
+    /// Every member this agent knows, itself first.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let me = self.swim.identity().clone();
+        let mut list =
+            vec![MemberInfo { id: me, status: if self.leaving { MemberStatus::Leaving } else { MemberStatus::Alive } }];
+        for m in self.swim.iter_membership_state() {
+            let id = m.id();
+            if self.pruned.contains(&id.addr) {
+                continue;
+            }
+            let status = match m.state() {
+                State::Alive | State::Suspect => MemberStatus::Alive,
+                State::Down if self.left.get(&id.addr) == Some(&id.boot) => MemberStatus::Left,
+                State::Down => MemberStatus::Failed,
+            };
+            list.push(MemberInfo { id: id.clone(), status });
+        }
+        list
+    }
+
+    /// Active members other than this one.
+    pub fn active_peers(&self) -> Vec<MemberId> {
+        self.swim.iter_members().map(|m| m.id().clone()).collect()
+    }
+
+    /// Whom to push/pull with this round: a random active member, and a random failed one
+    /// (not left) so that a healed partition finds its way back.
+    pub fn push_pull_targets(&mut self, pick: &mut impl FnMut(usize) -> usize) -> Vec<SocketAddr> {
+        let active: Vec<SocketAddr> = self.swim.iter_members().map(|m| m.id().addr).collect();
+        let failed: Vec<SocketAddr> =
+            self.members().into_iter().filter(|m| m.status == MemberStatus::Failed).map(|m| m.id.addr).collect();
+        let mut targets = Vec::new();
+        for list in [active, failed] {
+            if !list.is_empty() {
+                targets.push(list[pick(list.len())]);
+            }
+        }
+        targets
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.swim.num_members()
+    }
+
+    fn add_broadcast(&mut self, item: Broadcast) {
+        match postcard::to_allocvec(&item) {
+            Ok(bytes) => {
+                if let Err(e) = self.swim.add_broadcast(&bytes) {
+                    tracing::debug!(error = %e, "gossip broadcast not added");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "gossip broadcast not encoded"),
+        }
+        self.after_call();
+    }
+
+    fn record_left(&mut self, addr: SocketAddr, boot: u64) {
+        let newer = self.left.get(&addr).is_none_or(|b| *b < boot);
+        if newer {
+            self.left.insert(addr, boot);
+            self.fx.membership_changed = true;
+        }
+    }
+
+    /// Work that follows every foca call: broadcasts raised inside it, received broadcasts,
+    /// and foca's config as the cluster grows.
+    fn after_call(&mut self) {
+        let received: Vec<Broadcast> = std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|e| e.into_inner()));
+        for item in received {
+            match item {
+                Broadcast::Suspect { by, of, boot } => self.fx.confirm(of, boot, by),
+                Broadcast::Left { addr, boot } => self.record_left(addr, boot),
+            }
+        }
+        for item in std::mem::take(&mut self.fx.to_broadcast) {
+            if let Ok(bytes) = postcard::to_allocvec(&item) {
+                let _ = self.swim.add_broadcast(&bytes);
+            }
+            if let Broadcast::Left { addr, boot } = item {
+                self.record_left(addr, boot);
+            }
+        }
+        // Received by foca while adding: drain once more (cheap when empty).
+        let again: Vec<Broadcast> = std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|e| e.into_inner()));
+        for item in again {
+            match item {
+                Broadcast::Suspect { by, of, boot } => self.fx.confirm(of, boot, by),
+                Broadcast::Left { addr, boot } => self.record_left(addr, boot),
+            }
+        }
+        let members = self.swim.num_members() + 1;
+        if members != self.fx.members {
+            let old = self.fx.members;
+            self.fx.members = members;
+            // foca's dissemination count follows the size; re-derive only on a real change of
+            // scale (its config is cheap to set but not free).
+            if (old as f64).log10().floor() != (members as f64).log10().floor() || old.abs_diff(members) > 8 {
+                if let Err(e) = self.swim.set_config(self.fx.timings.foca_config(members)) {
+                    tracing::debug!(error = %e, "gossip config not updated");
+                }
+            }
+        }
+    }
+}

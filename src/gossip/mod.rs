@@ -1,0 +1,225 @@
+//! LAN gossip: SWIM membership and failure detection (foca) over UDP, joins and periodic
+//! full-state push/pull over TCP on the same port, every packet in the [`envelope`].
+//!
+//! `core` is the state machine (no I/O; the simulated network in tests drives it on a
+//! virtual clock), `transport` the tokio task that owns it, `member` the identity gossiped.
+//! The rest of cairn sees a [`Gossip`] handle: the member list (a `watch` that changes when
+//! membership does), join, leave and force-leave.
+//!
+//! Architecture Invariant: one task owns the foca instance and nothing else touches it; every
+//! input reaches it as a [`GossipCommand`] or a packet. Why: foca is not thread-safe, and a
+//! slow turn of that loop delays acks until peers suspect this member.
+
+pub mod core;
+pub mod envelope;
+pub mod member;
+#[cfg(test)]
+mod sim;
+mod transport;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use self::core::{PushPull, Timings};
+pub use envelope::GossipKey;
+pub use member::{MemberId, MemberInfo, MemberStatus, Role};
+
+/// Commands queued for the gossip task; when full, API callers get an error at once
+/// (`join` and `leave` are rare; a full queue means the task is stuck).
+const COMMANDS_MAX: usize = 256;
+/// Retry-join's first and longest waits between rounds.
+const RETRY_JOIN_FIRST: Duration = Duration::from_secs(1);
+const RETRY_JOIN_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GossipError {
+    #[error("cannot listen for gossip on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Join(String),
+    #[error("gossip is not running")]
+    Stopped,
+}
+
+pub(crate) enum GossipCommand {
+    Join { addrs: Vec<SocketAddr>, reply: oneshot::Sender<Result<usize, String>> },
+    Exchange { state: PushPull, reply: Option<oneshot::Sender<Vec<u8>>> },
+    Leave { reply: oneshot::Sender<()> },
+    ForceLeave { name: String, prune: bool, reply: oneshot::Sender<bool> },
+}
+
+/// What the gossip layer needs to start.
+pub struct GossipConfig {
+    /// Where to listen (UDP and TCP).
+    pub bind: SocketAddr,
+    /// The IP peers reach this agent on; the port is the bound one.
+    pub advertise_ip: std::net::IpAddr,
+    pub identity: IdentityFields,
+    pub timings: Timings,
+    /// Primary first; empty = no encryption.
+    pub keys: Vec<GossipKey>,
+}
+
+/// The identity fields other than the address and boot stamp, which `start` fills.
+pub struct IdentityFields {
+    pub name: String,
+    pub role: Role,
+    pub datacenter: String,
+    pub server_port: u16,
+    pub node_id: String,
+}
+
+/// Handle on the running gossip layer. Cheap to clone.
+#[derive(Clone)]
+pub struct Gossip {
+    commands: mpsc::Sender<GossipCommand>,
+    members: watch::Receiver<Arc<Vec<MemberInfo>>>,
+    local: Arc<MemberId>,
+    shared: Arc<transport::Shared>,
+}
+
+impl Gossip {
+    /// Binds the gossip port and starts the gossip task on `tasks`.
+    pub async fn start(
+        config: GossipConfig,
+        shutdown: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Result<Gossip, GossipError> {
+        let endpoints = transport::bind(config.bind).await?;
+        let port = endpoints.udp.local_addr().map_err(|source| GossipError::Bind { addr: config.bind, source })?.port();
+        let f = config.identity;
+        let node_id = uuid::Uuid::parse_str(&f.node_id).map(|u| u.into_bytes()).unwrap_or_default();
+        let id = MemberId {
+            name: f.name,
+            addr: SocketAddr::new(config.advertise_ip, port),
+            boot: transport::now_ms(),
+            role: f.role,
+            datacenter: f.datacenter,
+            server_port: f.server_port,
+            node_id,
+            build: env!("CARGO_PKG_VERSION").to_string(),
+            protocol: member::PROTOCOL_VERSION,
+        };
+        let core = self::core::Core::new(id.clone(), config.timings, rand::random(), Instant::now());
+        let (members_tx, members) = watch::channel(Arc::new(core.members()));
+        let (commands, rx) = mpsc::channel(COMMANDS_MAX);
+        let shared = Arc::new(transport::Shared {
+            envelope: Mutex::new(envelope::Envelope::new(&config.keys)),
+            refusals: Mutex::new(transport::RefusalLog::default()),
+        });
+        tracing::info!(addr = %id.addr, encrypted = !config.keys.is_empty(), "gossip listening (UDP and TCP)");
+        tasks.spawn(transport::run(
+            core,
+            endpoints,
+            Arc::clone(&shared),
+            transport::Channels { commands: rx, command_tx: commands.clone(), members_tx },
+            shutdown,
+            tasks.clone(),
+        ));
+        Ok(Gossip { commands, members, local: Arc::new(id), shared })
+    }
+
+    /// This agent as a member.
+    pub fn local(&self) -> &MemberId {
+        &self.local
+    }
+
+    /// Every known member, this agent first.
+    pub fn members(&self) -> Arc<Vec<MemberInfo>> {
+        Arc::clone(&self.members.borrow())
+    }
+
+    /// A receiver that changes whenever the member list does.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Vec<MemberInfo>>> {
+        self.members.clone()
+    }
+
+    /// Packets refused by the envelope (bad key, replays, unknown versions) so far.
+    pub fn refused_packets(&self) -> u64 {
+        self.shared.refusals.lock().unwrap_or_else(|e| e.into_inner()).total()
+    }
+
+    /// Joins through `addrs` (`host` or `host:port`, default port 8301); Ok(number joined)
+    /// if at least one answered.
+    pub async fn join(&self, addrs: &[String]) -> Result<usize, GossipError> {
+        let mut resolved = Vec::new();
+        let mut errors = Vec::new();
+        for addr in addrs {
+            match resolve(addr).await {
+                Ok(found) => resolved.extend(found),
+                Err(e) => errors.push(e),
+            }
+        }
+        if resolved.is_empty() {
+            return Err(GossipError::Join(errors.join("; ")));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.commands.try_send(GossipCommand::Join { addrs: resolved, reply }).map_err(|_| GossipError::Stopped)?;
+        answer.await.map_err(|_| GossipError::Stopped)?.map_err(GossipError::Join)
+    }
+
+    /// Leaves gracefully: peers see this member as left. Returns once the goodbye has had
+    /// time to spread.
+    pub async fn leave(&self) {
+        let (reply, answer) = oneshot::channel();
+        if self.commands.try_send(GossipCommand::Leave { reply }).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), answer).await;
+        }
+    }
+
+    /// Marks the failed member `name` as left (`?prune`: also forget it). False if there is
+    /// no failed member of that name.
+    pub async fn force_leave(&self, name: &str, prune: bool) -> Result<bool, GossipError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .try_send(GossipCommand::ForceLeave { name: name.to_string(), prune, reply })
+            .map_err(|_| GossipError::Stopped)?;
+        answer.await.map_err(|_| GossipError::Stopped)
+    }
+
+    /// Keeps trying to join through `addrs` with backoff until one round succeeds
+    /// (`retry_join`), then returns.
+    pub async fn retry_join(self, addrs: Vec<String>, shutdown: CancellationToken) {
+        let mut wait = RETRY_JOIN_FIRST;
+        loop {
+            match self.join(&addrs).await {
+                Ok(n) => {
+                    tracing::info!(joined = n, "retry-join succeeded");
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "retry-join failed"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(RETRY_JOIN_MAX);
+        }
+    }
+}
+
+/// `host`, `host:port`, `ip` or `[v6]:port`; the gossip port 8301 when none is given.
+pub async fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(sa) = addr.parse::<SocketAddr>() {
+        return Ok(vec![sa]);
+    }
+    if let Ok(ip) = addr.parse::<std::net::IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, 8301)]);
+    }
+    let with_port = if addr.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        addr.to_string()
+    } else {
+        format!("{addr}:8301")
+    };
+    let found: Vec<SocketAddr> =
+        tokio::net::lookup_host(&with_port).await.map_err(|e| format!("{addr}: cannot resolve: {e}"))?.collect();
+    if found.is_empty() {
+        return Err(format!("{addr}: no address"));
+    }
+    Ok(found)
+}
