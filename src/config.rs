@@ -111,6 +111,19 @@ pub struct AgentFlags {
     /// LAN gossip port (0 = any free port).
     #[arg(long, value_name = "PORT")]
     pub serf_lan_port: Option<u16>,
+    /// Address to advertise to other members (default: -bind unless it is a wildcard).
+    #[arg(long, value_name = "IP")]
+    pub advertise: Option<IpAddr>,
+    /// Join the gossip pool through this member at start (host or host:port; repeatable).
+    /// The agent fails to start if none answers.
+    #[arg(long, value_name = "ADDR")]
+    pub join: Vec<String>,
+    /// Like -join, but retried with backoff until it succeeds (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub retry_join: Vec<String>,
+    /// Gossip encryption key: base64 of 32 bytes (`cairn keygen` prints one).
+    #[arg(long, value_name = "KEY")]
+    pub encrypt: Option<String>,
     /// trace, debug, info, warn or error.
     #[arg(long, value_name = "LEVEL", value_parser = parse_log_level_flag)]
     pub log_level: Option<LogLevel>,
@@ -165,6 +178,40 @@ pub struct Config {
     pub check_update_interval: Duration,
     /// cairn: how often anti-entropy compares all local services and checks with the catalog.
     pub anti_entropy_interval: Duration,
+    /// Gossip addresses to join at start (`start_join`, `-join`); the start fails if none answers.
+    pub start_join: Vec<String>,
+    /// Gossip addresses retried until one answers (`retry_join`, `-retry-join`).
+    pub retry_join: Vec<String>,
+    /// The gossip key (`encrypt`), base64 of 32 bytes, checked when loaded.
+    pub encrypt: Option<String>,
+    /// A failed member is removed from the catalog after this long (`reconnect_timeout`).
+    pub reconnect_timeout: Duration,
+    /// Leave the gossip pool gracefully on SIGTERM (default: clients yes, servers no).
+    pub leave_on_terminate: Option<bool>,
+    /// `gossip_lan` timings.
+    pub gossip_lan: GossipLan,
+}
+
+/// `gossip_lan`: SWIM timings (memberlist's LAN profile by default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GossipLan {
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
+    pub suspicion_mult: u32,
+    pub gossip_interval: Duration,
+    pub gossip_nodes: u32,
+}
+
+impl Default for GossipLan {
+    fn default() -> Self {
+        GossipLan {
+            probe_interval: Duration::from_secs(1),
+            probe_timeout: Duration::from_millis(500),
+            suspicion_mult: 4,
+            gossip_interval: Duration::from_millis(200),
+            gossip_nodes: 3,
+        }
+    }
 }
 
 /// Listener ports; 0 asks the OS for any free port.
@@ -446,6 +493,12 @@ impl Config {
             enable_local_script_checks: false,
             check_update_interval: Duration::from_secs(300),
             anti_entropy_interval: Duration::from_secs(60),
+            start_join: Vec::new(),
+            retry_join: Vec::new(),
+            encrypt: None,
+            reconnect_timeout: Duration::from_secs(72 * 3600),
+            leave_on_terminate: None,
+            gossip_lan: GossipLan::default(),
         }
     }
 
@@ -467,6 +520,10 @@ impl Config {
         set_if_some(&mut self.ports.server, flags.server_port);
         set_if_some(&mut self.ports.serf_lan, flags.serf_lan_port);
         set_if_some(&mut self.log_level, flags.log_level);
+        set_if_some(&mut self.advertise_addr, flags.advertise.map(Some));
+        self.start_join.extend(flags.join.iter().cloned());
+        self.retry_join.extend(flags.retry_join.iter().cloned());
+        set_if_some(&mut self.encrypt, flags.encrypt.clone().map(Some));
         if flags.log_json {
             self.log_json = true;
         }
@@ -480,6 +537,16 @@ impl Config {
         }
         if self.dev && self.bootstrap_expect != Some(1) {
             return invalid("-dev runs a single server: bootstrap_expect must be 1 or unset");
+        }
+        if let Some(key) = &self.encrypt {
+            if let Err(e) = crate::gossip::GossipKey::from_base64(key) {
+                return Err(ConfigError::Invalid {
+                    what: format!("encrypt (or -encrypt): {e}; `cairn keygen` prints a valid key"),
+                });
+            }
+        }
+        if self.gossip_lan.probe_timeout >= self.gossip_lan.probe_interval {
+            return invalid("gossip_lan.probe_timeout must be shorter than gossip_lan.probe_interval");
         }
         if !self.dev && self.data_dir.is_none() {
             return invalid("data_dir is required: set \"data_dir\" in a config file or pass -data-dir");
@@ -580,19 +647,22 @@ const TOP_NOT_IMPLEMENTED: &str = "
     disable_host_node_id disable_http_unprintable_char_filter disable_keyring_file
     disable_remote_exec disable_update_check discard_check_output discovery_max_stale
     enable_acl_replication enable_agent_tls_for_checks enable_central_service_config
-    enable_debug enable_script_checks enable_syslog encrypt
+    enable_debug enable_script_checks enable_syslog 
     encrypt_verify_incoming encrypt_verify_outgoing experiments http_config key_file
-    leave_on_terminate license_path locality log_file log_rotate_bytes
+     license_path locality log_file log_rotate_bytes
     log_rotate_duration log_rotate_max_files max_query_time node_meta non_voting_server
     peering performance pid_file primary_datacenter primary_gateways raft_logstore
     raft_protocol raft_snapshot_interval raft_snapshot_threshold raft_trailing_logs
-    reconnect_timeout reconnect_timeout_wan rejoin_after_leave retry_interval
-    retry_interval_wan retry_join retry_join_wan retry_max retry_max_wan rpc segment
+     reconnect_timeout_wan rejoin_after_leave retry_interval
+    retry_interval_wan  retry_join_wan retry_max retry_max_wan rpc segment
     segments serf_lan serf_lan_allowed_cidrs serf_wan serf_wan_allowed_cidrs server_name
-    session_ttl_min skip_leave_on_interrupt start_join start_join_wan
+    session_ttl_min skip_leave_on_interrupt  start_join_wan
     syslog_facility telemetry tls translate_wan_addrs ui ui_config ui_content_path
     ui_dir unix_sockets use_streaming_backend verify_incoming verify_incoming_https
     verify_incoming_rpc verify_outgoing verify_server_hostname watches
+";
+const GOSSIP_LAN_NOT_IMPLEMENTED: &str = "
+    deadline_timeout indirect_checks retransmit_mult
 ";
 const PORTS_NOT_IMPLEMENTED: &str = "
     expose_max_port expose_min_port grpc grpc_tls https serf_wan sidecar_max_port
@@ -755,6 +825,29 @@ fn apply_object(
             }
         })
     })?;
+    top.set("start_join", &mut config.start_join, |v| decode_list(v, decode_join_addr))?;
+    top.set("retry_join", &mut config.retry_join, |v| decode_list(v, decode_join_addr))?;
+    top.set("encrypt", &mut config.encrypt, |v| decode_encrypt_key(v).map(Some))?;
+    top.set("reconnect_timeout", &mut config.reconnect_timeout, |v| {
+        decode_duration(v).and_then(|d| {
+            // Consul's floor: shorter would reap members that are only rebooting.
+            if d < Duration::from_secs(8 * 3600) {
+                Err(Mismatch::new("a duration of at least 8h", v))
+            } else {
+                Ok(d)
+            }
+        })
+    })?;
+    top.set("leave_on_terminate", &mut config.leave_on_terminate, |v| decode_bool(v).map(Some))?;
+    if let Some(mut gossip) = top.section("gossip_lan")? {
+        let g = &mut config.gossip_lan;
+        gossip.set("probe_interval", &mut g.probe_interval, decode_positive_duration)?;
+        gossip.set("probe_timeout", &mut g.probe_timeout, decode_positive_duration)?;
+        gossip.set("suspicion_mult", &mut g.suspicion_mult, |v| decode_uint(v, 1, 100))?;
+        gossip.set("gossip_interval", &mut g.gossip_interval, decode_positive_duration)?;
+        gossip.set("gossip_nodes", &mut g.gossip_nodes, |v| decode_uint(v, 1, 64))?;
+        gossip.finish(GOSSIP_LAN_NOT_IMPLEMENTED, warnings)?;
+    }
     // Decoded per file by `service_blocks_of`, which names the file in its errors.
     top.get("service", |_| Ok(()))?;
     top.get("services", |_| Ok(()))?;
@@ -1108,6 +1201,27 @@ fn decode_log_level(value: &Value) -> Result<LogLevel, Mismatch> {
     LogLevel::parse(s).ok_or_else(|| Mismatch::bad_string(LOG_LEVEL_EXPECTED, s))
 }
 
+/// A `-join`/`retry_join` address: `host`, `host:port`, an IP or `[v6]:port`.
+fn decode_join_addr(value: &Value) -> Result<String, Mismatch> {
+    let s = decode_str(value, "an address (host or host:port)")?.trim();
+    if s.is_empty() || s.contains(char::is_whitespace) {
+        return Err(Mismatch::new("an address (host or host:port)", value));
+    }
+    Ok(s.to_string())
+}
+
+fn decode_encrypt_key(value: &Value) -> Result<String, Mismatch> {
+    let s = decode_str(value, "a base64 key of 32 bytes (cairn keygen)")?;
+    crate::gossip::GossipKey::from_base64(s)
+        .map(|_| s.trim().to_string())
+        .map_err(|_| Mismatch::new("a base64 key of 32 bytes (cairn keygen)", value))
+}
+
+fn decode_positive_duration(value: &Value) -> Result<Duration, Mismatch> {
+    decode_duration(value)
+        .and_then(|d| if d.is_zero() { Err(Mismatch::new("a duration above 0", value)) } else { Ok(d) })
+}
+
 fn decode_list<T>(value: &Value, decode_item: impl Fn(&Value) -> Result<T, Mismatch>) -> Result<Vec<T>, Mismatch> {
     let items = value.as_array().ok_or_else(|| Mismatch::new("a list", value))?;
     items
@@ -1292,6 +1406,11 @@ mod tests {
             "lmdb_map_size_mb": 2, "zones_dir": "/z",
             "enable_local_script_checks": true, "check_update_interval": "1m",
             "anti_entropy_interval": "2s",
+            "start_join": ["10.0.0.2"], "retry_join": ["consul.example:8301", "[::1]:1"],
+            "encrypt": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=", "reconnect_timeout": "9h",
+            "leave_on_terminate": true,
+            "gossip_lan": {"probe_interval": "2s", "probe_timeout": "1s", "suspicion_mult": 5,
+                           "gossip_interval": "300ms", "gossip_nodes": 4},
             "service": {"name": "a", "check": {"args": ["/bin/true"], "interval": "5s"}},
             "services": [{"name": "b"}]
         }"#]);
@@ -1367,6 +1486,18 @@ mod tests {
             enable_local_script_checks: true,
             check_update_interval: Duration::from_secs(60),
             anti_entropy_interval: Duration::from_secs(2),
+            start_join: vec!["10.0.0.2".into()],
+            retry_join: vec!["consul.example:8301".into(), "[::1]:1".into()],
+            encrypt: Some("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=".into()),
+            reconnect_timeout: Duration::from_secs(9 * 3600),
+            leave_on_terminate: Some(true),
+            gossip_lan: GossipLan {
+                probe_interval: Duration::from_secs(2),
+                probe_timeout: Duration::from_secs(1),
+                suspicion_mult: 5,
+                gossip_interval: Duration::from_millis(300),
+                gossip_nodes: 4,
+            },
         };
         assert_eq!(config, expected);
     }

@@ -8,6 +8,7 @@
 mod data_dir;
 pub mod memory;
 mod notify;
+mod reconcile;
 mod reload;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -53,6 +54,18 @@ pub enum AgentError {
     Signals(std::io::Error),
     #[error(transparent)]
     Checks(#[from] CheckError),
+    #[error(transparent)]
+    Gossip(#[from] crate::gossip::GossipError),
+    #[error("could not join the gossip pool (-join / start_join): {0}")]
+    Join(String),
+}
+
+/// Why the agent stops: a leave request always leaves the gossip pool gracefully; a signal
+/// does so when `leave_on_terminate` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ShutdownReason {
+    Signal,
+    Leave,
 }
 
 /// What the agent needs besides its config: the flags it was started with (a reload reads
@@ -68,11 +81,6 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     // Installed first: a SIGTERM that arrives while the agent starts must stop it gracefully,
     // not kill it with the default action.
     let signals = Signals::install()?;
-    if !config.server {
-        return Err(AgentError::Unsupported(
-            "client agents (server = false) are not supported yet: run with -server or -dev".into(),
-        ));
-    }
     if let Some(n) = config.bootstrap_expect.filter(|n| *n > 1) {
         return Err(AgentError::Unsupported(format!(
             "bootstrap_expect = {n} needs a multi-server cluster, which cairn does not support yet; use 1"
@@ -106,6 +114,7 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
             node_id: raft_node_id(&node_id),
             advertise: SocketAddr::new(advertise_ip, server_port).to_string(),
             bootstrap: config.bootstrap_expect == Some(1),
+            server: config.server,
             write_queue_max: config.limits.max_pending_writes as usize,
         },
         shutdown.clone(),
@@ -113,6 +122,7 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     )
     .await?;
 
+    let gossip = start_gossip(&config, advertise_ip, server_port, &node_id, shutdown.clone(), &tasks).await?;
     let identity = AgentIdentity {
         datacenter: config.datacenter.clone(),
         node_name: config.node_name.clone(),
@@ -120,7 +130,7 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
         server: config.server,
         advertise_addr: advertise_ip.to_string(),
         server_port,
-        serf_lan_port: config.ports.serf_lan,
+        serf_lan_port: gossip.local().addr.port(),
     };
     let local = LocalAgent::start(
         LocalAgentConfig {
@@ -146,6 +156,7 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
         identity.clone(),
         config.limits.clone(),
         shutdown.clone(),
+        gossip.clone(),
     ));
     let leave = Arc::clone(&ctx.leave);
     tasks.spawn(http::serve(http_listener, ctx, shutdown.clone(), DRAIN_MAX));
@@ -157,10 +168,32 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     tracing::info!(addr = %dns_bound.udp, "DNS listening (UDP and TCP)");
     notify::notify(&format!("READY=1\nSTATUS=DNS on {}, HTTP on {http_bound}", dns_bound.udp));
 
+    if config.server {
+        let reconciler = reconcile::Reconciler {
+            gossip: gossip.clone(),
+            cluster: cluster.clone(),
+            store: store.clone(),
+            own_node: config.node_name.clone(),
+            datacenter: config.datacenter.clone(),
+            reconnect_timeout: config.reconnect_timeout,
+        };
+        tasks.spawn(reconciler.run(shutdown.clone()));
+    }
+    if !config.start_join.is_empty() {
+        let joined = gossip.join(&config.start_join).await.map_err(|e| AgentError::Join(e.to_string()))?;
+        tracing::info!(joined, "joined the gossip pool");
+    }
+    if !config.retry_join.is_empty() {
+        tasks.spawn(gossip.clone().retry_join(config.retry_join.clone(), shutdown.clone()));
+    }
+    let leave_on_terminate = config.leave_on_terminate.unwrap_or(!config.server);
     tasks.spawn(remove_stale_staged_archives(cluster.clone(), store.clone(), shutdown.clone()));
     tasks.spawn(memory::trim_periodically(shutdown.clone()));
     let reloader = Arc::new(Reloader::new(options.flags, config, dns, local, options.set_log_level));
-    wait_for_shutdown_signal(signals, leave, reloader, reload_rx).await?;
+    let reason = wait_for_shutdown_signal(signals, leave, reloader, reload_rx).await?;
+    if reason == ShutdownReason::Leave || leave_on_terminate {
+        gossip.leave().await;
+    }
     tracing::info!("shutting down: no new connections; answering blocking queries now");
     notify::notify("STOPPING=1");
     shutdown.cancel();
@@ -171,6 +204,44 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     tracing::info!("shutdown complete");
     drop(data_dir);
     Ok(())
+}
+
+/// Starts LAN gossip on `bind_addr:serf_lan`, advertising `advertise_ip`.
+async fn start_gossip(
+    config: &Config,
+    advertise_ip: IpAddr,
+    server_port: u16,
+    node_id: &str,
+    shutdown: CancellationToken,
+    tasks: &TaskTracker,
+) -> Result<crate::gossip::Gossip, AgentError> {
+    use crate::gossip::{Gossip, GossipConfig, GossipKey, IdentityFields, Role, Timings};
+    let g = &config.gossip_lan;
+    let timings = Timings {
+        probe_interval: g.probe_interval,
+        probe_timeout: g.probe_timeout,
+        suspicion_mult: f64::from(g.suspicion_mult),
+        gossip_interval: g.gossip_interval,
+        gossip_nodes: g.gossip_nodes as usize,
+        reconnect_timeout: config.reconnect_timeout,
+        ..Timings::lan()
+    };
+    // Validated when the config loaded.
+    let keys: Vec<GossipKey> = config.encrypt.iter().filter_map(|k| GossipKey::from_base64(k).ok()).collect();
+    let gossip_config = GossipConfig {
+        bind: SocketAddr::new(config.bind_addr, config.ports.serf_lan),
+        advertise_ip,
+        identity: IdentityFields {
+            name: config.node_name.clone(),
+            role: if config.server { Role::Server } else { Role::Client },
+            datacenter: config.datacenter.clone(),
+            server_port: if config.server { server_port } else { 0 },
+            node_id: node_id.to_string(),
+        },
+        timings,
+        keys,
+    };
+    Ok(Gossip::start(gossip_config, shutdown, tasks).await?)
 }
 
 /// The address other servers and `/v1/status/leader` see: `advertise_addr`, else
@@ -265,14 +336,14 @@ async fn wait_for_shutdown_signal(
     leave: Arc<tokio::sync::Notify>,
     reloader: Arc<Reloader>,
     mut requests: tokio::sync::mpsc::Receiver<ReloadReply>,
-) -> Result<(), AgentError> {
+) -> Result<ShutdownReason, AgentError> {
     loop {
         let reply = tokio::select! {
-            _ = signals.term.recv() => return Ok(()),
-            _ = signals.int.recv() => return Ok(()),
+            _ = signals.term.recv() => return Ok(ShutdownReason::Signal),
+            _ = signals.int.recv() => return Ok(ShutdownReason::Signal),
             _ = leave.notified() => {
                 tracing::info!("leave requested through the API");
-                return Ok(());
+                return Ok(ShutdownReason::Leave);
             }
             _ = signals.hup.recv() => {
                 tracing::info!("SIGHUP received: reloading the config");

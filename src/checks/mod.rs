@@ -153,7 +153,13 @@ impl LocalAgent {
             agent.inner.reconcile_runners(&ids);
         }
         let inner = &agent.inner;
-        tasks.spawn(sync::run(Arc::clone(inner), cluster, store, self_registration));
+        if cluster.require_server().is_ok() {
+            tasks.spawn(sync::run(Arc::clone(inner), cluster, store, self_registration));
+        } else {
+            // A client holds no catalog; its checks run and answer /v1/agent/*, and reach the
+            // servers' catalog once clients forward writes (the multi-server work).
+            tracing::info!("client agent: local services and checks are not synced to a catalog yet");
+        }
         tasks.spawn(timekeeper(Arc::clone(inner)));
         tasks.spawn(persister(Arc::clone(inner)));
         Ok(agent)

@@ -58,6 +58,10 @@ pub struct ClusterConfig {
     pub advertise: String,
     /// Form a one-server cluster at first start (`-bootstrap-expect 1`, `-dev`).
     pub bootstrap: bool,
+    /// False on a client agent: its Raft node is never initialized and holds no state, and
+    /// every write or read fails with [`WriteError::NoServers`] until clients forward to
+    /// servers (the multi-server work).
+    pub server: bool,
     /// Writes waiting for a proposal at most; when full, writes fail at once with
     /// [`WriteError::QueueFull`].
     pub write_queue_max: usize,
@@ -76,6 +80,8 @@ pub enum ClusterError {
 pub enum WriteError {
     #[error("No cluster leader")]
     NoLeader,
+    #[error("No known Consul servers: this is a client agent, and forwarding to servers is not implemented yet")]
+    NoServers,
     #[error("too many writes pending ({0} queued); try again")]
     QueueFull(usize),
     #[error("data store is full: {room_bytes} bytes left of a {size_bytes}-byte LMDB map; raise lmdb_map_size_mb")]
@@ -159,6 +165,7 @@ impl Cluster {
     /// anything reaches the log, when there is no leader, the queue is full or the LMDB map is
     /// nearly full (a full map inside a log append would stop Raft).
     pub async fn write(&self, command: Command) -> Result<CommandResult, WriteError> {
+        self.require_server()?;
         // Room is checked against what queued writes will take too (each counted about four
         // times: log entry, state rows, indexes, and the copy-on-write pages of the commit).
         let cost = 4 * command.approx_size() as u64;
@@ -219,7 +226,17 @@ impl Cluster {
     /// Confirms with a quorum that this server is still the leader and waits until it has
     /// applied everything committed before (`?consistent` reads).
     pub async fn linearizable(&self) -> Result<(), WriteError> {
+        self.require_server()?;
         self.raft.ensure_linearizable().await.map(|_| ()).map_err(|_| WriteError::NoLeader)
+    }
+
+    /// Fails on a client agent, which holds no replicated state to read or write.
+    pub fn require_server(&self) -> Result<(), WriteError> {
+        if self.config.server {
+            Ok(())
+        } else {
+            Err(WriteError::NoServers)
+        }
     }
 
     pub fn leader(&self) -> Option<LeaderInfo> {

@@ -19,9 +19,10 @@ pub enum Role {
     Client,
 }
 
-/// A member's identity: foca keeps one per gossip address ([`foca::Identity::addr`]), and of
-/// two with the same address the higher `boot` wins, so a restarted agent replaces its old
-/// self instead of being mistaken for it.
+/// A member's identity: foca keeps one per node name ([`foca::Identity::addr`]; node names
+/// are unique in a datacenter, as in Consul), and of two with the same name the higher `boot`
+/// wins, so a restarted agent replaces its old self — even on another address or port —
+/// instead of being mistaken for it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct MemberId {
     pub name: String,
@@ -41,14 +42,14 @@ pub struct MemberId {
 }
 
 impl foca::Identity for MemberId {
-    type Addr = SocketAddr;
+    type Addr = String;
 
     fn renew(&self) -> Option<Self> {
         Some(MemberId { boot: self.boot + 1, ..self.clone() })
     }
 
-    fn addr(&self) -> SocketAddr {
-        self.addr
+    fn addr(&self) -> String {
+        self.name.clone()
     }
 
     fn win_addr_conflict(&self, adversary: &Self) -> bool {

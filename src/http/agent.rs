@@ -1,11 +1,13 @@
 //! `/v1/agent/self` and `/v1/status/*`: what this agent is and who leads.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
+use axum::extract::{Path, Query};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::Ctx;
+use super::{ApiError, Ctx};
+use crate::gossip::MemberInfo;
 
 /// The Consul API version cairn implements; clients branch on `Config.Version`.
 pub const CONSUL_API_VERSION: &str = "1.20.0";
@@ -18,24 +20,15 @@ pub async fn status_peers(ctx: Ctx) -> Json<Vec<String>> {
     Json(ctx.cluster.peers())
 }
 
-/// This agent as a gossip member (`Member` of `/v1/agent/self`, an entry of
-/// `/v1/agent/members`); until gossip exists it is the only member it knows.
-fn member(ctx: &super::HttpContext) -> Value {
-    let id = &ctx.identity;
-    let tags = BTreeMap::from([
-        ("role", if id.server { "consul" } else { "node" }.to_string()),
-        ("dc", id.datacenter.clone()),
-        ("port", id.server_port.to_string()),
-        ("build", format!("{CONSUL_API_VERSION}:cairn-{}", env!("CARGO_PKG_VERSION"))),
-        ("vsn", "2".to_string()),
-        ("id", id.node_id.clone()),
-    ]);
+/// One gossip member in Consul's shape (an entry of `/v1/agent/members`, `Member` of
+/// `/v1/agent/self`).
+fn member_json(m: &MemberInfo) -> Value {
     json!({
-        "Name": id.node_name,
-        "Addr": id.advertise_addr,
-        "Port": id.serf_lan_port,
-        "Tags": tags,
-        "Status": 1,
+        "Name": m.id.name,
+        "Addr": m.id.addr.ip().to_string(),
+        "Port": m.id.addr.port(),
+        "Tags": m.id.tags(),
+        "Status": m.status as u8,
         "ProtocolMin": 1,
         "ProtocolMax": 5,
         "ProtocolCur": 2,
@@ -45,8 +38,43 @@ fn member(ctx: &super::HttpContext) -> Value {
     })
 }
 
-pub async fn agent_members(ctx: Ctx) -> Json<Value> {
-    Json(json!([member(&ctx)]))
+/// `GET /v1/agent/members`: the LAN pool as this agent sees it (`?wan`: the WAN pool, which
+/// a cairn datacenter does not have yet, so `[]`). `?segment=` is accepted and ignored.
+pub async fn agent_members(ctx: Ctx, Query(params): Query<HashMap<String, String>>) -> Json<Value> {
+    if params.contains_key("wan") {
+        return Json(json!([]));
+    }
+    Json(Value::Array(ctx.gossip.members().iter().map(member_json).collect()))
+}
+
+/// `PUT /v1/agent/join/{addr}`: joins the pool through `addr` (host or host:port).
+pub async fn agent_join(ctx: Ctx, Path(addr): Path<String>) -> Result<&'static str, ApiError> {
+    ctx.gossip.join(&[addr]).await.map_err(|e| ApiError::Internal(format!("Failed to join: {e}")))?;
+    Ok("")
+}
+
+/// `PUT /v1/agent/force-leave/{node}`: a failed member becomes left everywhere (and the
+/// leader deregisters it); `?prune` also drops it from the member list.
+pub async fn agent_force_leave(
+    ctx: Ctx,
+    Path(node): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<&'static str, ApiError> {
+    let prune = params.contains_key("prune");
+    match ctx.gossip.force_leave(&node, prune).await {
+        Ok(true) => Ok(""),
+        Ok(false) => {
+            let known = ctx.gossip.members().iter().any(|m| m.id.name == node);
+            Err(if known {
+                ApiError::BadRequest(format!(
+                    "Node {node} is not in a failed state: only failed members can be force-left"
+                ))
+            } else {
+                ApiError::NotFound(format!("Unknown node {node}"))
+            })
+        }
+        Err(e) => Err(ApiError::Internal(e.to_string())),
+    }
 }
 
 /// `PUT /v1/agent/leave`: answers, then the agent shuts down gracefully (as SIGTERM).
@@ -86,7 +114,7 @@ pub async fn agent_self(ctx: Ctx) -> Json<Value> {
         },
         "DebugConfig": {},
         "Coord": null,
-        "Member": member(&ctx),
+        "Member": ctx.gossip.members().first().map(member_json),
         "Stats": {
             "cairn": {
                 "version": env!("CARGO_PKG_VERSION"),

@@ -70,9 +70,12 @@ pub struct HttpContext {
     pub blocking_permits: Arc<Semaphore>,
     /// Cancelled at shutdown: blocking queries answer at once with their current data.
     pub shutdown: CancellationToken,
+    /// LAN gossip: members, join, force-leave.
+    pub gossip: crate::gossip::Gossip,
 }
 
 impl HttpContext {
+    #[allow(clippy::too_many_arguments)] // one per shared service; a builder would only rename them
     pub fn new(
         cluster: Cluster,
         store: Store,
@@ -81,10 +84,11 @@ impl HttpContext {
         identity: AgentIdentity,
         limits: Limits,
         shutdown: CancellationToken,
+        gossip: crate::gossip::Gossip,
     ) -> Self {
         let blocking_permits = Arc::new(Semaphore::new(limits.max_blocking_queries as usize));
         let leave = Arc::default();
-        HttpContext { cluster, store, local, reload, leave, identity, limits, blocking_permits, shutdown }
+        HttpContext { cluster, store, local, reload, leave, identity, limits, blocking_permits, shutdown, gossip }
     }
 
     /// Blocking queries waiting right now.
@@ -118,6 +122,8 @@ pub fn router(ctx: Arc<HttpContext>) -> Router {
         .route("/v1/agent/self", get(agent::agent_self))
         .route("/v1/agent/members", get(agent::agent_members))
         .route("/v1/agent/leave", put(agent::agent_leave))
+        .route("/v1/agent/join/{addr}", put(agent::agent_join))
+        .route("/v1/agent/force-leave/{node}", put(agent::agent_force_leave))
         .route("/v1/operator/raft/configuration", get(agent::raft_configuration))
         .route("/v1/agent/services", get(agent_local::services))
         .route("/v1/agent/service/register", put(agent_local::register_service))

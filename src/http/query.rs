@@ -160,6 +160,7 @@ impl HttpContext {
     /// Checks the consistency mode: the default and `?consistent` need a leader (this server,
     /// with one server per cluster); `?consistent` also confirms it with a quorum.
     async fn check_consistency(&self, q: &Query) -> Result<(), ApiError> {
+        self.cluster.require_server()?;
         if q.consistent {
             return Ok(self.cluster.linearizable().await?);
         }

@@ -18,6 +18,7 @@ use crate::model::{Command, CommandResult, RestoreRequest};
 use crate::store::archive;
 
 pub async fn save(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
+    ctx.cluster.require_server()?;
     if !q.stale && !ctx.cluster.is_leader() {
         return Err(ApiError::Write(crate::cluster::WriteError::NoLeader));
     }

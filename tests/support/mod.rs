@@ -38,6 +38,8 @@ pub struct Agent {
     pub http: SocketAddr,
     /// UDP and TCP share this address.
     pub dns: SocketAddr,
+    /// LAN gossip (UDP and TCP).
+    pub gossip: SocketAddr,
     pub data_dir: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
     _temp: Option<tempfile::TempDir>,
@@ -85,11 +87,23 @@ impl Agent {
 
     /// Starts a server on `data_dir` (kept after the agent stops).
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Agent {
-        let mut args: Vec<String> =
-            ["agent", "-server", "-bootstrap-expect", "1", "-http-port", "0", "-dns-port", "0", "-node", "test-node"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+        let mut args: Vec<String> = [
+            "agent",
+            "-server",
+            "-bootstrap-expect",
+            "1",
+            "-http-port",
+            "0",
+            "-dns-port",
+            "0",
+            "-serf-lan-port",
+            "0",
+            "-node",
+            "test-node",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         args.push("-data-dir".into());
         args.push(data_dir.display().to_string());
         args.extend(extra.iter().map(|s| s.to_string()));
@@ -103,13 +117,23 @@ impl Agent {
 
     /// [`Agent::spawn`] with extra environment variables.
     pub fn spawn_with_env(args: Vec<String>, data_dir: PathBuf, env: &[(&str, String)]) -> Agent {
+        Agent::spawn_until(args, data_dir, env, "registered this server in the catalog")
+    }
+
+    /// Starts a client agent (no `-server`) and waits until it serves HTTP and DNS.
+    pub fn spawn_client(args: Vec<String>, data_dir: PathBuf) -> Agent {
+        Agent::spawn_until(args, data_dir, &[], "DNS listening")
+    }
+
+    /// Starts `cairn` with `args` and waits until it listens and has logged `ready`.
+    pub fn spawn_until(args: Vec<String>, data_dir: PathBuf, env: &[(&str, String)], ready: &str) -> Agent {
         let (mut child, log, _reader) = spawn_logged(&args, env);
-        let (http, dns) = wait_for("the agent to listen and register itself", START_TIMEOUT, || {
+        let (http, dns, gossip) = wait_for("the agent to listen and register itself", START_TIMEOUT, || {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("agent exited during start ({status}):\n{}", log.lock().unwrap().join("\n"));
             }
             let lines = log.lock().unwrap();
-            if !lines.iter().any(|l| l.contains("registered this server in the catalog")) {
+            if !lines.iter().any(|l| l.contains(ready)) {
                 return None;
             }
             let addr_after = |marker: &str| {
@@ -118,9 +142,13 @@ impl Agent {
                     rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
                 })
             };
-            Some((addr_after("HTTP API listening addr=")?, addr_after("DNS listening (UDP and TCP) addr=")?))
+            Some((
+                addr_after("HTTP API listening addr=")?,
+                addr_after("DNS listening (UDP and TCP) addr=")?,
+                addr_after("gossip listening (UDP and TCP) addr=")?,
+            ))
         });
-        Agent { child: Some(child), http, dns, data_dir, log, _temp: None }
+        Agent { child: Some(child), http, dns, gossip, data_dir, log, _temp: None }
     }
 
     /// Runs `cairn` with `args`, expecting it to exit by itself within the deadline.

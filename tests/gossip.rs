@@ -1,0 +1,169 @@
+//! Gossip membership and failure detection with real processes on loopback: one server and
+//! four client agents with an encryption key. SIGKILL turns a member failed and its services
+//! leave DNS; a short SIGSTOP declares nothing; a graceful leave deregisters; a wrong key is
+//! refused; a restarted member is alive again.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use serde_json::{json, Value};
+use support::dns::{answers, udp};
+use support::{wait_for, Agent};
+
+const KEY: &str = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s=";
+const OTHER_KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+const CONVERGE: Duration = Duration::from_secs(30);
+
+fn client(name: &str, join: &str, key: &str, dir: &std::path::Path) -> Agent {
+    let args: Vec<String> = [
+        "agent",
+        "-http-port",
+        "0",
+        "-dns-port",
+        "0",
+        "-serf-lan-port",
+        "0",
+        "-bind",
+        "127.0.0.1",
+        "-node",
+        name,
+        "-retry-join",
+        join,
+        "-encrypt",
+        key,
+        "-data-dir",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([dir.join(name).display().to_string()])
+    .collect();
+    Agent::spawn_client(args, dir.join(name))
+}
+
+/// Member name → status number, as `/v1/agent/members` on `agent` reports.
+fn statuses(agent: &Agent) -> BTreeMap<String, u64> {
+    let members = agent.get("/v1/agent/members").json();
+    members
+        .as_array()
+        .expect("members array")
+        .iter()
+        .map(|m| (m["Name"].as_str().unwrap().to_string(), m["Status"].as_u64().unwrap()))
+        .collect()
+}
+
+fn serf_health(agent: &Agent, node: &str) -> Option<String> {
+    let checks = agent.get(&format!("/v1/health/node/{node}")).json();
+    checks.as_array()?.iter().find(|c| c["CheckID"] == "serfHealth").map(|c| c["Status"].as_str().unwrap().to_string())
+}
+
+fn web_in_dns(server: &Agent) -> bool {
+    let m = udp(server.dns, "web.service.consul", RecordType::A, None);
+    m.metadata.response_code == ResponseCode::NoError && !answers(&m).is_empty()
+}
+
+#[test]
+fn members_fail_leave_and_rejoin_through_gossip() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server = Agent::start(&["-bind", "127.0.0.1", "-encrypt", KEY]);
+    let join = server.gossip.to_string();
+    let mut clients: Vec<Agent> = (1..=4).map(|i| client(&format!("c{i}"), &join, KEY, temp.path())).collect();
+
+    // All five alive everywhere, and each client has a catalog node with a passing serfHealth.
+    wait_for("5 alive members on the server and on a client", CONVERGE, || {
+        let all_alive = |a: &Agent| {
+            let s = statuses(a);
+            (s.len() == 5 && s.values().all(|v| *v == 1)).then_some(())
+        };
+        all_alive(&server)?;
+        all_alive(&clients[3])
+    });
+    wait_for("reconciled catalog nodes", CONVERGE, || {
+        (1..=4).all(|i| serf_health(&server, &format!("c{i}")).as_deref() == Some("passing")).then_some(())
+    });
+    let members = server.get("/v1/agent/members").json();
+    let c1 = members.as_array().unwrap().iter().find(|m| m["Name"] == "c1").unwrap().clone();
+    assert_eq!(c1["Tags"]["role"], "node");
+    assert_eq!(c1["Addr"], "127.0.0.1");
+    let me = members.as_array().unwrap().iter().find(|m| m["Name"] == "test-node").unwrap().clone();
+    assert_eq!(me["Tags"]["role"], "consul");
+    assert_eq!(server.get("/v1/agent/self").json()["Member"]["Name"], "test-node");
+    // A client has no catalog until forwarding exists, and says so.
+    let r = clients[0].get("/v1/catalog/nodes");
+    assert_eq!(r.status, 500);
+    assert!(r.text().contains("No known Consul servers"), "{}", r.text());
+
+    // A service on c1 is in DNS while c1 lives.
+    let body = json!({"Node": "c1", "Address": "127.0.0.1", "SkipNodeUpdate": true,
+                      "Service": {"ID": "web1", "Service": "web", "Port": 80}});
+    assert_eq!(server.put("/v1/catalog/register", body.to_string()).status, 200);
+    assert!(web_in_dns(&server));
+
+    // A SIGSTOP shorter than the suspicion timeout declares nothing.
+    clients[1].signal(libc::SIGSTOP);
+    let paused_at = Instant::now();
+    while paused_at.elapsed() < Duration::from_millis(500) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    clients[1].signal(libc::SIGCONT);
+    let watch_until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < watch_until {
+        assert_eq!(statuses(&server).get("c2"), Some(&1), "c2 must not be declared failed by a 500 ms pause");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // SIGKILL: failed, serfHealth critical, its service out of DNS.
+    let killed_at = Instant::now();
+    clients[0].kill();
+    wait_for("c1 out of DNS", CONVERGE, || (!web_in_dns(&server)).then_some(()));
+    let detection = killed_at.elapsed();
+    assert_eq!(statuses(&server).get("c1"), Some(&4));
+    assert_eq!(serf_health(&server, "c1").as_deref(), Some("critical"));
+    eprintln!("SIGKILL to out of DNS: {detection:?}");
+
+    // A graceful leave: left (3) and deregistered.
+    let leaving = clients.remove(2);
+    assert_eq!(leaving.put("/v1/agent/leave", "").status, 200);
+    let mut leaving = leaving;
+    assert!(leaving.wait_exit().success());
+    wait_for("c3 left and deregistered", CONVERGE, || {
+        (statuses(&server).get("c3") == Some(&3) && server.get("/v1/catalog/node/c3").json() == Value::Null)
+            .then_some(())
+    });
+
+    // The wrong key cannot join, and the server logs the refusal with the peer's address.
+    let dir = temp.path().join("intruder");
+    let out = Agent::run_to_exit(&[
+        "agent",
+        "-http-port",
+        "0",
+        "-dns-port",
+        "0",
+        "-serf-lan-port",
+        "0",
+        "-bind",
+        "127.0.0.1",
+        "-node",
+        "intruder",
+        "-join",
+        &join,
+        "-encrypt",
+        OTHER_KEY,
+        "-data-dir",
+        &dir.display().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("could not join"), "{}", out.stderr);
+    assert!(!statuses(&server).contains_key("intruder"));
+    assert!(server.log().contains("gossip from this peer refused"), "{}", server.log());
+
+    // c1 restarts on the same data dir: alive again, serfHealth passing, back in DNS.
+    let _c1 = client("c1", &join, KEY, temp.path());
+    wait_for("c1 alive again and back in DNS", CONVERGE, || {
+        (statuses(&server).get("c1") == Some(&1) && web_in_dns(&server)).then_some(())
+    });
+    assert_eq!(serf_health(&server, "c1").as_deref(), Some("passing"));
+}
