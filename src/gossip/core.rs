@@ -15,7 +15,14 @@
 //!   when a suspicion timer it asked for fires; cairn decides when that is. Every member whose
 //!   own probe fails broadcasts "I suspect X" (a foca custom broadcast); the timeout starts at
 //!   `suspicion_max` and shrinks logarithmically towards `suspicion_min` as distinct members
-//!   confirm, as memberlist's does.
+//!   confirm, as memberlist's does. A member that hears of a suspicion it does not hold
+//!   checks at once with a direct *confirmation probe* (its own ping, outside foca's probe
+//!   rotation) and broadcasts its own "I suspect X" only if that goes unanswered for a probe
+//!   timeout; so a dead member collects its confirmations within a gossip round and a probe
+//!   timeout, while a live one answers them and keeps the full timeout to refute.
+//!
+//! Payloads (inside the envelope) start with a kind byte: `0` foca, `1` confirmation ping
+//! `(nonce u64 BE)`, `2` its ack `(nonce u64 BE)`.
 //! - **Left versus failed.** A graceful leave is broadcast first, so peers record the member
 //!   as left (3), not failed (4), once foca marks it down.
 
@@ -64,7 +71,7 @@ impl Timings {
             probe_timeout: Duration::from_millis(500),
             indirect_checks: 3,
             suspicion_mult: 4.0,
-            suspicion_min_ratio: 0.25,
+            suspicion_min_ratio: 0.125,
             suspicion_confirmations: 2,
             awareness_max: 8,
             gossip_interval: Duration::from_millis(200),
@@ -136,6 +143,20 @@ impl Invalidates for Broadcast {
 const SEEN_BROADCASTS_MAX: usize = 16_384;
 /// Confirmations kept for members not (yet) suspected here.
 const EARLY_CONFIRMATIONS_MAX: usize = 4_096;
+/// Confirmation probes in flight at most; a suspicion heard while full is not confirmed by
+/// this member (others still can).
+const CONFIRM_PROBES_MAX: usize = 64;
+const KIND_FOCA: u8 = 0;
+const KIND_CONFIRM_PING: u8 = 1;
+const KIND_CONFIRM_ACK: u8 = 2;
+
+/// A direct ping sent to confirm someone else's suspicion.
+struct ConfirmProbe {
+    of: SocketAddr,
+    boot: u64,
+    deadline: Instant,
+}
+
 /// A timer that fires later than this after its deadline counts against local health.
 const TIMER_LATE: Duration = Duration::from_millis(100);
 
@@ -282,7 +303,10 @@ impl foca::Runtime<MemberId> for Effects {
     }
 
     fn send_to(&mut self, to: MemberId, data: &[u8]) {
-        self.outbox.push((to.addr, data.to_vec()));
+        let mut packet = Vec::with_capacity(1 + data.len());
+        packet.push(KIND_FOCA);
+        packet.extend_from_slice(data);
+        self.outbox.push((to.addr, packet));
     }
 
     fn submit_after(&mut self, event: Timer<MemberId>, after: Duration) {
@@ -321,6 +345,15 @@ pub struct PushPull {
     pub left: Vec<(SocketAddr, u64)>,
 }
 
+/// Why a packet that passed the envelope was not used.
+#[derive(Debug, thiserror::Error)]
+pub enum PacketError {
+    #[error(transparent)]
+    Swim(foca::Error),
+    #[error("malformed gossip payload (kind {0})")]
+    Malformed(u8),
+}
+
 /// Counted outcomes, for logs and `/v1/agent/self`.
 #[derive(Debug, Default, Clone)]
 pub struct CoreStats {
@@ -337,6 +370,9 @@ pub struct Core {
     left: HashMap<SocketAddr, u64>,
     /// Force-left members removed from the list with `?prune`.
     pruned: HashSet<SocketAddr>,
+    /// Confirmation probes in flight, by nonce.
+    confirms: HashMap<u64, ConfirmProbe>,
+    confirm_seq: u64,
     leaving: bool,
     pub stats: CoreStats,
 }
@@ -374,6 +410,8 @@ impl Core {
             },
             left: HashMap::new(),
             pruned: HashSet::new(),
+            confirms: HashMap::new(),
+            confirm_seq: seed,
             leaving: false,
             stats: CoreStats::default(),
         }
@@ -392,11 +430,27 @@ impl Core {
         self.fx.awareness()
     }
 
-    /// Hands a packet that passed the envelope to foca.
-    pub fn handle_packet(&mut self, now: Instant, payload: &[u8]) -> Result<(), foca::Error> {
+    /// Handles a packet from `from` that passed the envelope.
+    pub fn handle_packet(&mut self, now: Instant, from: SocketAddr, payload: &[u8]) -> Result<(), PacketError> {
         self.fx.now = now;
         self.stats.packets_in += 1;
-        let result = self.swim.handle_data(payload, &mut self.fx);
+        let result = match payload.split_first() {
+            Some((&KIND_FOCA, rest)) => self.swim.handle_data(rest, &mut self.fx).map_err(PacketError::Swim),
+            Some((&KIND_CONFIRM_PING, rest)) if rest.len() == 8 => {
+                let mut ack = Vec::with_capacity(9);
+                ack.push(KIND_CONFIRM_ACK);
+                ack.extend_from_slice(rest);
+                self.fx.outbox.push((from, ack));
+                Ok(())
+            }
+            Some((&KIND_CONFIRM_ACK, rest)) if rest.len() == 8 => {
+                let nonce = u64::from_be_bytes(rest.try_into().unwrap_or_default());
+                self.confirms.remove(&nonce);
+                Ok(())
+            }
+            Some((&kind, _)) => Err(PacketError::Malformed(kind)),
+            None => Err(PacketError::Malformed(0xff)),
+        };
         if result.is_err() {
             self.stats.packets_rejected += 1;
         }
@@ -406,12 +460,32 @@ impl Core {
 
     /// When the next timer is due.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.fx.timers.keys().next().map(|(at, _)| *at)
+        let timer = self.fx.timers.keys().next().map(|(at, _)| *at);
+        let confirm = self.confirms.values().map(|c| c.deadline).min();
+        match (timer, confirm) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Fires every timer due at `now`, in deadline order.
     pub fn fire_due(&mut self, now: Instant) {
         self.fx.now = now;
+        let expired: Vec<u64> = self.confirms.iter().filter(|(_, c)| c.deadline <= now).map(|(n, _)| *n).collect();
+        for nonce in expired {
+            let Some(probe) = self.confirms.remove(&nonce) else { continue };
+            // Unanswered: confirm the suspicion if it still stands here.
+            let still_suspect = self
+                .swim
+                .iter_membership_state()
+                .any(|m| m.id().addr == probe.of && m.id().boot == probe.boot && m.state() == State::Suspect);
+            if still_suspect {
+                self.fx.to_broadcast.push(Broadcast::Suspect { by: self.fx.own_addr, of: probe.of, boot: probe.boot });
+            }
+        }
+        if !self.fx.to_broadcast.is_empty() {
+            self.after_call();
+        }
         while let Some(entry) = self.fx.timers.first_entry() {
             let (at, _) = *entry.key();
             if at > now {
@@ -565,6 +639,28 @@ impl Core {
         self.after_call();
     }
 
+    /// Pings `of` directly to confirm `by`'s suspicion, unless this member already suspects
+    /// it (its own timer runs), already probes it, or is `of` itself.
+    fn start_confirm_probe(&mut self, of: SocketAddr, boot: u64, by: SocketAddr) {
+        let own = self.fx.own_addr;
+        if by == own
+            || of == own
+            || self.fx.suspicions.get(&of).is_some_and(|s| s.boot == boot)
+            || self.confirms.len() >= CONFIRM_PROBES_MAX
+            || self.confirms.values().any(|c| c.of == of && c.boot == boot)
+        {
+            return;
+        }
+        self.confirm_seq = self.confirm_seq.wrapping_add(1);
+        let nonce = self.confirm_seq;
+        let deadline = self.fx.now + self.fx.timings.probe_timeout * self.fx.awareness();
+        self.confirms.insert(nonce, ConfirmProbe { of, boot, deadline });
+        let mut ping = Vec::with_capacity(9);
+        ping.push(KIND_CONFIRM_PING);
+        ping.extend_from_slice(&nonce.to_be_bytes());
+        self.fx.outbox.push((of, ping));
+    }
+
     fn record_left(&mut self, addr: SocketAddr, boot: u64) {
         let newer = self.left.get(&addr).is_none_or(|b| *b < boot);
         if newer {
@@ -579,7 +675,10 @@ impl Core {
         let received: Vec<Broadcast> = std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|e| e.into_inner()));
         for item in received {
             match item {
-                Broadcast::Suspect { by, of, boot } => self.fx.confirm(of, boot, by),
+                Broadcast::Suspect { by, of, boot } => {
+                    self.fx.confirm(of, boot, by);
+                    self.start_confirm_probe(of, boot, by);
+                }
                 Broadcast::Left { addr, boot } => self.record_left(addr, boot),
             }
         }

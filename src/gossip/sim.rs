@@ -15,7 +15,7 @@ use super::core::{Core, Timings};
 use super::member::{MemberId, MemberStatus, Role, PROTOCOL_VERSION};
 
 /// A packet on the wire: (delivery time, sequence, destination node, payload).
-type InFlight = Reverse<(Instant, u64, usize, Vec<u8>)>;
+type InFlight = Reverse<(Instant, u64, usize, (usize, Vec<u8>))>;
 
 pub struct SimNode {
     pub core: Core,
@@ -126,7 +126,7 @@ impl Sim {
                 continue;
             }
             self.seq += 1;
-            self.queue.push(Reverse((self.now + self.delay, self.seq, to, payload)));
+            self.queue.push(Reverse((self.now + self.delay, self.seq, to, (from, payload))));
         }
     }
 
@@ -166,7 +166,7 @@ impl Sim {
                     self.queue.push(Reverse((p, 0, to, payload)));
                     continue;
                 }
-                let _ = node.core.handle_packet(self.now, &payload);
+                let _ = node.core.handle_packet(self.now, addr_of(payload.0), &payload.1);
                 self.flush(to);
                 continue;
             }

@@ -154,7 +154,7 @@ pub(super) async fn run(
                 match received {
                     Ok((len, from)) => {
                         if let Some(payload) = shared.open(&buf[..len], from) {
-                            if let Err(e) = core.handle_packet(started, &payload) {
+                            if let Err(e) = core.handle_packet(started, from, &payload) {
                                 tracing::debug!(peer = %from, error = %e, "gossip packet rejected");
                             }
                         }
