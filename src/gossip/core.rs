@@ -528,6 +528,42 @@ impl Core {
         }
     }
 
+    /// A digest of this member's view: every member (itself included) with its boot,
+    /// incarnation and state, and the left set. Two members with the same view have the same
+    /// digest, so a periodic push/pull sends the full state only when views differ.
+    pub fn digest(&self) -> u64 {
+        let mut entries: Vec<(String, u64, u16, u8)> = self
+            .swim
+            .iter_membership_state()
+            .map(|m| (m.id().name.clone(), m.id().boot, m.incarnation(), m.state() as u8))
+            .collect();
+        let me = self.swim.identity();
+        entries.push((me.name.clone(), me.boot, self.fx.own_incarnation, State::Alive as u8));
+        entries.sort_unstable();
+        let mut left: Vec<(SocketAddr, u64)> = self.left.iter().map(|(a, b)| (*a, *b)).collect();
+        left.sort_unstable();
+        // FNV-1a: stable across builds and platforms, unlike std's hasher.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |bytes: &[u8]| {
+            for b in bytes {
+                hash ^= u64::from(*b);
+                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        for (name, boot, incarnation, state) in &entries {
+            feed(name.as_bytes());
+            feed(&[0]);
+            feed(&boot.to_be_bytes());
+            feed(&incarnation.to_be_bytes());
+            feed(&[*state]);
+        }
+        for (addr, boot) in &left {
+            feed(addr.to_string().as_bytes());
+            feed(&boot.to_be_bytes());
+        }
+        hash
+    }
+
     /// Announces this member to `dst` over UDP (after a join, so it answers with its view).
     pub fn announce(&mut self, now: Instant, dst: MemberId) {
         self.fx.now = now;

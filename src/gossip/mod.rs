@@ -13,8 +13,7 @@
 pub mod core;
 pub mod envelope;
 pub mod member;
-#[cfg(test)]
-mod sim;
+pub mod sim;
 mod transport;
 
 use std::net::SocketAddr;
@@ -47,10 +46,28 @@ pub enum GossipError {
 }
 
 pub(crate) enum GossipCommand {
-    Join { addrs: Vec<SocketAddr>, reply: oneshot::Sender<Result<usize, String>> },
-    Exchange { state: PushPull, reply: Option<oneshot::Sender<Vec<u8>>> },
-    Leave { reply: oneshot::Sender<()> },
-    ForceLeave { name: String, prune: bool, reply: oneshot::Sender<bool> },
+    Join {
+        addrs: Vec<SocketAddr>,
+        reply: oneshot::Sender<Result<usize, String>>,
+    },
+    /// Apply a peer's full state; answer with ours (sealed) when asked.
+    Exchange {
+        state: PushPull,
+        reply: Option<oneshot::Sender<Vec<u8>>>,
+    },
+    /// Compare a peer's view digest with ours; answer "same" or our state (sealed).
+    Compare {
+        digest: u64,
+        reply: oneshot::Sender<Vec<u8>>,
+    },
+    Leave {
+        reply: oneshot::Sender<()>,
+    },
+    ForceLeave {
+        name: String,
+        prune: bool,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// What the gossip layer needs to start.

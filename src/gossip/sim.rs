@@ -1,4 +1,4 @@
-//! A deterministic simulated network for [`Core`]: no sockets, a virtual clock, seeded loss,
+//! A deterministic simulated network for [`Core`], used by the tests and by `bench/gossip.rs`: no sockets, a virtual clock, seeded loss,
 //! delay, partitions and pauses. Each node is a `Core`; packets are queued with a delivery
 //! time; a paused node's packets wait until it resumes and are handled before its timers, as
 //! the real loop does.
@@ -44,7 +44,7 @@ pub fn addr_of(i: usize) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8)), 8301)
 }
 
-fn id_of(i: usize, boot: u64) -> MemberId {
+pub fn id_of(i: usize, boot: u64) -> MemberId {
     MemberId {
         name: format!("node{i}"),
         addr: addr_of(i),
@@ -89,19 +89,33 @@ impl Sim {
             sim.nodes[i].core.fire_due(start);
         }
         for i in 1..n {
-            sim.exchange(i, 0);
+            sim.exchange(i, 0, true);
         }
         sim.flush_all();
         sim
     }
 
-    fn exchange(&mut self, a: usize, b: usize) {
+    /// A push/pull from `a` to `b` as the transport runs it: a join sends full states; a
+    /// periodic one sends a digest first and full states only if the views differ.
+    pub fn exchange(&mut self, a: usize, b: usize, join: bool) {
         if !self.reachable(a, b) || !self.nodes[b].up || !self.nodes[a].up {
             return;
+        }
+        // Frame header, envelope, TCP/IP, and a digest message's identity and hash.
+        const FRAME: u64 = 4 + 37 + 52;
+        if !join {
+            self.bytes_sent += FRAME + 64;
+            if self.nodes[a].core.digest() == self.nodes[b].core.digest() {
+                self.bytes_sent += FRAME;
+                return;
+            }
         }
         let now = self.now;
         let sa = self.nodes[a].core.push_pull_state();
         let sb = self.nodes[b].core.push_pull_state();
+        self.bytes_sent += 2 * FRAME
+            + (postcard::to_allocvec(&sa).map_or(0, |v| v.len()) + postcard::to_allocvec(&sb).map_or(0, |v| v.len()))
+                as u64;
         let _ = self.nodes[b].core.apply_push_pull(now, sa);
         let _ = self.nodes[a].core.apply_push_pull(now, sb);
     }
@@ -110,13 +124,13 @@ impl Sim {
         !self.cut.contains(&(a.min(b), a.max(b)))
     }
 
-    fn flush_all(&mut self) {
+    pub fn flush_all(&mut self) {
         for i in 0..self.nodes.len() {
             self.flush(i);
         }
     }
 
-    fn flush(&mut self, from: usize) {
+    pub fn flush(&mut self, from: usize) {
         for (to, payload) in self.nodes[from].core.take_outbox() {
             let Some(&to) = self.index.get(&to) else { continue };
             self.packets_sent += 1;
@@ -184,7 +198,7 @@ impl Sim {
                     let targets = self.nodes[i].core.push_pull_targets(&mut |n| rng.random_range(0..n));
                     for t in targets {
                         if let Some(&j) = self.index.get(&t) {
-                            self.exchange(i, j);
+                            self.exchange(i, j, false);
                             self.flush(j);
                         }
                     }
@@ -269,6 +283,20 @@ mod tests {
     }
 
     #[test]
+    fn settled_views_share_one_digest_so_push_pull_sends_no_state() {
+        let mut sim = converged_sim(8, 21);
+        sim.run_for(Duration::from_secs(10));
+        let digests: HashSet<u64> = sim.nodes.iter().map(|n| n.core.digest()).collect();
+        assert_eq!(digests.len(), 1, "settled members must agree on their view");
+        sim.kill(5);
+        sim.time_until_failed(5, Duration::from_secs(30)).expect("failure detected");
+        sim.run_for(Duration::from_secs(5));
+        let live: HashSet<u64> = sim.nodes.iter().filter(|n| n.up).map(|n| n.core.digest()).collect();
+        assert_eq!(live.len(), 1, "views agree again once the failure has spread");
+        assert_ne!(live, digests);
+    }
+
+    #[test]
     fn one_percent_loss_causes_no_false_failures() {
         let mut sim = converged_sim(10, 7);
         sim.loss = 0.01;
@@ -334,7 +362,7 @@ mod tests {
             next_push_pull: now + Duration::from_secs(30),
         };
         sim.nodes[2].core.fire_due(now);
-        sim.exchange(2, 0);
+        sim.exchange(2, 0, true);
         sim.flush_all();
         sim.run_for(Duration::from_secs(5));
         assert!(sim.converged());
