@@ -28,8 +28,14 @@ enum CliCommand {
     /// List services and nodes of the catalog.
     #[command(subcommand)]
     Catalog(cairn::cli::catalog::CatalogCommand),
-    /// List the members of the cluster.
-    Members(cairn::cli::ClientFlags),
+    /// List the members of the cluster (gossip pool).
+    Members(cairn::cli::operator::MembersFlags),
+    /// Join the gossip pool through another member.
+    Join(cairn::cli::operator::JoinFlags),
+    /// Mark a failed member as left.
+    ForceLeave(cairn::cli::operator::ForceLeaveFlags),
+    /// Print a new gossip encryption key (for `encrypt`).
+    Keygen,
     /// Cluster operations.
     #[command(subcommand)]
     Operator(cairn::cli::operator::OperatorCommand),
@@ -55,6 +61,12 @@ fn main() -> ExitCode {
         CliCommand::Kv(command) => client_exit(cairn::cli::kv::run(command)),
         CliCommand::Catalog(command) => client_exit(cairn::cli::catalog::run(command)),
         CliCommand::Members(flags) => client_exit(cairn::cli::operator::members(&flags)),
+        CliCommand::Join(flags) => client_exit(cairn::cli::operator::join(&flags)),
+        CliCommand::ForceLeave(flags) => client_exit(cairn::cli::operator::force_leave(&flags)),
+        CliCommand::Keygen => {
+            cairn::cli::operator::keygen();
+            ExitCode::SUCCESS
+        }
         CliCommand::Operator(command) => client_exit(cairn::cli::operator::run(command)),
         CliCommand::Snapshot(command) => client_exit(cairn::cli::snapshot::run(command)),
         CliCommand::Leave(flags) => client_exit(cairn::cli::leave(&flags)),

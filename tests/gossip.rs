@@ -96,6 +96,18 @@ fn members_fail_leave_and_rejoin_through_gossip() {
     assert_eq!(r.status, 500);
     assert!(r.text().contains("No known Consul servers"), "{}", r.text());
 
+    // Hostile datagrams (garbage, an unknown version, a huge one, an unencrypted one) are
+    // dropped and logged; the pool is unaffected.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for packet in [vec![0xC1; 40], vec![0x42, 1, 2, 3], vec![0xC1; 60_000], vec![0xC0, 0, 1, 2], vec![]] {
+        sock.send_to(&packet, server.gossip).unwrap();
+    }
+    wait_for("the hostile packets to be logged", CONVERGE, || {
+        let log = server.log();
+        (log.contains("unknown gossip protocol version") && log.contains("gossip from this peer refused")).then_some(())
+    });
+    assert!(statuses(&server).values().all(|s| *s == 1));
+
     // A service on c1 is in DNS while c1 lives.
     let body = json!({"Node": "c1", "Address": "127.0.0.1", "SkipNodeUpdate": true,
                       "Service": {"ID": "web1", "Service": "web", "Port": 80}});

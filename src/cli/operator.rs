@@ -1,4 +1,5 @@
-//! `cairn members` and `cairn operator raft list-peers`, printing what Consul's do.
+//! `cairn members`, `join`, `force-leave`, `keygen` and `cairn operator raft list-peers`,
+//! printing what Consul's do.
 
 use super::{print_table, CliError, Client, ClientFlags};
 
@@ -26,8 +27,42 @@ fn status_name(n: u64) -> &'static str {
     }
 }
 
-pub fn members(flags: &ClientFlags) -> Result<(), CliError> {
-    let members = Client::new(flags)?.get_json("/v1/agent/members")?;
+/// `cairn members` flags.
+#[derive(clap::Args, Debug)]
+pub struct MembersFlags {
+    #[command(flatten)]
+    pub client: ClientFlags,
+    /// Show every tag of each member instead of the summary columns.
+    #[arg(long)]
+    pub detailed: bool,
+    /// List the WAN pool (empty until cairn federates datacenters).
+    #[arg(long)]
+    pub wan: bool,
+}
+
+pub fn members(flags: &MembersFlags) -> Result<(), CliError> {
+    let path = if flags.wan { "/v1/agent/members?wan=1" } else { "/v1/agent/members" };
+    let members = Client::new(&flags.client)?.get_json(path)?;
+    if flags.detailed {
+        let mut rows = vec![["Node", "Address", "Status", "Tags"].map(String::from).to_vec()];
+        for m in members.as_array().into_iter().flatten() {
+            let tags = m["Tags"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",");
+            rows.push(vec![
+                m["Name"].as_str().unwrap_or("").to_string(),
+                format!("{}:{}", m["Addr"].as_str().unwrap_or(""), m["Port"]),
+                status_name(m["Status"].as_u64().unwrap_or(0)).to_string(),
+                tags,
+            ]);
+        }
+        print_table(&rows);
+        return Ok(());
+    }
     let mut rows = vec![["Node", "Address", "Status", "Type", "Build", "Protocol", "DC", "Partition", "Segment"]
         .map(String::from)
         .to_vec()];
@@ -49,6 +84,55 @@ pub fn members(flags: &ClientFlags) -> Result<(), CliError> {
     }
     print_table(&rows);
     Ok(())
+}
+
+/// `cairn join ADDR...`: asks the local agent to join the pool through each address.
+#[derive(clap::Args, Debug)]
+pub struct JoinFlags {
+    #[command(flatten)]
+    pub client: ClientFlags,
+    /// Gossip address of a member (host or host:port; default port 8301).
+    #[arg(required = true, value_name = "ADDR")]
+    pub addrs: Vec<String>,
+}
+
+pub fn join(flags: &JoinFlags) -> Result<(), CliError> {
+    let client = Client::new(&flags.client)?;
+    let mut joined = 0;
+    for addr in &flags.addrs {
+        match client.put(&format!("/v1/agent/join/{addr}"), None) {
+            Ok(_) => joined += 1,
+            Err(e) => eprintln!("cairn: join {addr}: {e}"),
+        }
+    }
+    if joined == 0 {
+        return Err(CliError::Usage("could not join through any address".into()));
+    }
+    println!("Successfully joined cluster by contacting {joined} nodes.");
+    Ok(())
+}
+
+/// `cairn force-leave NODE`: a failed member becomes left (and leaves the catalog).
+#[derive(clap::Args, Debug)]
+pub struct ForceLeaveFlags {
+    #[command(flatten)]
+    pub client: ClientFlags,
+    /// Also remove the member from the member list at once.
+    #[arg(long)]
+    pub prune: bool,
+    #[arg(value_name = "NODE")]
+    pub node: String,
+}
+
+pub fn force_leave(flags: &ForceLeaveFlags) -> Result<(), CliError> {
+    let path = format!("/v1/agent/force-leave/{}{}", flags.node, if flags.prune { "?prune=1" } else { "" });
+    Client::new(&flags.client)?.put(&path, None)?;
+    Ok(())
+}
+
+/// `cairn keygen`: a new gossip encryption key for `encrypt`.
+pub fn keygen() {
+    println!("{}", crate::gossip::GossipKey::generate().to_base64());
 }
 
 pub fn run(command: OperatorCommand) -> Result<(), CliError> {

@@ -624,19 +624,23 @@ impl Core {
         let me = self.swim.identity().clone();
         let mut list =
             vec![MemberInfo { id: me, status: if self.leaving { MemberStatus::Leaving } else { MemberStatus::Alive } }];
-        for m in self.swim.iter_membership_state() {
+        let ids = self.swim.iter_membership_state().filter(|m| !self.pruned.contains(&m.id().addr));
+        list.extend(ids.zip(self.statuses()).map(|(m, (_, status))| MemberInfo { id: m.id().clone(), status }));
+        list
+    }
+
+    /// Each other member's address and status, without copying identities (cheap enough
+    /// for the simulator to call per member).
+    pub fn statuses(&self) -> impl Iterator<Item = (SocketAddr, MemberStatus)> + '_ {
+        self.swim.iter_membership_state().filter(|m| !self.pruned.contains(&m.id().addr)).map(|m| {
             let id = m.id();
-            if self.pruned.contains(&id.addr) {
-                continue;
-            }
             let status = match m.state() {
                 State::Alive | State::Suspect => MemberStatus::Alive,
                 State::Down if self.left.get(&id.addr) == Some(&id.boot) => MemberStatus::Left,
                 State::Down => MemberStatus::Failed,
             };
-            list.push(MemberInfo { id: id.clone(), status });
-        }
-        list
+            (id.addr, status)
+        })
     }
 
     /// Active members other than this one.

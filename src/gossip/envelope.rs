@@ -42,6 +42,8 @@ pub enum Refusal {
     BadKey,
     Replayed,
     Truncated,
+    /// Opened, but foca or cairn could not decode what was inside.
+    Undecodable,
 }
 
 impl Refusal {
@@ -54,6 +56,7 @@ impl Refusal {
             Refusal::BadKey => "packet does not decrypt with any installed key (wrong encrypt key?)",
             Refusal::Replayed => "replayed or stale packet",
             Refusal::Truncated => "truncated packet",
+            Refusal::Undecodable => "undecodable gossip payload",
         }
     }
 }

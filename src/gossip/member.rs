@@ -42,19 +42,32 @@ pub struct MemberId {
 }
 
 impl foca::Identity for MemberId {
-    type Addr = String;
+    /// A 128-bit hash of the node name: foca compares addresses on every update it applies
+    /// (a linear scan of its member list), so they must be cheap to copy and compare.
+    type Addr = u128;
 
     fn renew(&self) -> Option<Self> {
         Some(MemberId { boot: self.boot + 1, ..self.clone() })
     }
 
-    fn addr(&self) -> String {
-        self.name.clone()
+    fn addr(&self) -> u128 {
+        name_key(&self.name)
     }
 
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
         self.boot > adversary.boot
     }
+}
+
+/// FNV-1a (128-bit) of a node name: stable across builds, and collisions among a cluster's
+/// names are out of reach (~10⁻²⁹ for 10,000 names).
+pub fn name_key(name: &str) -> u128 {
+    let mut hash: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    for b in name.as_bytes() {
+        hash ^= u128::from(*b);
+        hash = hash.wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b);
+    }
+    hash
 }
 
 impl MemberId {

@@ -174,6 +174,7 @@ pub(super) async fn run(
                         if let Some(payload) = shared.open(&buf[..len], from) {
                             if let Err(e) = core.handle_packet(started, from, &payload) {
                                 tracing::debug!(peer = %from, error = %e, "gossip packet rejected");
+                                shared.refusals.lock().unwrap_or_else(|e| e.into_inner()).record(Refusal::Undecodable, from);
                             }
                         }
                     }
