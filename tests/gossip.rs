@@ -16,6 +16,7 @@ use support::{wait_for, Agent};
 
 const KEY: &str = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s=";
 const OTHER_KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+const NEW_KEY: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
 const CONVERGE: Duration = Duration::from_secs(30);
 
 fn client(name: &str, join: &str, key: &str, dir: &std::path::Path) -> Agent {
@@ -178,4 +179,43 @@ fn members_fail_leave_and_rejoin_through_gossip() {
         (statuses(&server).get("c1") == Some(&1) && web_in_dns(&server)).then_some(())
     });
     assert_eq!(serf_health(&server, "c1").as_deref(), Some("passing"));
+    wait_for("every member to see c1 alive again", CONVERGE, || {
+        clients[1..].iter().all(|c| statuses(c).get("c1") == Some(&1)).then_some(())
+    });
+
+    // Key rotation across the pool: install, use, remove; the pool keeps working throughout.
+    let alive = statuses(&server).values().filter(|s| **s == 1).count() as u64;
+    let keyring = |agent: &Agent| agent.get("/v1/operator/keyring").json()[0].clone();
+    assert_eq!(keyring(&server)["Keys"][KEY], alive);
+    let body = json!({"Key": NEW_KEY}).to_string();
+    assert_eq!(server.request("POST", "/v1/operator/keyring", body.as_bytes()).status, 200);
+    let seen = keyring(&clients[1]);
+    assert_eq!(
+        seen["Keys"][NEW_KEY],
+        alive,
+        "installed on every member: {seen} (server: {}, members {:?})",
+        keyring(&server),
+        statuses(&clients[1])
+    );
+    let r = server.request("DELETE", "/v1/operator/keyring", json!({"Key": KEY}).to_string().as_bytes());
+    assert_eq!(r.status, 500, "the primary cannot be removed");
+    assert!(r.text().contains("primary"), "{}", r.text());
+    assert_eq!(server.request("PUT", "/v1/operator/keyring", body.as_bytes()).status, 200);
+    let r = server.request("DELETE", "/v1/operator/keyring", json!({"Key": KEY}).to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ring = keyring(&clients[2]);
+    assert_eq!(ring["Keys"], json!({NEW_KEY: alive}));
+    assert_eq!(ring["PrimaryKeys"], json!({NEW_KEY: alive}));
+    let watch_until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < watch_until {
+        assert_eq!(statuses(&server).values().filter(|s| **s == 1).count() as u64, alive, "nobody dropped out");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The rotated keyring is kept: a restarted member with the old key in its flags still joins.
+    let c2 = clients.remove(1);
+    drop(c2);
+    let _c2 = client("c2", &join, KEY, temp.path());
+    wait_for("c2 alive after a restart on the rotated keyring", CONVERGE, || {
+        (statuses(&server).get("c2") == Some(&1)).then_some(())
+    });
 }

@@ -2,7 +2,8 @@
 //! out, the marker that tells a cairn directory from a foreign one, and the node ID.
 //!
 //! Layout: `cairn-data-dir` (marker, format version), `lock` (flock'd while running),
-//! `node-id` (UUID), `lmdb/` (the LMDB environment).
+//! `node-id` (UUID), `lmdb/` (the LMDB environment), `agent-local.json` (the agent's own
+//! services and checks), `keyring.json` (gossip keys, 0600, once `encrypt` is set).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;

@@ -240,6 +240,7 @@ async fn start_gossip(
         },
         timings,
         keys,
+        keyring_dir: config.data_dir.clone(),
     };
     Ok(Gossip::start(gossip_config, shutdown, tasks).await?)
 }

@@ -130,6 +130,53 @@ pub fn force_leave(flags: &ForceLeaveFlags) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `cairn keyring`: list or rotate the gossip keys of every member.
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct KeyringFlags {
+    #[command(flatten)]
+    pub client: ClientFlags,
+    /// List the keys in use and how many members hold each.
+    #[arg(long)]
+    pub list: bool,
+    /// Install a new key on every member (it opens packets; the primary still seals).
+    #[arg(long, value_name = "KEY")]
+    pub install: Option<String>,
+    /// Make an installed key the primary on every member.
+    #[arg(long = "use", value_name = "KEY")]
+    pub use_key: Option<String>,
+    /// Remove a (non-primary) key from every member.
+    #[arg(long, value_name = "KEY")]
+    pub remove: Option<String>,
+}
+
+pub fn keyring(flags: &KeyringFlags) -> Result<(), CliError> {
+    let client = Client::new(&flags.client)?;
+    let (method, key, done) = match (&flags.install, &flags.use_key, &flags.remove) {
+        (Some(k), _, _) => (reqwest::Method::POST, k, "Installing new gossip encryption key..."),
+        (_, Some(k), _) => (reqwest::Method::PUT, k, "Changing primary gossip encryption key..."),
+        (_, _, Some(k)) => (reqwest::Method::DELETE, k, "Removing gossip encryption key..."),
+        _ => {
+            let rings = client.get_json("/v1/operator/keyring")?;
+            println!("==> Gathering installed encryption keys...");
+            for ring in rings.as_array().into_iter().flatten() {
+                let nodes = ring["NumNodes"].as_u64().unwrap_or(0);
+                println!("\n{} (LAN):", ring["Datacenter"].as_str().unwrap_or(""));
+                for (key, count) in ring["Keys"].as_object().into_iter().flatten() {
+                    let primary = ring["PrimaryKeys"].get(key).is_some_and(|c| c == count);
+                    let mark = if primary { "  [primary]" } else { "" };
+                    println!("  {key}  [{}/{nodes}]{mark}", count.as_u64().unwrap_or(0));
+                }
+            }
+            return Ok(());
+        }
+    };
+    println!("==> {done}");
+    let body = serde_json::json!({ "Key": key }).to_string().into_bytes();
+    client.request(method, "/v1/operator/keyring", Some(body))?.success()?;
+    Ok(())
+}
+
 /// `cairn keygen`: a new gossip encryption key for `encrypt`.
 pub fn keygen() {
     println!("{}", crate::gossip::GossipKey::generate().to_base64());

@@ -111,6 +111,11 @@ impl Envelope {
         }
     }
 
+    /// Replaces the keys (primary first) after a keyring change.
+    pub fn set_keys(&mut self, keys: &[GossipKey]) {
+        self.ciphers = keys.iter().map(|k| Aes256Gcm::new((&k.0).into())).collect();
+    }
+
     pub fn encrypted(&self) -> bool {
         !self.ciphers.is_empty()
     }

@@ -12,6 +12,7 @@
 
 pub mod core;
 pub mod envelope;
+pub mod keyring;
 pub mod member;
 pub mod sim;
 mod transport;
@@ -34,6 +35,8 @@ const COMMANDS_MAX: usize = 256;
 /// Retry-join's first and longest waits between rounds.
 const RETRY_JOIN_FIRST: Duration = Duration::from_secs(1);
 const RETRY_JOIN_MAX: Duration = Duration::from_secs(30);
+/// Members asked at once during a keyring operation.
+pub const KEYRING_FANOUT: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GossipError {
@@ -43,6 +46,8 @@ pub enum GossipError {
     Join(String),
     #[error("gossip is not running")]
     Stopped,
+    #[error("gossip keyring: {0}")]
+    Keyring(String),
 }
 
 pub(crate) enum GossipCommand {
@@ -80,6 +85,8 @@ pub struct GossipConfig {
     pub timings: Timings,
     /// Primary first; empty = no encryption.
     pub keys: Vec<GossipKey>,
+    /// Where the keyring file lives (the data dir); `None` keeps it in memory only.
+    pub keyring_dir: Option<std::path::PathBuf>,
 }
 
 /// The identity fields other than the address and boot stamp, which `start` fills.
@@ -109,6 +116,11 @@ impl Gossip {
     ) -> Result<Gossip, GossipError> {
         let endpoints = transport::bind(config.bind).await?;
         let port = endpoints.udp.local_addr().map_err(|source| GossipError::Bind { addr: config.bind, source })?.port();
+        let (keyring, warning) =
+            keyring::Keyring::load(config.keyring_dir.as_deref(), config.keys).map_err(GossipError::Keyring)?;
+        if let Some(warning) = warning {
+            tracing::warn!("{warning}");
+        }
         let f = config.identity;
         let node_id = uuid::Uuid::parse_str(&f.node_id).map(|u| u.into_bytes()).unwrap_or_default();
         let id = MemberId {
@@ -125,11 +137,14 @@ impl Gossip {
         let core = self::core::Core::new(id.clone(), config.timings, rand::random(), Instant::now());
         let (members_tx, members) = watch::channel(Arc::new(core.members()));
         let (commands, rx) = mpsc::channel(COMMANDS_MAX);
+        let encrypted = !keyring.keys().is_empty();
         let shared = Arc::new(transport::Shared {
-            envelope: Mutex::new(envelope::Envelope::new(&config.keys)),
+            envelope: Mutex::new(envelope::Envelope::new(keyring.keys())),
             refusals: Mutex::new(transport::RefusalLog::default()),
+            keyring: Mutex::new(keyring),
+            node: id.name.clone(),
         });
-        tracing::info!(addr = %id.addr, encrypted = !config.keys.is_empty(), "gossip listening (UDP and TCP)");
+        tracing::info!(addr = %id.addr, encrypted, "gossip listening (UDP and TCP)");
         tasks.spawn(transport::run(
             core,
             endpoints,
@@ -197,6 +212,37 @@ impl Gossip {
             .try_send(GossipCommand::ForceLeave { name: name.to_string(), prune, reply })
             .map_err(|_| GossipError::Stopped)?;
         answer.await.map_err(|_| GossipError::Stopped)
+    }
+
+    /// Runs a keyring operation on this agent, then on every alive member (at most
+    /// [`KEYRING_FANOUT`] at a time); one reply per member, errors included.
+    pub async fn keyring(&self, op: keyring::KeyringOp) -> Vec<keyring::KeyringReply> {
+        let local = self.shared.apply_keyring(&op);
+        let mut replies = vec![local.clone()];
+        if local.error.is_some() {
+            return replies;
+        }
+        let peers: Vec<MemberInfo> =
+            self.members().iter().skip(1).filter(|m| m.status == MemberStatus::Alive).cloned().collect();
+        let slots = Arc::new(tokio::sync::Semaphore::new(KEYRING_FANOUT));
+        let mut requests = tokio::task::JoinSet::new();
+        for peer in peers {
+            let (shared, op, slots) = (Arc::clone(&self.shared), op.clone(), Arc::clone(&slots));
+            requests.spawn(async move {
+                let _slot = slots.acquire_owned().await;
+                transport::keyring_request(peer.id.addr, &op, &shared).await.unwrap_or_else(|e| keyring::KeyringReply {
+                    node: peer.id.name.clone(),
+                    keys: Vec::new(),
+                    error: Some(e),
+                })
+            });
+        }
+        while let Some(done) = requests.join_next().await {
+            if let Ok(reply) = done {
+                replies.push(reply);
+            }
+        }
+        replies
     }
 
     /// Keeps trying to join through `addrs` with backoff until one round succeeds

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::core::{Core, PushPull};
 use super::envelope::{Envelope, Refusal};
+use super::keyring::{Keyring, KeyringOp, KeyringReply};
 use super::member::MemberInfo;
 use super::{GossipCommand, GossipError};
 
@@ -48,11 +49,17 @@ pub(super) enum StreamMessage {
     /// A joining member's state; answered with `State`.
     Join(PushPull),
     /// A periodic push/pull opens with the initiator's view digest.
-    Digest { from: super::member::MemberId, digest: u64 },
+    Digest {
+        from: super::member::MemberId,
+        digest: u64,
+    },
     /// The views match: nothing to exchange.
     Same,
     /// A full state.
     State(PushPull),
+    /// A keyring operation to apply (`/v1/operator/keyring`); answered with `KeyringReply`.
+    Keyring(KeyringOp),
+    KeyringReply(KeyringReply),
 }
 
 pub fn now_ms() -> u64 {
@@ -114,9 +121,23 @@ pub async fn bind(addr: SocketAddr) -> Result<Endpoints, GossipError> {
 pub(super) struct Shared {
     pub envelope: Mutex<Envelope>,
     pub refusals: Mutex<RefusalLog>,
+    pub keyring: Mutex<Keyring>,
+    /// This agent's node name, for keyring replies.
+    pub node: String,
 }
 
 impl Shared {
+    /// Applies a keyring operation here and re-keys the envelope.
+    pub fn apply_keyring(&self, op: &KeyringOp) -> KeyringReply {
+        let mut keyring = self.keyring.lock().unwrap_or_else(|e| e.into_inner());
+        let error = keyring.apply(op).err();
+        if error.is_none() && *op != KeyringOp::List {
+            self.envelope.lock().unwrap_or_else(|e| e.into_inner()).set_keys(keyring.keys());
+            tracing::info!(op = ?KeyringOpName(op), keys = keyring.keys().len(), "gossip keyring changed");
+        }
+        keyring.reply(&self.node, error)
+    }
+
     fn open(&self, packet: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
         let opened = self.envelope.lock().unwrap_or_else(|e| e.into_inner()).open(packet, now_ms());
         match opened {
@@ -326,8 +347,34 @@ async fn push_pull(
     }
 }
 
+/// Sends `op` to the member at `addr` and returns its reply.
+pub(super) async fn keyring_request(addr: SocketAddr, op: &KeyringOp, shared: &Shared) -> Result<KeyringReply, String> {
+    let mut stream = connect(addr).await?;
+    write_frame(&mut stream, &shared.seal(&encode(&StreamMessage::Keyring(op.clone())))).await?;
+    match read_message(&mut stream, addr, shared).await? {
+        StreamMessage::KeyringReply(reply) => Ok(reply),
+        other => Err(format!("unexpected answer to a keyring request: {}", kind(&other))),
+    }
+}
+
+/// Logs a keyring operation without its key.
+struct KeyringOpName<'a>(&'a KeyringOp);
+
+impl std::fmt::Debug for KeyringOpName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            KeyringOp::List => "list",
+            KeyringOp::Install(_) => "install",
+            KeyringOp::Use(_) => "use",
+            KeyringOp::Remove(_) => "remove",
+        })
+    }
+}
+
 fn kind(message: &StreamMessage) -> &'static str {
     match message {
+        StreamMessage::Keyring(_) => "keyring",
+        StreamMessage::KeyringReply(_) => "keyring reply",
         StreamMessage::Join(_) => "join",
         StreamMessage::Digest { .. } => "digest",
         StreamMessage::Same => "same",
@@ -350,7 +397,7 @@ async fn read_message(stream: &mut TcpStream, from: SocketAddr, shared: &Shared)
     let sender = match &message {
         StreamMessage::Join(state) | StreamMessage::State(state) => Some(&state.from),
         StreamMessage::Digest { from, .. } => Some(from),
-        StreamMessage::Same => None,
+        StreamMessage::Same | StreamMessage::Keyring(_) | StreamMessage::KeyringReply(_) => None,
     };
     if let Some(sender) = sender.filter(|s| s.protocol != super::member::PROTOCOL_VERSION) {
         return Err(format!(
@@ -454,6 +501,10 @@ async fn serve_stream(
                 Err(_) => Ok(()),
             }
         }
-        StreamMessage::Same => Err("unexpected frame: same".to_string()),
+        StreamMessage::Keyring(op) => {
+            let reply = shared.apply_keyring(&op);
+            write_frame(&mut stream, &shared.seal(&encode(&StreamMessage::KeyringReply(reply)))).await
+        }
+        other => Err(format!("unexpected frame: {}", kind(&other))),
     }
 }

@@ -1,6 +1,6 @@
 //! `/v1/agent/self` and `/v1/status/*`: what this agent is and who leads.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::extract::{Path, Query};
 use axum::Json;
@@ -129,4 +129,70 @@ pub async fn agent_self(ctx: Ctx) -> Json<Value> {
         "Meta": {},
         "xDS": null,
     }))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct KeyringRequest {
+    key: String,
+}
+
+/// `/v1/operator/keyring`: GET lists the keys every alive member holds; POST installs `Key`
+/// everywhere, PUT makes it the primary, DELETE removes it. 500 naming each member that
+/// failed, as Consul.
+pub async fn operator_keyring(
+    ctx: Ctx,
+    method: axum::http::Method,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<axum::response::Response, ApiError> {
+    use crate::gossip::keyring::KeyringOp;
+    use axum::http::Method;
+    use axum::response::IntoResponse;
+    let op = if method == Method::GET {
+        KeyringOp::List
+    } else {
+        let bytes = super::body::read_limited(&headers, body, ctx.limits.http_max_body_bytes).await?;
+        let KeyringRequest { key } = super::body::decode_json(&bytes)?;
+        match method {
+            Method::POST => KeyringOp::Install(key),
+            Method::PUT => KeyringOp::Use(key),
+            _ => KeyringOp::Remove(key),
+        }
+    };
+    let replies = ctx.gossip.keyring(op.clone()).await;
+    let failures: Vec<String> =
+        replies.iter().filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.node))).collect();
+    if !failures.is_empty() {
+        return Err(ApiError::Internal(format!(
+            "{} of {} members failed: {}",
+            failures.len(),
+            replies.len(),
+            failures.join("; ")
+        )));
+    }
+    if op != KeyringOp::List {
+        return Ok(().into_response());
+    }
+    let mut keys: BTreeMap<String, usize> = BTreeMap::new();
+    let mut primary: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &replies {
+        for k in &r.keys {
+            *keys.entry(k.clone()).or_default() += 1;
+        }
+        if let Some(k) = r.keys.first() {
+            *primary.entry(k.clone()).or_default() += 1;
+        }
+    }
+    Ok(Json(json!([{
+        "WAN": false,
+        "Datacenter": ctx.identity.datacenter,
+        "Segment": "",
+        "Partition": "",
+        "Keys": keys,
+        "PrimaryKeys": primary,
+        "NumNodes": replies.len(),
+        "Messages": {},
+    }]))
+    .into_response())
 }

@@ -125,6 +125,13 @@ pub fn router(ctx: Arc<HttpContext>) -> Router {
         .route("/v1/agent/join/{addr}", put(agent::agent_join))
         .route("/v1/agent/force-leave/{node}", put(agent::agent_force_leave))
         .route("/v1/operator/raft/configuration", get(agent::raft_configuration))
+        .route(
+            "/v1/operator/keyring",
+            get(agent::operator_keyring)
+                .post(agent::operator_keyring)
+                .put(agent::operator_keyring)
+                .delete(agent::operator_keyring),
+        )
         .route("/v1/agent/services", get(agent_local::services))
         .route("/v1/agent/service/register", put(agent_local::register_service))
         .route("/v1/agent/service/deregister/{id}", put(agent_local::deregister_service))
