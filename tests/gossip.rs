@@ -108,6 +108,9 @@ fn members_fail_leave_and_rejoin_through_gossip() {
         (log.contains("unknown gossip protocol version") && log.contains("gossip from this peer refused")).then_some(())
     });
     assert!(statuses(&server).values().all(|s| *s == 1));
+    let stats = &server.get("/v1/agent/self").json()["Stats"]["serf_lan"];
+    assert_eq!((stats["members"].as_str(), stats["encrypted"].as_str()), (Some("5"), Some("true")));
+    assert!(stats["packets_refused"].as_str().unwrap().parse::<u64>().unwrap() >= 4, "{stats}");
 
     // A service on c1 is in DNS while c1 lives.
     let body = json!({"Node": "c1", "Address": "127.0.0.1", "SkipNodeUpdate": true,

@@ -354,12 +354,14 @@ pub enum PacketError {
     Malformed(u8),
 }
 
-/// Counted outcomes, for logs and `/v1/agent/self`.
-#[derive(Debug, Default, Clone)]
+/// Counted outcomes, for `/v1/agent/self` (`Stats.serf_lan`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CoreStats {
     pub packets_in: u64,
-    pub packets_rejected: u64,
+    /// Timers that fired late (the loop was paused or starved).
     pub late_timers: u64,
+    /// Lifeguard's local health multiplier minus one (0 = healthy).
+    pub health_score: u32,
 }
 
 pub struct Core {
@@ -430,6 +432,10 @@ impl Core {
         self.fx.awareness()
     }
 
+    pub fn stats(&self) -> CoreStats {
+        CoreStats { health_score: self.fx.awareness() - 1, ..self.stats }
+    }
+
     /// Handles a packet from `from` that passed the envelope.
     pub fn handle_packet(&mut self, now: Instant, from: SocketAddr, payload: &[u8]) -> Result<(), PacketError> {
         self.fx.now = now;
@@ -451,9 +457,6 @@ impl Core {
             Some((&kind, _)) => Err(PacketError::Malformed(kind)),
             None => Err(PacketError::Malformed(0xff)),
         };
-        if result.is_err() {
-            self.stats.packets_rejected += 1;
-        }
         self.after_call();
         result
     }
@@ -643,11 +646,6 @@ impl Core {
         })
     }
 
-    /// Active members other than this one.
-    pub fn active_peers(&self) -> Vec<MemberId> {
-        self.swim.iter_members().map(|m| m.id().clone()).collect()
-    }
-
     /// Whom to push/pull with this round: a random active member, and a random failed one
     /// (not left) so that a healed partition finds its way back.
     pub fn push_pull_targets(&mut self, pick: &mut impl FnMut(usize) -> usize) -> Vec<SocketAddr> {
@@ -661,6 +659,11 @@ impl Core {
             }
         }
         targets
+    }
+
+    /// Updates and broadcasts still waiting to be disseminated.
+    pub fn backlog(&self) -> usize {
+        self.swim.updates_backlog() + self.swim.custom_broadcast_backlog()
     }
 
     pub fn peer_count(&self) -> usize {

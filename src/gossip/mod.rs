@@ -143,6 +143,7 @@ impl Gossip {
             refusals: Mutex::new(transport::RefusalLog::default()),
             keyring: Mutex::new(keyring),
             node: id.name.clone(),
+            stats: Mutex::default(),
         });
         tracing::info!(addr = %id.addr, encrypted, "gossip listening (UDP and TCP)");
         tasks.spawn(transport::run(
@@ -171,9 +172,23 @@ impl Gossip {
         self.members.clone()
     }
 
-    /// Packets refused by the envelope (bad key, replays, unknown versions) so far.
-    pub fn refused_packets(&self) -> u64 {
-        self.shared.refusals.lock().unwrap_or_else(|e| e.into_inner()).total()
+    /// Consul's `Stats.serf_lan` of `/v1/agent/self`, plus cairn's packet counters.
+    pub fn stats(&self) -> std::collections::BTreeMap<&'static str, String> {
+        let members = self.members();
+        let count = |status| members.iter().filter(|m| m.status == status).count().to_string();
+        let core = *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let refused = self.shared.refusals.lock().unwrap_or_else(|e| e.into_inner()).total();
+        let encrypted = !self.shared.keyring.lock().unwrap_or_else(|e| e.into_inner()).keys().is_empty();
+        std::collections::BTreeMap::from([
+            ("members", members.len().to_string()),
+            ("failed", count(MemberStatus::Failed)),
+            ("left", count(MemberStatus::Left)),
+            ("encrypted", encrypted.to_string()),
+            ("health_score", core.health_score.to_string()),
+            ("packets_received", core.packets_in.to_string()),
+            ("packets_refused", refused.to_string()),
+            ("late_timers", core.late_timers.to_string()),
+        ])
     }
 
     /// Joins through `addrs` (`host` or `host:port`, default port 8301); Ok(number joined)

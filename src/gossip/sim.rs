@@ -237,6 +237,12 @@ impl Sim {
         (0..self.nodes.len()).filter(|i| self.nodes[*i].up).map(addr_of).collect()
     }
 
+    /// Whether every live node sees every other live node alive and has nothing left to
+    /// disseminate (the joins' updates have all been sent their number of times).
+    pub fn settled(&self) -> bool {
+        self.converged() && self.nodes.iter().filter(|n| n.up).all(|n| n.core.backlog() == 0)
+    }
+
     /// Whether every live node sees every other live node alive.
     pub fn converged(&self) -> bool {
         let live = self.live_addrs();

@@ -124,6 +124,8 @@ pub(super) struct Shared {
     pub keyring: Mutex<Keyring>,
     /// This agent's node name, for keyring replies.
     pub node: String,
+    /// The gossip task's counters, copied after each turn that changed them.
+    pub stats: Mutex<super::core::CoreStats>,
 }
 
 impl Shared {
@@ -266,6 +268,12 @@ pub(super) async fn run(
         if core.take_membership_changed() {
             members_tx.send_replace(Arc::new(core.members()));
         }
+        let stats = core.stats();
+        let mut shared_stats = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+        if *shared_stats != stats {
+            *shared_stats = stats;
+        }
+        drop(shared_stats);
         let elapsed = started.elapsed();
         if elapsed > TURN_SLOW {
             tracing::warn!(elapsed_ms = elapsed.as_millis() as u64, "slow gossip turn");

@@ -121,6 +121,7 @@ pub async fn agent_self(ctx: Ctx) -> Json<Value> {
                 "blocking_queries": ctx.blocking_queries_in_flight().to_string(),
                 "blocking_topics": ctx.store.watches().topic_count().to_string(),
             },
+            "serf_lan": ctx.gossip.stats(),
             "raft": {
                 "leader": ctx.cluster.is_leader().to_string(),
                 "applied_index": ctx.cluster.last_applied().to_string(),
