@@ -19,30 +19,16 @@ const OTHER_KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
 const NEW_KEY: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
 const CONVERGE: Duration = Duration::from_secs(30);
 
+/// Flags of a client agent on loopback, joining through `join` with `join_flag`.
+fn client_args(name: &str, join_flag: &str, join: &str, key: &str, dir: &std::path::Path) -> Vec<String> {
+    let data_dir = dir.join(name).display().to_string();
+    let flags = ["agent", "-http-port", "0", "-dns-port", "0", "-serf-lan-port", "0", "-bind", "127.0.0.1"];
+    let rest = ["-node", name, join_flag, join, "-encrypt", key, "-data-dir", &data_dir];
+    flags.iter().chain(rest.iter()).map(|s| s.to_string()).collect()
+}
+
 fn client(name: &str, join: &str, key: &str, dir: &std::path::Path) -> Agent {
-    let args: Vec<String> = [
-        "agent",
-        "-http-port",
-        "0",
-        "-dns-port",
-        "0",
-        "-serf-lan-port",
-        "0",
-        "-bind",
-        "127.0.0.1",
-        "-node",
-        name,
-        "-retry-join",
-        join,
-        "-encrypt",
-        key,
-        "-data-dir",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([dir.join(name).display().to_string()])
-    .collect();
-    Agent::spawn_client(args, dir.join(name))
+    Agent::spawn_client(client_args(name, "-retry-join", join, key, dir), dir.join(name))
 }
 
 /// Member name → status number, as `/v1/agent/members` on `agent` reports.
@@ -151,26 +137,8 @@ fn members_fail_leave_and_rejoin_through_gossip() {
     });
 
     // The wrong key cannot join, and the server logs the refusal with the peer's address.
-    let dir = temp.path().join("intruder");
-    let out = Agent::run_to_exit(&[
-        "agent",
-        "-http-port",
-        "0",
-        "-dns-port",
-        "0",
-        "-serf-lan-port",
-        "0",
-        "-bind",
-        "127.0.0.1",
-        "-node",
-        "intruder",
-        "-join",
-        &join,
-        "-encrypt",
-        OTHER_KEY,
-        "-data-dir",
-        &dir.display().to_string(),
-    ]);
+    let args = client_args("intruder", "-join", &join, OTHER_KEY, temp.path());
+    let out = Agent::run_to_exit(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert!(out.stderr.contains("could not join"), "{}", out.stderr);
     assert!(!statuses(&server).contains_key("intruder"));

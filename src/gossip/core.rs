@@ -141,8 +141,12 @@ impl Invalidates for Broadcast {
 
 /// Broadcasts remembered to tell a new one from a relayed copy; the oldest are forgotten.
 const SEEN_BROADCASTS_MAX: usize = 16_384;
-/// Confirmations kept for members not (yet) suspected here.
+/// Confirmations kept for members not (yet) suspected here; when full, new ones are dropped
+/// (this member then waits the longer timeout, which is safe).
 const EARLY_CONFIRMATIONS_MAX: usize = 4_096;
+/// Early confirmations older than this are forgotten: by then the suspicion has ended
+/// one way or the other.
+const EARLY_CONFIRMATION_TTL: Duration = Duration::from_secs(120);
 /// Confirmation probes in flight at most; a suspicion heard while full is not confirmed by
 /// this member (others still can).
 const CONFIRM_PROBES_MAX: usize = 64;
@@ -211,7 +215,9 @@ struct Effects {
     outbox: Vec<(SocketAddr, Vec<u8>)>,
     health_score: u32,
     suspicions: HashMap<SocketAddr, Suspicion>,
-    early_confirmations: HashMap<(SocketAddr, u64), HashSet<SocketAddr>>,
+    /// Confirmations of suspicions this member does not hold (yet), with when the first
+    /// arrived; forgotten after [`EARLY_CONFIRMATION_TTL`].
+    early_confirmations: HashMap<(SocketAddr, u64), (Instant, HashSet<SocketAddr>)>,
     /// Broadcasts to add once foca's call returns.
     to_broadcast: Vec<Broadcast>,
     own_incarnation: u16,
@@ -253,10 +259,12 @@ impl Effects {
             return;
         }
         let Some(s) = self.suspicions.get_mut(&of).filter(|s| s.boot == boot) else {
+            let now = self.now;
+            self.early_confirmations.retain(|_, (first, _)| now.duration_since(*first) < EARLY_CONFIRMATION_TTL);
             if self.early_confirmations.len() < EARLY_CONFIRMATIONS_MAX
                 || self.early_confirmations.contains_key(&(of, boot))
             {
-                self.early_confirmations.entry((of, boot)).or_default().insert(by);
+                self.early_confirmations.entry((of, boot)).or_insert_with(|| (now, HashSet::new())).1.insert(by);
             }
             return;
         };
@@ -317,7 +325,7 @@ impl foca::Runtime<MemberId> for Effects {
             }
             Timer::ChangeSuspectToDown { member_id, .. } => {
                 let (addr, boot) = (member_id.addr, member_id.boot);
-                let confirmers = self.early_confirmations.remove(&(addr, boot)).unwrap_or_default();
+                let confirmers = self.early_confirmations.remove(&(addr, boot)).map(|(_, c)| c).unwrap_or_default();
                 let existing = self.suspicions.get(&addr).filter(|s| s.boot == boot).map(|s| s.started);
                 let started = existing.unwrap_or(self.now);
                 let mut all = self.suspicions.remove(&addr).filter(|s| s.boot == boot).map_or_else(HashSet::new, |s| {
@@ -376,7 +384,7 @@ pub struct Core {
     confirms: HashMap<u64, ConfirmProbe>,
     confirm_seq: u64,
     leaving: bool,
-    pub stats: CoreStats,
+    stats: CoreStats,
 }
 
 impl Core {

@@ -241,7 +241,6 @@ pub(super) async fn run(
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
                 started = Instant::now();
-                core.fire_due(started);
                 if leave_done.as_ref().is_some_and(|(at, _)| *at <= started) {
                     if let Some((_, reply)) = leave_done.take() {
                         flush(&mut core, &udp, &shared).await;
@@ -264,6 +263,10 @@ pub(super) async fn run(
                 }
             }
         }
+        // Due timers fire on every turn, not only when the loop is idle: a stream of packets
+        // (a busy pool, or a flood) must not starve probes. They come after the turn's
+        // packet, as after a pause.
+        core.fire_due(Instant::now());
         flush(&mut core, &udp, &shared).await;
         if core.take_membership_changed() {
             members_tx.send_replace(Arc::new(core.members()));
