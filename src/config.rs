@@ -1295,6 +1295,32 @@ mod tests {
     }
 
     #[test]
+    fn gossip_settings_are_checked_with_the_file_and_key_named() {
+        let err = load_error(&[DATA_DIR, r#"{"encrypt": "c2hvcnQ="}"#]);
+        assert!(err.contains("b.json") && err.contains("encrypt") && err.contains("32 bytes"), "{err}");
+        let err = load_error(&[DATA_DIR, r#"{"reconnect_timeout": "1h"}"#]);
+        assert!(err.contains("reconnect_timeout") && err.contains("at least 8h"), "{err}");
+        let err = load_error(&[DATA_DIR, r#"{"retry_join": "10.0.0.1"}"#]);
+        assert!(err.contains("retry_join"), "{err}");
+        let err = load_error(&[DATA_DIR, r#"{"gossip_lan": {"probe_interval": "1s", "probe_timeout": "2s"}}"#]);
+        assert!(err.contains("probe_timeout must be shorter"), "{err}");
+        let err = load_error(&[DATA_DIR, r#"{"gossip_lan": {"probe_intervall": "1s"}}"#]);
+        assert!(err.contains("probe_intervall") && err.contains("probe_interval"), "{err}");
+        // A bad -encrypt flag is refused with the flag named.
+        let flags = parse_flags(&["-encrypt", "nope"]).expect("flags parse");
+        let err = load_with(&[DATA_DIR], &flags).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("-encrypt") && err.contains("cairn keygen"), "{err}");
+        // Joins from files and flags add up; leave_on_terminate defaults by role.
+        let flags = parse_flags(&["-join", "a", "-retry-join", "b:1"]).expect("flags parse");
+        let (config, _) = load_with(&[DATA_DIR, r#"{"retry_join": ["c"]}"#], &flags).unwrap();
+        assert_eq!(
+            (config.start_join, config.retry_join),
+            (vec!["a".to_string()], vec!["c".to_string(), "b:1".to_string()])
+        );
+        assert_eq!(config.leave_on_terminate, None);
+    }
+
+    #[test]
     fn normalize_args_rewrites_only_single_dash_long_flags() {
         let cases: &[(&[&str], &[&str])] = &[
             (&["-dev"], &["--dev"]),

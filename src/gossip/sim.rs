@@ -32,7 +32,9 @@ pub struct Sim {
     seq: u64,
     rng: StdRng,
     pub loss: f64,
+    /// One-way delay of every packet, plus a uniform random share of `jitter`.
     pub delay: Duration,
+    pub jitter: Duration,
     /// Pairs (a, b) with a < b that cannot reach each other.
     pub cut: HashSet<(usize, usize)>,
     index: HashMap<SocketAddr, usize>,
@@ -80,6 +82,7 @@ impl Sim {
             rng,
             loss: 0.0,
             delay: Duration::from_micros(200),
+            jitter: Duration::ZERO,
             cut: HashSet::new(),
             index: (0..n).map(|i| (addr_of(i), i)).collect(),
             bytes_sent: 0,
@@ -147,7 +150,8 @@ impl Sim {
                 continue;
             }
             self.seq += 1;
-            self.queue.push(Reverse((self.now + self.delay, self.seq, to, (from, payload))));
+            let delay = self.delay + self.jitter.mul_f64(self.rng.random::<f64>());
+            self.queue.push(Reverse((self.now + delay, self.seq, to, (from, payload))));
         }
     }
 
@@ -327,6 +331,20 @@ mod tests {
         sim.run_for(Duration::from_secs(120));
         assert_eq!(sim.false_failures(), 0);
         assert!(sim.converged());
+    }
+
+    #[test]
+    fn slow_links_cause_no_false_failures_and_a_failure_is_still_found() {
+        let mut sim = converged_sim(10, 13);
+        // 50-150 ms one way: round trips up to 300 ms against a 500 ms probe timeout.
+        sim.delay = Duration::from_millis(50);
+        sim.jitter = Duration::from_millis(100);
+        sim.run_for(Duration::from_secs(120));
+        assert_eq!(sim.false_failures(), 0);
+        sim.kill(7);
+        let t = sim.time_until_failed(7, Duration::from_secs(30)).expect("failure detected over slow links");
+        assert!(t < Duration::from_secs(10), "{t:?}");
+        assert_eq!(sim.false_failures(), 0);
     }
 
     #[test]
