@@ -82,6 +82,8 @@ fn members_fail_leave_and_rejoin_through_gossip() {
     let r = clients[0].get("/v1/catalog/nodes");
     assert_eq!(r.status, 500);
     assert!(r.text().contains("No known Consul servers"), "{}", r.text());
+    let m = udp(clients[0].dns, "consul.service.consul", RecordType::A, None);
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "a client has no catalog to answer from");
 
     // Hostile datagrams (garbage, an unknown version, a huge one, an unencrypted one) are
     // dropped and logged; the pool is unaffected.

@@ -93,6 +93,7 @@ pub fn settings_from_config(config: &Config) -> Result<DnsSettings, DnsError> {
         udp_answer_limit: dns.udp_answer_limit as usize,
         a_record_limit: dns.a_record_limit as usize,
         recursion_available: !config.recursors.is_empty(),
+        holds_catalog: config.server,
     };
     let forwarder = Forwarder::new(
         config.recursors.clone(),

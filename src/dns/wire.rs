@@ -31,6 +31,10 @@ pub struct Responder {
     pub a_record_limit: usize,
     /// RA flag: set exactly when recursors are configured.
     pub recursion_available: bool,
+    /// False on a client agent, which holds no catalog: names in cairn's domains get
+    /// SERVFAIL (a resolver tries another server and caches nothing) rather than an
+    /// NXDOMAIN that would be wrong and negatively cached.
+    pub holds_catalog: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +114,9 @@ impl Responder {
         let Some(domain) = self.domain_of(&query.name) else { return Reply::NotOurs };
         if matches!(query.query_type, RecordType::AXFR | RecordType::IXFR) {
             return Reply::Bytes(error_reply(header, ResponseCode::NotImp));
+        }
+        if !self.holds_catalog {
+            return Reply::Bytes(error_reply(header, ResponseCode::ServFail));
         }
         Reply::Bytes(self.answer(request, query, domain, transport, dir, rng))
     }

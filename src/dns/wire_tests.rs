@@ -24,6 +24,7 @@ fn responder(udp_answer_limit: usize, a_record_limit: usize) -> Responder {
         udp_answer_limit,
         a_record_limit,
         recursion_available: false,
+        holds_catalog: true,
     }
 }
 
