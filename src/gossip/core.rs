@@ -45,10 +45,15 @@ pub struct Timings {
     pub probe_interval: Duration,
     pub probe_timeout: Duration,
     pub indirect_checks: usize,
-    /// `suspicion_max` = this × max(1, log10 N) × `probe_interval`.
+    /// The base suspicion timeout is this × max(1, log10 N) × `probe_interval`.
     pub suspicion_mult: f64,
-    /// `suspicion_min` = `suspicion_max` × this.
+    /// `suspicion_max` = base × this (cairn 1; memberlist 6).
+    pub suspicion_max_ratio: f64,
+    /// `suspicion_min` = base × this (cairn 1/8; memberlist 1).
     pub suspicion_min_ratio: f64,
+    /// Confirm others' suspicions with a direct ping (cairn's addition; off in memberlist's
+    /// profile, whose confirmations come only from members' own failed probes).
+    pub confirmation_probes: bool,
     /// Independent confirmations after which the suspicion timeout is `suspicion_min`.
     pub suspicion_confirmations: usize,
     /// Local-health multiplier cap: probe interval and timeout grow up to this many times.
@@ -62,16 +67,19 @@ pub struct Timings {
 }
 
 impl Timings {
-    /// memberlist's LAN profile: probe 1 s, timeout 500 ms, 3 indirect checks, suspicion
-    /// 4·max(1, log10 N) s shrinking with confirmations, gossip every 200 ms to 3 members,
-    /// push/pull every 30 s.
+    /// cairn's LAN profile: memberlist's timings (probe 1 s, timeout 500 ms, 3 indirect
+    /// checks, gossip every 200 ms to 3 members, push/pull every 30 s), with a suspicion of
+    /// 4·max(1, log10 N) s that shrinks to an eighth as independent members confirm it, and
+    /// confirmation probes.
     pub fn lan() -> Timings {
         Timings {
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_millis(500),
             indirect_checks: 3,
             suspicion_mult: 4.0,
+            suspicion_max_ratio: 1.0,
             suspicion_min_ratio: 0.125,
+            confirmation_probes: true,
             suspicion_confirmations: 2,
             awareness_max: 8,
             gossip_interval: Duration::from_millis(200),
@@ -81,11 +89,18 @@ impl Timings {
         }
     }
 
+    /// memberlist's `DefaultLANConfig` suspicion as Consul runs it, for comparison in the
+    /// bench: the timeout starts at 6× 4·max(1, log10 N) s and shrinks to 1× with two
+    /// confirmations, which come only from other members' own failed probes.
+    pub fn memberlist_lan() -> Timings {
+        Timings { suspicion_max_ratio: 6.0, suspicion_min_ratio: 1.0, confirmation_probes: false, ..Timings::lan() }
+    }
+
     /// The longest and shortest suspicion timeouts at `members` members.
     pub fn suspicion_bounds(&self, members: usize) -> (Duration, Duration) {
         let scale = (members.max(1) as f64).log10().max(1.0);
-        let max = self.probe_interval.mul_f64(self.suspicion_mult * scale);
-        (max, max.mul_f64(self.suspicion_min_ratio))
+        let base = self.probe_interval.mul_f64(self.suspicion_mult * scale);
+        (base.mul_f64(self.suspicion_max_ratio), base.mul_f64(self.suspicion_min_ratio))
     }
 
     /// The push/pull interval at `members` members: memberlist's scaling, so a large cluster
@@ -694,7 +709,8 @@ impl Core {
     /// it (its own timer runs), already probes it, or is `of` itself.
     fn start_confirm_probe(&mut self, of: SocketAddr, boot: u64, by: SocketAddr) {
         let own = self.fx.own_addr;
-        if by == own
+        if !self.fx.timings.confirmation_probes
+            || by == own
             || of == own
             || self.fx.suspicions.get(&of).is_some_and(|s| s.boot == boot)
             || self.confirms.len() >= CONFIRM_PROBES_MAX
