@@ -21,6 +21,16 @@ def main() -> None:
     assert c.status.leader(), "no leader reported"
     assert c.catalog.datacenters() == ["dc1"]
 
+    # Gossip members: this agent, alive, a server; no WAN pool yet; joining through its own
+    # gossip address works; force-leaving an unknown node fails.
+    members = c.agent.members()
+    assert [m["Name"] for m in members] == [me["Config"]["NodeName"]], members
+    assert members[0]["Status"] == 1 and members[0]["Tags"]["role"] == "consul", members
+    assert me["Member"]["Name"] == me["Config"]["NodeName"], me["Member"]
+    assert c.agent.members(wan=True) == []
+    assert c.agent.join(f"{members[0]['Addr']}:{members[0]['Port']}") is True
+    assert c.agent.force_leave("no-such-node") is False
+
     # KV: put/get, flags, cas, recurse, keys, delete.
     assert c.kv.put("compat/a", "1", flags=7) is True
     index, entry = c.kv.get("compat/a")
