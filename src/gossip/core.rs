@@ -302,9 +302,21 @@ impl Effects {
 impl foca::Runtime<MemberId> for Effects {
     fn notify(&mut self, notification: Notification<'_, MemberId>) {
         match notification {
+            Notification::Rename(old, new) => {
+                self.membership_changed = true;
+                if old.node_id != new.node_id {
+                    // Node names must be unique: two agents sharing one replace each other
+                    // in turn. Consul refuses the second; cairn says which two they are.
+                    tracing::warn!(
+                        node = %new.name,
+                        old_addr = %old.addr,
+                        new_addr = %new.addr,
+                        "two agents use the same node name with different node IDs; node names must be unique"
+                    );
+                }
+            }
             Notification::MemberUp(_)
             | Notification::MemberDown(_)
-            | Notification::Rename(..)
             | Notification::Rejoin(_)
             | Notification::Active
             | Notification::Idle => self.membership_changed = true,
