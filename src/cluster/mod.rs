@@ -90,6 +90,25 @@ pub enum WriteError {
     Stopped(String),
 }
 
+/// A write's share of [`Cluster::queued_bytes`], given back when dropped.
+struct QueuedCost<'a> {
+    total: &'a AtomicU64,
+    cost: u64,
+}
+
+impl<'a> QueuedCost<'a> {
+    fn add(total: &'a AtomicU64, cost: u64) -> QueuedCost<'a> {
+        total.fetch_add(cost, Ordering::Relaxed);
+        QueuedCost { total, cost }
+    }
+}
+
+impl Drop for QueuedCost<'_> {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.cost, Ordering::Relaxed);
+    }
+}
+
 struct PendingWrite {
     command: Command,
     reply: oneshot::Sender<Result<CommandResult, WriteError>>,
@@ -190,10 +209,16 @@ impl Cluster {
             mpsc::error::TrySendError::Full(_) => WriteError::QueueFull(self.config.write_queue_max),
             mpsc::error::TrySendError::Closed(_) => WriteError::Stopped("shutting down".into()),
         })?;
-        self.queued_bytes.fetch_add(cost, Ordering::Relaxed);
-        let result = rx.await.unwrap_or_else(|_| Err(WriteError::Stopped("shutting down".into())));
-        self.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
-        result
+        // Counted until this write is answered *or abandoned*: a client that disconnects (or
+        // a drain that times out) drops this future mid-await, and the guard still gives the
+        // room back. Without it, abandoned writes would leak until every write is refused.
+        let _queued = QueuedCost::add(&self.queued_bytes, cost);
+        rx.await.unwrap_or_else(|_| Err(WriteError::Stopped("shutting down".into())))
+    }
+
+    /// LMDB bytes that queued and in-flight writes are expected to take.
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued_bytes.load(Ordering::Relaxed)
     }
 
     /// A backup archive of the whole replicated state, taken from one LMDB read transaction

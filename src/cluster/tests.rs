@@ -2,6 +2,8 @@
 //! `append`.
 
 use openraft::testing::{log_id, StoreBuilder, Suite};
+use std::future::Future;
+
 use openraft::{Entry, EntryPayload, StorageError};
 
 use super::*;
@@ -55,4 +57,40 @@ async fn append_acknowledges_only_committed_entries() {
     let flags = store.env().get_flags().expect("flags");
     let weakening = heed::EnvFlags::NO_SYNC | heed::EnvFlags::MAP_ASYNC | heed::EnvFlags::WRITE_MAP;
     assert_eq!(flags & weakening.bits(), 0, "LMDB environment opened without page sync");
+}
+
+/// Issue 14, defect 1: a write abandoned while it waits (its client went away) must give
+/// back its share of the queued bytes, or enough of them make every later write fail with
+/// "map full" until restart. Polls `write` once (it queues and waits), then drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_writes_give_back_their_queued_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), 64 << 20).expect("open store");
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let config = ClusterConfig {
+        node_id: 1,
+        advertise: "127.0.0.1:8300".into(),
+        bootstrap: true,
+        server: true,
+        write_queue_max: 1024,
+    };
+    let cluster = Cluster::start(store, config, shutdown.clone(), &tasks).await.expect("start");
+    assert!(cluster.wait_for_leader(Duration::from_secs(10)).await, "no leader");
+    let big = || Command::KvSet { key: "k".into(), value: Some(vec![7; 256 << 10]), flags: 0, cas: None };
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    for _ in 0..100 {
+        let mut write = std::pin::pin!(cluster.write(big()));
+        if let std::task::Poll::Ready(r) = write.as_mut().poll(&mut cx) {
+            panic!("write answered before Raft ran: {r:?} (map full: abandoned writes leaked their queued bytes)");
+        }
+        assert!(cluster.queued_bytes() > 0, "the queued write is counted");
+    }
+    assert_eq!(cluster.queued_bytes(), 0, "abandoned writes leaked their queued bytes");
+    // And the store still takes writes.
+    let result = cluster.write(big()).await.expect("write after abandoned ones");
+    assert_eq!(result, CommandResult::Bool(true));
+    shutdown.cancel();
+    cluster.shutdown().await;
 }
