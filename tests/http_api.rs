@@ -43,6 +43,18 @@ fn how_to_register_query_and_deregister_with_plain_curl() {
     assert_eq!(agent.get("/v1/health/service/redis?tag=nope").json(), json!([]));
     assert_eq!(agent.get("/v1/catalog/services").json()["redis"], json!(["master", "primary"]));
 
+    // A GET from a web page (a browser adds Origin or Sec-Fetch-Site) cannot deregister.
+    for header in ["Origin: https://attacker.example", "Sec-Fetch-Site: cross-site"] {
+        let mut stream = std::net::TcpStream::connect(agent.http).expect("connect");
+        let request =
+            format!("GET /v1/catalog/deregister/redis1 HTTP/1.1\r\nHost: x\r\n{header}\r\nConnection: close\r\n\r\n");
+        std::io::Write::write_all(&mut stream, request.as_bytes()).expect("send");
+        let r = support::read_response(&mut stream);
+        assert_eq!(r.status, 403, "{header}: {}", r.text());
+        assert!(r.text().contains("use PUT"), "{}", r.text());
+    }
+    assert_eq!(agent.get("/v1/catalog/service/redis").json()[0]["ServiceID"], "redis1", "still registered");
+
     // The published how-to deregisters with a plain GET.
     let r = agent.get("/v1/catalog/deregister/redis1");
     assert_eq!((r.status, r.text().as_str()), (200, "true"));

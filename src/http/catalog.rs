@@ -236,7 +236,22 @@ pub async fn deregister(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Json
 }
 
 /// `GET|PUT /v1/catalog/deregister/{service_id}`: the short form published how-tos use.
-pub async fn deregister_by_id(ctx: Ctx, Path(service_id): Path<String>) -> Result<Json<bool>, ApiError> {
+/// `GET|PUT /v1/catalog/deregister/{id}` (cairn extension for the published how-to). A GET
+/// from a web page would run cross-site without a CORS preflight, so a GET that carries
+/// `Origin` or `Sec-Fetch-Site: cross-site` (what browsers add; curl sends neither) is refused.
+pub async fn deregister_by_id(
+    ctx: Ctx,
+    method: axum::http::Method,
+    headers: axum::http::HeaderMap,
+    Path(service_id): Path<String>,
+) -> Result<Json<bool>, ApiError> {
+    let cross_site = headers.contains_key(axum::http::header::ORIGIN)
+        || headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+    if method == axum::http::Method::GET && cross_site {
+        return Err(ApiError::Forbidden(
+            "Cross-site GET refused: a GET from a web page must not deregister; use PUT".into(),
+        ));
+    }
     let nodes = ctx.store.read()?.nodes_with_service_id(&service_id)?;
     let node = match nodes.as_slice() {
         [] => return Err(ApiError::NotFound(format!("Unknown service ID {service_id:?}: no node holds it"))),
