@@ -55,7 +55,7 @@ fn web_in_dns(server: &Agent) -> bool {
 #[test]
 fn members_fail_leave_and_rejoin_through_gossip() {
     let temp = tempfile::tempdir().expect("tempdir");
-    let server = Agent::start(&["-bind", "127.0.0.1", "-encrypt", KEY]);
+    let server = Agent::start(&["-encrypt", KEY]);
     let join = server.gossip.to_string();
     let mut clients: Vec<Agent> = (1..=4).map(|i| client(&format!("c{i}"), &join, KEY, temp.path())).collect();
 

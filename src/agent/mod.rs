@@ -5,13 +5,14 @@
 //! and stops when its `CancellationToken` is cancelled. Why: SIGTERM must end with nothing
 //! half-done — no write acknowledged by a task that is then abandoned.
 
+mod advertise;
 mod data_dir;
 pub mod memory;
 mod notify;
 mod reconcile;
 mod reload;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,7 +105,8 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     let http_bound =
         http_listener.local_addr().map_err(|source| AgentError::Bind { what: "HTTP", addr: http_addr, source })?;
 
-    let advertise_ip = advertise_ip(&config);
+    let advertise_ip =
+        advertise::advertise_ip(config.advertise_addr, config.bind_addr).map_err(AgentError::Unsupported)?;
     let server_port = if config.ports.server == 0 { 8300 } else { config.ports.server };
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -243,19 +245,6 @@ async fn start_gossip(
         keyring_dir: config.data_dir.clone(),
     };
     Ok(Gossip::start(gossip_config, shutdown, tasks).await?)
-}
-
-/// The address other servers and `/v1/status/leader` see: `advertise_addr`, else
-/// `bind_addr` unless it is the wildcard, else loopback (with a warning).
-fn advertise_ip(config: &Config) -> IpAddr {
-    if let Some(ip) = config.advertise_addr {
-        return ip;
-    }
-    if !config.bind_addr.is_unspecified() {
-        return config.bind_addr;
-    }
-    tracing::warn!("bind_addr is a wildcard and advertise_addr is unset; advertising 127.0.0.1");
-    IpAddr::V4(Ipv4Addr::LOCALHOST)
 }
 
 /// Raft node IDs are u64; derive ours from the node UUID so it is stable across restarts.
