@@ -2,8 +2,11 @@
 //! snapshots. Raft metadata (`last_applied`, membership) is kept in `sm_meta`, written in the
 //! same transaction as the changes it describes.
 //!
-//! Invariant: the apply transaction commits with fsync like every LMDB commit here, so no log
-//! entry is purged, and no snapshot taken, before the state that applied it is on disk.
+//! The apply transaction commits without a sync of its own (the environment runs with
+//! LMDB's `NO_META_SYNC`; see `Store::commit_durably`): a lost apply is re-applied from the
+//! durable log, since `last_applied` is in the same transaction. Invariant: no log entry is
+//! purged, and no snapshot taken, before the state that applied it is on disk — a purge is a
+//! durable commit whose sync covers every earlier apply, and `Store::snapshot` syncs first.
 
 use std::io::Cursor;
 

@@ -96,7 +96,7 @@ impl Store {
     /// Applies `batches` in order and writes `meta` (e.g. `last_applied`, membership) into
     /// `sm_meta`, all in one write transaction; then wakes the blocking queries it touched.
     /// Returns one result per command. Blocking: call from a blocking thread.
-    pub fn apply(
+    pub(crate) fn apply(
         &self,
         batches: &[AppliedBatch<'_>],
         meta: &[(&str, Vec<u8>)],
