@@ -1,10 +1,11 @@
 //! LAN gossip: SWIM membership and failure detection (foca) over UDP, joins and periodic
 //! full-state push/pull over TCP on the same port, every packet in the [`envelope`].
 //!
-//! `core` is the state machine (no I/O; the simulated network in tests drives it on a
-//! virtual clock), `transport` the tokio task that owns it, `member` the identity gossiped.
-//! The rest of cairn sees a [`Gossip`] handle: the member list (a `watch` that changes when
-//! membership does), join, leave and force-leave.
+//! `core` is the state machine (no I/O; `sim`, the simulated network of the tests and the
+//! bench, drives it on a virtual clock), `transport` the tokio task that owns it, `member` the
+//! identity gossiped, `keyring` the encryption keys and their rotation. The rest of cairn sees
+//! a [`Gossip`] handle: the member list (a `watch` that changes when membership does), join,
+//! leave, force-leave, keyring operations and counters.
 //!
 //! Architecture Invariant: one task owns the foca instance and nothing else touches it; every
 //! input reaches it as a [`GossipCommand`] or a packet. Why: foca is not thread-safe, and a

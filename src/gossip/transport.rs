@@ -124,7 +124,7 @@ pub(super) struct Shared {
     pub keyring: Mutex<Keyring>,
     /// This agent's node name, for keyring replies.
     pub node: String,
-    /// The gossip task's counters, copied after each turn that changed them.
+    /// The gossip task's counters, copied after each turn.
     pub stats: Mutex<super::core::CoreStats>,
 }
 
@@ -156,7 +156,6 @@ impl Shared {
     }
 }
 
-/// Runs the gossip loop until `shutdown`.
 /// The gossip task's channels: its command queue (and a sender for the tasks it spawns), and
 /// where it publishes the member list.
 pub(super) struct Channels {
@@ -165,6 +164,7 @@ pub(super) struct Channels {
     pub members_tx: watch::Sender<Arc<Vec<MemberInfo>>>,
 }
 
+/// Runs the gossip loop until `shutdown`.
 pub(super) async fn run(
     mut core: Core,
     endpoints: Endpoints,
@@ -271,12 +271,7 @@ pub(super) async fn run(
         if core.take_membership_changed() {
             members_tx.send_replace(Arc::new(core.members()));
         }
-        let stats = core.stats();
-        let mut shared_stats = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
-        if *shared_stats != stats {
-            *shared_stats = stats;
-        }
-        drop(shared_stats);
+        *shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = core.stats();
         let elapsed = started.elapsed();
         if elapsed > TURN_SLOW {
             tracing::warn!(elapsed_ms = elapsed.as_millis() as u64, "slow gossip turn");
