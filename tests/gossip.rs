@@ -192,3 +192,38 @@ fn members_fail_leave_and_rejoin_through_gossip() {
         (statuses(&server).get("c2") == Some(&1)).then_some(())
     });
 }
+
+#[test]
+fn keyring_and_members_commands() {
+    let server = Agent::start(&["-encrypt", KEY]);
+    let addr = server.http.to_string();
+    let cairn = |args: &[&str]| {
+        let out = std::process::Command::new(support::cairn_bin())
+            .args(args)
+            .args(["-http-addr", &addr])
+            .output()
+            .expect("run cairn");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = cairn(&["keyring", "-list"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains(&format!("{KEY}  [1/1]  [primary]")), "{out}");
+    assert_eq!(cairn(&["keyring", "-install", NEW_KEY]).0, Some(0));
+    assert_eq!(cairn(&["keyring", "-use", NEW_KEY]).0, Some(0));
+    let (code, _, err) = cairn(&["keyring", "-remove", NEW_KEY]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("removing the primary key is not allowed"), "{err}");
+    assert_eq!(cairn(&["keyring", "-remove", KEY]).0, Some(0));
+    let (_, out, _) = cairn(&["keyring"]);
+    assert!(out.contains(&format!("{NEW_KEY}  [1/1]  [primary]")) && !out.contains(KEY), "{out}");
+    let (code, out, _) = cairn(&["members", "-detailed"]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("Node") && out.contains("test-node") && out.contains("role=consul"), "{out}");
+    let (code, out, _) = cairn(&["members"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("alive") && out.contains("server"), "{out}");
+}

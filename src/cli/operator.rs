@@ -130,20 +130,19 @@ pub fn force_leave(flags: &ForceLeaveFlags) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `cairn keyring`: list or rotate the gossip keys of every member.
+/// `cairn keyring`: list (the default) or rotate the gossip keys of every member.
 #[derive(clap::Args, Debug)]
-#[group(required = true, multiple = false)]
 pub struct KeyringFlags {
     #[command(flatten)]
     pub client: ClientFlags,
-    /// List the keys in use and how many members hold each.
-    #[arg(long)]
+    /// List the keys in use and how many members hold each (the default).
+    #[arg(long, conflicts_with_all = ["install", "use_key", "remove"])]
     pub list: bool,
     /// Install a new key on every member (it opens packets; the primary still seals).
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", conflicts_with_all = ["use_key", "remove"])]
     pub install: Option<String>,
     /// Make an installed key the primary on every member.
-    #[arg(long = "use", value_name = "KEY")]
+    #[arg(long = "use", value_name = "KEY", conflicts_with = "remove")]
     pub use_key: Option<String>,
     /// Remove a (non-primary) key from every member.
     #[arg(long, value_name = "KEY")]
