@@ -36,6 +36,8 @@ enum CliCommand {
     ForceLeave(cairn::cli::operator::ForceLeaveFlags),
     /// Print a new gossip encryption key (for `encrypt`).
     Keygen,
+    /// Fire a user event to every member.
+    Event(cairn::cli::operator::EventFlags),
     /// List or rotate the gossip encryption keys of every member.
     Keyring(cairn::cli::operator::KeyringFlags),
     /// Cluster operations.
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         CliCommand::Members(flags) => client_exit(cairn::cli::operator::members(&flags)),
         CliCommand::Join(flags) => client_exit(cairn::cli::operator::join(&flags)),
         CliCommand::ForceLeave(flags) => client_exit(cairn::cli::operator::force_leave(&flags)),
+        CliCommand::Event(flags) => client_exit(cairn::cli::operator::event(&flags)),
         CliCommand::Keyring(flags) => client_exit(cairn::cli::operator::keyring(&flags)),
         CliCommand::Keygen => {
             cairn::cli::operator::keygen();

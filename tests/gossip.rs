@@ -227,3 +227,66 @@ fn keyring_and_members_commands() {
     assert_eq!(code, Some(0));
     assert!(out.contains("alive") && out.contains("server"), "{out}");
 }
+
+#[test]
+fn user_events_reach_the_members_they_are_for() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let server = Agent::start(&["-encrypt", KEY]);
+    let join = server.gossip.to_string();
+    let c1 = client("c1", &join, KEY, temp.path());
+    let c2 = client("c2", &join, KEY, temp.path());
+    wait_for("3 alive members on every agent", CONVERGE, || {
+        [&server, &c1, &c2].iter().all(|a| statuses(a).values().filter(|s| **s == 1).count() == 3).then_some(())
+    });
+    let web = json!({"Name": "web", "Tags": ["blue"], "Port": 80}).to_string();
+    assert_eq!(c1.put("/v1/agent/service/register", web).status, 200);
+    let names = |agent: &Agent| -> Vec<String> {
+        let list = agent.get("/v1/event/list").json();
+        list.as_array().unwrap().iter().map(|e| e["Name"].as_str().unwrap().to_string()).collect()
+    };
+
+    let out = std::process::Command::new(support::cairn_bin())
+        .args(["event", "-name", "deploy", "-http-addr", &server.http.to_string(), "v1.2.3"])
+        .output()
+        .expect("run cairn event");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.starts_with("Event ID: "), "{stdout}");
+    let fired = wait_for("the event on the agent that fired it", CONVERGE, || {
+        let list = server.get("/v1/event/list").json();
+        list.as_array().unwrap().first().cloned()
+    });
+    assert_eq!(fired["Name"], "deploy");
+    assert_eq!(fired["Payload"], "djEuMi4z", "base64 of the body");
+    wait_for("deploy everywhere", CONVERGE, || {
+        [&server, &c1, &c2].iter().all(|a| names(a) == ["deploy"]).then_some(())
+    });
+    assert_eq!(fired["ID"].as_str(), stdout.trim().strip_prefix("Event ID: "));
+    let listed = c2.get("/v1/event/list?name=deploy");
+    assert_eq!(listed.json()[0]["ID"], fired["ID"]);
+    assert!(listed.index() > 1);
+
+    // Filters: a service with a tag reaches c1 only; a node name reaches c2 only. A blocking
+    // list on c2 wakes for the event meant for it.
+    let index = c2.get("/v1/event/list").index();
+    let c2_http = c2.http;
+    let waiter = std::thread::spawn(move || {
+        support::http_request(c2_http, "GET", &format!("/v1/event/list?index={index}&wait=20s"), b"")
+    });
+    assert_eq!(server.put("/v1/event/fire/restart?service=^web$&tag=blue", "").status, 200);
+    assert_eq!(server.put("/v1/event/fire/drain?node=^c2$", "").status, 200);
+    wait_for("the filtered events delivered", CONVERGE, || {
+        (names(&c1) == ["deploy", "restart"] && names(&c2) == ["deploy", "drain"]).then_some(())
+    });
+    let woken = waiter.join().expect("blocking list");
+    assert!(woken.index() != index, "the blocking list returned a new index");
+    assert_eq!(names(&server), ["deploy"], "the server has no web service and is not c2");
+
+    // Bad requests change nothing.
+    let r = server.put("/v1/event/fire/x?tag=blue", "");
+    assert_eq!((r.status, r.text().contains("without service filter")), (400, true), "{}", r.text());
+    let r = server.put("/v1/event/fire/x?node=(", "");
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = server.put("/v1/event/fire/x", vec![b'a'; 600]);
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(names(&server), ["deploy"]);
+}

@@ -7,6 +7,7 @@
 
 mod advertise;
 mod data_dir;
+mod events;
 pub mod memory;
 mod notify;
 mod reconcile;
@@ -124,7 +125,14 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     )
     .await?;
 
-    let gossip = start_gossip(&config, advertise_ip, server_port, &node_id, shutdown.clone(), &tasks).await?;
+    let (user_events, received_events) = tokio::sync::mpsc::channel(events::EVENTS_QUEUED_MAX);
+    let gossip = start_gossip(
+        &config,
+        GossipSetup { advertise_ip, server_port, node_id: &node_id, user_events },
+        shutdown.clone(),
+        &tasks,
+    )
+    .await?;
     let identity = AgentIdentity {
         datacenter: config.datacenter.clone(),
         node_name: config.node_name.clone(),
@@ -149,6 +157,14 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
         shutdown.clone(),
         &tasks,
     )?;
+    let event_log = Arc::new(crate::gossip::event::EventLog::default());
+    tasks.spawn(events::keep(
+        Arc::clone(&event_log),
+        received_events,
+        config.node_name.clone(),
+        local.clone(),
+        shutdown.clone(),
+    ));
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(RELOADS_QUEUED_MAX);
     let ctx = Arc::new(HttpContext::new(
         cluster.clone(),
@@ -159,6 +175,7 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
         config.limits.clone(),
         shutdown.clone(),
         gossip.clone(),
+        Arc::clone(&event_log),
     ));
     let leave = Arc::clone(&ctx.leave);
     tasks.spawn(http::serve(http_listener, ctx, shutdown.clone(), DRAIN_MAX));
@@ -208,15 +225,22 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     Ok(())
 }
 
+/// What gossip needs from the agent's start besides the config.
+struct GossipSetup<'a> {
+    advertise_ip: IpAddr,
+    server_port: u16,
+    node_id: &'a str,
+    user_events: tokio::sync::mpsc::Sender<crate::gossip::event::UserEvent>,
+}
+
 /// Starts LAN gossip on `bind_addr:serf_lan`, advertising `advertise_ip`.
 async fn start_gossip(
     config: &Config,
-    advertise_ip: IpAddr,
-    server_port: u16,
-    node_id: &str,
+    setup: GossipSetup<'_>,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) -> Result<crate::gossip::Gossip, AgentError> {
+    let GossipSetup { advertise_ip, server_port, node_id, user_events } = setup;
     use crate::gossip::{Gossip, GossipConfig, GossipKey, IdentityFields, Role, Timings};
     let g = &config.gossip_lan;
     let timings = Timings {
@@ -243,6 +267,7 @@ async fn start_gossip(
         timings,
         keys,
         keyring_dir: config.data_dir.clone(),
+        user_events,
     };
     Ok(Gossip::start(gossip_config, shutdown, tasks).await?)
 }

@@ -176,6 +176,43 @@ pub fn keyring(flags: &KeyringFlags) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `cairn event -name NAME [PAYLOAD]`: fires a user event to every member.
+#[derive(clap::Args, Debug)]
+pub struct EventFlags {
+    #[command(flatten)]
+    pub client: ClientFlags,
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    /// Only nodes whose name matches this regular expression.
+    #[arg(long, value_name = "REGEX")]
+    pub node: Option<String>,
+    /// Only nodes with a service whose name matches.
+    #[arg(long, value_name = "REGEX")]
+    pub service: Option<String>,
+    /// With -service: only services with a matching tag.
+    #[arg(long, value_name = "REGEX")]
+    pub tag: Option<String>,
+    #[arg(value_name = "PAYLOAD")]
+    pub payload: Option<String>,
+}
+
+pub fn event(flags: &EventFlags) -> Result<(), CliError> {
+    let mut query: Vec<(&str, &str)> = Vec::new();
+    for (key, value) in [("node", &flags.node), ("service", &flags.service), ("tag", &flags.tag)] {
+        if let Some(v) = value {
+            query.push((key, v));
+        }
+    }
+    let query: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(query).finish();
+    let path = format!("/v1/event/fire/{}?{query}", super::encode_path(&flags.name));
+    let body = flags.payload.clone().map(String::into_bytes);
+    let answer = Client::new(&flags.client)?.request(reqwest::Method::PUT, &path, body)?.success()?;
+    let event: serde_json::Value = serde_json::from_slice(&answer.body)
+        .map_err(|e| CliError::Usage(format!("the agent answered with invalid JSON: {e}")))?;
+    println!("Event ID: {}", event["ID"].as_str().unwrap_or(""));
+    Ok(())
+}
+
 /// `cairn keygen`: a new gossip encryption key for `encrypt`.
 pub fn keygen() {
     println!("{}", crate::gossip::GossipKey::generate().to_base64());

@@ -37,6 +37,7 @@ use rand_foca::rngs::StdRng;
 use rand_foca::SeedableRng;
 use serde::{Deserialize, Serialize};
 
+use super::event::UserEvent;
 use super::member::{MemberId, MemberInfo, MemberStatus};
 
 /// Members' SWIM timings; see `Timings::lan`.
@@ -146,6 +147,8 @@ pub enum Broadcast {
     Suspect { by: SocketAddr, of: SocketAddr, boot: u64 },
     /// The member left gracefully, or was force-left by an operator.
     Left { addr: SocketAddr, boot: u64 },
+    /// A user event (`/v1/event/fire`).
+    UserEvent(super::event::UserEvent),
 }
 
 impl Invalidates for Broadcast {
@@ -162,6 +165,9 @@ const EARLY_CONFIRMATIONS_MAX: usize = 4_096;
 /// Early confirmations older than this are forgotten: by then the suspicion has ended
 /// one way or the other.
 const EARLY_CONFIRMATION_TTL: Duration = Duration::from_secs(120);
+/// User events waiting for the transport to take them (it does every loop turn); more are
+/// dropped here (they still spread to others).
+const EVENTS_PENDING_MAX: usize = 1024;
 /// Confirmation probes in flight at most; a suspicion heard while full is not confirmed by
 /// this member (others still can).
 const CONFIRM_PROBES_MAX: usize = 64;
@@ -409,6 +415,10 @@ pub struct Core {
     pruned: HashSet<SocketAddr>,
     /// Confirmation probes in flight, by nonce.
     confirms: HashMap<u64, ConfirmProbe>,
+    /// User events received (or fired here) and not yet taken by the transport.
+    events: Vec<UserEvent>,
+    /// Lamport clock of user events.
+    event_clock: u64,
     confirm_seq: u64,
     leaving: bool,
     stats: CoreStats,
@@ -448,6 +458,8 @@ impl Core {
             left: HashMap::new(),
             pruned: HashSet::new(),
             confirms: HashMap::new(),
+            events: Vec::new(),
+            event_clock: 0,
             confirm_seq: seed,
             leaving: false,
             stats: CoreStats::default(),
@@ -647,6 +659,19 @@ impl Core {
         true
     }
 
+    /// Fires a user event: it is gossiped to every member and delivered here too.
+    pub fn fire_event(&mut self, now: Instant, mut event: UserEvent) {
+        self.fx.now = now;
+        self.event_clock += 1;
+        event.ltime = self.event_clock;
+        self.add_broadcast(Broadcast::UserEvent(event));
+    }
+
+    /// Takes the user events received since the last call (each once).
+    pub fn take_events(&mut self) -> Vec<UserEvent> {
+        std::mem::take(&mut self.events)
+    }
+
     /// Takes the packets to send: (destination, foca payload).
     pub fn take_outbox(&mut self) -> Vec<(SocketAddr, Vec<u8>)> {
         std::mem::take(&mut self.fx.outbox)
@@ -717,6 +742,23 @@ impl Core {
         self.after_call();
     }
 
+    /// Acts on a broadcast seen for the first time (foca's handler filtered repeats).
+    fn receive(&mut self, item: Broadcast) {
+        match item {
+            Broadcast::Suspect { by, of, boot } => {
+                self.fx.confirm(of, boot, by);
+                self.start_confirm_probe(of, boot, by);
+            }
+            Broadcast::Left { addr, boot } => self.record_left(addr, boot),
+            Broadcast::UserEvent(event) => {
+                self.event_clock = self.event_clock.max(event.ltime);
+                if self.events.len() < EVENTS_PENDING_MAX {
+                    self.events.push(event);
+                }
+            }
+        }
+    }
+
     /// Pings `of` directly to confirm `by`'s suspicion, unless this member already suspects
     /// it (its own timer runs), already probes it, or is `of` itself.
     fn start_confirm_probe(&mut self, of: SocketAddr, boot: u64, by: SocketAddr) {
@@ -753,29 +795,17 @@ impl Core {
     fn after_call(&mut self) {
         let received: Vec<Broadcast> = std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|e| e.into_inner()));
         for item in received {
-            match item {
-                Broadcast::Suspect { by, of, boot } => {
-                    self.fx.confirm(of, boot, by);
-                    self.start_confirm_probe(of, boot, by);
-                }
-                Broadcast::Left { addr, boot } => self.record_left(addr, boot),
-            }
+            self.receive(item);
         }
         for item in std::mem::take(&mut self.fx.to_broadcast) {
             if let Ok(bytes) = postcard::to_allocvec(&item) {
                 let _ = self.swim.add_broadcast(&bytes);
             }
-            if let Broadcast::Left { addr, boot } = item {
-                self.record_left(addr, boot);
-            }
         }
         // Received by foca while adding: drain once more (cheap when empty).
         let again: Vec<Broadcast> = std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|e| e.into_inner()));
         for item in again {
-            match item {
-                Broadcast::Suspect { by, of, boot } => self.fx.confirm(of, boot, by),
-                Broadcast::Left { addr, boot } => self.record_left(addr, boot),
-            }
+            self.receive(item);
         }
         let members = self.swim.num_members() + 1;
         if members != self.fx.members {

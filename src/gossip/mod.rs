@@ -13,6 +13,7 @@
 
 pub mod core;
 pub mod envelope;
+pub mod event;
 pub mod keyring;
 pub mod member;
 pub mod sim;
@@ -74,6 +75,9 @@ pub(crate) enum GossipCommand {
         prune: bool,
         reply: oneshot::Sender<bool>,
     },
+    Fire {
+        event: event::UserEvent,
+    },
 }
 
 /// What the gossip layer needs to start.
@@ -88,6 +92,8 @@ pub struct GossipConfig {
     pub keys: Vec<GossipKey>,
     /// Where the keyring file lives (the data dir); `None` keeps it in memory only.
     pub keyring_dir: Option<std::path::PathBuf>,
+    /// Where received user events are delivered (this agent's own included).
+    pub user_events: mpsc::Sender<event::UserEvent>,
 }
 
 /// The identity fields other than the address and boot stamp, which `start` fills.
@@ -151,7 +157,12 @@ impl Gossip {
             core,
             endpoints,
             Arc::clone(&shared),
-            transport::Channels { commands: rx, command_tx: commands.clone(), members_tx },
+            transport::Channels {
+                commands: rx,
+                command_tx: commands.clone(),
+                members_tx,
+                user_events: config.user_events,
+            },
             shutdown,
             tasks.clone(),
         ));
@@ -228,6 +239,11 @@ impl Gossip {
             .try_send(GossipCommand::ForceLeave { name: name.to_string(), prune, reply })
             .map_err(|_| GossipError::Stopped)?;
         answer.await.map_err(|_| GossipError::Stopped)
+    }
+
+    /// Fires a user event to every member (this one included).
+    pub fn fire(&self, event: event::UserEvent) -> Result<(), GossipError> {
+        self.commands.try_send(GossipCommand::Fire { event }).map_err(|_| GossipError::Stopped)
     }
 
     /// Runs a keyring operation on this agent, then on every alive member (at most

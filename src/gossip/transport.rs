@@ -162,6 +162,8 @@ pub(super) struct Channels {
     pub commands: mpsc::Receiver<GossipCommand>,
     pub command_tx: mpsc::Sender<GossipCommand>,
     pub members_tx: watch::Sender<Arc<Vec<MemberInfo>>>,
+    /// Where received user events go; when full, an event is dropped and logged.
+    pub user_events: mpsc::Sender<super::event::UserEvent>,
 }
 
 /// Runs the gossip loop until `shutdown`.
@@ -173,7 +175,7 @@ pub(super) async fn run(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    let Channels { mut commands, command_tx, members_tx } = channels;
+    let Channels { mut commands, command_tx, members_tx, user_events } = channels;
     let Endpoints { udp, tcp } = endpoints;
     let udp = Arc::new(udp);
     tasks.spawn(accept_streams(tcp, Arc::clone(&shared), command_tx.clone(), shutdown.clone()));
@@ -237,6 +239,7 @@ pub(super) async fn run(
                     GossipCommand::ForceLeave { name, prune, reply } => {
                         let _ = reply.send(core.force_leave(started, &name, prune));
                     }
+                    GossipCommand::Fire { event } => core.fire_event(started, event),
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
@@ -268,6 +271,11 @@ pub(super) async fn run(
         // packet, as after a pause.
         core.fire_due(Instant::now());
         flush(&mut core, &udp, &shared).await;
+        for event in core.take_events() {
+            if user_events.try_send(event).is_err() {
+                tracing::warn!("user event dropped: the agent's event queue is full");
+            }
+        }
         if core.take_membership_changed() {
             members_tx.send_replace(Arc::new(core.members()));
         }

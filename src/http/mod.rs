@@ -11,6 +11,7 @@ mod agent_local;
 mod body;
 mod catalog;
 mod error;
+mod event;
 mod health;
 mod kv;
 mod query;
@@ -70,8 +71,10 @@ pub struct HttpContext {
     pub blocking_permits: Arc<Semaphore>,
     /// Cancelled at shutdown: blocking queries answer at once with their current data.
     pub shutdown: CancellationToken,
-    /// LAN gossip: members, join, force-leave.
+    /// LAN gossip: members, join, force-leave, user events.
     pub gossip: crate::gossip::Gossip,
+    /// User events this agent received (`/v1/event/list`).
+    pub events: Arc<crate::gossip::event::EventLog>,
 }
 
 impl HttpContext {
@@ -85,10 +88,23 @@ impl HttpContext {
         limits: Limits,
         shutdown: CancellationToken,
         gossip: crate::gossip::Gossip,
+        events: Arc<crate::gossip::event::EventLog>,
     ) -> Self {
         let blocking_permits = Arc::new(Semaphore::new(limits.max_blocking_queries as usize));
         let leave = Arc::default();
-        HttpContext { cluster, store, local, reload, leave, identity, limits, blocking_permits, shutdown, gossip }
+        HttpContext {
+            cluster,
+            store,
+            local,
+            reload,
+            leave,
+            identity,
+            limits,
+            blocking_permits,
+            shutdown,
+            gossip,
+            events,
+        }
     }
 
     /// Blocking queries waiting right now.
@@ -147,6 +163,8 @@ pub fn router(ctx: Arc<HttpContext>) -> Router {
         .route("/v1/agent/maintenance", put(agent_local::node_maintenance))
         .route("/v1/agent/reload", put(agent_local::reload))
         .route("/v1/snapshot", get(snapshot::save).put(snapshot::restore))
+        .route("/v1/event/fire/{name}", put(event::fire))
+        .route("/v1/event/list", get(event::list))
         .fallback(unknown_path)
         .method_not_allowed_fallback(wrong_method)
         .with_state(ctx)
