@@ -267,3 +267,43 @@ fn an_archive_over_snapshot_max_bytes_gets_413_and_changes_nothing() {
     assert!(r.text().contains("max size: 1000 bytes"), "{}", r.text());
     assert_eq!(observe(&agent), before);
 }
+
+/// Issue 14, defect 2: an archive that passes every check but holds a row LMDB cannot store
+/// (a key over 511 bytes) used to stop Raft when the restore applied; it is refused up front.
+#[test]
+fn an_archive_with_a_key_lmdb_cannot_hold_is_refused_and_raft_keeps_going() {
+    let agent = Agent::start(&[]);
+    put_ok(&agent, "/v1/kv/keep", "me");
+    let fnv =
+        |bytes: &[u8]| bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3));
+    // State: one record in table 6 (KV tombstones, whose rows are not decoded) with a
+    // 600-byte key, the record count and the state's checksum.
+    let mut state = b"CAIRNSM1".to_vec();
+    state.push(6);
+    state.extend_from_slice(&600u32.to_be_bytes());
+    state.extend_from_slice(&[b'k'; 600]);
+    state.extend_from_slice(&8u32.to_be_bytes());
+    state.extend_from_slice(&7u64.to_be_bytes());
+    state.extend_from_slice(&1u64.to_be_bytes());
+    let sum = fnv(&state);
+    state.extend_from_slice(&sum.to_be_bytes());
+    // Archive: magic, header length, the header padded to its room, the state, checksum.
+    let header = serde_json::json!({"version": 1, "index": 5, "term": 1, "created_unix": 0, "nodes": 0,
+        "services": 0, "checks": 0, "kv": 0, "state_bytes": state.len()});
+    let mut archive = b"CAIRNBK1".to_vec();
+    archive.extend_from_slice(&1024u32.to_be_bytes());
+    let mut room = serde_json::to_vec(&header).unwrap();
+    room.resize(1024, b' ');
+    archive.extend_from_slice(&room);
+    archive.extend_from_slice(&state);
+    let sum = fnv(&archive);
+    archive.extend_from_slice(&sum.to_be_bytes());
+
+    let r = agent.put("/v1/snapshot", &archive);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("Invalid snapshot archive") && r.text().contains("600 bytes"), "{}", r.text());
+    // Nothing changed, and Raft still takes writes.
+    assert_eq!(agent.get("/v1/kv/keep?raw").text(), "me");
+    put_ok(&agent, "/v1/kv/after", "still writable");
+    assert_eq!(agent.get("/v1/kv/after?raw").text(), "still writable");
+}

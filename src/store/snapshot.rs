@@ -129,6 +129,14 @@ fn walk<'a>(bytes: &'a [u8], mut each: impl FnMut(Record<'a>)) -> Result<(), Sto
             return Err(bad("unknown table tag"));
         }
         let key_len = u32::from_be_bytes(take(&mut rest, 4)?.try_into().unwrap_or([0; 4])) as usize;
+        // LMDB refuses such a key at apply time, which would stop Raft: refuse it here, when
+        // the archive or Raft snapshot is checked.
+        if key_len == 0 || key_len > super::rows::KEY_BYTES_MAX {
+            return Err(StoreError::BadSnapshot(format!(
+                "a key of {key_len} bytes cannot be stored (keys are 1 to {} bytes)",
+                super::rows::KEY_BYTES_MAX
+            )));
+        }
         let key = take(&mut rest, key_len)?;
         let value_len = u32::from_be_bytes(take(&mut rest, 4)?.try_into().unwrap_or([0; 4])) as usize;
         let value = take(&mut rest, value_len)?;
