@@ -60,14 +60,18 @@ pub enum AgentError {
     Gossip(#[from] crate::gossip::GossipError),
     #[error("could not join the gossip pool (-join / start_join): {0}")]
     Join(String),
+    #[error("Raft stopped: {0}")]
+    RaftStopped(String),
 }
 
 /// Why the agent stops: a leave request always leaves the gossip pool gracefully; a signal
-/// does so when `leave_on_terminate` says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// does so when `leave_on_terminate` says; a stopped Raft core ends the process with an error
+/// (exit 1, so systemd's `Restart=on-failure` starts it again).
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum ShutdownReason {
     Signal,
     Leave,
+    RaftStopped(String),
 }
 
 /// What the agent needs besides its config: the flags it was started with (a reload reads
@@ -209,8 +213,11 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     tasks.spawn(remove_stale_staged_archives(cluster.clone(), store.clone(), shutdown.clone()));
     tasks.spawn(memory::trim_periodically(shutdown.clone()));
     let reloader = Arc::new(Reloader::new(options.flags, config, dns, local, options.set_log_level));
-    let reason = wait_for_shutdown_signal(signals, leave, reloader, reload_rx).await?;
-    if reason == ShutdownReason::Leave || leave_on_terminate {
+    let reason = wait_for_shutdown_signal(signals, leave, reloader, reload_rx, &cluster).await?;
+    if let ShutdownReason::RaftStopped(why) = &reason {
+        tracing::error!(error = %why, "Raft stopped; shutting down so the service manager restarts cairn");
+    }
+    if reason == ShutdownReason::Leave || (leave_on_terminate && reason == ShutdownReason::Signal) {
         gossip.leave().await;
     }
     tracing::info!("shutting down: no new connections; answering blocking queries now");
@@ -222,7 +229,10 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     drop(store);
     tracing::info!("shutdown complete");
     drop(data_dir);
-    Ok(())
+    match reason {
+        ShutdownReason::RaftStopped(why) => Err(AgentError::RaftStopped(why)),
+        ShutdownReason::Signal | ShutdownReason::Leave => Ok(()),
+    }
 }
 
 /// What gossip needs from the agent's start besides the config.
@@ -344,18 +354,20 @@ impl Signals {
     }
 }
 
-/// Waits for SIGTERM, SIGINT or `PUT /v1/agent/leave`; meanwhile reloads on SIGHUP and on HTTP reload requests,
-/// one at a time, on a blocking thread.
+/// Waits for SIGTERM, SIGINT, `PUT /v1/agent/leave` or a stopped Raft core; meanwhile reloads
+/// on SIGHUP and on HTTP reload requests, one at a time, on a blocking thread.
 async fn wait_for_shutdown_signal(
     mut signals: Signals,
     leave: Arc<tokio::sync::Notify>,
     reloader: Arc<Reloader>,
     mut requests: tokio::sync::mpsc::Receiver<ReloadReply>,
+    cluster: &Cluster,
 ) -> Result<ShutdownReason, AgentError> {
     loop {
         let reply = tokio::select! {
             _ = signals.term.recv() => return Ok(ShutdownReason::Signal),
             _ = signals.int.recv() => return Ok(ShutdownReason::Signal),
+            why = cluster.wait_stopped() => return Ok(ShutdownReason::RaftStopped(why)),
             _ = leave.notified() => {
                 tracing::info!("leave requested through the API");
                 return Ok(ShutdownReason::Leave);

@@ -312,6 +312,21 @@ impl Cluster {
             && self.leader().is_some()
     }
 
+    /// Resolves when the Raft core has stopped (a storage error, or a shutdown), with why.
+    /// The agent exits non-zero on it: a server whose Raft stopped would otherwise answer
+    /// every write with 500 and serve a frozen DNS view while looking alive.
+    pub async fn wait_stopped(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "Raft stopped".to_string();
+            }
+        }
+    }
+
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "Raft did not shut down cleanly");

@@ -94,3 +94,31 @@ async fn abandoned_writes_give_back_their_queued_bytes() {
     shutdown.cancel();
     cluster.shutdown().await;
 }
+
+/// The agent's watchdog: `wait_stopped` resolves once the Raft core stops, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_stopped_resolves_when_raft_stops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), 64 << 20).expect("open store");
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let config = ClusterConfig {
+        node_id: 1,
+        advertise: "127.0.0.1:8300".into(),
+        bootstrap: true,
+        server: true,
+        write_queue_max: 16,
+    };
+    let cluster = Cluster::start(store, config, shutdown.clone(), &tasks).await.expect("start");
+    assert!(cluster.wait_for_leader(Duration::from_secs(10)).await, "no leader");
+    let watcher = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.wait_stopped().await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!watcher.is_finished(), "a running Raft is not stopped");
+    cluster.shutdown().await;
+    let why = tokio::time::timeout(Duration::from_secs(10), watcher).await.expect("resolved").expect("task");
+    assert!(!why.is_empty());
+    shutdown.cancel();
+}
