@@ -240,6 +240,18 @@ fn node_names_are_case_insensitive() {
     assert!(store.read().expect("read").node("WEB").expect("node").is_none());
     // Updating the node under its own spelling still works.
     assert_eq!(apply(&store, 4, vec![register("web", None, vec![])]), vec![CommandResult::Done]);
+    // Only a whole-name case variant conflicts: not a longer or shorter name, not another
+    // character; digits and punctuation have one case.
+    let many: Vec<Command> = (0..2_000).map(|i| register(&format!("Host-{i}.dc"), None, vec![])).collect();
+    assert!(apply(&store, 5, many).iter().all(|r| *r == CommandResult::Done));
+    let results =
+        apply(&store, 6, vec![register("hOST-1999.DC", None, vec![]), register("Host-1999.dcx", None, vec![])]);
+    assert!(matches!(&results[0], CommandResult::Rejected(why) if why.contains("\"Host-1999.dc\"")), "{results:?}");
+    assert_eq!(results[1], CommandResult::Done);
+    assert_eq!(
+        apply(&store, 7, vec![register("we", None, vec![]), register("Web2", None, vec![])]),
+        vec![CommandResult::Done, CommandResult::Done]
+    );
 }
 
 #[test]
