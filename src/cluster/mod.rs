@@ -264,9 +264,14 @@ impl Cluster {
         }
     }
 
+    /// The leader this server knows, `None` when it knows none or its Raft core has stopped
+    /// (a stopped core's last view is stale: `/v1/status/leader` answers "" then).
     pub fn leader(&self) -> Option<LeaderInfo> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
+        if metrics.running_state.is_err() {
+            return None;
+        }
         let id = metrics.current_leader?;
         let address = metrics.membership_config.membership().get_node(&id).map(|n| n.addr.clone()).unwrap_or_default();
         Some(LeaderInfo { node_id: id, address })
@@ -274,7 +279,9 @@ impl Cluster {
 
     /// Whether this server knows a leader (cheaper than [`Cluster::leader`]: no address copy).
     pub fn knows_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader.is_some()
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.running_state.is_ok() && metrics.current_leader.is_some()
     }
 
     pub fn is_leader(&self) -> bool {

@@ -120,5 +120,7 @@ async fn wait_stopped_resolves_when_raft_stops() {
     cluster.shutdown().await;
     let why = tokio::time::timeout(Duration::from_secs(10), watcher).await.expect("resolved").expect("task");
     assert!(!why.is_empty());
+    // A stopped core reports no leader (`/v1/status/leader` answers "", writes NoLeader).
+    assert!(cluster.leader().is_none() && !cluster.knows_leader() && !cluster.is_leader());
     shutdown.cancel();
 }
