@@ -68,6 +68,17 @@ fn how_to_register_query_and_deregister_with_plain_curl() {
 fn catalog_reads_and_the_servers_own_registration() {
     let agent = Agent::start(&[]);
     assert_eq!(agent.get("/v1/catalog/datacenters").json(), json!(["dc1"]));
+    // Network coordinates are not computed yet: Consul's shapes, empty.
+    assert_eq!(
+        agent.get("/v1/coordinate/datacenters").json(),
+        json!([{"Datacenter": "dc1", "AreaID": "WAN", "Coordinates": []}])
+    );
+    let r = agent.get("/v1/coordinate/nodes");
+    assert_eq!((r.status, r.json()), (200, json!([])));
+    assert!(r.index() >= 1);
+    let r = agent.get("/v1/coordinate/node/test-node");
+    assert_eq!(r.status, 404);
+    assert!(r.header("X-Consul-Index").is_some());
     let consul = agent.get("/v1/catalog/service/consul").json();
     assert_eq!(consul[0]["Node"], "test-node");
     let checks = agent.get("/v1/health/node/test-node").json();

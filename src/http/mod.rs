@@ -10,6 +10,7 @@ mod agent;
 mod agent_local;
 mod body;
 mod catalog;
+mod coordinate;
 mod error;
 mod event;
 mod health;
@@ -163,6 +164,9 @@ pub fn router(ctx: Arc<HttpContext>) -> Router {
         .route("/v1/agent/maintenance", put(agent_local::node_maintenance))
         .route("/v1/agent/reload", put(agent_local::reload))
         .route("/v1/snapshot", get(snapshot::save).put(snapshot::restore))
+        .route("/v1/coordinate/datacenters", get(coordinate::datacenters))
+        .route("/v1/coordinate/nodes", get(coordinate::nodes))
+        .route("/v1/coordinate/node/{node}", get(coordinate::node))
         .route("/v1/event/fire/{name}", put(event::fire))
         .route("/v1/event/list", get(event::list))
         .fallback(unknown_path)

@@ -159,7 +159,7 @@ fn request_key(q: &Query) -> String {
 impl HttpContext {
     /// Checks the consistency mode: the default and `?consistent` need a leader (this server,
     /// with one server per cluster); `?consistent` also confirms it with a quorum.
-    async fn check_consistency(&self, q: &Query) -> Result<(), ApiError> {
+    pub(super) async fn check_consistency(&self, q: &Query) -> Result<(), ApiError> {
         self.cluster.require_server()?;
         if q.consistent {
             return Ok(self.cluster.linearizable().await?);
