@@ -79,6 +79,14 @@ fn catalog_reads_and_the_servers_own_registration() {
     let r = agent.get("/v1/coordinate/node/test-node");
     assert_eq!(r.status, 404);
     assert!(r.header("X-Consul-Index").is_some());
+    // Agent metrics in Consul's JSON shape, with cairn's gauges.
+    let metrics = agent.get("/v1/agent/metrics").json();
+    assert!(metrics["Timestamp"].as_str().unwrap().ends_with(" +0000 UTC"), "{metrics}");
+    let gauge = |name: &str| metrics["Gauges"].as_array().unwrap().iter().find(|g| g["Name"] == name).cloned();
+    assert!(gauge("cairn.raft.applied_index").unwrap()["Value"].as_f64().unwrap() >= 1.0, "{metrics}");
+    assert_eq!(gauge("cairn.serf.members.alive").unwrap()["Value"], 1.0);
+    assert_eq!(metrics["Counters"], json!([]));
+    assert_eq!(agent.get("/v1/agent/metrics?format=prometheus").status, 400);
     let consul = agent.get("/v1/catalog/service/consul").json();
     assert_eq!(consul[0]["Node"], "test-node");
     let checks = agent.get("/v1/health/node/test-node").json();

@@ -197,3 +197,62 @@ pub async fn operator_keyring(
     }]))
     .into_response())
 }
+
+/// `GET /v1/agent/metrics`: Consul's JSON shape with the gauges cairn keeps (membership,
+/// Raft's applied index, blocking queries, gossip health); Consul's runtime metrics have no
+/// equivalent and the other lists are empty. `?format=prometheus` is not supported yet: 400.
+pub async fn agent_metrics(ctx: Ctx, Query(params): Query<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
+    if params.get("format").is_some_and(|f| f != "json") {
+        return Err(ApiError::BadRequest("Only format=json is supported for /v1/agent/metrics".into()));
+    }
+    let gossip = ctx.gossip.stats();
+    let number = |key: &str| gossip.get(key).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let members = ctx.gossip.members();
+    let alive = members.iter().filter(|m| m.status == crate::gossip::MemberStatus::Alive).count();
+    let gauges = [
+        ("cairn.serf.members.alive", alive as f64),
+        ("cairn.serf.members.failed", number("failed")),
+        ("cairn.serf.members.left", number("left")),
+        ("cairn.serf.health_score", number("health_score")),
+        ("cairn.serf.packets_refused", number("packets_refused")),
+        ("cairn.raft.applied_index", ctx.cluster.last_applied() as f64),
+        ("cairn.http.blocking_queries", ctx.blocking_queries_in_flight() as f64),
+    ];
+    Ok(Json(json!({
+        "Timestamp": consul_timestamp(std::time::SystemTime::now()),
+        "Gauges": gauges.iter().map(|(name, value)| json!({"Name": name, "Value": value, "Labels": {}})).collect::<Vec<_>>(),
+        "Points": [],
+        "Counters": [],
+        "Samples": [],
+    })))
+}
+
+/// Go's `time.Time` string in UTC, as Consul's metrics `Timestamp`: `2026-12-04 16:57:00 +0000 UTC`.
+fn consul_timestamp(at: std::time::SystemTime) -> String {
+    let secs = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} +0000 UTC", rest / 3600, rest % 3600 / 60, rest % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::consul_timestamp;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn timestamps_read_as_gos() {
+        assert_eq!(consul_timestamp(UNIX_EPOCH), "1970-01-01 00:00:00 +0000 UTC");
+        assert_eq!(consul_timestamp(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29 00:00:00 +0000 UTC");
+        assert_eq!(consul_timestamp(UNIX_EPOCH + Duration::from_secs(1_796_403_420)), "2026-12-04 16:57:00 +0000 UTC");
+    }
+}

@@ -138,6 +138,7 @@ pub fn router(ctx: Arc<HttpContext>) -> Router {
         .route("/v1/status/peers", get(agent::status_peers))
         .route("/v1/agent/self", get(agent::agent_self))
         .route("/v1/agent/members", get(agent::agent_members))
+        .route("/v1/agent/metrics", get(agent::agent_metrics))
         .route("/v1/agent/leave", put(agent::agent_leave))
         .route("/v1/agent/join/{addr}", put(agent::agent_join))
         .route("/v1/agent/force-leave/{node}", put(agent::agent_force_leave))
