@@ -38,6 +38,8 @@ enum CliCommand {
     Keygen,
     /// Fire a user event to every member.
     Event(cairn::cli::operator::EventFlags),
+    /// Stream the agent's log.
+    Monitor(cairn::cli::operator::MonitorFlags),
     /// List or rotate the gossip encryption keys of every member.
     Keyring(cairn::cli::operator::KeyringFlags),
     /// Cluster operations.
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         CliCommand::Members(flags) => client_exit(cairn::cli::operator::members(&flags)),
         CliCommand::Join(flags) => client_exit(cairn::cli::operator::join(&flags)),
         CliCommand::ForceLeave(flags) => client_exit(cairn::cli::operator::force_leave(&flags)),
+        CliCommand::Monitor(flags) => client_exit(cairn::cli::operator::monitor(&flags)),
         CliCommand::Event(flags) => client_exit(cairn::cli::operator::event(&flags)),
         CliCommand::Keyring(flags) => client_exit(cairn::cli::operator::keyring(&flags)),
         CliCommand::Keygen => {
@@ -96,21 +99,28 @@ fn log_filter(level: tracing::Level) -> tracing_subscriber::filter::Targets {
     Targets::new().with_default(level).with_target("openraft", raft_level)
 }
 
-/// Logs to stderr at `level`, as text or one JSON object per line; returns how to change the
-/// level later (config reload).
-fn init_logging(level: tracing::Level, json: bool) -> cairn::agent::SetLogLevel {
+/// Logs to stderr at `level`, as text or one JSON object per line, and into `tap` while
+/// someone monitors; returns how to change the stderr level later (config reload).
+fn init_logging(
+    level: tracing::Level,
+    json: bool,
+    tap: &std::sync::Arc<cairn::agent::monitor::LogTap>,
+) -> cairn::agent::SetLogLevel {
     use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
+    use tracing_subscriber::Layer;
 
     let (filter, handle) = tracing_subscriber::reload::Layer::new(log_filter(level));
-    let text = (!json).then(|| {
+    let stderr = if json {
+        tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_target(false).boxed()
+    } else {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal())
             .with_target(false)
-    });
-    let json = json.then(|| tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_target(false));
-    tracing_subscriber::registry().with(text).with(json).with(filter).init();
+            .boxed()
+    };
+    tracing_subscriber::registry().with(stderr.with_filter(filter)).with(cairn::agent::monitor::layer(tap)).init();
     Box::new(move |level| {
         let level = tracing::Level::from(level);
         match handle.reload(log_filter(level)) {
@@ -129,7 +139,8 @@ fn run_agent(flags: &AgentFlags) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let set_log_level = init_logging(tracing::Level::from(config.log_level), config.log_json);
+    let log_tap = std::sync::Arc::new(cairn::agent::monitor::LogTap::default());
+    let set_log_level = init_logging(tracing::Level::from(config.log_level), config.log_json, &log_tap);
     for warning in warnings {
         tracing::warn!("{warning}");
     }
@@ -140,7 +151,7 @@ fn run_agent(flags: &AgentFlags) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let options = cairn::agent::AgentOptions { flags: flags.clone(), set_log_level };
+    let options = cairn::agent::AgentOptions { flags: flags.clone(), set_log_level, log_tap };
     match runtime.block_on(cairn::agent::run(config, options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

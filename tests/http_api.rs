@@ -423,3 +423,32 @@ fn a_check_flip_wakes_health_watchers_but_not_catalog_watchers() {
     assert!(started.elapsed() >= Duration::from_secs(2), "catalog watcher woken by a check change");
     assert_eq!(catalog.index(), catalog_index, "catalog index moved although its rows did not");
 }
+
+#[test]
+fn agent_monitor_streams_the_log_at_the_level_asked() {
+    use std::io::{Read, Write};
+    let agent = Agent::start(&[]);
+    assert_eq!(agent.get("/v1/agent/monitor?loglevel=loud").status, 400);
+    let mut stream = std::net::TcpStream::connect(agent.http).expect("connect");
+    stream.set_read_timeout(Some(std::time::Duration::from_millis(200))).expect("timeout");
+    stream.write_all(b"GET /v1/agent/monitor?loglevel=info HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    // Debug lines are off in the agent's own log (info) and in this monitor; a reload logs at
+    // info, and must reach the stream.
+    let mut seen = Vec::new();
+    let line = support::wait_for("the reload's log line on the monitor", std::time::Duration::from_secs(20), || {
+        assert_eq!(agent.put("/v1/agent/reload", "").status, 200);
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        text.lines().find(|l| l.contains("config reloaded")).map(str::to_string)
+    });
+    assert!(line.contains("INFO"), "{line}");
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(!text.contains(" DEBUG "), "an info monitor shows no debug lines");
+}

@@ -9,6 +9,7 @@ mod advertise;
 mod data_dir;
 mod events;
 pub mod memory;
+pub mod monitor;
 mod notify;
 mod reconcile;
 mod reload;
@@ -79,6 +80,8 @@ enum ShutdownReason {
 pub struct AgentOptions {
     pub flags: AgentFlags,
     pub set_log_level: SetLogLevel,
+    /// Where `/v1/agent/monitor` reads the log from.
+    pub log_tap: Arc<monitor::LogTap>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT, then shuts down gracefully.
@@ -170,17 +173,18 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
         shutdown.clone(),
     ));
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(RELOADS_QUEUED_MAX);
-    let ctx = Arc::new(HttpContext::new(
-        cluster.clone(),
-        store.clone(),
-        local.clone(),
-        reload_tx,
-        identity.clone(),
-        config.limits.clone(),
-        shutdown.clone(),
-        gossip.clone(),
-        Arc::clone(&event_log),
-    ));
+    let ctx = Arc::new(HttpContext::new(http::HttpServices {
+        cluster: cluster.clone(),
+        store: store.clone(),
+        local: local.clone(),
+        reload: reload_tx,
+        identity: identity.clone(),
+        limits: config.limits.clone(),
+        shutdown: shutdown.clone(),
+        gossip: gossip.clone(),
+        events: Arc::clone(&event_log),
+        log_tap: Arc::clone(&options.log_tap),
+    }));
     let leave = Arc::clone(&ctx.leave);
     tasks.spawn(http::serve(http_listener, ctx, shutdown.clone(), DRAIN_MAX));
     tracing::info!(addr = %http_bound, "HTTP API listening");

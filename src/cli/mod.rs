@@ -84,6 +84,27 @@ impl Client {
             .map_err(|e| CliError::Usage(format!("the agent answered {path} with invalid JSON: {e}")))
     }
 
+    /// `GET path` as a stream: each chunk of a 2xx body goes to `each` as it arrives, until
+    /// the agent ends the body (a non-2xx answer is an error with its text).
+    pub fn stream(&self, path: &str, mut each: impl FnMut(&[u8])) -> Result<(), CliError> {
+        let unreachable = |e: reqwest::Error| CliError::Unreachable {
+            addr: self.base.clone(),
+            reason: crate::checks::root_cause(&e),
+        };
+        self.runtime.block_on(async {
+            let mut response = self.http.get(format!("{}{path}", self.base)).send().await.map_err(unreachable)?;
+            let status = response.status().as_u16();
+            if !(200..300).contains(&status) {
+                let body = response.bytes().await.map_err(unreachable)?.to_vec();
+                return Answer { status, index: None, body }.success().map(drop);
+            }
+            while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+                each(&chunk);
+            }
+            Ok(())
+        })
+    }
+
     /// Any request; the answer whatever its status (callers decide what a 404 means).
     pub fn request(&self, method: reqwest::Method, path: &str, body: Option<Vec<u8>>) -> Result<Answer, CliError> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));

@@ -213,6 +213,28 @@ pub fn event(flags: &EventFlags) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `cairn monitor [-log-level L]`: streams the agent's log until interrupted.
+#[derive(clap::Args, Debug)]
+pub struct MonitorFlags {
+    #[command(flatten)]
+    pub client: ClientFlags,
+    /// trace, debug, info, warn or err.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+pub fn monitor(flags: &MonitorFlags) -> Result<(), CliError> {
+    use std::io::Write;
+    // A streamed answer has no overall deadline (connecting still has one).
+    let client = Client::with_timeout(&flags.client, None)?;
+    let path = format!("/v1/agent/monitor?loglevel={}", super::encode_path(&flags.log_level));
+    let mut out = std::io::stdout().lock();
+    client.stream(&path, |chunk| {
+        let _ = out.write_all(chunk);
+        let _ = out.flush();
+    })
+}
+
 /// `cairn keygen`: a new gossip encryption key for `encrypt`.
 pub fn keygen() {
     println!("{}", crate::gossip::GossipKey::generate().to_base64());

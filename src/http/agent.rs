@@ -244,6 +244,47 @@ fn consul_timestamp(at: std::time::SystemTime) -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} +0000 UTC", rest / 3600, rest % 3600 / 60, rest % 60)
 }
 
+/// `GET /v1/agent/monitor?loglevel=`: streams this agent's log, one line per event at that
+/// level or above (default info), until the client goes away or the agent stops. A client
+/// too slow to read is told how many lines it missed. An unknown level is a 400.
+pub async fn agent_monitor(
+    ctx: Ctx,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    use tokio::sync::broadcast::error::RecvError;
+    let name = params.get("loglevel").map_or("info", String::as_str);
+    let level = match name.to_ascii_lowercase().as_str() {
+        "trace" => tracing::Level::TRACE,
+        "debug" => tracing::Level::DEBUG,
+        "info" => tracing::Level::INFO,
+        "warn" => tracing::Level::WARN,
+        "err" | "error" => tracing::Level::ERROR,
+        _ => return Err(ApiError::BadRequest(format!("Unknown log level: {name}"))),
+    };
+    let watch = ctx.log_tap.watch(level);
+    let shutdown = ctx.shutdown.clone();
+    // The `Watch` lives in the stream's state: a client that disconnects drops the body,
+    // which ends the monitor.
+    let lines = futures_util::stream::unfold((watch, shutdown), move |(mut watch, shutdown)| async move {
+        loop {
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                r = watch.lines.recv() => r,
+            };
+            let line = match received {
+                Ok((line_level, line)) if line_level <= level => line.to_string(),
+                Ok(_) => continue,
+                Err(RecvError::Lagged(n)) => format!("[monitor: {n} log lines dropped: reading too slowly]\n"),
+                Err(RecvError::Closed) => return None,
+            };
+            return Some((Ok::<_, std::io::Error>(line), (watch, shutdown)));
+        }
+    });
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], axum::body::Body::from_stream(lines))
+        .into_response())
+}
+
 #[cfg(test)]
 mod tests {
     use super::consul_timestamp;

@@ -76,35 +76,40 @@ pub struct HttpContext {
     pub gossip: crate::gossip::Gossip,
     /// User events this agent received (`/v1/event/list`).
     pub events: Arc<crate::gossip::event::EventLog>,
+    /// The log, for `/v1/agent/monitor`.
+    pub log_tap: Arc<crate::agent::monitor::LogTap>,
+}
+
+/// What the agent hands the HTTP API; [`HttpContext::new`] adds the API's own state.
+pub struct HttpServices {
+    pub cluster: Cluster,
+    pub store: Store,
+    pub local: LocalAgent,
+    pub reload: mpsc::Sender<ReloadReply>,
+    pub identity: AgentIdentity,
+    pub limits: Limits,
+    pub shutdown: CancellationToken,
+    pub gossip: crate::gossip::Gossip,
+    pub events: Arc<crate::gossip::event::EventLog>,
+    pub log_tap: Arc<crate::agent::monitor::LogTap>,
 }
 
 impl HttpContext {
-    #[allow(clippy::too_many_arguments)] // one per shared service; a builder would only rename them
-    pub fn new(
-        cluster: Cluster,
-        store: Store,
-        local: LocalAgent,
-        reload: mpsc::Sender<ReloadReply>,
-        identity: AgentIdentity,
-        limits: Limits,
-        shutdown: CancellationToken,
-        gossip: crate::gossip::Gossip,
-        events: Arc<crate::gossip::event::EventLog>,
-    ) -> Self {
-        let blocking_permits = Arc::new(Semaphore::new(limits.max_blocking_queries as usize));
-        let leave = Arc::default();
+    pub fn new(s: HttpServices) -> Self {
+        let blocking_permits = Arc::new(Semaphore::new(s.limits.max_blocking_queries as usize));
         HttpContext {
-            cluster,
-            store,
-            local,
-            reload,
-            leave,
-            identity,
-            limits,
+            cluster: s.cluster,
+            store: s.store,
+            local: s.local,
+            reload: s.reload,
+            leave: Arc::default(),
+            identity: s.identity,
+            limits: s.limits,
             blocking_permits,
-            shutdown,
-            gossip,
-            events,
+            shutdown: s.shutdown,
+            gossip: s.gossip,
+            events: s.events,
+            log_tap: s.log_tap,
         }
     }
 
@@ -139,6 +144,7 @@ pub fn router(ctx: Arc<HttpContext>) -> Router {
         .route("/v1/agent/self", get(agent::agent_self))
         .route("/v1/agent/members", get(agent::agent_members))
         .route("/v1/agent/metrics", get(agent::agent_metrics))
+        .route("/v1/agent/monitor", get(agent::agent_monitor))
         .route("/v1/agent/leave", put(agent::agent_leave))
         .route("/v1/agent/join/{addr}", put(agent::agent_join))
         .route("/v1/agent/force-leave/{node}", put(agent::agent_force_leave))
