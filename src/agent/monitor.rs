@@ -69,29 +69,46 @@ impl Drop for Watch {
     }
 }
 
-/// The tap as a tracing layer: Consul-like text lines, enabled per callsite only while a
-/// monitor wants that level (the interest cache is rebuilt when monitors come and go, so an
-/// unwatched tap costs no formatting).
+/// The tap as a tracing layer: Consul-like text lines, enabled only while a monitor wants
+/// that level.
 pub fn layer<S>(tap: &Arc<LogTap>) -> impl tracing_subscriber::Layer<S> + Send + Sync
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
     use tracing_subscriber::Layer;
-    let (for_events, for_callsites) = (Arc::clone(tap), Arc::clone(tap));
     tracing_subscriber::fmt::layer()
         .with_writer(TapWriter { tap: Arc::clone(tap) })
         .with_ansi(false)
         .with_target(false)
-        .with_filter(
-            tracing_subscriber::filter::dynamic_filter_fn(move |meta, _| for_events.wants(meta.level()))
-                .with_callsite_filter(move |meta| {
-                    if for_callsites.wants(meta.level()) {
-                        tracing::subscriber::Interest::always()
-                    } else {
-                        tracing::subscriber::Interest::never()
-                    }
-                }),
-        )
+        .with_filter(TapFilter { tap: Arc::clone(tap) })
+}
+
+/// The tap's per-layer filter. Its interest per callsite and its level hint follow the
+/// monitors (the interest cache is rebuilt as they come and go), so while no one watches
+/// the hint is OFF and disabled `debug!` calls still stop at the level check, as before.
+struct TapFilter {
+    tap: Arc<LogTap>,
+}
+
+impl<S> tracing_subscriber::layer::Filter<S> for TapFilter {
+    fn enabled(&self, meta: &tracing::Metadata<'_>, _: &tracing_subscriber::layer::Context<'_, S>) -> bool {
+        self.tap.wants(meta.level())
+    }
+
+    fn callsite_enabled(&self, meta: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
+        if self.tap.wants(meta.level()) {
+            tracing::subscriber::Interest::always()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+
+    fn max_level_hint(&self) -> Option<tracing_subscriber::filter::LevelFilter> {
+        use tracing_subscriber::filter::LevelFilter;
+        let levels = [Level::TRACE, Level::DEBUG, Level::INFO, Level::WARN, Level::ERROR];
+        let most_verbose = levels.into_iter().find(|l| self.tap.watchers[slot(*l)].load(Ordering::Relaxed) > 0);
+        Some(most_verbose.map_or(LevelFilter::OFF, LevelFilter::from_level))
+    }
 }
 
 /// The `MakeWriter` of the tap's fmt layer: each event is formatted into a buffer that is
