@@ -59,15 +59,11 @@ async fn append_acknowledges_only_committed_entries() {
     assert_eq!(flags & weakening.bits(), 0, "LMDB environment opened without page sync");
 }
 
-/// Issue 14, defect 1: a write abandoned while it waits (its client went away) must give
-/// back its share of the queued bytes, or enough of them make every later write fail with
-/// "map full" until restart. Polls `write` once (it queues and waits), then drops it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn abandoned_writes_give_back_their_queued_bytes() {
+/// A bootstrapped one-server cluster on a fresh store, with a leader.
+async fn one_server() -> (tempfile::TempDir, Cluster, CancellationToken) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path(), 64 << 20).expect("open store");
     let shutdown = CancellationToken::new();
-    let tasks = TaskTracker::new();
     let config = ClusterConfig {
         node_id: 1,
         advertise: "127.0.0.1:8300".into(),
@@ -75,8 +71,17 @@ async fn abandoned_writes_give_back_their_queued_bytes() {
         server: true,
         write_queue_max: 1024,
     };
-    let cluster = Cluster::start(store, config, shutdown.clone(), &tasks).await.expect("start");
+    let cluster = Cluster::start(store, config, shutdown.clone(), &TaskTracker::new()).await.expect("start");
     assert!(cluster.wait_for_leader(Duration::from_secs(10)).await, "no leader");
+    (dir, cluster, shutdown)
+}
+
+/// Issue 14, defect 1: a write abandoned while it waits (its client went away) must give
+/// back its share of the queued bytes, or enough of them make every later write fail with
+/// "map full" until restart. Polls `write` once (it queues and waits), then drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_writes_give_back_their_queued_bytes() {
+    let (_dir, cluster, shutdown) = one_server().await;
     let big = || Command::KvSet { key: "k".into(), value: Some(vec![7; 256 << 10]), flags: 0, cas: None };
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
@@ -98,19 +103,7 @@ async fn abandoned_writes_give_back_their_queued_bytes() {
 /// The agent's watchdog: `wait_stopped` resolves once the Raft core stops, with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_stopped_resolves_when_raft_stops() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path(), 64 << 20).expect("open store");
-    let shutdown = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    let config = ClusterConfig {
-        node_id: 1,
-        advertise: "127.0.0.1:8300".into(),
-        bootstrap: true,
-        server: true,
-        write_queue_max: 16,
-    };
-    let cluster = Cluster::start(store, config, shutdown.clone(), &tasks).await.expect("start");
-    assert!(cluster.wait_for_leader(Duration::from_secs(10)).await, "no leader");
+    let (_dir, cluster, shutdown) = one_server().await;
     let watcher = tokio::spawn({
         let cluster = cluster.clone();
         async move { cluster.wait_stopped().await }
