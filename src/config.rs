@@ -174,6 +174,9 @@ pub struct Config {
     pub services: Vec<ServiceRegistration>,
     /// Script checks run only when set, and only from config files.
     pub enable_local_script_checks: bool,
+    /// Script checks may also be registered through the HTTP API (Consul's
+    /// `enable_script_checks`: anyone who reaches the API can then run programs here).
+    pub enable_script_checks: bool,
     /// Output-only check changes reach the catalog at most this often.
     pub check_update_interval: Duration,
     /// cairn: how often anti-entropy compares all local services and checks with the catalog.
@@ -459,7 +462,8 @@ impl Config {
         apply_object(&mut config, &all_names.join(", "), &merged, &mut Vec::new())?;
         config.apply_flags(flags);
         config.validate(&mut warnings)?;
-        config.services = decode_service_blocks(service_blocks, config.enable_local_script_checks, &mut warnings)?;
+        let scripts = config.enable_local_script_checks || config.enable_script_checks;
+        config.services = decode_service_blocks(service_blocks, scripts, &mut warnings)?;
         Ok((config, warnings))
     }
 
@@ -491,6 +495,7 @@ impl Config {
             zones_dir: None,
             services: Vec::new(),
             enable_local_script_checks: false,
+            enable_script_checks: false,
             check_update_interval: Duration::from_secs(300),
             anti_entropy_interval: Duration::from_secs(60),
             start_join: Vec::new(),
@@ -532,6 +537,13 @@ impl Config {
     /// Checks that need the merged files and the flags together.
     fn validate(&self, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
         let invalid = |what: &str| Err(ConfigError::Invalid { what: what.to_string() });
+        if self.enable_script_checks {
+            warnings.push(
+                "enable_script_checks is on: anyone who can reach the HTTP API can run programs on \
+                 this host through a script check; prefer enable_local_script_checks"
+                    .to_string(),
+            );
+        }
         if self.dev && !self.server {
             return invalid("-dev runs a single server: remove \"server\": false");
         }
@@ -647,7 +659,7 @@ const TOP_NOT_IMPLEMENTED: &str = "
     disable_host_node_id disable_http_unprintable_char_filter disable_keyring_file
     disable_remote_exec disable_update_check discard_check_output discovery_max_stale
     enable_acl_replication enable_agent_tls_for_checks enable_central_service_config
-    enable_debug enable_script_checks enable_syslog 
+    enable_debug  enable_syslog 
     encrypt_verify_incoming encrypt_verify_outgoing experiments http_config key_file
      license_path locality log_file log_rotate_bytes
     log_rotate_duration log_rotate_max_files max_query_time node_meta non_voting_server
@@ -815,6 +827,7 @@ fn apply_object(
     set_if_some(&mut config.lmdb_map_size_bytes, map_size_mb.map(|mb| mb * MIB));
     top.set("zones_dir", &mut config.zones_dir, |v| decode_path(v).map(Some))?;
     top.set("enable_local_script_checks", &mut config.enable_local_script_checks, decode_bool)?;
+    top.set("enable_script_checks", &mut config.enable_script_checks, decode_bool)?;
     top.set("check_update_interval", &mut config.check_update_interval, decode_duration)?;
     top.set("anti_entropy_interval", &mut config.anti_entropy_interval, |v| {
         decode_duration(v).and_then(|d| {
@@ -1510,6 +1523,7 @@ mod tests {
                 })
                 .collect(),
             enable_local_script_checks: true,
+            enable_script_checks: false,
             check_update_interval: Duration::from_secs(60),
             anti_entropy_interval: Duration::from_secs(2),
             start_join: vec!["10.0.0.2".into()],

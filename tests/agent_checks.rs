@@ -641,3 +641,19 @@ fn output_only_changes_reach_the_catalog_after_check_update_interval() {
     });
     assert!(changed.elapsed() >= Duration::from_millis(2500), "after {:?}", changed.elapsed());
 }
+
+#[test]
+fn enable_script_checks_allows_script_checks_through_the_api() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let config = temp.path().join("c.json");
+    std::fs::write(&config, json!({"enable_script_checks": true}).to_string()).expect("config");
+    let agent = Agent::start(&["-config-file", config.to_str().unwrap()]);
+    assert!(agent.log().contains("enable_script_checks is on"), "the risk is logged: {}", agent.log());
+    let body = json!({"Name": "api-job", "Check": {"Args": ["/bin/sh", "-c", "echo ran"], "Interval": "1s"}});
+    let r = agent.put("/v1/agent/service/register", body.to_string());
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_for("the API-registered script check to pass", FLIP, || {
+        (check_status(&agent, "service:api-job")? == "passing").then_some(())
+    });
+    assert_eq!(agent_check(&agent, "service:api-job").unwrap()["Output"], "ran\n");
+}

@@ -184,6 +184,7 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
         gossip: gossip.clone(),
         events: Arc::clone(&event_log),
         log_tap: Arc::clone(&options.log_tap),
+        script_checks_via_api: config.enable_script_checks,
     }));
     let leave = Arc::clone(&ctx.leave);
     tasks.spawn(http::serve(http_listener, ctx, shutdown.clone(), DRAIN_MAX));

@@ -197,6 +197,15 @@ pub async fn checks(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
     .await
 }
 
+/// Script checks through the API only with `enable_script_checks`, as Consul.
+fn script_policy(ctx: &super::HttpContext) -> ScriptPolicy {
+    if ctx.script_checks_via_api {
+        ScriptPolicy::Allowed
+    } else {
+        ScriptPolicy::Refused
+    }
+}
+
 pub async fn register_service(
     ctx: Ctx,
     RawQuery(raw): RawQuery,
@@ -205,7 +214,7 @@ pub async fn register_service(
 ) -> Result<Response, ApiError> {
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
     let bytes = read_limited(&headers, body, ctx.limits.http_max_body_bytes).await?;
-    let reg = decode_service(&decode_json_value(&bytes)?, Strictness::Lenient, ScriptPolicy::Refused)
+    let reg = decode_service(&decode_json_value(&bytes)?, Strictness::Lenient, script_policy(&ctx))
         .map_err(|e| ApiError::BadRequest(format!("Invalid service definition: {e}")))?;
     let replace = q.get("replace-existing-checks").is_some_and(|v| v != "false" && v != "0");
     ctx.local.register_service(reg, replace).await?;
@@ -219,7 +228,7 @@ pub async fn deregister_service(ctx: Ctx, Path(id): Path<String>) -> Result<Resp
 
 pub async fn register_check(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let bytes = read_limited(&headers, body, ctx.limits.http_max_body_bytes).await?;
-    let spec = decode_check(&decode_json_value(&bytes)?, Strictness::Lenient, ScriptPolicy::Refused)
+    let spec = decode_check(&decode_json_value(&bytes)?, Strictness::Lenient, script_policy(&ctx))
         .map_err(|e| ApiError::BadRequest(format!("Invalid check: {e}")))?;
     ctx.local.register_check(spec).await?;
     Ok(().into_response())

@@ -78,6 +78,8 @@ pub struct HttpContext {
     pub events: Arc<crate::gossip::event::EventLog>,
     /// The log, for `/v1/agent/monitor`.
     pub log_tap: Arc<crate::agent::monitor::LogTap>,
+    /// Script checks may be registered through the API (`enable_script_checks`).
+    pub script_checks_via_api: bool,
 }
 
 /// What the agent hands the HTTP API; [`HttpContext::new`] adds the API's own state.
@@ -92,6 +94,7 @@ pub struct HttpServices {
     pub gossip: crate::gossip::Gossip,
     pub events: Arc<crate::gossip::event::EventLog>,
     pub log_tap: Arc<crate::agent::monitor::LogTap>,
+    pub script_checks_via_api: bool,
 }
 
 impl HttpContext {
@@ -110,6 +113,7 @@ impl HttpContext {
             gossip: s.gossip,
             events: s.events,
             log_tap: s.log_tap,
+            script_checks_via_api: s.script_checks_via_api,
         }
     }
 

@@ -337,8 +337,9 @@ fn decode_check_at(
         if scripts == ScriptPolicy::Refused {
             return Err(error(
                 &f.path("Args"),
-                "script checks are disabled: they are allowed only in config files, \
-                 with \"enable_local_script_checks\": true",
+                "script checks are disabled: they are allowed in config files with \
+                 \"enable_local_script_checks\": true, and through the API only with \
+                 \"enable_script_checks\": true",
             ));
         }
         (CheckKind::Script { args }, needs_interval("script")?, SCRIPT_TIMEOUT_DEFAULT)
