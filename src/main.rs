@@ -104,7 +104,7 @@ fn log_filter(level: tracing::Level) -> tracing_subscriber::filter::Targets {
 fn init_logging(
     level: tracing::Level,
     json: bool,
-    tap: &std::sync::Arc<cairn::agent::monitor::LogTap>,
+    tap: &std::sync::Arc<cairn::http::monitor::LogTap>,
 ) -> cairn::agent::SetLogLevel {
     use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
@@ -120,7 +120,7 @@ fn init_logging(
             .with_target(false)
             .boxed()
     };
-    tracing_subscriber::registry().with(stderr.with_filter(filter)).with(cairn::agent::monitor::layer(tap)).init();
+    tracing_subscriber::registry().with(stderr.with_filter(filter)).with(cairn::http::monitor::layer(tap)).init();
     Box::new(move |level| {
         let level = tracing::Level::from(level);
         match handle.reload(log_filter(level)) {
@@ -139,7 +139,7 @@ fn run_agent(flags: &AgentFlags) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let log_tap = std::sync::Arc::new(cairn::agent::monitor::LogTap::default());
+    let log_tap = std::sync::Arc::new(cairn::http::monitor::LogTap::default());
     let set_log_level = init_logging(tracing::Level::from(config.log_level), config.log_json, &log_tap);
     for warning in warnings {
         tracing::warn!("{warning}");

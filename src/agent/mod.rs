@@ -9,7 +9,6 @@ mod advertise;
 mod data_dir;
 mod events;
 pub mod memory;
-pub mod monitor;
 mod notify;
 mod reconcile;
 mod reload;
@@ -81,7 +80,7 @@ pub struct AgentOptions {
     pub flags: AgentFlags,
     pub set_log_level: SetLogLevel,
     /// Where `/v1/agent/monitor` reads the log from.
-    pub log_tap: Arc<monitor::LogTap>,
+    pub log_tap: Arc<crate::http::monitor::LogTap>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT, then shuts down gracefully.

@@ -80,7 +80,7 @@ impl MemberId {
         let mut tags = BTreeMap::from([
             ("role".to_string(), if self.role == Role::Server { "consul" } else { "node" }.to_string()),
             ("dc".to_string(), self.datacenter.clone()),
-            ("build".to_string(), format!("{}:cairn-{}", crate::http::CONSUL_API_VERSION, self.build)),
+            ("build".to_string(), format!("{}:cairn-{}", crate::model::CONSUL_API_VERSION, self.build)),
             ("vsn".to_string(), "2".to_string()),
             ("vsn_min".to_string(), "2".to_string()),
             ("vsn_max".to_string(), "3".to_string()),

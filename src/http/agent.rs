@@ -9,8 +9,7 @@ use serde_json::{json, Value};
 use super::{ApiError, Ctx};
 use crate::gossip::MemberInfo;
 
-/// The Consul API version cairn implements; clients branch on `Config.Version`.
-pub const CONSUL_API_VERSION: &str = "1.20.0";
+pub use crate::model::CONSUL_API_VERSION;
 
 pub async fn status_leader(ctx: Ctx) -> Json<String> {
     Json(ctx.cluster.leader().map(|l| l.address).unwrap_or_default())

@@ -15,6 +15,7 @@ mod error;
 mod event;
 mod health;
 mod kv;
+pub mod monitor;
 mod query;
 mod server;
 mod snapshot;
@@ -77,7 +78,7 @@ pub struct HttpContext {
     /// User events this agent received (`/v1/event/list`).
     pub events: Arc<crate::gossip::event::EventLog>,
     /// The log, for `/v1/agent/monitor`.
-    pub log_tap: Arc<crate::agent::monitor::LogTap>,
+    pub log_tap: Arc<monitor::LogTap>,
     /// Script checks may be registered through the API (`enable_script_checks`).
     pub script_checks_via_api: bool,
 }
@@ -93,7 +94,7 @@ pub struct HttpServices {
     pub shutdown: CancellationToken,
     pub gossip: crate::gossip::Gossip,
     pub events: Arc<crate::gossip::event::EventLog>,
-    pub log_tap: Arc<crate::agent::monitor::LogTap>,
+    pub log_tap: Arc<monitor::LogTap>,
     pub script_checks_via_api: bool,
 }
 

@@ -19,3 +19,7 @@ pub use command::{
 };
 pub use duration::parse_duration;
 pub use kv::KvEntry;
+
+/// The Consul API version cairn implements; clients branch on `Config.Version`, and gossip
+/// member tags carry it in `build`.
+pub const CONSUL_API_VERSION: &str = "1.20.0";
