@@ -188,8 +188,7 @@ const TIMER_LATE: Duration = Duration::from_millis(100);
 /// Decodes custom broadcasts for foca, passes new ones on and hands them to [`Core`].
 struct BroadcastInbox {
     shared: Arc<Mutex<Vec<Broadcast>>>,
-    seen: HashSet<Broadcast>,
-    seen_order: std::collections::VecDeque<Broadcast>,
+    seen: super::seen::RecentSet<Broadcast>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,12 +203,6 @@ impl BroadcastHandler<MemberId> for BroadcastInbox {
         let item: Broadcast = postcard::from_bytes(data).map_err(|e| BroadcastError(e.to_string()))?;
         if !self.seen.insert(item.clone()) {
             return Ok(None);
-        }
-        self.seen_order.push_back(item.clone());
-        if self.seen_order.len() > SEEN_BROADCASTS_MAX {
-            if let Some(old) = self.seen_order.pop_front() {
-                self.seen.remove(&old);
-            }
         }
         self.shared.lock().unwrap_or_else(|e| e.into_inner()).push(item.clone());
         Ok(Some(item))
@@ -358,17 +351,23 @@ impl foca::Runtime<MemberId> for Effects {
             }
             Timer::ChangeSuspectToDown { member_id, .. } => {
                 let (addr, boot) = (member_id.addr, member_id.boot);
-                let confirmers = self.early_confirmations.remove(&(addr, boot)).map(|(_, c)| c).unwrap_or_default();
-                let existing = self.suspicions.get(&addr).filter(|s| s.boot == boot).map(|s| s.started);
-                let started = existing.unwrap_or(self.now);
-                let mut all = self.suspicions.remove(&addr).filter(|s| s.boot == boot).map_or_else(HashSet::new, |s| {
-                    self.timers.remove(&s.timer);
-                    s.confirmers
-                });
-                all.extend(confirmers);
-                let at = (started + self.suspicion_timeout(all.len())).max(self.now);
+                // A renewed suspicion of the same incarnation keeps its start and confirmers;
+                // any earlier one's timer goes (this one replaces it).
+                let (started, mut confirmers) = match self.suspicions.remove(&addr) {
+                    Some(s) => {
+                        self.timers.remove(&s.timer);
+                        if s.boot == boot {
+                            (s.started, s.confirmers)
+                        } else {
+                            (self.now, HashSet::new())
+                        }
+                    }
+                    None => (self.now, HashSet::new()),
+                };
+                confirmers.extend(self.early_confirmations.remove(&(addr, boot)).map(|(_, c)| c).unwrap_or_default());
+                let at = (started + self.suspicion_timeout(confirmers.len())).max(self.now);
                 let timer = self.schedule(at, event);
-                self.suspicions.insert(addr, Suspicion { boot, started, confirmers: all, timer });
+                self.suspicions.insert(addr, Suspicion { boot, started, confirmers, timer });
             }
             _ => {
                 self.schedule(self.now + after, event);
@@ -428,7 +427,7 @@ impl Core {
     pub fn new(id: MemberId, timings: Timings, seed: u64, now: Instant) -> Core {
         let shared = Arc::new(Mutex::new(Vec::new()));
         let handler =
-            BroadcastInbox { shared: Arc::clone(&shared), seen: HashSet::new(), seen_order: Default::default() };
+            BroadcastInbox { shared: Arc::clone(&shared), seen: super::seen::RecentSet::new(SEEN_BROADCASTS_MAX) };
         let own_addr = id.addr;
         let swim = Foca::with_custom_broadcast(
             id,
@@ -547,7 +546,9 @@ impl Core {
                 self.fx.raise_health_score();
             }
             if let Timer::ChangeSuspectToDown { member_id, .. } = &timer {
-                self.fx.suspicions.remove(&member_id.addr);
+                if self.fx.suspicions.get(&member_id.addr).is_some_and(|s| s.boot == member_id.boot) {
+                    self.fx.suspicions.remove(&member_id.addr);
+                }
             }
             if let Err(e) = self.swim.handle_timer(timer, &mut self.fx) {
                 tracing::debug!(error = %e, "gossip timer failed");
@@ -687,14 +688,12 @@ impl Core {
         let me = self.swim.identity().clone();
         let mut list =
             vec![MemberInfo { id: me, status: if self.leaving { MemberStatus::Leaving } else { MemberStatus::Alive } }];
-        let ids = self.swim.iter_membership_state().filter(|m| !self.pruned.contains(&m.id().addr));
-        list.extend(ids.zip(self.statuses()).map(|(m, (_, status))| MemberInfo { id: m.id().clone(), status }));
+        list.extend(self.entries().map(|(id, status)| MemberInfo { id: id.clone(), status }));
         list
     }
 
-    /// Each other member's address and status, without copying identities (cheap enough
-    /// for the simulator to call per member).
-    pub fn statuses(&self) -> impl Iterator<Item = (SocketAddr, MemberStatus)> + '_ {
+    /// Each other member with its status (pruned ones left out), without copying.
+    fn entries(&self) -> impl Iterator<Item = (&MemberId, MemberStatus)> + '_ {
         self.swim.iter_membership_state().filter(|m| !self.pruned.contains(&m.id().addr)).map(|m| {
             let id = m.id();
             let status = match m.state() {
@@ -702,20 +701,26 @@ impl Core {
                 State::Down if self.left.get(&id.addr) == Some(&id.boot) => MemberStatus::Left,
                 State::Down => MemberStatus::Failed,
             };
-            (id.addr, status)
+            (id, status)
         })
+    }
+
+    /// Each other member's address and status (cheap enough for the simulator to call per
+    /// member).
+    pub fn statuses(&self) -> impl Iterator<Item = (SocketAddr, MemberStatus)> + '_ {
+        self.entries().map(|(id, status)| (id.addr, status))
     }
 
     /// Whom to push/pull with this round: a random active member, and a random failed one
     /// (not left) so that a healed partition finds its way back.
-    pub fn push_pull_targets(&mut self, pick: &mut impl FnMut(usize) -> usize) -> Vec<SocketAddr> {
+    pub fn push_pull_targets(&self, pick: &mut impl FnMut(usize) -> usize) -> Vec<SocketAddr> {
         let active: Vec<SocketAddr> = self.swim.iter_members().map(|m| m.id().addr).collect();
         let failed: Vec<SocketAddr> =
-            self.members().into_iter().filter(|m| m.status == MemberStatus::Failed).map(|m| m.id.addr).collect();
+            self.statuses().filter(|(_, status)| *status == MemberStatus::Failed).map(|(addr, _)| addr).collect();
         let mut targets = Vec::new();
         for list in [active, failed] {
             if !list.is_empty() {
-                targets.push(list[pick(list.len())]);
+                targets.extend(list.get(pick(list.len())).copied());
             }
         }
         targets
@@ -793,19 +798,23 @@ impl Core {
     /// Work that follows every foca call: broadcasts raised inside it, received broadcasts,
     /// and foca's config as the cluster grows.
     fn after_call(&mut self) {
-        let received: Vec<Broadcast> = std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|e| e.into_inner()));
-        for item in received {
-            self.receive(item);
-        }
-        for item in std::mem::take(&mut self.fx.to_broadcast) {
-            if let Ok(bytes) = postcard::to_allocvec(&item) {
-                let _ = self.swim.add_broadcast(&bytes);
+        // Broadcasts received during the call, and those it raised: adding one of ours puts it
+        // in the inbox too (foca hands it to the handler), so loop until both are empty. Ours
+        // raise nothing further, so this ends after at most two rounds.
+        loop {
+            let received: Vec<Broadcast> = std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|e| e.into_inner()));
+            let raised = std::mem::take(&mut self.fx.to_broadcast);
+            if received.is_empty() && raised.is_empty() {
+                break;
             }
-        }
-        // Received by foca while adding: drain once more (cheap when empty).
-        let again: Vec<Broadcast> = std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|e| e.into_inner()));
-        for item in again {
-            self.receive(item);
+            for item in received {
+                self.receive(item);
+            }
+            for item in raised {
+                if let Ok(bytes) = postcard::to_allocvec(&item) {
+                    let _ = self.swim.add_broadcast(&bytes);
+                }
+            }
         }
         let members = self.swim.num_members() + 1;
         if members != self.fx.members {

@@ -14,8 +14,6 @@
 //! Invariant: nothing is handed to foca or to the push/pull decoder unless it opened here.
 //! Why: foca trusts what it decodes; authentication is this layer's job alone.
 
-use std::collections::{HashSet, VecDeque};
-
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
@@ -98,16 +96,14 @@ impl GossipKey {
 pub struct Envelope {
     /// Primary first; empty = gossip in the clear.
     ciphers: Vec<Aes256Gcm>,
-    seen: HashSet<[u8; NONCE_BYTES]>,
-    seen_order: VecDeque<[u8; NONCE_BYTES]>,
+    seen: super::seen::RecentSet<[u8; NONCE_BYTES]>,
 }
 
 impl Envelope {
     pub fn new(keys: &[GossipKey]) -> Envelope {
         Envelope {
             ciphers: keys.iter().map(|k| Aes256Gcm::new((&k.0).into())).collect(),
-            seen: HashSet::new(),
-            seen_order: VecDeque::new(),
+            seen: super::seen::RecentSet::new(SEEN_NONCES_MAX),
         }
     }
 
@@ -171,27 +167,13 @@ impl Envelope {
                     .ok_or(Refusal::BadKey)?;
                 let (stamp, payload) = plain.split_at(STAMP_BYTES);
                 let sent_ms = u64::from_be_bytes(stamp.try_into().map_err(|_| Refusal::Truncated)?);
-                if sent_ms.abs_diff(now_ms) > REPLAY_WINDOW_MS || !self.remember(nonce) {
+                if sent_ms.abs_diff(now_ms) > REPLAY_WINDOW_MS || !self.seen.insert(nonce) {
                     return Err(Refusal::Replayed);
                 }
                 Ok(payload.to_vec())
             }
             _ => Err(Refusal::UnknownVersion),
         }
-    }
-
-    /// Records a nonce; false if it was seen already.
-    fn remember(&mut self, nonce: [u8; NONCE_BYTES]) -> bool {
-        if !self.seen.insert(nonce) {
-            return false;
-        }
-        self.seen_order.push_back(nonce);
-        if self.seen_order.len() > SEEN_NONCES_MAX {
-            if let Some(old) = self.seen_order.pop_front() {
-                self.seen.remove(&old);
-            }
-        }
-        true
     }
 }
 

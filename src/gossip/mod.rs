@@ -16,6 +16,7 @@ pub mod envelope;
 pub mod event;
 pub mod keyring;
 pub mod member;
+mod seen;
 pub mod sim;
 mod transport;
 

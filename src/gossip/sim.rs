@@ -179,7 +179,7 @@ impl Sim {
             }
             self.now = next;
             if next_packet == Some(next) {
-                let Reverse((_, _, to, payload)) = self.queue.pop().unwrap_or_else(|| unreachable!());
+                let Some(Reverse((_, _, to, payload))) = self.queue.pop() else { break };
                 let node = &mut self.nodes[to];
                 if !node.up {
                     continue;
