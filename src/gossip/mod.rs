@@ -250,7 +250,7 @@ impl Gossip {
     /// Runs a keyring operation on this agent, then on every alive member (at most
     /// [`KEYRING_FANOUT`] at a time); one reply per member, errors included.
     pub async fn keyring(&self, op: keyring::KeyringOp) -> Vec<keyring::KeyringReply> {
-        let local = self.shared.apply_keyring(&op);
+        let local = transport::apply_keyring(&self.shared, op.clone()).await;
         let mut replies = vec![local.clone()];
         if local.error.is_some() {
             return replies;

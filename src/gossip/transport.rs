@@ -361,6 +361,16 @@ async fn push_pull(
     }
 }
 
+/// Applies a keyring operation on a blocking thread: it may write and fsync `keyring.json`.
+pub(super) async fn apply_keyring(shared: &Arc<Shared>, op: KeyringOp) -> KeyringReply {
+    let (shared, node) = (Arc::clone(shared), shared.node.clone());
+    tokio::task::spawn_blocking(move || shared.apply_keyring(&op)).await.unwrap_or_else(|e| KeyringReply {
+        node,
+        keys: Vec::new(),
+        error: Some(format!("keyring task failed: {e}")),
+    })
+}
+
 /// Sends `op` to the member at `addr` and returns its reply.
 pub(super) async fn keyring_request(addr: SocketAddr, op: &KeyringOp, shared: &Shared) -> Result<KeyringReply, String> {
     let mut stream = connect(addr).await?;
@@ -489,7 +499,7 @@ async fn accept_streams(
 async fn serve_stream(
     mut stream: TcpStream,
     from: SocketAddr,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     commands: &mpsc::Sender<GossipCommand>,
 ) -> Result<(), String> {
     let stopped = |_| "gossip stopped".to_string();
@@ -516,7 +526,7 @@ async fn serve_stream(
             }
         }
         StreamMessage::Keyring(op) => {
-            let reply = shared.apply_keyring(&op);
+            let reply = apply_keyring(shared, op).await;
             write_frame(&mut stream, &shared.seal(&encode(&StreamMessage::KeyringReply(reply)))).await
         }
         other => Err(format!("unexpected frame: {}", kind(&other))),
