@@ -115,10 +115,21 @@ impl Drop for Agent {
 fn spawn(cairn: &Path, dir: &Path, name: &str, server: bool, join: Option<SocketAddr>) -> Result<Agent> {
     let data = dir.join(name);
     let log = dir.join(format!("{name}.log"));
-    let mut args: Vec<String> =
-        ["agent", "-http-port", "0", "-dns-port", "0", "-serf-lan-port", "0", "-bind", "127.0.0.1"]
-            .map(String::from)
-            .to_vec();
+    let mut args: Vec<String> = [
+        "agent",
+        "-http-port",
+        "0",
+        "-dns-port",
+        "0",
+        "-serf-lan-port",
+        "0",
+        "-server-port",
+        "0",
+        "-bind",
+        "127.0.0.1",
+    ]
+    .map(String::from)
+    .to_vec();
     args.extend(["-node".into(), name.into(), "-data-dir".into(), data.display().to_string()]);
     if server {
         args.extend(["-server".into(), "-bootstrap-expect".into(), "1".into()]);

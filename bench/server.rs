@@ -214,10 +214,22 @@ pub async fn start_cairn_server(bins: &Binaries) -> Result<Running> {
 
 /// Arguments for a persistent single server on `data_dir` (`http_port` 0: any free port).
 pub fn cairn_server_args(data_dir: &Path, http_port: u16, config: Option<&Path>) -> Vec<String> {
-    let mut args: Vec<String> =
-        ["agent", "-server", "-bootstrap-expect", "1", "-serf-lan-port", "0", "-bind", "127.0.0.1", "-node", "bench"]
-            .map(String::from)
-            .to_vec();
+    let mut args: Vec<String> = [
+        "agent",
+        "-server",
+        "-bootstrap-expect",
+        "1",
+        "-serf-lan-port",
+        "0",
+        "-server-port",
+        "0",
+        "-bind",
+        "127.0.0.1",
+        "-node",
+        "bench",
+    ]
+    .map(String::from)
+    .to_vec();
     args.extend(["-data-dir".into(), data_dir.display().to_string()]);
     args.extend(["-http-port".into(), http_port.to_string()]);
     if let Some(config) = config {
@@ -228,7 +240,7 @@ pub fn cairn_server_args(data_dir: &Path, http_port: u16, config: Option<&Path>)
 
 /// Starts `cairn agent -dev -http-port 0` and waits until it takes writes.
 pub async fn start_cairn_dev(bins: &Binaries) -> Result<Running> {
-    let args = ["agent", "-dev", "-http-port", "0", "-serf-lan-port", "0"].map(String::from);
+    let args = ["agent", "-dev", "-http-port", "0", "-serf-lan-port", "0", "-server-port", "0"].map(String::from);
     let mut server = Server::spawn("cairn", &bins.cairn, &args)?;
     let http = wait_cairn_ready(&mut server).await?;
     Ok(Running { server, http, _dir: None })

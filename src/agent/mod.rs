@@ -12,6 +12,7 @@ pub mod memory;
 mod notify;
 mod reconcile;
 mod reload;
+mod servers;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -89,11 +90,6 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     // Installed first: a SIGTERM that arrives while the agent starts must stop it gracefully,
     // not kill it with the default action.
     let signals = Signals::install()?;
-    if let Some(n) = config.bootstrap_expect.filter(|n| *n > 1) {
-        return Err(AgentError::Unsupported(format!(
-            "bootstrap_expect = {n} needs a multi-server cluster, which cairn does not support yet; use 1"
-        )));
-    }
     let data_dir = match &config.data_dir {
         Some(path) => DataDir::open(path)?,
         None => DataDir::temporary()?,
@@ -114,18 +110,35 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
 
     let advertise_ip =
         advertise::advertise_ip(config.advertise_addr, config.bind_addr).map_err(AgentError::Unsupported)?;
-    let server_port = if config.ports.server == 0 { 8300 } else { config.ports.server };
+    // Servers answer RPC from other servers; port 0 picks a free one (tests), advertised
+    // through gossip like any other.
+    let rpc_listener = if config.server {
+        let addr = SocketAddr::new(config.bind_addr, config.ports.server);
+        let listener =
+            TcpListener::bind(addr).await.map_err(|source| AgentError::Bind { what: "server RPC", addr, source })?;
+        let bound = listener.local_addr().map_err(|source| AgentError::Bind { what: "server RPC", addr, source })?;
+        tracing::info!(addr = %bound, "server RPC listening");
+        Some(listener)
+    } else {
+        None
+    };
+    let server_port = match &rpc_listener {
+        Some(listener) => listener.local_addr().map(|a| a.port()).unwrap_or(config.ports.server),
+        None => config.ports.server,
+    };
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let cluster = Cluster::start(
         store.clone(),
         ClusterConfig {
             node_id: raft_node_id(&node_id),
+            datacenter: config.datacenter.clone(),
             advertise: SocketAddr::new(advertise_ip, server_port).to_string(),
-            bootstrap: config.bootstrap_expect == Some(1),
+            bootstrap_expect: config.bootstrap_expect.unwrap_or(0),
             server: config.server,
             write_queue_max: config.limits.max_pending_writes as usize,
         },
+        rpc_listener,
         shutdown.clone(),
         &tasks,
     )
@@ -139,6 +152,8 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
         &tasks,
     )
     .await?;
+    let known_servers = servers::watch_servers(&gossip, config.datacenter.clone(), shutdown.clone(), &tasks);
+    cluster.manage_servers(known_servers, shutdown.clone(), &tasks);
     let identity = AgentIdentity {
         datacenter: config.datacenter.clone(),
         node_name: config.node_name.clone(),
@@ -286,10 +301,9 @@ async fn start_gossip(
     Ok(Gossip::start(gossip_config, shutdown, tasks).await?)
 }
 
-/// Raft node IDs are u64; derive ours from the node UUID so it is stable across restarts.
+/// Our Raft node id, from the node UUID (as every server derives it from gossip).
 fn raft_node_id(uuid: &str) -> u64 {
-    let parsed = uuid::Uuid::parse_str(uuid).map(|u| u.as_u128()).unwrap_or(1);
-    ((parsed >> 64) as u64).max(1)
+    crate::cluster::raft_node_id(uuid::Uuid::parse_str(uuid).map(|u| u.into_bytes()).unwrap_or([0; 16]))
 }
 
 /// This server's own catalog entry, as Consul writes it: its node, the `consul` service and

@@ -13,7 +13,10 @@
 #![allow(clippy::result_large_err)]
 
 mod log_store;
+mod membership;
 mod network;
+mod rpc;
+mod serve;
 mod state_machine;
 
 use std::collections::BTreeMap;
@@ -24,17 +27,37 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Config, SnapshotPolicy};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use log_store::LogStore;
+pub use membership::{KnownServer, ServerStatus};
 pub use state_machine::StateMachine;
 
 use crate::model::{Command, CommandResult, Proposal};
 use crate::store::{Store, StoreError};
 
 pub type NodeId = u64;
+
+/// A server's Raft node id, derived from its node UUID (the first 8 bytes) so that it is the
+/// same across restarts and every server computes it alike from gossip.
+pub fn raft_node_id(node_uuid: [u8; 16]) -> NodeId {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&node_uuid[..8]);
+    u64::from_be_bytes(first).max(1)
+}
+
+/// One server of the Raft configuration (`/v1/operator/raft/configuration`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftServer {
+    pub id: NodeId,
+    pub address: String,
+    pub voter: bool,
+    pub leader: bool,
+}
 
 openraft::declare_raft_types!(
     pub TypeConfig:
@@ -51,13 +74,28 @@ const BATCH_COMMANDS_MAX: usize = 1024;
 /// would otherwise make one huge log entry).
 const BATCH_BYTES_MAX: usize = 4 << 20;
 
+/// How long a write or a read barrier waits for a leader (an election in progress) before
+/// failing with "No cluster leader". Consul holds RPCs for 7 s.
+pub const LEADER_WAIT: Duration = Duration::from_secs(7);
+/// How long a forwarded write waits for this server to apply it after the leader committed
+/// it, before answering anyway (the write is committed either way).
+const LOCAL_APPLY_WAIT: Duration = Duration::from_secs(5);
+/// Idle connections kept to the leader for forwarded writes and read barriers; more are
+/// closed after use.
+const FORWARD_CONNECTIONS_IDLE_MAX: usize = 16;
+
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub node_id: NodeId,
+    /// Servers of other datacenters refuse this server's RPCs, and it theirs.
+    pub datacenter: String,
     /// `ip:port` other servers (and `/v1/status/leader`) use for this server.
     pub advertise: String,
-    /// Form a one-server cluster at first start (`-bootstrap-expect 1`, `-dev`).
-    pub bootstrap: bool,
+    /// 1: form a one-server cluster at first start (`-bootstrap-expect 1`, `-dev`). N > 1:
+    /// bootstrap once N servers are known through gossip (the one with the lowest node id
+    /// does it, after checking that none of them is part of a cluster already). 0: never;
+    /// the leader of an existing cluster adds this server.
+    pub bootstrap_expect: u32,
     /// False on a client agent: its Raft node is never initialized and holds no state, and
     /// every write or read fails with [`WriteError::NoServers`] until clients forward to
     /// servers (the multi-server work).
@@ -75,8 +113,9 @@ pub enum ClusterError {
     Bootstrap(String),
 }
 
-/// Why a write was not applied. Each maps to one HTTP status in `http`.
-#[derive(Debug, Clone, thiserror::Error)]
+/// Why a write was not applied. Each maps to one HTTP status in `http`. Travels in forwarded
+/// answers between servers, so variants are appended, never renamed.
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum WriteError {
     #[error("No cluster leader")]
     NoLeader,
@@ -88,6 +127,12 @@ pub enum WriteError {
     MapFull { room_bytes: u64, size_bytes: u64 },
     #[error("Raft stopped: {0}")]
     Stopped(String),
+    /// The leader could not be asked, or did not answer: the write may or may not have been
+    /// committed.
+    #[error("forwarding to the leader failed: {0}")]
+    Forward(String),
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// A write's share of [`Cluster::queued_bytes`], given back when dropped.
@@ -123,6 +168,8 @@ pub struct Cluster {
     /// Approximate LMDB bytes the queued and in-flight writes will take.
     queued_bytes: Arc<AtomicU64>,
     config: Arc<ClusterConfig>,
+    /// Open connections to the leader, for forwarded writes and read barriers.
+    to_leader: Arc<std::sync::Mutex<Vec<(NodeId, rpc::Connection)>>>,
 }
 
 /// Leader as the HTTP API reports it.
@@ -133,38 +180,44 @@ pub struct LeaderInfo {
 }
 
 impl Cluster {
-    /// Starts the Raft node on `store`, bootstraps a one-server cluster if asked, and spawns
-    /// the proposer task on `tasks`; it stops when `shutdown` is cancelled.
+    /// Starts the Raft node on `store`, bootstraps a one-server cluster if asked, answers
+    /// server RPC on `rpc` (servers only), and spawns the proposer task on `tasks`; both stop
+    /// when `shutdown` is cancelled.
     pub async fn start(
         store: Store,
         config: ClusterConfig,
+        rpc: Option<TcpListener>,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<Cluster, ClusterError> {
         let raft_config = Config {
-            cluster_name: "cairn".into(),
+            cluster_name: config.datacenter.clone(),
             // Well above an fsync's p99 on slow disks (openraft's 50/150-300 ms are tight).
             heartbeat_interval: 250,
             election_timeout_min: 1000,
             election_timeout_max: 2000,
             install_snapshot_timeout: 5000,
+            // Bounds one append RPC: 16 proposals of at most ~5.5 MiB of JSON each.
+            max_payload_entries: 16,
+            snapshot_max_chunk_size: 1 << 20,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(5_000),
             // Entries can be MiBs (batched writes); keep few once they are in a snapshot.
             max_in_snapshot_log_to_keep: 500,
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| ClusterError::Start(e.to_string()))?);
+        let network = network::Network { cluster: config.datacenter.clone(), local: config.node_id };
         let raft = Raft::new(
             config.node_id,
             raft_config,
-            network::Network,
+            network,
             LogStore::new(store.clone()),
             StateMachine::new(store.clone()),
         )
         .await
         .map_err(|e| ClusterError::Start(e.to_string()))?;
 
-        if config.bootstrap {
+        if config.server && config.bootstrap_expect == 1 {
             let members = BTreeMap::from([(config.node_id, BasicNode::new(&config.advertise))]);
             match raft.initialize(members).await {
                 Ok(()) => tracing::info!(node_id = config.node_id, "bootstrapped a one-server cluster"),
@@ -176,8 +229,19 @@ impl Cluster {
         }
 
         let (queue, rx) = mpsc::channel(config.write_queue_max.max(1));
-        tasks.spawn(run_proposer(raft.clone(), rx, shutdown));
-        Ok(Cluster { raft, store, queue, queued_bytes: Arc::default(), config: Arc::new(config) })
+        let cluster = Cluster {
+            raft,
+            store,
+            queue,
+            queued_bytes: Arc::default(),
+            config: Arc::new(config),
+            to_leader: Arc::default(),
+        };
+        tasks.spawn(run_proposer(cluster.clone(), rx, shutdown.clone()));
+        if let Some(listener) = rpc {
+            tasks.spawn(serve::serve(listener, cluster.clone(), shutdown, tasks.clone()));
+        }
+        Ok(cluster)
     }
 
     /// Proposes `command` and waits until it is committed and applied. Fails fast, before
@@ -201,8 +265,8 @@ impl Cluster {
             }
             return Err(WriteError::MapFull { room_bytes, size_bytes });
         }
-        if self.leader().is_none() {
-            return Err(WriteError::NoLeader);
+        if let Command::Restore(_) = &command {
+            self.require_single_server()?;
         }
         let (reply, rx) = oneshot::channel();
         self.queue.try_send(PendingWrite { command, reply }).map_err(|e| match e {
@@ -249,10 +313,183 @@ impl Cluster {
     }
 
     /// Confirms with a quorum that this server is still the leader and waits until it has
-    /// applied everything committed before (`?consistent` reads).
+    /// applied everything committed before (`?consistent` reads). On a follower: the same
+    /// through the leader.
     pub async fn linearizable(&self) -> Result<(), WriteError> {
+        self.read_barrier(true).await
+    }
+
+    /// Waits until this server's replica holds everything a read in this mode must see.
+    /// `consistent`: everything committed when the barrier started, confirmed by a quorum
+    /// (Raft read-index). Otherwise Consul's default mode: what the leader has applied (a
+    /// no-op on the leader itself). Waits up to [`LEADER_WAIT`] for a leader.
+    pub async fn read_barrier(&self, consistent: bool) -> Result<(), WriteError> {
         self.require_server()?;
-        self.raft.ensure_linearizable().await.map(|_| ()).map_err(|_| WriteError::NoLeader)
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            let leader = self.wait_for_leader_until(deadline).await.ok_or(WriteError::NoLeader)?;
+            if leader.node_id == self.config.node_id {
+                if !consistent {
+                    return Ok(());
+                }
+                match self.raft.ensure_linearizable().await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => tracing::debug!(error = %e, "read index failed; retrying"),
+                }
+            } else {
+                match self.call_leader(&leader, &rpc::Request::ReadIndex { consistent }, deadline).await {
+                    Ok(rpc::Response::ReadIndex(Ok(index))) => return self.wait_applied(index, deadline).await,
+                    Ok(rpc::Response::ReadIndex(Err(WriteError::NoLeader))) => {}
+                    Ok(rpc::Response::ReadIndex(Err(e))) => return Err(e),
+                    Ok(_) => {
+                        return Err(WriteError::Forward("the leader answered a read index with something else".into()))
+                    }
+                    Err(e) => tracing::debug!(error = %e, "read index from the leader failed; retrying"),
+                }
+            }
+            if Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(WriteError::NoLeader);
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// The leader's side of a follower's read barrier.
+    async fn leader_read_index(&self, consistent: bool) -> Result<u64, WriteError> {
+        if !self.is_leader() {
+            return Err(WriteError::NoLeader);
+        }
+        if consistent {
+            let (read, _) = self.raft.get_read_log_id().await.map_err(|_| WriteError::NoLeader)?;
+            Ok(read.map_or(0, |id| id.index))
+        } else {
+            Ok(self.last_applied())
+        }
+    }
+
+    /// Waits until this replica has applied `index`.
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), WriteError> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map(|_| ())
+            .map_err(|e| WriteError::Forward(format!("this server has not caught up with the leader: {e}")))
+    }
+
+    /// Restoring a backup stages the archive on this server's disk, which other servers
+    /// cannot read: refused unless this is the only server.
+    fn require_single_server(&self) -> Result<(), WriteError> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        if metrics.membership_config.membership().nodes().count() > 1 {
+            return Err(WriteError::Unsupported(
+                "restoring a backup into a multi-server cluster is not supported yet: restore into \
+                 one server started alone (-bootstrap-expect 1), then join the others to it"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sends `request` to the leader on a reused connection, and gives the connection back
+    /// after a complete answer.
+    async fn call_leader(
+        &self,
+        leader: &LeaderInfo,
+        request: &rpc::Request,
+        deadline: Instant,
+    ) -> Result<rpc::Response, rpc::RpcError> {
+        let idle = {
+            let mut pool = self.to_leader.lock().unwrap_or_else(|p| p.into_inner());
+            pool.iter().position(|(id, _)| *id == leader.node_id).map(|i| pool.swap_remove(i).1)
+        };
+        let mut connection = match idle {
+            Some(c) => c,
+            None => {
+                let route = rpc::Route {
+                    cluster: self.config.datacenter.clone(),
+                    from: self.config.node_id,
+                    to: leader.node_id,
+                    addr: leader.address.clone(),
+                };
+                rpc::Connection::open(&route).await?
+            }
+        };
+        // A little longer than the leader's own bound, so its answer (even "no leader")
+        // arrives rather than a timeout.
+        let timeout = deadline.saturating_duration_since(Instant::now()).max(serve::ANSWER_TIMEOUT) + RETRY_PAUSE;
+        let (response, _) = connection.call(request, &[], timeout).await?;
+        let mut pool = self.to_leader.lock().unwrap_or_else(|p| p.into_inner());
+        pool.retain(|(id, _)| *id == leader.node_id);
+        if pool.len() < FORWARD_CONNECTIONS_IDLE_MAX {
+            pool.push((leader.node_id, connection));
+        }
+        Ok(response)
+    }
+
+    /// Commits `proposal` through the leader — this server, or another one over RPC — and
+    /// returns each command's result once this server has applied it too. Retries (within
+    /// [`LEADER_WAIT`]) only where the proposal surely did not reach the log: no leader, a
+    /// leader that says it no longer leads, or a connection that could not be opened.
+    async fn propose(&self, proposal: Proposal) -> Result<Vec<CommandResult>, WriteError> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        let request = rpc::Request::Forward(proposal);
+        loop {
+            let leader = self.wait_for_leader_until(deadline).await.ok_or(WriteError::NoLeader)?;
+            if leader.node_id == self.config.node_id {
+                let rpc::Request::Forward(proposal) = &request else { unreachable!("built above") };
+                match self.propose_as_leader(proposal.clone()).await {
+                    Err(WriteError::NoLeader) => {}
+                    other => return other.map(|forwarded| forwarded.results),
+                }
+            } else {
+                match self.call_leader(&leader, &request, deadline).await {
+                    Ok(rpc::Response::Forward(Ok(forwarded))) => {
+                        if let Err(e) = self.wait_applied(forwarded.index, Instant::now() + LOCAL_APPLY_WAIT).await {
+                            tracing::warn!(error = %e, index = forwarded.index, "answering a committed write before applying it here");
+                        }
+                        return Ok(forwarded.results);
+                    }
+                    Ok(rpc::Response::Forward(Err(WriteError::NoLeader))) => {}
+                    Ok(rpc::Response::Forward(Err(e))) => return Err(e),
+                    Ok(_) => return Err(WriteError::Forward("the leader answered a write with something else".into())),
+                    Err(e @ (rpc::RpcError::Connect { .. } | rpc::RpcError::Refused(_))) => {
+                        tracing::debug!(error = %e, "cannot reach the leader; retrying")
+                    }
+                    Err(e) => return Err(WriteError::Forward(e.to_string())),
+                }
+            }
+            if Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(WriteError::NoLeader);
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// Appends `proposal` to the log if this server leads, and waits until it is committed
+    /// and applied here. [`WriteError::NoLeader`] means it was not appended.
+    async fn propose_as_leader(&self, proposal: Proposal) -> Result<rpc::Forwarded, WriteError> {
+        match self.raft.client_write(proposal).await {
+            Ok(response) => Ok(rpc::Forwarded { results: response.data, index: response.log_id.index }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(WriteError::NoLeader),
+            Err(e) => Err(WriteError::Stopped(e.to_string())),
+        }
+    }
+
+    /// The leader, waiting for one until `deadline`.
+    async fn wait_for_leader_until(&self, deadline: Instant) -> Option<LeaderInfo> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(leader) = self.leader() {
+                return Some(leader);
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return self.leader(),
+            }
+        }
     }
 
     /// Fails on a client agent, which holds no replicated state to read or write.
@@ -288,6 +525,29 @@ impl Cluster {
         self.leader().is_some_and(|l| l.node_id == self.config.node_id)
     }
 
+    /// Every server of the current Raft configuration (voters, then learners), and the log
+    /// index of that configuration.
+    pub fn configuration(&self) -> (Vec<RaftServer>, u64) {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let stored = &metrics.membership_config;
+        let membership = stored.membership();
+        let leader = metrics.current_leader.filter(|_| metrics.running_state.is_ok());
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let servers = membership
+            .nodes()
+            .map(|(id, node)| RaftServer {
+                id: *id,
+                address: node.addr.clone(),
+                voter: voters.contains(id),
+                leader: leader == Some(*id),
+            })
+            .collect::<Vec<_>>();
+        let mut servers = servers;
+        servers.sort_by_key(|s| !s.voter);
+        (servers, stored.log_id().map_or(0, |id| id.index))
+    }
+
     /// Addresses of the voting servers.
     pub fn peers(&self) -> Vec<String> {
         let metrics = self.raft.metrics();
@@ -303,20 +563,7 @@ impl Cluster {
 
     /// Waits (up to `timeout`) until this server knows a leader.
     pub async fn wait_for_leader(&self, timeout: Duration) -> bool {
-        let mut metrics = self.raft.metrics();
-        tokio::time::timeout(timeout, async {
-            loop {
-                if metrics.borrow_and_update().current_leader.is_some() {
-                    return;
-                }
-                if metrics.changed().await.is_err() {
-                    return;
-                }
-            }
-        })
-        .await
-        .is_ok()
-            && self.leader().is_some()
+        self.wait_for_leader_until(Instant::now() + timeout).await.is_some()
     }
 
     /// Resolves when the Raft core has stopped (a storage error, or a shutdown), with why.
@@ -341,9 +588,12 @@ impl Cluster {
     }
 }
 
+/// Pause between attempts to reach a leader that is being elected or has just changed.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 /// Collects queued writes into proposals, one in flight at a time: while one entry is being
 /// made durable, the next batch accumulates.
-async fn run_proposer(raft: Raft, mut rx: mpsc::Receiver<PendingWrite>, shutdown: CancellationToken) {
+async fn run_proposer(cluster: Cluster, mut rx: mpsc::Receiver<PendingWrite>, shutdown: CancellationToken) {
     loop {
         let first = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -361,19 +611,14 @@ async fn run_proposer(raft: Raft, mut rx: mpsc::Receiver<PendingWrite>, shutdown
             }
         }
         let (commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().map(|w| (w.command, w.reply)).unzip();
-        match raft.client_write(Proposal::new(commands)).await {
-            Ok(response) => {
-                let results = response.data;
+        match cluster.propose(Proposal::new(commands)).await {
+            Ok(results) => {
                 debug_assert_eq!(results.len(), replies.len());
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(Ok(result));
                 }
             }
-            Err(e) => {
-                let error = match e {
-                    RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => WriteError::NoLeader,
-                    other => WriteError::Stopped(other.to_string()),
-                };
+            Err(error) => {
                 tracing::warn!(error = %error, "proposal failed");
                 for reply in replies {
                     let _ = reply.send(Err(error.clone()));

@@ -66,12 +66,13 @@ async fn one_server() -> (tempfile::TempDir, Cluster, CancellationToken) {
     let shutdown = CancellationToken::new();
     let config = ClusterConfig {
         node_id: 1,
+        datacenter: "dc1".into(),
         advertise: "127.0.0.1:8300".into(),
-        bootstrap: true,
+        bootstrap_expect: 1,
         server: true,
         write_queue_max: 1024,
     };
-    let cluster = Cluster::start(store, config, shutdown.clone(), &TaskTracker::new()).await.expect("start");
+    let cluster = Cluster::start(store, config, None, shutdown.clone(), &TaskTracker::new()).await.expect("start");
     assert!(cluster.wait_for_leader(Duration::from_secs(10)).await, "no leader");
     (dir, cluster, shutdown)
 }
@@ -116,4 +117,122 @@ async fn wait_stopped_resolves_when_raft_stops() {
     // A stopped core reports no leader (`/v1/status/leader` answers "", writes NoLeader).
     assert!(cluster.leader().is_none() && !cluster.knows_leader() && !cluster.is_leader());
     shutdown.cancel();
+}
+
+/// One server of an in-process cluster: its own store, RPC listener and shutdown token.
+struct TestServer {
+    _dir: tempfile::TempDir,
+    cluster: Cluster,
+    shutdown: CancellationToken,
+}
+
+impl TestServer {
+    fn has_key(&self, key: &str) -> bool {
+        self.cluster.store.read().expect("read view").kv_get(key).expect("kv_get").is_some()
+    }
+
+    async fn stop(&self) {
+        self.shutdown.cancel();
+        self.cluster.shutdown().await;
+    }
+}
+
+/// Starts `ids.len()` servers with `bootstrap_expect` = that many, each told about all of
+/// them through `known` (what gossip would report).
+async fn servers(ids: &[NodeId]) -> (Vec<TestServer>, tokio::sync::watch::Sender<Arc<Vec<KnownServer>>>) {
+    let mut listeners = Vec::new();
+    for _ in ids {
+        listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+    }
+    let known: Vec<KnownServer> = ids
+        .iter()
+        .zip(&listeners)
+        .map(|(id, l)| KnownServer {
+            id: *id,
+            name: format!("s{id}"),
+            addr: l.local_addr().expect("addr").to_string(),
+            status: ServerStatus::Alive,
+        })
+        .collect();
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(known.clone()));
+    let mut started = Vec::new();
+    for (server, listener) in known.iter().zip(listeners) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 64 << 20).expect("open store");
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let config = ClusterConfig {
+            node_id: server.id,
+            datacenter: "dc1".into(),
+            advertise: server.addr.clone(),
+            bootstrap_expect: ids.len() as u32,
+            server: true,
+            write_queue_max: 1024,
+        };
+        let cluster = Cluster::start(store, config, Some(listener), shutdown.clone(), &tasks).await.expect("start");
+        cluster.manage_servers(rx.clone(), shutdown.clone(), &tasks);
+        started.push(TestServer { _dir: dir, cluster, shutdown });
+    }
+    (started, tx)
+}
+
+/// Waits until every running server in `servers` agrees on one leader; returns its index.
+async fn agreed_leader(servers: &[&TestServer]) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let leaders: Vec<Option<NodeId>> = servers.iter().map(|s| s.cluster.leader().map(|l| l.node_id)).collect();
+        if let Some(Some(leader)) = leaders.first() {
+            if leaders.iter().all(|l| *l == Some(*leader)) {
+                if let Some(i) = servers.iter().position(|s| s.cluster.config.node_id == *leader) {
+                    return i;
+                }
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no agreed leader: {leaders:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn kv_set(key: &str) -> Command {
+    Command::KvSet { key: key.into(), value: Some(b"v".to_vec()), flags: 0, cas: None }
+}
+
+/// Three servers over loopback RPC: bootstrap-expect forms exactly one cluster with all
+/// three voters; a follower's write is forwarded, and is applied on that follower when it
+/// returns; a consistent read on the other follower sees it; with the leader stopped the
+/// other two elect a new one and keep taking writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_bootstrap_forward_and_fail_over() {
+    let (servers, known) = servers(&[21, 22, 23]).await;
+    let all: Vec<&TestServer> = servers.iter().collect();
+    let leader = agreed_leader(&all).await;
+    let (voters, _) = servers[leader].cluster.configuration();
+    assert_eq!(voters.iter().filter(|s| s.voter).count(), 3, "one cluster of three voters: {voters:?}");
+
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let (f1, f2) = (&servers[followers[0]], &servers[followers[1]]);
+    assert_eq!(f1.cluster.write(kv_set("a")).await.expect("forwarded write"), CommandResult::Bool(true));
+    assert!(f1.has_key("a"), "a forwarded write is applied on the server that answered before it returns");
+    f2.cluster.read_barrier(true).await.expect("consistent read barrier on a follower");
+    assert!(f2.has_key("a"), "a consistent read on another follower sees the write");
+    f2.cluster.read_barrier(false).await.expect("default read barrier on a follower");
+
+    servers[leader].stop().await;
+    known.send_modify(|k| {
+        let mut k2 = (**k).clone();
+        k2[leader].status = ServerStatus::Failed;
+        *k = Arc::new(k2);
+    });
+    let survivors = [f1, f2];
+    let new_leader = agreed_leader(&survivors).await;
+    let other = survivors[1 - new_leader];
+    assert_eq!(other.cluster.write(kv_set("b")).await.expect("write after failover"), CommandResult::Bool(true));
+    survivors[new_leader].cluster.read_barrier(true).await.expect("barrier");
+    assert!(survivors.iter().all(|s| s.has_key("a") && s.has_key("b")), "both survivors hold every acknowledged write");
+    // Two of three voters remain: the failed one stays a voter until a replacement is healthy.
+    let (voters, _) = survivors[new_leader].cluster.configuration();
+    assert_eq!(voters.iter().filter(|s| s.voter).count(), 3);
+    for s in survivors {
+        s.stop().await;
+    }
 }

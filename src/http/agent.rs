@@ -7,6 +7,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{ApiError, Ctx};
+use crate::cluster::raft_node_id;
 use crate::gossip::MemberInfo;
 
 pub use crate::model::CONSUL_API_VERSION;
@@ -82,20 +83,28 @@ pub async fn agent_leave(ctx: Ctx) -> &'static str {
     ""
 }
 
-/// `GET /v1/operator/raft/configuration`: the Raft voters (this server, for now).
+/// `GET /v1/operator/raft/configuration`: every server of the Raft configuration, named
+/// from gossip (a server gossip no longer knows keeps its Raft id as name).
 pub async fn raft_configuration(ctx: Ctx) -> Json<Value> {
-    let id = &ctx.identity;
-    Json(json!({
-        "Servers": [{
-            "ID": id.node_id,
-            "Node": id.node_name,
-            "Address": format!("{}:{}", id.advertise_addr, id.server_port),
-            "Leader": ctx.cluster.is_leader(),
-            "Voter": true,
-            "ProtocolVersion": "3",
-        }],
-        "Index": ctx.cluster.last_applied(),
-    }))
+    let (servers, index) = ctx.cluster.configuration();
+    let members = ctx.gossip.members();
+    let servers: Vec<Value> = servers
+        .iter()
+        .map(|server| {
+            let member = members
+                .iter()
+                .find(|m| m.id.role == crate::gossip::Role::Server && raft_node_id(m.id.node_id) == server.id);
+            json!({
+                "ID": member.map_or_else(|| server.id.to_string(), |m| m.id.node_id_string()),
+                "Node": member.map_or_else(|| server.id.to_string(), |m| m.id.name.clone()),
+                "Address": server.address,
+                "Leader": server.leader,
+                "Voter": server.voter,
+                "ProtocolVersion": "3",
+            })
+        })
+        .collect();
+    Json(json!({ "Servers": servers, "Index": index }))
 }
 
 pub async fn agent_self(ctx: Ctx) -> Json<Value> {

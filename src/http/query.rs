@@ -157,17 +157,15 @@ fn request_key(q: &Query) -> String {
 }
 
 impl HttpContext {
-    /// Checks the consistency mode: the default and `?consistent` need a leader (this server,
-    /// with one server per cluster); `?consistent` also confirms it with a quorum.
+    /// Waits until this server's replica may answer in the query's consistency mode:
+    /// `?stale` at once; the default once it holds what the leader has applied; `?consistent`
+    /// once it holds everything committed, confirmed by a quorum.
     pub(super) async fn check_consistency(&self, q: &Query) -> Result<(), ApiError> {
         self.cluster.require_server()?;
-        if q.consistent {
-            return Ok(self.cluster.linearizable().await?);
+        if q.stale && !q.consistent {
+            return Ok(());
         }
-        if !q.stale && !self.cluster.is_leader() {
-            return Err(ApiError::Write(crate::cluster::WriteError::NoLeader));
-        }
-        Ok(())
+        Ok(self.cluster.read_barrier(q.consistent).await?)
     }
 
     /// Answers a read that may block on `topic`: `answer` reads and encodes; a

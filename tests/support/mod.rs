@@ -89,7 +89,7 @@ impl Agent {
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Agent {
         // Loopback everywhere: the tests must not depend on the host's interfaces.
         let flags = ["agent", "-server", "-bootstrap-expect", "1", "-http-port", "0", "-dns-port", "0"];
-        let more = ["-serf-lan-port", "0", "-bind", "127.0.0.1", "-node", "test-node"];
+        let more = ["-serf-lan-port", "0", "-server-port", "0", "-bind", "127.0.0.1", "-node", "test-node"];
         let mut args: Vec<String> = flags.iter().chain(more.iter()).map(|s| s.to_string()).collect();
         args.push("-data-dir".into());
         args.push(data_dir.display().to_string());

@@ -1,0 +1,140 @@
+//! The server-RPC listener: accepts connections from other servers, checks each one's hello,
+//! and answers its requests one at a time through [`Cluster`].
+//!
+//! Bounds: [`CONNECTIONS_MAX`] connections at once (more are closed at accept, logged); a
+//! connection idle for [`IDLE_TIMEOUT`] is closed; a forwarded write or read barrier is
+//! answered within [`ANSWER_TIMEOUT`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::raft::InstallSnapshotRequest;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::rpc::{read_frame, write_frame, FrameError, Request, Response, CONNECT_TIMEOUT};
+use super::{Cluster, WriteError};
+
+/// Inbound server-RPC connections at most. Each server keeps a handful to each other server
+/// (replication, votes, forwarding), so this covers clusters far larger than Raft's useful
+/// size; beyond it new connections are closed at once and the caller retries.
+pub const CONNECTIONS_MAX: usize = 256;
+/// A connection with no request for this long is closed (callers reopen on demand).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Forwarded writes and read barriers are answered within this, or fail with "No cluster
+/// leader" (the caller's own timeout is a little longer).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Accepts server-RPC connections until `shutdown`.
+pub async fn serve(listener: TcpListener, cluster: Cluster, shutdown: CancellationToken, tasks: TaskTracker) {
+    let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "server RPC accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(%peer, limit = CONNECTIONS_MAX, "too many server RPC connections; closing a new one");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let cluster = cluster.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            serve_connection(stream, peer, cluster, shutdown).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, cluster: Cluster, shutdown: CancellationToken) {
+    let hello = match tokio::time::timeout(CONNECT_TIMEOUT, read_frame::<Request>(&mut stream)).await {
+        Ok(Ok((request, _))) => request,
+        Ok(Err(e)) => return refuse(&mut stream, peer, &format!("bad first frame: {e}")).await,
+        Err(_) => return tracing::debug!(%peer, "server RPC connection sent no hello; closed"),
+    };
+    if let Err(why) = check_hello(&cluster, &hello) {
+        return refuse(&mut stream, peer, &why).await;
+    }
+    if write_frame(&mut stream, &Response::Hello, &[]).await.is_err() {
+        return;
+    }
+    loop {
+        let frame = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            frame = tokio::time::timeout(IDLE_TIMEOUT, read_frame::<Request>(&mut stream)) => frame,
+        };
+        let (request, blob) = match frame {
+            Err(_) | Ok(Err(FrameError::Closed)) => return,
+            Ok(Ok(frame)) => frame,
+            Ok(Err(e)) => return refuse(&mut stream, peer, &e.to_string()).await,
+        };
+        let response = answer(&cluster, request, blob).await;
+        if let Err(e) = write_frame(&mut stream, &response, &[]).await {
+            tracing::debug!(%peer, error = %e, "server RPC answer not sent");
+            return;
+        }
+    }
+}
+
+/// Accepts a hello meant for this server in this cluster; anything else is a misrouted or
+/// foreign connection.
+fn check_hello(cluster: &Cluster, hello: &Request) -> Result<(), String> {
+    let Request::Hello { cluster: theirs, from, to } = hello else {
+        return Err("the first frame is not a hello".into());
+    };
+    let ours = &cluster.config.datacenter;
+    if theirs != ours {
+        return Err(format!("server {from} is in cluster {theirs:?}; this server is in {ours:?}"));
+    }
+    if *to != cluster.config.node_id {
+        return Err(format!("meant for server {to}; this is server {}", cluster.config.node_id));
+    }
+    Ok(())
+}
+
+/// Logs why a peer is refused, tells it, and lets the connection close.
+async fn refuse(stream: &mut TcpStream, peer: SocketAddr, why: &str) {
+    tracing::warn!(%peer, reason = why, "server RPC refused; connection closed");
+    let _ = write_frame(stream, &Response::Refused(why.to_string()), &[]).await;
+}
+
+async fn answer(cluster: &Cluster, request: Request, blob: Vec<u8>) -> Response {
+    let raft = &cluster.raft;
+    match request {
+        Request::Hello { .. } => Response::Refused("hello sent twice".into()),
+        Request::AppendEntries(rpc) => Response::AppendEntries(raft.append_entries(rpc).await),
+        Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await),
+        Request::InstallSnapshot(chunk) => {
+            let rpc = InstallSnapshotRequest {
+                vote: chunk.vote,
+                meta: chunk.meta,
+                offset: chunk.offset,
+                data: blob,
+                done: chunk.done,
+            };
+            Response::InstallSnapshot(raft.install_snapshot(rpc).await)
+        }
+        Request::Forward(proposal) => Response::Forward(
+            tokio::time::timeout(ANSWER_TIMEOUT, cluster.propose_as_leader(proposal))
+                .await
+                .unwrap_or(Err(WriteError::NoLeader)),
+        ),
+        Request::ReadIndex { consistent } => Response::ReadIndex(
+            tokio::time::timeout(ANSWER_TIMEOUT, cluster.leader_read_index(consistent))
+                .await
+                .unwrap_or(Err(WriteError::NoLeader)),
+        ),
+        Request::Status => Response::Status { initialized: raft.is_initialized().await.unwrap_or(false) },
+    }
+}
