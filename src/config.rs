@@ -193,6 +193,29 @@ pub struct Config {
     pub leave_on_terminate: Option<bool>,
     /// `gossip_lan` timings.
     pub gossip_lan: GossipLan,
+    /// Raft timings and log compaction (`performance.raft_multiplier`,
+    /// `raft_snapshot_threshold`, `raft_trailing_logs`).
+    pub raft: RaftTuning,
+}
+
+/// Raft's timings and when it compacts its log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftTuning {
+    /// Scales every Raft timing (`performance.raft_multiplier`, 1 to 10). At 1: heartbeats
+    /// every 50 ms, elections after 200-400 ms of silence plus a leader lease of 400 ms.
+    pub multiplier: u32,
+    /// A snapshot is taken after this many log entries since the last one.
+    pub snapshot_threshold: u64,
+    /// Log entries kept behind a snapshot for followers that lag a little.
+    pub trailing_logs: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        // Multiplier 2: a leader SIGKILL is replaced in about 1.5 s, and a leader must be
+        // silent for 1.2 s or more before followers elect another.
+        RaftTuning { multiplier: 2, snapshot_threshold: 5_000, trailing_logs: 500 }
+    }
 }
 
 /// `gossip_lan`: SWIM timings (memberlist's LAN profile by default).
@@ -504,6 +527,7 @@ impl Config {
             reconnect_timeout: Duration::from_secs(72 * 3600),
             leave_on_terminate: None,
             gossip_lan: GossipLan::default(),
+            raft: RaftTuning::default(),
         }
     }
 
@@ -663,8 +687,8 @@ const TOP_NOT_IMPLEMENTED: &str = "
     encrypt_verify_incoming encrypt_verify_outgoing experiments http_config key_file
      license_path locality log_file log_rotate_bytes
     log_rotate_duration log_rotate_max_files max_query_time node_meta non_voting_server
-    peering performance pid_file primary_datacenter primary_gateways raft_logstore
-    raft_protocol raft_snapshot_interval raft_snapshot_threshold raft_trailing_logs
+    peering pid_file primary_datacenter primary_gateways raft_logstore
+    raft_protocol raft_snapshot_interval
      reconnect_timeout_wan rejoin_after_leave retry_interval
     retry_interval_wan  retry_join_wan retry_max retry_max_wan rpc segment
     segments serf_lan serf_lan_allowed_cidrs serf_wan serf_wan_allowed_cidrs server_name
@@ -672,6 +696,9 @@ const TOP_NOT_IMPLEMENTED: &str = "
     syslog_facility telemetry tls translate_wan_addrs ui ui_config ui_content_path
     ui_dir unix_sockets use_streaming_backend verify_incoming verify_incoming_https
     verify_incoming_rpc verify_outgoing verify_server_hostname watches
+";
+const PERFORMANCE_NOT_IMPLEMENTED: &str = "
+    leave_drain_time rpc_hold_timeout
 ";
 const GOSSIP_LAN_NOT_IMPLEMENTED: &str = "
     deadline_timeout indirect_checks retransmit_mult
@@ -861,6 +888,12 @@ fn apply_object(
         gossip.set("gossip_nodes", &mut g.gossip_nodes, |v| decode_uint(v, 1, 64))?;
         gossip.finish(GOSSIP_LAN_NOT_IMPLEMENTED, warnings)?;
     }
+    if let Some(mut performance) = top.section("performance")? {
+        performance.set("raft_multiplier", &mut config.raft.multiplier, |v| decode_uint(v, 1, 10))?;
+        performance.finish(PERFORMANCE_NOT_IMPLEMENTED, warnings)?;
+    }
+    top.set("raft_snapshot_threshold", &mut config.raft.snapshot_threshold, |v| decode_uint(v, 1, 1 << 32))?;
+    top.set("raft_trailing_logs", &mut config.raft.trailing_logs, |v| decode_uint(v, 0, 1 << 32))?;
     // Decoded per file by `service_blocks_of`, which names the file in its errors.
     top.get("service", |_| Ok(()))?;
     top.get("services", |_| Ok(()))?;
@@ -1448,6 +1481,8 @@ mod tests {
             "start_join": ["10.0.0.2"], "retry_join": ["consul.example:8301", "[::1]:1"],
             "encrypt": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=", "reconnect_timeout": "9h",
             "leave_on_terminate": true,
+            "performance": {"raft_multiplier": 5}, "raft_snapshot_threshold": 100,
+            "raft_trailing_logs": 7,
             "gossip_lan": {"probe_interval": "2s", "probe_timeout": "1s", "suspicion_mult": 5,
                            "gossip_interval": "300ms", "gossip_nodes": 4},
             "service": {"name": "a", "check": {"args": ["/bin/true"], "interval": "5s"}},
@@ -1538,6 +1573,7 @@ mod tests {
                 gossip_interval: Duration::from_millis(300),
                 gossip_nodes: 4,
             },
+            raft: RaftTuning { multiplier: 5, snapshot_threshold: 100, trailing_logs: 7 },
         };
         assert_eq!(config, expected);
     }

@@ -137,6 +137,7 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
             bootstrap_expect: config.bootstrap_expect.unwrap_or(0),
             server: config.server,
             write_queue_max: config.limits.max_pending_writes as usize,
+            tuning: config.raft.clone(),
         },
         rpc_listener,
         shutdown.clone(),

@@ -135,6 +135,8 @@ async fn ask_initialized(cluster: &Cluster, server: &KnownServer) -> Result<bool
 #[derive(Debug, PartialEq, Eq)]
 enum Change {
     AddLearner(NodeId, String),
+    /// A member's RPC address changed (a restart on another port or IP).
+    SetAddress(NodeId, String),
     Promote(NodeId),
     RemoveVoter(NodeId),
     RemoveLearner(NodeId),
@@ -145,16 +147,18 @@ enum Change {
 fn next_change(
     local: NodeId,
     expect: usize,
-    voters: &BTreeSet<NodeId>,
-    learners: &BTreeSet<NodeId>,
+    members: &Members,
     matched: &BTreeMap<NodeId, u64>,
     last_log: u64,
     known: &[KnownServer],
 ) -> Option<Change> {
+    let Members { voters, learners, addrs } = members;
     let status = |id: NodeId| known.iter().find(|s| s.id == id).map(|s| s.status);
     for server in known.iter().filter(|s| s.status == ServerStatus::Alive && s.id != local) {
-        if !voters.contains(&server.id) && !learners.contains(&server.id) {
-            return Some(Change::AddLearner(server.id, server.addr.clone()));
+        match addrs.get(&server.id) {
+            None => return Some(Change::AddLearner(server.id, server.addr.clone())),
+            Some(addr) if *addr != server.addr => return Some(Change::SetAddress(server.id, server.addr.clone())),
+            Some(_) => {}
         }
     }
     for &id in learners {
@@ -184,20 +188,30 @@ fn next_change(
     None
 }
 
+/// The Raft configuration as [`next_change`] needs it.
+struct Members {
+    voters: BTreeSet<NodeId>,
+    learners: BTreeSet<NodeId>,
+    /// Every member's RPC address.
+    addrs: BTreeMap<NodeId, String>,
+}
+
 async fn change_membership(cluster: &Cluster, known: &[KnownServer]) {
-    let (voters, learners, matched, last_log) = {
+    let (members, matched, last_log) = {
         let metrics = cluster.raft.metrics();
         let metrics = metrics.borrow();
         let membership = metrics.membership_config.membership();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+        let members = Members {
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            addrs: membership.nodes().map(|(id, node)| (*id, node.addr.clone())).collect(),
+        };
         let matched: BTreeMap<NodeId, u64> =
             metrics.replication.iter().flatten().map(|(id, log_id)| (*id, log_id.map_or(0, |l| l.index))).collect();
-        (voters, learners, matched, metrics.last_log_index.unwrap_or(0))
+        (members, matched, metrics.last_log_index.unwrap_or(0))
     };
     let expect = cluster.config.bootstrap_expect as usize;
-    let Some(change) = next_change(cluster.config.node_id, expect, &voters, &learners, &matched, last_log, known)
-    else {
+    let Some(change) = next_change(cluster.config.node_id, expect, &members, &matched, last_log, known) else {
         return;
     };
     let name = |id: NodeId| known.iter().find(|s| s.id == id).map_or_else(|| id.to_string(), |s| s.name.clone());
@@ -205,6 +219,10 @@ async fn change_membership(cluster: &Cluster, known: &[KnownServer]) {
     let result = tokio::time::timeout(CHANGE_TIMEOUT, async {
         match &change {
             Change::AddLearner(id, addr) => raft.add_learner(*id, BasicNode::new(addr), false).await.map(|_| ()),
+            Change::SetAddress(id, addr) => raft
+                .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(*id, BasicNode::new(addr))])), false)
+                .await
+                .map(|_| ()),
             Change::Promote(id) => {
                 raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([*id])), false).await.map(|_| ())
             }
@@ -226,7 +244,11 @@ async fn change_membership(cluster: &Cluster, known: &[KnownServer]) {
 
 fn change_target(change: &Change) -> NodeId {
     match change {
-        Change::AddLearner(id, _) | Change::Promote(id) | Change::RemoveVoter(id) | Change::RemoveLearner(id) => *id,
+        Change::AddLearner(id, _)
+        | Change::SetAddress(id, _)
+        | Change::Promote(id)
+        | Change::RemoveVoter(id)
+        | Change::RemoveLearner(id) => *id,
     }
 }
 
@@ -247,7 +269,9 @@ mod tests {
         use ServerStatus::*;
         let none = BTreeMap::new();
         let check = |voters: &[NodeId], learners: &[NodeId], matched: &BTreeMap<NodeId, u64>, known: &[KnownServer]| {
-            next_change(1, 3, &set(voters), &set(learners), matched, 1000, known)
+            let addrs = voters.iter().chain(learners).map(|id| (*id, server(*id, Alive).addr)).collect();
+            let members = Members { voters: set(voters), learners: set(learners), addrs };
+            next_change(1, 3, &members, matched, 1000, known)
         };
         let all_alive = [server(1, Alive), server(2, Alive), server(3, Alive)];
         assert_eq!(check(&[1, 2, 3], &[], &none, &all_alive), None);
@@ -267,6 +291,10 @@ mod tests {
         // Never itself, whatever gossip says.
         let me_left = [server(1, Left), server(2, Alive), server(3, Alive)];
         assert_eq!(check(&[1, 2, 3], &[], &none, &me_left), None);
+        // A member back on another address gets it updated.
+        let mut moved = all_alive.clone();
+        moved[2].addr = "127.0.0.1:9999".into();
+        assert_eq!(check(&[1, 2, 3], &[], &none, &moved), Some(Change::SetAddress(3, "127.0.0.1:9999".into())));
         // A learner that left is dropped.
         let learner_left = [server(1, Alive), server(2, Alive), server(3, Alive), server(4, Left)];
         assert_eq!(check(&[1, 2, 3], &[4], &none, &learner_left), Some(Change::RemoveLearner(4)));

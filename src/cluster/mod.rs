@@ -37,6 +37,7 @@ pub use log_store::LogStore;
 pub use membership::{KnownServer, ServerStatus};
 pub use state_machine::StateMachine;
 
+pub use crate::config::RaftTuning;
 use crate::model::{Command, CommandResult, Proposal};
 use crate::store::{Store, StoreError};
 
@@ -103,6 +104,7 @@ pub struct ClusterConfig {
     /// Writes waiting for a proposal at most; when full, writes fail at once with
     /// [`WriteError::QueueFull`].
     pub write_queue_max: usize,
+    pub tuning: RaftTuning,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,19 +192,21 @@ impl Cluster {
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<Cluster, ClusterError> {
+        // openraft 0.9 starts an election after the leader lease (= election_timeout_max)
+        // plus a random election timeout: 12-16 units, 1.2-1.6 s at the default multiplier 2.
+        let unit = 50 * u64::from(config.tuning.multiplier.clamp(1, 10));
         let raft_config = Config {
             cluster_name: config.datacenter.clone(),
-            // Well above an fsync's p99 on slow disks (openraft's 50/150-300 ms are tight).
-            heartbeat_interval: 250,
-            election_timeout_min: 1000,
-            election_timeout_max: 2000,
+            heartbeat_interval: unit,
+            election_timeout_min: 4 * unit,
+            election_timeout_max: 8 * unit,
             install_snapshot_timeout: 5000,
             // Bounds one append RPC: 16 proposals of at most ~5.5 MiB of JSON each.
             max_payload_entries: 16,
             snapshot_max_chunk_size: 1 << 20,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(5_000),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.tuning.snapshot_threshold),
             // Entries can be MiBs (batched writes); keep few once they are in a snapshot.
-            max_in_snapshot_log_to_keep: 500,
+            max_in_snapshot_log_to_keep: config.tuning.trailing_logs,
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| ClusterError::Start(e.to_string()))?);

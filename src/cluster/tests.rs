@@ -71,6 +71,7 @@ async fn one_server() -> (tempfile::TempDir, Cluster, CancellationToken) {
         bootstrap_expect: 1,
         server: true,
         write_queue_max: 1024,
+        tuning: RaftTuning::default(),
     };
     let cluster = Cluster::start(store, config, None, shutdown.clone(), &TaskTracker::new()).await.expect("start");
     assert!(cluster.wait_for_leader(Duration::from_secs(10)).await, "no leader");
@@ -168,6 +169,7 @@ async fn servers(ids: &[NodeId]) -> (Vec<TestServer>, tokio::sync::watch::Sender
             bootstrap_expect: ids.len() as u32,
             server: true,
             write_queue_max: 1024,
+            tuning: RaftTuning::default(),
         };
         let cluster = Cluster::start(store, config, Some(listener), shutdown.clone(), &tasks).await.expect("start");
         cluster.manage_servers(rx.clone(), shutdown.clone(), &tasks);

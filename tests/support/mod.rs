@@ -157,6 +157,13 @@ impl Agent {
         self.child.as_ref().expect("running").id() as i32
     }
 
+    /// Waits until the agent's log has a line containing `marker`.
+    pub fn wait_log(&self, marker: &str, timeout: Duration) {
+        wait_for(&format!("log line {marker:?}"), timeout, || {
+            self.log.lock().unwrap().iter().any(|l| l.contains(marker)).then_some(())
+        })
+    }
+
     /// Sends a signal (e.g. `libc::SIGHUP`).
     pub fn signal(&self, signal: i32) {
         // SAFETY: plain kill(2) on our own child's pid.
@@ -232,6 +239,28 @@ impl Response {
     pub fn index(&self) -> u64 {
         self.header("X-Consul-Index").expect("X-Consul-Index header").parse().expect("numeric index")
     }
+}
+
+/// [`http_request`] that reports a refused connection or a failed exchange as `None`
+/// instead of panicking (for agents that may have been killed), within `timeout`.
+pub fn try_http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Option<Response> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).ok()?;
+    stream.write_all(body).ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    raw.windows(4).any(|w| w == b"\r\n\r\n").then(|| parse_response(&raw))
 }
 
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`), read to the end.
