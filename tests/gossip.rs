@@ -90,12 +90,27 @@ fn members_fail_leave_and_rejoin_through_gossip() {
     let me = members.as_array().unwrap().iter().find(|m| m["Name"] == "test-node").unwrap().clone();
     assert_eq!(me["Tags"]["role"], "consul");
     assert_eq!(server.get("/v1/agent/self").json()["Member"]["Name"], "test-node");
-    // A client has no catalog until forwarding exists, and says so.
+    // A client holds no catalog and answers through a server: its catalog reads (index
+    // headers included), its DNS, and its own services, registered with it, reach the
+    // catalog through anti-entropy.
     let r = clients[0].get("/v1/catalog/nodes");
-    assert_eq!(r.status, 500);
-    assert!(r.text().contains("No known Consul servers"), "{}", r.text());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("X-Consul-KnownLeader"), Some("true"));
+    assert!(r.index() > 1);
+    let body = r.json();
+    let nodes: Vec<&str> = body.as_array().unwrap().iter().map(|n| n["Node"].as_str().unwrap()).collect();
+    assert!(nodes.contains(&"c1") && nodes.contains(&"test-node"), "{nodes:?}");
     let m = udp(clients[0].dns, "consul.service.consul", RecordType::A, None);
-    assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "a client has no catalog to answer from");
+    assert_eq!(answers(&m), vec!["A 127.0.0.1"], "a client's DNS answers as a server's");
+    let r = clients[2].put("/v1/agent/service/register", json!({"Name": "api", "Port": 9090}).to_string());
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_for("the client's service in the catalog", CONVERGE, || {
+        let on_server = udp(server.dns, "api.service.consul", RecordType::SRV, None);
+        let on_client = udp(clients[1].dns, "api.service.consul", RecordType::SRV, None);
+        (!answers(&on_server).is_empty() && answers(&on_server) == answers(&on_client)).then_some(())
+    });
+    let r = clients[1].get("/v1/catalog/service/api");
+    assert_eq!(r.json()[0]["Node"], "c3", "{}", r.text());
 
     // Hostile datagrams (garbage, an unknown version, a huge one, an unencrypted one) are
     // dropped and logged; the pool is unaffected.

@@ -6,6 +6,7 @@
 //! half-done — no write acknowledged by a task that is then abandoned.
 
 mod advertise;
+mod client_answers;
 mod data_dir;
 mod events;
 pub mod memory;
@@ -128,6 +129,15 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     };
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let (user_events, received_events) = tokio::sync::mpsc::channel(events::EVENTS_QUEUED_MAX);
+    let gossip = start_gossip(
+        &config,
+        GossipSetup { advertise_ip, server_port, node_id: &node_id, user_events },
+        shutdown.clone(),
+        &tasks,
+    )
+    .await?;
+    let known_servers = servers::watch_servers(&gossip, config.datacenter.clone(), shutdown.clone(), &tasks);
     let cluster = Cluster::start(
         store.clone(),
         ClusterConfig {
@@ -140,21 +150,11 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
             tuning: config.raft.clone(),
         },
         rpc_listener,
+        known_servers,
         shutdown.clone(),
         &tasks,
     )
     .await?;
-
-    let (user_events, received_events) = tokio::sync::mpsc::channel(events::EVENTS_QUEUED_MAX);
-    let gossip = start_gossip(
-        &config,
-        GossipSetup { advertise_ip, server_port, node_id: &node_id, user_events },
-        shutdown.clone(),
-        &tasks,
-    )
-    .await?;
-    let known_servers = servers::watch_servers(&gossip, config.datacenter.clone(), shutdown.clone(), &tasks);
-    cluster.manage_servers(known_servers, shutdown.clone(), &tasks);
     let identity = AgentIdentity {
         datacenter: config.datacenter.clone(),
         node_name: config.node_name.clone(),
@@ -202,10 +202,14 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
         script_checks_via_api: config.enable_script_checks,
     }));
     let leave = Arc::clone(&ctx.leave);
+    let dns = Arc::new(crate::dns::service_from_config(&config, store.clone(), Some(cluster.clone()))?);
+    if config.server {
+        let router = http::router(Arc::clone(&ctx));
+        cluster.answer_clients_with(Arc::new(client_answers::ServerAnswers { router, dns: Arc::clone(&dns) }));
+    }
     tasks.spawn(http::serve(http_listener, ctx, shutdown.clone(), DRAIN_MAX));
     tracing::info!(addr = %http_bound, "HTTP API listening");
 
-    let dns = Arc::new(crate::dns::service_from_config(&config, store.clone())?);
     let dns_addr = SocketAddr::new(config.addresses.dns.unwrap_or(config.client_addr), config.ports.dns);
     let dns_bound = crate::dns::start(Arc::clone(&dns), dns_addr, shutdown.clone(), &tasks).await?;
     tracing::info!(addr = %dns_bound.udp, "DNS listening (UDP and TCP)");
@@ -307,8 +311,8 @@ fn raft_node_id(uuid: &str) -> u64 {
     crate::cluster::raft_node_id(uuid::Uuid::parse_str(uuid).map(|u| u.into_bytes()).unwrap_or([0; 16]))
 }
 
-/// This server's own catalog entry, as Consul writes it: its node, the `consul` service and
-/// a passing `serfHealth` check. Anti-entropy writes it once the cluster has a leader.
+/// This agent's own catalog entry, as Consul writes it: its node and, on a server, the
+/// `consul` service and a passing `serfHealth` check. Anti-entropy writes it once the cluster has a leader.
 fn self_registration(id: &AgentIdentity) -> RegisterRequest {
     RegisterRequest {
         id: id.node_id.clone(),
@@ -320,7 +324,8 @@ fn self_registration(id: &AgentIdentity) -> RegisterRequest {
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect(),
         node_meta: [("consul-network-segment".to_string(), String::new())].into(),
-        service: Some(ServiceDefinition {
+        // A client's node carries only its own services; the leader writes its serfHealth.
+        service: id.server.then(|| ServiceDefinition {
             id: "consul".into(),
             service: "consul".into(),
             tags: Vec::new(),
@@ -330,15 +335,19 @@ fn self_registration(id: &AgentIdentity) -> RegisterRequest {
             weights: Weights::default(),
             enable_tag_override: false,
         }),
-        checks: vec![CheckDefinition {
-            check_id: "serfHealth".into(),
-            name: "Serf Health Status".into(),
-            status: CheckStatus::Passing,
-            notes: String::new(),
-            output: "Agent alive and reachable".into(),
-            service_id: String::new(),
-            check_type: String::new(),
-        }],
+        checks: if !id.server {
+            Vec::new()
+        } else {
+            vec![CheckDefinition {
+                check_id: "serfHealth".into(),
+                name: "Serf Health Status".into(),
+                status: CheckStatus::Passing,
+                notes: String::new(),
+                output: "Agent alive and reachable".into(),
+                service_id: String::new(),
+                check_type: String::new(),
+            }]
+        },
         skip_node_update: false,
     }
 }

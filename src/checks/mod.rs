@@ -153,13 +153,8 @@ impl LocalAgent {
             agent.inner.reconcile_runners(&ids);
         }
         let inner = &agent.inner;
-        if cluster.require_server().is_ok() {
-            tasks.spawn(sync::run(Arc::clone(inner), cluster, store, self_registration));
-        } else {
-            // A client holds no catalog; its checks run and answer /v1/agent/*, and reach the
-            // servers' catalog once clients forward writes (the multi-server work).
-            tracing::info!("client agent: local services and checks are not synced to a catalog yet");
-        }
+        // On a client agent the catalog is read and written through a server.
+        tasks.spawn(sync::run(Arc::clone(inner), cluster, store, self_registration));
         tasks.spawn(timekeeper(Arc::clone(inner)));
         tasks.spawn(persister(Arc::clone(inner)));
         Ok(agent)

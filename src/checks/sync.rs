@@ -35,14 +35,21 @@ use crate::model::agent::{RESERVED_CHECK_ID as SELF_CHECK_ID, RESERVED_SERVICE_I
 
 pub(super) async fn run(inner: Arc<Inner>, cluster: Cluster, store: Store, self_registration: RegisterRequest) {
     let shutdown = inner.shutdown.clone();
-    if !tokio::select! {
-        ok = cluster.wait_for_leader(LEADER_WAIT) => ok,
-        _ = shutdown.cancelled() => return,
-    } {
+    if cluster.is_server()
+        && !tokio::select! {
+            ok = cluster.wait_for_leader(LEADER_WAIT) => ok,
+            _ = shutdown.cancelled() => return,
+        }
+    {
         tracing::warn!("no leader elected yet; catalog sync will keep retrying");
     }
     match cluster.write(Command::Register(Box::new(self_registration.clone()))).await {
-        Ok(_) => tracing::info!(node = %self_registration.node, "registered this server in the catalog"),
+        Ok(_) if cluster.is_server() => {
+            tracing::info!(node = %self_registration.node, "registered this server in the catalog")
+        }
+        Ok(_) => {
+            tracing::info!(node = %self_registration.node, "registered this client in the catalog through a server")
+        }
         Err(WriteError::Stopped(_)) => return,
         Err(e) => tracing::warn!(error = %e, "could not register this server in the catalog yet"),
     }
@@ -144,7 +151,7 @@ async fn sync_once(
             (local, Some((services, dirty.checks.clone())))
         }
     };
-    let catalog = {
+    let catalog = if cluster.is_server() {
         let view = store.read()?;
         match &scope {
             None => CatalogView {
@@ -166,6 +173,32 @@ async fn sync_once(
                 }
                 catalog
             }
+        }
+    } else {
+        // A client agent holds no catalog: a server reads this node's entries, and a scoped
+        // sync keeps only the ones in scope (the rest are not compared).
+        let remote = cluster.node_catalog(node).await?;
+        let in_scope = |service: &str, check: Option<&str>| match &scope {
+            None => true,
+            Some((services, checks)) => match check {
+                Some(id) => checks.contains(id),
+                None => services.contains(service),
+            },
+        };
+        CatalogView {
+            node: remote.node,
+            services: remote
+                .services
+                .into_iter()
+                .filter(|s| in_scope(&s.id, None))
+                .map(|s| (s.id.clone(), s))
+                .collect(),
+            checks: remote
+                .checks
+                .into_iter()
+                .filter(|c| in_scope("", Some(&c.check_id)))
+                .map(|c| (c.check_id.clone(), c))
+                .collect(),
         }
     };
     let (first, rest) = plan(self_registration, &local, &catalog, scope.is_none());

@@ -18,9 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::{BasicNode, ChangeMembers};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::rpc::{Connection, Request, Response, Route};
 use super::{Cluster, NodeId};
@@ -48,22 +46,9 @@ pub enum ServerStatus {
     Left,
 }
 
-impl Cluster {
-    /// Keeps the Raft membership in line with `servers` (this server included) until
-    /// `shutdown`.
-    pub fn manage_servers(
-        &self,
-        servers: watch::Receiver<Arc<Vec<KnownServer>>>,
-        shutdown: CancellationToken,
-        tasks: &TaskTracker,
-    ) {
-        if self.config.server {
-            tasks.spawn(run(self.clone(), servers, shutdown));
-        }
-    }
-}
-
-async fn run(cluster: Cluster, mut servers: watch::Receiver<Arc<Vec<KnownServer>>>, shutdown: CancellationToken) {
+/// Keeps the Raft membership in line with the servers gossip knows, until `shutdown`.
+pub(super) async fn run(cluster: Cluster, shutdown: CancellationToken) {
+    let mut servers = cluster.servers.clone();
     let mut tick = tokio::time::interval(TURN_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

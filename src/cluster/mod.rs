@@ -12,6 +12,7 @@
 // openraft's `StorageError` is large and its size is not ours to change.
 #![allow(clippy::result_large_err)]
 
+mod client;
 mod log_store;
 mod membership;
 mod network;
@@ -21,20 +22,22 @@ mod state_machine;
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use client::ClientAnswers;
 pub use log_store::LogStore;
 pub use membership::{KnownServer, ServerStatus};
+pub use rpc::{HttpAnswer, HttpCall, NodeCatalog, BLOB_BYTES_MAX as FORWARDED_BODY_BYTES_MAX};
 pub use state_machine::StateMachine;
 
 pub use crate::config::RaftTuning;
@@ -97,9 +100,9 @@ pub struct ClusterConfig {
     /// does it, after checking that none of them is part of a cluster already). 0: never;
     /// the leader of an existing cluster adds this server.
     pub bootstrap_expect: u32,
-    /// False on a client agent: its Raft node is never initialized and holds no state, and
-    /// every write or read fails with [`WriteError::NoServers`] until clients forward to
-    /// servers (the multi-server work).
+    /// False on a client agent: its Raft node is never initialized and holds no state; its
+    /// writes go to a server ([`client`]), and reads of the replicated state fail with
+    /// [`WriteError::NoServers`] (the HTTP API forwards whole requests instead).
     pub server: bool,
     /// Writes waiting for a proposal at most; when full, writes fail at once with
     /// [`WriteError::QueueFull`].
@@ -135,6 +138,8 @@ pub enum WriteError {
     Forward(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error("too many requests forwarded to servers at once ({0}); try again")]
+    ForwardsFull(usize),
 }
 
 /// A write's share of [`Cluster::queued_bytes`], given back when dropped.
@@ -170,8 +175,16 @@ pub struct Cluster {
     /// Approximate LMDB bytes the queued and in-flight writes will take.
     queued_bytes: Arc<AtomicU64>,
     config: Arc<ClusterConfig>,
-    /// Open connections to the leader, for forwarded writes and read barriers.
-    to_leader: Arc<std::sync::Mutex<Vec<(NodeId, rpc::Connection)>>>,
+    /// Idle connections to other servers, for forwarded requests; reused by target.
+    idle: Arc<std::sync::Mutex<Vec<(NodeId, rpc::Connection)>>>,
+    /// The servers of this datacenter gossip knows.
+    servers: watch::Receiver<Arc<Vec<KnownServer>>>,
+    /// What this server answers client agents with (set once the HTTP API and DNS exist).
+    client_answers: Arc<OnceLock<Arc<dyn ClientAnswers>>>,
+    /// A client's requests at servers ([`client::FORWARDS_IN_FLIGHT_MAX`]).
+    forwards_in_flight: Arc<Semaphore>,
+    /// Index (among alive servers) of the server that answered a client last.
+    preferred_server: Arc<AtomicUsize>,
 }
 
 /// Leader as the HTTP API reports it.
@@ -183,12 +196,14 @@ pub struct LeaderInfo {
 
 impl Cluster {
     /// Starts the Raft node on `store`, bootstraps a one-server cluster if asked, answers
-    /// server RPC on `rpc` (servers only), and spawns the proposer task on `tasks`; both stop
-    /// when `shutdown` is cancelled.
+    /// server RPC on `rpc` (servers only), keeps the Raft membership in line with `servers`
+    /// (what gossip knows, this server included), and spawns the proposer task on `tasks`;
+    /// all stop when `shutdown` is cancelled.
     pub async fn start(
         store: Store,
         config: ClusterConfig,
         rpc: Option<TcpListener>,
+        servers: watch::Receiver<Arc<Vec<KnownServer>>>,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<Cluster, ClusterError> {
@@ -239,9 +254,16 @@ impl Cluster {
             queue,
             queued_bytes: Arc::default(),
             config: Arc::new(config),
-            to_leader: Arc::default(),
+            idle: Arc::default(),
+            servers,
+            client_answers: Arc::default(),
+            forwards_in_flight: Arc::new(Semaphore::new(client::FORWARDS_IN_FLIGHT_MAX)),
+            preferred_server: Arc::default(),
         };
         tasks.spawn(run_proposer(cluster.clone(), rx, shutdown.clone()));
+        if cluster.config.server {
+            tasks.spawn(membership::run(cluster.clone(), shutdown.clone()));
+        }
         if let Some(listener) = rpc {
             tasks.spawn(serve::serve(listener, cluster.clone(), shutdown, tasks.clone()));
         }
@@ -252,25 +274,14 @@ impl Cluster {
     /// anything reaches the log, when there is no leader, the queue is full or the LMDB map is
     /// nearly full (a full map inside a log append would stop Raft).
     pub async fn write(&self, command: Command) -> Result<CommandResult, WriteError> {
-        self.require_server()?;
-        // Room is checked against what queued writes will take too (each counted about four
-        // times: log entry, state rows, indexes, and the copy-on-write pages of the commit).
         let cost = 4 * command.approx_size() as u64;
-        let (room_bytes, size_bytes) = self.store.map_room();
-        // Deletions keep working on a nearly full map (half the reserve), or it could never
-        // be emptied again.
-        let reserve = (size_bytes / 8).min(64 << 20) / if command.frees_space() { 2 } else { 1 };
-        let queued = self.queued_bytes.load(Ordering::Relaxed);
-        if room_bytes < reserve + queued + cost {
-            // Purging the log is what gives room back: ask for a snapshot now rather than
-            // after the next 5,000 entries.
-            if let Err(e) = self.raft.trigger().snapshot().await {
-                tracing::warn!(error = %e, "could not trigger a snapshot to free LMDB space");
+        if self.config.server {
+            self.check_room(std::slice::from_ref(&command), cost).await?;
+            if let Command::Restore(_) = &command {
+                self.require_single_server()?;
             }
-            return Err(WriteError::MapFull { room_bytes, size_bytes });
-        }
-        if let Command::Restore(_) = &command {
-            self.require_single_server()?;
+        } else if let Command::Restore(_) = &command {
+            return Err(WriteError::NoServers);
         }
         let (reply, rx) = oneshot::channel();
         self.queue.try_send(PendingWrite { command, reply }).map_err(|e| match e {
@@ -282,6 +293,40 @@ impl Cluster {
         // room back. Without it, abandoned writes would leak until every write is refused.
         let _queued = QueuedCost::add(&self.queued_bytes, cost);
         rx.await.unwrap_or_else(|_| Err(WriteError::Stopped("shutting down".into())))
+    }
+
+    /// Fails when `commands` (about `cost` bytes) would not fit in the LMDB map beside the
+    /// writes already queued. Room is counted about four times per command: log entry, state
+    /// rows, indexes, and the copy-on-write pages of the commit.
+    async fn check_room(&self, commands: &[Command], cost: u64) -> Result<(), WriteError> {
+        let (room_bytes, size_bytes) = self.store.map_room();
+        // Deletions keep working on a nearly full map (half the reserve), or it could never
+        // be emptied again.
+        let frees_space = commands.iter().all(Command::frees_space);
+        let reserve = (size_bytes / 8).min(64 << 20) / if frees_space { 2 } else { 1 };
+        let queued = self.queued_bytes.load(Ordering::Relaxed);
+        if room_bytes < reserve + queued + cost {
+            // Purging the log is what gives room back: ask for a snapshot now rather than
+            // after the next 5,000 entries.
+            if let Err(e) = self.raft.trigger().snapshot().await {
+                tracing::warn!(error = %e, "could not trigger a snapshot to free LMDB space");
+            }
+            return Err(WriteError::MapFull { room_bytes, size_bytes });
+        }
+        Ok(())
+    }
+
+    /// A forwarded proposal, as a server receives it from another server or a client:
+    /// checked for room here (a client has no map of its own), then committed.
+    async fn propose_forwarded(&self, proposal: Proposal) -> Result<rpc::Forwarded, WriteError> {
+        let cost = proposal.commands.iter().map(|c| 4 * c.approx_size() as u64).sum();
+        self.check_room(&proposal.commands, cost).await?;
+        if proposal.commands.iter().any(|c| matches!(c, Command::Restore(_))) {
+            return Err(WriteError::Unsupported(
+                "a backup can only be restored on the server it was uploaded to".into(),
+            ));
+        }
+        self.propose(proposal).await
     }
 
     /// LMDB bytes that queued and in-flight writes are expected to take.
@@ -341,10 +386,11 @@ impl Cluster {
                     Err(e) => tracing::debug!(error = %e, "read index failed; retrying"),
                 }
             } else {
-                match self.call_leader(&leader, &rpc::Request::ReadIndex { consistent }, deadline).await {
-                    Ok(rpc::Response::ReadIndex(Ok(index))) => return self.wait_applied(index, deadline).await,
-                    Ok(rpc::Response::ReadIndex(Err(WriteError::NoLeader))) => {}
-                    Ok(rpc::Response::ReadIndex(Err(e))) => return Err(e),
+                let request = rpc::Request::ReadIndex { consistent };
+                match self.call_server(leader.node_id, &leader.address, &request, &[], deadline).await {
+                    Ok((rpc::Response::ReadIndex(Ok(index)), _)) => return self.wait_applied(index, deadline).await,
+                    Ok((rpc::Response::ReadIndex(Err(WriteError::NoLeader)), _)) => {}
+                    Ok((rpc::Response::ReadIndex(Err(e)), _)) => return Err(e),
                     Ok(_) => {
                         return Err(WriteError::Forward("the leader answered a read index with something else".into()))
                     }
@@ -397,17 +443,20 @@ impl Cluster {
         Ok(())
     }
 
-    /// Sends `request` to the leader on a reused connection, and gives the connection back
-    /// after a complete answer.
-    async fn call_leader(
+    /// Sends `request` (with `blob`) to server `id` at `addr` on a reused connection, and
+    /// keeps the connection for reuse after a complete answer. Waits until `deadline`, and
+    /// at least a little longer than a server's own bound on answering.
+    async fn call_server(
         &self,
-        leader: &LeaderInfo,
+        id: NodeId,
+        addr: &str,
         request: &rpc::Request,
+        blob: &[u8],
         deadline: Instant,
-    ) -> Result<rpc::Response, rpc::RpcError> {
+    ) -> Result<(rpc::Response, Vec<u8>), rpc::RpcError> {
         let idle = {
-            let mut pool = self.to_leader.lock().unwrap_or_else(|p| p.into_inner());
-            pool.iter().position(|(id, _)| *id == leader.node_id).map(|i| pool.swap_remove(i).1)
+            let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            pool.iter().position(|(pooled, _)| *pooled == id).map(|i| pool.swap_remove(i).1)
         };
         let mut connection = match idle {
             Some(c) => c,
@@ -415,29 +464,29 @@ impl Cluster {
                 let route = rpc::Route {
                     cluster: self.config.datacenter.clone(),
                     from: self.config.node_id,
-                    to: leader.node_id,
-                    addr: leader.address.clone(),
+                    to: id,
+                    addr: addr.to_string(),
                 };
                 rpc::Connection::open(&route).await?
             }
         };
-        // A little longer than the leader's own bound, so its answer (even "no leader")
-        // arrives rather than a timeout.
         let timeout = deadline.saturating_duration_since(Instant::now()).max(serve::ANSWER_TIMEOUT) + RETRY_PAUSE;
-        let (response, _) = connection.call(request, &[], timeout).await?;
-        let mut pool = self.to_leader.lock().unwrap_or_else(|p| p.into_inner());
-        pool.retain(|(id, _)| *id == leader.node_id);
-        if pool.len() < FORWARD_CONNECTIONS_IDLE_MAX {
-            pool.push((leader.node_id, connection));
+        let answer = connection.call(request, blob, timeout).await?;
+        let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.iter().filter(|(pooled, _)| *pooled == id).count() < FORWARD_CONNECTIONS_IDLE_MAX {
+            pool.push((id, connection));
         }
-        Ok(response)
+        Ok(answer)
     }
 
     /// Commits `proposal` through the leader — this server, or another one over RPC — and
     /// returns each command's result once this server has applied it too. Retries (within
     /// [`LEADER_WAIT`]) only where the proposal surely did not reach the log: no leader, a
     /// leader that says it no longer leads, or a connection that could not be opened.
-    async fn propose(&self, proposal: Proposal) -> Result<Vec<CommandResult>, WriteError> {
+    async fn propose(&self, proposal: Proposal) -> Result<rpc::Forwarded, WriteError> {
+        if !self.config.server {
+            return self.propose_via_server(proposal).await;
+        }
         let deadline = Instant::now() + LEADER_WAIT;
         let request = rpc::Request::Forward(proposal);
         loop {
@@ -446,18 +495,18 @@ impl Cluster {
                 let rpc::Request::Forward(proposal) = &request else { unreachable!("built above") };
                 match self.propose_as_leader(proposal.clone()).await {
                     Err(WriteError::NoLeader) => {}
-                    other => return other.map(|forwarded| forwarded.results),
+                    other => return other,
                 }
             } else {
-                match self.call_leader(&leader, &request, deadline).await {
-                    Ok(rpc::Response::Forward(Ok(forwarded))) => {
+                match self.call_server(leader.node_id, &leader.address, &request, &[], deadline).await {
+                    Ok((rpc::Response::Forward(Ok(forwarded)), _)) => {
                         if let Err(e) = self.wait_applied(forwarded.index, Instant::now() + LOCAL_APPLY_WAIT).await {
                             tracing::warn!(error = %e, index = forwarded.index, "answering a committed write before applying it here");
                         }
-                        return Ok(forwarded.results);
+                        return Ok(forwarded);
                     }
-                    Ok(rpc::Response::Forward(Err(WriteError::NoLeader))) => {}
-                    Ok(rpc::Response::Forward(Err(e))) => return Err(e),
+                    Ok((rpc::Response::Forward(Err(WriteError::NoLeader)), _)) => {}
+                    Ok((rpc::Response::Forward(Err(e)), _)) => return Err(e),
                     Ok(_) => return Err(WriteError::Forward("the leader answered a write with something else".into())),
                     Err(e @ (rpc::RpcError::Connect { .. } | rpc::RpcError::Refused(_))) => {
                         tracing::debug!(error = %e, "cannot reach the leader; retrying")
@@ -616,7 +665,7 @@ async fn run_proposer(cluster: Cluster, mut rx: mpsc::Receiver<PendingWrite>, sh
         }
         let (commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().map(|w| (w.command, w.reply)).unzip();
         match cluster.propose(Proposal::new(commands)).await {
-            Ok(results) => {
+            Ok(rpc::Forwarded { results, .. }) => {
                 debug_assert_eq!(results.len(), replies.len());
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(Ok(result));

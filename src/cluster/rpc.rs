@@ -34,8 +34,9 @@ const HEADER_BYTES: usize = 9;
 /// Largest JSON part of a frame. An append carries at most `max_payload_entries` (16)
 /// entries of at most ~5.5 MiB each (a full proposal, values in base64).
 pub const JSON_BYTES_MAX: usize = 128 << 20;
-/// Largest blob: one snapshot chunk (`snapshot_max_chunk_size` is 1 MiB).
-pub const BLOB_BYTES_MAX: usize = 16 << 20;
+/// Largest blob: a snapshot chunk (1 MiB), or an HTTP body a client agent forwards either
+/// way (a catalog listing of 100,000 nodes is ~40 MiB).
+pub const BLOB_BYTES_MAX: usize = 64 << 20;
 /// Connecting and the hello exchange, at most.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -63,6 +64,41 @@ pub enum Request {
     /// Whether this server's Raft has been initialized (bootstrap-expect asks before it
     /// bootstraps, so a cluster that already formed is never bootstrapped twice).
     Status,
+    /// An HTTP API request a client agent forwards; its body is the frame's blob.
+    Http(HttpCall),
+    /// A DNS query a client agent forwards (the packet is the blob), as received over TCP
+    /// (`tcp`) or UDP, which decides the answer's size limit.
+    Dns {
+        tcp: bool,
+    },
+    /// A node's catalog entries (a client agent's anti-entropy compares its own with them).
+    NodeCatalog {
+        node: String,
+    },
+}
+
+/// An HTTP request as a client agent received it, minus its body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HttpCall {
+    pub method: String,
+    /// Path and query string.
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// A server's HTTP answer, minus its body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+}
+
+/// A node's entries in the catalog.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeCatalog {
+    pub node: Option<crate::model::Node>,
+    pub services: Vec<crate::model::Service>,
+    pub checks: Vec<crate::model::HealthCheck>,
 }
 
 /// An install-snapshot request without its data, which travels as the frame's blob.
@@ -88,6 +124,11 @@ pub enum Response {
     Status {
         initialized: bool,
     },
+    /// The answer's body is the blob.
+    Http(HttpAnswer),
+    /// The answer packet is the blob.
+    Dns,
+    NodeCatalog(Result<NodeCatalog, WriteError>),
 }
 
 /// The outcome of a forwarded proposal: each command's result and the log index it was

@@ -79,8 +79,8 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, cluster: Clus
             Ok(Ok(frame)) => frame,
             Ok(Err(e)) => return refuse(&mut stream, peer, &e.to_string()).await,
         };
-        let response = answer(&cluster, request, blob).await;
-        if let Err(e) = write_frame(&mut stream, &response, &[]).await {
+        let (response, blob) = answer(&cluster, request, blob).await;
+        if let Err(e) = write_frame(&mut stream, &response, &blob).await {
             tracing::debug!(%peer, error = %e, "server RPC answer not sent");
             return;
         }
@@ -109,9 +109,10 @@ async fn refuse(stream: &mut TcpStream, peer: SocketAddr, why: &str) {
     let _ = write_frame(stream, &Response::Refused(why.to_string()), &[]).await;
 }
 
-async fn answer(cluster: &Cluster, request: Request, blob: Vec<u8>) -> Response {
+/// The answer to one request, and the answer's blob.
+async fn answer(cluster: &Cluster, request: Request, blob: Vec<u8>) -> (Response, Vec<u8>) {
     let raft = &cluster.raft;
-    match request {
+    let response = match request {
         Request::Hello { .. } => Response::Refused("hello sent twice".into()),
         Request::AppendEntries(rpc) => Response::AppendEntries(raft.append_entries(rpc).await),
         Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await),
@@ -126,7 +127,7 @@ async fn answer(cluster: &Cluster, request: Request, blob: Vec<u8>) -> Response 
             Response::InstallSnapshot(raft.install_snapshot(rpc).await)
         }
         Request::Forward(proposal) => Response::Forward(
-            tokio::time::timeout(ANSWER_TIMEOUT, cluster.propose_as_leader(proposal))
+            tokio::time::timeout(ANSWER_TIMEOUT, cluster.propose_forwarded(proposal))
                 .await
                 .unwrap_or(Err(WriteError::NoLeader)),
         ),
@@ -136,5 +137,22 @@ async fn answer(cluster: &Cluster, request: Request, blob: Vec<u8>) -> Response 
                 .unwrap_or(Err(WriteError::NoLeader)),
         ),
         Request::Status => Response::Status { initialized: raft.is_initialized().await.unwrap_or(false) },
-    }
+        Request::NodeCatalog { node } => Response::NodeCatalog(
+            tokio::time::timeout(ANSWER_TIMEOUT, cluster.local_node_catalog(node))
+                .await
+                .unwrap_or(Err(WriteError::NoLeader)),
+        ),
+        Request::Http(call) => match cluster.client_answers() {
+            Some(answers) => {
+                let (answer, body) = answers.http(call, blob).await;
+                return (Response::Http(answer), body);
+            }
+            None => Response::Refused("this server is still starting".into()),
+        },
+        Request::Dns { tcp } => match cluster.client_answers() {
+            Some(answers) => return (Response::Dns, answers.dns(blob, tcp).await),
+            None => Response::Refused("this server is still starting".into()),
+        },
+    };
+    (response, Vec::new())
 }

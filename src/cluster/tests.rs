@@ -73,7 +73,9 @@ async fn one_server() -> (tempfile::TempDir, Cluster, CancellationToken) {
         write_queue_max: 1024,
         tuning: RaftTuning::default(),
     };
-    let cluster = Cluster::start(store, config, None, shutdown.clone(), &TaskTracker::new()).await.expect("start");
+    let (_, servers) = tokio::sync::watch::channel(Arc::default());
+    let cluster =
+        Cluster::start(store, config, None, servers, shutdown.clone(), &TaskTracker::new()).await.expect("start");
     assert!(cluster.wait_for_leader(Duration::from_secs(10)).await, "no leader");
     (dir, cluster, shutdown)
 }
@@ -171,8 +173,8 @@ async fn servers(ids: &[NodeId]) -> (Vec<TestServer>, tokio::sync::watch::Sender
             write_queue_max: 1024,
             tuning: RaftTuning::default(),
         };
-        let cluster = Cluster::start(store, config, Some(listener), shutdown.clone(), &tasks).await.expect("start");
-        cluster.manage_servers(rx.clone(), shutdown.clone(), &tasks);
+        let cluster =
+            Cluster::start(store, config, Some(listener), rx.clone(), shutdown.clone(), &tasks).await.expect("start");
         started.push(TestServer { _dir: dir, cluster, shutdown });
     }
     (started, tx)

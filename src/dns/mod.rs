@@ -30,6 +30,7 @@ use hickory_proto::rr::Name;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::Cluster;
 use crate::config::{Config, RecursorStrategy};
 use crate::store::Store;
 
@@ -46,9 +47,10 @@ pub enum DnsError {
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
-/// Builds the DNS service from the agent's config.
-pub fn service_from_config(config: &Config, store: Store) -> Result<DnsService, DnsError> {
-    Ok(DnsService::new(
+/// Builds the DNS service from the agent's config. A client agent (no catalog of its own)
+/// passes `cluster` to answer Consul names through a server.
+pub fn service_from_config(config: &Config, store: Store, cluster: Option<Cluster>) -> Result<DnsService, DnsError> {
+    let service = DnsService::new(
         settings_from_config(config)?,
         store,
         // `-dev` serves ./zones when it exists, so the shipped example works out of the box.
@@ -57,7 +59,11 @@ pub fn service_from_config(config: &Config, store: Store) -> Result<DnsService, 
             .clone()
             .or_else(|| (config.dev && std::path::Path::new("zones").is_dir()).then(|| "zones".into())),
         config.limits.dns_max_forwards_in_flight as usize,
-    ))
+    );
+    Ok(match cluster {
+        Some(cluster) if !config.server => service.answering_through(cluster),
+        _ => service,
+    })
 }
 
 /// The reloadable part of the DNS service (answer rules, recursors), from the config.

@@ -24,6 +24,7 @@ use super::wire::{
     encode_within, error_reply, peek_header, Reply, Responder, Transport, TCP_MESSAGE_MAX, UDP_PAYLOAD_MAX,
 };
 use super::zones::{self, Zones};
+use crate::cluster::Cluster;
 use crate::store::Store;
 
 /// An IP network (`10.0.0.0/8`), for `recursor_allow`.
@@ -78,6 +79,8 @@ pub struct DnsService {
     /// One permit per answer in flight that is not built from the directory (zones and
     /// forwards); when none is left the client gets SERVFAIL at once.
     slow_path: Arc<Semaphore>,
+    /// On a client agent: the servers that answer names in cairn's domains.
+    servers: Option<Cluster>,
 }
 
 impl DnsService {
@@ -89,9 +92,27 @@ impl DnsService {
             zones: ArcSwap::from_pointee(Zones::default()),
             zones_dir,
             slow_path: Arc::new(Semaphore::new(slow_path_max.max(1))),
+            servers: None,
         };
         service.reload_zones();
         service
+    }
+
+    /// This service on a client agent: names in cairn's domains are answered by a server
+    /// (through `cluster`), the rest as on a server.
+    pub fn answering_through(mut self, cluster: Cluster) -> DnsService {
+        self.servers = Some(cluster);
+        self
+    }
+
+    /// A server's answer to a query a client agent forwarded: built as for its own clients;
+    /// names outside cairn's domains are refused (the client resolves those itself).
+    pub fn reply_for_client(&self, packet: &[u8], transport: Transport) -> Vec<u8> {
+        match self.reply_fast(packet, transport) {
+            Reply::Bytes(bytes) => bytes,
+            Reply::Drop => Vec::new(),
+            Reply::NotOurs => peek_header(packet).map(|h| error_reply(&h, ResponseCode::Refused)).unwrap_or_default(),
+        }
     }
 
     /// (Re)loads the zones directory; files that fail keep their previous version. Returns the
@@ -137,7 +158,8 @@ impl DnsService {
         peek_header(packet).map(|h| error_reply(&h, ResponseCode::ServFail))
     }
 
-    /// Answers a packet the fast path called `NotOurs`: a static zone, else the forwarder.
+    /// Answers a packet the fast path called `NotOurs`: on a client agent a name in cairn's
+    /// domains goes to a server; else a static zone, else the forwarder.
     pub async fn reply_elsewhere(&self, packet: Vec<u8>, src: SocketAddr, transport: Transport) -> Vec<u8> {
         let Some(header) = peek_header(&packet) else { return Vec::new() };
         let protocol = if transport == Transport::Udp { Protocol::Udp } else { Protocol::Tcp };
@@ -148,6 +170,12 @@ impl DnsService {
         let Some(query) = request.queries.queries().first() else {
             return error_reply(&header, ResponseCode::FormErr);
         };
+        if let Some(cluster) = self.servers.as_ref().filter(|_| self.owns(query.name())) {
+            return match cluster.forward_dns(packet, transport == Transport::Tcp).await {
+                Some(answer) if !answer.is_empty() => answer,
+                _ => error_reply(&header, ResponseCode::ServFail),
+            };
+        }
         let zones = self.zones.load_full();
         if zones.covers(query.name()) {
             let limit = match transport {

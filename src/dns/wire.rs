@@ -31,9 +31,9 @@ pub struct Responder {
     pub a_record_limit: usize,
     /// RA flag: set exactly when recursors are configured.
     pub recursion_available: bool,
-    /// False on a client agent, which holds no catalog: names in cairn's domains get
-    /// SERVFAIL (a resolver tries another server and caches nothing) rather than an
-    /// NXDOMAIN that would be wrong and negatively cached.
+    /// False on a client agent, which holds no catalog: names in cairn's domains take the
+    /// slow path, where a server answers them (SERVFAIL when none does: a resolver tries
+    /// another server and caches nothing, where an NXDOMAIN would be wrong and cached).
     pub holds_catalog: bool,
 }
 
@@ -116,7 +116,8 @@ impl Responder {
             return Reply::Bytes(error_reply(header, ResponseCode::NotImp));
         }
         if !self.holds_catalog {
-            return Reply::Bytes(error_reply(header, ResponseCode::ServFail));
+            // A client agent: a server answers (the slow path asks it).
+            return Reply::NotOurs;
         }
         Reply::Bytes(self.answer(request, query, domain, transport, dir, rng))
     }

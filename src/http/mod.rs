@@ -13,6 +13,7 @@ mod catalog;
 mod coordinate;
 mod error;
 mod event;
+mod forward;
 mod health;
 mod kv;
 pub mod monitor;
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use agent::CONSUL_API_VERSION;
 pub use error::ApiError;
+pub use forward::answer_forwarded;
 pub use server::serve;
 
 use crate::checks::LocalAgent;
@@ -183,6 +185,7 @@ pub fn router(ctx: Arc<HttpContext>) -> Router {
         .route("/v1/event/list", get(event::list))
         .fallback(unknown_path)
         .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&ctx), forward::forward_from_client))
         .with_state(ctx)
 }
 

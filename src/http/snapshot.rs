@@ -19,8 +19,8 @@ use crate::store::archive;
 
 pub async fn save(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
     ctx.cluster.require_server()?;
-    if !q.stale && !ctx.cluster.is_leader() {
-        return Err(ApiError::Write(crate::cluster::WriteError::NoLeader));
+    if !q.stale || q.consistent {
+        ctx.cluster.read_barrier(q.consistent).await?;
     }
     let (bytes, index) = ctx.cluster.backup().await?;
     let mut headers = ctx.index_headers(index);

@@ -1,0 +1,122 @@
+//! Client agents hold no replicated state: the API requests that read or change it are sent
+//! whole to a server over the server RPC, and its answer — status, index headers, body — is
+//! returned unchanged, blocking queries included. The agent's own endpoints (`/v1/agent/*`,
+//! events, keyring) stay local.
+//!
+//! On the server, a forwarded request runs through the same router as a local one, but
+//! only for the paths clients forward ([`forwardable`]): a peer cannot open a streaming
+//! endpoint such as the monitor through RPC.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+use super::body::read_limited;
+use super::{ApiError, HttpContext};
+use crate::cluster::{HttpAnswer, HttpCall};
+
+/// Paths whose answers come from the replicated state, which a client forwards.
+pub fn forwardable(path: &str) -> bool {
+    const PREFIXES: &[&str] =
+        &["/v1/catalog/", "/v1/health/", "/v1/kv/", "/v1/status/", "/v1/operator/raft/", "/v1/operator/autopilot/"];
+    path == "/v1/txn" || path == "/v1/kv" || PREFIXES.iter().any(|p| path.starts_with(p))
+}
+
+/// Request headers a forwarded request keeps: what the handlers read. The browser-facing
+/// ones (Origin, Sec-Fetch-*) were checked on the client agent already.
+const FORWARDED_REQUEST_HEADERS: &[&str] = &["content-type", "x-consul-token", "authorization"];
+
+/// Middleware on a client agent: sends [`forwardable`] requests to a server.
+pub async fn forward_from_client(State(ctx): State<Arc<HttpContext>>, request: Request, next: Next) -> Response {
+    if ctx.cluster.is_server() || !forwardable(request.uri().path()) {
+        return next.run(request).await;
+    }
+    match forward(&ctx, request).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn forward(ctx: &HttpContext, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = read_limited(&parts.headers, body, ctx.limits.http_max_body_bytes).await?;
+    let headers = FORWARDED_REQUEST_HEADERS
+        .iter()
+        .filter_map(|name| Some((name.to_string(), parts.headers.get(*name)?.to_str().ok()?.to_string())))
+        .collect();
+    let uri = parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_string(), |pq| pq.as_str().to_string());
+    let call = HttpCall { method: parts.method.to_string(), uri, headers };
+    let (answer, body) = ctx.cluster.forward_http(call, body.to_vec()).await?;
+    let status = StatusCode::from_u16(answer.status)
+        .map_err(|_| ApiError::Internal(format!("a server answered with status {}", answer.status)))?;
+    let mut response = (status, body).into_response();
+    for (name, value) in answer.headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    Ok(response)
+}
+
+/// Response headers not passed back: they describe the server's connection, not the answer.
+const HOP_BY_HOP: &[&str] = &["connection", "content-length", "transfer-encoding", "keep-alive"];
+
+/// A server's answer to a request a client forwarded, through `router` as if it had arrived
+/// over HTTP. The body is cut at `body_max` bytes (answered 500 instead).
+pub async fn answer_forwarded(router: Router, call: HttpCall, body: Vec<u8>, body_max: usize) -> (HttpAnswer, Vec<u8>) {
+    let refuse = |status: StatusCode, text: String| {
+        let headers = vec![("content-type".to_string(), "text/plain; charset=utf-8".to_string())];
+        (HttpAnswer { status: status.as_u16(), headers }, text.into_bytes())
+    };
+    let path = call.uri.split('?').next().unwrap_or_default();
+    if !forwardable(path) {
+        return refuse(StatusCode::FORBIDDEN, format!("{path} is not forwarded from client agents"));
+    }
+    let mut request =
+        match axum::http::Request::builder().method(call.method.as_str()).uri(&call.uri).body(Body::from(body)) {
+            Ok(request) => request,
+            Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("malformed forwarded request: {e}")),
+        };
+    for (name, value) in &call.headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
+            request.headers_mut().insert(name, value);
+        }
+    }
+    let response = match router.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    let (parts, body) = response.into_parts();
+    let body = match http_body_util::Limited::new(body, body_max).collect().await {
+        Ok(collected) => collected.to_bytes().to_vec(),
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("answer too large to forward: {e}")),
+    };
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| !HOP_BY_HOP.contains(&name.as_str()))
+        .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
+        .collect();
+    (HttpAnswer { status: parts.status.as_u16(), headers }, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forwardable;
+
+    #[test]
+    fn only_replicated_state_is_forwarded() {
+        for path in ["/v1/catalog/services", "/v1/health/service/web", "/v1/kv/a/b", "/v1/kv", "/v1/txn"] {
+            assert!(forwardable(path), "{path}");
+        }
+        for path in ["/v1/agent/monitor", "/v1/agent/self", "/v1/event/fire/x", "/v1/snapshot", "/v1/txnx", "/ui/"] {
+            assert!(!forwardable(path), "{path}");
+        }
+    }
+}
