@@ -5,6 +5,9 @@
 
 mod support;
 
+#[path = "cluster/linear.rs"]
+mod linear;
+
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -203,4 +206,156 @@ fn three_servers_form_one_cluster_forward_writes_and_survive_a_leader_kill() {
 
 fn kv_path(key: &str) -> String {
     format!("kv/{key}")
+}
+
+/// The counter's value and ModifyIndex as `addr` reads it (default consistency).
+fn read_counter(addr: std::net::SocketAddr) -> Option<(u64, u64)> {
+    let r = try_http_request(addr, "GET", "/v1/kv/counter", b"", Duration::from_secs(20))?;
+    if r.status != 200 {
+        return None;
+    }
+    let entries: Value = serde_json::from_slice(&r.body).ok()?;
+    let entry = &entries[0];
+    let value = base64_decode(entry["Value"].as_str()?)?;
+    Some((std::str::from_utf8(&value).ok()?.parse().ok()?, entry["ModifyIndex"].as_u64()?))
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
+}
+
+/// Clients increment one counter with read + compare-and-set through `addrs` (one thread
+/// each) for `rounds` rounds, recording every operation for the linearizability check.
+fn cas_workload(
+    addrs: Vec<std::net::SocketAddr>,
+    rounds: usize,
+    progress: Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<std::thread::JoinHandle<Vec<linear::Event>>> {
+    addrs
+        .into_iter()
+        .map(|addr| {
+            let progress = Arc::clone(&progress);
+            std::thread::spawn(move || {
+                let mut history = Vec::new();
+                for _ in 0..rounds {
+                    progress.fetch_add(1, Ordering::Relaxed);
+                    let start = Instant::now();
+                    let Some((value, index)) = read_counter(addr) else { continue };
+                    history.push(linear::Event { op: linear::Op::Read { value }, start, end: Some(Instant::now()) });
+                    let next = (value + 1).to_string();
+                    let start = Instant::now();
+                    let path = format!("/v1/kv/counter?cas={index}");
+                    let answer = try_http_request(addr, "PUT", &path, next.as_bytes(), Duration::from_secs(20));
+                    let (ok, end) = match answer {
+                        Some(r) if r.status == 200 && r.body == b"true" => (Some(true), Some(Instant::now())),
+                        Some(r) if r.status == 200 && r.body == b"false" => (Some(false), Some(Instant::now())),
+                        // Failed after sending, or no answer: it may or may not have happened.
+                        _ => (None, None),
+                    };
+                    history.push(linear::Event { op: linear::Op::Cas { from: value, to: value + 1, ok }, start, end });
+                }
+                history
+            })
+        })
+        .collect()
+}
+
+fn cairn_cli(agent: &Agent, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(support::cairn_bin())
+        .args(args)
+        .args(["-http-addr", &agent.http.to_string()])
+        .output()
+        .expect("run cairn");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn voters(agent: &Agent) -> BTreeSet<String> {
+    let config = agent.get("/v1/operator/raft/configuration").json();
+    config["Servers"]
+        .as_array()
+        .map(|s| s.iter().filter(|s| s["Voter"] == true).map(|s| s["Node"].as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// Five servers and a client agent: a CAS history through four agents while the leader is
+/// SIGKILLed is linearizable; leadership moves on request; a server that leaves gracefully
+/// and one removed by the operator leave the voter set.
+#[test]
+fn five_servers_and_a_client_stay_linearizable_through_a_leader_kill() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let mut servers: Vec<Option<Agent>> = form_cluster(5, temp.path()).into_iter().map(Some).collect();
+    let join = servers[0].as_ref().unwrap().gossip.to_string();
+    let client_dir = temp.path().join("client");
+    let mut client_args = server_args("client", temp.path(), 1, Some(&join));
+    // The same flags minus `-server -bootstrap-expect 1`.
+    client_args.drain(1..4);
+    let client = Agent::spawn_client(client_args, client_dir);
+    client.wait_log("registered this client in the catalog through a server", FORM);
+    let all: Vec<&Agent> = servers.iter().flatten().collect();
+    let leader_addr = agreed_leader(&all, FORM);
+    let leader = leader_index(&all, &leader_addr);
+    assert_eq!(voters(all[0]).len(), 5);
+
+    // Autopilot sees five healthy voters: two may fail.
+    wait_for("autopilot health", FORM, || {
+        let r = all[0].get("/v1/operator/autopilot/health");
+        (r.status == 200 && r.json()["FailureTolerance"] == 2).then_some(())
+    });
+
+    // Leadership moves on request, to the server named.
+    let target = (leader + 1) % 5;
+    let target_name = format!("s{}", target + 1);
+    let (code, out, err) = cairn_cli(all[leader], &["operator", "raft", "transfer-leader", "-id", &target_name]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let moved = agreed_leader(&all, FORM);
+    assert_eq!(leader_index(&all, &moved), target, "leadership went to {target_name}");
+    let (code, out, _) = cairn_cli(all[0], &["operator", "raft", "list-peers"]);
+    assert_eq!(code, Some(0));
+    assert!(out.lines().any(|l| l.starts_with(&target_name) && l.contains("leader")), "{out}");
+    let leader = target;
+
+    // A counter, incremented with CAS through three followers and the client while the
+    // leader is SIGKILLed.
+    assert_eq!(client.put("/v1/kv/counter", "0").text(), "true");
+    let followers: Vec<usize> = (0..5).filter(|i| *i != leader).collect();
+    let mut addrs: Vec<std::net::SocketAddr> = followers[..3].iter().map(|i| all[*i].http).collect();
+    addrs.push(client.http);
+    let progress = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers = cas_workload(addrs, 40, Arc::clone(&progress));
+    // The kill lands mid-history: a quarter of the rounds before it, the rest after.
+    wait_for("a quarter of the CAS rounds", FORM, || (progress.load(Ordering::Relaxed) >= 40).then_some(()));
+    servers[leader].as_mut().unwrap().kill();
+    let history: Vec<linear::Event> = workers.into_iter().flat_map(|w| w.join().expect("worker")).collect();
+    let cas_ok = history.iter().filter(|e| matches!(e.op, linear::Op::Cas { ok: Some(true), .. })).count();
+    let unknown = history.iter().filter(|e| e.end.is_none()).count();
+    eprintln!("CAS history: {} operations, {cas_ok} successful CAS, {unknown} with unknown outcome", history.len());
+    assert!(cas_ok >= 20, "enough CAS operations succeeded to mean something: {cas_ok}");
+    assert!(linear::linearizable(&history, 0), "the CAS history is not linearizable: {history:#?}");
+
+    // A graceful leave takes a server out of the voters; the operator removes the dead one.
+    let survivors: Vec<usize> = followers.clone();
+    let leaving = survivors[3];
+    let r = servers[leaving].as_ref().unwrap().put("/v1/agent/leave", "");
+    assert_eq!(r.status, 200);
+    servers[leaving].as_mut().unwrap().wait_exit();
+    let observer = servers[survivors[0]].as_ref().unwrap();
+    let leaving_name = format!("s{}", leaving + 1);
+    wait_for("the server that left out of the voters", FORM, || {
+        (!voters(observer).contains(&leaving_name)).then_some(())
+    });
+    let dead_name = format!("s{}", leader + 1);
+    let r = observer.request("DELETE", &format!("/v1/operator/raft/peer?id={dead_name}"), b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let expected: BTreeSet<String> = survivors[..3].iter().map(|i| format!("s{}", i + 1)).collect();
+    wait_for("three voters left", FORM, || (voters(observer) == expected).then_some(()));
+    let r = observer.request("DELETE", "/v1/operator/raft/peer?id=nope", b"");
+    assert_eq!(r.status, 400, "{}", r.text());
+    // Three voters still take writes, also through the client.
+    assert_eq!(client.put("/v1/kv/after", "1").text(), "true");
+    assert_eq!(observer.get("/v1/kv/after?raw").text(), "1");
 }

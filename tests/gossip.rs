@@ -127,11 +127,11 @@ fn members_fail_leave_and_rejoin_through_gossip() {
     assert_eq!((stats["members"].as_str(), stats["encrypted"].as_str()), (Some("5"), Some("true")));
     assert!(stats["packets_refused"].as_str().unwrap().parse::<u64>().unwrap() >= 4, "{stats}");
 
-    // A service on c1 is in DNS while c1 lives.
-    let body = json!({"Node": "c1", "Address": "127.0.0.1", "SkipNodeUpdate": true,
-                      "Service": {"ID": "web1", "Service": "web", "Port": 80}});
-    assert_eq!(server.put("/v1/catalog/register", body.to_string()).status, 200);
-    assert!(web_in_dns(&server));
+    // A service registered with c1 (kept in its data dir, synced through a server) is in
+    // DNS while c1 lives.
+    let body = json!({"ID": "web1", "Name": "web", "Port": 80});
+    assert_eq!(clients[0].put("/v1/agent/service/register", body.to_string()).status, 200);
+    wait_for("c1's service in DNS", CONVERGE, || web_in_dns(&server).then_some(()));
 
     // A SIGSTOP shorter than the suspicion timeout declares nothing.
     clients[1].signal(libc::SIGSTOP);

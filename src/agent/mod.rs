@@ -242,6 +242,15 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
         tracing::error!(error = %why, "Raft stopped; shutting down so the service manager restarts cairn");
     }
     if reason == ShutdownReason::Leave || (leave_on_terminate && reason == ShutdownReason::Signal) {
+        // A leader that leaves hands over first, so the next leader removes it from the
+        // voters (a leader never removes itself) and writes pause for no election.
+        if cluster.is_leader() && cluster.voter_count() > 1 {
+            match tokio::time::timeout(Duration::from_secs(10), cluster.transfer_leader(None)).await {
+                Ok(Ok(id)) => tracing::info!(new_leader = id, "leaving: leadership handed over"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "leaving: could not hand over leadership"),
+                Err(_) => tracing::warn!("leaving: leadership handover timed out"),
+            }
+        }
         gossip.leave().await;
     }
     tracing::info!("shutting down: no new connections; answering blocking queries now");

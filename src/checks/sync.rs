@@ -35,13 +35,18 @@ use crate::model::agent::{RESERVED_CHECK_ID as SELF_CHECK_ID, RESERVED_SERVICE_I
 
 pub(super) async fn run(inner: Arc<Inner>, cluster: Cluster, store: Store, self_registration: RegisterRequest) {
     let shutdown = inner.shutdown.clone();
-    if cluster.is_server()
-        && !tokio::select! {
-            ok = cluster.wait_for_leader(LEADER_WAIT) => ok,
-            _ = shutdown.cancelled() => return,
+    let ready = async {
+        if cluster.is_server() {
+            cluster.wait_for_leader(LEADER_WAIT).await
+        } else {
+            cluster.wait_for_servers(LEADER_WAIT).await
         }
-    {
-        tracing::warn!("no leader elected yet; catalog sync will keep retrying");
+    };
+    if !tokio::select! {
+        ok = ready => ok,
+        _ = shutdown.cancelled() => return,
+    } {
+        tracing::warn!("no leader elected (or no server known) yet; catalog sync will keep retrying");
     }
     match cluster.write(Command::Register(Box::new(self_registration.clone()))).await {
         Ok(_) if cluster.is_server() => {

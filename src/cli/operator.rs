@@ -1,4 +1,5 @@
 //! `cairn members`, `join`, `force-leave`, `keygen` and `cairn operator raft list-peers`,
+//! `remove-peer` and `transfer-leader`,
 //! printing what Consul's do.
 
 use super::{print_table, CliError, Client, ClientFlags};
@@ -14,6 +15,40 @@ pub enum OperatorCommand {
 pub enum RaftCommand {
     /// List the Raft servers and which one leads.
     ListPeers(ClientFlags),
+    /// Remove a server from the Raft configuration (by -id or -address).
+    RemovePeer(PeerFlags),
+    /// Hand leadership to another server (-id), or to the most caught-up one.
+    TransferLeader(PeerFlags),
+}
+
+/// Which server an operator command is about.
+#[derive(clap::Args, Debug)]
+pub struct PeerFlags {
+    #[command(flatten)]
+    pub client: ClientFlags,
+    /// The server's node ID (as `list-peers` shows it) or node name.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// The server's Raft address, ip:port (remove-peer only).
+    #[arg(long)]
+    pub address: Option<String>,
+}
+
+impl PeerFlags {
+    fn query(&self) -> String {
+        let mut query = Vec::new();
+        if let Some(id) = &self.id {
+            query.push(format!("id={}", super::encode_path(id)));
+        }
+        if let Some(address) = &self.address {
+            query.push(format!("address={}", super::encode_path(address)));
+        }
+        if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", query.join("&"))
+        }
+    }
 }
 
 /// Consul's member status names by number.
@@ -258,6 +293,27 @@ pub fn run(command: OperatorCommand) -> Result<(), CliError> {
                 ]);
             }
             print_table(&rows);
+            Ok(())
+        }
+        OperatorCommand::Raft(RaftCommand::RemovePeer(flags)) => {
+            if flags.id.is_none() == flags.address.is_none() {
+                return Err(CliError::Usage("remove-peer needs exactly one of -id or -address".into()));
+            }
+            let client = Client::new(&flags.client)?;
+            client
+                .request(reqwest::Method::DELETE, &format!("/v1/operator/raft/peer{}", flags.query()), None)?
+                .success()?;
+            println!("Removed peer with {}", flags.id.as_deref().or(flags.address.as_deref()).unwrap_or(""));
+            Ok(())
+        }
+        OperatorCommand::Raft(RaftCommand::TransferLeader(flags)) => {
+            if flags.address.is_some() {
+                return Err(CliError::Usage("transfer-leader takes -id, not -address".into()));
+            }
+            let client = Client::with_timeout(&flags.client, Some(std::time::Duration::from_secs(30)))?;
+            let path = format!("/v1/operator/raft/transfer-leader{}", flags.query());
+            client.request(reqwest::Method::POST, &path, None)?.success()?;
+            println!("Success");
             Ok(())
         }
     }

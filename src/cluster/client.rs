@@ -52,6 +52,23 @@ impl Cluster {
         self.config.server
     }
 
+    /// Waits (up to `timeout`) until gossip knows an alive server of this datacenter.
+    pub async fn wait_for_servers(&self, timeout: Duration) -> bool {
+        let mut servers = self.servers.clone();
+        tokio::time::timeout(timeout, async {
+            loop {
+                if servers.borrow_and_update().iter().any(|s| s.status == ServerStatus::Alive) {
+                    return;
+                }
+                if servers.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
     /// Sends an HTTP API request to a server and returns its answer unchanged.
     pub async fn forward_http(&self, call: HttpCall, body: Vec<u8>) -> Result<(HttpAnswer, Vec<u8>), WriteError> {
         match self.call_any_server(&Request::Http(call), &body, HTTP_FORWARD_TIMEOUT).await? {

@@ -182,6 +182,8 @@ struct Members {
 }
 
 async fn change_membership(cluster: &Cluster, known: &[KnownServer]) {
+    // Not while leadership is being handed over (an append would renew the old lease).
+    let Ok(_gate) = cluster.write_gate.try_read() else { return };
     let (members, matched, last_log) = {
         let metrics = cluster.raft.metrics();
         let metrics = metrics.borrow();

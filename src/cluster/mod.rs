@@ -16,6 +16,7 @@ mod client;
 mod log_store;
 mod membership;
 mod network;
+mod operator;
 mod rpc;
 mod serve;
 mod state_machine;
@@ -37,6 +38,7 @@ use tokio_util::task::TaskTracker;
 pub use client::ClientAnswers;
 pub use log_store::LogStore;
 pub use membership::{KnownServer, ServerStatus};
+pub use operator::ServerHealth;
 pub use rpc::{HttpAnswer, HttpCall, NodeCatalog, BLOB_BYTES_MAX as FORWARDED_BODY_BYTES_MAX};
 pub use state_machine::StateMachine;
 
@@ -124,7 +126,9 @@ pub enum ClusterError {
 pub enum WriteError {
     #[error("No cluster leader")]
     NoLeader,
-    #[error("No known Consul servers: this is a client agent, and forwarding to servers is not implemented yet")]
+    /// A client agent that knows no alive server (Consul's words), or a read of replicated
+    /// state on a client, which holds none.
+    #[error("No known Consul servers")]
     NoServers,
     #[error("too many writes pending ({0} queued); try again")]
     QueueFull(usize),
@@ -185,6 +189,9 @@ pub struct Cluster {
     forwards_in_flight: Arc<Semaphore>,
     /// Index (among alive servers) of the server that answered a client last.
     preferred_server: Arc<AtomicUsize>,
+    /// Proposals pass it shared; a leadership transfer holds it exclusively, so that no
+    /// append renews the followers' lease on the old leader meanwhile.
+    write_gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// Leader as the HTTP API reports it.
@@ -259,6 +266,7 @@ impl Cluster {
             client_answers: Arc::default(),
             forwards_in_flight: Arc::new(Semaphore::new(client::FORWARDS_IN_FLIGHT_MAX)),
             preferred_server: Arc::default(),
+            write_gate: Arc::default(),
         };
         tasks.spawn(run_proposer(cluster.clone(), rx, shutdown.clone()));
         if cluster.config.server {
@@ -379,7 +387,14 @@ impl Cluster {
             let leader = self.wait_for_leader_until(deadline).await.ok_or(WriteError::NoLeader)?;
             if leader.node_id == self.config.node_id {
                 if !consistent {
-                    return Ok(());
+                    // Alone, every acknowledged write was applied here first. With others, a
+                    // write another server acknowledged may be committed but not yet
+                    // applied here: wait for it.
+                    if self.voter_count() <= 1 {
+                        return Ok(());
+                    }
+                    let index = self.leader_read_index(false).await?;
+                    return self.wait_applied(index, deadline).await;
                 }
                 match self.raft.ensure_linearizable().await {
                     Ok(_) => return Ok(()),
@@ -413,7 +428,14 @@ impl Cluster {
             let (read, _) = self.raft.get_read_log_id().await.map_err(|_| WriteError::NoLeader)?;
             Ok(read.map_or(0, |id| id.index))
         } else {
-            Ok(self.last_applied())
+            // The committed index, not the applied one: a write another server acknowledged
+            // after applying it may not be applied here yet.
+            let committed = self
+                .raft
+                .with_raft_state(|state| state.committed.map_or(0, |id| id.index))
+                .await
+                .map_err(|e| WriteError::Stopped(e.to_string()))?;
+            Ok(committed.max(self.last_applied()))
         }
     }
 
@@ -430,7 +452,7 @@ impl Cluster {
 
     /// Restoring a backup stages the archive on this server's disk, which other servers
     /// cannot read: refused unless this is the only server.
-    fn require_single_server(&self) -> Result<(), WriteError> {
+    pub fn require_single_server(&self) -> Result<(), WriteError> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         if metrics.membership_config.membership().nodes().count() > 1 {
@@ -524,6 +546,7 @@ impl Cluster {
     /// Appends `proposal` to the log if this server leads, and waits until it is committed
     /// and applied here. [`WriteError::NoLeader`] means it was not appended.
     async fn propose_as_leader(&self, proposal: Proposal) -> Result<rpc::Forwarded, WriteError> {
+        let _gate = self.write_gate.read().await;
         match self.raft.client_write(proposal).await {
             Ok(response) => Ok(rpc::Forwarded { results: response.data, index: response.log_id.index }),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(WriteError::NoLeader),
@@ -599,6 +622,11 @@ impl Cluster {
         let mut servers = servers;
         servers.sort_by_key(|s| !s.voter);
         (servers, stored.log_id().map_or(0, |id| id.index))
+    }
+
+    /// How many servers vote.
+    pub fn voter_count(&self) -> usize {
+        self.raft.metrics().borrow().membership_config.membership().voter_ids().count()
     }
 
     /// Addresses of the voting servers.

@@ -75,6 +75,8 @@ pub enum Request {
     NodeCatalog {
         node: String,
     },
+    /// An operator action for the leader (or a transfer target).
+    Operator(super::operator::OperatorRequest),
 }
 
 /// An HTTP request as a client agent received it, minus its body.
@@ -129,6 +131,7 @@ pub enum Response {
     /// The answer packet is the blob.
     Dns,
     NodeCatalog(Result<NodeCatalog, WriteError>),
+    Operator(Result<super::operator::OperatorAnswer, WriteError>),
 }
 
 /// The outcome of a forwarded proposal: each command's result and the log index it was

@@ -142,6 +142,9 @@ async fn answer(cluster: &Cluster, request: Request, blob: Vec<u8>) -> (Response
                 .await
                 .unwrap_or(Err(WriteError::NoLeader)),
         ),
+        Request::Operator(op) => Response::Operator(
+            tokio::time::timeout(ANSWER_TIMEOUT, cluster.operate(op)).await.unwrap_or(Err(WriteError::NoLeader)),
+        ),
         Request::Http(call) => match cluster.client_answers() {
             Some(answers) => {
                 let (answer, body) = answers.http(call, blob).await;

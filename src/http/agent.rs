@@ -7,7 +7,6 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{ApiError, Ctx};
-use crate::cluster::raft_node_id;
 use crate::gossip::MemberInfo;
 
 pub use crate::model::CONSUL_API_VERSION;
@@ -81,30 +80,6 @@ pub async fn agent_force_leave(
 pub async fn agent_leave(ctx: Ctx) -> &'static str {
     ctx.leave.notify_one();
     ""
-}
-
-/// `GET /v1/operator/raft/configuration`: every server of the Raft configuration, named
-/// from gossip (a server gossip no longer knows keeps its Raft id as name).
-pub async fn raft_configuration(ctx: Ctx) -> Json<Value> {
-    let (servers, index) = ctx.cluster.configuration();
-    let members = ctx.gossip.members();
-    let servers: Vec<Value> = servers
-        .iter()
-        .map(|server| {
-            let member = members
-                .iter()
-                .find(|m| m.id.role == crate::gossip::Role::Server && raft_node_id(m.id.node_id) == server.id);
-            json!({
-                "ID": member.map_or_else(|| server.id.to_string(), |m| m.id.node_id_string()),
-                "Node": member.map_or_else(|| server.id.to_string(), |m| m.id.name.clone()),
-                "Address": server.address,
-                "Leader": server.leader,
-                "Voter": server.voter,
-                "ProtocolVersion": "3",
-            })
-        })
-        .collect();
-    Json(json!({ "Servers": servers, "Index": index }))
 }
 
 pub async fn agent_self(ctx: Ctx) -> Json<Value> {

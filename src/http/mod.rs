@@ -17,6 +17,7 @@ mod forward;
 mod health;
 mod kv;
 pub mod monitor;
+mod operator;
 mod query;
 mod server;
 mod snapshot;
@@ -155,7 +156,11 @@ pub fn router(ctx: Arc<HttpContext>) -> Router {
         .route("/v1/agent/leave", put(agent::agent_leave))
         .route("/v1/agent/join/{addr}", put(agent::agent_join))
         .route("/v1/agent/force-leave/{node}", put(agent::agent_force_leave))
-        .route("/v1/operator/raft/configuration", get(agent::raft_configuration))
+        .route("/v1/operator/raft/configuration", get(operator::raft_configuration))
+        .route("/v1/operator/raft/peer", axum::routing::delete(operator::raft_remove_peer))
+        .route("/v1/operator/raft/transfer-leader", axum::routing::post(operator::raft_transfer_leader))
+        .route("/v1/operator/autopilot/configuration", get(operator::autopilot_configuration))
+        .route("/v1/operator/autopilot/health", get(operator::autopilot_health))
         .route(
             "/v1/operator/keyring",
             get(agent::operator_keyring)

@@ -17,8 +17,20 @@ use super::Ctx;
 use crate::model::{Command, CommandResult, RestoreRequest};
 use crate::store::archive;
 
+/// Snapshots are taken and restored on a server: a client agent holds no state to save and
+/// no disk the servers could read an archive from.
+fn require_server(ctx: &Ctx) -> Result<(), ApiError> {
+    if ctx.cluster.is_server() {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(
+            "this agent is a client: take and restore snapshots through a server's HTTP API".into(),
+        ))
+    }
+}
+
 pub async fn save(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
-    ctx.cluster.require_server()?;
+    require_server(&ctx)?;
     if !q.stale || q.consistent {
         ctx.cluster.read_barrier(q.consistent).await?;
     }
@@ -42,6 +54,8 @@ impl Drop for Staged {
 }
 
 pub async fn restore(ctx: Ctx, headers: HeaderMap, mut body: Body) -> Result<Response, ApiError> {
+    require_server(&ctx)?;
+    ctx.cluster.require_single_server()?;
     let max = ctx.limits.snapshot_max_bytes;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if let Some(len) = declared.filter(|len| *len > max) {
