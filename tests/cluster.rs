@@ -359,3 +359,53 @@ fn five_servers_and_a_client_stay_linearizable_through_a_leader_kill() {
     assert_eq!(client.put("/v1/kv/after", "1").text(), "true");
     assert_eq!(observer.get("/v1/kv/after?raw").text(), "1");
 }
+
+/// A follower whose disk is wiped (same node id, empty data dir) catches up by snapshot
+/// install once the leader has compacted the log it would need, and holds every key.
+#[test]
+fn a_wiped_follower_catches_up_by_snapshot() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let node_id = "3f2a0c1e-5b6d-4e7f-8a9b-0c1d2e3f4a5b";
+    // Snapshots every 40 entries, 5 kept behind: a follower away for 90 writes needs one.
+    let config = |name: &str, with_id: bool| {
+        let path = temp.path().join(format!("{name}.json"));
+        let id = if with_id { format!(r#", "node_id": "{node_id}""#) } else { String::new() };
+        std::fs::write(&path, format!(r#"{{"raft_snapshot_threshold": 40, "raft_trailing_logs": 5{id}}}"#))
+            .expect("config");
+        path.display().to_string()
+    };
+    let with_config = |name: &str, join: Option<&str>, with_id: bool| {
+        let mut args = server_args(name, temp.path(), 3, join);
+        args.extend(["-config-file".to_string(), config(name, with_id)]);
+        Agent::spawn_until(args, temp.path().join(name), &[], "DNS listening")
+    };
+    let s1 = with_config("s1", None, false);
+    let join = s1.gossip.to_string();
+    let s2 = with_config("s2", Some(&join), false);
+    let mut s3 = with_config("s3", Some(&join), true);
+    for s in [&s1, &s2, &s3] {
+        s.wait_log("registered this server in the catalog", FORM);
+    }
+    let trio = [&s1, &s2, &s3];
+    // s3 is the one wiped: it must not lead.
+    if leader_index(&trio, &agreed_leader(&trio, FORM)) == 2 {
+        let (code, out, err) = cairn_cli(&s3, &["operator", "raft", "transfer-leader", "-id", "s1"]);
+        assert_eq!(code, Some(0), "{out}{err}");
+    }
+    let writer = if leader_index(&trio, &agreed_leader(&trio, FORM)) == 0 { &s2 } else { &s1 };
+    for i in 0..60 {
+        assert_eq!(writer.put(&format!("/v1/kv/k/{i:03}"), "v").text(), "true");
+    }
+    s3.kill();
+    std::fs::remove_dir_all(temp.path().join("s3")).expect("wipe s3");
+    // More writes while it is gone: the log it would need is compacted away.
+    for i in 60..150 {
+        assert_eq!(writer.put(&format!("/v1/kv/k/{i:03}"), "v").text(), "true");
+    }
+    let s3 = with_config("s3", Some(&join), true);
+    let expected: BTreeSet<String> = (0..150).map(|i| format!("k/{i:03}")).collect();
+    wait_for("the wiped follower to hold every key", FORM, || (kv_keys(&s3, true) == expected).then_some(()));
+    let snapshot = temp.path().join("s3").join("lmdb").join("snapshot.bin");
+    assert!(snapshot.exists(), "caught up by installing a snapshot ({} missing)", snapshot.display());
+    assert_eq!(voters(&s1).len(), 3);
+}
