@@ -409,3 +409,53 @@ fn a_wiped_follower_catches_up_by_snapshot() {
     assert!(snapshot.exists(), "caught up by installing a snapshot ({} missing)", snapshot.display());
     assert_eq!(voters(&s1).len(), 3);
 }
+
+/// With no leader, DNS keeps answering from the replica for `dns_config.max_stale` (then
+/// SERVFAIL), and a client agent with no server left answers from its copies of the
+/// servers' answers.
+#[test]
+fn dns_answers_without_a_leader_within_max_stale() {
+    use hickory_proto::op::ResponseCode;
+    let temp = tempfile::tempdir().expect("tempdir");
+    let stale_config = temp.path().join("s1.json");
+    std::fs::write(&stale_config, r#"{"dns_config": {"max_stale": "3s"}}"#).expect("config");
+    let mut args = server_args("s1", temp.path(), 3, None);
+    args.extend(["-config-file".to_string(), stale_config.display().to_string()]);
+    let mut s1 = Agent::spawn_until(args, temp.path().join("s1"), &[], "DNS listening");
+    let join = s1.gossip.to_string();
+    let mut s2 = spawn_server("s2", temp.path(), 3, Some(&join));
+    let mut s3 = spawn_server("s3", temp.path(), 3, Some(&join));
+    let mut client_args = server_args("client", temp.path(), 1, Some(&join));
+    client_args.drain(1..4);
+    let client = Agent::spawn_client(client_args, temp.path().join("client"));
+    for s in [&s1, &s2, &s3] {
+        s.wait_log("registered this server in the catalog", FORM);
+    }
+    let register = json!({"Node": "ext1", "Address": "10.1.2.3", "Service": {"Service": "web", "Port": 80}});
+    assert_eq!(s2.put("/v1/catalog/register", register.to_string()).text(), "true");
+    let web = |agent: &Agent| udp(agent.dns, "web.service.consul", RecordType::A, None);
+    for agent in [&s1, &client] {
+        wait_for("web in DNS", FORM, || (answers(&web(agent)) == ["A 10.1.2.3"]).then_some(()));
+    }
+
+    // Two of three servers gone: s1 has no leader, and still answers from its replica.
+    let lost_at = Instant::now();
+    s2.kill();
+    s3.kill();
+    wait_for("s1 without a leader", FORM, || leader_of(&s1).is_none().then_some(()));
+    if lost_at.elapsed() < Duration::from_secs(3) {
+        assert_eq!(answers(&web(&s1)), ["A 10.1.2.3"], "within max_stale the replica answers");
+    }
+    let r = s1.get("/v1/catalog/service/web?stale");
+    assert_eq!((r.status, r.header("X-Consul-KnownLeader")), (200, Some("false")));
+    // Past max_stale: SERVFAIL rather than answers that old.
+    wait_for("SERVFAIL past max_stale", FORM, || {
+        (web(&s1).metadata.response_code == ResponseCode::ServFail).then_some(())
+    });
+
+    // No server at all: the client answers from what a server told it (its max_stale is
+    // the default).
+    s1.kill();
+    let m = web(&client);
+    assert_eq!(answers(&m), ["A 10.1.2.3"], "{m:?}");
+}

@@ -216,6 +216,7 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     notify::notify(&format!("READY=1\nSTATUS=DNS on {}, HTTP on {http_bound}", dns_bound.udp));
 
     if config.server {
+        tasks.spawn(keep_dns_fresh(cluster.clone(), Arc::clone(&dns), shutdown.clone()));
         let reconciler = reconcile::Reconciler {
             gossip: gossip.clone(),
             cluster: cluster.clone(),
@@ -370,6 +371,23 @@ async fn remove_stale_staged_archives(cluster: Cluster, store: Store, shutdown: 
     };
     if ready {
         let _ = tokio::task::spawn_blocking(move || store.remove_stale_staged()).await;
+    }
+}
+
+/// Tells DNS whether this server's replica may still answer: a leader is known, or was
+/// within `dns_config.max_stale` (checked every second).
+async fn keep_dns_fresh(cluster: Cluster, dns: Arc<crate::dns::DnsService>, shutdown: CancellationToken) {
+    let mut leader_seen = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if cluster.knows_leader() {
+            leader_seen = tokio::time::Instant::now();
+        }
+        dns.set_replica_fresh(leader_seen.elapsed() <= dns.max_stale());
     }
 }
 

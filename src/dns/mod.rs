@@ -106,7 +106,7 @@ pub fn settings_from_config(config: &Config) -> Result<DnsSettings, DnsError> {
         dns.recursor_timeout,
         dns.recursor_strategy == RecursorStrategy::Random,
     );
-    Ok(DnsSettings { responder, forwarder, recursor_allow })
+    Ok(DnsSettings { responder, forwarder, recursor_allow, max_stale: dns.max_stale })
 }
 
 /// The bound DNS listeners.

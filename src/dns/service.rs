@@ -67,7 +67,18 @@ pub struct DnsSettings {
     pub responder: Responder,
     pub forwarder: Forwarder,
     pub recursor_allow: Vec<Cidr>,
+    /// How stale a catalog answer may be (`dns_config.max_stale`): how long a server keeps
+    /// answering from its replica with no leader, and a client from its copies of a
+    /// server's answers when no server answers.
+    pub max_stale: std::time::Duration,
 }
+
+/// A server's answers a client agent keeps for when no server answers, at most; when full,
+/// they are all dropped (the next answers refill it).
+const SERVER_ANSWERS_KEPT_MAX: usize = 4096;
+
+/// A query (minus its id) → when a server answered it, and the answer.
+type ServerAnswers = std::collections::HashMap<Vec<u8>, (std::time::Instant, Vec<u8>)>;
 
 pub struct DnsService {
     settings: ArcSwap<DnsSettings>,
@@ -81,6 +92,12 @@ pub struct DnsService {
     slow_path: Arc<Semaphore>,
     /// On a client agent: the servers that answer names in cairn's domains.
     servers: Option<Cluster>,
+    /// False on a server whose replica has had no leader for longer than `max_stale`: names
+    /// in cairn's domains get SERVFAIL instead of answers that old.
+    replica_fresh: std::sync::atomic::AtomicBool,
+    /// On a client: the last answer a server gave to each query (keyed by the query minus
+    /// its id), with when, for when no server answers.
+    server_answers: Mutex<ServerAnswers>,
 }
 
 impl DnsService {
@@ -93,6 +110,8 @@ impl DnsService {
             zones_dir,
             slow_path: Arc::new(Semaphore::new(slow_path_max.max(1))),
             servers: None,
+            replica_fresh: std::sync::atomic::AtomicBool::new(true),
+            server_answers: Mutex::default(),
         };
         service.reload_zones();
         service
@@ -111,7 +130,16 @@ impl DnsService {
         match self.reply_fast(packet, transport) {
             Reply::Bytes(bytes) => bytes,
             Reply::Drop => Vec::new(),
-            Reply::NotOurs => peek_header(packet).map(|h| error_reply(&h, ResponseCode::Refused)).unwrap_or_default(),
+            // A name in cairn's domains that the fast path would not answer: this replica
+            // is too stale. Other names are the client's to resolve.
+            Reply::NotOurs => {
+                let code = if self.replica_fresh.load(Ordering::Relaxed) {
+                    ResponseCode::Refused
+                } else {
+                    ResponseCode::ServFail
+                };
+                peek_header(packet).map(|h| error_reply(&h, code)).unwrap_or_default()
+            }
         }
     }
 
@@ -137,8 +165,30 @@ impl DnsService {
         self.settings_generation.fetch_add(1, Ordering::Release);
     }
 
-    /// The fast path: answers from the directory without awaiting anything.
+    /// Whether this server's replica is recent enough to answer from (see
+    /// [`DnsSettings::max_stale`]). A change drops every cached answer.
+    pub fn set_replica_fresh(&self, fresh: bool) {
+        if self.replica_fresh.swap(fresh, Ordering::AcqRel) != fresh {
+            self.settings_generation.fetch_add(1, Ordering::Release);
+            if fresh {
+                tracing::info!("DNS answers from the catalog again: a leader is known");
+            } else {
+                tracing::warn!("no leader for longer than dns_config.max_stale: DNS answers SERVFAIL for Consul names");
+            }
+        }
+    }
+
+    /// How long a catalog answer may be stale.
+    pub fn max_stale(&self) -> std::time::Duration {
+        self.settings.load().max_stale
+    }
+
+    /// The fast path: answers from the directory without awaiting anything. A replica too
+    /// stale to answer from sends everything to the slow path, which refuses Consul names.
     pub fn reply_fast(&self, packet: &[u8], transport: Transport) -> Reply {
+        if !self.replica_fresh.load(Ordering::Relaxed) {
+            return Reply::NotOurs;
+        }
         let directory = self.store.directory();
         self.settings.load().responder.reply_to_packet(packet, transport, &directory, &mut rand::rng())
     }
@@ -170,10 +220,11 @@ impl DnsService {
         let Some(query) = request.queries.queries().first() else {
             return error_reply(&header, ResponseCode::FormErr);
         };
-        if let Some(cluster) = self.servers.as_ref().filter(|_| self.owns(query.name())) {
-            return match cluster.forward_dns(packet, transport == Transport::Tcp).await {
-                Some(answer) if !answer.is_empty() => answer,
-                _ => error_reply(&header, ResponseCode::ServFail),
+        if self.owns(query.name()) {
+            return match &self.servers {
+                Some(cluster) => self.ask_server(cluster, packet, transport).await,
+                // A server whose replica is too stale (the fast path answers otherwise).
+                None => error_reply(&header, ResponseCode::ServFail),
             };
         }
         let zones = self.zones.load_full();
@@ -195,6 +246,36 @@ impl DnsService {
             Err(ForwardError::AllFailed) => {
                 tracing::debug!(name = %query.name(), "every recursor failed");
                 error_reply(&header, ResponseCode::ServFail)
+            }
+        }
+    }
+
+    /// A client agent's answer for a name in cairn's domains: a server's, or when none
+    /// answers, the last one a server gave to the same query if it is within `max_stale`,
+    /// else SERVFAIL.
+    async fn ask_server(&self, cluster: &Cluster, packet: Vec<u8>, transport: Transport) -> Vec<u8> {
+        let Some(header) = peek_header(&packet) else { return Vec::new() };
+        let key = packet.get(2..).unwrap_or_default().to_vec();
+        let kept = |answers: &ServerAnswers| {
+            let (at, answer) = answers.get(&key)?;
+            (at.elapsed() <= self.max_stale() && answer.len() >= 2).then(|| {
+                let mut answer = answer.clone();
+                answer[0..2].copy_from_slice(&packet[0..2]);
+                answer
+            })
+        };
+        match cluster.forward_dns(packet.clone(), transport == Transport::Tcp).await {
+            Some(answer) if !answer.is_empty() => {
+                let mut answers = self.server_answers.lock().unwrap_or_else(|e| e.into_inner());
+                if answers.len() >= SERVER_ANSWERS_KEPT_MAX {
+                    answers.clear();
+                }
+                answers.insert(key, (std::time::Instant::now(), answer.clone()));
+                answer
+            }
+            _ => {
+                let answers = self.server_answers.lock().unwrap_or_else(|e| e.into_inner());
+                kept(&answers).unwrap_or_else(|| error_reply(&header, ResponseCode::ServFail))
             }
         }
     }
