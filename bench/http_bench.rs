@@ -7,6 +7,7 @@
 
 mod checks;
 mod client;
+mod cluster;
 mod footprint;
 mod load;
 mod server;
@@ -21,7 +22,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::server::Binaries;
 
-const USAGE: &str = "usage: http_bench [--only writes|watch|footprint|checks]... [--seconds N] \
+const USAGE: &str = "usage: http_bench [--only writes|watch|footprint|checks|cluster]... [--seconds N] \
                      [--cairn PATH] [--etcd PATH]";
 
 /// Longest a section may run: a base, plus a share per `--seconds` (the writes section runs
@@ -42,10 +43,11 @@ enum Section {
     Watch,
     Footprint,
     Checks,
+    Cluster,
 }
 
 impl Section {
-    const ALL: [Section; 4] = [Section::Writes, Section::Watch, Section::Footprint, Section::Checks];
+    const ALL: [Section; 5] = [Section::Writes, Section::Watch, Section::Footprint, Section::Checks, Section::Cluster];
 
     fn parse(name: &str) -> Result<Section> {
         Ok(match name {
@@ -53,6 +55,7 @@ impl Section {
             "watch" => Section::Watch,
             "footprint" => Section::Footprint,
             "checks" => Section::Checks,
+            "cluster" => Section::Cluster,
             _ => bail!("unknown section {name:?}; {USAGE}"),
         })
     }
@@ -180,6 +183,7 @@ async fn main() -> ExitCode {
                 Section::Watch => watch::run(&settings).await,
                 Section::Footprint => footprint::run(&settings).await,
                 Section::Checks => checks::run(&settings).await,
+                Section::Cluster => cluster::run(&settings).await,
             }
         };
         // A backstop over the per-step deadlines: no section can hang the bench.
