@@ -438,6 +438,16 @@ fn dns_answers_without_a_leader_within_max_stale() {
         wait_for("web in DNS", FORM, || (answers(&web(agent)) == ["A 10.1.2.3"]).then_some(()));
     }
 
+    // s1 leads, so that losing the others also tests the leader lease: a leader cut off
+    // from its quorum stops acting as one (openraft 0.9 alone would go on calling itself
+    // leader).
+    let trio = [&s1, &s2, &s3];
+    if leader_index(&trio, &agreed_leader(&trio, FORM)) != 0 {
+        let (code, out, err) = cairn_cli(&s1, &["operator", "raft", "transfer-leader", "-id", "s1"]);
+        assert_eq!(code, Some(0), "{out}{err}");
+    }
+    assert_eq!(leader_index(&trio, &agreed_leader(&trio, FORM)), 0);
+
     // Two of three servers gone: s1 has no leader, and still answers from its replica.
     let lost_at = Instant::now();
     s2.kill();
@@ -458,4 +468,52 @@ fn dns_answers_without_a_leader_within_max_stale() {
     s1.kill();
     let m = web(&client);
     assert_eq!(answers(&m), ["A 10.1.2.3"], "{m:?}");
+}
+
+/// A leader whose disk stalls (every fsync hangs, through the store's test failpoint) stops
+/// heartbeating while its Raft core waits on the disk, so the others elect a new leader and
+/// keep taking writes; when the disk recovers, the old leader follows. Consul keeps such a
+/// leader (its issues #3552, #22064).
+#[test]
+fn a_leader_whose_disk_stalls_is_replaced() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let stall = |name: &str| temp.path().join(format!("stall-{name}"));
+    let spawn = |name: &str, join: Option<&str>| {
+        let env = [("CAIRN_TEST_STALL_SYNC_WHILE", stall(name).display().to_string())];
+        Agent::spawn_until(server_args(name, temp.path(), 3, join), temp.path().join(name), &env, "DNS listening")
+    };
+    let s1 = spawn("s1", None);
+    let join = s1.gossip.to_string();
+    let servers = [s1, spawn("s2", Some(&join)), spawn("s3", Some(&join))];
+    for s in &servers {
+        s.wait_log("registered this server in the catalog", FORM);
+    }
+    let all: Vec<&Agent> = servers.iter().collect();
+    let old_leader = agreed_leader(&all, FORM);
+    let leader = leader_index(&all, &old_leader);
+    let others: Vec<&Agent> = (0..3).filter(|i| *i != leader).map(|i| all[i]).collect();
+
+    // The leader's disk stalls; a write to it starts an append that hangs.
+    std::fs::write(stall(&format!("s{}", leader + 1)), "").expect("stall file");
+    let stalled_http = all[leader].http;
+    let hung =
+        std::thread::spawn(move || try_http_request(stalled_http, "PUT", "/v1/kv/hung", b"1", Duration::from_secs(60)));
+    let stalled_at = Instant::now();
+    let new_leader = wait_for("a new leader while the old one's disk stalls", FORM, || {
+        let l = leader_of(others[0])?;
+        (l != old_leader && leader_of(others[1]).as_deref() == Some(&l)).then_some(l)
+    });
+    eprintln!("new leader {new_leader} {:?} after the disk stalled", stalled_at.elapsed());
+    let r = others[0].put("/v1/kv/during-stall", "1");
+    assert_eq!((r.status, r.text().as_str()), (200, "true"), "writes go on through the new leader");
+
+    // The disk recovers: the old leader follows the new one and catches up.
+    std::fs::remove_file(stall(&format!("s{}", leader + 1))).expect("unstall");
+    let _ = hung.join();
+    assert_eq!(agreed_leader(&all, FORM), new_leader);
+    wait_for("the old leader caught up", FORM, || {
+        let r =
+            try_http_request(all[leader].http, "GET", "/v1/kv/during-stall?stale&raw", b"", Duration::from_secs(5))?;
+        (r.status == 200 && r.body == b"1").then_some(())
+    });
 }

@@ -86,9 +86,13 @@ pub const LEADER_WAIT: Duration = Duration::from_secs(7);
 /// How long a forwarded write waits for this server to apply it after the leader committed
 /// it, before answering anyway (the write is committed either way).
 const LOCAL_APPLY_WAIT: Duration = Duration::from_secs(5);
-/// Idle connections kept to the leader for forwarded writes and read barriers; more are
-/// closed after use.
+/// Idle connections kept to each other server for forwarded requests; more are closed after
+/// use.
 const FORWARD_CONNECTIONS_IDLE_MAX: usize = 16;
+/// A pooled connection idle for longer is closed rather than reused: the server closes idle
+/// connections after `serve::IDLE_TIMEOUT`, and a request sent on one it just closed would
+/// fail with an outcome the caller cannot know.
+const POOLED_IDLE_MAX: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -179,8 +183,9 @@ pub struct Cluster {
     /// Approximate LMDB bytes the queued and in-flight writes will take.
     queued_bytes: Arc<AtomicU64>,
     config: Arc<ClusterConfig>,
-    /// Idle connections to other servers, for forwarded requests; reused by target.
-    idle: Arc<std::sync::Mutex<Vec<(NodeId, rpc::Connection)>>>,
+    /// Idle connections to other servers, for forwarded requests, with when each was last
+    /// used; reused by target.
+    idle: Arc<std::sync::Mutex<Vec<(NodeId, Instant, rpc::Connection)>>>,
     /// The servers of this datacenter gossip knows.
     servers: watch::Receiver<Arc<Vec<KnownServer>>>,
     /// What this server answers client agents with (set once the HTTP API and DNS exist).
@@ -192,6 +197,41 @@ pub struct Cluster {
     /// Proposals pass it shared; a leadership transfer holds it exclusively, so that no
     /// append renews the followers' lease on the old leader meanwhile.
     write_gate: Arc<tokio::sync::RwLock<()>>,
+    /// When a quorum last acknowledged this server as leader.
+    quorum: Arc<QuorumClock>,
+    /// How long a leader stays one without a quorum's acknowledgement (the followers'
+    /// election timeout at most).
+    lease: Duration,
+}
+
+/// When a quorum last acknowledged this server as leader, as its metrics report: updated on
+/// every metrics change, so a Raft core that stops reporting (a stalled disk) stops
+/// renewing it.
+#[derive(Default)]
+struct QuorumClock(std::sync::Mutex<Option<std::time::Instant>>);
+
+impl QuorumClock {
+    fn acked_within(&self, lease: Duration) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|at| at.elapsed() <= lease)
+    }
+
+    /// Follows `metrics` until `shutdown`.
+    async fn track(
+        self: Arc<Self>,
+        mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            if let Some(ms) = metrics.borrow_and_update().millis_since_quorum_ack {
+                let at = std::time::Instant::now().checked_sub(Duration::from_millis(ms));
+                *self.0.lock().unwrap_or_else(|e| e.into_inner()) = at;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = metrics.changed() => if changed.is_err() { return },
+            }
+        }
+    }
 }
 
 /// Leader as the HTTP API reports it.
@@ -267,7 +307,10 @@ impl Cluster {
             forwards_in_flight: Arc::new(Semaphore::new(client::FORWARDS_IN_FLIGHT_MAX)),
             preferred_server: Arc::default(),
             write_gate: Arc::default(),
+            quorum: Arc::default(),
+            lease: Duration::from_millis(8 * unit),
         };
+        tasks.spawn(Arc::clone(&cluster.quorum).track(cluster.raft.metrics(), shutdown.clone()));
         tasks.spawn(run_proposer(cluster.clone(), rx, shutdown.clone()));
         if cluster.config.server {
             tasks.spawn(membership::run(cluster.clone(), shutdown.clone()));
@@ -395,12 +438,16 @@ impl Cluster {
                     if self.voter_count() <= 1 {
                         return Ok(());
                     }
-                    let index = self.leader_read_index(false).await?;
+                    // Bounded: a leader whose Raft core waits on a stalled disk answers late.
+                    let index = tokio::time::timeout_at(deadline, self.leader_read_index(false))
+                        .await
+                        .unwrap_or(Err(WriteError::NoLeader))?;
                     return self.wait_applied(index, deadline).await;
                 }
-                match self.raft.ensure_linearizable().await {
-                    Ok(_) => return Ok(()),
-                    Err(e) => tracing::debug!(error = %e, "read index failed; retrying"),
+                match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
+                    Ok(Ok(_)) => return Ok(()),
+                    Ok(Err(e)) => tracing::debug!(error = %e, "read index failed; retrying"),
+                    Err(_) => return Err(WriteError::NoLeader),
                 }
             } else {
                 let request = rpc::Request::ReadIndex { consistent };
@@ -480,7 +527,8 @@ impl Cluster {
     ) -> Result<(rpc::Response, Vec<u8>), rpc::RpcError> {
         let idle = {
             let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            pool.iter().position(|(pooled, _)| *pooled == id).map(|i| pool.swap_remove(i).1)
+            pool.retain(|(_, used, _)| used.elapsed() < POOLED_IDLE_MAX);
+            pool.iter().position(|(pooled, _, _)| *pooled == id).map(|i| pool.swap_remove(i).2)
         };
         let mut connection = match idle {
             Some(c) => c,
@@ -497,8 +545,8 @@ impl Cluster {
         let timeout = deadline.saturating_duration_since(Instant::now()).max(serve::ANSWER_TIMEOUT) + RETRY_PAUSE;
         let answer = connection.call(request, blob, timeout).await?;
         let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.iter().filter(|(pooled, _)| *pooled == id).count() < FORWARD_CONNECTIONS_IDLE_MAX {
-            pool.push((id, connection));
+        if pool.iter().filter(|(pooled, _, _)| *pooled == id).count() < FORWARD_CONNECTIONS_IDLE_MAX {
+            pool.push((id, Instant::now(), connection));
         }
         Ok(answer)
     }
@@ -523,7 +571,17 @@ impl Cluster {
                     return self.propose_as_leader(proposal).await;
                 }
                 request = rpc::Request::Forward(proposal.clone());
-                match self.propose_as_leader(proposal).await {
+                // Bounded: a leader whose disk stalls is replaced, but its own Raft core
+                // answers only when the disk does.
+                let committed = tokio::time::timeout(serve::ANSWER_TIMEOUT, self.propose_as_leader(proposal))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(WriteError::Forward(format!(
+                            "not committed within {:?} (this server's disk may be stalled): the write may or may not be applied",
+                            serve::ANSWER_TIMEOUT
+                        )))
+                    });
+                match committed {
                     Err(WriteError::NoLeader) => {}
                     other => return other,
                 }
@@ -590,10 +648,7 @@ impl Cluster {
     pub fn leader(&self) -> Option<LeaderInfo> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
-        if metrics.running_state.is_err() {
-            return None;
-        }
-        let id = metrics.current_leader?;
+        let id = self.known_leader(&metrics)?;
         let address = metrics.membership_config.membership().get_node(&id).map(|n| n.addr.clone()).unwrap_or_default();
         Some(LeaderInfo { node_id: id, address })
     }
@@ -602,7 +657,26 @@ impl Cluster {
     pub fn knows_leader(&self) -> bool {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
-        metrics.running_state.is_ok() && metrics.current_leader.is_some()
+        self.known_leader(&metrics).is_some()
+    }
+
+    /// The leader in `metrics`, unless the core has stopped, or this server is the leader of
+    /// several and no quorum has acknowledged it within the leader lease (it is cut off, or
+    /// its Raft core is stuck on a stalled disk): openraft 0.9 keeps calling itself leader
+    /// then, while the others elect another; cairn stops acting as leader (no default reads,
+    /// no writes, `/v1/status/leader` empty), as Consul's leader lease does.
+    fn known_leader(&self, metrics: &openraft::RaftMetrics<NodeId, BasicNode>) -> Option<NodeId> {
+        if metrics.running_state.is_err() {
+            return None;
+        }
+        let id = metrics.current_leader?;
+        if id == self.config.node_id
+            && metrics.membership_config.membership().voter_ids().nth(1).is_some()
+            && !self.quorum.acked_within(self.lease)
+        {
+            return None;
+        }
+        Some(id)
     }
 
     pub fn is_leader(&self) -> bool {

@@ -1,12 +1,14 @@
 //! The server-RPC listener: accepts connections from other servers, checks each one's hello,
 //! and answers its requests one at a time through [`Cluster`].
 //!
-//! Bounds: [`CONNECTIONS_MAX`] connections at once (more are closed at accept, logged); a
-//! connection idle for [`IDLE_TIMEOUT`] is closed; a forwarded write or read barrier is
+//! Bounds: [`CONNECTIONS_MAX`] connections at once, [`CONNECTIONS_PER_PEER_MAX`] from one
+//! address (more are closed at accept, logged); a connection idle for [`IDLE_TIMEOUT`] is
+//! closed; a forwarded write or read barrier is
 //! answered within [`ANSWER_TIMEOUT`].
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::raft::InstallSnapshotRequest;
@@ -18,12 +20,18 @@ use tokio_util::task::TaskTracker;
 use super::rpc::{read_frame, write_frame, FrameError, Request, Response, CONNECT_TIMEOUT};
 use super::{Cluster, WriteError};
 
-/// Inbound server-RPC connections at most. Each server keeps a handful to each other server
-/// (replication, votes, forwarding), so this covers clusters far larger than Raft's useful
-/// size; beyond it new connections are closed at once and the caller retries.
-pub const CONNECTIONS_MAX: usize = 256;
-/// A connection with no request for this long is closed (callers reopen on demand).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Inbound server-RPC connections at most: other servers keep a handful each (replication,
+/// votes, forwarding), and every client agent up to its forwarded requests in flight (64,
+/// blocking queries included) plus its idle pool. Beyond it, or beyond
+/// [`CONNECTIONS_PER_PEER_MAX`] from one address, a new connection is closed at once (logged)
+/// and the caller retries.
+pub const CONNECTIONS_MAX: usize = 8192;
+/// Inbound connections from one IP address at most (Consul's `rpc_max_conns_per_client`
+/// is 100).
+pub const CONNECTIONS_PER_PEER_MAX: usize = 128;
+/// A connection with no request for this long is closed (callers reopen on demand, and
+/// stop reusing theirs well before).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Forwarded writes and read barriers are answered within this, or fail with "No cluster
 /// leader" (the caller's own timeout is a little longer).
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
@@ -31,6 +39,7 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Accepts server-RPC connections until `shutdown`.
 pub async fn serve(listener: TcpListener, cluster: Cluster, shutdown: CancellationToken, tasks: TaskTracker) {
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let per_peer: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -47,13 +56,47 @@ pub async fn serve(listener: TcpListener, cluster: Cluster, shutdown: Cancellati
             tracing::warn!(%peer, limit = CONNECTIONS_MAX, "too many server RPC connections; closing a new one");
             continue;
         };
+        let Some(peer_slot) = PeerSlot::take(&per_peer, peer.ip()) else {
+            tracing::warn!(%peer, limit = CONNECTIONS_PER_PEER_MAX, "too many server RPC connections from one address; closing a new one");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let cluster = cluster.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             serve_connection(stream, peer, cluster, shutdown).await;
-            drop(slot);
+            drop((slot, peer_slot));
         });
+    }
+}
+
+/// One connection's share of its address's count, given back when dropped.
+struct PeerSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PeerSlot {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<PeerSlot> {
+        let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = map.entry(ip).or_insert(0);
+        if *count >= CONNECTIONS_PER_PEER_MAX {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot { counts: Arc::clone(counts), ip })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = map.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 

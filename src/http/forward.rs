@@ -45,7 +45,9 @@ pub async fn forward_from_client(State(ctx): State<Arc<HttpContext>>, request: R
 
 async fn forward(ctx: &HttpContext, request: Request) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
-    let body = read_limited(&parts.headers, body, ctx.limits.http_max_body_bytes).await?;
+    // The server applies each endpoint's own limit; this one only bounds what is buffered.
+    let max = ctx.limits.http_max_body_bytes.max(ctx.limits.kv_max_value_size);
+    let body = read_limited(&parts.headers, body, max).await?;
     let headers = FORWARDED_REQUEST_HEADERS
         .iter()
         .filter_map(|name| Some((name.to_string(), parts.headers.get(*name)?.to_str().ok()?.to_string())))

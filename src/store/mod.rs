@@ -155,7 +155,14 @@ pub struct Store {
     staging_dir: Arc<std::path::PathBuf>,
     /// `fsync`s made by [`Store::sync`], for tests of what is acknowledged when.
     syncs: Arc<std::sync::atomic::AtomicU64>,
+    /// Test failpoint ([`STALL_SYNC_ENV`]): while this file exists, every sync hangs.
+    stall_syncs_while: Option<Arc<std::path::PathBuf>>,
 }
+
+/// Test failpoint: when this environment variable names a path, every durable commit hangs
+/// while a file exists at that path (a disk whose fsync stalls). Read once, at open; unset in
+/// production, where it costs one `Option` check per sync.
+pub const STALL_SYNC_ENV: &str = "CAIRN_TEST_STALL_SYNC_WHILE";
 
 impl Store {
     /// Opens (creating if needed) the environment in `dir` with a map of `map_size_bytes`.
@@ -197,6 +204,7 @@ impl Store {
             directory: Arc::default(),
             staging_dir: Arc::new(dir.join("restore")),
             syncs: Arc::default(),
+            stall_syncs_while: std::env::var_os(STALL_SYNC_ENV).map(|p| Arc::new(p.into())),
         };
         store.sync().map_err(open_err)?;
         store.rebuild_directory()?;
@@ -263,6 +271,12 @@ impl Store {
 
     /// Makes every commit so far durable (`fdatasync`).
     pub fn sync(&self) -> Result<(), heed::Error> {
+        if let Some(path) = &self.stall_syncs_while {
+            // A disk whose flushes hang, for the tests that prove a stalled leader is replaced.
+            while path.exists() {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
         self.env.force_sync()?;
         self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
