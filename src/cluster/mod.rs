@@ -499,16 +499,18 @@ impl Cluster {
             .map_err(|e| WriteError::Forward(format!("this server has not caught up with the leader: {e}")))
     }
 
-    /// Restoring a backup stages the archive on this server's disk, which other servers
-    /// cannot read: refused unless this is the only server.
-    pub fn require_single_server(&self) -> Result<(), WriteError> {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        if metrics.membership_config.membership().nodes().count() > 1 {
+    /// Servers in the Raft configuration, voters and learners.
+    pub fn server_count(&self) -> usize {
+        self.raft.metrics().borrow().membership_config.membership().nodes().count()
+    }
+
+    /// A restore from a staged file is exact only alone: other servers cannot read this
+    /// server's disk (with several, the archive travels in the entry instead:
+    /// `Command::RestoreArchive`).
+    fn require_single_server(&self) -> Result<(), WriteError> {
+        if self.server_count() > 1 {
             return Err(WriteError::Unsupported(
-                "restoring a backup into a multi-server cluster is not supported yet: restore into \
-                 one server started alone (-bootstrap-expect 1), then join the others to it"
-                    .into(),
+                "a staged restore reaches only this server: with several, the archive must travel in the log".into(),
             ));
         }
         Ok(())

@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 use super::error::ApiError;
 use super::query::Query;
 use super::Ctx;
-use crate::model::{Command, CommandResult, RestoreRequest};
+use crate::model::{Command, CommandResult, RestoreArchive, RestoreRequest};
 use crate::store::archive;
 
 /// Snapshots are taken and restored on a server: a client agent holds no state to save and
@@ -55,7 +55,6 @@ impl Drop for Staged {
 
 pub async fn restore(ctx: Ctx, headers: HeaderMap, mut body: Body) -> Result<Response, ApiError> {
     require_server(&ctx)?;
-    ctx.cluster.require_single_server()?;
     let max = ctx.limits.snapshot_max_bytes;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if let Some(len) = declared.filter(|len| *len > max) {
@@ -80,13 +79,29 @@ pub async fn restore(ctx: Ctx, headers: HeaderMap, mut body: Body) -> Result<Res
     }
     file.sync_all().await.map_err(staging_error)?;
     drop(file);
+    // Alone, this server restores from the staged file (up to snapshot_max_bytes); with
+    // others, the archive travels in the log entry so that every server restores it.
+    let inline = ctx.cluster.server_count() > 1;
+    if inline && size > RestoreArchive::BYTES_MAX {
+        return Err(ApiError::TooLarge(format!(
+            "a snapshot restored into several servers travels through the Raft log and is limited to {} bytes \
+             (this one has {size}): restore it into one server started alone, then join the others",
+            RestoreArchive::BYTES_MAX
+        )));
+    }
     let path = staged.0.clone();
-    let verified = tokio::task::spawn_blocking(move || std::fs::read(&path).map(|bytes| archive::verify(&bytes)))
-        .await
-        .map_err(|e| ApiError::Internal(format!("archive check failed: {e}")))?
-        .map_err(staging_error)?
-        .map_err(|e| ApiError::BadRequest(format!("Invalid snapshot archive: {}", e.0)))?;
-    let command = Command::Restore(RestoreRequest { archive: name, checksum: verified.checksum, size_bytes: size });
+    let (verified, bytes) = tokio::task::spawn_blocking(move || {
+        std::fs::read(&path).map(|bytes| (archive::verify(&bytes), if inline { bytes } else { Vec::new() }))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("archive check failed: {e}")))?
+    .map_err(staging_error)?;
+    let verified = verified.map_err(|e| ApiError::BadRequest(format!("Invalid snapshot archive: {}", e.0)))?;
+    let command = if inline {
+        Command::RestoreArchive(RestoreArchive { archive: bytes, checksum: verified.checksum })
+    } else {
+        Command::Restore(RestoreRequest { archive: name, checksum: verified.checksum, size_bytes: size })
+    };
     match ctx.cluster.write(command).await? {
         CommandResult::Done => {
             tracing::info!(index = verified.header.index, bytes = size, "state restored from a snapshot archive");

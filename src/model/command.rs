@@ -46,6 +46,24 @@ pub enum Command {
     /// store. The entry names the file and its checksum instead of carrying the archive, so a
     /// 100 MB restore is a small log entry.
     Restore(RestoreRequest),
+    /// `PUT /v1/snapshot` into several servers: the archive travels inside the entry, so
+    /// every server restores the same bytes (a staged file exists on one disk only). Bounded
+    /// by [`RestoreArchive::BYTES_MAX`].
+    RestoreArchive(RestoreArchive),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreArchive {
+    #[serde(with = "base64_bytes")]
+    pub archive: Vec<u8>,
+    /// The archive's own checksum (its trailer), checked again when applied.
+    pub checksum: u64,
+}
+
+impl RestoreArchive {
+    /// Largest archive carried in one log entry: with base64 and the other entries of one
+    /// append, a replication frame stays under the server RPC's 128 MiB.
+    pub const BYTES_MAX: u64 = 16 << 20;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +98,7 @@ impl Command {
             Command::Deregister(_) => BASE,
             // What it writes into the store, not the size of the entry.
             Command::Restore(r) => BASE + r.size_bytes as usize,
+            Command::RestoreArchive(r) => BASE + r.archive.len() * 4 / 3,
         }
     }
 }
@@ -176,6 +195,22 @@ pub enum CommandResult {
     TxnCommitted(Vec<TxnResult>),
     TxnRolledBack(Vec<TxnError>),
     Rejected(String),
+}
+
+/// A whole byte string as base64 (for [`RestoreArchive`]).
+mod base64_bytes {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text.as_bytes()).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Byte strings travel as base64 in the JSON log: a 512 KiB value stays ~683 KiB rather than
@@ -278,6 +313,10 @@ mod tests {
         let pinned = r#"{"Restore":{"archive":"a.archive","checksum":7,"size_bytes":9}}"#;
         assert_eq!(serde_json::to_string(&restore).expect("serializes"), pinned);
         assert_eq!(serde_json::from_str::<Command>(pinned).expect("decodes"), restore);
+        let inline = Command::RestoreArchive(RestoreArchive { archive: b"hi".to_vec(), checksum: 7 });
+        let pinned = r#"{"RestoreArchive":{"archive":"aGk=","checksum":7}}"#;
+        assert_eq!(serde_json::to_string(&inline).expect("serializes"), pinned);
+        assert_eq!(serde_json::from_str::<Command>(pinned).expect("decodes"), inline);
         let proposal = serde_json::to_string(&Proposal::new(vec![])).expect("serializes");
         assert_eq!(proposal, r#"{"v":1,"commands":[]}"#);
     }

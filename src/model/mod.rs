@@ -14,8 +14,8 @@ mod kv;
 
 pub use catalog::{CheckStatus, HealthCheck, Node, Service, Weights};
 pub use command::{
-    CheckDefinition, Command, CommandResult, DeregisterRequest, Proposal, RegisterRequest, RestoreRequest,
-    ServiceDefinition, TxnError, TxnKvOp, TxnKvVerb, TxnResult,
+    CheckDefinition, Command, CommandResult, DeregisterRequest, Proposal, RegisterRequest, RestoreArchive,
+    RestoreRequest, ServiceDefinition, TxnError, TxnKvOp, TxnKvVerb, TxnResult,
 };
 pub use duration::parse_duration;
 pub use kv::KvEntry;

@@ -198,6 +198,7 @@ impl ApplyTx<'_, '_> {
             }
             Command::Txn { ops } => self.txn(ops),
             Command::Restore(req) => self.restore(req),
+            Command::RestoreArchive(req) => self.restore_bytes(&req.archive, req.checksum, "the archive in the log"),
         }
     }
 
@@ -215,12 +216,19 @@ impl ApplyTx<'_, '_> {
             Ok(bytes) => bytes,
             Err(e) => return reject(format!("staged archive {}: {e}", path.display())),
         };
-        let verified = match super::archive::verify(&bytes) {
-            Ok(v) if v.checksum == req.checksum => v,
-            Ok(_) => return reject(format!("staged archive {} changed since it was checked", path.display())),
+        self.restore_bytes(&bytes, req.checksum, &format!("staged archive {}", path.display()))
+    }
+
+    /// Replaces the state with `bytes`, a backup archive whose checksum must be `checksum`
+    /// (`what` names it in rejections).
+    fn restore_bytes(&mut self, bytes: &[u8], checksum: u64, what: &str) -> Result<Outcome, StoreError> {
+        let reject = |why: String| Ok(Outcome::Abort(CommandResult::Rejected(why)));
+        let verified = match super::archive::verify(bytes) {
+            Ok(v) if v.checksum == checksum => v,
+            Ok(_) => return reject(format!("{what} changed since it was checked")),
             Err(e) => return reject(e.to_string()),
         };
-        let records = super::snapshot::parse(verified.state(&bytes))?;
+        let records = super::snapshot::parse(verified.state(bytes))?;
         // The restore's own index: above the archive's highest and above anything issued
         // before, so no reader sees an index go backwards. Later indexes follow from it.
         let raft_index = self.index - self.offset;
