@@ -20,37 +20,23 @@ use support::{try_http_request, wait_for, Agent};
 
 const FORM: Duration = Duration::from_secs(60);
 
-/// Flags of server `name` on loopback, expecting `expect` servers, joining `join` if given.
-fn server_args(name: &str, dir: &std::path::Path, expect: usize, join: Option<&str>) -> Vec<String> {
-    let data_dir = dir.join(name).display().to_string();
-    let expect = expect.to_string();
-    let mut args: Vec<String> = [
-        "agent",
-        "-server",
-        "-bootstrap-expect",
-        &expect,
-        "-http-port",
-        "0",
-        "-dns-port",
-        "0",
-        "-serf-lan-port",
-        "0",
-        "-server-port",
-        "0",
-        "-bind",
-        "127.0.0.1",
-        "-node",
-        name,
-        "-data-dir",
-        &data_dir,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+/// Flags of agent `name` on loopback: a server expecting `expect` servers, or a client
+/// (`None`); joining `join` if given.
+fn agent_args(name: &str, dir: &std::path::Path, expect: Option<usize>, join: Option<&str>) -> Vec<String> {
+    let mut args = vec!["agent".to_string()];
+    if let Some(expect) = expect {
+        args.extend(["-server".to_string(), "-bootstrap-expect".to_string(), expect.to_string()]);
+    }
+    args.extend(support::LOOPBACK_FLAGS.iter().map(|s| s.to_string()));
+    args.extend(["-node".to_string(), name.to_string(), "-data-dir".to_string(), dir.join(name).display().to_string()]);
     if let Some(join) = join {
         args.extend(["-retry-join".to_string(), join.to_string()]);
     }
     args
+}
+
+fn server_args(name: &str, dir: &std::path::Path, expect: usize, join: Option<&str>) -> Vec<String> {
+    agent_args(name, dir, Some(expect), join)
 }
 
 /// Starts a server and waits until it listens (not until it has a leader: the first of a
@@ -124,6 +110,7 @@ fn three_servers_form_one_cluster_forward_writes_and_survive_a_leader_kill() {
     let names: BTreeSet<&str> = listed.iter().map(|s| s["Node"].as_str().unwrap()).collect();
     assert_eq!(names, BTreeSet::from(["s1", "s2", "s3"]), "{config}");
     assert!(listed.iter().all(|s| s["Voter"] == true), "{config}");
+    assert_eq!(all[0].get("/v1/operator/autopilot/configuration").json()["CleanupDeadServers"], true);
     assert_eq!(listed.iter().filter(|s| s["Leader"] == true).count(), 1, "{config}");
     let peers = all[1].get("/v1/status/peers").json();
     assert_eq!(peers.as_array().map(Vec::len), Some(3), "{peers}");
@@ -290,11 +277,8 @@ fn five_servers_and_a_client_stay_linearizable_through_a_leader_kill() {
     let temp = tempfile::tempdir().expect("tempdir");
     let mut servers: Vec<Option<Agent>> = form_cluster(5, temp.path()).into_iter().map(Some).collect();
     let join = servers[0].as_ref().unwrap().gossip.to_string();
-    let client_dir = temp.path().join("client");
-    let mut client_args = server_args("client", temp.path(), 1, Some(&join));
-    // The same flags minus `-server -bootstrap-expect 1`.
-    client_args.drain(1..4);
-    let client = Agent::spawn_client(client_args, client_dir);
+    let client_args = agent_args("client", temp.path(), None, Some(&join));
+    let client = Agent::spawn_client(client_args, temp.path().join("client"));
     client.wait_log("registered this client in the catalog through a server", FORM);
     let all: Vec<&Agent> = servers.iter().flatten().collect();
     let leader_addr = agreed_leader(&all, FORM);
@@ -425,8 +409,7 @@ fn dns_answers_without_a_leader_within_max_stale() {
     let join = s1.gossip.to_string();
     let mut s2 = spawn_server("s2", temp.path(), 3, Some(&join));
     let mut s3 = spawn_server("s3", temp.path(), 3, Some(&join));
-    let mut client_args = server_args("client", temp.path(), 1, Some(&join));
-    client_args.drain(1..4);
+    let client_args = agent_args("client", temp.path(), None, Some(&join));
     let client = Agent::spawn_client(client_args, temp.path().join("client"));
     for s in [&s1, &s2, &s3] {
         s.wait_log("registered this server in the catalog", FORM);

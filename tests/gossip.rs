@@ -22,21 +22,8 @@ const CONVERGE: Duration = Duration::from_secs(30);
 /// Flags of a client agent on loopback, joining through `join` with `join_flag`.
 fn client_args(name: &str, join_flag: &str, join: &str, key: &str, dir: &std::path::Path) -> Vec<String> {
     let data_dir = dir.join(name).display().to_string();
-    let flags = [
-        "agent",
-        "-http-port",
-        "0",
-        "-dns-port",
-        "0",
-        "-serf-lan-port",
-        "0",
-        "-server-port",
-        "0",
-        "-bind",
-        "127.0.0.1",
-    ];
     let rest = ["-node", name, join_flag, join, "-encrypt", key, "-data-dir", &data_dir];
-    flags.iter().chain(rest.iter()).map(|s| s.to_string()).collect()
+    ["agent"].iter().chain(support::LOOPBACK_FLAGS.iter()).chain(rest.iter()).map(|s| s.to_string()).collect()
 }
 
 fn client(name: &str, join: &str, key: &str, dir: &std::path::Path) -> Agent {

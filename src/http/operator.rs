@@ -46,8 +46,8 @@ pub async fn raft_configuration(ctx: Ctx) -> Json<Value> {
 }
 
 /// The Raft id of the server `?id=` (node UUID, node name or Raft id) or `?address=`
-/// (`ip:port`) names.
-fn target(ctx: &Ctx, params: &HashMap<String, String>, required: bool) -> Result<Option<NodeId>, ApiError> {
+/// (`ip:port`) names; `None` when neither is given.
+fn target(ctx: &Ctx, params: &HashMap<String, String>) -> Result<Option<NodeId>, ApiError> {
     let (servers, _) = ctx.cluster.configuration();
     let members = ctx.gossip.members();
     if let Some(address) = params.get("address").filter(|a| !a.is_empty()) {
@@ -64,9 +64,6 @@ fn target(ctx: &Ctx, params: &HashMap<String, String>, required: bool) -> Result
             })
             .map(|s| Some(s.id))
             .ok_or_else(|| ApiError::BadRequest(format!("id {wanted:?} was not found in the Raft configuration"))),
-        None if required => Err(ApiError::BadRequest(
-            "Must specify either ?id with the server's ID or ?address with IP:port of peer to remove".into(),
-        )),
         None => Ok(None),
     }
 }
@@ -76,7 +73,11 @@ pub async fn raft_remove_peer(
     ctx: Ctx,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<&'static str, ApiError> {
-    let id = target(&ctx, &params, true)?.expect("required");
+    let id = target(&ctx, &params)?.ok_or_else(|| {
+        ApiError::BadRequest(
+            "Must specify either ?id with the server's ID or ?address with IP:port of peer to remove".into(),
+        )
+    })?;
     ctx.cluster.remove_server(id).await?;
     Ok("")
 }
@@ -86,7 +87,7 @@ pub async fn raft_transfer_leader(
     ctx: Ctx,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = target(&ctx, &params, false)?;
+    let id = target(&ctx, &params)?;
     ctx.cluster.transfer_leader(id).await?;
     Ok(Json(json!({ "Success": true })))
 }

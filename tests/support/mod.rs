@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Every listener of a test agent on loopback, on a port the kernel picks (the agent logs
+/// each bound address; [`Agent::spawn_until`] reads them back).
+pub const LOOPBACK_FLAGS: [&str; 10] =
+    ["-http-port", "0", "-dns-port", "0", "-serf-lan-port", "0", "-server-port", "0", "-bind", "127.0.0.1"];
+
 pub fn cairn_bin() -> &'static str {
     env!("CARGO_BIN_EXE_cairn")
 }
@@ -88,9 +93,8 @@ impl Agent {
     /// Starts a server on `data_dir` (kept after the agent stops).
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Agent {
         // Loopback everywhere: the tests must not depend on the host's interfaces.
-        let flags = ["agent", "-server", "-bootstrap-expect", "1", "-http-port", "0", "-dns-port", "0"];
-        let more = ["-serf-lan-port", "0", "-server-port", "0", "-bind", "127.0.0.1", "-node", "test-node"];
-        let mut args: Vec<String> = flags.iter().chain(more.iter()).map(|s| s.to_string()).collect();
+        let flags = ["agent", "-server", "-bootstrap-expect", "1", "-node", "test-node"];
+        let mut args: Vec<String> = flags.iter().chain(LOOPBACK_FLAGS.iter()).map(|s| s.to_string()).collect();
         args.push("-data-dir".into());
         args.push(data_dir.display().to_string());
         args.extend(extra.iter().map(|s| s.to_string()));
