@@ -19,6 +19,7 @@ mod network;
 mod operator;
 mod rpc;
 mod serve;
+mod session_ttl;
 mod state_machine;
 
 use std::collections::BTreeMap;
@@ -202,6 +203,8 @@ pub struct Cluster {
     /// How long a leader stays one without a quorum's acknowledgement (the followers'
     /// election timeout at most).
     lease: Duration,
+    /// Session TTL timers (kept while this server leads).
+    session_timers: Arc<session_ttl::SessionTimers>,
 }
 
 /// When a quorum last acknowledged this server as leader, as its metrics report: updated on
@@ -309,11 +312,13 @@ impl Cluster {
             write_gate: Arc::default(),
             quorum: Arc::default(),
             lease: Duration::from_millis(8 * unit),
+            session_timers: Arc::default(),
         };
         tasks.spawn(Arc::clone(&cluster.quorum).track(cluster.raft.metrics(), shutdown.clone()));
         tasks.spawn(run_proposer(cluster.clone(), rx, shutdown.clone()));
         if cluster.config.server {
             tasks.spawn(membership::run(cluster.clone(), shutdown.clone()));
+            tasks.spawn(session_ttl::run(cluster.clone(), shutdown.clone()));
         }
         if let Some(listener) = rpc {
             tasks.spawn(serve::serve(listener, cluster.clone(), shutdown, tasks.clone()));
@@ -615,6 +620,9 @@ impl Cluster {
     /// and applied here. [`WriteError::NoLeader`] means it was not appended.
     async fn propose_as_leader(&self, proposal: Proposal) -> Result<rpc::Forwarded, WriteError> {
         let _gate = self.write_gate.read().await;
+        let leader_time_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let proposal = Proposal { leader_time_ms: Some(leader_time_ms), ..proposal };
         match self.raft.client_write(proposal).await {
             Ok(response) => Ok(rpc::Forwarded { results: response.data, index: response.log_id.index }),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(WriteError::NoLeader),

@@ -77,6 +77,10 @@ pub enum Request {
     },
     /// An operator action for the leader (or a transfer target).
     Operator(super::operator::OperatorRequest),
+    /// Restart a session's TTL timer, which only the leader keeps.
+    RenewSession {
+        id: String,
+    },
 }
 
 /// An HTTP request as a client agent received it, minus its body.
@@ -132,6 +136,8 @@ pub enum Response {
     Dns,
     NodeCatalog(Result<NodeCatalog, WriteError>),
     Operator(Result<super::operator::OperatorAnswer, WriteError>),
+    /// The renewed session; `None` when it does not exist.
+    RenewSession(Result<Option<crate::model::Session>, WriteError>),
 }
 
 /// The outcome of a forwarded proposal: each command's result and the log index it was

@@ -185,6 +185,9 @@ async fn answer(cluster: &Cluster, request: Request, blob: Vec<u8>) -> (Response
                 .await
                 .unwrap_or(Err(WriteError::NoLeader)),
         ),
+        Request::RenewSession { id } => Response::RenewSession(
+            tokio::time::timeout(ANSWER_TIMEOUT, cluster.renew_session(&id)).await.unwrap_or(Err(WriteError::NoLeader)),
+        ),
         Request::Operator(op) => Response::Operator(
             tokio::time::timeout(ANSWER_TIMEOUT, cluster.operate(op)).await.unwrap_or(Err(WriteError::NoLeader)),
         ),

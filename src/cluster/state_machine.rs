@@ -142,12 +142,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let empty: [Command; 0] = [];
             let batches: Vec<AppliedBatch<'_>> = entries
                 .iter()
-                .map(|entry| AppliedBatch {
-                    index: entry.log_id.index,
-                    commands: match &entry.payload {
-                        EntryPayload::Normal(proposal) => &proposal.commands,
-                        _ => &empty,
+                .map(|entry| match &entry.payload {
+                    EntryPayload::Normal(proposal) => AppliedBatch {
+                        index: entry.log_id.index,
+                        commands: &proposal.commands,
+                        leader_time_ms: proposal.leader_time_ms,
                     },
+                    _ => AppliedBatch { index: entry.log_id.index, commands: &empty, leader_time_ms: None },
                 })
                 .collect();
             store.apply(&batches, &meta)

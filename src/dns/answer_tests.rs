@@ -71,7 +71,7 @@ fn store_with(instances: &[Instance]) -> (tempfile::TempDir, Store) {
             }))
         })
         .collect();
-    store.apply(&[AppliedBatch { index: 2, commands: &commands }], &[]).expect("apply");
+    store.apply(&[AppliedBatch { index: 2, commands: &commands, leader_time_ms: None }], &[]).expect("apply");
     (dir, store)
 }
 
@@ -310,7 +310,7 @@ fn long_meta_values_split_into_txt_strings() {
         checks: vec![],
         skip_node_update: false,
     }))];
-    store.apply(&[AppliedBatch { index: 3, commands: &commands }], &[]).expect("apply");
+    store.apply(&[AppliedBatch { index: 3, commands: &commands, leader_time_ms: None }], &[]).expect("apply");
     let txt = ask(&store, &settings(), "n1.node.consul.", RecordType::TXT);
     match &txt.answers[0].data {
         RData::TXT(t) => {

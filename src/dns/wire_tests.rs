@@ -56,7 +56,7 @@ fn store(n: usize) -> (tempfile::TempDir, Store) {
             }))
         })
         .collect();
-    store.apply(&[AppliedBatch { index: 2, commands: &commands }], &[]).expect("apply");
+    store.apply(&[AppliedBatch { index: 2, commands: &commands, leader_time_ms: None }], &[]).expect("apply");
     (dir, store)
 }
 

@@ -20,7 +20,7 @@ use super::query::{json_bytes, Query};
 use super::{Ctx, HttpContext};
 use crate::checks::{LocalCheck, LocalError, LocalService, LocalState};
 use crate::model::agent::{decode_check, decode_service, ScriptPolicy, Strictness};
-use crate::model::{CheckStatus, Weights};
+use crate::model::{format_duration, CheckStatus, Weights};
 
 impl From<LocalError> for ApiError {
     fn from(e: LocalError) -> Self {
@@ -89,7 +89,7 @@ fn agent_service<'a>(s: &'a LocalService, dc: &'a str) -> AgentService<'a> {
 
 fn agent_check<'a>(c: &'a LocalCheck, state: &'a LocalState, node: &'a str) -> AgentCheck<'a> {
     let service = state.services.get(&c.spec.service_id);
-    let shown = |d: Duration| if d.is_zero() { String::new() } else { go_duration(d) };
+    let shown = |d: Duration| if d.is_zero() { String::new() } else { format_duration(d) };
     AgentCheck {
         node,
         check_id: &c.spec.id,
@@ -107,22 +107,6 @@ fn agent_check<'a>(c: &'a LocalCheck, state: &'a LocalState, node: &'a str) -> A
         definition: BTreeMap::new(),
         create_index: 0,
         modify_index: 0,
-    }
-}
-
-/// A duration as Go prints it (`10s`, `1m30s`, `500ms`), as Consul shows check intervals.
-fn go_duration(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        return format!("{}ms", d.as_millis());
-    }
-    let total = d.as_secs();
-    let (h, m) = (total / 3600, total % 3600 / 60);
-    let s = (d - Duration::from_secs(h * 3600 + m * 60)).as_secs_f64();
-    let seconds = format!("{s}s");
-    match (h, m) {
-        (0, 0) => seconds,
-        (0, m) => format!("{m}m{seconds}"),
-        (h, m) => format!("{h}h{m}m{seconds}"),
     }
 }
 
@@ -316,18 +300,5 @@ pub async fn reload(ctx: Ctx) -> Result<Response, ApiError> {
         Ok(Ok(())) => Ok(().into_response()),
         Ok(Err(reason)) => Err(ApiError::Internal(format!("Failed reloading: {reason}"))),
         Err(_) => Err(ApiError::Internal("Failed reloading: the agent is shutting down".into())),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_print_as_go_does() {
-        let cases = [(500, "500ms"), (1_000, "1s"), (10_000, "10s"), (90_000, "1m30s"), (3_600_000, "1h0m0s")];
-        for (ms, text) in cases {
-            assert_eq!(go_duration(Duration::from_millis(ms)), text);
-        }
     }
 }

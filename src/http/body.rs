@@ -78,6 +78,12 @@ const FIELD_NAMES: &[&str] = &[
     "Flags",
     "Index",
     "Session",
+    "LockDelay",
+    "NodeChecks",
+    "ServiceChecks",
+    "Behavior",
+    "TTL",
+    "Namespace",
 ];
 
 /// Fields holding user maps, whose keys are data and keep their case.

@@ -23,14 +23,22 @@ use crate::cluster::{HttpAnswer, HttpCall};
 
 /// Paths whose answers come from the replicated state, which a client forwards.
 pub fn forwardable(path: &str) -> bool {
-    const PREFIXES: &[&str] =
-        &["/v1/catalog/", "/v1/health/", "/v1/kv/", "/v1/status/", "/v1/operator/raft/", "/v1/operator/autopilot/"];
+    const PREFIXES: &[&str] = &[
+        "/v1/catalog/",
+        "/v1/health/",
+        "/v1/kv/",
+        "/v1/session/",
+        "/v1/status/",
+        "/v1/operator/raft/",
+        "/v1/operator/autopilot/",
+    ];
     path == "/v1/txn" || path == "/v1/kv" || PREFIXES.iter().any(|p| path.starts_with(p))
 }
 
 /// Request headers a forwarded request keeps: what the handlers read. The browser-facing
 /// ones (Origin, Sec-Fetch-*) were checked on the client agent already.
-const FORWARDED_REQUEST_HEADERS: &[&str] = &["content-type", "x-consul-token", "authorization"];
+const FORWARDED_REQUEST_HEADERS: &[&str] =
+    &["content-type", "x-consul-token", "authorization", super::session::AGENT_NODE_HEADER];
 
 /// Middleware on a client agent: sends [`forwardable`] requests to a server.
 pub async fn forward_from_client(State(ctx): State<Arc<HttpContext>>, request: Request, next: Next) -> Response {
@@ -48,10 +56,12 @@ async fn forward(ctx: &HttpContext, request: Request) -> Result<Response, ApiErr
     // The server applies each endpoint's own limit; this one only bounds what is buffered.
     let max = ctx.limits.http_max_body_bytes.max(ctx.limits.kv_max_value_size);
     let body = read_limited(&parts.headers, body, max).await?;
-    let headers = FORWARDED_REQUEST_HEADERS
+    let mut headers: Vec<(String, String)> = FORWARDED_REQUEST_HEADERS
         .iter()
         .filter_map(|name| Some((name.to_string(), parts.headers.get(*name)?.to_str().ok()?.to_string())))
+        .filter(|(name, _)| name != super::session::AGENT_NODE_HEADER)
         .collect();
+    headers.push((super::session::AGENT_NODE_HEADER.to_string(), ctx.identity.node_name.clone()));
     let uri = parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_string(), |pq| pq.as_str().to_string());
     let call = HttpCall { method: parts.method.to_string(), uri, headers };
     let (answer, body) = ctx.cluster.forward_http(call, body.to_vec()).await?;

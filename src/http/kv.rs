@@ -14,7 +14,7 @@ use super::body::read_limited;
 use super::error::ApiError;
 use super::query::{Answer, Query};
 use super::Ctx;
-use crate::model::{Command, CommandResult, KvEntry};
+use crate::model::{Command, CommandResult, KvEntry, KvLockOp};
 use crate::store::Topic;
 
 /// A KV entry in Consul's JSON shape.
@@ -117,13 +117,18 @@ pub async fn get(ctx: Ctx, path: Option<Path<String>>, q: Query) -> Result<Respo
     .await
 }
 
-fn reject_sessions(q: &Query) -> Result<(), ApiError> {
-    for param in ["acquire", "release"] {
-        if q.has(param) {
-            return Err(ApiError::BadRequest(format!("?{param} needs sessions, which cairn does not implement yet")));
-        }
+/// The lock operation `?acquire=` or `?release=` asks for, with its session.
+fn lock_op(q: &Query) -> Result<Option<(String, KvLockOp)>, ApiError> {
+    let op = match (q.get("acquire"), q.get("release")) {
+        (Some(_), Some(_)) => return Err(ApiError::BadRequest("Conflicting flags: acquire and release".into())),
+        (Some(session), None) => (session, KvLockOp::Acquire),
+        (None, Some(session)) => (session, KvLockOp::Release),
+        (None, None) => return Ok(None),
+    };
+    if op.0.is_empty() {
+        return Err(ApiError::BadRequest("?acquire and ?release need a session ID".into()));
     }
-    Ok(())
+    Ok(Some((op.0.to_string(), op.1)))
 }
 
 fn bool_result(result: CommandResult) -> Result<Json<bool>, ApiError> {
@@ -146,11 +151,15 @@ pub async fn put(
     if key.is_empty() {
         return Err(ApiError::BadRequest("Missing key name".into()));
     }
-    reject_sessions(&q)?;
+    let lock = lock_op(&q)?;
     let flags = q.u64("flags")?.unwrap_or(0);
     let cas = q.u64("cas")?;
-    let value = read_limited(&headers, body, ctx.limits.kv_max_value_size).await?;
-    let command = Command::KvSet { key, value: Some(value.to_vec()), flags, cas };
+    let value = Some(read_limited(&headers, body, ctx.limits.kv_max_value_size).await?.to_vec());
+    // As in Consul, a lock operation takes precedence over `?cas`.
+    let command = match lock {
+        Some((session, op)) => Command::KvLock { key, value, flags, session, op },
+        None => Command::KvSet { key, value, flags, cas },
+    };
     bool_result(ctx.cluster.write(command).await?)
 }
 

@@ -20,6 +20,7 @@ pub mod monitor;
 mod operator;
 mod query;
 mod server;
+mod session;
 mod snapshot;
 mod txn;
 
@@ -147,6 +148,12 @@ pub fn router(ctx: Arc<HttpContext>) -> Router {
         .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/v1/txn", put(txn::txn))
+        .route("/v1/session/create", put(session::create))
+        .route("/v1/session/destroy/{id}", put(session::destroy))
+        .route("/v1/session/renew/{id}", put(session::renew))
+        .route("/v1/session/info/{id}", get(session::info))
+        .route("/v1/session/node/{node}", get(session::node))
+        .route("/v1/session/list", get(session::list))
         .route("/v1/status/leader", get(agent::status_leader))
         .route("/v1/status/peers", get(agent::status_peers))
         .route("/v1/agent/self", get(agent::agent_self))

@@ -66,9 +66,9 @@ fn parse_verb(verb: &str) -> Result<TxnKvVerb, String> {
         "delete" => TxnKvVerb::Delete,
         "delete-tree" => TxnKvVerb::DeleteTree,
         "delete-cas" => TxnKvVerb::DeleteCas,
-        "lock" | "unlock" | "check-session" => {
-            return Err(format!("verb {verb:?} needs sessions, which cairn does not implement yet"))
-        }
+        "lock" => TxnKvVerb::Lock,
+        "unlock" => TxnKvVerb::Unlock,
+        "check-session" => TxnKvVerb::CheckSession,
         other => return Err(format!("unknown KV verb {other:?}")),
     })
 }
@@ -82,8 +82,9 @@ fn decode_ops(body: Vec<TxnOpBody>) -> Result<Vec<TxnKvOp>, Vec<ErrorView>> {
         let result = match op {
             TxnOpBody { kv: Some(kv), .. } => (|| {
                 let verb = parse_verb(&kv.verb)?;
-                if kv.session.as_deref().is_some_and(|s| !s.is_empty()) {
-                    return Err("sessions are not implemented by cairn yet".to_string());
+                let session = kv.session.filter(|s| !s.is_empty());
+                if matches!(verb, TxnKvVerb::Lock | TxnKvVerb::Unlock) && session.is_none() {
+                    return Err(format!("verb {:?} needs a Session", kv.verb));
                 }
                 let key = kv.key.unwrap_or_default();
                 let needs_key = !matches!(verb, TxnKvVerb::GetTree | TxnKvVerb::DeleteTree);
@@ -97,7 +98,7 @@ fn decode_ops(body: Vec<TxnOpBody>) -> Result<Vec<TxnKvOp>, Vec<ErrorView>> {
                     Some(v) => Some(STANDARD.decode(v).map_err(|e| format!("Value is not valid base64: {e}"))?),
                     None => None,
                 };
-                Ok(TxnKvOp { verb, key, value, flags: kv.flags.unwrap_or(0), index: kv.index.unwrap_or(0) })
+                Ok(TxnKvOp { verb, key, value, flags: kv.flags.unwrap_or(0), index: kv.index.unwrap_or(0), session })
             })(),
             TxnOpBody { node: Some(_), .. } | TxnOpBody { service: Some(_), .. } | TxnOpBody { check: Some(_), .. } => {
                 Err("Node, Service and Check operations are not implemented by cairn yet".to_string())

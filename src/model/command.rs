@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{CheckStatus, KvEntry, Weights};
+use super::{CheckStatus, KvEntry, Session, Weights};
 
 /// The payload of one Raft log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -13,13 +13,17 @@ pub struct Proposal {
     /// Format version of this entry; 1 is the only one so far.
     pub v: u32,
     pub commands: Vec<Command>,
+    /// The leader's wall clock (Unix ms) when it appended the entry: the one "now" every
+    /// replica applies it at (lock delays). Absent in entries written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_time_ms: Option<u64>,
 }
 
 impl Proposal {
     pub const VERSION: u32 = 1;
 
     pub fn new(commands: Vec<Command>) -> Self {
-        Proposal { v: Self::VERSION, commands }
+        Proposal { v: Self::VERSION, commands, leader_time_ms: None }
     }
 }
 
@@ -50,6 +54,28 @@ pub enum Command {
     /// every server restores the same bytes (a staged file exists on one disk only). Bounded
     /// by [`RestoreArchive::BYTES_MAX`].
     RestoreArchive(RestoreArchive),
+    /// `PUT /v1/session/create`; the ID is chosen by the server that took the request.
+    SessionCreate(Box<Session>),
+    /// `PUT /v1/session/destroy/{id}`, or the leader's TTL timer running out: invalidates
+    /// the session (its keys are released or deleted per its behavior).
+    SessionDestroy { id: String },
+    /// `PUT /v1/kv/{key}?acquire=` / `?release=`: sets the value and takes or gives up the
+    /// lock held by `session`.
+    KvLock {
+        key: String,
+        #[serde(with = "opt_base64")]
+        value: Option<Vec<u8>>,
+        flags: u64,
+        session: String,
+        op: KvLockOp,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvLockOp {
+    Acquire,
+    Release,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,14 +104,16 @@ pub struct RestoreRequest {
 impl Command {
     /// Whether the command removes data (and may run when the store is nearly full).
     pub fn frees_space(&self) -> bool {
-        matches!(self, Command::KvDelete { .. } | Command::Deregister(_))
+        matches!(self, Command::KvDelete { .. } | Command::Deregister(_) | Command::SessionDestroy { .. })
     }
 
     /// Rough size in bytes of the command in the log, for batch and map-room limits.
     pub fn approx_size(&self) -> usize {
         const BASE: usize = 256;
         match self {
-            Command::KvSet { key, value, .. } => BASE + key.len() + value.as_ref().map_or(0, |v| v.len() * 4 / 3),
+            Command::KvSet { key, value, .. } | Command::KvLock { key, value, .. } => {
+                BASE + key.len() + value.as_ref().map_or(0, |v| v.len() * 4 / 3)
+            }
             Command::Txn { ops } => {
                 BASE + ops
                     .iter()
@@ -95,7 +123,8 @@ impl Command {
             // Registrations carry free-form maps and texts: measure them.
             Command::Register(r) => BASE + serde_json::to_vec(r).map_or(BASE * 4, |bytes| bytes.len()),
             Command::KvDelete { key, .. } => BASE + key.len(),
-            Command::Deregister(_) => BASE,
+            Command::Deregister(_) | Command::SessionDestroy { .. } => BASE,
+            Command::SessionCreate(s) => BASE + serde_json::to_vec(s).map_or(BASE * 4, |bytes| bytes.len()),
             // What it writes into the store, not the size of the entry.
             Command::Restore(r) => BASE + r.size_bytes as usize,
             Command::RestoreArchive(r) => BASE + r.archive.len() * 4 / 3,
@@ -161,6 +190,9 @@ pub enum TxnKvVerb {
     Delete,
     DeleteTree,
     DeleteCas,
+    Lock,
+    Unlock,
+    CheckSession,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,6 +203,9 @@ pub struct TxnKvOp {
     pub value: Option<Vec<u8>>,
     pub flags: u64,
     pub index: u64,
+    /// For `lock`, `unlock` and `check-session`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 /// One result of a successful transaction (entries are returned without their value except
@@ -298,7 +333,14 @@ mod tests {
             ),
             (
                 Command::Txn {
-                    ops: vec![TxnKvOp { verb: TxnKvVerb::DeleteCas, key: "k".into(), value: None, flags: 0, index: 4 }],
+                    ops: vec![TxnKvOp {
+                        verb: TxnKvVerb::DeleteCas,
+                        key: "k".into(),
+                        value: None,
+                        flags: 0,
+                        index: 4,
+                        session: None,
+                    }],
                 },
                 r#"{"Txn":{"ops":[{"verb":"delete-cas","key":"k","value":null,"flags":0,"index":4}]}}"#,
             ),
@@ -319,5 +361,56 @@ mod tests {
         assert_eq!(serde_json::from_str::<Command>(pinned).expect("decodes"), inline);
         let proposal = serde_json::to_string(&Proposal::new(vec![])).expect("serializes");
         assert_eq!(proposal, r#"{"v":1,"commands":[]}"#);
+        let stamped = Proposal { leader_time_ms: Some(5), ..Proposal::new(vec![]) };
+        let pinned = r#"{"v":1,"commands":[],"leader_time_ms":5}"#;
+        assert_eq!(serde_json::to_string(&stamped).expect("serializes"), pinned);
+        assert_eq!(serde_json::from_str::<Proposal>(pinned).expect("decodes"), stamped);
+        let session_cases: Vec<(Command, &str)> = vec![
+            (
+                Command::SessionCreate(Box::new(Session {
+                    id: "s1".into(),
+                    name: "n".into(),
+                    node: "n1".into(),
+                    node_checks: vec!["serfHealth".into()],
+                    service_checks: vec![crate::model::ServiceCheckRef { id: "c".into(), namespace: String::new() }],
+                    lock_delay_ms: 15_000,
+                    behavior: crate::model::SessionBehavior::Delete,
+                    ttl_ms: 10_000,
+                    create_index: 0,
+                    modify_index: 0,
+                })),
+                concat!(
+                    r#"{"SessionCreate":{"id":"s1","name":"n","node":"n1","node_checks":["serfHealth"],"#,
+                    r#""service_checks":[{"ID":"c","Namespace":""}],"lock_delay_ms":15000,"behavior":"delete","#,
+                    r#""ttl_ms":10000,"create_index":0,"modify_index":0}}"#
+                ),
+            ),
+            (Command::SessionDestroy { id: "s1".into() }, r#"{"SessionDestroy":{"id":"s1"}}"#),
+            (
+                Command::KvLock { key: "k".into(), value: None, flags: 1, session: "s1".into(), op: KvLockOp::Release },
+                r#"{"KvLock":{"key":"k","value":null,"flags":1,"session":"s1","op":"release"}}"#,
+            ),
+            (
+                Command::Txn {
+                    ops: vec![TxnKvOp {
+                        verb: TxnKvVerb::CheckSession,
+                        key: "k".into(),
+                        value: None,
+                        flags: 0,
+                        index: 0,
+                        session: Some("s1".into()),
+                    }],
+                },
+                r#"{"Txn":{"ops":[{"verb":"check-session","key":"k","value":null,"flags":0,"index":0,"session":"s1"}]}}"#,
+            ),
+        ];
+        for (command, pinned) in session_cases {
+            assert_eq!(
+                serde_json::to_string(&command).expect("serializes"),
+                pinned,
+                "disk format of {command:?} changed"
+            );
+            assert_eq!(serde_json::from_str::<Command>(pinned).expect("decodes"), command);
+        }
     }
 }

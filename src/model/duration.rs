@@ -60,3 +60,33 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let nanos = u64::try_from(total).map_err(|_| "duration too large".to_string())?;
     Ok(Duration::from_nanos(nanos))
 }
+
+/// A duration as Go prints it (`10s`, `1m30s`, `500ms`), as Consul shows check
+/// intervals and session TTLs.
+pub fn format_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        return format!("{}ms", d.as_millis());
+    }
+    let total = d.as_secs();
+    let (h, m) = (total / 3600, total % 3600 / 60);
+    let s = (d - Duration::from_secs(h * 3600 + m * 60)).as_secs_f64();
+    let seconds = format!("{s}s");
+    match (h, m) {
+        (0, 0) => seconds,
+        (0, m) => format!("{m}m{seconds}"),
+        (h, m) => format!("{h}h{m}m{seconds}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_print_as_go_does() {
+        let cases = [(500, "500ms"), (1_000, "1s"), (10_000, "10s"), (90_000, "1m30s"), (3_600_000, "1h0m0s")];
+        for (ms, text) in cases {
+            assert_eq!(format_duration(Duration::from_millis(ms)), text);
+        }
+    }
+}

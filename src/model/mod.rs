@@ -11,14 +11,16 @@ mod catalog;
 mod command;
 mod duration;
 mod kv;
+mod session;
 
 pub use catalog::{CheckStatus, HealthCheck, Node, Service, Weights};
 pub use command::{
-    CheckDefinition, Command, CommandResult, DeregisterRequest, Proposal, RegisterRequest, RestoreArchive,
+    CheckDefinition, Command, CommandResult, DeregisterRequest, KvLockOp, Proposal, RegisterRequest, RestoreArchive,
     RestoreRequest, ServiceDefinition, TxnError, TxnKvOp, TxnKvVerb, TxnResult,
 };
-pub use duration::parse_duration;
+pub use duration::{format_duration, parse_duration};
 pub use kv::KvEntry;
+pub use session::{ServiceCheckRef, Session, SessionBehavior};
 
 /// The Consul API version cairn implements; clients branch on `Config.Version`, and gossip
 /// member tags carry it in `build`.

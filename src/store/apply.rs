@@ -6,19 +6,21 @@
 
 use heed::RwTxn;
 
-use super::codec::{self, index_key};
+use super::codec::{self, index_key, session_ref};
 use super::rows;
 use super::watch::{Table, Touched};
 use super::{SmTables, Store, StoreError};
 use crate::model::{
-    Command, CommandResult, DeregisterRequest, HealthCheck, KvEntry, Node, RegisterRequest, RestoreRequest, Service,
-    TxnError, TxnKvOp, TxnKvVerb, TxnResult,
+    CheckStatus, Command, CommandResult, DeregisterRequest, HealthCheck, KvEntry, KvLockOp, Node, RegisterRequest,
+    RestoreRequest, Service, Session, SessionBehavior, TxnError, TxnKvOp, TxnKvVerb, TxnResult,
 };
 
 /// One committed log entry's commands, at its log index.
 pub struct AppliedBatch<'a> {
     pub index: u64,
     pub commands: &'a [Command],
+    /// The leader's clock when it appended the entry (`Proposal::leader_time_ms`).
+    pub leader_time_ms: Option<u64>,
 }
 
 /// KV tombstones are reaped when a batch reaches an index that is a multiple of this...
@@ -30,7 +32,20 @@ const TOMBSTONE_RETAIN: u64 = 65_536;
 /// Drops old tombstones, raising the KV floor to the newest index dropped: reads of a key or
 /// prefix that only a reaped tombstone described report the floor, so their index never goes
 /// backwards.
-fn reap_tombstones(t: &SmTables, wtxn: &mut RwTxn<'_>, index: u64) -> Result<(), StoreError> {
+fn reap_tombstones(t: &SmTables, wtxn: &mut RwTxn<'_>, index: u64, now_ms: Option<u64>) -> Result<(), StoreError> {
+    if let Some(now_ms) = now_ms {
+        // Lock delays that ran out (the leader's clock, so every replica drops the same).
+        let mut expired = Vec::new();
+        for row in t.lock_delays.iter(wtxn)? {
+            let (key, bytes) = row?;
+            if codec::decode_u64("sm_kv_lock_delays", key, bytes)? <= now_ms {
+                expired.push(key.to_vec());
+            }
+        }
+        for key in &expired {
+            t.lock_delays.delete(wtxn, key)?;
+        }
+    }
     let cutoff = index.saturating_sub(TOMBSTONE_RETAIN);
     let mut reaped = Vec::new();
     let mut floor = 0;
@@ -117,6 +132,7 @@ impl Store {
                     offset,
                     staging_dir: self.staging_dir(),
                     touched: Touched::default(),
+                    now_ms: batch.leader_time_ms,
                 };
                 let outcome = match tx.command(command) {
                     Ok(outcome) => outcome,
@@ -145,8 +161,8 @@ impl Store {
             results.push(batch_results);
             last_index = batch.index + offset;
         }
-        if batches.iter().any(|b| b.index % TOMBSTONE_REAP_EVERY == 0) {
-            reap_tombstones(&self.sm, &mut wtxn, last_index)?;
+        if let Some(batch) = batches.iter().find(|b| b.index % TOMBSTONE_REAP_EVERY == 0) {
+            reap_tombstones(&self.sm, &mut wtxn, last_index, batch.leader_time_ms)?;
         }
         for (key, value) in meta {
             self.sm.meta.put(&mut wtxn, key.as_bytes(), value)?;
@@ -176,6 +192,9 @@ struct ApplyTx<'t, 'e> {
     offset: u64,
     staging_dir: &'t std::path::Path,
     touched: Touched,
+    /// The leader's clock for this entry; `None` in entries from before it was recorded,
+    /// which then neither set nor honour lock delays.
+    now_ms: Option<u64>,
 }
 
 impl ApplyTx<'_, '_> {
@@ -199,6 +218,17 @@ impl ApplyTx<'_, '_> {
             Command::Txn { ops } => self.txn(ops),
             Command::Restore(req) => self.restore(req),
             Command::RestoreArchive(req) => self.restore_bytes(&req.archive, req.checksum, "the archive in the log"),
+            Command::SessionCreate(session) => self.session_create(session),
+            Command::SessionDestroy { id } => {
+                self.invalidate_session(id)?;
+                Ok(Outcome::Commit(CommandResult::Done))
+            }
+            Command::KvLock { key, value, flags, session, op } => {
+                Ok(match self.kv_lock(key, value.clone(), *flags, session, *op)? {
+                    Ok(entry) => Outcome::Commit(CommandResult::Bool(entry.is_some())),
+                    Err(why) => Outcome::Abort(CommandResult::Rejected(why)),
+                })
+            }
         }
     }
 
@@ -445,6 +475,9 @@ impl ApplyTx<'_, '_> {
                 }
                 self.put_check(&check)?;
                 self.touch_check_scope(&check)?;
+                if check.status == CheckStatus::Critical {
+                    self.invalidate_check_sessions(&check.node, &check.check_id)?;
+                }
             }
         }
         Ok(Outcome::Commit(CommandResult::Done))
@@ -522,9 +555,11 @@ impl ApplyTx<'_, '_> {
                 if let Some(check) = self.get_check(&req.node, check_id)? {
                     self.t.checks.delete(self.txn, &codec::pair_key(&req.node, check_id))?;
                     self.touch_check_scope(&check)?;
+                    self.invalidate_check_sessions(&req.node, check_id)?;
                 }
             }
             (None, None) => {
+                self.invalidate_node_sessions(&req.node)?;
                 self.touch_node_and_its_services(&req.node, Scope::Catalog)?;
                 for service in self.node_services(&req.node)? {
                     self.delete_service(&req.node, &service.id)?;
@@ -551,11 +586,121 @@ impl ApplyTx<'_, '_> {
             if check.service_id == id {
                 self.t.checks.delete(self.txn, &codec::pair_key(node, &check.check_id))?;
                 self.touch_table(Table::Checks)?;
+                self.invalidate_check_sessions(node, &check.check_id)?;
             }
         }
         self.touch_table(Table::Services)?;
         self.touch_service(&service.service, node, Scope::Catalog)?;
         self.touch_node(node, Scope::Catalog)
+    }
+
+    // ---- sessions ----------------------------------------------------------------------
+
+    fn get_session(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        rows::session(&self.t, self.txn, id)
+    }
+
+    /// Stores a new session after checking what Consul checks: its node and checks exist and
+    /// no check is critical (a session tied to a failing check would be invalid at birth).
+    fn session_create(&mut self, session: &Session) -> Result<Outcome, StoreError> {
+        let reject = |why: String| Ok(Outcome::Abort(CommandResult::Rejected(why)));
+        if session.id.is_empty() || !rows::storable(session.id.as_bytes()) {
+            return reject(format!("invalid session ID {:?}", session.id));
+        }
+        if self.get_session(&session.id)?.is_some() {
+            return reject(format!("session {:?} already exists", session.id));
+        }
+        if self.get_node(&session.node)?.is_none() {
+            return reject(format!("Missing node registration for {:?}", session.node));
+        }
+        for check_id in session.check_ids() {
+            match self.get_check(&session.node, check_id)? {
+                None => return reject(format!("Missing check '{check_id}' registration")),
+                Some(check) if check.status == CheckStatus::Critical => {
+                    return reject(format!("Check '{check_id}' is in critical state"))
+                }
+                Some(_) => {}
+            }
+        }
+        let mut refs = vec![session_ref::node(&session.node, &session.id)];
+        refs.extend(session.check_ids().map(|check| session_ref::check(&session.node, check, &session.id)));
+        if !refs.iter().all(|r| rows::storable(r)) {
+            return reject("node name or check ID too long to tie a session to".into());
+        }
+        let stored = Session { create_index: self.index, modify_index: self.index, ..session.clone() };
+        self.t.sessions.put(self.txn, session.id.as_bytes(), &codec::encode_json(&stored))?;
+        for r in &refs {
+            self.t.session_refs.put(self.txn, r, &[])?;
+        }
+        self.touch_table(Table::Sessions)?;
+        Ok(Outcome::Commit(CommandResult::Done))
+    }
+
+    /// Ends session `id` (if it exists): the keys it holds are released or deleted per its
+    /// behavior and, with a lock delay, cannot be acquired again until it has passed.
+    fn invalidate_session(&mut self, id: &str) -> Result<(), StoreError> {
+        let Some(session) = self.get_session(id)? else { return Ok(()) };
+        let held_prefix = session_ref::held_key_prefix(id);
+        let mut held = Vec::new();
+        for row in super::prefix_rows(self.t.session_refs, self.txn, &held_prefix)? {
+            let (key, _) = row?;
+            held.push((key.to_vec(), session_ref::tail(key, 2)));
+        }
+        let delay_until = self.now_ms.filter(|_| session.lock_delay_ms > 0).map(|now| now + session.lock_delay_ms);
+        for (ref_key, key) in held {
+            self.t.session_refs.delete(self.txn, &ref_key)?;
+            let Some(mut entry) = self.kv_get(&key)? else { continue };
+            if entry.session.as_deref() != Some(id) {
+                continue;
+            }
+            match session.behavior {
+                SessionBehavior::Release => {
+                    entry.session = None;
+                    entry.modify_index = self.index;
+                    self.t.kv.put(self.txn, key.as_bytes(), &codec::encode_kv(&entry))?;
+                    self.touch_kv(&key)?;
+                }
+                SessionBehavior::Delete => self.tombstone(&entry)?,
+            }
+            if let Some(until) = delay_until {
+                self.t.lock_delays.put(self.txn, key.as_bytes(), &codec::encode_u64(until))?;
+            }
+        }
+        self.t.session_refs.delete(self.txn, &session_ref::node(&session.node, id))?;
+        for check in session.check_ids() {
+            self.t.session_refs.delete(self.txn, &session_ref::check(&session.node, check, id))?;
+        }
+        self.t.sessions.delete(self.txn, id.as_bytes())?;
+        self.touch_table(Table::Sessions)
+    }
+
+    /// The sessions whose ref keys start with `prefix` (the session ID is their last part).
+    fn sessions_under(&self, prefix: &[u8], skip: usize) -> Result<Vec<String>, StoreError> {
+        if !rows::storable(prefix) {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::new();
+        for row in self.t.session_refs.prefix_iter(self.txn, prefix)? {
+            let (key, _) = row?;
+            ids.push(session_ref::tail(key, skip));
+        }
+        Ok(ids)
+    }
+
+    /// A check turned critical or was removed: the sessions tied to it end.
+    fn invalidate_check_sessions(&mut self, node: &str, check: &str) -> Result<(), StoreError> {
+        for id in self.sessions_under(&session_ref::check_prefix(node, check), 3)? {
+            self.invalidate_session(&id)?;
+        }
+        Ok(())
+    }
+
+    /// A node was deregistered: its sessions end.
+    fn invalidate_node_sessions(&mut self, node: &str) -> Result<(), StoreError> {
+        for id in self.sessions_under(&session_ref::node_prefix(node), 2)? {
+            self.invalidate_session(&id)?;
+        }
+        Ok(())
     }
 
     // ---- KV --------------------------------------------------------------------------------
@@ -607,9 +752,13 @@ impl ApplyTx<'_, '_> {
         Ok(Some(entry))
     }
 
-    fn tombstone(&mut self, key: &str) -> Result<(), StoreError> {
+    fn tombstone(&mut self, entry: &KvEntry) -> Result<(), StoreError> {
+        let key = entry.key.as_str();
         self.t.kv.delete(self.txn, key.as_bytes())?;
         self.t.kv_tombstones.put(self.txn, key.as_bytes(), &codec::encode_u64(self.index))?;
+        if let Some(session) = &entry.session {
+            self.t.session_refs.delete(self.txn, &session_ref::held_key(session, key))?;
+        }
         self.touch_kv(key)
     }
 
@@ -620,16 +769,91 @@ impl ApplyTx<'_, '_> {
         if cas.is_some_and(|expected| old.modify_index != expected) {
             return Ok(false);
         }
-        self.tombstone(key)?;
+        self.tombstone(&old)?;
         Ok(true)
     }
 
     fn kv_delete_tree(&mut self, prefix: &str) -> Result<usize, StoreError> {
-        let keys: Vec<String> = self.kv_list(prefix)?.into_iter().map(|e| e.key).collect();
-        for key in &keys {
-            self.tombstone(key)?;
+        let entries = self.kv_list(prefix)?;
+        for entry in &entries {
+            self.tombstone(entry)?;
         }
-        Ok(keys.len())
+        Ok(entries.len())
+    }
+
+    /// Acquires or releases `key`'s lock for `session`, setting its value and flags. The
+    /// inner `Err` is a rejection (an unknown session); `Ok(None)` means the lock was not
+    /// acquired (held by another session, or within a lock delay) or not released (not held
+    /// by this session), as Consul answers `false`.
+    fn kv_lock(
+        &mut self,
+        key: &str,
+        value: Option<Vec<u8>>,
+        flags: u64,
+        session: &str,
+        op: KvLockOp,
+    ) -> Result<Result<Option<KvEntry>, String>, StoreError> {
+        let old = self.kv_get(key)?;
+        let held_ref = session_ref::held_key(session, key);
+        let entry = match op {
+            KvLockOp::Acquire => {
+                if self.get_session(session)?.is_none() {
+                    return Ok(Err(format!("invalid session {session:?}")));
+                }
+                if !rows::storable(&held_ref) {
+                    return Ok(Err(format!("key {key:?} is too long to be locked")));
+                }
+                if self.in_lock_delay(key)? {
+                    return Ok(Ok(None));
+                }
+                let held_by_us = match old.as_ref().and_then(|e| e.session.as_deref()) {
+                    Some(holder) if holder != session => return Ok(Ok(None)),
+                    Some(_) => true,
+                    None => false,
+                };
+                let lock_index = old.as_ref().map_or(0, |e| e.lock_index);
+                self.t.session_refs.put(self.txn, &held_ref, &[])?;
+                KvEntry {
+                    key: key.to_string(),
+                    flags,
+                    value: value.filter(|v| !v.is_empty()),
+                    lock_index: if held_by_us { lock_index } else { lock_index + 1 },
+                    session: Some(session.to_string()),
+                    create_index: old.as_ref().map_or(self.index, |e| e.create_index),
+                    modify_index: self.index,
+                }
+            }
+            KvLockOp::Release => {
+                let Some(old) = old.filter(|e| e.session.as_deref() == Some(session)) else {
+                    return Ok(Ok(None));
+                };
+                self.t.session_refs.delete(self.txn, &held_ref)?;
+                KvEntry {
+                    flags,
+                    value: value.filter(|v| !v.is_empty()),
+                    session: None,
+                    modify_index: self.index,
+                    ..old
+                }
+            }
+        };
+        self.t.kv.put(self.txn, key.as_bytes(), &codec::encode_kv(&entry))?;
+        self.t.kv_tombstones.delete(self.txn, key.as_bytes())?;
+        self.touch_kv(key)?;
+        Ok(Ok(Some(entry)))
+    }
+
+    /// Whether `key` is within the lock delay of a session that held it, by the leader's
+    /// clock of this entry (entries without one ignore delays).
+    fn in_lock_delay(&self, key: &str) -> Result<bool, StoreError> {
+        let Some(now) = self.now_ms else { return Ok(false) };
+        if !rows::storable(key.as_bytes()) {
+            return Ok(false);
+        }
+        Ok(match self.t.lock_delays.get(self.txn, key.as_bytes())? {
+            Some(bytes) => codec::decode_u64("sm_kv_lock_delays", key.as_bytes(), bytes)? > now,
+            None => false,
+        })
     }
 
     fn txn(&mut self, ops: &[TxnKvOp]) -> Result<Outcome, StoreError> {
@@ -706,6 +930,35 @@ impl ApplyTx<'_, '_> {
                     Err(format!("failed to delete key {key:?}, index is stale"))
                 }
             }
+            TxnKvVerb::Lock | TxnKvVerb::Unlock => {
+                let session = op.session.as_deref().unwrap_or_default();
+                let lock_op = if op.verb == TxnKvVerb::Lock { KvLockOp::Acquire } else { KvLockOp::Release };
+                match self.kv_lock(key, op.value.clone(), op.flags, session, lock_op)? {
+                    Ok(Some(entry)) => {
+                        results.push(without_value(entry));
+                        Ok(())
+                    }
+                    Ok(None) if lock_op == KvLockOp::Acquire => {
+                        Err(format!("failed to lock key {key:?}, lock is already held"))
+                    }
+                    Ok(None) => {
+                        Err(format!("failed to unlock key {key:?}, lock isn't held, or is held by another session"))
+                    }
+                    Err(why) => Err(why),
+                }
+            }
+            TxnKvVerb::CheckSession => match self.kv_get(key)? {
+                Some(entry) if entry.session == op.session => {
+                    results.push(without_value(entry));
+                    Ok(())
+                }
+                Some(entry) => Err(format!(
+                    "failed session check for key {key:?}, current session {:?} != {:?}",
+                    entry.session.unwrap_or_default(),
+                    op.session.as_deref().unwrap_or_default()
+                )),
+                None => Err(format!("key {key:?} doesn't exist")),
+            },
         };
         Ok(outcome)
     }

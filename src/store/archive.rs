@@ -30,6 +30,9 @@ pub struct ArchiveHeader {
     pub services: u64,
     pub checks: u64,
     pub kv: u64,
+    /// Absent in archives made before sessions existed.
+    #[serde(default)]
+    pub sessions: u64,
     pub state_bytes: u64,
 }
 
@@ -82,6 +85,7 @@ pub fn finish(mut out: Vec<u8>, index: u64, term: u64, created_unix: u64) -> Res
         services: counts[super::TAG_SERVICES as usize],
         checks: counts[super::TAG_CHECKS as usize],
         kv: counts[super::TAG_KV as usize],
+        sessions: counts[super::TAG_SESSIONS as usize],
         state_bytes: state.len() as u64,
     };
     let header = serde_json::to_vec(&header).map_err(|e| ArchiveError(e.to_string()))?;
@@ -131,6 +135,10 @@ pub fn verify(archive: &[u8]) -> Result<Verified, ArchiveError> {
             super::TAG_SERVICES => json_row::<crate::model::Service>(value),
             super::TAG_CHECKS => json_row::<crate::model::HealthCheck>(value),
             super::TAG_KV => super::codec::decode_kv(key, value).map(drop).map_err(|e| e.to_string()),
+            super::TAG_SESSIONS => json_row::<crate::model::Session>(value),
+            super::TAG_LOCK_DELAYS => {
+                super::codec::decode_u64("sm_kv_lock_delays", key, value).map(drop).map_err(|e| e.to_string())
+            }
             _ => Ok(()),
         };
         decoded.map_err(|e| bad(format!("a row of table {tag} does not decode: {e}")))?;

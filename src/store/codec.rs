@@ -109,6 +109,56 @@ pub fn decode_kv(key: &[u8], bytes: &[u8]) -> Result<KvEntry, StoreError> {
     })
 }
 
+/// Keys of the `sm_session_refs` table: what a session hangs on, then the session (or, for
+/// held keys, the session then the key). The leading kind byte keeps the kinds apart.
+pub mod session_ref {
+    use super::SEP;
+
+    /// `n \0 node \0 session`: the sessions of a node.
+    pub fn node(node: &str, session: &str) -> Vec<u8> {
+        join(b'n', &[node, session])
+    }
+    pub fn node_prefix(node: &str) -> Vec<u8> {
+        join(b'n', &[node, ""])
+    }
+    /// `c \0 node \0 check \0 session`: the sessions tied to a check.
+    pub fn check(node: &str, check: &str, session: &str) -> Vec<u8> {
+        join(b'c', &[node, check, session])
+    }
+    pub fn check_prefix(node: &str, check: &str) -> Vec<u8> {
+        join(b'c', &[node, check, ""])
+    }
+    /// `k \0 session \0 key`: the KV keys a session holds.
+    pub fn held_key(session: &str, key: &str) -> Vec<u8> {
+        join(b'k', &[session, key])
+    }
+    pub fn held_key_prefix(session: &str) -> Vec<u8> {
+        join(b'k', &[session, ""])
+    }
+
+    fn join(kind: u8, parts: &[&str]) -> Vec<u8> {
+        let mut out = vec![kind];
+        for part in parts {
+            out.push(SEP);
+            out.extend_from_slice(part.as_bytes());
+        }
+        out
+    }
+
+    /// The last part of a ref key (the session, or the held key): everything after the
+    /// `skip`-th separator. Held keys may themselves contain NUL, so this does not split.
+    pub fn tail(key: &[u8], skip: usize) -> String {
+        let mut rest = key;
+        for _ in 0..skip {
+            match rest.iter().position(|b| *b == SEP) {
+                Some(at) => rest = &rest[at + 1..],
+                None => return String::new(),
+            }
+        }
+        String::from_utf8_lossy(rest).into_owned()
+    }
+}
+
 /// Keys of the `sm_indexes` table.
 pub mod index_key {
     pub fn table(name: &str) -> Vec<u8> {

@@ -35,7 +35,7 @@ pub use watch::{Subscription, Table, Topic, Watches};
 pub type RawDb = Database<'static, Bytes, Bytes>;
 
 /// Names of the LMDB databases, in creation order. Part of the disk format.
-const DB_NAMES: [&str; 10] = [
+const DB_NAMES: [&str; 13] = [
     "raft_log",
     "raft_meta",
     "sm_meta",
@@ -46,6 +46,9 @@ const DB_NAMES: [&str; 10] = [
     "sm_kv",
     "sm_kv_tombstones",
     "sm_indexes",
+    "sm_sessions",
+    "sm_session_refs",
+    "sm_kv_lock_delays",
 ];
 
 /// The state-machine tables, which snapshots copy and restore wholesale.
@@ -63,10 +66,18 @@ pub(crate) struct SmTables {
     pub kv_tombstones: RawDb,
     /// Per-table and per-topic modify indexes (`codec::index_key`).
     pub indexes: RawDb,
+    /// Session ID → [`crate::model::Session`] (JSON).
+    pub sessions: RawDb,
+    /// What sessions hang on, to find them from it (`codec::session_ref`): a session's
+    /// node, each check it is tied to, each key it holds. Values are empty.
+    pub session_refs: RawDb,
+    /// KV key → the leader time (Unix ms) until which it cannot be acquired, set when the
+    /// session holding it was invalidated.
+    pub lock_delays: RawDb,
 }
 
 impl SmTables {
-    pub(crate) fn all(&self) -> [(u8, RawDb); 8] {
+    pub(crate) fn all(&self) -> [(u8, RawDb); TABLE_TAGS] {
         // The tags are the snapshot format (`TAG_*`): never renumber them.
         [
             (0, self.meta),
@@ -77,6 +88,9 @@ impl SmTables {
             (5, self.kv),
             (6, self.kv_tombstones),
             (7, self.indexes),
+            (8, self.sessions),
+            (9, self.session_refs),
+            (10, self.lock_delays),
         ]
     }
 }
@@ -135,12 +149,17 @@ fn process_tag() -> &'static str {
     TAG.get_or_init(|| uuid::Uuid::new_v4().simple().to_string())
 }
 
+/// How many state-machine tables snapshots carry (tags `0..TABLE_TAGS`).
+pub(crate) const TABLE_TAGS: usize = 11;
+
 /// Table tags in snapshots and archives.
 pub(crate) const TAG_META: u8 = 0;
 pub(crate) const TAG_NODES: u8 = 1;
 pub(crate) const TAG_SERVICES: u8 = 2;
 pub(crate) const TAG_CHECKS: u8 = 4;
 pub(crate) const TAG_KV: u8 = 5;
+pub(crate) const TAG_SESSIONS: u8 = 8;
+pub(crate) const TAG_LOCK_DELAYS: u8 = 10;
 
 /// Handle on the LMDB environment. Cheap to clone.
 #[derive(Clone)]
@@ -183,23 +202,36 @@ impl Store {
         }
         .map_err(open_err)?;
         let wtxn = env.write_txn().map_err(open_err)?;
-        let dbs: [RawDb; 10] = env
+        let dbs: [RawDb; 13] = env
             .create_databases_and_commit(wtxn, |opener, wtxn| {
                 let mut dbs = Vec::with_capacity(DB_NAMES.len());
                 for name in DB_NAMES {
                     dbs.push(opener.create_database::<Bytes, Bytes>(wtxn, Some(name))?);
                 }
-                let dbs: [_; 10] = dbs.try_into().unwrap_or_else(|_| unreachable!());
+                let dbs: [_; 13] = dbs.try_into().unwrap_or_else(|_| unreachable!());
                 Ok::<_, heed::Error>(CommitOrAbort::<_, ()>::Commit(dbs))
             })
             .map_err(open_err)?
             .unwrap_commit();
-        let [raft_log, raft_meta, meta, nodes, services, service_names, checks, kv, kv_tombstones, indexes] = dbs;
+        let [raft_log, raft_meta, meta, nodes, services, service_names, checks, kv, kv_tombstones, indexes, sessions, session_refs, lock_delays] =
+            dbs;
         let store = Store {
             env,
             raft_log,
             raft_meta,
-            sm: SmTables { meta, nodes, services, service_names, checks, kv, kv_tombstones, indexes },
+            sm: SmTables {
+                meta,
+                nodes,
+                services,
+                service_names,
+                checks,
+                kv,
+                kv_tombstones,
+                indexes,
+                sessions,
+                session_refs,
+                lock_delays,
+            },
             watches: Arc::new(Watches::default()),
             directory: Arc::default(),
             staging_dir: Arc::new(dir.join("restore")),

@@ -9,7 +9,7 @@ use super::codec::{self, index_key};
 use super::rows;
 use super::watch::Table;
 use super::{SmTables, StoreError};
-use crate::model::{CheckStatus, HealthCheck, KvEntry, Node, Service};
+use crate::model::{CheckStatus, HealthCheck, KvEntry, Node, Service, Session};
 
 /// A service instance with its node and every check that bears on its health.
 #[derive(Debug, Clone)]
@@ -210,6 +210,40 @@ impl<'e> ReadView<'e> {
             }
         }
         Ok(out)
+    }
+
+    pub fn session(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        rows::session(&self.t, &self.txn, id)
+    }
+
+    /// Every session, ordered by ID.
+    pub fn sessions(&self) -> Result<Vec<Session>, StoreError> {
+        let mut out = Vec::new();
+        for row in self.t.sessions.iter(&self.txn)? {
+            let (key, bytes) = row?;
+            out.push(codec::decode_json("sm_sessions", key, bytes)?);
+        }
+        Ok(out)
+    }
+
+    /// The sessions of `node`, ordered by ID.
+    pub fn node_sessions(&self, node: &str) -> Result<Vec<Session>, StoreError> {
+        let prefix = codec::session_ref::node_prefix(node);
+        let mut out = Vec::new();
+        if !rows::storable(&prefix) {
+            return Ok(out);
+        }
+        for row in self.t.session_refs.prefix_iter(&self.txn, &prefix)? {
+            let (key, _) = row?;
+            out.extend(self.session(&codec::session_ref::tail(key, 2))?);
+        }
+        Ok(out)
+    }
+
+    /// Rows of the session reverse index (for tests: none may outlive its session).
+    #[cfg(test)]
+    pub fn session_refs_count(&self) -> Result<u64, StoreError> {
+        Ok(self.t.session_refs.len(&self.txn)?)
     }
 
     pub fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, StoreError> {

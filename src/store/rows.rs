@@ -4,7 +4,7 @@
 use heed::{RoTxn, WithoutTls};
 
 use super::{codec, prefix_rows, RawDb, SmTables, StoreError};
-use crate::model::{HealthCheck, KvEntry, Node, Service};
+use crate::model::{HealthCheck, KvEntry, Node, Service, Session};
 
 type Txn<'t> = RoTxn<'t, WithoutTls>;
 
@@ -22,6 +22,16 @@ pub(super) fn node(t: &SmTables, txn: &Txn<'_>, name: &str) -> Result<Option<Nod
     }
     match t.nodes.get(txn, name.as_bytes())? {
         Some(bytes) => Ok(Some(codec::decode_json("sm_nodes", name.as_bytes(), bytes)?)),
+        None => Ok(None),
+    }
+}
+
+pub(super) fn session(t: &SmTables, txn: &Txn<'_>, id: &str) -> Result<Option<Session>, StoreError> {
+    if !storable(id.as_bytes()) {
+        return Ok(None);
+    }
+    match t.sessions.get(txn, id.as_bytes())? {
+        Some(bytes) => Ok(Some(codec::decode_json("sm_sessions", id.as_bytes(), bytes)?)),
         None => Ok(None),
     }
 }

@@ -103,8 +103,8 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Vec<Record<'_>>, StoreError> {
 }
 
 /// Checks `bytes` like [`parse`] and counts the records of each table tag.
-pub(super) fn count_by_tag(bytes: &[u8]) -> Result<[u64; 8], StoreError> {
-    let mut counts = [0u64; 8];
+pub(super) fn count_by_tag(bytes: &[u8]) -> Result<[u64; super::TABLE_TAGS], StoreError> {
+    let mut counts = [0u64; super::TABLE_TAGS];
     walk(bytes, |(tag, _, _)| counts[tag as usize] += 1)?;
     Ok(counts)
 }
@@ -125,7 +125,7 @@ fn walk<'a>(bytes: &'a [u8], mut each: impl FnMut(Record<'a>)) -> Result<(), Sto
     let mut rest = &records[MAGIC.len()..];
     while !rest.is_empty() {
         let tag = take(&mut rest, 1)?[0];
-        if tag > 7 {
+        if tag as usize >= super::TABLE_TAGS {
             return Err(bad("unknown table tag"));
         }
         let key_len = u32::from_be_bytes(take(&mut rest, 4)?.try_into().unwrap_or([0; 4])) as usize;

@@ -13,7 +13,7 @@ fn open() -> (tempfile::TempDir, Store) {
 }
 
 fn apply(store: &Store, index: u64, commands: Vec<Command>) -> Vec<CommandResult> {
-    let batch = [AppliedBatch { index, commands: &commands }];
+    let batch = [AppliedBatch { index, commands: &commands, leader_time_ms: Some(index * 1000) }];
     store.apply(&batch, &[]).expect("apply").remove(0)
 }
 
@@ -125,7 +125,14 @@ fn kv_cas_and_tombstone_indexes() {
 fn txn_rolls_back_as_a_whole() {
     let (_dir, store) = open();
     apply(&store, 2, vec![kv_set("k", "v", None)]);
-    let op = |verb, key: &str, index| TxnKvOp { verb, key: key.into(), value: Some(b"x".to_vec()), flags: 0, index };
+    let op = |verb, key: &str, index| TxnKvOp {
+        verb,
+        key: key.into(),
+        value: Some(b"x".to_vec()),
+        flags: 0,
+        index,
+        session: None,
+    };
     let results =
         apply(&store, 3, vec![Command::Txn { ops: vec![op(TxnKvVerb::Set, "new", 0), op(TxnKvVerb::Cas, "k", 99)] }]);
     match &results[0] {
@@ -267,4 +274,152 @@ fn old_tombstones_are_reaped_without_indexes_going_back() {
     assert_eq!(view.kv_prefix_index("go").expect("index"), 11);
     let rtxn = store.env().read_txn().expect("txn");
     assert_eq!(store.sm.kv_tombstones.len(&rtxn).expect("len"), 0, "the old tombstone was kept");
+}
+
+// ---- sessions and locks ------------------------------------------------------------------
+
+fn session(id: &str, node: &str, checks: &[&str], behavior: crate::model::SessionBehavior) -> Command {
+    Command::SessionCreate(Box::new(crate::model::Session {
+        id: id.into(),
+        name: String::new(),
+        node: node.into(),
+        node_checks: checks.iter().map(|c| c.to_string()).collect(),
+        service_checks: Vec::new(),
+        lock_delay_ms: 5_000,
+        behavior,
+        ttl_ms: 0,
+        create_index: 0,
+        modify_index: 0,
+    }))
+}
+
+fn lock(key: &str, value: &str, session: &str, op: crate::model::KvLockOp) -> Command {
+    Command::KvLock { key: key.into(), value: Some(value.as_bytes().to_vec()), flags: 0, session: session.into(), op }
+}
+
+use crate::model::KvLockOp::{Acquire, Release};
+use crate::model::SessionBehavior::{Delete as DeleteKeys, Release as ReleaseKeys};
+
+#[test]
+fn sessions_need_their_node_and_healthy_checks() {
+    let (_dir, store) = open();
+    let missing = apply(&store, 2, vec![session("s1", "n1", &[], ReleaseKeys)]);
+    assert!(matches!(&missing[0], CommandResult::Rejected(why) if why.contains("Missing node")), "{missing:?}");
+    apply(
+        &store,
+        3,
+        vec![register(
+            "n1",
+            None,
+            vec![check("ok", "", CheckStatus::Passing), check("bad", "", CheckStatus::Critical)],
+        )],
+    );
+    let unknown = apply(&store, 4, vec![session("s1", "n1", &["nope"], ReleaseKeys)]);
+    assert!(matches!(&unknown[0], CommandResult::Rejected(why) if why == "Missing check 'nope' registration"));
+    let critical = apply(&store, 5, vec![session("s1", "n1", &["bad"], ReleaseKeys)]);
+    assert!(matches!(&critical[0], CommandResult::Rejected(why) if why == "Check 'bad' is in critical state"));
+    assert_eq!(apply(&store, 6, vec![session("s1", "n1", &["ok"], ReleaseKeys)]), vec![CommandResult::Done]);
+    let view = store.read().expect("read");
+    let stored = view.session("s1").expect("read").expect("exists");
+    assert_eq!((stored.create_index, stored.modify_index), (6, 6));
+    assert_eq!(view.node_sessions("n1").expect("read").len(), 1);
+    assert_eq!(view.table_index(Table::Sessions).expect("index"), 6);
+}
+
+#[test]
+fn locks_are_exclusive_and_count_acquisitions() {
+    let (_dir, store) = open();
+    apply(
+        &store,
+        2,
+        vec![register("n1", None, vec![]), session("a", "n1", &[], ReleaseKeys), session("b", "n1", &[], ReleaseKeys)],
+    );
+    assert_eq!(apply(&store, 3, vec![lock("k", "1", "a", Acquire)]), vec![CommandResult::Bool(true)]);
+    assert_eq!(apply(&store, 4, vec![lock("k", "2", "b", Acquire)]), vec![CommandResult::Bool(false)], "held by a");
+    assert_eq!(apply(&store, 5, vec![lock("k", "3", "a", Acquire)]), vec![CommandResult::Bool(true)], "re-acquire");
+    let entry = store.read().expect("read").kv_get("k").expect("get").expect("exists");
+    assert_eq!((entry.lock_index, entry.session.as_deref(), entry.value.as_deref()), (1, Some("a"), Some(&b"3"[..])));
+    assert_eq!(apply(&store, 6, vec![lock("k", "4", "b", Release)]), vec![CommandResult::Bool(false)], "not b's");
+    assert_eq!(apply(&store, 7, vec![lock("k", "5", "a", Release)]), vec![CommandResult::Bool(true)]);
+    // A plain write to a held key keeps the lock; an explicit release needs no lock delay.
+    assert_eq!(apply(&store, 8, vec![lock("k", "6", "b", Acquire)]), vec![CommandResult::Bool(true)]);
+    apply(&store, 9, vec![kv_set("k", "7", None)]);
+    let entry = store.read().expect("read").kv_get("k").expect("get").expect("exists");
+    assert_eq!((entry.lock_index, entry.session.as_deref(), entry.value.as_deref()), (2, Some("b"), Some(&b"7"[..])));
+    let invalid = apply(&store, 10, vec![lock("k", "8", "gone", Acquire)]);
+    assert!(matches!(&invalid[0], CommandResult::Rejected(why) if why.contains("invalid session")), "{invalid:?}");
+}
+
+#[test]
+fn invalidation_releases_or_deletes_and_starts_the_lock_delay() {
+    let (_dir, store) = open();
+    apply(
+        &store,
+        2,
+        vec![
+            register("n1", None, vec![check("c", "", CheckStatus::Passing)]),
+            session("r", "n1", &["c"], ReleaseKeys),
+            session("d", "n1", &[], DeleteKeys),
+        ],
+    );
+    apply(&store, 3, vec![lock("held/r", "x", "r", Acquire), lock("held/d", "y", "d", Acquire)]);
+    // The check turns critical: `r` ends, its key stays, unlocked, and is in lock delay.
+    apply(&store, 4, vec![register("n1", None, vec![check("c", "", CheckStatus::Critical)])]);
+    let view = store.read().expect("read");
+    assert!(view.session("r").expect("read").is_none(), "a critical check invalidates its sessions");
+    let entry = view.kv_get("held/r").expect("get").expect("release keeps the key");
+    assert_eq!((entry.session, entry.modify_index), (None, 4));
+    assert!(view.session("d").expect("read").is_some(), "d is not tied to the check");
+    drop(view);
+    apply(&store, 5, vec![session("r2", "n1", &[], ReleaseKeys)]);
+    // Entry 6 runs at 6 s by the leader's clock, within r's 5 s delay from 4 s; 9 s is past it.
+    assert_eq!(apply(&store, 6, vec![lock("held/r", "z", "r2", Acquire)]), vec![CommandResult::Bool(false)]);
+    assert_eq!(apply(&store, 9, vec![lock("held/r", "z", "r2", Acquire)]), vec![CommandResult::Bool(true)]);
+    // Deregistering the node ends every session on it; `d` deletes its key.
+    apply(
+        &store,
+        10,
+        vec![Command::Deregister(DeregisterRequest { node: "n1".into(), service_id: None, check_id: None })],
+    );
+    let view = store.read().expect("read");
+    assert!(view.sessions().expect("read").is_empty());
+    assert!(view.kv_get("held/d").expect("get").is_none(), "behavior delete removes held keys");
+    assert_eq!(view.kv_get("held/r").expect("get").expect("kept").session, None);
+    assert_eq!(view.session_refs_count().expect("count"), 0, "no ref outlives its session");
+}
+
+#[test]
+fn txn_lock_unlock_and_check_session() {
+    let (_dir, store) = open();
+    apply(&store, 2, vec![register("n1", None, vec![]), session("a", "n1", &[], ReleaseKeys)]);
+    let op = |verb, session: Option<&str>| TxnKvOp {
+        verb,
+        key: "k".into(),
+        value: Some(b"v".to_vec()),
+        flags: 0,
+        index: 0,
+        session: session.map(str::to_string),
+    };
+    let locked = apply(
+        &store,
+        3,
+        vec![Command::Txn { ops: vec![op(TxnKvVerb::Lock, Some("a")), op(TxnKvVerb::CheckSession, Some("a"))] }],
+    );
+    assert!(matches!(&locked[0], CommandResult::TxnCommitted(r) if r.len() == 2), "{locked:?}");
+    let wrong = apply(&store, 4, vec![Command::Txn { ops: vec![op(TxnKvVerb::CheckSession, None)] }]);
+    assert!(
+        matches!(&wrong[0], CommandResult::TxnRolledBack(e) if e[0].what.contains("failed session check")),
+        "{wrong:?}"
+    );
+    let unlocked = apply(
+        &store,
+        5,
+        vec![Command::Txn { ops: vec![op(TxnKvVerb::Unlock, Some("a")), op(TxnKvVerb::Unlock, Some("a"))] }],
+    );
+    assert!(matches!(&unlocked[0], CommandResult::TxnRolledBack(e) if e[0].op_index == 1), "{unlocked:?}");
+    assert_eq!(
+        store.read().expect("read").kv_get("k").expect("get").expect("exists").session.as_deref(),
+        Some("a"),
+        "rolled back"
+    );
 }

@@ -26,6 +26,7 @@ pub enum Table {
     Services,
     Checks,
     Kv,
+    Sessions,
 }
 
 impl Table {
@@ -35,6 +36,7 @@ impl Table {
             Table::Services => "services",
             Table::Checks => "checks",
             Table::Kv => "kvs",
+            Table::Sessions => "sessions",
         }
     }
 }
