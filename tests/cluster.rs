@@ -133,6 +133,14 @@ fn three_servers_form_one_cluster_forward_writes_and_survive_a_leader_kill() {
     let r = f2.get("/v1/kv/k/first?stale");
     assert_eq!(r.header("X-Consul-KnownLeader"), Some("true"));
 
+    // A TTL session made through one follower is renewed through the other (the timer
+    // lives on the leader only).
+    let r = f1.put("/v1/session/create", json!({"TTL": "10s"}).to_string());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let session = r.json()["ID"].as_str().expect("ID").to_string();
+    let r = f2.put(&format!("/v1/session/renew/{session}"), "");
+    assert_eq!((r.status, r.json()[0]["ID"].as_str()), (200, Some(session.as_str())), "{}", r.text());
+
     // A client writes through a follower without pause; the leader is SIGKILLed meanwhile.
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -165,6 +173,9 @@ fn three_servers_form_one_cluster_forward_writes_and_survive_a_leader_kill() {
     stop.store(true, Ordering::Relaxed);
     writer.join().expect("writer");
     eprintln!("failover after a leader SIGKILL: {failover:?}; new leader {new_leader}");
+    // The new leader armed the session's timer afresh: it is still there and renewable.
+    let r = survivors[1].put(&format!("/v1/session/renew/{session}"), "");
+    assert_eq!(r.status, 200, "the session did not survive the failover: {}", r.text());
 
     // The killed server comes back on its data dir (new ports) and catches up.
     let leader_name = format!("s{}", leader + 1);

@@ -133,10 +133,24 @@ fn members_fail_leave_and_rejoin_through_gossip() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    // SIGKILL: failed, serfHealth critical, its service out of DNS.
+    // A session made through c1 belongs to c1's node and hangs on its serfHealth; the lock
+    // it takes through c1 is held in the servers' KV.
+    let r = clients[0].put("/v1/session/create", json!({"Name": "c1-lock", "LockDelay": "0s"}).to_string());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let session = r.json()["ID"].as_str().expect("ID").to_string();
+    assert_eq!(server.get(&format!("/v1/session/info/{session}")).json()[0]["Node"], "c1");
+    let r = clients[0].put(&format!("/v1/kv/c1/lock?acquire={session}"), "c1");
+    assert_eq!((r.status, r.text().as_str()), (200, "true"));
+
+    // SIGKILL: failed, serfHealth critical, its service out of DNS, its session invalidated
+    // and its lock released.
     let killed_at = Instant::now();
     clients[0].kill();
     wait_for("c1 out of DNS", CONVERGE, || (!web_in_dns(&server)).then_some(()));
+    wait_for("c1's session invalidated", CONVERGE, || {
+        (server.get(&format!("/v1/session/info/{session}")).json() == json!([])).then_some(())
+    });
+    assert!(server.get("/v1/kv/c1/lock").json()[0].get("Session").is_none(), "the dead node's lock is released");
     let detection = killed_at.elapsed();
     assert_eq!(statuses(&server).get("c1"), Some(&4));
     assert_eq!(serf_health(&server, "c1").as_deref(), Some("critical"));
