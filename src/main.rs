@@ -45,6 +45,8 @@ enum CliCommand {
     /// Cluster operations.
     #[command(subcommand)]
     Operator(cairn::cli::operator::OperatorCommand),
+    /// Run a command while holding a lock (or a semaphore slot) in KV.
+    Lock(cairn::cli::lock::LockFlags),
     /// Save, restore or inspect archives of all replicated state.
     #[command(subcommand)]
     Snapshot(cairn::cli::snapshot::SnapshotCommand),
@@ -78,6 +80,13 @@ fn main() -> ExitCode {
         }
         CliCommand::Operator(command) => client_exit(cairn::cli::operator::run(command)),
         CliCommand::Snapshot(command) => client_exit(cairn::cli::snapshot::run(command)),
+        CliCommand::Lock(flags) => match cairn::cli::lock::run(flags) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("cairn: {e}");
+                ExitCode::FAILURE
+            }
+        },
         CliCommand::Leave(flags) => client_exit(cairn::cli::leave(&flags)),
     }
 }

@@ -25,6 +25,9 @@ pub struct KvGet {
     /// Print values base64-encoded.
     #[arg(long)]
     pub base64: bool,
+    /// Print every field of the entry (indexes, flags, the session holding its lock).
+    #[arg(long)]
+    pub detailed: bool,
     #[arg(default_value = "")]
     pub key: String,
 }
@@ -97,11 +100,31 @@ fn get(a: KvGet) -> Result<(), CliError> {
     if a.key.is_empty() {
         return Err(CliError::Usage("Error! Missing KEY argument".into()));
     }
-    let answer = client.request(Method::GET, &format!("{path}?raw"), None)?;
+    let query = if a.detailed { "" } else { "?raw" };
+    let answer = client.request(Method::GET, &format!("{path}{query}"), None)?;
     if answer.status == 404 {
         return Err(CliError::Usage(format!("Error! No key exists at: {}", a.key)));
     }
-    println!("{}", show(&answer.success()?.body, a.base64));
+    let body = answer.success()?.body;
+    if !a.detailed {
+        println!("{}", show(&body, a.base64));
+        return Ok(());
+    }
+    let entries: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| CliError::Usage(format!("invalid answer from the agent: {e}")))?;
+    let entry = &entries[0];
+    let value = entry["Value"].as_str().and_then(|v| STANDARD.decode(v).ok()).unwrap_or_default();
+    let number = |field: &str| entry[field].as_u64().unwrap_or(0).to_string();
+    let rows = [
+        ("CreateIndex", number("CreateIndex")),
+        ("Flags", number("Flags")),
+        ("Key", entry["Key"].as_str().unwrap_or_default().to_string()),
+        ("LockIndex", number("LockIndex")),
+        ("ModifyIndex", number("ModifyIndex")),
+        ("Session", entry["Session"].as_str().unwrap_or("-").to_string()),
+        ("Value", show(&value, a.base64)),
+    ];
+    super::print_table(&rows.map(|(name, value)| vec![name.to_string(), value]));
     Ok(())
 }
 

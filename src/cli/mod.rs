@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod kv;
+pub mod lock;
 pub mod operator;
 pub mod services;
 pub mod snapshot;
@@ -107,23 +108,49 @@ impl Client {
 
     /// Any request; the answer whatever its status (callers decide what a 404 means).
     pub fn request(&self, method: reqwest::Method, path: &str, body: Option<Vec<u8>>) -> Result<Answer, CliError> {
+        self.runtime.block_on(self.call(method, path, body, None))
+    }
+
+    /// Runs `future` on this client's runtime (for subcommands that do several things at
+    /// once: `lock`, `watch`).
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    /// [`Client::request`] from async code; `timeout` overrides the client's (a blocking
+    /// query needs its wait and a margin).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        timeout: Option<Duration>,
+    ) -> Result<Answer, CliError> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(body) = body {
             request = request.body(body);
         }
-        self.runtime.block_on(async {
-            let response = request.send().await.map_err(|e| CliError::Unreachable {
-                addr: self.base.clone(),
-                reason: crate::checks::root_cause(&e),
-            })?;
-            let status = response.status().as_u16();
-            let index = response.headers().get("X-Consul-Index").and_then(|v| v.to_str().ok()?.parse().ok());
-            let body = response.bytes().await.map_err(|e| CliError::Unreachable {
-                addr: self.base.clone(),
-                reason: crate::checks::root_cause(&e),
-            })?;
-            Ok(Answer { status, index, body: body.to_vec() })
-        })
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
+        let unreachable = |e: reqwest::Error| CliError::Unreachable {
+            addr: self.base.clone(),
+            reason: crate::checks::root_cause(&e),
+        };
+        let response = request.send().await.map_err(unreachable)?;
+        let status = response.status().as_u16();
+        let index = response.headers().get("X-Consul-Index").and_then(|v| v.to_str().ok()?.parse().ok());
+        let body = response.bytes().await.map_err(unreachable)?;
+        Ok(Answer { status, index, body: body.to_vec() })
+    }
+
+    /// A blocking GET of `path` that returns once its index passes `index` (or after
+    /// `wait`), with the index it answered at.
+    pub async fn blocking_get(&self, path: &str, index: u64, wait: Duration) -> Result<Answer, CliError> {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let path = format!("{path}{separator}index={index}&wait={}s", wait.as_secs().max(1));
+        // The agent adds up to wait/16 of jitter; allow that and a margin.
+        self.call(reqwest::Method::GET, &path, None, Some(wait + wait / 16 + Duration::from_secs(10))).await
     }
 }
 
