@@ -47,6 +47,8 @@ enum CliCommand {
     Operator(cairn::cli::operator::OperatorCommand),
     /// Run a command while holding a lock (or a semaphore slot) in KV.
     Lock(cairn::cli::lock::LockFlags),
+    /// Run a handler each time a view of the catalog or KV changes.
+    Watch(cairn::cli::watch::WatchFlags),
     /// Save, restore or inspect archives of all replicated state.
     #[command(subcommand)]
     Snapshot(cairn::cli::snapshot::SnapshotCommand),
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
         }
         CliCommand::Operator(command) => client_exit(cairn::cli::operator::run(command)),
         CliCommand::Snapshot(command) => client_exit(cairn::cli::snapshot::run(command)),
+        CliCommand::Watch(flags) => client_exit(cairn::cli::watch::run(flags)),
         CliCommand::Lock(flags) => match cairn::cli::lock::run(flags) {
             Ok(code) => ExitCode::from(code),
             Err(e) => {

@@ -334,7 +334,7 @@ fn bad_input_gets_a_precise_4xx_and_the_agent_keeps_serving() {
         ),
         ("PUT", "/v1/kv/big", "x".repeat(524_289), 413, "Request body(524289 bytes) too large, max size: 524288 bytes"),
         ("PUT", "/v1/kv/k?flags=abc", "v".into(), 400, "Invalid flags"),
-        ("PUT", "/v1/kv/k?acquire=abc", "v".into(), 400, "sessions"),
+        ("PUT", "/v1/kv/k?acquire=abc", "v".into(), 400, "invalid session \"abc\""),
         ("GET", "/v1/no/such/endpoint", String::new(), 404, "Invalid URL path"),
         ("POST", "/v1/kv/k", String::new(), 405, "method POST not allowed"),
         ("DELETE", "/v1/catalog/nodes", String::new(), 405, "method DELETE not allowed"),

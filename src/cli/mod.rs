@@ -7,6 +7,7 @@ pub mod lock;
 pub mod operator;
 pub mod services;
 pub mod snapshot;
+pub mod watch;
 
 use std::time::Duration;
 
