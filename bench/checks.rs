@@ -103,7 +103,7 @@ pub async fn run(settings: &Settings) -> Result<()> {
     Ok(())
 }
 
-fn yes(met: bool) -> &'static str {
+pub(crate) fn yes(met: bool) -> &'static str {
     if met {
         "yes"
     } else {
@@ -111,11 +111,11 @@ fn yes(met: bool) -> &'static str {
     }
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], q: f64) -> Duration {
     let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
 }
@@ -205,7 +205,7 @@ async fn wait_all_passing(http: SocketAddr) -> Result<()> {
     }
 }
 
-async fn applied_index(http: SocketAddr) -> Result<u64> {
+pub(crate) async fn applied_index(http: SocketAddr) -> Result<u64> {
     let mut conn = HttpConn::connect(http).await?;
     let r = conn.request("GET", "/v1/agent/self", b"").await?;
     let body: serde_json::Value = serde_json::from_slice(&r.body).context("agent/self JSON")?;

@@ -11,6 +11,7 @@ mod cluster;
 mod footprint;
 mod load;
 mod server;
+mod sessions;
 mod watch;
 mod writes;
 
@@ -22,7 +23,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::server::Binaries;
 
-const USAGE: &str = "usage: http_bench [--only writes|watch|footprint|checks|cluster]... [--seconds N] \
+const USAGE: &str = "usage: http_bench [--only writes|watch|footprint|checks|cluster|sessions]... [--seconds N] \
                      [--cairn PATH] [--etcd PATH]";
 
 /// Longest a section may run: a base, plus a share per `--seconds` (the writes section runs
@@ -44,10 +45,12 @@ enum Section {
     Footprint,
     Checks,
     Cluster,
+    Sessions,
 }
 
 impl Section {
-    const ALL: [Section; 5] = [Section::Writes, Section::Watch, Section::Footprint, Section::Checks, Section::Cluster];
+    const ALL: [Section; 6] =
+        [Section::Writes, Section::Watch, Section::Footprint, Section::Checks, Section::Cluster, Section::Sessions];
 
     fn parse(name: &str) -> Result<Section> {
         Ok(match name {
@@ -56,6 +59,7 @@ impl Section {
             "footprint" => Section::Footprint,
             "checks" => Section::Checks,
             "cluster" => Section::Cluster,
+            "sessions" => Section::Sessions,
             _ => bail!("unknown section {name:?}; {USAGE}"),
         })
     }
@@ -184,6 +188,7 @@ async fn main() -> ExitCode {
                 Section::Footprint => footprint::run(&settings).await,
                 Section::Checks => checks::run(&settings).await,
                 Section::Cluster => cluster::run(&settings).await,
+                Section::Sessions => sessions::run(&settings).await,
             }
         };
         // A backstop over the per-step deadlines: no section can hang the bench.
