@@ -108,7 +108,10 @@ impl<'c> Locker<'c> {
         let created = self.put("/v1/session/create", body.to_string().into_bytes()).await?;
         let created: Value = serde_json::from_str(&created)
             .map_err(|e| CliError::Usage(format!("invalid answer to session create: {e}")))?;
-        self.session = created["ID"].as_str().unwrap_or_default().to_string();
+        self.session = match created["ID"].as_str() {
+            Some(id) if !id.is_empty() => id.to_string(),
+            _ => return Err(CliError::Usage(format!("the agent created a session without an ID: {created}"))),
+        };
         let (lost_tx, lost_rx) = watch::channel(None::<String>);
         let renewer = tokio::spawn(renew(self.client_handle(), self.session.clone(), lost_tx.clone()));
         let outcome = self.hold_and_run(flags, lost_tx, lost_rx).await;
