@@ -37,8 +37,7 @@ pub fn forwardable(path: &str) -> bool {
 
 /// Request headers a forwarded request keeps: what the handlers read. The browser-facing
 /// ones (Origin, Sec-Fetch-*) were checked on the client agent already.
-const FORWARDED_REQUEST_HEADERS: &[&str] =
-    &["content-type", "x-consul-token", "authorization", super::session::AGENT_NODE_HEADER];
+const FORWARDED_REQUEST_HEADERS: &[&str] = &["content-type", "x-consul-token", "authorization"];
 
 /// Middleware on a client agent: sends [`forwardable`] requests to a server.
 pub async fn forward_from_client(State(ctx): State<Arc<HttpContext>>, request: Request, next: Next) -> Response {
@@ -59,8 +58,8 @@ async fn forward(ctx: &HttpContext, request: Request) -> Result<Response, ApiErr
     let mut headers: Vec<(String, String)> = FORWARDED_REQUEST_HEADERS
         .iter()
         .filter_map(|name| Some((name.to_string(), parts.headers.get(*name)?.to_str().ok()?.to_string())))
-        .filter(|(name, _)| name != super::session::AGENT_NODE_HEADER)
         .collect();
+    // Who is asking: the default `Node` of a session this agent creates.
     headers.push((super::session::AGENT_NODE_HEADER.to_string(), ctx.identity.node_name.clone()));
     let uri = parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_string(), |pq| pq.as_str().to_string());
     let call = HttpCall { method: parts.method.to_string(), uri, headers };
