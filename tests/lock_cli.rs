@@ -55,6 +55,12 @@ fn cairn_lock_runs_one_holder_at_a_time_and_gives_way() {
     let mut b = lock(&agent, dir, "b", &[], "jobs/report", &script("b"));
     std::thread::sleep(Duration::from_millis(1500));
     assert!(!exists(dir, "b.held"), "b ran while a held the lock");
+    // A contender with -timeout gives up, and its child never runs.
+    let mut impatient = lock(&agent, dir, "impatient", &["-timeout", "1s"], "jobs/report", "touch impatient.held");
+    assert_eq!(exit_code(&mut impatient), 1);
+    assert!(!exists(dir, "impatient.held"));
+    let err = std::fs::read_to_string(dir.join("impatient.err")).expect("stderr");
+    assert!(err.contains("Lock acquisition timed out"), "{err}");
     let detailed = Command::new(cairn_bin())
         .args(["kv", "get", "-detailed", "-http-addr", &agent.http.to_string(), "jobs/report/.lock"])
         .output()

@@ -113,9 +113,11 @@ impl<'c> Locker<'c> {
             _ => return Err(CliError::Usage(format!("the agent created a session without an ID: {created}"))),
         };
         let (lost_tx, lost_rx) = watch::channel(None::<String>);
-        let renewer = tokio::spawn(renew(self.client_handle(), self.session.clone(), lost_tx.clone()));
-        let outcome = self.hold_and_run(flags, lost_tx, lost_rx).await;
-        renewer.abort();
+        // The renewer never completes: once the session is lost it says so and waits.
+        let outcome = tokio::select! {
+            outcome = self.hold_and_run(flags, lost_tx.clone(), lost_rx) => outcome,
+            never = renew(self.client, &self.session, lost_tx) => match never {},
+        };
         // Best effort: a session left behind ends with its TTL anyway.
         let _ = self.release().await;
         let _ = self.put(&format!("/v1/session/destroy/{}", self.session), Vec::new()).await;
@@ -123,12 +125,6 @@ impl<'c> Locker<'c> {
             Ended::Child(code) => Ok(code),
             Ended::Lost(why) => Err(CliError::Usage(format!("Lock lost, child terminated: {why}"))),
         }
-    }
-
-    /// What the renewal task needs: the same agent, its own client (the task outlives no
-    /// borrow of ours).
-    fn client_handle(&self) -> RenewClient {
-        RenewClient { base: self.client.base.clone(), http: self.client.http.clone() }
     }
 
     async fn hold_and_run(
@@ -371,31 +367,25 @@ fn first_entry(answer: &Answer) -> Result<Value, CliError> {
     Ok(entries(answer)?.get(0).cloned().unwrap_or(Value::Null))
 }
 
-/// What the renewal task uses: a clone of the client's connection pool and address.
-struct RenewClient {
-    base: String,
-    http: reqwest::Client,
-}
-
 /// Renews `session` every half TTL until it is gone (404) or no renewal succeeded for a
-/// whole TTL; then reports why on `lost`.
-async fn renew(client: RenewClient, session: String, lost: watch::Sender<Option<String>>) {
-    let url = format!("{}/v1/session/renew/{session}", client.base);
+/// whole TTL; then reports why on `lost`, and waits forever.
+async fn renew(client: &Client, session: &str, lost: watch::Sender<Option<String>>) -> std::convert::Infallible {
+    let path = format!("/v1/session/renew/{session}");
     let mut last_ok = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(SESSION_TTL / 2).await;
-        match client.http.put(&url).timeout(SESSION_TTL / 2).send().await {
-            Ok(r) if r.status().is_success() => last_ok = tokio::time::Instant::now(),
-            Ok(r) if r.status().as_u16() == 404 => {
+        match client.call(Method::PUT, &path, None, Some(SESSION_TTL / 2)).await {
+            Ok(answer) if answer.status == 404 => {
                 let _ = lost.send(Some("the session was invalidated".into()));
-                return;
+                return std::future::pending().await;
             }
-            Ok(r) => tracing::debug!(status = %r.status(), "session renewal refused; retrying"),
+            Ok(answer) if (200..300).contains(&answer.status) => last_ok = tokio::time::Instant::now(),
+            Ok(answer) => tracing::debug!(status = answer.status, "session renewal refused; retrying"),
             Err(e) => tracing::debug!(error = %e, "session renewal failed; retrying"),
         }
         if last_ok.elapsed() >= SESSION_TTL {
             let _ = lost.send(Some(format!("the session could not be renewed for {SESSION_TTL:?}")));
-            return;
+            return std::future::pending().await;
         }
     }
 }

@@ -32,6 +32,14 @@ pub enum WatchType {
     Checks,
 }
 
+impl WatchType {
+    /// The name `-type` takes.
+    fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct WatchFlags {
     #[command(flatten)]
@@ -68,7 +76,7 @@ pub fn watch_path(flags: &WatchFlags) -> Result<String, CliError> {
             .as_deref()
             .filter(|v| !v.is_empty())
             .map(str::to_string)
-            .ok_or_else(|| CliError::Usage(format!("Error! -type {:?} needs -{flag}", flags.kind).to_lowercase()))
+            .ok_or_else(|| CliError::Usage(format!("Error! -type {} needs -{flag}", flags.kind.name())))
     };
     Ok(match flags.kind {
         WatchType::Key => format!("/v1/kv/{}", encode_path(&need(&flags.key, "key")?)),
@@ -222,6 +230,33 @@ mod tests {
         assert_eq!(plan.next(4, json!(["a"])), Step::Skip, "backwards, equal: reset only");
         assert_eq!(plan.index(), 4);
         assert_eq!(plan.next(3, json!(["c"])), Step::Fire(json!(["c"])), "backwards and changed");
+    }
+
+    #[test]
+    fn each_type_follows_its_endpoint() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            flags: WatchFlags,
+        }
+        let path = |args: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("watch").chain(args.iter().copied())).expect("flags parse");
+            watch_path(&cli.flags).map_err(|e| e.to_string())
+        };
+        assert_eq!(path(&["--type", "key", "--key", "a b/c"]).unwrap(), "/v1/kv/a%20b/c");
+        assert_eq!(path(&["--type", "keyprefix", "--prefix", "app/"]).unwrap(), "/v1/kv/app/?recurse");
+        assert_eq!(path(&["--type", "services"]).unwrap(), "/v1/catalog/services");
+        assert_eq!(path(&["--type", "nodes"]).unwrap(), "/v1/catalog/nodes");
+        assert_eq!(
+            path(&["--type", "service", "--service", "web", "--tag", "v1", "--passingonly"]).unwrap(),
+            "/v1/health/service/web?tag=v1&passing"
+        );
+        assert_eq!(path(&["--type", "service", "--service", "web"]).unwrap(), "/v1/health/service/web");
+        assert_eq!(path(&["--type", "checks"]).unwrap(), "/v1/health/state/any");
+        assert_eq!(path(&["--type", "checks", "--state", "critical"]).unwrap(), "/v1/health/state/critical");
+        assert_eq!(path(&["--type", "checks", "--service", "web"]).unwrap(), "/v1/health/checks/web");
+        assert_eq!(path(&["--type", "key"]).unwrap_err(), "Error! -type key needs -key");
     }
 
     #[test]

@@ -125,7 +125,7 @@ impl Cluster {
 
     /// Calls one alive server of this datacenter, trying the next when one cannot be
     /// connected to (nothing was sent to it), until every one has been tried.
-    pub(super) async fn call_any_server(
+    async fn call_any_server(
         &self,
         request: &Request,
         blob: &[u8],

@@ -164,16 +164,12 @@ pub(super) async fn run(cluster: Cluster, shutdown: CancellationToken) {
 }
 
 impl Cluster {
-    /// `PUT /v1/session/renew/{id}`: restarts the session's TTL timer on the leader (asked
-    /// over RPC when this agent does not lead). `None` when there is no such session.
+    /// `PUT /v1/session/renew/{id}` on a server: restarts the session's TTL timer on the
+    /// leader (asked over RPC when this server does not lead; a client agent forwards the
+    /// HTTP request to a server). `None` when there is no such session.
     pub async fn renew_session(&self, id: &str) -> Result<Option<Session>, WriteError> {
+        self.require_server()?;
         let request = Request::RenewSession { id: id.to_string() };
-        if !self.config.server {
-            return match self.call_any_server(&request, &[], LEADER_WAIT * 2).await? {
-                (Response::RenewSession(result), _) => result,
-                _ => Err(WriteError::Forward("the server answered a renewal with something else".into())),
-            };
-        }
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
             let leader = self.wait_for_leader_until(deadline).await.ok_or(WriteError::NoLeader)?;

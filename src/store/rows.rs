@@ -17,23 +17,11 @@ pub(super) fn storable(key: &[u8]) -> bool {
 }
 
 pub(super) fn node(t: &SmTables, txn: &Txn<'_>, name: &str) -> Result<Option<Node>, StoreError> {
-    if !storable(name.as_bytes()) {
-        return Ok(None);
-    }
-    match t.nodes.get(txn, name.as_bytes())? {
-        Some(bytes) => Ok(Some(codec::decode_json("sm_nodes", name.as_bytes(), bytes)?)),
-        None => Ok(None),
-    }
+    json_row(t.nodes, "sm_nodes", txn, name.as_bytes())
 }
 
 pub(super) fn session(t: &SmTables, txn: &Txn<'_>, id: &str) -> Result<Option<Session>, StoreError> {
-    if !storable(id.as_bytes()) {
-        return Ok(None);
-    }
-    match t.sessions.get(txn, id.as_bytes())? {
-        Some(bytes) => Ok(Some(codec::decode_json("sm_sessions", id.as_bytes(), bytes)?)),
-        None => Ok(None),
-    }
+    json_row(t.sessions, "sm_sessions", txn, id.as_bytes())
 }
 
 pub(super) fn service(t: &SmTables, txn: &Txn<'_>, node: &str, id: &str) -> Result<Option<Service>, StoreError> {
@@ -52,12 +40,21 @@ fn pair_row<T: serde::de::DeserializeOwned>(
     node: &str,
     id: &str,
 ) -> Result<Option<T>, StoreError> {
-    let key = codec::pair_key(node, id);
-    if !storable(&key) {
+    json_row(db, table, txn, &codec::pair_key(node, id))
+}
+
+/// The JSON row of `db` at `key`, decoded; `None` also for a key no row can have.
+fn json_row<T: serde::de::DeserializeOwned>(
+    db: RawDb,
+    table: &'static str,
+    txn: &Txn<'_>,
+    key: &[u8],
+) -> Result<Option<T>, StoreError> {
+    if !storable(key) {
         return Ok(None);
     }
-    match db.get(txn, &key)? {
-        Some(bytes) => Ok(Some(codec::decode_json(table, &key, bytes)?)),
+    match db.get(txn, key)? {
+        Some(bytes) => Ok(Some(codec::decode_json(table, key, bytes)?)),
         None => Ok(None),
     }
 }
