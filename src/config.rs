@@ -29,6 +29,7 @@ use serde_json::{Map, Value};
 
 use crate::model::agent::{decode_service, ScriptPolicy, ServiceRegistration, Strictness};
 pub use crate::model::parse_duration;
+use crate::watch::{Handler, HttpHandler, WatchDefinition, WatchSpec, WatchType};
 
 /// Rewrites Consul-style single-dash long flags (`-dev`, `-http-port=0`) to clap's `--dev`,
 /// `--http-port=0`.
@@ -193,6 +194,8 @@ pub struct Config {
     pub leave_on_terminate: Option<bool>,
     /// `gossip_lan` timings.
     pub gossip_lan: GossipLan,
+    /// `watches`: views the agent follows, running a script or calling a URL on each change.
+    pub watches: Vec<WatchDefinition>,
     /// Raft timings and log compaction (`performance.raft_multiplier`,
     /// `raft_snapshot_threshold`, `raft_trailing_logs`).
     pub raft: RaftTuning,
@@ -527,6 +530,7 @@ impl Config {
             reconnect_timeout: Duration::from_secs(72 * 3600),
             leave_on_terminate: None,
             gossip_lan: GossipLan::default(),
+            watches: Vec::new(),
             raft: RaftTuning::default(),
         }
     }
@@ -695,7 +699,7 @@ const TOP_NOT_IMPLEMENTED: &str = "
     session_ttl_min skip_leave_on_interrupt  start_join_wan
     syslog_facility telemetry tls translate_wan_addrs ui ui_config ui_content_path
     ui_dir unix_sockets use_streaming_backend verify_incoming verify_incoming_https
-    verify_incoming_rpc verify_outgoing verify_server_hostname watches
+    verify_incoming_rpc verify_outgoing verify_server_hostname
 ";
 const PERFORMANCE_NOT_IMPLEMENTED: &str = "
     leave_drain_time rpc_hold_timeout
@@ -894,6 +898,15 @@ fn apply_object(
     }
     top.set("raft_snapshot_threshold", &mut config.raft.snapshot_threshold, |v| decode_uint(v, 1, 1 << 32))?;
     top.set("raft_trailing_logs", &mut config.raft.trailing_logs, |v| decode_uint(v, 0, 1 << 32))?;
+    let watches =
+        top.get("watches", |v| v.as_array().ok_or_else(|| Mismatch::new("a list of watch definitions", v)))?;
+    if let Some(items) = watches {
+        config.watches = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| decode_watch(source, format!("watches[{i}]"), item, warnings))
+            .collect::<Result<_, _>>()?;
+    }
     // Decoded per file by `service_blocks_of`, which names the file in its errors.
     top.get("service", |_| Ok(()))?;
     top.get("services", |_| Ok(()))?;
@@ -924,6 +937,167 @@ fn apply_dns_config(
         soa.finish("", warnings)?;
     }
     section.finish(DNS_CONFIG_NOT_IMPLEMENTED, warnings)
+}
+
+/// Keys of a watch Consul documents that cairn accepts and ignores.
+const WATCH_NOT_IMPLEMENTED: &str = "token filter";
+
+/// One `watches` entry, checked as Consul's agent checks it (`watch.ParseExempt` and the
+/// handler rules): a known type with only its own parameters, and exactly one handler.
+fn decode_watch(
+    source: &str,
+    path: String,
+    value: &Value,
+    warnings: &mut Vec<String>,
+) -> Result<WatchDefinition, ConfigError> {
+    let object = value.as_object().ok_or_else(|| ConfigError::WrongType {
+        path: source.to_string(),
+        key: path.clone(),
+        expected: "a watch definition (an object)".to_string(),
+        found: describe(value),
+    })?;
+    let invalid = |what: String| ConfigError::Invalid { what: format!("config {source}: {path}: {what}") };
+    let mut s = Section::new(source, path.clone(), object);
+    let kind = s.get("type", |v| {
+        let name = decode_str(v, "a watch type")?;
+        let types: Vec<&str> = WatchType::ALL.iter().map(|t| t.name()).collect();
+        WatchType::parse(name).ok_or_else(|| Mismatch::bad_string(format!("one of {}", types.join(", ")), name))
+    })?;
+    let kind = kind.ok_or_else(|| invalid("\"type\" is required".to_string()))?;
+    let mut spec = WatchSpec::new(kind);
+    let mut given = Vec::new();
+    let mut note = |key: &'static str, present: bool| {
+        if present {
+            given.push(key);
+        }
+    };
+    spec.key = s.get("key", |v| decode_str(v, "a string").map(str::to_string))?;
+    note("key", spec.key.is_some());
+    spec.prefix = s.get("prefix", |v| decode_str(v, "a string").map(str::to_string))?;
+    note("prefix", spec.prefix.is_some());
+    spec.service = s.get("service", |v| decode_str(v, "a string").map(str::to_string))?;
+    note("service", spec.service.is_some());
+    let tags = s.get("tag", |v| match v {
+        Value::String(tag) => Ok(vec![tag.clone()]),
+        _ => decode_list(v, |t| decode_str(t, "a string").map(str::to_string)),
+    })?;
+    note("tag", tags.is_some());
+    spec.tags = tags.unwrap_or_default();
+    let passingonly = s.get("passingonly", decode_bool)?;
+    note("passingonly", passingonly.is_some());
+    spec.passingonly = passingonly.unwrap_or(false);
+    spec.state = s.get("state", |v| {
+        let state = decode_str(v, "a check state")?;
+        match state {
+            "any" | "passing" | "warning" | "critical" => Ok(state.to_string()),
+            _ => Err(Mismatch::bad_string("one of any, passing, warning, critical", state)),
+        }
+    })?;
+    note("state", spec.state.is_some());
+    if let Some(extra) = given.iter().find(|key| !kind.params().contains(key)) {
+        return Err(invalid(format!("{} does not apply to a {} watch", quote(extra), quote(kind.name()))));
+    }
+    spec.stale = s.get("stale", decode_bool)?.unwrap_or(false);
+    spec.datacenter = s.get("datacenter", decode_datacenter)?;
+    spec.path().map_err(|param| invalid(format!("a {} watch needs {}", quote(kind.name()), quote(param))))?;
+
+    let handler_type = s.get("handler_type", |v| {
+        let name = decode_str(v, "a handler type")?;
+        match name {
+            "script" | "http" => Ok(name),
+            _ => Err(Mismatch::bad_string("\"script\" or \"http\"", name)),
+        }
+    })?;
+    let args = s.get("args", |v| {
+        let args = decode_list(v, |a| decode_str(a, "a string").map(str::to_string))?;
+        if args.is_empty() {
+            return Err(Mismatch::new("a program and its arguments (a non-empty list)", v));
+        }
+        Ok(args)
+    })?;
+    let shell = s.get("handler", |v| decode_str(v, "a shell command").map(str::to_string))?;
+    let http = match s.section("http_handler_config")? {
+        Some(section) => Some(decode_http_handler(section, warnings)?),
+        None => None,
+    };
+    let handler = match (handler_type, args, shell, http) {
+        (Some("http"), None, None, Some(http)) => Handler::Http(http),
+        (Some("http"), None, None, None) => {
+            return Err(invalid("\"handler_type\": \"http\" needs \"http_handler_config\"".to_string()))
+        }
+        (_, _, _, Some(_)) if handler_type != Some("http") => {
+            return Err(invalid("\"http_handler_config\" needs \"handler_type\": \"http\"".to_string()))
+        }
+        (Some("script") | None, Some(args), None, None) => Handler::Script { args, capture: true },
+        (Some("script") | None, None, Some(command), None) => {
+            warnings.push(format!(
+                "config {source}: {path}: \"handler\" is deprecated; use \"args\" (a program and its arguments)"
+            ));
+            Handler::Script { args: vec!["/bin/sh".to_string(), "-c".to_string(), command], capture: true }
+        }
+        (_, None, None, None) => {
+            return Err(invalid("needs a handler: \"args\" or \"http_handler_config\"".to_string()))
+        }
+        _ => {
+            return Err(invalid(
+                "only one handler allowed: \"args\", \"handler\" or \"http_handler_config\"".to_string(),
+            ))
+        }
+    };
+    s.finish(WATCH_NOT_IMPLEMENTED, warnings)?;
+    Ok(WatchDefinition { spec, handler })
+}
+
+/// A watch's `http_handler_config`: `path` (the URL), `method` (POST), `header`
+/// (name → list of values), `timeout` (10s), `tls_skip_verify`.
+fn decode_http_handler(mut s: Section<'_>, warnings: &mut Vec<String>) -> Result<HttpHandler, ConfigError> {
+    let url = s.get("path", |v| {
+        let url = decode_str(v, "an http:// or https:// URL")?;
+        match reqwest::Url::parse(url) {
+            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => Ok(url.to_string()),
+            _ => Err(Mismatch::bad_string("an http:// or https:// URL", url)),
+        }
+    })?;
+    let method = s.get("method", |v| {
+        let method = decode_str(v, "an HTTP method")?;
+        http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| Mismatch::bad_string("an HTTP method such as \"POST\"", method))
+    })?;
+    let headers = s.get("header", |v| {
+        let object = v.as_object().ok_or_else(|| Mismatch::new("an object of header name to list of values", v))?;
+        let mut headers = Vec::new();
+        for (name, values) in object {
+            let at = |mut m: Mismatch| {
+                m.at = format!(".{name}{}", m.at);
+                m
+            };
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(at(Mismatch::bad_string("a list of values under a valid header name", name)));
+            }
+            let values = decode_list(values, |value| {
+                let value = decode_str(value, "a string")?;
+                http::HeaderValue::from_str(value)
+                    .map(|_| value.to_string())
+                    .map_err(|_| Mismatch::bad_string("a header value (visible ASCII)", value))
+            })
+            .map_err(at)?;
+            headers.extend(values.into_iter().map(|value| (name.clone(), value)));
+        }
+        Ok(headers)
+    })?;
+    let timeout = s.get("timeout", decode_positive_duration)?;
+    let tls_skip_verify = s.get("tls_skip_verify", decode_bool)?;
+    let url = url.ok_or_else(|| ConfigError::Invalid {
+        what: format!("config {}: {}: \"path\" (the URL to call) is required", s.source, s.path),
+    })?;
+    s.finish("", warnings)?;
+    Ok(HttpHandler {
+        url,
+        method: method.unwrap_or(http::Method::POST),
+        headers: headers.unwrap_or_default(),
+        timeout: timeout.unwrap_or(crate::watch::HTTP_HANDLER_TIMEOUT),
+        tls_skip_verify: tls_skip_verify.unwrap_or(false),
+    })
 }
 
 /// One JSON object of a config source, read key by key. Every key asked for is recorded as
@@ -1574,6 +1748,7 @@ mod tests {
                 gossip_nodes: 4,
             },
             raft: RaftTuning { multiplier: 5, snapshot_threshold: 100, trailing_logs: 7 },
+            watches: Vec::new(),
         };
         assert_eq!(config, expected);
     }
@@ -1978,6 +2153,125 @@ mod tests {
         ];
         for (key, expected) in cases {
             assert_eq!(closest(key, known.into_iter()), expected, "{key}");
+        }
+    }
+
+    #[test]
+    fn watches_load_from_every_file_in_order() {
+        let (config, warnings) = load_with(
+            &[
+                DATA_DIR,
+                r#"{"watches": [{"type": "key", "key": "app/config", "args": ["/usr/bin/reload", "-x"]}]}"#,
+                r#"{"watches": [
+                    {"type": "service", "service": "web", "tag": "v1", "passingonly": true, "stale": true,
+                     "handler_type": "http",
+                     "http_handler_config": {"path": "https://hooks.example/x", "method": "put",
+                        "header": {"X-Auth": ["a", "b"]}, "timeout": "3s", "tls_skip_verify": true}},
+                    {"type": "checks", "state": "critical", "handler": "echo hi", "token": "t"}
+                ]}"#,
+            ],
+            &AgentFlags::default(),
+        )
+        .expect("loads");
+        assert_eq!(config.watches.len(), 3);
+        assert_eq!(config.watches[0].spec.path().as_deref(), Ok("/v1/kv/app/config"));
+        assert_eq!(
+            config.watches[0].handler,
+            Handler::Script { args: strings(&["/usr/bin/reload", "-x"]), capture: true }
+        );
+        assert_eq!(config.watches[1].spec.path().as_deref(), Ok("/v1/health/service/web?tag=v1&passing&stale"));
+        assert_eq!(
+            config.watches[1].handler,
+            Handler::Http(HttpHandler {
+                url: "https://hooks.example/x".into(),
+                method: http::Method::PUT,
+                headers: vec![("X-Auth".into(), "a".into()), ("X-Auth".into(), "b".into())],
+                timeout: Duration::from_secs(3),
+                tls_skip_verify: true,
+            })
+        );
+        assert_eq!(
+            config.watches[2].handler,
+            Handler::Script { args: strings(&["/bin/sh", "-c", "echo hi"]), capture: true }
+        );
+        assert_eq!(
+            warnings,
+            [
+                r#"config c.json: watches[1]: "handler" is deprecated; use "args" (a program and its arguments)"#,
+                r#"config c.json: key "watches[1].token" is not implemented by cairn yet and is ignored"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_watches_are_refused_naming_the_file_and_entry() {
+        let script = r#""args": ["/bin/true"]"#;
+        let cases = [
+            (r#"{"watches": {}}"#.to_string(), r#"key "watches" must be a list of watch definitions, got an object"#),
+            (r#"{"watches": [1]}"#.to_string(), r#"key "watches[0]" must be a watch definition (an object), got 1"#),
+            (format!(r#"{{"watches": [{{{script}}}]}}"#), r#"watches[0]: "type" is required"#),
+            (
+                format!(r#"{{"watches": [{{"type": "event", {script}}}]}}"#),
+                r#"key "watches[0].type" must be one of key, keyprefix, services, nodes, service, checks, got "event""#,
+            ),
+            (format!(r#"{{"watches": [{{"type": "key", {script}}}]}}"#), r#"watches[0]: a "key" watch needs "key""#),
+            (
+                format!(r#"{{"watches": [{{"type": "services", "key": "x", {script}}}]}}"#),
+                r#"watches[0]: "key" does not apply to a "services" watch"#,
+            ),
+            (
+                format!(r#"{{"watches": [{{"type": "checks", "state": "bad", {script}}}]}}"#),
+                r#"key "watches[0].state" must be one of any, passing, warning, critical, got "bad""#,
+            ),
+            (
+                r#"{"watches": [{"type": "nodes"}]}"#.to_string(),
+                r#"watches[0]: needs a handler: "args" or "http_handler_config""#,
+            ),
+            (
+                format!(r#"{{"watches": [{{"type": "nodes", "handler": "x", {script}}}]}}"#),
+                r#"watches[0]: only one handler allowed: "args", "handler" or "http_handler_config""#,
+            ),
+            (
+                r#"{"watches": [{"type": "nodes", "args": []}]}"#.to_string(),
+                r#"key "watches[0].args" must be a program and its arguments (a non-empty list), got an array"#,
+            ),
+            (
+                r#"{"watches": [{"type": "nodes", "handler_type": "http"}]}"#.to_string(),
+                r#"watches[0]: "handler_type": "http" needs "http_handler_config""#,
+            ),
+            (
+                r#"{"watches": [{"type": "nodes", "http_handler_config": {"path": "http://h/"}}]}"#.to_string(),
+                r#"watches[0]: "http_handler_config" needs "handler_type": "http""#,
+            ),
+            (
+                r#"{"watches": [{"type": "nodes", "handler_type": "http", "http_handler_config": {"path": "ftp://h/"}}]}"#
+                    .to_string(),
+                r#"key "watches[0].http_handler_config.path" must be an http:// or https:// URL, got "ftp://h/""#,
+            ),
+            (
+                r#"{"watches": [{"type": "nodes", "handler_type": "http", "http_handler_config": {"timeout": "1s"}}]}"#
+                    .to_string(),
+                r#"watches[0].http_handler_config: "path" (the URL to call) is required"#,
+            ),
+            (
+                r#"{"watches": [{"type": "nodes", "handler_type": "http",
+                    "http_handler_config": {"path": "http://h/", "header": {"X": ["a\nb"]}}}]}"#
+                    .to_string(),
+                r#"key "watches[0].http_handler_config.header.X[0]" must be a header value (visible ASCII), got "a\nb""#,
+            ),
+            (
+                format!(r#"{{"watches": [{{"type": "nodes", "passingonly": true, {script}}}]}}"#),
+                r#"watches[0]: "passingonly" does not apply to a "nodes" watch"#,
+            ),
+            (
+                format!(r#"{{"watches": [{{"type": "nodes", "stal": true, {script}}}]}}"#),
+                r#"unknown key "watches[0].stal" (did you mean "stale"?)"#,
+            ),
+        ];
+        for (file, expected) in cases {
+            let error = load_error(&[DATA_DIR, &file]);
+            assert!(error.starts_with("config b.json: "), "{file}: {error}");
+            assert!(error.ends_with(expected), "{file}:\n got {error}\nwant {expected}");
         }
     }
 }

@@ -3,6 +3,7 @@
 //! See `ARCHITECTURE.md` at the repository root for the code map and invariants.
 
 pub mod agent;
+pub mod api_client;
 pub mod checks;
 pub mod cli;
 pub mod cluster;
@@ -12,3 +13,4 @@ pub mod gossip;
 pub mod http;
 pub mod model;
 pub mod store;
+pub mod watch;

@@ -76,3 +76,141 @@ fn cairn_watch_runs_its_handler_once_per_change_and_survives_a_restart() {
     watch.kill().expect("stop the watch");
     let _ = watch.wait();
 }
+
+/// One request a hook received.
+#[derive(Debug, Clone)]
+struct Hook {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: serde_json::Value,
+}
+
+impl Hook {
+    fn header(&self, name: &str) -> Vec<&str> {
+        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+    }
+}
+
+/// An HTTP server on 127.0.0.1 that records every request; paths under `/fail` answer 500.
+fn hook_server() -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<Hook>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = std::sync::Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let sink = std::sync::Arc::clone(&sink);
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                // Each connection may carry several requests (keep-alive).
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let mut parts = line.split_whitespace();
+                    let (method, path) =
+                        (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+                    let mut headers = Vec::new();
+                    loop {
+                        let mut header = String::new();
+                        reader.read_line(&mut header).expect("header");
+                        let header = header.trim_end();
+                        if header.is_empty() {
+                            break;
+                        }
+                        let (name, value) = header.split_once(':').expect("name: value");
+                        headers.push((name.trim().to_string(), value.trim().to_string()));
+                    }
+                    let length = headers
+                        .iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                        .map_or(0, |(_, v)| v.parse().expect("length"));
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).expect("body");
+                    let status = if path.starts_with("/fail") { "500 Internal Server Error" } else { "200 OK" };
+                    let body = serde_json::from_slice(&body).expect("the hook gets JSON");
+                    sink.lock().unwrap().push(Hook { method, path, headers, body });
+                    let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 4\r\n\r\nnope");
+                    if stream.write_all(answer.as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn config_watches_call_their_http_handler_once_per_change_and_follow_reloads() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let (hook, hooks) = hook_server();
+    let script_log = temp.path().join("script.log");
+    let config = temp.path().join("watches.json");
+    let first = serde_json::json!({"watches": [
+        {"type": "keyprefix", "prefix": "app/", "handler_type": "http",
+         "http_handler_config": {"path": format!("http://{hook}/app"), "header": {"X-Token": ["s3cret"]}, "timeout": "5s"}},
+        {"type": "key", "key": "flaky", "handler_type": "http",
+         "http_handler_config": {"path": format!("http://{hook}/fail")}},
+        {"type": "key", "key": "app/a",
+         "args": ["sh", "-c", format!("cat >> {0}; printf '\\n---\\n' >> {0}", script_log.display())]}
+    ]});
+    std::fs::write(&config, first.to_string()).expect("write config");
+    let agent = Agent::start(&["-config-file", &config.display().to_string()]);
+    let posts =
+        |path: &str| -> Vec<Hook> { hooks.lock().unwrap().iter().filter(|h| h.path == path).cloned().collect() };
+
+    // Each watch fires for its first result: nothing under app/ yet.
+    let first_post = wait_for("the first POST", WAIT, || posts("/app").first().cloned());
+    assert_eq!(first_post.method, "POST");
+    assert_eq!(first_post.body, serde_json::Value::Null);
+    assert_eq!(first_post.header("X-Token"), ["s3cret"]);
+    assert_eq!(first_post.header("Content-Type"), ["application/json"]);
+    assert!(first_post.header("X-Consul-Index")[0].parse::<u64>().expect("an index") > 0);
+    wait_for("the script's first run", WAIT, || (runs(&script_log).len() == 1).then_some(()));
+
+    assert_eq!(agent.put("/v1/kv/app/a", "1").status, 200);
+    let second = wait_for("a POST for app/a", WAIT, || posts("/app").get(1).cloned());
+    assert_eq!(second.body[0]["Key"], "app/a");
+    wait_for("the script's run for app/a", WAIT, || (runs(&script_log).len() == 2).then_some(()));
+    // Writes outside the prefix call nothing; the next change under it calls once.
+    assert_eq!(agent.put("/v1/kv/other", "x").status, 200);
+    assert_eq!(agent.put("/v1/kv/app/b", "2").status, 200);
+    let third = wait_for("a POST for app/b", WAIT, || posts("/app").get(2).cloned());
+    assert_eq!(third.body.as_array().map(Vec::len), Some(2), "{third:?}");
+    assert_eq!(posts("/app").len(), 3, "one POST per change");
+    assert_eq!(runs(&script_log).len(), 2, "the script watches app/a only");
+
+    // A handler that answers 500 is reported, and its watch goes on.
+    agent.wait_log("watch handler failed", WAIT);
+    assert!(agent.log().contains("answered 500 Internal Server Error: nope"), "{}", agent.log());
+    assert_eq!(agent.put("/v1/kv/flaky", "1").status, 200);
+    wait_for("the failing hook called again", WAIT, || (posts("/fail").len() == 2).then_some(()));
+
+    // A reload stops removed watches, starts new ones, and leaves unchanged ones alone.
+    let second_config = serde_json::json!({"watches": [
+        first["watches"][2].clone(),
+        {"type": "services", "handler_type": "http", "http_handler_config": {"path": format!("http://{hook}/services"), "method": "PUT"}}
+    ]});
+    std::fs::write(&config, second_config.to_string()).expect("rewrite config");
+    let reload = Command::new(cairn_bin())
+        .args(["reload", "-http-addr", &agent.http.to_string()])
+        .output()
+        .expect("cairn reload");
+    assert!(reload.status.success(), "{}", String::from_utf8_lossy(&reload.stderr));
+    let services = wait_for("the new watch's first call", WAIT, || posts("/services").first().cloned());
+    assert_eq!(services.method, "PUT");
+    assert!(services.body["consul"].is_array(), "{:?}", services.body);
+    wait_for("both removed watches stopped", WAIT, || {
+        (agent.log().matches("config watch stopped").count() == 2).then_some(())
+    });
+    assert_eq!(agent.put("/v1/kv/app/c", "3").status, 200);
+    assert_eq!(agent.put("/v1/kv/app/a", "4").status, 200);
+    wait_for("the kept script watch fires for app/a", WAIT, || (runs(&script_log).len() == 3).then_some(()));
+    assert_eq!(posts("/app").len(), 3, "a removed watch still called its hook");
+}

@@ -14,6 +14,7 @@ mod notify;
 mod reconcile;
 mod reload;
 mod servers;
+mod watches;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -237,7 +238,9 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     let leave_on_terminate = config.leave_on_terminate.unwrap_or(!config.server);
     tasks.spawn(remove_stale_staged_archives(cluster.clone(), store.clone(), shutdown.clone()));
     tasks.spawn(memory::trim_periodically(shutdown.clone()));
-    let reloader = Arc::new(Reloader::new(options.flags, config, dns, local, options.set_log_level));
+    let mut watches = watches::Watches::new(http_bound, shutdown.clone(), tasks.clone());
+    watches.replace(&config.watches);
+    let reloader = Arc::new(Reloader::new(options.flags, config, dns, local, watches, options.set_log_level));
     let reason = wait_for_shutdown_signal(signals, leave, reloader, reload_rx, &cluster).await?;
     if let ShutdownReason::RaftStopped(why) = &reason {
         tracing::error!(error = %why, "Raft stopped; shutting down so the service manager restarts cairn");

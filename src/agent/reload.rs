@@ -1,6 +1,6 @@
 //! Config reload (SIGHUP, `cairn reload`, `PUT /v1/agent/reload`): re-reads the same config
 //! files and flags, and applies what can change at run time — config-file services and
-//! checks, `log_level`, `dns_config`, `recursors` and the static zones. Any other changed
+//! checks, `log_level`, `dns_config`, `recursors`, `watches` and the static zones. Any other changed
 //! key is logged as needing a restart. A config that fails to load changes nothing.
 
 use std::sync::{Arc, Mutex};
@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use crate::checks::LocalAgent;
 use crate::config::{AgentFlags, Config, LogLevel};
 use crate::dns::DnsService;
+
+use super::watches::Watches;
 
 /// Applies a new log level to the running subscriber.
 pub type SetLogLevel = Box<dyn Fn(LogLevel) + Send + Sync>;
@@ -18,6 +20,7 @@ pub struct Reloader {
     running: Mutex<Config>,
     dns: Arc<DnsService>,
     local: LocalAgent,
+    watches: Mutex<Watches>,
     set_log_level: SetLogLevel,
 }
 
@@ -27,9 +30,10 @@ impl Reloader {
         config: Config,
         dns: Arc<DnsService>,
         local: LocalAgent,
+        watches: Watches,
         set_log_level: SetLogLevel,
     ) -> Self {
-        Reloader { flags, running: Mutex::new(config), dns, local, set_log_level }
+        Reloader { flags, running: Mutex::new(config), dns, local, watches: Mutex::new(watches), set_log_level }
     }
 
     /// Reloads; blocking work (reading files, parsing zones), so run it off the async
@@ -53,7 +57,8 @@ impl Reloader {
         }
         let zones = self.dns.reload_zones();
         self.local.replace_config_services(new.services.clone());
-        tracing::info!(services = new.services.len(), zones, "config reloaded");
+        self.watches.lock().unwrap_or_else(|e| e.into_inner()).replace(&new.watches);
+        tracing::info!(services = new.services.len(), zones, watches = new.watches.len(), "config reloaded");
         *running = new;
         Ok(())
     }
@@ -97,9 +102,11 @@ fn keep_restart_only(old: &Config, new: &mut Config) {
         new.dns_config.clone(),
         std::mem::take(&mut new.recursors),
         new.enable_local_script_checks,
+        std::mem::take(&mut new.watches),
     );
     *new = old.clone();
-    (new.services, new.log_level, new.dns_config, new.recursors, new.enable_local_script_checks) = reloadable;
+    (new.services, new.log_level, new.dns_config, new.recursors, new.enable_local_script_checks, new.watches) =
+        reloadable;
 }
 
 #[cfg(test)]

@@ -167,7 +167,7 @@ impl Drop for KillGroup {
     }
 }
 
-async fn read_capped(pipe: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
+pub async fn read_capped(pipe: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
     let mut kept = Vec::new();
     let Some(mut pipe) = pipe else { return kept };
     let mut buf = [0u8; 4096];

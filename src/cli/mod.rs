@@ -11,6 +11,8 @@ pub mod watch;
 
 use std::time::Duration;
 
+use crate::api_client::{base_url, ApiClient, ApiError};
+pub use crate::api_client::{encode_path, Answer};
 pub use services::{ServicesCommand, ServicesDeregister, ServicesRegister};
 
 /// How long a client subcommand waits for the agent.
@@ -28,19 +30,24 @@ pub struct ClientFlags {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    #[error("cannot reach the cairn agent at {addr}: {reason}")]
-    Unreachable { addr: String, reason: String },
-    #[error("Unexpected response code: {status} ({body})")]
-    Status { status: u16, body: String },
+    #[error(transparent)]
+    Api(#[from] ApiError),
     #[error("{0}")]
     Usage(String),
 }
 
-/// A blocking client of one agent.
+/// A blocking client of one agent: an [`ApiClient`] and the runtime it runs on (async
+/// subcommands such as `lock` and `watch` use the [`ApiClient`] it derefs to directly).
 pub struct Client {
-    base: String,
-    http: reqwest::Client,
+    api: ApiClient,
     runtime: tokio::runtime::Runtime,
+}
+
+impl std::ops::Deref for Client {
+    type Target = ApiClient;
+    fn deref(&self) -> &ApiClient {
+        &self.api
+    }
 }
 
 impl Client {
@@ -57,19 +64,13 @@ impl Client {
             .or_else(|| std::env::var("CAIRN_HTTP_ADDR").ok().filter(|a| !a.is_empty()))
             .or_else(|| std::env::var("CONSUL_HTTP_ADDR").ok().filter(|a| !a.is_empty()))
             .unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_string());
-        let base = if addr.contains("://") { addr } else { format!("http://{addr}") };
-        let base = base.trim_end_matches('/').to_string();
-        let setup = |reason: String| CliError::Unreachable { addr: base.clone(), reason };
-        let mut builder = reqwest::Client::builder().connect_timeout(REQUEST_TIMEOUT).no_proxy();
-        if let Some(timeout) = timeout {
-            builder = builder.timeout(timeout);
-        }
-        let http = builder.build().map_err(|e| setup(e.to_string()))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| setup(format!("cannot start the async runtime: {e}")))?;
-        Ok(Client { base, http, runtime })
+        let api = ApiClient::new(base_url(&addr), REQUEST_TIMEOUT, timeout)?;
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| ApiError::Unreachable {
+                addr: api.base().to_string(),
+                reason: format!("cannot start the async runtime: {e}"),
+            })?;
+        Ok(Client { api, runtime })
     }
 
     /// `PUT path` with an optional JSON body; the response body on 2xx.
@@ -86,91 +87,20 @@ impl Client {
             .map_err(|e| CliError::Usage(format!("the agent answered {path} with invalid JSON: {e}")))
     }
 
-    /// `GET path` as a stream: each chunk of a 2xx body goes to `each` as it arrives, until
-    /// the agent ends the body (a non-2xx answer is an error with its text).
-    pub fn stream(&self, path: &str, mut each: impl FnMut(&[u8])) -> Result<(), CliError> {
-        let unreachable = |e: reqwest::Error| CliError::Unreachable {
-            addr: self.base.clone(),
-            reason: crate::checks::root_cause(&e),
-        };
-        self.runtime.block_on(async {
-            let mut response = self.http.get(format!("{}{path}", self.base)).send().await.map_err(unreachable)?;
-            let status = response.status().as_u16();
-            if !(200..300).contains(&status) {
-                let body = response.bytes().await.map_err(unreachable)?.to_vec();
-                return Answer { status, index: None, body }.success().map(drop);
-            }
-            while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
-                each(&chunk);
-            }
-            Ok(())
-        })
+    /// `GET path` as a stream (see [`ApiClient::stream`]).
+    pub fn stream(&self, path: &str, each: impl FnMut(&[u8])) -> Result<(), CliError> {
+        Ok(self.runtime.block_on(self.api.stream(path, each))?)
     }
 
     /// Any request; the answer whatever its status (callers decide what a 404 means).
     pub fn request(&self, method: reqwest::Method, path: &str, body: Option<Vec<u8>>) -> Result<Answer, CliError> {
-        self.runtime.block_on(self.call(method, path, body, None))
+        Ok(self.runtime.block_on(self.api.call(method, path, body, None))?)
     }
 
     /// Runs `future` on this client's runtime (for subcommands that do several things at
     /// once: `lock`, `watch`).
     pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
         self.runtime.block_on(future)
-    }
-
-    /// [`Client::request`] from async code; `timeout` overrides the client's (a blocking
-    /// query needs its wait and a margin).
-    pub async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-        timeout: Option<Duration>,
-    ) -> Result<Answer, CliError> {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(body) = body {
-            request = request.body(body);
-        }
-        if let Some(timeout) = timeout {
-            request = request.timeout(timeout);
-        }
-        let unreachable = |e: reqwest::Error| CliError::Unreachable {
-            addr: self.base.clone(),
-            reason: crate::checks::root_cause(&e),
-        };
-        let response = request.send().await.map_err(unreachable)?;
-        let status = response.status().as_u16();
-        let index = response.headers().get("X-Consul-Index").and_then(|v| v.to_str().ok()?.parse().ok());
-        let body = response.bytes().await.map_err(unreachable)?;
-        Ok(Answer { status, index, body: body.to_vec() })
-    }
-
-    /// A blocking GET of `path` that returns once its index passes `index` (or after
-    /// `wait`), with the index it answered at.
-    pub async fn blocking_get(&self, path: &str, index: u64, wait: Duration) -> Result<Answer, CliError> {
-        let separator = if path.contains('?') { '&' } else { '?' };
-        let path = format!("{path}{separator}index={index}&wait={}s", wait.as_secs().max(1));
-        // The agent adds up to wait/16 of jitter; allow that and a margin.
-        self.call(reqwest::Method::GET, &path, None, Some(wait + wait / 16 + Duration::from_secs(10))).await
-    }
-}
-
-/// A response as the CLI needs it.
-pub struct Answer {
-    pub status: u16,
-    pub index: Option<u64>,
-    pub body: Vec<u8>,
-}
-
-impl Answer {
-    /// The answer if 2xx, else Consul's `Unexpected response code` error.
-    pub fn success(self) -> Result<Answer, CliError> {
-        if (200..300).contains(&self.status) {
-            Ok(self)
-        } else {
-            let body = String::from_utf8_lossy(&self.body).trim().to_string();
-            Err(CliError::Status { status: self.status, body })
-        }
     }
 }
 
@@ -183,14 +113,6 @@ pub fn print_table(rows: &[Vec<String>]) {
         let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
         println!("{}", cells.join("  ").trim_end());
     }
-}
-
-/// Percent-encodes a path (keeping `/`).
-pub fn encode_path(s: &str) -> String {
-    s.split('/')
-        .map(|part| form_urlencoded::byte_serialize(part.as_bytes()).collect::<String>().replace('+', "%20"))
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 /// `cairn leave`: the agent shuts down gracefully.
