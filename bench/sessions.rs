@@ -6,6 +6,10 @@
 //! - 100 lock hand-overs between two holders over HTTP, as `cairn lock` does between its
 //!   processes: the waiting holder blocks on the lock key, the other releases it, and the
 //!   hand-over time is from the release being sent to the waiter's acquire answering `true`.
+//! - 100 hand-overs between `cairn lock` processes, each running a child that notes when it
+//!   starts and ends: the time from one child's end to the next child's start (the holder
+//!   sees its child exit, releases; the waiting `cairn lock` wakes, acquires and starts its
+//!   child). Each child holds 200 ms, so the next `cairn lock` is already waiting.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -51,6 +55,13 @@ pub async fn run(settings: &Settings) -> Result<()> {
         "| lock hand-over p50 / p99 ({HANDOVERS}) | {:.2} / {:.2} ms | | |",
         ms(percentile(&handovers, 0.5)),
         ms(percentile(&handovers, 0.99))
+    );
+    let mut processes = process_handovers(&settings.bins.cairn, http, HANDOVERS).await?;
+    processes.sort();
+    println!(
+        "| `cairn lock` process hand-over p50 / p99 ({HANDOVERS}) | {:.2} / {:.2} ms | | |",
+        ms(percentile(&processes, 0.5)),
+        ms(percentile(&processes, 0.99))
     );
     println!();
     cairn.server.terminate().await?;
@@ -144,6 +155,57 @@ async fn handovers(http: SocketAddr, count: usize) -> Result<Vec<Duration>> {
         }
         times.push(at - sent);
         std::mem::swap(&mut holder_conn, &mut waiter_conn);
+    }
+    Ok(times)
+}
+
+/// Times `count` hand-overs between `cairn lock` processes (see the module notes): two are
+/// alive at any time, one holding and one waiting.
+async fn process_handovers(cairn: &std::path::Path, http: SocketAddr, count: usize) -> Result<Vec<Duration>> {
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let log = dir.path().join("children.log");
+    let child = format!(
+        "echo start $(date +%s%N) >> {0}; sleep 0.2; echo end $(date +%s%N) >> {0}",
+        log.display()
+    );
+    let spawn = || {
+        tokio::process::Command::new(cairn)
+            .args(["lock", "-http-addr", &http.to_string(), "bench/processes", "--", "sh", "-c", &child])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn cairn lock")
+    };
+    // count + 1 holders make count hand-overs.
+    let mut running = std::collections::VecDeque::from([spawn()?, spawn()?]);
+    let mut spawned = 2;
+    while let Some(mut holder) = running.pop_front() {
+        let status = tokio::time::timeout(Duration::from_secs(30), holder.wait()).await.context("cairn lock hung")??;
+        if !status.success() {
+            bail!("cairn lock exited with {status}");
+        }
+        if spawned < count + 1 {
+            running.push_back(spawn()?);
+            spawned += 1;
+        }
+    }
+    let text = std::fs::read_to_string(&log).context("read the children's log")?;
+    let stamps = text.lines().map(|line| {
+        let (what, ns) = line.split_once(' ').unwrap_or_default();
+        (what.to_string(), ns.parse::<u64>().unwrap_or_default())
+    });
+    let mut times = Vec::with_capacity(count);
+    let mut last_end = None;
+    for (what, ns) in stamps {
+        match (what.as_str(), last_end) {
+            ("start", Some(end)) => times.push(Duration::from_nanos(ns.saturating_sub(end))),
+            ("start", None) => {}
+            ("end", _) => last_end = Some(ns),
+            _ => bail!("unexpected line in the children's log: {what} {ns}"),
+        }
+    }
+    if times.len() < count {
+        bail!("only {} hand-overs recorded", times.len());
     }
     Ok(times)
 }
