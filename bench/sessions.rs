@@ -164,10 +164,7 @@ async fn handovers(http: SocketAddr, count: usize) -> Result<Vec<Duration>> {
 async fn process_handovers(cairn: &std::path::Path, http: SocketAddr, count: usize) -> Result<Vec<Duration>> {
     let dir = tempfile::tempdir().context("temp dir")?;
     let log = dir.path().join("children.log");
-    let child = format!(
-        "echo start $(date +%s%N) >> {0}; sleep 0.2; echo end $(date +%s%N) >> {0}",
-        log.display()
-    );
+    let child = format!("echo start $(date +%s%N) >> {0}; sleep 0.2; echo end $(date +%s%N) >> {0}", log.display());
     let spawn = || {
         tokio::process::Command::new(cairn)
             .args(["lock", "-http-addr", &http.to_string(), "bench/processes", "--", "sh", "-c", &child])
@@ -180,7 +177,8 @@ async fn process_handovers(cairn: &std::path::Path, http: SocketAddr, count: usi
     let mut running = std::collections::VecDeque::from([spawn()?, spawn()?]);
     let mut spawned = 2;
     while let Some(mut holder) = running.pop_front() {
-        let status = tokio::time::timeout(Duration::from_secs(30), holder.wait()).await.context("cairn lock hung")??;
+        let status =
+            tokio::time::timeout(Duration::from_secs(30), holder.wait()).await.context("cairn lock hung")??;
         if !status.success() {
             bail!("cairn lock exited with {status}");
         }
