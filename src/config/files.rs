@@ -1,0 +1,337 @@
+//! Config files: finding them, parsing, merging (scalars replaced, objects merged, arrays
+//! appended) and decoding each key onto [`Config`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::decode::{
+    decode_bool, decode_cidr, decode_datacenter, decode_domain, decode_duration, decode_encrypt_key, decode_ip,
+    decode_join_addr, decode_list, decode_log_level, decode_node_id, decode_node_name, decode_path, decode_port,
+    decode_positive_duration, decode_recursor, decode_service_ttl, decode_strategy, decode_u32, decode_u64,
+    decode_uint, describe, set_if_some, Mismatch, Section,
+};
+use super::watches::decode_watch;
+use super::{quote, Config, ConfigError, DnsConfig, MIB};
+use crate::model::agent::{decode_service, ScriptPolicy, ServiceRegistration, Strictness};
+
+/// The `*.json` files of a config dir in lexical order. Other files are skipped, but `.hcl`
+/// ones get a warning: a Consul user moving their directory over would otherwise lose them
+/// silently.
+pub(super) fn json_files_in(dir: &Path, warnings: &mut Vec<String>) -> Result<Vec<PathBuf>, ConfigError> {
+    let io_error = |source| ConfigError::Io { path: dir.to_path_buf(), source };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_error)? {
+        let path = entry.map_err(io_error)?.path();
+        if path.is_dir() {
+            continue;
+        }
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => files.push(path),
+            Some("hcl") => warnings.push(format!(
+                "config {}: HCL is not supported by cairn; file ignored (convert it to JSON)",
+                path.display()
+            )),
+            _ => {}
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+pub(super) fn parse_object(name: &str, text: &str) -> Result<Map<String, Value>, ConfigError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        // serde_json appends " at line L column C"; the variant carries those separately.
+        let full = e.to_string();
+        let location = format!(" at line {} column {}", e.line(), e.column());
+        ConfigError::Parse {
+            path: name.to_string(),
+            line: e.line(),
+            column: e.column(),
+            msg: full.strip_suffix(&location).unwrap_or(&full).to_string(),
+        }
+    })?;
+    match value {
+        Value::Object(object) => Ok(object),
+        other => Err(ConfigError::NotAnObject { path: name.to_string(), found: describe(&other) }),
+    }
+}
+
+/// Consul's merge: objects merged key by key, arrays appended, anything else replaced.
+pub(super) fn merge_objects(into: &mut Map<String, Value>, from: Map<String, Value>) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(Value::Object(old)), Value::Object(new)) => merge_objects(old, new),
+            (Some(Value::Array(old)), Value::Array(new)) => old.extend(new),
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
+// Keys Consul documents that cairn accepts with a warning and otherwise ignores, per section,
+// separated by whitespace.
+pub(super) const TOP_NOT_IMPLEMENTED: &str = "
+    acl acl_agent_master_token acl_agent_token acl_datacenter acl_default_policy
+    acl_down_policy acl_enable_key_list_policy acl_master_token acl_replication_token
+    acl_token acl_ttl advertise_addr_ipv4 advertise_addr_ipv6 advertise_addr_wan
+    advertise_addr_wan_ipv4 advertise_addr_wan_ipv6 advertise_reconnect_timeout audit
+    auto_config auto_encrypt auto_reload_config autopilot ca_file ca_path cache
+    cert_file check_output_max_size checks cloud config_entries
+    connect default_query_time disable_anonymous_signature disable_coordinates
+    disable_host_node_id disable_http_unprintable_char_filter disable_keyring_file
+    disable_remote_exec disable_update_check discard_check_output discovery_max_stale
+    enable_acl_replication enable_agent_tls_for_checks enable_central_service_config
+    enable_debug  enable_syslog 
+    encrypt_verify_incoming encrypt_verify_outgoing experiments http_config key_file
+     license_path locality log_file log_rotate_bytes
+    log_rotate_duration log_rotate_max_files max_query_time node_meta non_voting_server
+    peering pid_file primary_datacenter primary_gateways raft_logstore
+    raft_protocol raft_snapshot_interval
+     reconnect_timeout_wan rejoin_after_leave retry_interval
+    retry_interval_wan  retry_join_wan retry_max retry_max_wan rpc segment
+    segments serf_lan serf_lan_allowed_cidrs serf_wan serf_wan_allowed_cidrs server_name
+    session_ttl_min skip_leave_on_interrupt  start_join_wan
+    syslog_facility telemetry tls translate_wan_addrs ui ui_config ui_content_path
+    ui_dir unix_sockets use_streaming_backend verify_incoming verify_incoming_https
+    verify_incoming_rpc verify_outgoing verify_server_hostname
+";
+pub(super) const PERFORMANCE_NOT_IMPLEMENTED: &str = "
+    leave_drain_time rpc_hold_timeout
+";
+pub(super) const GOSSIP_LAN_NOT_IMPLEMENTED: &str = "
+    deadline_timeout indirect_checks retransmit_mult
+";
+pub(super) const PORTS_NOT_IMPLEMENTED: &str = "
+    expose_max_port expose_min_port grpc grpc_tls https serf_wan sidecar_max_port
+    sidecar_min_port
+";
+pub(super) const ADDRESSES_NOT_IMPLEMENTED: &str = "
+    grpc grpc_tls https
+";
+pub(super) const DNS_CONFIG_NOT_IMPLEMENTED: &str = "
+    cache_max_age disable_compression enable_additional_node_meta_txt prefer_namespace
+    use_cache
+";
+pub(super) const LIMITS_NOT_IMPLEMENTED: &str = "
+    https_handshake_timeout request_limits rpc_client_timeout rpc_handshake_timeout
+    rpc_max_burst rpc_max_conns_per_client rpc_rate txn_max_req_len xds_server
+";
+
+/// One `service` block (or `services` element) of one file, decoded once the merged config
+/// says whether scripts are allowed.
+pub(super) struct ServiceBlock {
+    source: String,
+    /// `service` or `services[i]`.
+    key: String,
+    value: Value,
+}
+
+pub(super) fn service_blocks_of(source: &str, object: &Map<String, Value>) -> Result<Vec<ServiceBlock>, ConfigError> {
+    let block = |key: String, value: &Value| ServiceBlock { source: source.to_string(), key, value: value.clone() };
+    let mut blocks = Vec::new();
+    if let Some(value) = object.get("service") {
+        blocks.push(block("service".to_string(), value));
+    }
+    match object.get("services") {
+        None => {}
+        Some(Value::Array(items)) => {
+            blocks.extend(items.iter().enumerate().map(|(i, v)| block(format!("services[{i}]"), v)));
+        }
+        Some(other) => {
+            return Err(ConfigError::WrongType {
+                path: source.to_string(),
+                key: "services".to_string(),
+                expected: "a list of service definitions".to_string(),
+                found: describe(other),
+            })
+        }
+    }
+    Ok(blocks)
+}
+
+pub(super) fn decode_service_blocks(
+    blocks: Vec<ServiceBlock>,
+    scripts_allowed: bool,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<ServiceRegistration>, ConfigError> {
+    let policy = if scripts_allowed { ScriptPolicy::Allowed } else { ScriptPolicy::Refused };
+    let mut services: Vec<ServiceRegistration> = Vec::with_capacity(blocks.len());
+    for block in blocks {
+        let reg = decode_service(&block.value, Strictness::Strict, policy)
+            .map_err(|e| ConfigError::Invalid { what: format!("config {}: {}: {e}", block.source, block.key) })?;
+        if let Some(earlier) = services.iter_mut().find(|s| s.service.id == reg.service.id) {
+            warnings.push(format!(
+                "config {}: {}: service ID {} is defined more than once; the last definition is used",
+                block.source,
+                block.key,
+                quote(&reg.service.id)
+            ));
+            *earlier = reg;
+        } else {
+            services.push(reg);
+        }
+    }
+    Ok(services)
+}
+
+/// Decodes one config object onto `config`, key by key; keys it does not hold keep their
+/// value. Used for each file alone (to check it) and for the merged object.
+pub(super) fn apply_object(
+    config: &mut Config,
+    source: &str,
+    object: &Map<String, Value>,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    let mut top = Section::new(source, String::new(), object);
+    top.set("datacenter", &mut config.datacenter, decode_datacenter)?;
+    top.set("data_dir", &mut config.data_dir, |v| decode_path(v).map(Some))?;
+    top.set("node_name", &mut config.node_name, decode_node_name)?;
+    top.set("node_id", &mut config.node_id, |v| decode_node_id(v).map(Some))?;
+    top.set("server", &mut config.server, decode_bool)?;
+    let bootstrap = top.get("bootstrap", decode_bool)?;
+    let expect = top.get("bootstrap_expect", |v| decode_uint::<u32>(v, 1, u32::MAX.into()))?;
+    config.bootstrap_expect = match (bootstrap, expect) {
+        (Some(true), Some(n)) if n != 1 => {
+            return Err(ConfigError::Invalid {
+                what: format!(
+                    "config {source}: \"bootstrap\": true and \"bootstrap_expect\": {n} \
+                     contradict each other; set only one"
+                ),
+            })
+        }
+        (Some(true), _) => Some(1),
+        (_, Some(n)) => Some(n),
+        _ => config.bootstrap_expect,
+    };
+    top.set("bind_addr", &mut config.bind_addr, decode_ip)?;
+    top.set("advertise_addr", &mut config.advertise_addr, |v| decode_ip(v).map(Some))?;
+    top.set("client_addr", &mut config.client_addr, decode_ip)?;
+    if let Some(mut ports) = top.section("ports")? {
+        ports.set("http", &mut config.ports.http, decode_port)?;
+        ports.set("dns", &mut config.ports.dns, decode_port)?;
+        ports.set("server", &mut config.ports.server, decode_port)?;
+        ports.set("serf_lan", &mut config.ports.serf_lan, decode_port)?;
+        ports.finish(PORTS_NOT_IMPLEMENTED, warnings)?;
+    }
+    if let Some(mut addresses) = top.section("addresses")? {
+        let addrs = &mut config.addresses;
+        addresses.set("http", &mut addrs.http, |v| decode_ip(v).map(Some))?;
+        addresses.set("dns", &mut addrs.dns, |v| decode_ip(v).map(Some))?;
+        addresses.finish(ADDRESSES_NOT_IMPLEMENTED, warnings)?;
+    }
+    top.set("domain", &mut config.domain, decode_domain)?;
+    top.set("alt_domain", &mut config.alt_domain, |v| decode_domain(v).map(Some))?;
+    // "recursor" is Consul's old single-server spelling; it adds to "recursors".
+    let recursor = top.get("recursor", decode_recursor)?;
+    let recursors = top.get("recursors", |v| decode_list(v, decode_recursor))?;
+    if recursor.is_some() || recursors.is_some() {
+        config.recursors = recursor.into_iter().chain(recursors.into_iter().flatten()).collect();
+    }
+    if let Some(dns) = top.section("dns_config")? {
+        apply_dns_config(&mut config.dns_config, dns, warnings)?;
+    }
+    top.set("log_level", &mut config.log_level, decode_log_level)?;
+    top.set("log_json", &mut config.log_json, decode_bool)?;
+    if let Some(mut limits) = top.section("limits")? {
+        let l = &mut config.limits;
+        limits.set("http_max_conns_per_client", &mut l.http_max_conns_per_client, decode_u32)?;
+        limits.set("kv_max_value_size", &mut l.kv_max_value_size, decode_u64)?;
+        limits.set("http_max_body_bytes", &mut l.http_max_body_bytes, decode_u64)?;
+        limits.set("http_header_read_timeout", &mut l.http_header_read_timeout, decode_duration)?;
+        limits.set("max_blocking_queries", &mut l.max_blocking_queries, decode_u32)?;
+        limits.set("txn_max_ops", &mut l.txn_max_ops, |v| decode_uint(v, 1, u32::MAX.into()))?;
+        limits.set("max_pending_writes", &mut l.max_pending_writes, |v| decode_uint(v, 1, u32::MAX.into()))?;
+        limits.set("dns_max_forwards_in_flight", &mut l.dns_max_forwards_in_flight, |v| {
+            decode_uint(v, 1, u32::MAX.into())
+        })?;
+        limits.set("checks_max_concurrent", &mut l.checks_max_concurrent, |v| decode_uint(v, 1, 1_000_000))?;
+        limits.set("snapshot_max_bytes", &mut l.snapshot_max_bytes, decode_u64)?;
+        limits.finish(LIMITS_NOT_IMPLEMENTED, warnings)?;
+    }
+    let map_size_mb = top.get("lmdb_map_size_mb", |v| decode_uint::<u64>(v, 1, u64::MAX / MIB))?;
+    set_if_some(&mut config.lmdb_map_size_bytes, map_size_mb.map(|mb| mb * MIB));
+    top.set("zones_dir", &mut config.zones_dir, |v| decode_path(v).map(Some))?;
+    top.set("enable_local_script_checks", &mut config.enable_local_script_checks, decode_bool)?;
+    top.set("enable_script_checks", &mut config.enable_script_checks, decode_bool)?;
+    top.set("check_update_interval", &mut config.check_update_interval, decode_duration)?;
+    top.set("anti_entropy_interval", &mut config.anti_entropy_interval, |v| {
+        decode_duration(v).and_then(|d| {
+            if d < Duration::from_secs(1) {
+                Err(Mismatch::new("a duration of at least 1s", v))
+            } else {
+                Ok(d)
+            }
+        })
+    })?;
+    top.set("start_join", &mut config.start_join, |v| decode_list(v, decode_join_addr))?;
+    top.set("retry_join", &mut config.retry_join, |v| decode_list(v, decode_join_addr))?;
+    top.set("encrypt", &mut config.encrypt, |v| decode_encrypt_key(v).map(Some))?;
+    top.set("reconnect_timeout", &mut config.reconnect_timeout, |v| {
+        decode_duration(v).and_then(|d| {
+            // Consul's floor: shorter would reap members that are only rebooting.
+            if d < Duration::from_secs(8 * 3600) {
+                Err(Mismatch::new("a duration of at least 8h", v))
+            } else {
+                Ok(d)
+            }
+        })
+    })?;
+    top.set("leave_on_terminate", &mut config.leave_on_terminate, |v| decode_bool(v).map(Some))?;
+    if let Some(mut gossip) = top.section("gossip_lan")? {
+        let g = &mut config.gossip_lan;
+        gossip.set("probe_interval", &mut g.probe_interval, decode_positive_duration)?;
+        gossip.set("probe_timeout", &mut g.probe_timeout, decode_positive_duration)?;
+        gossip.set("suspicion_mult", &mut g.suspicion_mult, |v| decode_uint(v, 1, 100))?;
+        gossip.set("gossip_interval", &mut g.gossip_interval, decode_positive_duration)?;
+        gossip.set("gossip_nodes", &mut g.gossip_nodes, |v| decode_uint(v, 1, 64))?;
+        gossip.finish(GOSSIP_LAN_NOT_IMPLEMENTED, warnings)?;
+    }
+    if let Some(mut performance) = top.section("performance")? {
+        performance.set("raft_multiplier", &mut config.raft.multiplier, |v| decode_uint(v, 1, 10))?;
+        performance.finish(PERFORMANCE_NOT_IMPLEMENTED, warnings)?;
+    }
+    top.set("raft_snapshot_threshold", &mut config.raft.snapshot_threshold, |v| decode_uint(v, 1, 1 << 32))?;
+    top.set("raft_trailing_logs", &mut config.raft.trailing_logs, |v| decode_uint(v, 0, 1 << 32))?;
+    let watches =
+        top.get("watches", |v| v.as_array().ok_or_else(|| Mismatch::new("a list of watch definitions", v)))?;
+    if let Some(items) = watches {
+        config.watches = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| decode_watch(source, format!("watches[{i}]"), item, warnings))
+            .collect::<Result<_, _>>()?;
+    }
+    // Decoded per file by `service_blocks_of`, which names the file in its errors.
+    top.get("service", |_| Ok(()))?;
+    top.get("services", |_| Ok(()))?;
+    top.finish(TOP_NOT_IMPLEMENTED, warnings)
+}
+
+pub(super) fn apply_dns_config(
+    dns: &mut DnsConfig,
+    mut section: Section<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    section.set("allow_stale", &mut dns.allow_stale, decode_bool)?;
+    section.set("max_stale", &mut dns.max_stale, decode_duration)?;
+    section.set("node_ttl", &mut dns.node_ttl, decode_duration)?;
+    section.set("service_ttl", &mut dns.service_ttl, decode_service_ttl)?;
+    section.set("udp_answer_limit", &mut dns.udp_answer_limit, |v| decode_uint(v, 1, 8))?;
+    section.set("a_record_limit", &mut dns.a_record_limit, decode_u32)?;
+    section.set("only_passing", &mut dns.only_passing, decode_bool)?;
+    section.set("enable_truncate", &mut dns.enable_truncate, decode_bool)?;
+    section.set("recursor_timeout", &mut dns.recursor_timeout, decode_duration)?;
+    section.set("recursor_strategy", &mut dns.recursor_strategy, decode_strategy)?;
+    section.set("recursor_allow", &mut dns.recursor_allow, |v| decode_list(v, decode_cidr))?;
+    if let Some(mut soa) = section.section("soa")? {
+        soa.set("refresh", &mut dns.soa.refresh, decode_u32)?;
+        soa.set("retry", &mut dns.soa.retry, decode_u32)?;
+        soa.set("expire", &mut dns.soa.expire, decode_u32)?;
+        soa.set("min_ttl", &mut dns.soa.min_ttl, decode_u32)?;
+        soa.finish("", warnings)?;
+    }
+    section.finish(DNS_CONFIG_NOT_IMPLEMENTED, warnings)
+}
