@@ -274,6 +274,11 @@ fn invalid_definitions_get_400_naming_the_field() {
     let cases = [
         ("/v1/agent/service/register", json!({"Port": 80}), "field Name: missing service name"),
         ("/v1/agent/service/register", json!({"Name": "w", "Port": "80"}), "field Port: must be an integer"),
+        (
+            "/v1/agent/service/register",
+            json!({"Name": "w", "TaggedAddresses": {"lan": {"Address": "10.0.0.1", "Port": 70000}}}),
+            "field TaggedAddresses.lan.Port: must be 0..65535, got 70000",
+        ),
         ("/v1/agent/service/register", json!({"Name": "w", "Check": {"HTTP": "http://x/"}}), "field Check.Interval"),
         (
             "/v1/agent/service/register",
@@ -656,4 +661,47 @@ fn enable_script_checks_allows_script_checks_through_the_api() {
         (check_status(&agent, "service:api-job")? == "passing").then_some(())
     });
     assert_eq!(agent_check(&agent, "service:api-job").unwrap()["Output"], "ran\n");
+}
+
+#[test]
+fn agent_service_answers_carry_consuls_fields_and_keep_tagged_addresses() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let data = temp.path().join("data");
+    let mut agent = Agent::start_in(&data, &[]);
+    let registration = json!({
+        "Name": "web", "Address": "192.168.1.5", "Port": 8080,
+        "TaggedAddresses": {"lan": {"Address": "10.0.0.1", "Port": 80}, "wan_ipv4": {"Address": "203.0.113.9", "Port": 443}},
+        "Weights": {"Passing": 3, "Warning": 2}
+    });
+    put_ok(&agent, "/v1/agent/service/register", registration);
+    let expected_tagged = json!({
+        "lan": {"Address": "10.0.0.1", "Port": 80},
+        "lan_ipv4": {"Address": "192.168.1.5", "Port": 8080},
+        "wan_ipv4": {"Address": "203.0.113.9", "Port": 443},
+    });
+    let check = |agent: &Agent| {
+        let one = agent.get("/v1/agent/service/web");
+        assert_eq!(one.status, 200, "{}", one.text());
+        let body = one.json();
+        for field in ["Kind", "ID", "Service", "Tags", "Meta", "Port", "Address", "TaggedAddresses", "Weights"] {
+            assert!(body.get(field).is_some(), "{field} missing from {body}");
+        }
+        assert!(body.get("EnableTagOverride").is_some() && body.get("Datacenter").is_some(), "{body}");
+        assert_eq!(body["Kind"], "");
+        assert_eq!(body["TaggedAddresses"], expected_tagged);
+        assert_eq!(body["Weights"], json!({"Passing": 3, "Warning": 2}));
+        assert_eq!(body["ContentHash"].as_str(), one.header("X-Consul-ContentHash"), "{body}");
+        let all = agent.get("/v1/agent/services").json();
+        assert_eq!(all["web"]["Kind"], "");
+        assert_eq!(all["web"]["TaggedAddresses"], expected_tagged);
+        assert!(all["web"].get("ContentHash").is_none(), "the list carries the hash in its header only");
+    };
+    check(&agent);
+    // Kept across a restart (agent-local.json).
+    assert!(agent.terminate().success());
+    let agent = Agent::start_in(&data, &[]);
+    check(&agent);
+    // A service without an IP address gets no default tagged addresses.
+    put_ok(&agent, "/v1/agent/service/register", json!({"Name": "db", "Address": "db.internal", "Port": 5432}));
+    assert_eq!(agent.get("/v1/agent/service/db").json()["TaggedAddresses"], json!({}));
 }

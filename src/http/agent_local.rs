@@ -19,6 +19,7 @@ use super::error::ApiError;
 use super::query::{json_bytes, Query};
 use super::{Ctx, HttpContext};
 use crate::checks::{LocalCheck, LocalError, LocalService, LocalState};
+use crate::model::agent::ServiceAddress;
 use crate::model::agent::{decode_check, decode_service, ScriptPolicy, Strictness};
 use crate::model::{format_duration, CheckStatus, Weights};
 
@@ -35,6 +36,9 @@ impl From<LocalError> for ApiError {
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
 struct AgentService<'a> {
+    /// Always "" (typical services; cairn has no Connect proxies or gateways). Clients such
+    /// as Rust's `consul` crates require the field.
+    kind: &'static str,
     #[serde(rename = "ID")]
     id: &'a str,
     service: &'a str,
@@ -42,7 +46,7 @@ struct AgentService<'a> {
     meta: &'a BTreeMap<String, String>,
     port: u16,
     address: &'a str,
-    tagged_addresses: BTreeMap<String, String>,
+    tagged_addresses: BTreeMap<String, ServiceAddress>,
     weights: Weights,
     enable_tag_override: bool,
     datacenter: &'a str,
@@ -74,13 +78,14 @@ struct AgentCheck<'a> {
 fn agent_service<'a>(s: &'a LocalService, dc: &'a str) -> AgentService<'a> {
     let spec = &s.spec;
     AgentService {
+        kind: "",
         id: &spec.id,
         service: &spec.name,
         tags: &spec.tags,
         meta: &spec.meta,
         port: spec.port,
         address: &spec.address,
-        tagged_addresses: BTreeMap::new(),
+        tagged_addresses: spec.tagged_addresses_with_defaults(),
         weights: spec.weights,
         enable_tag_override: spec.enable_tag_override,
         datacenter: dc,
@@ -111,15 +116,23 @@ fn agent_check<'a>(c: &'a LocalCheck, state: &'a LocalState, node: &'a str) -> A
 }
 
 /// Answers `render`'s JSON with `X-Consul-ContentHash`; with `?hash=` equal to the current
-/// hash, waits (up to `?wait`) until the local state changes the answer.
+/// hash, waits (up to `?wait`) until the local state changes the answer. `hash_in_body`:
+/// the answer (a JSON object) also carries the hash as `ContentHash`, as Consul's
+/// `/v1/agent/service/{id}` does.
 async fn hashed_read(
     ctx: &HttpContext,
     q: &Query,
+    hash_in_body: bool,
     render: impl Fn(&LocalState) -> Result<Vec<u8>, ApiError>,
 ) -> Result<Response, ApiError> {
     let wanted = q.get("hash").filter(|h| !h.is_empty()).map(str::to_string);
     let mut changes = ctx.local.subscribe();
-    let respond = |body: Vec<u8>, hash: String| {
+    let respond = |mut body: Vec<u8>, hash: String| {
+        if hash_in_body && body.last() == Some(&b'}') {
+            body.pop();
+            let separator = if body == b"{" { "" } else { "," };
+            body.extend_from_slice(format!("{separator}\"ContentHash\":\"{hash}\"}}").as_bytes());
+        }
         let mut headers = HeaderMap::new();
         if let Ok(value) = HeaderValue::from_str(&hash) {
             headers.insert("X-Consul-ContentHash", value);
@@ -154,7 +167,7 @@ async fn hashed_read(
 
 pub async fn services(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
     let dc = ctx.identity.datacenter.as_str();
-    hashed_read(&ctx, &q, |state| {
+    hashed_read(&ctx, &q, false, |state| {
         let all: BTreeMap<&str, AgentService<'_>> =
             state.services.iter().map(|(id, s)| (id.as_str(), agent_service(s, dc))).collect();
         json_bytes(&all)
@@ -164,7 +177,7 @@ pub async fn services(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
 
 pub async fn service(ctx: Ctx, Path(id): Path<String>, q: Query) -> Result<Response, ApiError> {
     let dc = ctx.identity.datacenter.as_str();
-    hashed_read(&ctx, &q, |state| {
+    hashed_read(&ctx, &q, true, |state| {
         let service = state.services.get(&id).ok_or_else(|| ApiError::NotFound(format!("unknown service ID: {id}")))?;
         json_bytes(&agent_service(service, dc))
     })
@@ -173,7 +186,7 @@ pub async fn service(ctx: Ctx, Path(id): Path<String>, q: Query) -> Result<Respo
 
 pub async fn checks(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
     let node = ctx.local.node_name().to_string();
-    hashed_read(&ctx, &q, |state| {
+    hashed_read(&ctx, &q, false, |state| {
         let all: BTreeMap<&str, AgentCheck<'_>> =
             state.checks.iter().map(|(id, c)| (id.as_str(), agent_check(c, state, &node))).collect();
         json_bytes(&all)

@@ -46,6 +46,37 @@ pub struct ServiceSpec {
     pub weights: Weights,
     #[serde(default)]
     pub enable_tag_override: bool,
+    /// `TaggedAddresses` as registered (agent answers add Consul's `lan_ipv4`/`wan_ipv4` or
+    /// `_ipv6` defaults from an IP `address`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tagged_addresses: BTreeMap<String, ServiceAddress>,
+}
+
+/// One of a service's tagged addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceAddress {
+    pub address: String,
+    pub port: u16,
+}
+
+impl ServiceSpec {
+    /// The tagged addresses an agent answers with: the registered ones, plus — when
+    /// `address` is an IP — `lan_ipv4` and `wan_ipv4` (or `lan_ipv6`, `wan_ipv6`) with the
+    /// service's address and port, unless registered, as Consul's agent adds them.
+    pub fn tagged_addresses_with_defaults(&self) -> BTreeMap<String, ServiceAddress> {
+        let mut all = self.tagged_addresses.clone();
+        let family = match self.address.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(_)) => "ipv4",
+            Ok(std::net::IpAddr::V6(_)) => "ipv6",
+            Err(_) => return all,
+        };
+        for scope in ["lan", "wan"] {
+            all.entry(format!("{scope}_{family}"))
+                .or_insert_with(|| ServiceAddress { address: self.address.clone(), port: self.port });
+        }
+        all
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,6 +224,7 @@ pub fn decode_service(
         meta: f.string_map(&["meta"])?.unwrap_or_default(),
         weights,
         enable_tag_override: f.bool(&["enabletagoverride"])?.unwrap_or(false),
+        tagged_addresses: decode_tagged_addresses(&mut f, strictness)?,
     };
     let mut raw_checks = Vec::new();
     if let Some((path, check)) = f.entry(&["check"]) {
@@ -241,7 +273,6 @@ pub fn decode_check(
 /// Service fields Consul has and cairn accepts without acting on them.
 const SERVICE_FIELDS_IGNORED: &[&str] = &[
     "kind",
-    "taggedaddresses",
     "proxy",
     "connect",
     "namespace",
@@ -395,6 +426,27 @@ fn describe(value: &Value) -> &'static str {
 /// Lowercase without `_` and `-`: the form field names are matched in.
 fn normalize(key: &str) -> String {
     key.chars().filter(|c| *c != '_' && *c != '-').map(|c| c.to_ascii_lowercase()).collect()
+}
+
+/// `TaggedAddresses`: `{"name": {"Address": "...", "Port": N}}`.
+fn decode_tagged_addresses(
+    f: &mut Fields<'_>,
+    strictness: Strictness,
+) -> Result<BTreeMap<String, ServiceAddress>, DefinitionError> {
+    let Some(all) = f.object(&["taggedaddresses"])? else { return Ok(BTreeMap::new()) };
+    let mut out = BTreeMap::new();
+    for (name, value) in all.object {
+        let mut one = Fields::new(value, &all.path(name))?;
+        let address = one.string(&["address"])?.unwrap_or_default();
+        let port = match one.int(&["port"])? {
+            Some(p) if (0..=65535).contains(&p) => p as u16,
+            Some(p) => return Err(error(&one.path("Port"), format!("must be 0..65535, got {p}"))),
+            None => 0,
+        };
+        one.finish(strictness, &[])?;
+        out.insert(name.clone(), ServiceAddress { address, port });
+    }
+    Ok(out)
 }
 
 /// One JSON object read field by field, matching names leniently; records what was read so
