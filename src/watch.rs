@@ -314,14 +314,12 @@ impl<'h> Runner<'h> {
                 for (name, value) in &config.headers {
                     request = request.header(name, value);
                 }
-                let response = request
-                    .body(json)
-                    .send()
-                    .await
-                    .map_err(|e| format!("{} {}: {}", config.method, config.url, crate::checks::root_cause(&e)))?;
+                let failed =
+                    |e: reqwest::Error| format!("{} {}: {}", config.method, config.url, crate::checks::root_cause(&e));
+                let mut response = request.body(json).send().await.map_err(failed)?;
                 let status = response.status();
-                let body = response.bytes().await.unwrap_or_default();
-                let text = String::from_utf8_lossy(&body[..body.len().min(crate::checks::state::OUTPUT_BYTES_MAX)]);
+                let body = crate::checks::read_body_capped(&mut response).await.map_err(failed)?;
+                let text = String::from_utf8_lossy(&body);
                 if status.is_success() {
                     Ok(format!("{status}"))
                 } else {

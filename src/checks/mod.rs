@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use persist::PersistError;
-pub use probe::{read_capped, root_cause};
+pub use probe::{read_body_capped, read_capped, root_cause};
 pub use state::{LocalCheck, LocalError, LocalService, LocalState, Source};
 
 use crate::cluster::Cluster;

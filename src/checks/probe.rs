@@ -76,13 +76,7 @@ async fn http(
     let exchange = async {
         let mut response = request.send().await?;
         let status = response.status();
-        let mut text = Vec::new();
-        while text.len() < OUTPUT_BYTES_MAX {
-            match response.chunk().await? {
-                Some(chunk) => text.extend_from_slice(&chunk),
-                None => break,
-            }
-        }
+        let text = read_body_capped(&mut response).await?;
         Ok::<_, reqwest::Error>((status, text))
     };
     match tokio::time::timeout(timeout, exchange).await {
@@ -165,6 +159,19 @@ impl Drop for KillGroup {
             unsafe { libc::killpg(pgid, libc::SIGKILL) };
         }
     }
+}
+
+/// The start of a response's body: what arrives until the output limit is passed (the
+/// rest is never read), so a huge body costs no memory.
+pub async fn read_body_capped(response: &mut reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+    let mut text = Vec::new();
+    while text.len() < OUTPUT_BYTES_MAX {
+        match response.chunk().await? {
+            Some(chunk) => text.extend_from_slice(&chunk),
+            None => break,
+        }
+    }
+    Ok(text)
 }
 
 pub async fn read_capped(pipe: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
