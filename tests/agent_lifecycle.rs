@@ -7,6 +7,8 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
 use serde_json::json;
 use support::{Agent, IO_TIMEOUT};
 
@@ -53,6 +55,55 @@ fn acknowledged_writes_survive_sigkill() {
     // Writes keep going after recovery, with growing indexes.
     agent.put("/v1/kv/after", "1");
     assert!(agent.get("/v1/kv/after").index() > index_before);
+}
+
+/// A power loss keeps what was synced and loses the state-machine commits made since (they
+/// skip their own fsync; the durable log has them). The failpoint copies the disk at every
+/// sync; putting the copy back after a SIGKILL is that power loss. At restart the disk
+/// stalls (the other failpoint), so no leader can commit the replay: meanwhile `?stale`
+/// reads must wait rather than answer from the older state, and DNS must SERVFAIL rather
+/// than deny a service it had answered.
+#[test]
+fn indexes_never_go_backwards_after_a_power_loss() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let data_dir = temp.path().join("data");
+    let disk_at_sync = temp.path().join("disk-at-last-sync.mdb");
+    let stall = temp.path().join("stall");
+    let env = [
+        ("CAIRN_TEST_COPY_ON_SYNC", disk_at_sync.display().to_string()),
+        ("CAIRN_TEST_STALL_SYNC_WHILE", stall.display().to_string()),
+    ];
+    let mut agent = Agent::spawn_with_env(Agent::server_args(&data_dir, &[]), data_dir.clone(), &env);
+    assert_eq!(agent.put("/v1/kv/k", "v1").text(), "true");
+    let body = json!({"Node": "n1", "Address": "10.1.1.1", "Service": {"Service": "web", "Port": 80}});
+    assert_eq!(agent.put("/v1/catalog/register", body.to_string()).text(), "true");
+    assert_eq!(agent.put("/v1/kv/k", "v2").text(), "true");
+    let acknowledged = agent.get("/v1/kv/k?stale").index();
+
+    agent.kill();
+    std::fs::copy(&disk_at_sync, data_dir.join("lmdb/data.mdb")).expect("power loss: back to the last sync");
+    std::fs::write(&stall, "").expect("stall file");
+    let agent = Agent::spawn_until(Agent::server_args(&data_dir, &[]), data_dir.clone(), &env, "DNS listening");
+    agent.wait_log("replaying the log written before the restart", IO_TIMEOUT);
+    let addr = agent.http;
+    let stale_read = std::thread::spawn(move || support::http_request(addr, "GET", "/v1/kv/k?stale&raw", b""));
+    for _ in 0..5 {
+        let m = support::dns::udp(agent.dns, "web.service.consul.", RecordType::A, None);
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "DNS while replaying: {m:?}\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!stale_read.is_finished(), "a stale read answered from the state before the power loss");
+
+    std::fs::remove_file(&stall).expect("the disk recovers");
+    let r = stale_read.join().expect("reader");
+    assert_eq!((r.status, r.text()), (200, "v2".to_string()), "a stale read went back in time");
+    assert!(r.index() >= acknowledged, "index {} after restart, {acknowledged} before", r.index());
+    let m = support::wait_for("DNS to answer again", IO_TIMEOUT, || {
+        let m = support::dns::udp(agent.dns, "web.service.consul.", RecordType::A, None);
+        (m.metadata.response_code != ResponseCode::ServFail).then_some(m)
+    });
+    assert_eq!(support::dns::answers(&m), ["A 10.1.1.1"], "DNS after the replay: {m:?}");
+    agent.wait_log("replayed the log written before the restart", IO_TIMEOUT);
 }
 
 #[test]

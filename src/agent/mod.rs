@@ -204,6 +204,7 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     }));
     let leave = Arc::clone(&ctx.leave);
     let dns = Arc::new(crate::dns::service_from_config(&config, store.clone(), Some(cluster.clone()))?);
+    dns.set_replica_fresh(replica_stale_because(&cluster));
     if config.server {
         let router = http::router(Arc::clone(&ctx));
         cluster.answer_clients_with(Arc::new(client_answers::ServerAnswers { router, dns: Arc::clone(&dns) }));
@@ -377,21 +378,29 @@ async fn remove_stale_staged_archives(cluster: Cluster, store: Store, shutdown: 
     }
 }
 
-/// Tells DNS whether this server's replica may still answer: a leader is known, or was
-/// within `dns_config.max_stale` (checked every second).
+/// Tells DNS whether this server's replica may answer: it has replayed the log it held at
+/// start (checked every 50 ms until then), and a leader is known or was within
+/// `dns_config.max_stale` (checked every second).
 async fn keep_dns_fresh(cluster: Cluster, dns: Arc<crate::dns::DnsService>, shutdown: CancellationToken) {
     let mut leader_seen = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
+        let pause = if cluster.replayed() { Duration::from_secs(1) } else { Duration::from_millis(50) };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(pause) => {}
         }
         if cluster.knows_leader() {
             leader_seen = tokio::time::Instant::now();
         }
-        dns.set_replica_fresh(leader_seen.elapsed() <= dns.max_stale());
+        dns.set_replica_fresh(replica_stale_because(&cluster).or_else(|| {
+            (leader_seen.elapsed() > dns.max_stale()).then_some("no leader for longer than dns_config.max_stale")
+        }));
     }
+}
+
+/// Why this server's replica may not answer DNS yet, if it may not.
+fn replica_stale_because(cluster: &Cluster) -> Option<&'static str> {
+    (!cluster.replayed()).then_some("replaying the log written before the restart")
 }
 
 /// The signals the agent handles, registered before anything starts.

@@ -7,10 +7,12 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
 
+use super::replay::ReplayGate;
 use super::{NodeId, TypeConfig};
 use crate::store::Store;
 
@@ -22,6 +24,8 @@ type StorageResult<T> = Result<T, StorageError<NodeId>>;
 #[derive(Clone)]
 pub struct LogStore {
     store: Store,
+    /// Told of truncations: entries past one were never committed, so reads need not wait.
+    replay: Arc<ReplayGate>,
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -33,8 +37,28 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 }
 
 impl LogStore {
-    pub fn new(store: Store) -> Self {
-        LogStore { store }
+    /// The log in `store`, with a [`ReplayGate`] waiting for its last entry.
+    pub fn new(store: Store) -> StorageResult<Self> {
+        let mut log = LogStore { store, replay: Arc::new(ReplayGate::new(0)) };
+        let last_log_index = log.log_state()?.last_log_id.map_or(0, |id| id.index);
+        log.replay = Arc::new(ReplayGate::new(last_log_index));
+        Ok(log)
+    }
+
+    /// What local reads wait for after a restart (see [`super::replay`]).
+    pub fn replay_gate(&self) -> Arc<ReplayGate> {
+        Arc::clone(&self.replay)
+    }
+
+    /// The last log id written, or the last purged one when the log is empty.
+    fn log_state(&self) -> StorageResult<LogState<TypeConfig>> {
+        let last_purged_log_id: Option<LogId<NodeId>> = self.get_meta(KEY_LAST_PURGED)?;
+        let rtxn = self.store.env().read_txn().map_err(read_err)?;
+        let last = match self.store.raft_log.last(&rtxn).map_err(read_err)? {
+            Some((_, bytes)) => Some(serde_json::from_slice::<Entry<TypeConfig>>(bytes).map_err(read_err)?.log_id),
+            None => None,
+        };
+        Ok(LogState { last_purged_log_id, last_log_id: last.or(last_purged_log_id) })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> StorageResult<Option<T>> {
@@ -133,13 +157,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
-        let last_purged_log_id: Option<LogId<NodeId>> = self.get_meta(KEY_LAST_PURGED)?;
-        let rtxn = self.store.env().read_txn().map_err(read_err)?;
-        let last = match self.store.raft_log.last(&rtxn).map_err(read_err)? {
-            Some((_, bytes)) => Some(serde_json::from_slice::<Entry<TypeConfig>>(bytes).map_err(read_err)?.log_id),
-            None => None,
-        };
-        Ok(LogState { last_purged_log_id, last_log_id: last.or(last_purged_log_id) })
+        self.log_state()
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -176,7 +194,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             store.commit_durably(wtxn)
         })
         .await
-        .map_err(write_err)
+        .map_err(write_err)?;
+        self.replay.truncated(log_id.index);
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {

@@ -17,6 +17,7 @@ mod log_store;
 mod membership;
 mod network;
 mod operator;
+mod replay;
 mod rpc;
 mod serve;
 mod session_ttl;
@@ -205,6 +206,8 @@ pub struct Cluster {
     lease: Duration,
     /// Session TTL timers (kept while this server leads).
     session_timers: Arc<session_ttl::SessionTimers>,
+    /// Holds local reads after a restart until the log is applied again.
+    replay: Arc<replay::ReplayGate>,
 }
 
 /// When a quorum last acknowledged this server as leader, as its metrics report: updated on
@@ -276,15 +279,11 @@ impl Cluster {
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| ClusterError::Start(e.to_string()))?);
         let network = network::Network { cluster: config.datacenter.clone(), local: config.node_id };
-        let raft = Raft::new(
-            config.node_id,
-            raft_config,
-            network,
-            LogStore::new(store.clone()),
-            StateMachine::new(store.clone()),
-        )
-        .await
-        .map_err(|e| ClusterError::Start(e.to_string()))?;
+        let log_store = LogStore::new(store.clone()).map_err(|e| ClusterError::Start(e.to_string()))?;
+        let replay = log_store.replay_gate();
+        let raft = Raft::new(config.node_id, raft_config, network, log_store, StateMachine::new(store.clone()))
+            .await
+            .map_err(|e| ClusterError::Start(e.to_string()))?;
 
         if config.server && config.bootstrap_expect == 1 {
             let members = BTreeMap::from([(config.node_id, BasicNode::new(&config.advertise))]);
@@ -313,7 +312,9 @@ impl Cluster {
             quorum: Arc::default(),
             lease: Duration::from_millis(8 * unit),
             session_timers: Arc::default(),
+            replay,
         };
+        cluster.replay.log_if_waiting(cluster.last_applied());
         tasks.spawn(Arc::clone(&cluster.quorum).track(cluster.raft.metrics(), shutdown.clone()));
         tasks.spawn(run_proposer(cluster.clone(), rx, shutdown.clone()));
         if cluster.config.server {
@@ -433,6 +434,7 @@ impl Cluster {
     pub async fn read_barrier(&self, consistent: bool) -> Result<(), WriteError> {
         self.require_server()?;
         let deadline = Instant::now() + LEADER_WAIT;
+        self.wait_replayed(deadline).await?;
         loop {
             let leader = self.wait_for_leader_until(deadline).await.ok_or(WriteError::NoLeader)?;
             if leader.node_id == self.config.node_id {
@@ -491,6 +493,20 @@ impl Cluster {
                 .map_err(|e| WriteError::Stopped(e.to_string()))?;
             Ok(committed.max(self.last_applied()))
         }
+    }
+
+    /// Waits until [`Cluster::replayed`]: after a restart, the log is applied again.
+    async fn wait_replayed(&self, deadline: Instant) -> Result<(), WriteError> {
+        let mut metrics = self.raft.metrics();
+        while !self.replayed() {
+            // Applies and truncations both change the metrics.
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(WriteError::Stopped("Raft stopped".into())),
+                Err(_) => return Err(WriteError::NoLeader),
+            }
+        }
+        Ok(())
     }
 
     /// Waits until this replica has applied `index`.
@@ -726,6 +742,12 @@ impl Cluster {
         let metrics = metrics.borrow();
         let membership = metrics.membership_config.membership();
         membership.voter_ids().filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone())).collect()
+    }
+
+    /// Whether this server's replica may answer local reads (`?stale`, DNS): it has applied
+    /// everything its log held at start (see [`replay`]). Always true on a client agent.
+    pub fn replayed(&self) -> bool {
+        !self.config.server || self.replay.passed(self.last_applied())
     }
 
     /// The index of the last applied log entry.

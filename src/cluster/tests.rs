@@ -14,7 +14,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Lmd
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<NodeId>> {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), 64 << 20).expect("open store");
-        Ok((dir, LogStore::new(store.clone()), StateMachine::new(store)))
+        Ok((dir, LogStore::new(store.clone())?, StateMachine::new(store)))
     }
 }
 
@@ -35,7 +35,7 @@ fn blank(index: u64) -> Entry<TypeConfig> {
 async fn append_acknowledges_only_committed_entries() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path(), 64 << 20).expect("open store");
-    let log = LogStore::new(store.clone());
+    let log = LogStore::new(store.clone()).expect("log store");
     for round in 0..20u64 {
         let entries: Vec<_> = (round * 10 + 1..=round * 10 + 10).map(blank).collect();
         let (tx, rx) = std::sync::mpsc::channel();

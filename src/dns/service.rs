@@ -92,8 +92,9 @@ pub struct DnsService {
     slow_path: Arc<Semaphore>,
     /// On a client agent: the servers that answer names in cairn's domains.
     servers: Option<Cluster>,
-    /// False on a server whose replica has had no leader for longer than `max_stale`: names
-    /// in cairn's domains get SERVFAIL instead of answers that old.
+    /// False on a server whose replica is replaying its log after a restart, or has had no
+    /// leader for longer than `max_stale`: names in cairn's domains get SERVFAIL instead of
+    /// answers that old.
     replica_fresh: std::sync::atomic::AtomicBool,
     /// On a client: the last answer a server gave to each query (keyed by the query minus
     /// its id), with when, for when no server answers.
@@ -167,13 +168,14 @@ impl DnsService {
 
     /// Whether this server's replica is recent enough to answer from (see
     /// [`DnsSettings::max_stale`]). A change drops every cached answer.
-    pub fn set_replica_fresh(&self, fresh: bool) {
+    /// `stale_because`: `None` when it is, else why not (for the log).
+    pub fn set_replica_fresh(&self, stale_because: Option<&'static str>) {
+        let fresh = stale_because.is_none();
         if self.replica_fresh.swap(fresh, Ordering::AcqRel) != fresh {
             self.settings_generation.fetch_add(1, Ordering::Release);
-            if fresh {
-                tracing::info!("DNS answers from the catalog again: a leader is known");
-            } else {
-                tracing::warn!("no leader for longer than dns_config.max_stale: DNS answers SERVFAIL for Consul names");
+            match stale_because {
+                None => tracing::info!("DNS answers from the catalog again"),
+                Some(why) => tracing::warn!("{why}: DNS answers SERVFAIL for Consul names"),
             }
         }
     }

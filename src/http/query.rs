@@ -158,11 +158,12 @@ fn request_key(q: &Query) -> String {
 
 impl HttpContext {
     /// Waits until this server's replica may answer in the query's consistency mode:
-    /// `?stale` at once; the default once it holds what the leader has applied; `?consistent`
+    /// `?stale` at once (unless the replica is still replaying its log after a restart: then
+    /// as the default); the default once it holds what the leader has applied; `?consistent`
     /// once it holds everything committed, confirmed by a quorum.
     pub(super) async fn check_consistency(&self, q: &Query) -> Result<(), ApiError> {
         self.cluster.require_server()?;
-        if q.stale && !q.consistent {
+        if q.stale && !q.consistent && self.cluster.replayed() {
             return Ok(());
         }
         Ok(self.cluster.read_barrier(q.consistent).await?)

@@ -168,6 +168,8 @@ impl Store {
             self.sm.meta.put(&mut wtxn, key.as_bytes(), value)?;
         }
         // Not `commit_durably`: the log holds these entries durably already (see there).
+        // Its pages are still written, so a stalled disk stalls it too.
+        self.wait_while_disk_stalls();
         wtxn.commit()?;
         if touched.everything {
             // A restore's staged archive is deleted once this returns; the Raft entry could

@@ -174,14 +174,23 @@ pub struct Store {
     staging_dir: Arc<std::path::PathBuf>,
     /// `fsync`s made by [`Store::sync`], for tests of what is acknowledged when.
     syncs: Arc<std::sync::atomic::AtomicU64>,
-    /// Test failpoint ([`STALL_SYNC_ENV`]): while this file exists, every sync hangs.
+    /// Test failpoint ([`STALL_SYNC_ENV`]): while this file exists, every sync and every
+    /// state-machine commit hangs.
     stall_syncs_while: Option<Arc<std::path::PathBuf>>,
+    /// Test failpoint ([`COPY_ON_SYNC_ENV`]): after every sync, the disk as it is now.
+    copy_on_sync: Option<Arc<std::path::PathBuf>>,
 }
 
-/// Test failpoint: when this environment variable names a path, every durable commit hangs
-/// while a file exists at that path (a disk whose fsync stalls). Read once, at open; unset in
+/// Test failpoint: when this environment variable names a path, every durable commit and
+/// every state-machine commit hangs while a file exists at that path (a stalled disk). Read once, at open; unset in
 /// production, where it costs one `Option` check per sync.
 pub const STALL_SYNC_ENV: &str = "CAIRN_TEST_STALL_SYNC_WHILE";
+
+/// Test failpoint: when this environment variable names a file, every sync then copies the
+/// environment there (a consistent LMDB copy). Put back in place of `data.mdb` after a
+/// SIGKILL, it is what a power loss leaves: everything synced, none of the state-machine
+/// commits made since (they skip their own sync). Read once, at open; unset in production.
+pub const COPY_ON_SYNC_ENV: &str = "CAIRN_TEST_COPY_ON_SYNC";
 
 impl Store {
     /// Opens (creating if needed) the environment in `dir` with a map of `map_size_bytes`.
@@ -237,8 +246,10 @@ impl Store {
             staging_dir: Arc::new(dir.join("restore")),
             syncs: Arc::default(),
             stall_syncs_while: std::env::var_os(STALL_SYNC_ENV).map(|p| Arc::new(p.into())),
+            copy_on_sync: std::env::var_os(COPY_ON_SYNC_ENV).map(|p| Arc::new(p.into())),
         };
-        store.sync().map_err(open_err)?;
+        // Not `sync`: the stall failpoint is for commits, and a store must open under it.
+        store.env.force_sync().map_err(open_err)?;
         store.rebuild_directory()?;
         Ok(store)
     }
@@ -303,15 +314,25 @@ impl Store {
 
     /// Makes every commit so far durable (`fdatasync`).
     pub fn sync(&self) -> Result<(), heed::Error> {
+        self.wait_while_disk_stalls();
+        self.env.force_sync()?;
+        self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Some(path) = &self.copy_on_sync {
+            let partial = path.with_extension("partial");
+            self.env.copy_to_path(&partial, heed::CompactionOption::Disabled)?;
+            std::fs::rename(&partial, path.as_path())?;
+        }
+        Ok(())
+    }
+
+    /// The [`STALL_SYNC_ENV`] failpoint: a disk whose writes hang, for the tests that prove a
+    /// stalled leader is replaced and that reads wait for a stalled replay.
+    fn wait_while_disk_stalls(&self) {
         if let Some(path) = &self.stall_syncs_while {
-            // A disk whose flushes hang, for the tests that prove a stalled leader is replaced.
             while path.exists() {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
-        self.env.force_sync()?;
-        self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Ok(())
     }
 
     /// Syncs made by [`Store::sync`] so far.

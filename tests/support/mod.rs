@@ -92,13 +92,18 @@ impl Agent {
 
     /// Starts a server on `data_dir` (kept after the agent stops).
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Agent {
+        Agent::spawn(Agent::server_args(data_dir, extra), data_dir.to_path_buf())
+    }
+
+    /// The arguments [`Agent::start_in`] runs a one-server cluster on `data_dir` with.
+    pub fn server_args(data_dir: &Path, extra: &[&str]) -> Vec<String> {
         // Loopback everywhere: the tests must not depend on the host's interfaces.
         let flags = ["agent", "-server", "-bootstrap-expect", "1", "-node", "test-node"];
         let mut args: Vec<String> = flags.iter().chain(LOOPBACK_FLAGS.iter()).map(|s| s.to_string()).collect();
         args.push("-data-dir".into());
         args.push(data_dir.display().to_string());
         args.extend(extra.iter().map(|s| s.to_string()));
-        Agent::spawn(args, data_dir.to_path_buf())
+        args
     }
 
     /// Starts `cairn` with exactly `args` and waits until it serves HTTP and has a leader.
