@@ -572,6 +572,9 @@ impl ApplyTx<'_, '_> {
                 }
                 self.t.nodes.delete(self.txn, req.node.as_bytes())?;
                 self.touch_table(Table::Nodes)?;
+                // Readers of the name now get the nodes table's index (just moved).
+                self.t.indexes.delete(self.txn, &index_key::node(&req.node))?;
+                self.t.indexes.delete(self.txn, &index_key::catalog_node(&req.node))?;
             }
         }
         Ok(Outcome::Commit(CommandResult::Done))
@@ -593,6 +596,11 @@ impl ApplyTx<'_, '_> {
         }
         self.touch_table(Table::Services)?;
         self.touch_service(&service.service, node, Scope::Catalog)?;
+        if self.t.service_names.prefix_iter(self.txn, &codec::pair_prefix(&service.service))?.next().is_none() {
+            // Its last instance: readers of the name now get the services table's index.
+            self.t.indexes.delete(self.txn, &index_key::service(&service.service))?;
+            self.t.indexes.delete(self.txn, &index_key::catalog_service(&service.service))?;
+        }
         self.touch_node(node, Scope::Catalog)
     }
 

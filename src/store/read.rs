@@ -52,24 +52,34 @@ impl<'e> ReadView<'e> {
         self.index(&index_key::table(table.name()))
     }
 
+    /// A name's own index, or — when the name has none (it never existed, or its last
+    /// instance went and the row with it) — `table`'s, as Consul reports for missing names.
+    /// Never backwards: the write that removed the row also moved `table`'s index.
+    fn name_index(&self, key: &[u8], table: Table) -> Result<u64, StoreError> {
+        match self.index(key)? {
+            0 => self.table_index(table),
+            index => Ok(index),
+        }
+    }
+
     /// The index of the last write that changed anything about service `name`'s instances.
     pub fn service_index(&self, name: &str) -> Result<u64, StoreError> {
-        self.index(&index_key::service(name))
+        self.name_index(&index_key::service(name), Table::Services)
     }
 
     /// The index of the last write that changed node `name`, its services or its checks.
     pub fn node_index(&self, name: &str) -> Result<u64, StoreError> {
-        self.index(&index_key::node(name))
+        self.name_index(&index_key::node(name), Table::Nodes)
     }
 
     /// Like [`ReadView::service_index`], for catalog reads: check changes do not move it.
     pub fn catalog_service_index(&self, name: &str) -> Result<u64, StoreError> {
-        self.index(&index_key::catalog_service(name))
+        self.name_index(&index_key::catalog_service(name), Table::Services)
     }
 
     /// Like [`ReadView::node_index`], for catalog reads: check changes do not move it.
     pub fn catalog_node_index(&self, name: &str) -> Result<u64, StoreError> {
-        self.index(&index_key::catalog_node(name))
+        self.name_index(&index_key::catalog_node(name), Table::Nodes)
     }
 
     /// Raw `sm_meta` value (Raft metadata kept by `cluster`).

@@ -85,6 +85,50 @@ fn register_then_health_then_deregister() {
     assert_eq!(view.service_index("web").expect("index"), 6);
 }
 
+/// Names that come and go leave no index row behind (the table would grow forever), and a
+/// gone name's index never goes backwards: it is the table's, which its removal moved.
+#[test]
+fn index_rows_of_gone_names_are_deleted_and_their_index_stays_monotonic() {
+    let (_dir, store) = open();
+    let rows = |store: &Store| {
+        let rtxn = store.env().read_txn().expect("txn");
+        store.sm.indexes.len(&rtxn).expect("len")
+    };
+    apply(&store, 2, vec![register("keep", Some(("k1", "kept")), vec![])]);
+    let baseline = rows(&store);
+    let mut index = 3;
+    for i in 0..50 {
+        let node = format!("n{i}");
+        apply(&store, index, vec![register(&node, Some(("s1", &format!("svc{i}"))), vec![])]);
+        apply(
+            &store,
+            index + 1,
+            vec![Command::Deregister(DeregisterRequest { node, service_id: None, check_id: None })],
+        );
+        let view = store.read().expect("read");
+        assert_eq!(view.service_index(&format!("svc{i}")).expect("index"), index + 1);
+        assert_eq!(view.catalog_node_index(&format!("n{i}")).expect("index"), index + 1);
+        index += 2;
+    }
+    assert_eq!(rows(&store), baseline, "index rows of deregistered names");
+    // A service removed instance by instance keeps its row until the last one goes.
+    apply(&store, 200, vec![register("a", Some(("w1", "web")), vec![]), register("b", Some(("w2", "web")), vec![])]);
+    let dereg = |node: &str, id: &str| {
+        Command::Deregister(DeregisterRequest { node: node.into(), service_id: Some(id.into()), check_id: None })
+    };
+    apply(&store, 201, vec![dereg("a", "w1")]);
+    apply(&store, 202, vec![kv_set("elsewhere", "x", None)]);
+    assert_eq!(store.read().expect("read").service_index("web").expect("index"), 201);
+    apply(&store, 203, vec![dereg("b", "w2")]);
+    apply(&store, 204, vec![register("c", Some(("x1", "other")), vec![])]);
+    let view = store.read().expect("read");
+    assert_eq!(view.service_index("web").expect("index"), 204, "a gone name reports the table's index");
+    assert_eq!(view.service_index("never-was").expect("index"), 204);
+    drop(view);
+    apply(&store, 205, vec![register("a", Some(("w1", "web")), vec![])]);
+    assert_eq!(store.read().expect("read").service_index("web").expect("index"), 205, "back with a new row");
+}
+
 #[test]
 fn unchanged_registration_keeps_indexes() {
     let (_dir, store) = open();
