@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use std::process::Output;
 use std::time::Duration;
 
@@ -191,14 +192,44 @@ fn a_restore_into_a_fresh_data_dir_issues_indexes_above_the_archive() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("checksum mismatch"));
 }
 
+/// The agent's anonymous (heap) memory, in KiB: what a backup held in memory would raise.
+fn rss_anon_kib(agent: &Agent) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("proc status");
+    let line = status.lines().find(|l| l.starts_with("RssAnon:")).expect("RssAnon");
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("RssAnon value")
+}
+
 #[test]
 fn a_100_mb_archive_saves_and_restores() {
-    let source = Agent::start(&[]);
+    let temp = tempfile::tempdir().expect("tempdir");
+    let config = temp.path().join("limits.json");
+    std::fs::write(&config, r#"{"limits": {"snapshot_saves_in_flight": 1}}"#).expect("config");
+    let source = Agent::start(&["-config-file", config.to_str().unwrap()]);
     let value = vec![b'v'; 512 * 1024 - 1];
     for i in 0..200 {
         put_ok(&source, &format!("/v1/kv/big/{i}"), &value);
     }
-    let archive = source.get("/v1/snapshot");
+    // A backup whose client reads slowly: it streams from a file, so the agent's heap does
+    // not grow by the archive's size, and a second backup meanwhile is refused.
+    let heap_before = rss_anon_kib(&source);
+    let mut slow = std::net::TcpStream::connect(source.http).expect("connect");
+    slow.write_all(b"GET /v1/snapshot HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    let mut first = [0u8; 4096];
+    let n = slow.read(&mut first).expect("the answer starts");
+    assert!(
+        String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&first[..n])
+    );
+    let busy = source.get("/v1/snapshot");
+    assert_eq!(busy.status, 429, "{}", busy.text());
+    assert!(busy.text().contains("limits.snapshot_saves_in_flight = 1"), "{}", busy.text());
+    let heap_during = rss_anon_kib(&source);
+    assert!(heap_during < heap_before + 32 * 1024, "heap grew from {heap_before} KiB to {heap_during} KiB");
+    drop(slow);
+    let archive = support::wait_for("the permit back once the slow client left", Duration::from_secs(10), || {
+        Some(source.get("/v1/snapshot")).filter(|r| r.status == 200)
+    });
     assert_eq!(archive.status, 200);
     assert!(archive.body.len() > 100_000_000, "archive is {} bytes", archive.body.len());
     drop(source);

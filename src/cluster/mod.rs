@@ -393,27 +393,31 @@ impl Cluster {
     }
 
     /// A backup archive of the whole replicated state, taken from one LMDB read transaction
-    /// (writes go on meanwhile), with the highest index it had issued. Blocking work runs
-    /// on a blocking thread.
-    pub async fn backup(&self) -> Result<(Vec<u8>, u64), StoreError> {
+    /// (writes go on meanwhile), in an unnamed file under the data dir (gone once closed),
+    /// rewound, with its size and the highest index it had issued. Blocking work runs on a
+    /// blocking thread; memory stays at one buffer whatever the state's size.
+    pub async fn backup(&self) -> Result<(std::fs::File, u64, u64), StoreError> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
-            let mut archive = crate::store::archive::begin();
-            let meta =
-                store.snapshot_into(&mut archive, &[state_machine::META_LAST_APPLIED, crate::store::INDEX_OFFSET])?;
-            let bad = |e: &dyn std::fmt::Display| StoreError::BadSnapshot(e.to_string());
-            let applied: Option<openraft::LogId<NodeId>> = match &meta[0] {
-                Some(bytes) => serde_json::from_slice(bytes).map_err(|e| bad(&e))?,
-                None => None,
+            std::fs::create_dir_all(store.staging_dir())?;
+            let mut file = tempfile::tempfile_in(store.staging_dir())?;
+            let position = |meta: &crate::store::MetaValues| {
+                let bad = |e: &dyn std::fmt::Display| StoreError::BadSnapshot(e.to_string());
+                let applied: Option<openraft::LogId<NodeId>> = match &meta[0] {
+                    Some(bytes) => serde_json::from_slice(bytes).map_err(|e| bad(&e))?,
+                    None => None,
+                };
+                let offset = match &meta[1] {
+                    Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| bad(&"index offset"))?),
+                    None => 0,
+                };
+                Ok(applied.map_or((0, 0), |id| (id.index + offset, id.leader_id.term)))
             };
-            let offset = match &meta[1] {
-                Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| bad(&"index offset"))?),
-                None => 0,
-            };
-            let (index, term) = applied.map_or((0, 0), |id| (id.index + offset, id.leader_id.term));
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            let archive = crate::store::archive::finish(archive, index, term, now).map_err(|e| bad(&e))?;
-            Ok((archive, index))
+            let meta_keys = [state_machine::META_LAST_APPLIED, crate::store::INDEX_OFFSET];
+            let header = crate::store::archive::write(&store, &mut file, &meta_keys, position, now)?;
+            let size = file.metadata()?.len();
+            Ok((file, size, header.index))
         })
         .await
         .map_err(|e| StoreError::BadSnapshot(format!("backup task failed: {e}")))?

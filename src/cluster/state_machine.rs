@@ -68,12 +68,13 @@ impl StateMachine {
     /// Writes the current snapshot to `snapshot.bin` beside the LMDB files: temporary file,
     /// fsync, rename, directory fsync. Kept out of LMDB so that a snapshot (a full copy of
     /// the state) never needs room in the map — taking one is how a nearly full map is freed.
-    async fn save_snapshot(&self, snapshot: StoredSnapshot) -> StorageResult<()> {
+    /// Gives the data back, so that the caller needs no second copy of it.
+    async fn save_snapshot(&self, snapshot: StoredSnapshot) -> StorageResult<Vec<u8>> {
         let meta = serde_json::to_vec(&snapshot.meta).map_err(sm_err)?;
         let path = self.snapshot_path();
         tokio::task::spawn_blocking(move || {
             let len = (meta.len() as u64).to_be_bytes();
-            crate::store::replace_file_durably(&path, &[&len, &meta, &snapshot.data])
+            crate::store::replace_file_durably(&path, &[&len, &meta, &snapshot.data]).map(|()| snapshot.data)
         })
         .await
         .map_err(sm_err)?
@@ -105,7 +106,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             None => "empty".to_string(),
         };
         let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
-        self.save_snapshot(StoredSnapshot { meta: meta.clone(), data: data.clone() }).await?;
+        let data = self.save_snapshot(StoredSnapshot { meta: meta.clone(), data }).await?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -178,16 +179,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         ];
         let index = meta.last_log_id.map_or(0, |id| id.index);
         let store = self.store.clone();
-        let restore_data = data.clone();
-        tokio::task::spawn_blocking(move || store.restore_snapshot(&restore_data, &sm_meta, index))
+        let data = tokio::task::spawn_blocking(move || store.restore_snapshot(&data, &sm_meta, index).map(|()| data))
             .await
             .map_err(sm_err)?
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        self.save_snapshot(StoredSnapshot { meta: meta.clone(), data }).await
+        self.save_snapshot(StoredSnapshot { meta: meta.clone(), data }).await.map(drop)
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let bytes = match std::fs::read(self.snapshot_path()) {
+        let mut bytes = match std::fs::read(self.snapshot_path()) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(snapshot_err(e)),
@@ -196,6 +196,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let meta_len = u64::from_be_bytes(bytes.get(..8).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?);
         let meta_end = usize::try_from(meta_len).ok().and_then(|l| l.checked_add(8)).ok_or_else(corrupt)?;
         let meta = serde_json::from_slice(bytes.get(8..meta_end).ok_or_else(corrupt)?).map_err(snapshot_err)?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes[meta_end..].to_vec())) }))
+        bytes.drain(..meta_end); // in place: no second copy of the state
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) }))
     }
 }

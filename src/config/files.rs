@@ -249,6 +249,7 @@ pub(super) fn apply_object(
         })?;
         limits.set("checks_max_concurrent", &mut l.checks_max_concurrent, |v| decode_uint(v, 1, 1_000_000))?;
         limits.set("snapshot_max_bytes", &mut l.snapshot_max_bytes, decode_u64)?;
+        limits.set("snapshot_saves_in_flight", &mut l.snapshot_saves_in_flight, |v| decode_uint(v, 1, 1024))?;
         limits.finish(LIMITS_NOT_IMPLEMENTED, warnings)?;
     }
     let map_size_mb = top.get("lmdb_map_size_mb", |v| decode_uint::<u64>(v, 1, u64::MAX / MIB))?;

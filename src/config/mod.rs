@@ -247,6 +247,8 @@ pub struct Limits {
     pub checks_max_concurrent: u32,
     /// Largest snapshot archive `PUT /v1/snapshot` accepts; past it 413.
     pub snapshot_max_bytes: u64,
+    /// Backups (`GET /v1/snapshot`) being written or sent at once; past it 429.
+    pub snapshot_saves_in_flight: u32,
 }
 
 impl Default for Limits {
@@ -262,6 +264,7 @@ impl Default for Limits {
             dns_max_forwards_in_flight: 1024,
             checks_max_concurrent: 512,
             snapshot_max_bytes: 4 * 1024 * MIB,
+            snapshot_saves_in_flight: 2,
         }
     }
 }

@@ -75,6 +75,9 @@ pub struct HttpContext {
     /// One permit per blocking query in progress (`limits.max_blocking_queries`); when none is
     /// left a new blocking query gets 429 at once.
     pub blocking_permits: Arc<Semaphore>,
+    /// One permit per backup being written or sent (`limits.snapshot_saves_in_flight`);
+    /// when none is left a backup gets 429 at once.
+    pub snapshot_save_permits: Arc<Semaphore>,
     /// Cancelled at shutdown: blocking queries answer at once with their current data.
     pub shutdown: CancellationToken,
     /// LAN gossip: members, join, force-leave, user events.
@@ -105,6 +108,7 @@ pub struct HttpServices {
 impl HttpContext {
     pub fn new(s: HttpServices) -> Self {
         let blocking_permits = Arc::new(Semaphore::new(s.limits.max_blocking_queries as usize));
+        let snapshot_save_permits = Arc::new(Semaphore::new(s.limits.snapshot_saves_in_flight as usize));
         HttpContext {
             cluster: s.cluster,
             store: s.store,
@@ -114,6 +118,7 @@ impl HttpContext {
             identity: s.identity,
             limits: s.limits,
             blocking_permits,
+            snapshot_save_permits,
             shutdown: s.shutdown,
             gossip: s.gossip,
             events: s.events,

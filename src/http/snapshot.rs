@@ -8,6 +8,7 @@
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 
@@ -34,10 +35,24 @@ pub async fn save(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
     if !q.stale || q.consistent {
         ctx.cluster.read_barrier(q.consistent).await?;
     }
-    let (bytes, index) = ctx.cluster.backup().await?;
+    let permit = ctx.snapshot_save_permits.clone().try_acquire_owned().map_err(|_| {
+        ApiError::TooMany(format!(
+            "too many snapshot saves in progress (limits.snapshot_saves_in_flight = {}); retry later",
+            ctx.limits.snapshot_saves_in_flight
+        ))
+    })?;
+    let (file, size, index) = ctx.cluster.backup().await?;
     let mut headers = ctx.index_headers(index);
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    Ok((headers, bytes).into_response())
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    // Sent from the file in chunks; the permit (and the unnamed file) go when the body
+    // has been sent or the client has gone.
+    let chunks = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 64 * 1024);
+    let body = Body::from_stream(chunks.map(move |chunk| {
+        let _held = &permit;
+        chunk
+    }));
+    Ok((headers, body).into_response())
 }
 
 /// Removes the staged archive however the request ends.

@@ -12,7 +12,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::snapshot::{count_by_tag, fnv1a, parse};
+use super::snapshot::{fnv1a, parse};
+use super::StoreError;
 
 const MAGIC: &[u8; 8] = b"CAIRNBK1";
 pub const VERSION: u32 = 1;
@@ -58,24 +59,34 @@ pub struct ArchiveError(pub String);
 /// to fill it, so the state can be written after it before the header is known.
 const HEADER_ROOM: usize = 1024;
 
-/// Where the state bytes of an archive started with [`begin`] go.
-pub const STATE_START: usize = MAGIC.len() + 4 + HEADER_ROOM;
+/// Where the state bytes of an archive start.
+const STATE_START: u64 = (MAGIC.len() + 4 + HEADER_ROOM) as u64;
 
-/// Starts an archive: magic, header length and room for the header. Append the state-machine
-/// snapshot bytes, then call [`finish`].
-pub fn begin() -> Vec<u8> {
-    let mut out = Vec::with_capacity(STATE_START);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(HEADER_ROOM as u32).to_be_bytes());
-    out.resize(STATE_START, b' ');
-    out
-}
+/// Bytes a backup buffers on their way to or from its file.
+const BUFFER_BYTES: usize = 64 * 1024;
 
-/// Finishes an archive from [`begin`] whose state bytes follow the header room: writes the
-/// header and appends the checksum, in place (a backup never holds two copies of the state).
-pub fn finish(mut out: Vec<u8>, index: u64, term: u64, created_unix: u64) -> Result<Vec<u8>, ArchiveError> {
-    let state = out.get(STATE_START..).ok_or_else(|| ArchiveError("archive was not started with begin()".into()))?;
-    let counts = count_by_tag(state).map_err(|e| ArchiveError(e.to_string()))?;
+/// Writes a backup archive of `store` into `file` (empty, opened for reading and writing).
+/// The state streams from one read transaction into the file, so memory stays at one
+/// buffer whatever the state's size; the header then goes into its room, and the checksum
+/// is computed by reading the file back once. `position` turns the `sm_meta` values of
+/// `meta_keys`, read in that same transaction, into the archive's index and term.
+pub fn write(
+    store: &super::Store,
+    file: &mut std::fs::File,
+    meta_keys: &[&str],
+    position: impl FnOnce(&super::snapshot::MetaValues) -> Result<(u64, u64), StoreError>,
+    created_unix: u64,
+) -> Result<ArchiveHeader, StoreError> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    file.write_all(MAGIC)?;
+    file.write_all(&(HEADER_ROOM as u32).to_be_bytes())?;
+    file.write_all(&[b' '; HEADER_ROOM])?;
+    let mut buffered = std::io::BufWriter::with_capacity(BUFFER_BYTES, &mut *file);
+    let (meta, counts) = store.snapshot_to(&mut buffered, meta_keys)?;
+    buffered.flush()?;
+    drop(buffered);
+    let state_bytes = file.stream_position()? - STATE_START;
+    let (index, term) = position(&meta)?;
     let header = ArchiveHeader {
         version: VERSION,
         index,
@@ -86,17 +97,27 @@ pub fn finish(mut out: Vec<u8>, index: u64, term: u64, created_unix: u64) -> Res
         checks: counts[super::TAG_CHECKS as usize],
         kv: counts[super::TAG_KV as usize],
         sessions: counts[super::TAG_SESSIONS as usize],
-        state_bytes: state.len() as u64,
+        state_bytes,
     };
-    let header = serde_json::to_vec(&header).map_err(|e| ArchiveError(e.to_string()))?;
-    if header.len() > HEADER_ROOM {
-        return Err(ArchiveError(format!("header of {} bytes does not fit in {HEADER_ROOM}", header.len())));
+    let json = serde_json::to_vec(&header).map_err(|e| StoreError::BadSnapshot(e.to_string()))?;
+    if json.len() > HEADER_ROOM {
+        return Err(StoreError::BadSnapshot(format!("header of {} bytes does not fit in {HEADER_ROOM}", json.len())));
     }
-    let room = MAGIC.len() + 4;
-    out[room..room + header.len()].copy_from_slice(&header);
-    let sum = fnv1a(&out);
-    out.extend_from_slice(&sum.to_be_bytes());
-    Ok(out)
+    file.seek(SeekFrom::Start((MAGIC.len() + 4) as u64))?;
+    file.write_all(&json)?;
+    file.seek(SeekFrom::Start(0))?;
+    let mut hash = super::snapshot::Fnv1a::new(std::io::sink());
+    let mut chunk = vec![0u8; BUFFER_BYTES];
+    loop {
+        let n = file.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        hash.write_all(&chunk[..n])?;
+    }
+    file.write_all(&hash.hash.to_be_bytes())?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok(header)
 }
 
 /// Checks everything (magic, version, header, checksum, the state's own structure and
@@ -155,11 +176,14 @@ mod tests {
     use super::*;
 
     fn archive() -> Vec<u8> {
+        use std::io::Read;
         let dir = tempfile::tempdir().expect("tempdir");
         let store = crate::store::Store::open(dir.path(), 16 << 20).expect("store");
-        let mut out = begin();
-        store.snapshot_into(&mut out, &[]).expect("snapshot");
-        finish(out, 42, 3, 1_700_000_000).expect("finish")
+        let mut file = tempfile::tempfile().expect("tempfile");
+        write(&store, &mut file, &[], |_| Ok((42, 3)), 1_700_000_000).expect("write");
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).expect("read back");
+        bytes
     }
 
     #[test]

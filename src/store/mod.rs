@@ -29,6 +29,7 @@ pub(crate) use apply::AppliedBatch;
 pub(crate) use apply::INDEX_OFFSET;
 pub use directory::{Directory, InstanceRecord, NodeRecord};
 pub use read::{ReadView, ServiceHealth};
+pub use snapshot::MetaValues;
 pub use watch::{Subscription, Table, Topic, Watches};
 
 /// Raw byte table; keys and values are encoded by `codec`.
@@ -105,6 +106,8 @@ pub enum StoreError {
     Corrupt { table: &'static str, key: String, reason: String },
     #[error("snapshot is not a cairn snapshot or is damaged: {0}")]
     BadSnapshot(String),
+    #[error("cannot write a snapshot: {0}")]
+    SnapshotIo(#[from] std::io::Error),
 }
 
 pub(crate) type RowIter<'t> = Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't>;

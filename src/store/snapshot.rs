@@ -13,7 +13,13 @@ const MAGIC: &[u8; 8] = b"CAIRNSM1";
 pub type MetaValues = Vec<Option<Vec<u8>>>;
 
 pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf29ce484222325;
+    fnv1a_more(FNV1A_START, bytes)
+}
+
+const FNV1A_START: u64 = 0xcbf29ce484222325;
+
+/// Continues an FNV-1a 64 hash over `bytes`.
+pub(super) fn fnv1a_more(mut hash: u64, bytes: &[u8]) -> u64 {
     for b in bytes {
         hash ^= u64::from(*b);
         hash = hash.wrapping_mul(0x100000001b3);
@@ -21,18 +27,39 @@ pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
     hash
 }
 
+/// A writer that hashes (FNV-1a 64) what passes through it.
+pub(super) struct Fnv1a<W> {
+    pub inner: W,
+    pub hash: u64,
+}
+
+impl<W: std::io::Write> Fnv1a<W> {
+    pub fn new(inner: W) -> Self {
+        Fnv1a { inner, hash: FNV1A_START }
+    }
+
+    pub fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.hash = fnv1a_more(self.hash, bytes);
+        self.inner.write_all(bytes)
+    }
+}
+
 impl Store {
     /// Serializes every state-machine table from one read transaction, and returns the
     /// `sm_meta` values of `meta_keys` as that same transaction saw them.
     pub fn snapshot(&self, meta_keys: &[&str]) -> Result<(Vec<u8>, MetaValues), StoreError> {
         let mut out = Vec::new();
-        let meta = self.snapshot_into(&mut out, meta_keys)?;
+        let (meta, _) = self.snapshot_to(&mut out, meta_keys)?;
         Ok((out, meta))
     }
 
-    /// [`Store::snapshot`], appended to `out` (so that a backup archive is built in one
-    /// buffer, without a copy of the state).
-    pub fn snapshot_into(&self, out: &mut Vec<u8>, meta_keys: &[&str]) -> Result<MetaValues, StoreError> {
+    /// [`Store::snapshot`], written to `out` as it is read (a backup streams it to a file
+    /// and never holds the state in memory). Also returns the records written per table tag.
+    pub fn snapshot_to(
+        &self,
+        out: &mut impl std::io::Write,
+        meta_keys: &[&str],
+    ) -> Result<(MetaValues, [u64; super::TABLE_TAGS]), StoreError> {
         // The state copied must be on disk before the snapshot lets the log be purged (the
         // invariant at `Store::commit_durably`).
         self.sync()?;
@@ -41,24 +68,24 @@ impl Store {
         for key in meta_keys {
             meta.push(self.sm.meta.get(&rtxn, key.as_bytes())?.map(<[u8]>::to_vec));
         }
-        let start = out.len();
-        out.extend_from_slice(MAGIC);
-        let mut count: u64 = 0;
+        let mut out = Fnv1a::new(out);
+        let mut counts = [0u64; super::TABLE_TAGS];
+        out.write_all(MAGIC)?;
         for (tag, db) in self.sm.all() {
             for row in db.iter(&rtxn)? {
                 let (key, value) = row?;
-                out.push(tag);
-                out.extend_from_slice(&(key.len() as u32).to_be_bytes());
-                out.extend_from_slice(key);
-                out.extend_from_slice(&(value.len() as u32).to_be_bytes());
-                out.extend_from_slice(value);
-                count += 1;
+                out.write_all(&[tag])?;
+                out.write_all(&(key.len() as u32).to_be_bytes())?;
+                out.write_all(key)?;
+                out.write_all(&(value.len() as u32).to_be_bytes())?;
+                out.write_all(value)?;
+                counts[tag as usize] += 1;
             }
         }
-        out.extend_from_slice(&count.to_be_bytes());
-        let sum = fnv1a(&out[start..]);
-        out.extend_from_slice(&sum.to_be_bytes());
-        Ok(meta)
+        out.write_all(&counts.iter().sum::<u64>().to_be_bytes())?;
+        let sum = out.hash;
+        out.inner.write_all(&sum.to_be_bytes())?;
+        Ok((meta, counts))
     }
 
     /// Replaces the state machine with `bytes` (checked before anything is touched), then
@@ -100,13 +127,6 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Vec<Record<'_>>, StoreError> {
     let mut out = Vec::new();
     walk(bytes, |record| out.push(record))?;
     Ok(out)
-}
-
-/// Checks `bytes` like [`parse`] and counts the records of each table tag.
-pub(super) fn count_by_tag(bytes: &[u8]) -> Result<[u64; super::TABLE_TAGS], StoreError> {
-    let mut counts = [0u64; super::TABLE_TAGS];
-    walk(bytes, |(tag, _, _)| counts[tag as usize] += 1)?;
-    Ok(counts)
 }
 
 /// Checks the magic, checksum and record count of `bytes`, calling `each` for every record.
