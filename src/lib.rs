@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod dns;
+pub mod filter;
 pub mod gossip;
 pub mod http;
 pub mod model;

@@ -452,3 +452,91 @@ fn agent_monitor_streams_the_log_at_the_level_asked() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(!text.contains(" DEBUG "), "an info monitor shows no debug lines");
 }
+
+/// Percent-encodes a query value (what `curl --data-urlencode` or a client library sends).
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn names(answer: &Value, field: &str) -> Vec<String> {
+    let rows: Vec<&Value> = match answer {
+        Value::Array(rows) => rows.iter().collect(),
+        Value::Object(map) => map.values().collect(),
+        _ => panic!("not a list: {answer}"),
+    };
+    let mut names: Vec<String> =
+        rows.iter().map(|r| r.pointer(field).and_then(Value::as_str).unwrap_or("?").to_string()).collect();
+    names.sort();
+    names
+}
+
+/// `?filter=` with Consul's expression language on the catalog, health and agent list
+/// endpoints: selectors through nested fields, maps and lists, `and`/`or`/`not`, bad
+/// expressions refused with 400.
+#[test]
+fn filter_expressions_select_like_consuls() {
+    let agent = Agent::start(&[]);
+    let register = |node: &str, env: &str, id: &str, tags: &[&str], version: &str, status: &str| {
+        let body = json!({"Node": node, "Address": format!("10.0.0.{}", node.len()), "NodeMeta": {"env": env},
+            "Service": {"ID": id, "Service": "web", "Tags": tags, "Port": 80, "Meta": {"version": version}},
+            "Check": {"CheckID": format!("c-{id}"), "Name": "web", "Status": status, "ServiceID": id}});
+        assert_eq!(agent.put("/v1/catalog/register", body.to_string()).text(), "true");
+    };
+    register("a1", "prod", "web-a", &["primary"], "2", "passing");
+    register("bb2", "prod", "web-b", &["secondary"], "1", "critical");
+    register("ccc3", "dev", "web-c", &["primary", "canary"], "1", "passing");
+    let get = |path: &str, filter: &str| {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        agent.get(&format!("{path}{sep}filter={}", encode(filter)))
+    };
+
+    let r = get("/v1/catalog/nodes", "Meta.env == prod and Node != a1");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.index() > 0);
+    assert_eq!(names(&r.json(), "/Node"), ["bb2"]);
+    let r = get("/v1/catalog/service/web", r#"ServiceTags contains "primary" and NodeMeta.env != dev"#);
+    assert_eq!(names(&r.json(), "/Node"), ["a1"]);
+    let r = get("/v1/catalog/service/web", r#"ServiceMeta.version != "2" and Address matches "^10\\.0\\.0\\.[34]$""#);
+    assert_eq!(names(&r.json(), "/Node"), ["bb2", "ccc3"]);
+    let r = get("/v1/health/service/web", "Service.Tags contains primary and not Checks.Status != passing");
+    assert_eq!(names(&r.json(), "/Node/Node"), ["a1", "ccc3"]);
+    let r = get("/v1/health/service/web?passing", r#"Node.Meta.env == dev or Service.ID == "web-b""#);
+    assert_eq!(names(&r.json(), "/Node/Node"), ["ccc3"], "?passing and the filter both apply");
+    let r = get("/v1/health/state/any", "ServiceID is not empty and Status == critical");
+    assert_eq!(names(&r.json(), "/Node"), ["bb2"]);
+    let r = get("/v1/catalog/services", r#"ServiceMeta.version == "1" and "canary" not in ServiceTags"#);
+    assert_eq!(r.json(), json!({"web": ["secondary"]}), "tags of the matching instances only");
+    let r = get("/v1/catalog/node/ccc3", "Tags contains canary");
+    assert_eq!(names(&r.json()["Services"], "/ID"), ["web-c"]);
+    let r = get("/v1/catalog/node/ccc3", r#"Tags contains "nothing-has-this""#);
+    assert_eq!((r.json()["Node"]["Node"].clone(), r.json()["Services"].clone()), (json!("ccc3"), json!({})));
+
+    // The agent's own services and checks.
+    let svc = json!({"ID": "api1", "Name": "api", "Port": 9000, "Tags": ["v2"]});
+    assert_eq!(agent.put("/v1/agent/service/register", svc.to_string()).status, 200);
+    let svc = json!({"ID": "db1", "Name": "db", "Port": 5432});
+    assert_eq!(agent.put("/v1/agent/service/register", svc.to_string()).status, 200);
+    let r = get("/v1/agent/services", "v2 in Tags");
+    assert_eq!(r.json().as_object().map(|m| m.keys().cloned().collect::<Vec<_>>()), Some(vec!["api1".to_string()]));
+    let r = get("/v1/agent/checks", "ServiceName == db");
+    assert_eq!(r.json(), json!({}));
+
+    // Bad expressions: 400 with what is wrong, and nothing else changes.
+    let r = get("/v1/catalog/nodes", "Meta.env ==");
+    assert_eq!(r.status, 400);
+    assert!(r.text().starts_with("Failed to create boolean expression evaluator: at offset"), "{}", r.text());
+    let r = get("/v1/health/service/web", "Servce.Tags contains primary");
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains(r#"Selector "Servce" is not valid"#), "{}", r.text());
+    let r = get("/v1/catalog/nodes", "Node matches \"(\"");
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = get("/v1/catalog/service/web", "ServicePort == eighty");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(names(&agent.get("/v1/catalog/service/web").json(), "/Node"), ["a1", "bb2", "ccc3"]);
+}

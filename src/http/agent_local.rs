@@ -170,7 +170,7 @@ pub async fn services(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
     hashed_read(&ctx, &q, false, |state| {
         let all: BTreeMap<&str, AgentService<'_>> =
             state.services.iter().map(|(id, s)| (id.as_str(), agent_service(s, dc))).collect();
-        json_bytes(&all)
+        q.filtered_json(&all)
     })
     .await
 }
@@ -189,7 +189,7 @@ pub async fn checks(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
     hashed_read(&ctx, &q, false, |state| {
         let all: BTreeMap<&str, AgentCheck<'_>> =
             state.checks.iter().map(|(id, c)| (id.as_str(), agent_check(c, state, &node))).collect();
-        json_bytes(&all)
+        q.filtered_json(&all)
     })
     .await
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::body::{decode_json, read_limited};
 use super::error::ApiError;
-use super::query::Query;
+use super::query::{Answer, Query};
 use super::Ctx;
 use crate::model::{
     CheckDefinition, CheckStatus, Command, CommandResult, DeregisterRequest, Node, RegisterRequest, Service,
@@ -272,12 +272,32 @@ pub async fn datacenters(ctx: Ctx) -> Json<Vec<String>> {
 }
 
 pub async fn nodes(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
-    ctx.blocking_json(&q, Topic::Table(Table::Nodes), |view| Ok((view.table_index(Table::Nodes)?, view.nodes()?))).await
+    ctx.blocking_list(&q, Topic::Table(Table::Nodes), |view| Ok((view.table_index(Table::Nodes)?, view.nodes()?))).await
 }
 
+/// Service names with their tags. `?filter=` selects instances (Consul's catalog service
+/// rows: `ServiceName`, `ServiceTags`, `NodeMeta`, ...), and a name is listed with the tags of
+/// its instances that match.
 pub async fn services(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
-    ctx.blocking_json(&q, Topic::Table(Table::Services), |view| {
-        Ok((view.table_index(Table::Services)?, view.service_names()?))
+    if q.filter.is_none() {
+        return ctx
+            .blocking_json(&q, Topic::Table(Table::Services), |view| {
+                Ok((view.table_index(Table::Services)?, view.service_names()?))
+            })
+            .await;
+    }
+    ctx.blocking_answer(&q, Topic::Table(Table::Services), |view| {
+        let mut names: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for name in view.service_names()?.into_keys() {
+            for s in view.service_instances(&name)? {
+                let Some(node) = view.node(&s.node)? else { continue };
+                let row = catalog_row(&node, s);
+                if q.keeps(&row)? {
+                    names.entry(row.service_name).or_default().extend(row.service_tags);
+                }
+            }
+        }
+        Answer::json(view.table_index(Table::Services)?, &names)
     })
     .await
 }
@@ -342,7 +362,7 @@ pub(super) fn has_tags(service: &Service, wanted: &[&str]) -> bool {
 
 pub async fn service(ctx: Ctx, Path(name): Path<String>, q: Query) -> Result<Response, ApiError> {
     let tags = q.all("tag").into_iter().map(str::to_string).collect::<Vec<_>>();
-    ctx.blocking_json(&q, Topic::CatalogService(name.clone()), |view| {
+    ctx.blocking_list(&q, Topic::CatalogService(name.clone()), |view| {
         let wanted: Vec<&str> = tags.iter().map(String::as_str).collect();
         let mut rows = Vec::new();
         for s in view.service_instances(&name)? {
@@ -401,17 +421,23 @@ struct NodeServices {
     services: BTreeMap<String, ServiceView>,
 }
 
+/// A node and its services; `?filter=` selects among the services, as Consul's.
 pub async fn node(ctx: Ctx, Path(name): Path<String>, q: Query) -> Result<Response, ApiError> {
-    ctx.blocking_json(&q, Topic::CatalogNode(name.clone()), |view| {
+    ctx.blocking_answer(&q, Topic::CatalogNode(name.clone()), |view| {
         let found = match view.node(&name)? {
             Some(node) => {
-                let services =
-                    view.node_services(&name)?.into_iter().map(|s| (s.id.clone(), ServiceView::from(s))).collect();
+                let mut services = BTreeMap::new();
+                for s in view.node_services(&name)? {
+                    let service = ServiceView::from(s);
+                    if q.keeps(&service)? {
+                        services.insert(service.id.clone(), service);
+                    }
+                }
                 Some(NodeServices { node, services })
             }
             None => None,
         };
-        Ok((view.catalog_node_index(&name)?, found))
+        Answer::json(view.catalog_node_index(&name)?, &found)
     })
     .await
 }

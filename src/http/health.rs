@@ -44,7 +44,7 @@ struct ServiceEntry {
 pub async fn service(ctx: Ctx, Path(name): Path<String>, q: Query) -> Result<Response, ApiError> {
     let passing_only = q.get("passing").is_some_and(|v| v != "false" && v != "0");
     let tags: Vec<String> = q.all("tag").into_iter().map(str::to_string).collect();
-    ctx.blocking_json(&q, Topic::Service(name.clone()), |view| {
+    ctx.blocking_list(&q, Topic::Service(name.clone()), |view| {
         let wanted: Vec<&str> = tags.iter().map(String::as_str).collect();
         let entries = view
             .service_health(&name)?
@@ -59,14 +59,14 @@ pub async fn service(ctx: Ctx, Path(name): Path<String>, q: Query) -> Result<Res
 }
 
 pub async fn node(ctx: Ctx, Path(name): Path<String>, q: Query) -> Result<Response, ApiError> {
-    ctx.blocking_json(&q, Topic::Node(name.clone()), |view| {
+    ctx.blocking_list(&q, Topic::Node(name.clone()), |view| {
         Ok((view.node_index(&name)?, views(view.node_checks(&name)?)))
     })
     .await
 }
 
 pub async fn checks(ctx: Ctx, Path(name): Path<String>, q: Query) -> Result<Response, ApiError> {
-    ctx.blocking_json(&q, Topic::Service(name.clone()), |view| {
+    ctx.blocking_list(&q, Topic::Service(name.clone()), |view| {
         let checks = view
             .service_health(&name)?
             .into_iter()
@@ -84,7 +84,7 @@ pub async fn state(ctx: Ctx, Path(state): Path<String>, q: Query) -> Result<Resp
             ApiError::BadRequest(format!("Invalid check state {other:?}: expected any, passing, warning or critical"))
         })?),
     };
-    ctx.blocking_json(&q, Topic::Table(Table::Checks), |view| {
+    ctx.blocking_list(&q, Topic::Table(Table::Checks), |view| {
         let checks = view.all_checks()?.into_iter().filter(|c| wanted.is_none_or(|w| c.status == w)).collect();
         Ok((view.table_index(Table::Checks)?, views(checks)))
     })

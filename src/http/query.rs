@@ -19,6 +19,7 @@ use serde::Serialize;
 use super::error::ApiError;
 use super::HttpContext;
 use crate::config::parse_duration;
+use crate::filter::Filter;
 use crate::store::{ReadView, StoreError, Topic};
 
 const WAIT_DEFAULT: Duration = Duration::from_secs(300);
@@ -36,6 +37,8 @@ pub struct Query {
     pub wait: Duration,
     pub stale: bool,
     pub consistent: bool,
+    /// `?filter=`: Consul's filter expression, parsed (list endpoints apply it).
+    pub filter: Option<Arc<Filter>>,
 }
 
 impl Query {
@@ -53,6 +56,12 @@ impl Query {
                     q.wait = wait.min(WAIT_MAX);
                 }
                 "stale" => q.stale = true,
+                "filter" if !value.is_empty() => {
+                    let filter = Filter::parse(value).map_err(|e| {
+                        ApiError::BadRequest(format!("Failed to create boolean expression evaluator: {e}"))
+                    })?;
+                    q.filter = Some(Arc::new(filter));
+                }
                 "consistent" => q.consistent = true,
                 "dc" if !value.is_empty() && value != datacenter => {
                     return Err(ApiError::Internal("No path to datacenter".into()));
@@ -77,6 +86,20 @@ impl Query {
 
     pub fn all(&self, key: &str) -> Vec<&str> {
         self.params.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect()
+    }
+
+    /// Whether `element` passes `?filter=` (always, without one); an expression that does not
+    /// fit the element (an unknown selector, a value of the wrong type) is a 400.
+    pub fn keeps(&self, element: &impl Serialize) -> Result<bool, ApiError> {
+        let Some(filter) = &self.filter else { return Ok(true) };
+        filter.matches(&json_value(element)?).map_err(filter_error)
+    }
+
+    /// `answer` (a list, or a map of id to element) as a JSON body, keeping the elements
+    /// `?filter=` matches.
+    pub fn filtered_json(&self, answer: &impl Serialize) -> Result<Vec<u8>, ApiError> {
+        let Some(filter) = &self.filter else { return json_bytes(answer) };
+        json_bytes(&filter.retain(json_value(answer)?).map_err(filter_error)?)
     }
 
     /// An optional unsigned integer parameter; a malformed one is a 400 naming it.
@@ -136,6 +159,14 @@ impl Answer {
     pub fn bytes(index: u64, body: Vec<u8>) -> Answer {
         Answer::new(index, StatusCode::OK, Some("application/octet-stream"), body.into())
     }
+}
+
+fn json_value(value: &impl Serialize) -> Result<serde_json::Value, ApiError> {
+    serde_json::to_value(value).map_err(|e| ApiError::Internal(format!("cannot encode the answer: {e}")))
+}
+
+fn filter_error(e: crate::filter::FilterError) -> ApiError {
+    ApiError::BadRequest(format!("Failed to apply filter: {e}"))
 }
 
 /// `value` encoded as a JSON answer body.
@@ -219,9 +250,30 @@ impl HttpContext {
         topic: Topic,
         read: impl Fn(&ReadView<'_>) -> Result<(u64, T), StoreError>,
     ) -> Result<Response, ApiError> {
+        self.blocking_encoded(q, topic, read, |value| json_bytes(value)).await
+    }
+
+    /// [`HttpContext::blocking_json`] for list endpoints: `?filter=` keeps the elements it
+    /// matches (of a list, or of a map of id to element).
+    pub async fn blocking_list<T: Serialize>(
+        &self,
+        q: &Query,
+        topic: Topic,
+        read: impl Fn(&ReadView<'_>) -> Result<(u64, T), StoreError>,
+    ) -> Result<Response, ApiError> {
+        self.blocking_encoded(q, topic, read, |value| q.filtered_json(value)).await
+    }
+
+    async fn blocking_encoded<T>(
+        &self,
+        q: &Query,
+        topic: Topic,
+        read: impl Fn(&ReadView<'_>) -> Result<(u64, T), StoreError>,
+        encode: impl Fn(&T) -> Result<Vec<u8>, ApiError>,
+    ) -> Result<Response, ApiError> {
         self.blocking_answer(q, topic, |view| {
             let (index, value) = read(view)?;
-            Answer::json(index, &value)
+            Ok(Answer::new(index, StatusCode::OK, Some("application/json"), encode(&value)?.into()))
         })
         .await
     }
