@@ -65,9 +65,9 @@ impl WatchType {
         match self {
             WatchType::Key => &["key"],
             WatchType::Keyprefix => &["prefix"],
-            WatchType::Services | WatchType::Nodes => &[],
-            WatchType::Service => &["service", "tag", "passingonly"],
-            WatchType::Checks => &["service", "state"],
+            WatchType::Services | WatchType::Nodes => &["filter"],
+            WatchType::Service => &["service", "tag", "passingonly", "filter"],
+            WatchType::Checks => &["service", "state", "filter"],
         }
     }
 }
@@ -87,6 +87,8 @@ pub struct WatchSpec {
     /// Any server may answer (`?stale`).
     pub stale: bool,
     pub datacenter: Option<String>,
+    /// `?filter=`: a Consul filter expression over the view's entries (not for KV views).
+    pub filter: Option<String>,
 }
 
 impl WatchSpec {
@@ -101,6 +103,7 @@ impl WatchSpec {
             state: None,
             stale: false,
             datacenter: None,
+            filter: None,
         }
     }
 
@@ -134,6 +137,9 @@ impl WatchSpec {
         }
         if self.stale {
             query.push("stale".to_string());
+        }
+        if let Some(filter) = self.filter.as_deref().filter(|f| !f.is_empty()) {
+            query.push(format!("filter={}", encoded(filter)));
         }
         Ok(if query.is_empty() { path } else { format!("{path}?{}", query.join("&")) })
     }

@@ -34,6 +34,9 @@ pub struct WatchFlags {
     /// Checks in this state (`-type checks`: any, passing, warning, critical).
     #[arg(long)]
     pub state: Option<String>,
+    /// A filter expression over the view's entries (`-type services|nodes|service|checks`).
+    #[arg(long)]
+    pub filter: Option<String>,
     /// The handler and its arguments, after `--`.
     #[arg(last = true, value_name = "HANDLER")]
     pub handler: Vec<String>,
@@ -41,6 +44,9 @@ pub struct WatchFlags {
 
 /// The API path the flags ask to follow, or the flag that is missing.
 pub fn watch_path(flags: &WatchFlags) -> Result<String, CliError> {
+    if flags.filter.is_some() && !flags.kind.params().contains(&"filter") {
+        return Err(CliError::Usage(format!("Error! -filter does not apply to -type {}", flags.kind.name())));
+    }
     let spec = WatchSpec {
         key: flags.key.clone(),
         prefix: flags.prefix.clone(),
@@ -48,6 +54,7 @@ pub fn watch_path(flags: &WatchFlags) -> Result<String, CliError> {
         tags: flags.tag.iter().cloned().collect(),
         passingonly: flags.passingonly,
         state: flags.state.clone(),
+        filter: flags.filter.clone(),
         ..WatchSpec::new(flags.kind)
     };
     spec.path().map_err(|param| CliError::Usage(format!("Error! -type {} needs -{param}", flags.kind.name())))
@@ -92,6 +99,14 @@ mod tests {
             "/v1/health/service/web?tag=v1&passing"
         );
         assert_eq!(path(&["--type", "checks", "--state", "critical"]).unwrap(), "/v1/health/state/critical");
+        assert_eq!(
+            path(&["--type", "nodes", "--filter", "Meta.env == prod"]).unwrap(),
+            "/v1/catalog/nodes?filter=Meta.env+%3D%3D+prod"
+        );
+        assert_eq!(
+            path(&["--type", "key", "--key", "k", "--filter", "a == b"]).unwrap_err(),
+            "Error! -filter does not apply to -type key"
+        );
         assert_eq!(path(&["--type", "key"]).unwrap_err(), "Error! -type key needs -key");
         assert_eq!(path(&["--type", "keyprefix"]).unwrap_err(), "Error! -type keyprefix needs -prefix");
     }

@@ -696,7 +696,8 @@ fn watches_load_from_every_file_in_order() {
                  "handler_type": "http",
                  "http_handler_config": {"path": "https://hooks.example/x", "method": "put",
                     "header": {"X-Auth": ["a", "b"]}, "timeout": "3s", "tls_skip_verify": true}},
-                {"type": "checks", "state": "critical", "handler": "echo hi", "token": "t"}
+                {"type": "checks", "state": "critical", "handler": "echo hi", "token": "t",
+                 "filter": "ServiceName == web"}
             ]}"#,
         ],
         &AgentFlags::default(),
@@ -716,6 +717,7 @@ fn watches_load_from_every_file_in_order() {
             tls_skip_verify: true,
         })
     );
+    assert_eq!(config.watches[2].spec.path().as_deref(), Ok("/v1/health/state/critical?filter=ServiceName+%3D%3D+web"));
     assert_eq!(
         config.watches[2].handler,
         Handler::Script { args: strings(&["/bin/sh", "-c", "echo hi"]), capture: true }
@@ -741,6 +743,14 @@ fn bad_watches_are_refused_naming_the_file_and_entry() {
             r#"key "watches[0].type" must be one of key, keyprefix, services, nodes, service, checks, got "event""#,
         ),
         (format!(r#"{{"watches": [{{"type": "key", {script}}}]}}"#), r#"watches[0]: a "key" watch needs "key""#),
+        (
+            format!(r#"{{"watches": [{{"type": "nodes", "filter": "Meta.env ==", {script}}}]}}"#),
+            r#"watches[0]: "filter": at offset 11: expected a value (a quoted string, a number or a word) after '==', found the end of the expression"#,
+        ),
+        (
+            format!(r#"{{"watches": [{{"type": "key", "key": "k", "filter": "a == b", {script}}}]}}"#),
+            r#"watches[0]: "filter" does not apply to a "key" watch"#,
+        ),
         (
             format!(r#"{{"watches": [{{"type": "services", "key": "x", {script}}}]}}"#),
             r#"watches[0]: "key" does not apply to a "services" watch"#,

@@ -9,7 +9,7 @@ use super::{quote, ConfigError};
 use crate::watch::{Handler, HttpHandler, WatchDefinition, WatchSpec, WatchType};
 
 /// Keys of a watch Consul documents that cairn accepts and ignores.
-pub(super) const WATCH_NOT_IMPLEMENTED: &str = "token filter";
+pub(super) const WATCH_NOT_IMPLEMENTED: &str = "token";
 
 /// One `watches` entry, checked as Consul's agent checks it (`watch.ParseExempt` and the
 /// handler rules): a known type with only its own parameters, and exactly one handler.
@@ -63,6 +63,11 @@ pub(super) fn decode_watch(
         }
     })?;
     note("state", spec.state.is_some());
+    spec.filter = s.get("filter", |v| decode_str(v, "a filter expression").map(str::to_string))?;
+    note("filter", spec.filter.is_some());
+    if let Some(Err(e)) = spec.filter.as_deref().map(crate::filter::Filter::parse) {
+        return Err(invalid(format!("\"filter\": {e}")));
+    }
     if let Some(extra) = given.iter().find(|key| !kind.params().contains(key)) {
         return Err(invalid(format!("{} does not apply to a {} watch", quote(extra), quote(kind.name()))));
     }
