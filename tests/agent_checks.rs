@@ -697,6 +697,12 @@ fn agent_service_answers_carry_consuls_fields_and_keep_tagged_addresses() {
         assert!(all["web"].get("ContentHash").is_none(), "the list carries the hash in its header only");
     };
     check(&agent);
+    // Anti-entropy gives the catalog the same tagged addresses, defaults included (as Consul's
+    // agent): catalog rows as ServiceTaggedAddresses, health entries as Service.TaggedAddresses.
+    support::wait_for("anti-entropy to write web's tagged addresses", Duration::from_secs(10), || {
+        (agent.get("/v1/catalog/service/web").json()[0]["ServiceTaggedAddresses"] == expected_tagged).then_some(())
+    });
+    assert_eq!(agent.get("/v1/health/service/web").json()[0]["Service"]["TaggedAddresses"], expected_tagged);
     // Kept across a restart (agent-local.json).
     assert!(agent.terminate().success());
     let agent = Agent::start_in(&data, &[]);
@@ -704,4 +710,15 @@ fn agent_service_answers_carry_consuls_fields_and_keep_tagged_addresses() {
     // A service without an IP address gets no default tagged addresses.
     put_ok(&agent, "/v1/agent/service/register", json!({"Name": "db", "Address": "db.internal", "Port": 5432}));
     assert_eq!(agent.get("/v1/agent/service/db").json()["TaggedAddresses"], json!({}));
+    let catalog = support::wait_for("anti-entropy to register db", Duration::from_secs(10), || {
+        Some(agent.get("/v1/catalog/service/db").json()).filter(|c| c[0].is_object())
+    });
+    assert_eq!(catalog[0]["ServiceTaggedAddresses"], json!({}), "{catalog}");
+    assert!(agent.get("/v1/health/service/db").json()[0]["Service"].get("TaggedAddresses").is_none(), "omitempty");
+    // Registered straight into the catalog, with Consul's shape.
+    let direct = json!({"Node": "ext", "Address": "10.9.9.9",
+        "Service": {"Service": "ext-svc", "Port": 1, "TaggedAddresses": {"wan": {"Address": "198.51.100.1", "Port": 2}}}});
+    put_ok(&agent, "/v1/catalog/register", direct);
+    let catalog = agent.get("/v1/catalog/service/ext-svc").json();
+    assert_eq!(catalog[0]["ServiceTaggedAddresses"], json!({"wan": {"Address": "198.51.100.1", "Port": 2}}));
 }

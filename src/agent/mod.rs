@@ -348,6 +348,7 @@ fn self_registration(id: &AgentIdentity) -> RegisterRequest {
             port: id.server_port,
             weights: Weights::default(),
             enable_tag_override: false,
+            tagged_addresses: Default::default(),
         }),
         checks: if !id.server {
             Vec::new()

@@ -339,6 +339,8 @@ fn service_definition(s: &LocalService) -> ServiceDefinition {
         port: spec.port,
         weights: spec.weights,
         enable_tag_override: spec.enable_tag_override,
+        // As Consul's agent: the defaults it answers with are what the catalog gets.
+        tagged_addresses: spec.tagged_addresses_with_defaults(),
     }
 }
 
@@ -351,6 +353,7 @@ fn service_differs(l: &LocalService, c: &Service) -> bool {
         || d.port != c.port
         || d.weights != c.weights
         || d.enable_tag_override != c.enable_tag_override
+        || d.tagged_addresses != c.tagged_addresses
 }
 
 fn check_definition(l: &LocalCheck) -> CheckDefinition {
@@ -443,6 +446,7 @@ mod tests {
                         port: s.port,
                         weights: s.weights,
                         enable_tag_override: s.enable_tag_override,
+                        tagged_addresses: s.tagged_addresses.clone(),
                         create_index: 2,
                         modify_index: 2,
                     },

@@ -53,6 +53,7 @@ fn store_with(instances: &[Instance]) -> (tempfile::TempDir, Store) {
                     port: 8080,
                     weights: Weights { passing: 10, warning: 1 },
                     enable_tag_override: false,
+                    tagged_addresses: Default::default(),
                 }),
                 checks: i
                     .status

@@ -50,6 +50,7 @@ fn store(n: usize) -> (tempfile::TempDir, Store) {
                     port: 80,
                     weights: Weights::default(),
                     enable_tag_override: false,
+                    tagged_addresses: Default::default(),
                 }),
                 checks: vec![],
                 skip_node_update: false,

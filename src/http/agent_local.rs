@@ -19,8 +19,8 @@ use super::error::ApiError;
 use super::query::{json_bytes, Query};
 use super::{Ctx, HttpContext};
 use crate::checks::{LocalCheck, LocalError, LocalService, LocalState};
-use crate::model::agent::ServiceAddress;
 use crate::model::agent::{decode_check, decode_service, ScriptPolicy, Strictness};
+use crate::model::ServiceAddress;
 use crate::model::{format_duration, CheckStatus, Weights};
 
 impl From<LocalError> for ApiError {

@@ -15,7 +15,7 @@ use super::query::{Answer, Query};
 use super::Ctx;
 use crate::model::{
     CheckDefinition, CheckStatus, Command, CommandResult, DeregisterRequest, Node, RegisterRequest, Service,
-    ServiceDefinition, Weights,
+    ServiceAddress, ServiceDefinition, Weights,
 };
 use crate::store::{Table, Topic};
 
@@ -49,6 +49,14 @@ pub(super) struct ServiceBody {
     port: Option<u16>,
     weights: Option<WeightsBody>,
     enable_tag_override: Option<bool>,
+    tagged_addresses: Option<BTreeMap<String, ServiceAddressBody>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ServiceAddressBody {
+    address: Option<String>,
+    port: Option<u16>,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +128,14 @@ impl ServiceBody {
             port: self.port.unwrap_or(0),
             weights,
             enable_tag_override: self.enable_tag_override.unwrap_or(false),
+            tagged_addresses: self
+                .tagged_addresses
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, a)| {
+                    (name, ServiceAddress { address: a.address.unwrap_or_default(), port: a.port.unwrap_or(0) })
+                })
+                .collect(),
         })
     }
 }
@@ -319,7 +335,7 @@ pub(super) struct CatalogServiceRow {
     service_name: String,
     service_tags: Vec<String>,
     service_address: String,
-    service_tagged_addresses: BTreeMap<String, String>,
+    service_tagged_addresses: BTreeMap<String, ServiceAddress>,
     service_weights: Weights,
     service_meta: BTreeMap<String, String>,
     service_port: u16,
@@ -343,7 +359,7 @@ fn catalog_row(node: &Node, s: Service) -> CatalogServiceRow {
         service_name: s.service,
         service_tags: s.tags,
         service_address: s.address,
-        service_tagged_addresses: BTreeMap::new(),
+        service_tagged_addresses: s.tagged_addresses,
         service_weights: s.weights,
         service_meta: s.meta,
         service_port: s.port,
@@ -392,6 +408,9 @@ pub(super) struct ServiceView {
     weights: Weights,
     enable_tag_override: bool,
     kind: &'static str,
+    /// Omitted when empty, as Consul's (`omitempty`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    tagged_addresses: BTreeMap<String, ServiceAddress>,
     create_index: u64,
     modify_index: u64,
 }
@@ -408,6 +427,7 @@ impl From<Service> for ServiceView {
             weights: s.weights,
             enable_tag_override: s.enable_tag_override,
             kind: "",
+            tagged_addresses: s.tagged_addresses,
             create_index: s.create_index,
             modify_index: s.modify_index,
         }

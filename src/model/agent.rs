@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use super::catalog::ServiceAddress;
 use super::{parse_duration, CheckStatus, Weights};
 
 /// Consul's minimum check interval; shorter ones are raised to it, as Consul does.
@@ -50,14 +51,6 @@ pub struct ServiceSpec {
     /// `_ipv6` defaults from an IP `address`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tagged_addresses: BTreeMap<String, ServiceAddress>,
-}
-
-/// One of a service's tagged addresses.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct ServiceAddress {
-    pub address: String,
-    pub port: u16,
 }
 
 impl ServiceSpec {

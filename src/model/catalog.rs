@@ -56,8 +56,20 @@ pub struct Service {
     pub weights: Weights,
     #[serde(default)]
     pub enable_tag_override: bool,
+    /// Absent from rows written before services kept them (and when empty), so old rows
+    /// and unchanged ones keep their bytes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tagged_addresses: BTreeMap<String, ServiceAddress>,
     pub create_index: u64,
     pub modify_index: u64,
+}
+
+/// One of a service's tagged addresses (`{"lan": {"Address": ..., "Port": ...}}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceAddress {
+    pub address: String,
+    pub port: u16,
 }
 
 /// Status of a health check, ordered from best to worst so that `max` gives the worst.

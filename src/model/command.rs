@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{CheckStatus, KvEntry, Session, Weights};
+use super::{CheckStatus, KvEntry, ServiceAddress, Session, Weights};
 
 /// The payload of one Raft log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +156,10 @@ pub struct ServiceDefinition {
     pub port: u16,
     pub weights: Weights,
     pub enable_tag_override: bool,
+    /// Absent from entries written before (and when empty): old log entries decode and
+    /// keep their bytes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tagged_addresses: BTreeMap<String, ServiceAddress>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -310,6 +314,7 @@ mod tests {
                         port: 80,
                         weights: Weights::default(),
                         enable_tag_override: false,
+                        tagged_addresses: Default::default(),
                     }),
                     checks: vec![CheckDefinition {
                         check_id: "c1".into(),

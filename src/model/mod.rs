@@ -13,7 +13,7 @@ mod duration;
 mod kv;
 mod session;
 
-pub use catalog::{CheckStatus, HealthCheck, Node, Service, Weights};
+pub use catalog::{CheckStatus, HealthCheck, Node, Service, ServiceAddress, Weights};
 pub use command::{
     CheckDefinition, Command, CommandResult, DeregisterRequest, KvLockOp, Proposal, RegisterRequest, RestoreArchive,
     RestoreRequest, ServiceDefinition, TxnError, TxnKvOp, TxnKvVerb, TxnResult,

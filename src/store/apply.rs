@@ -414,6 +414,7 @@ impl ApplyTx<'_, '_> {
                 port: def.port,
                 weights: def.weights,
                 enable_tag_override: def.enable_tag_override,
+                tagged_addresses: def.tagged_addresses.clone(),
                 create_index: old.as_ref().map_or(self.index, |s| s.create_index),
                 modify_index: self.index,
             };

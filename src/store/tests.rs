@@ -34,6 +34,7 @@ fn register(node: &str, service: Option<(&str, &str)>, checks: Vec<CheckDefiniti
             port: 80,
             weights: Weights::default(),
             enable_tag_override: false,
+            tagged_addresses: Default::default(),
         }),
         checks,
         skip_node_update: false,
