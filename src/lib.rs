@@ -4,11 +4,13 @@
 
 pub mod agent;
 pub mod api_client;
+pub mod backup;
 pub mod checks;
 pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod dns;
+pub mod durable_file;
 pub mod filter;
 pub mod gossip;
 pub mod http;

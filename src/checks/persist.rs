@@ -83,7 +83,7 @@ pub fn encode(state: &PersistedRef<'_>) -> Result<Vec<u8>, serde_json::Error> {
 
 /// Replaces the file with `bytes`, durably.
 pub fn save(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
-    crate::store::replace_file_durably(path, &[bytes])
+    crate::durable_file::replace_file_durably(path, &[bytes])
         .map_err(|source| PersistError::Io { path: path.to_path_buf(), source })
 }
 

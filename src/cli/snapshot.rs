@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use reqwest::Method;
 
 use super::{print_table, CliError, Client, ClientFlags};
-use crate::store::archive;
+use crate::backup;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum SnapshotCommand {
@@ -39,24 +39,24 @@ pub fn run(command: SnapshotCommand) -> Result<(), CliError> {
             let client = Client::with_timeout(&a.client, None)?;
             let answer = client.request(Method::GET, "/v1/snapshot", None)?.success()?;
             // Checked before it is kept: a damaged transfer must not pass for a backup.
-            let verified =
-                archive::verify(&answer.body).map_err(|e| CliError::Usage(format!("Error verifying snapshot: {e}")))?;
-            crate::store::replace_file_durably(&a.file, &[&answer.body])
+            let verified = backup::verify_archive(&answer.body)
+                .map_err(|e| CliError::Usage(format!("Error verifying snapshot: {e}")))?;
+            crate::durable_file::replace_file_durably(&a.file, &[&answer.body])
                 .map_err(|e| CliError::Usage(format!("Error writing {}: {e}", a.file.display())))?;
             println!("Saved and verified snapshot to index {}", verified.header.index);
             Ok(())
         }
         SnapshotCommand::Restore(a) => {
             let bytes = read(&a.file)?;
-            archive::verify(&bytes).map_err(|e| CliError::Usage(format!("Error verifying snapshot: {e}")))?;
+            backup::verify_archive(&bytes).map_err(|e| CliError::Usage(format!("Error verifying snapshot: {e}")))?;
             Client::with_timeout(&a.client, None)?.request(Method::PUT, "/v1/snapshot", Some(bytes))?.success()?;
             println!("Restored snapshot");
             Ok(())
         }
         SnapshotCommand::Inspect(a) => {
             let bytes = read(&a.file)?;
-            let verified =
-                archive::verify(&bytes).map_err(|e| CliError::Usage(format!("Error verifying snapshot: {e}")))?;
+            let verified = backup::verify_archive(&bytes)
+                .map_err(|e| CliError::Usage(format!("Error verifying snapshot: {e}")))?;
             let h = &verified.header;
             let rows: Vec<Vec<String>> = [
                 ("Index", h.index.to_string()),

@@ -74,7 +74,7 @@ impl StateMachine {
         let path = self.snapshot_path();
         tokio::task::spawn_blocking(move || {
             let len = (meta.len() as u64).to_be_bytes();
-            crate::store::replace_file_durably(&path, &[&len, &meta, &snapshot.data]).map(|()| snapshot.data)
+            crate::durable_file::replace_file_durably(&path, &[&len, &meta, &snapshot.data]).map(|()| snapshot.data)
         })
         .await
         .map_err(sm_err)?

@@ -81,11 +81,6 @@ pub(crate) const INDEX_OFFSET: &str = "index-offset";
 /// `sm_indexes` entry holding the index of the last restore: no KV read reports less.
 pub(super) const RESTORED: &str = "restored";
 
-/// Indexes stay below 2^53 so every JSON client reads them exactly (and sums cannot wrap).
-pub(crate) fn archive_index_max() -> u64 {
-    1 << 53
-}
-
 pub(super) fn read_index_offset(t: &SmTables, txn: &heed::RoTxn<'_, heed::WithoutTls>) -> Result<u64, StoreError> {
     match t.meta.get(txn, INDEX_OFFSET.as_bytes())? {
         Some(bytes) => codec::decode_u64("sm_meta", INDEX_OFFSET.as_bytes(), bytes),
@@ -260,7 +255,7 @@ impl ApplyTx<'_, '_> {
             Ok(_) => return reject(format!("{what} changed since it was checked")),
             Err(e) => return reject(e.to_string()),
         };
-        let records = super::snapshot::parse(verified.state(bytes))?;
+        let records = crate::backup::parse_snapshot(verified.state(bytes))?;
         // The restore's own index: above the archive's highest and above anything issued
         // before, so no reader sees an index go backwards. Later indexes follow from it.
         let raft_index = self.index - self.offset;
@@ -268,7 +263,7 @@ impl ApplyTx<'_, '_> {
         else {
             return reject("archive index out of range".into());
         };
-        let Some(restore_index) = raft_index.checked_add(offset).filter(|i| *i < archive_index_max()) else {
+        let Some(restore_index) = raft_index.checked_add(offset).filter(|i| *i < crate::backup::INDEX_MAX) else {
             return reject("archive index out of range".into());
         };
         // `sm_meta` is Raft's position and the index offset: it stays this server's.

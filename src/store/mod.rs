@@ -110,6 +110,18 @@ pub enum StoreError {
     SnapshotIo(#[from] std::io::Error),
 }
 
+impl From<crate::backup::ArchiveError> for StoreError {
+    fn from(e: crate::backup::ArchiveError) -> Self {
+        StoreError::BadSnapshot(e.0)
+    }
+}
+
+impl From<crate::backup::SnapshotError> for StoreError {
+    fn from(e: crate::backup::SnapshotError) -> Self {
+        StoreError::BadSnapshot(e.0)
+    }
+}
+
 pub(crate) type RowIter<'t> = Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't>;
 
 /// Rows whose key starts with `prefix`; every row for an empty prefix (LMDB rejects an empty
@@ -126,43 +138,15 @@ pub(crate) fn prefix_rows<'t>(
     }
 }
 
-/// Replaces `path` with `parts` written in order, durably: a temporary file beside it,
-/// fsync, rename, directory fsync. After a crash the path holds the old or the new content,
-/// never a mix.
-pub fn replace_file_durably(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp_name);
-    let mut file = std::fs::File::create(&tmp)?;
-    for part in parts {
-        file.write_all(part)?;
-    }
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 /// Tags this process's staged archives.
 fn process_tag() -> &'static str {
     static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TAG.get_or_init(|| uuid::Uuid::new_v4().simple().to_string())
 }
 
-/// How many state-machine tables snapshots carry (tags `0..TABLE_TAGS`).
-pub(crate) const TABLE_TAGS: usize = 11;
-
-/// Table tags in snapshots and archives.
-pub(crate) const TAG_META: u8 = 0;
-pub(crate) const TAG_NODES: u8 = 1;
-pub(crate) const TAG_SERVICES: u8 = 2;
-pub(crate) const TAG_CHECKS: u8 = 4;
-pub(crate) const TAG_KV: u8 = 5;
-pub(crate) const TAG_SESSIONS: u8 = 8;
-pub(crate) const TAG_LOCK_DELAYS: u8 = 10;
+pub(crate) use crate::backup::{
+    TABLE_TAGS, TAG_CHECKS, TAG_KV, TAG_LOCK_DELAYS, TAG_META, TAG_NODES, TAG_SERVICES, TAG_SESSIONS,
+};
 
 /// Handle on the LMDB environment. Cheap to clone.
 #[derive(Clone)]

@@ -10,7 +10,7 @@ type Txn<'t> = RoTxn<'t, WithoutTls>;
 
 /// LMDB's key size limit. A longer name can never have been stored, so lookups of one find
 /// nothing instead of failing the request.
-pub(super) const KEY_BYTES_MAX: usize = 511;
+pub(super) use crate::backup::KEY_BYTES_MAX;
 
 pub(super) fn storable(key: &[u8]) -> bool {
     !key.is_empty() && key.len() <= KEY_BYTES_MAX

@@ -1,0 +1,23 @@
+//! Files replaced durably: after a crash a path holds its old content or its new one, never
+//! a mix and never nothing (the agent's local state, Raft snapshots, saved backups).
+
+use std::io::Write;
+use std::path::Path;
+
+/// Replaces `path` with `parts` written in order: a temporary file beside it, fsync, rename,
+/// directory fsync.
+pub fn replace_file_durably(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp_name);
+    let mut file = std::fs::File::create(&tmp)?;
+    for part in parts {
+        file.write_all(part)?;
+    }
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
