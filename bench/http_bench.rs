@@ -5,6 +5,7 @@
 //! The bench drives the servers through its own small HTTP/1.1 client (`client.rs`) on a
 //! single-threaded runtime, so its cost per request is small, fixed and on its own core.
 
+mod bulk;
 mod checks;
 mod client;
 mod cluster;
@@ -23,7 +24,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::server::Binaries;
 
-const USAGE: &str = "usage: http_bench [--only writes|watch|footprint|checks|cluster|sessions]... [--seconds N] \
+const USAGE: &str = "usage: http_bench [--only writes|watch|footprint|checks|cluster|sessions|bulk]... [--seconds N] \
                      [--cairn PATH] [--etcd PATH]";
 
 /// Longest a section may run: a base, plus a share per `--seconds` (the writes section runs
@@ -46,11 +47,19 @@ enum Section {
     Checks,
     Cluster,
     Sessions,
+    Bulk,
 }
 
 impl Section {
-    const ALL: [Section; 6] =
-        [Section::Writes, Section::Watch, Section::Footprint, Section::Checks, Section::Cluster, Section::Sessions];
+    const ALL: [Section; 7] = [
+        Section::Writes,
+        Section::Watch,
+        Section::Footprint,
+        Section::Checks,
+        Section::Cluster,
+        Section::Sessions,
+        Section::Bulk,
+    ];
 
     fn parse(name: &str) -> Result<Section> {
         Ok(match name {
@@ -60,6 +69,7 @@ impl Section {
             "checks" => Section::Checks,
             "cluster" => Section::Cluster,
             "sessions" => Section::Sessions,
+            "bulk" => Section::Bulk,
             _ => bail!("unknown section {name:?}; {USAGE}"),
         })
     }
@@ -189,6 +199,7 @@ async fn main() -> ExitCode {
                 Section::Checks => checks::run(&settings).await,
                 Section::Cluster => cluster::run(&settings).await,
                 Section::Sessions => sessions::run(&settings).await,
+                Section::Bulk => bulk::run(&settings).await,
             }
         };
         // A backstop over the per-step deadlines: no section can hang the bench.

@@ -187,8 +187,8 @@ impl Builder<'_> {
         let mut instances: Vec<&InstanceRecord> = self
             .dir
             .service(name)
-            .unwrap_or(&[])
-            .iter()
+            .into_iter()
+            .flat_map(|instances| instances.values())
             .map(|i| &**i)
             .filter(|i| self.healthy(i))
             .filter(|i| tag.is_none_or(|t| i.tags.iter().any(|it| it.eq_ignore_ascii_case(t))))

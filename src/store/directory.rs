@@ -52,8 +52,14 @@ impl InstanceRecord {
     }
 }
 
-/// Instances of one DNS name, shared by reference between directory versions.
-pub type Instances = Arc<[Arc<InstanceRecord>]>;
+/// Instances of one DNS name by (node, service ID) as registered, shared structurally
+/// between directory versions: a write changes the instances it touched, O(log n) each, so
+/// registering the 100,000th instance of a service costs what the first did.
+pub type Instances = imbl::OrdMap<InstanceKey, Arc<InstanceRecord>>;
+
+/// (node name, service ID), both as registered: unique across a DNS name's instances, and
+/// ordered so that one node's instances are a range.
+pub type InstanceKey = (String, String);
 
 /// Everything DNS answers from, at one applied index. Keys are lowercase names, since DNS
 /// names are case-insensitive.
@@ -72,8 +78,8 @@ pub struct Directory {
 pub type PersistentMap<V> = imbl::HashMap<String, V>;
 
 impl Directory {
-    pub fn service(&self, name: &str) -> Option<&[Arc<InstanceRecord>]> {
-        self.services.get(&name.to_ascii_lowercase()).map(|i| &i[..])
+    pub fn service(&self, name: &str) -> Option<&Instances> {
+        self.services.get(&name.to_ascii_lowercase())
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeRecord> {
@@ -82,7 +88,8 @@ impl Directory {
 
     /// Nodes running the `consul` service (the servers), sorted by name.
     pub fn servers(&self) -> Vec<Arc<NodeRecord>> {
-        let mut servers: Vec<_> = self.service("consul").unwrap_or(&[]).iter().map(|i| Arc::clone(&i.node)).collect();
+        let mut servers: Vec<_> =
+            self.service("consul").into_iter().flat_map(|i| i.values()).map(|i| Arc::clone(&i.node)).collect();
         servers.sort_by(|a, b| a.name.cmp(&b.name));
         servers.dedup_by(|a, b| a.name == b.name);
         servers
@@ -104,21 +111,21 @@ impl DirectoryCell {
         for node in view.nodes()? {
             nodes.insert(node.node.to_ascii_lowercase(), Arc::new(node_record(&node)));
         }
-        let mut lists: HashMap<String, Vec<Arc<InstanceRecord>>> = HashMap::new();
+        let mut services: PersistentMap<Instances> = PersistentMap::new();
         for node in view.nodes()? {
             for health in view.node_service_health(&node.node, None)? {
                 let name = health.service.service.to_ascii_lowercase();
-                lists.entry(name).or_default().push(instance_record(health, &nodes));
+                let instance = instance_record(health, &nodes);
+                services.entry(name).or_default().insert(key(&instance), instance);
             }
         }
-        let services = lists.into_iter().map(|(name, list)| (name, list.into())).collect();
         self.0.store(Arc::new(Directory { index, services, nodes }));
         Ok(())
     }
 
     /// Applies what a batch touched: changed nodes, and for each touched service the
-    /// instances on the nodes where it changed. Cost: the touched instances plus one pointer
-    /// copy per untouched instance of a touched service, not a re-read of whole services.
+    /// instances on the nodes where it changed. Cost: the touched instances, O(log n) each;
+    /// untouched instances and nodes are shared with the previous version, not copied.
     pub(super) fn refresh(&self, view: &ReadView<'_>, touched: &Touched, index: u64) -> Result<(), StoreError> {
         if touched.services.is_empty() && touched.nodes.is_empty() {
             return Ok(());
@@ -149,20 +156,25 @@ impl DirectoryCell {
         let mut services = current.services.clone();
         for (name, changed_nodes) in &touched.services {
             let lower = name.to_ascii_lowercase();
-            let mut list: Vec<Arc<InstanceRecord>> = services
-                .get(&lower)
-                .map(|old| {
-                    old.iter()
-                        .filter(|i| !(i.service_name == *name && changed_nodes.contains(&i.node.name)))
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
-            list.extend(fresh.remove(name).unwrap_or_default());
+            let mut list = services.get(&lower).cloned().unwrap_or_default();
+            for node in changed_nodes {
+                let on_node: Vec<InstanceKey> = list
+                    .range((node.clone(), String::new())..)
+                    .take_while(|((n, _), _)| n == node)
+                    .filter(|(_, i)| i.service_name == *name)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in on_node {
+                    list.remove(&k);
+                }
+            }
+            for instance in fresh.remove(name).unwrap_or_default() {
+                list.insert(key(&instance), instance);
+            }
             if list.is_empty() {
                 services.remove(&lower);
             } else {
-                services.insert(lower, list.into());
+                services.insert(lower, list);
             }
         }
         self.0.store(Arc::new(Directory { index, services, nodes }));
@@ -177,6 +189,10 @@ fn node_record(node: &crate::model::Node) -> NodeRecord {
         datacenter: node.datacenter.clone(),
         meta: node.meta.clone(),
     }
+}
+
+fn key(instance: &InstanceRecord) -> InstanceKey {
+    (instance.node.name.clone(), instance.service_id.clone())
 }
 
 /// One instance with its health folded in, sharing its node record with `nodes`.

@@ -247,6 +247,49 @@ fn record_bytes_are_pinned() {
     assert!(codec::decode_kv(b"k", &bytes[..20]).is_err());
 }
 
+/// What DNS would answer from, in a comparable form.
+fn directory_contents(store: &Store) -> Vec<(String, String, String, u16, CheckStatus)> {
+    let directory = store.directory();
+    let mut out: Vec<_> = directory
+        .services
+        .iter()
+        .flat_map(|(name, instances)| {
+            instances.values().map(move |i| (name.clone(), i.node.name.clone(), i.service_id.clone(), i.port, i.status))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The directory kept up to date batch by batch equals one rebuilt from LMDB, through
+/// registrations, moves between names of different case, health changes and removals.
+#[test]
+fn refreshed_directory_equals_a_rebuilt_one() {
+    let (_dir, store) = open();
+    for (round, index) in (0..6u64).zip(2..) {
+        let mut batch = Vec::new();
+        for n in 0..8u64 {
+            let node = format!("n{}", (n * 3 + round) % 8);
+            let name = if (n + round) % 3 == 0 { "Web" } else { "web" };
+            let status = if (n + round) % 4 == 0 { CheckStatus::Critical } else { CheckStatus::Passing };
+            let id = format!("s{}", n % 3);
+            batch.push(register(&node, Some((&id, name)), vec![check(&format!("c-{id}"), &id, status)]));
+        }
+        if round % 2 == 1 {
+            let node = format!("n{round}");
+            batch.push(Command::Deregister(DeregisterRequest { node, service_id: Some("s1".into()), check_id: None }));
+        }
+        if round == 4 {
+            batch.push(Command::Deregister(DeregisterRequest { node: "n2".into(), service_id: None, check_id: None }));
+        }
+        apply(&store, index, batch);
+        let refreshed = directory_contents(&store);
+        assert!(!refreshed.is_empty());
+        store.rebuild_directory().expect("rebuild");
+        assert_eq!(refreshed, directory_contents(&store), "round {round}");
+    }
+}
+
 #[test]
 fn directory_follows_every_applied_batch() {
     let (_dir, store) = open();
@@ -254,12 +297,16 @@ fn directory_follows_every_applied_batch() {
     apply(&store, 3, vec![register("n1", Some(("web1", "web")), vec![check("c1", "web1", CheckStatus::Passing)])]);
     let directory = store.directory();
     let web = directory.service("WEB").expect("case-insensitive lookup");
-    assert_eq!((web.len(), web[0].status, web[0].effective_address()), (1, CheckStatus::Passing, "10.0.0.1"));
+    let first = web.values().next().expect("one");
+    assert_eq!((web.len(), first.status, first.effective_address()), (1, CheckStatus::Passing, "10.0.0.1"));
     assert_eq!(directory.index, 3);
 
     // A node check going critical changes the instance's health without naming the service.
     apply(&store, 4, vec![register("n1", None, vec![check("node-down", "", CheckStatus::Critical)])]);
-    assert_eq!(store.directory().service("web").expect("web")[0].status, CheckStatus::Critical);
+    assert_eq!(
+        store.directory().service("web").expect("web").values().next().expect("one").status,
+        CheckStatus::Critical
+    );
 
     // Names that differ only in case are one DNS name.
     apply(&store, 5, vec![register("n2", Some(("Web2", "Web")), vec![])]);
@@ -280,7 +327,7 @@ fn directory_follows_every_applied_batch() {
     let path = store.env().path().to_path_buf();
     drop(store);
     let reopened = Store::open(&path, 64 << 20).expect("reopen");
-    assert_eq!(reopened.directory().service("web").expect("web")[0].service_id, "Web2");
+    assert_eq!(reopened.directory().service("web").expect("web").values().next().expect("one").service_id, "Web2");
 }
 
 #[test]
