@@ -540,3 +540,21 @@ fn filter_expressions_select_like_consuls() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(names(&agent.get("/v1/catalog/service/web").json(), "/Node"), ["a1", "bb2", "ccc3"]);
 }
+
+/// A service whose last instance went reports the services list's index (as Consul), which
+/// its removal moved: a blocking reader of the name sees the change and never an index going
+/// backwards, and the store keeps no per-name row for names that are gone.
+#[test]
+fn a_gone_service_reports_the_index_of_its_removal() {
+    let agent = Agent::start(&[]);
+    let body = json!({"Node": "n1", "Address": "10.0.0.1", "Service": {"ID": "gone1", "Service": "gone", "Port": 1}});
+    assert_eq!(agent.put("/v1/catalog/register", body.to_string()).text(), "true");
+    let registered = agent.get("/v1/health/service/gone").index();
+    let deregister = json!({"Node": "n1", "ServiceID": "gone1"});
+    assert_eq!(agent.put("/v1/catalog/deregister", deregister.to_string()).text(), "true");
+    let after = agent.get("/v1/health/service/gone");
+    assert_eq!(after.json(), json!([]));
+    assert!(after.index() > registered, "{} after {registered}", after.index());
+    assert_eq!(after.index(), agent.get("/v1/catalog/services").index(), "the services list's index");
+    assert_eq!(agent.get("/v1/catalog/service/gone").index(), after.index());
+}

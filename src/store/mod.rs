@@ -11,7 +11,7 @@
 //! move with it.
 
 mod apply;
-pub mod archive;
+pub(crate) mod archive;
 mod codec;
 mod directory;
 mod read;
