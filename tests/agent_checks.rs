@@ -301,11 +301,6 @@ fn invalid_definitions_get_400_naming_the_field() {
             "GRPC checks are not supported",
         ),
         ("/v1/agent/check/register", json!({"TTL": "1s"}), "field Name: missing check name"),
-        (
-            "/v1/agent/check/register",
-            json!({"Name": "c", "TTL": "1s", "ServiceID": "ghost"}),
-            "ServiceID \"ghost\" does not exist",
-        ),
     ];
     for (path, body, expected) in cases {
         let r = agent.put(path, body.to_string());
@@ -320,6 +315,10 @@ fn invalid_definitions_get_400_naming_the_field() {
     let services = agent.get("/v1/agent/services").json();
     assert_eq!(services.as_object().unwrap().keys().collect::<Vec<_>>(), ["ok"]);
     assert_eq!(agent.put("/v1/agent/service/deregister/ghost", "").status, 404);
+    // A check for a service this agent does not have: 404 with Consul's text.
+    let r = agent.put("/v1/agent/check/register", json!({"Name": "c", "TTL": "1s", "ServiceID": "ghost"}).to_string());
+    assert_eq!((r.status, r.text()), (404, "ServiceID \"ghost\" does not exist".to_string()));
+    assert_eq!(agent.get("/v1/agent/checks").json(), json!({}), "nothing registered");
 }
 
 #[test]

@@ -199,7 +199,7 @@ impl LocalAgent {
         let started = {
             let mut state = self.lock();
             if !spec.service_id.is_empty() && !state.services.contains_key(&spec.service_id) {
-                return Err(LocalError::Invalid(format!("ServiceID {:?} does not exist", spec.service_id)));
+                return Err(LocalError::NoSuchService(spec.service_id.clone()));
             }
             state.add_check(spec, Source::Api, Instant::now())
         };

@@ -85,6 +85,9 @@ pub enum LocalError {
     UnknownService(String),
     #[error("Unknown check ID {0:?}")]
     UnknownCheck(String),
+    /// A check registered for a service this agent does not have (Consul: 404).
+    #[error("ServiceID {0:?} does not exist")]
+    NoSuchService(String),
     #[error("{0}")]
     Invalid(String),
     /// Applied in memory but not saved to the data dir.

@@ -26,7 +26,9 @@ use crate::model::{format_duration, CheckStatus, Weights};
 impl From<LocalError> for ApiError {
     fn from(e: LocalError) -> Self {
         match e {
-            LocalError::UnknownService(_) | LocalError::UnknownCheck(_) => ApiError::NotFound(e.to_string()),
+            LocalError::UnknownService(_) | LocalError::UnknownCheck(_) | LocalError::NoSuchService(_) => {
+                ApiError::NotFound(e.to_string())
+            }
             LocalError::Invalid(_) => ApiError::BadRequest(e.to_string()),
             LocalError::NotSaved(_) => ApiError::Internal(e.to_string()),
         }

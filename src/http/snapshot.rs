@@ -32,9 +32,7 @@ fn require_server(ctx: &Ctx) -> Result<(), ApiError> {
 
 pub async fn save(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
     require_server(&ctx)?;
-    if !q.stale || q.consistent {
-        ctx.cluster.read_barrier(q.consistent).await?;
-    }
+    ctx.check_consistency(&q).await?;
     let permit = ctx.snapshot_save_permits.clone().try_acquire_owned().map_err(|_| {
         ApiError::TooMany(format!(
             "too many snapshot saves in progress (limits.snapshot_saves_in_flight = {}); retry later",
