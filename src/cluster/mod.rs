@@ -462,7 +462,12 @@ impl Cluster {
                 }
             } else {
                 let request = rpc::Request::ReadIndex { consistent };
-                match self.call_server(leader.node_id, &leader.address, &request, &[], deadline).await {
+                let answer = tokio::select! {
+                    answer = self.call_server(leader.node_id, &leader.address, &request, &[], deadline) => answer,
+                    // Reads are safe to ask again: go to the new leader rather than wait.
+                    () = self.leader_moved_from(leader.node_id) => continue,
+                };
+                match answer {
                     Ok((rpc::Response::ReadIndex(Ok(index)), _)) => return self.wait_applied(index, deadline).await,
                     Ok((rpc::Response::ReadIndex(Err(WriteError::NoLeader)), _)) => {}
                     Ok((rpc::Response::ReadIndex(Err(e)), _)) => return Err(e),
@@ -613,7 +618,18 @@ impl Cluster {
                     other => return other,
                 }
             } else {
-                match self.call_server(leader.node_id, &leader.address, &request, &[], deadline).await {
+                let forwarded = tokio::select! {
+                    answer = self.call_server(leader.node_id, &leader.address, &request, &[], deadline) => answer,
+                    // A leader that stops answering (paused, its disk stalled) is replaced
+                    // in an election timeout; waiting out the RPC timeout would hold this
+                    // server's proposer, and every write queued behind it, for 20 s.
+                    () = self.leader_moved_from(leader.node_id) => {
+                        return Err(WriteError::Forward(
+                            "leadership moved while the write was with the old leader: it may or may not be applied".into(),
+                        ))
+                    }
+                };
+                match forwarded {
                     Ok((rpc::Response::Forward(Ok(forwarded)), _)) => {
                         if let Err(e) = self.wait_applied(forwarded.index, Instant::now() + LOCAL_APPLY_WAIT).await {
                             tracing::warn!(error = %e, index = forwarded.index, "answering a committed write before applying it here");
@@ -647,6 +663,19 @@ impl Cluster {
             Ok(response) => Ok(rpc::Forwarded { results: response.data, index: response.log_id.index }),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(WriteError::NoLeader),
             Err(e) => Err(WriteError::Stopped(e.to_string())),
+        }
+    }
+
+    /// Resolves once this server knows a leader other than `old` (never, if Raft stops).
+    async fn leader_moved_from(&self, old: NodeId) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if self.leader().is_some_and(|l| l.node_id != old) {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return std::future::pending().await;
+            }
         }
     }
 
