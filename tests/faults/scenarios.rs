@@ -64,6 +64,9 @@ pub struct Outcome {
     pub lost: Vec<String>,
     pub history_len: usize,
     pub linearizable: bool,
+    /// Times a lock worker held the lock, and pairs of those that overlapped (must be 0).
+    pub lock_holds: usize,
+    pub lock_overlaps: usize,
     /// The longest time without an acknowledged write from the fault on: what clients saw
     /// of the failover.
     pub write_gap: Duration,
@@ -73,7 +76,11 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn passed(&self) -> bool {
-        self.error.is_none() && self.lost.is_empty() && self.linearizable && self.write_gap <= WRITE_GAP_MAX
+        self.error.is_none()
+            && self.lost.is_empty()
+            && self.linearizable
+            && self.lock_overlaps == 0
+            && self.write_gap <= WRITE_GAP_MAX
     }
 
     pub fn line(&self) -> String {
@@ -82,7 +89,7 @@ impl Outcome {
         }
         format!(
             "{}: {} ops, {} writes acknowledged, {} lost, {} refused, {} unknown; counter history {} ops {}; \
-             longest write gap after the fault {} ms (at most {} ms); {}",
+             lock held {} times, {} overlapping; longest write gap after the fault {} ms (at most {} ms); {}",
             self.name,
             self.operations,
             self.acknowledged,
@@ -91,6 +98,8 @@ impl Outcome {
             self.unknown,
             self.history_len,
             if self.linearizable { "linearizable" } else { "NOT LINEARIZABLE" },
+            self.lock_holds,
+            self.lock_overlaps,
             self.write_gap.as_millis(),
             WRITE_GAP_MAX.as_millis(),
             if self.passed() { "PASS" } else { "FAIL" }
@@ -99,17 +108,22 @@ impl Outcome {
 }
 
 pub fn print_summary(results: &[Outcome]) {
-    println!("\n| scenario | seed | ops | acknowledged writes | lost | linearizable | longest write gap ms | result |");
-    println!("|---|---:|---:|---:|---:|---|---:|---|");
+    println!(
+        "\n| scenario | seed | ops | acknowledged writes | lost | linearizable | lock holds (overlapping) | \
+         longest write gap ms | result |"
+    );
+    println!("|---|---:|---:|---:|---:|---|---:|---:|---|");
     for r in results {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} |",
             r.name,
             r.seed,
             r.operations,
             r.acknowledged,
             r.lost.len(),
             if r.linearizable { "yes" } else { "NO" },
+            r.lock_holds,
+            r.lock_overlaps,
             r.write_gap.as_millis(),
             if r.passed() { "pass" } else { r.error.as_deref().unwrap_or("FAIL") }
         );
@@ -192,6 +206,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         lost: Vec::new(),
         history_len: 0,
         linearizable: false,
+        lock_holds: 0,
+        lock_overlaps: 0,
         write_gap: Duration::ZERO,
         error: None,
     };
@@ -217,6 +233,7 @@ fn run_checked(scenario: &Scenario, seed: u64, outcome: &mut Outcome) {
     let stop = Arc::new(AtomicBool::new(false));
     let prefix = format!("faults/{}", scenario.name);
     let workers = workload::start(WORKERS, &prefix, Arc::clone(&targets), seed, Arc::clone(&stop));
+    let lockers = workload::start_lockers(&prefix, &targets, &stop);
 
     std::thread::sleep(BEFORE_FAULT);
     let struck = Instant::now();
@@ -232,6 +249,13 @@ fn run_checked(scenario: &Scenario, seed: u64, outcome: &mut Outcome) {
     std::thread::sleep(AFTER_HEAL);
     stop.store(true, Ordering::Relaxed);
     let records: Vec<workload::Record> = workers.into_iter().map(|w| w.join().expect("worker")).collect();
+    let holds: Vec<workload::Held> = lockers.into_iter().flat_map(|l| l.join().expect("lock worker")).collect();
+    outcome.lock_holds = holds.len();
+    let overlaps = workload::overlapping_holds(&holds);
+    for (a, b) in overlaps.iter().take(3) {
+        println!("  two holders at once: {a:?} and {b:?}");
+    }
+    outcome.lock_overlaps = overlaps.len();
 
     let history: Vec<linear::Event> = records.iter().flat_map(|r| r.history.iter().copied()).collect();
     let acknowledged: Vec<&String> = records.iter().flat_map(|r| &r.acknowledged).collect();

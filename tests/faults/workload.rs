@@ -150,3 +150,101 @@ fn counter_value(status: u16, body: &[u8]) -> Option<(u64, u64)> {
     let value = base64::engine::general_purpose::STANDARD.decode(entry["Value"].as_str()?).ok()?;
     Some((std::str::from_utf8(&value).ok()?.parse().ok()?, entry["ModifyIndex"].as_u64()?))
 }
+
+/// A time the lock was surely held by one session: from its acquire's `true` answer until
+/// its holder first asked to release it (it may be released any time after).
+#[derive(Clone, Copy, Debug)]
+pub struct Held {
+    pub worker: usize,
+    pub from: Instant,
+    pub until: Instant,
+}
+
+/// Starts one lock worker per agent: each holds a session of its own (no health checks, no
+/// lock delay, so only its release ends a hold) and keeps taking `prefix/lock` with
+/// `?acquire`, holding it briefly and releasing it, until `stop`.
+pub fn start_lockers(
+    prefix: &str,
+    targets: &Targets,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Vec<Held>>> {
+    let agents = targets.lock().unwrap_or_else(|e| e.into_inner()).len();
+    (0..agents)
+        .map(|w| {
+            let (targets, stop, key) = (Arc::clone(targets), Arc::clone(stop), format!("{prefix}/lock"));
+            std::thread::spawn(move || run_locker(w, &key, &targets, &stop))
+        })
+        .collect()
+}
+
+fn run_locker(worker: usize, key: &str, targets: &Targets, stop: &AtomicBool) -> Vec<Held> {
+    let mut held = Vec::new();
+    let mut session: Option<String> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let addr = targets.lock().unwrap_or_else(|e| e.into_inner())[worker];
+        let Some(id) = session.clone().or_else(|| create_session(addr)) else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        session = Some(id.clone());
+        let acquire = try_http_request(addr, "PUT", &format!("/v1/kv/{key}?acquire={id}"), b"x", REQUEST_TIMEOUT);
+        let from = Instant::now();
+        let acquired = match acquire {
+            Some(r) if r.status == 200 && r.body == b"true" => true,
+            Some(r) if r.status == 200 => {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            // Refused or unanswered: it may hold the lock; release before trying again.
+            _ => false,
+        };
+        if acquired {
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        let until = Instant::now();
+        if acquired {
+            held.push(Held { worker, from, until });
+        }
+        // Until a release is answered, this session may still hold the lock: keep asking
+        // (through whichever address the agent has now), or stop using the session.
+        let released = (0..50).any(|_| {
+            let addr = targets.lock().unwrap_or_else(|e| e.into_inner())[worker];
+            let r = try_http_request(addr, "PUT", &format!("/v1/kv/{key}?release={id}"), b"", REQUEST_TIMEOUT);
+            let answered = r.is_some_and(|r| r.status == 200);
+            if !answered {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            answered
+        });
+        if !released {
+            // Never released as far as this worker knows: no other hold may start after it.
+            if let Some(last) = held.last_mut().filter(|h| h.until == until) {
+                last.until = Instant::now() + Duration::from_secs(3600);
+            }
+            break;
+        }
+    }
+    held
+}
+
+fn create_session(addr: SocketAddr) -> Option<String> {
+    let body = br#"{"Name": "faults", "NodeChecks": [], "LockDelay": "0s"}"#;
+    let r = try_http_request(addr, "PUT", "/v1/session/create", body, REQUEST_TIMEOUT)?;
+    let answer: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+    answer["ID"].as_str().map(str::to_string)
+}
+
+/// Pairs of holds by different workers that overlap: two sessions holding one lock at once.
+pub fn overlapping_holds(holds: &[Held]) -> Vec<(Held, Held)> {
+    let mut sorted = holds.to_vec();
+    sorted.sort_by_key(|h| h.from);
+    let mut overlaps = Vec::new();
+    for (i, a) in sorted.iter().enumerate() {
+        for b in sorted[i + 1..].iter().take_while(|b| b.from < a.until) {
+            if b.worker != a.worker {
+                overlaps.push((*a, *b));
+            }
+        }
+    }
+    overlaps
+}
