@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+
 use crate::support::cluster::{agent_args, agreed_leader, leader_index, server_args, FORM};
 use crate::support::{try_http_request, Agent};
 use crate::{linear, workload};
@@ -26,6 +29,9 @@ const FAULT_FOR: Duration = Duration::from_secs(5);
 const WRITE_GAP_MAX: Duration = Duration::from_secs(4);
 /// After the heal, every server must hold every acknowledged write within this.
 const CONVERGE: Duration = Duration::from_secs(30);
+/// Once the servers hold every write, DNS on every agent must agree with the catalog
+/// within this.
+const DNS_CONVERGE: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Fault {
@@ -64,6 +70,10 @@ pub struct Outcome {
     pub lost: Vec<String>,
     pub history_len: usize,
     pub linearizable: bool,
+    /// Registered and deregistered nodes checked in DNS, and the answers that disagreed with
+    /// the catalog after `DNS_CONVERGE` (must be none).
+    pub dns_checked: usize,
+    pub dns_wrong: Vec<String>,
     /// Times a lock worker held the lock, and pairs of those that overlapped (must be 0).
     pub lock_holds: usize,
     pub lock_overlaps: usize,
@@ -80,6 +90,7 @@ impl Outcome {
             && self.lost.is_empty()
             && self.linearizable
             && self.lock_overlaps == 0
+            && self.dns_wrong.is_empty()
             && self.write_gap <= WRITE_GAP_MAX
     }
 
@@ -89,7 +100,8 @@ impl Outcome {
         }
         format!(
             "{}: {} ops, {} writes acknowledged, {} lost, {} refused, {} unknown; counter history {} ops {}; \
-             lock held {} times, {} overlapping; longest write gap after the fault {} ms (at most {} ms); {}",
+             lock held {} times, {} overlapping; DNS {} nodes checked on every agent, {} wrong; \
+             longest write gap after the fault {} ms (at most {} ms); {}",
             self.name,
             self.operations,
             self.acknowledged,
@@ -100,6 +112,8 @@ impl Outcome {
             if self.linearizable { "linearizable" } else { "NOT LINEARIZABLE" },
             self.lock_holds,
             self.lock_overlaps,
+            self.dns_checked,
+            self.dns_wrong.len(),
             self.write_gap.as_millis(),
             WRITE_GAP_MAX.as_millis(),
             if self.passed() { "PASS" } else { "FAIL" }
@@ -110,12 +124,12 @@ impl Outcome {
 pub fn print_summary(results: &[Outcome]) {
     println!(
         "\n| scenario | seed | ops | acknowledged writes | lost | linearizable | lock holds (overlapping) | \
-         longest write gap ms | result |"
+         DNS nodes checked (wrong) | longest write gap ms | result |"
     );
-    println!("|---|---:|---:|---:|---:|---|---:|---:|---|");
+    println!("|---|---:|---:|---:|---:|---|---:|---:|---:|---|");
     for r in results {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} ({}) | {} ({}) | {} | {} |",
             r.name,
             r.seed,
             r.operations,
@@ -124,6 +138,8 @@ pub fn print_summary(results: &[Outcome]) {
             if r.linearizable { "yes" } else { "NO" },
             r.lock_holds,
             r.lock_overlaps,
+            r.dns_checked,
+            r.dns_wrong.len(),
             r.write_gap.as_millis(),
             if r.passed() { "pass" } else { r.error.as_deref().unwrap_or("FAIL") }
         );
@@ -208,6 +224,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         linearizable: false,
         lock_holds: 0,
         lock_overlaps: 0,
+        dns_checked: 0,
+        dns_wrong: Vec::new(),
         write_gap: Duration::ZERO,
         error: None,
     };
@@ -290,6 +308,40 @@ fn run_checked(scenario: &Scenario, seed: u64, outcome: &mut Outcome) {
         }
     }
     outcome.lost = lost.into_iter().collect();
+
+    // DNS on every agent, the client included, answers for exactly the nodes the catalog has.
+    let registered: Vec<&String> = records.iter().flat_map(|r| &r.registered).collect();
+    let deregistered: Vec<&String> = records.iter().flat_map(|r| &r.deregistered).collect();
+    outcome.dns_checked = registered.len() + deregistered.len();
+    let expect = registered.iter().map(|n| (n, true)).chain(deregistered.iter().map(|n| (n, false)));
+    let expect: Vec<(&String, bool)> = expect.map(|(n, present)| (*n, present)).collect();
+    let deadline = Instant::now() + DNS_CONVERGE;
+    for node in &nodes {
+        let mut wrong = wrong_dns_answers(node.agent(), &expect);
+        while !wrong.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            wrong = wrong_dns_answers(node.agent(), &expect);
+        }
+        outcome.dns_wrong.extend(wrong.into_iter().map(|w| format!("{w} on {}", node.agent().dns)));
+    }
+    for wrong in outcome.dns_wrong.iter().take(3) {
+        println!("  DNS disagrees with the catalog: {wrong}");
+    }
+}
+
+/// The nodes in `expect` whose `<node>.node.consul` answer from `agent` is not what the
+/// catalog says (an address if registered, NXDOMAIN if deregistered).
+fn wrong_dns_answers(agent: &Agent, expect: &[(&String, bool)]) -> Vec<String> {
+    expect
+        .iter()
+        .filter_map(|(node, present)| {
+            let answer = crate::support::dns::udp(agent.dns, &format!("{node}.node.consul."), RecordType::A, None);
+            let found = answer.metadata.response_code == ResponseCode::NoError && !answer.answers.is_empty();
+            let gone = answer.metadata.response_code == ResponseCode::NXDomain;
+            let right = if *present { found } else { gone };
+            (!right).then(|| format!("{node} ({})", answer.metadata.response_code))
+        })
+        .collect()
 }
 
 fn strike(node: &mut Node, fault: Fault) {

@@ -6,6 +6,9 @@
 //!   Wing–Gong checker (`tests/cluster/linear.rs`) judges.
 //! - Unique keys, each written once; the acknowledged ones must all be on every server
 //!   after the heal.
+//! - Catalog registrations of nodes, each with an instance of one service, and
+//!   deregistrations of some of them: after the heal, DNS on every agent must answer for
+//!   exactly the registered ones.
 //! - `?stale` reads, load only (a replica may lag; it must still answer or refuse cleanly).
 
 use std::net::SocketAddr;
@@ -28,6 +31,10 @@ pub struct Record {
     pub history: Vec<linear::Event>,
     /// Unique keys whose PUT answered `true`.
     pub acknowledged: Vec<String>,
+    /// Nodes whose registration answered `true` and which no deregistration was sent for.
+    pub registered: Vec<String>,
+    /// Nodes whose deregistration answered `true`.
+    pub deregistered: Vec<String>,
     /// When each acknowledged write (of any kind) returned.
     pub write_times: Vec<Instant>,
     pub operations: u64,
@@ -73,7 +80,30 @@ fn run_worker(worker: usize, prefix: &str, targets: &Targets, seed: u64, stop: &
         let unknown_before = record.unknown;
         match rng.random_range(0..10) {
             0..=4 => increment(addr, &counter, rng.random_bool(0.5), &mut record),
-            5..=7 => {
+            7 => {
+                let node = format!("fw{worker}x{unique}");
+                unique += 1;
+                let body = format!(
+                    r#"{{"Node": "{node}", "Address": "10.77.{worker}.{}", "Service": {{"Service": "faults-web", "Port": 80}}}}"#,
+                    unique % 250
+                );
+                match try_http_request(addr, "PUT", "/v1/catalog/register", body.as_bytes(), REQUEST_TIMEOUT) {
+                    Some(r) if r.status == 200 && r.body == b"true" => record.registered.push(node),
+                    Some(_) => record.refused += 1,
+                    None => record.unknown += 1,
+                }
+            }
+            8 if !record.registered.is_empty() => {
+                // Once sent, its outcome decides: kept out of both lists unless answered.
+                let node = record.registered.swap_remove(rng.random_range(0..record.registered.len()));
+                let body = format!(r#"{{"Node": "{node}"}}"#);
+                match try_http_request(addr, "PUT", "/v1/catalog/deregister", body.as_bytes(), REQUEST_TIMEOUT) {
+                    Some(r) if r.status == 200 && r.body == b"true" => record.deregistered.push(node),
+                    Some(_) => record.refused += 1,
+                    None => record.unknown += 1,
+                }
+            }
+            5..=6 => {
                 let key = format!("{prefix}/acked/{worker}-{unique}");
                 unique += 1;
                 match try_http_request(addr, "PUT", &format!("/v1/kv/{key}"), key.as_bytes(), REQUEST_TIMEOUT) {
@@ -205,8 +235,10 @@ fn run_locker(worker: usize, key: &str, targets: &Targets, stop: &AtomicBool) ->
         if acquired {
             held.push(Held { worker, from, until });
         }
-        // Until a release is answered, this session may still hold the lock: keep asking
-        // (through whichever address the agent has now), or stop using the session.
+        // The hold is certain only until the first release request goes out: a release
+        // applied whose answer was lost (the agent killed meanwhile) frees the lock for
+        // others. Keep asking until one is answered (through whichever address the agent
+        // has now), or stop using the session.
         let released = (0..50).any(|_| {
             let addr = targets.lock().unwrap_or_else(|e| e.into_inner())[worker];
             let r = try_http_request(addr, "PUT", &format!("/v1/kv/{key}?release={id}"), b"", REQUEST_TIMEOUT);
@@ -217,10 +249,6 @@ fn run_locker(worker: usize, key: &str, targets: &Targets, stop: &AtomicBool) ->
             answered
         });
         if !released {
-            // Never released as far as this worker knows: no other hold may start after it.
-            if let Some(last) = held.last_mut().filter(|h| h.until == until) {
-                last.until = Instant::now() + Duration::from_secs(3600);
-            }
             break;
         }
     }
