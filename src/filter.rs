@@ -506,27 +506,30 @@ impl Parser {
     }
 
     fn parse_or(&mut self, depth: usize) -> Result<Node, FilterError> {
-        let first = self.parse_and(depth)?;
-        if word(&self.peek().tok) != Some("or") {
-            return Ok(first);
-        }
-        let mut terms = vec![first];
-        while self.eat_word("or") {
-            terms.push(self.parse_and(depth)?);
-        }
-        Ok(Node::Or(terms))
+        self.parse_chain(depth, "or", Self::parse_and, Node::Or)
     }
 
     fn parse_and(&mut self, depth: usize) -> Result<Node, FilterError> {
-        let first = self.parse_unary(depth)?;
-        if word(&self.peek().tok) != Some("and") {
+        self.parse_chain(depth, "and", Self::parse_unary, Node::And)
+    }
+
+    /// `term (keyword term)*`, flattened into one node (a lone term stays itself).
+    fn parse_chain(
+        &mut self,
+        depth: usize,
+        keyword: &str,
+        term: fn(&mut Self, usize) -> Result<Node, FilterError>,
+        chain: fn(Vec<Node>) -> Node,
+    ) -> Result<Node, FilterError> {
+        let first = term(self, depth)?;
+        if word(&self.peek().tok) != Some(keyword) {
             return Ok(first);
         }
         let mut terms = vec![first];
-        while self.eat_word("and") {
-            terms.push(self.parse_unary(depth)?);
+        while self.eat_word(keyword) {
+            terms.push(term(self, depth)?);
         }
-        Ok(Node::And(terms))
+        Ok(chain(terms))
     }
 
     /// `not X`, `( X )` or a match expression. The only recursion that does not consume a

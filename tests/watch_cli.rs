@@ -25,6 +25,21 @@ fn start_on(data: &std::path::Path, port: &str) -> Agent {
     Agent::spawn(args, data.to_path_buf())
 }
 
+/// `cairn watch` against `agent` with `flags`, its handler appending each result to `log`
+/// (read back with [`runs`]).
+fn spawn_watch(agent: &Agent, flags: &[&str], log: &std::path::Path) -> std::process::Child {
+    Command::new(cairn_bin())
+        .args(["watch", "-http-addr", &agent.http.to_string()])
+        .args(flags)
+        .arg("--")
+        .args(["sh", "-c", &format!("cat >> {0}; printf '\\n---\\n' >> {0}", log.display())])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn cairn watch")
+}
+
 fn runs(path: &std::path::Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.split("\n---\n")
@@ -40,14 +55,7 @@ fn cairn_watch_runs_its_handler_once_per_change_and_survives_a_restart() {
     let port = free_port().to_string();
     let mut agent = start_on(&data, &port);
     let log = temp.path().join("runs.log");
-    let mut watch = Command::new(cairn_bin())
-        .args(["watch", "-http-addr", &agent.http.to_string(), "-type", "key", "-key", "app/config", "--"])
-        .args(["sh", "-c", &format!("cat >> {0}; printf '\\n---\\n' >> {0}", log.display())])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn cairn watch");
+    let mut watch = spawn_watch(&agent, &["-type", "key", "-key", "app/config"], &log);
 
     // The first result fires even though the key does not exist yet.
     wait_for("the first run", WAIT, || (runs(&log).len() == 1).then_some(()));
@@ -73,6 +81,31 @@ fn cairn_watch_runs_its_handler_once_per_change_and_survives_a_restart() {
     wait_for("a run for v2 after the restart", WAIT, || (runs(&log).len() == 3).then_some(()));
     let value = runs(&log)[2][0]["Value"].as_str().expect("value").to_string();
     assert_eq!(base64::engine::general_purpose::STANDARD.decode(value).expect("base64"), b"v2");
+    watch.kill().expect("stop the watch");
+    let _ = watch.wait();
+}
+
+/// `-filter` reaches the agent: every result the handler gets holds only the matching nodes.
+#[test]
+fn cairn_watch_filter_selects_what_the_handler_sees() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let agent = Agent::start(&[]);
+    let register = |node: &str, env: &str| {
+        let body = serde_json::json!({"Node": node, "Address": "10.0.0.1", "NodeMeta": {"env": env}});
+        assert_eq!(agent.put("/v1/catalog/register", body.to_string()).text(), "true");
+    };
+    register("prod1", "prod");
+    register("dev1", "dev");
+    let log = temp.path().join("runs.log");
+    let mut watch = spawn_watch(&agent, &["-type", "nodes", "-filter", "Meta.env == prod"], &log);
+    let names = |run: &serde_json::Value| -> Vec<String> {
+        run.as_array().expect("nodes").iter().map(|n| n["Node"].as_str().unwrap_or("?").to_string()).collect()
+    };
+    wait_for("the first run", WAIT, || (runs(&log).len() == 1).then_some(()));
+    assert_eq!(names(&runs(&log)[0]), ["prod1"]);
+    register("prod2", "prod");
+    wait_for("a run for prod2", WAIT, || (runs(&log).len() == 2).then_some(()));
+    assert_eq!(names(&runs(&log)[1]), ["prod1", "prod2"]);
     watch.kill().expect("stop the watch");
     let _ = watch.wait();
 }

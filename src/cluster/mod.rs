@@ -780,7 +780,7 @@ impl Cluster {
     /// Whether this server's replica may answer local reads (`?stale`, DNS): it has applied
     /// everything its log held at start (see [`replay`]). Always true on a client agent.
     pub fn replayed(&self) -> bool {
-        !self.config.server || self.replay.passed(self.last_applied())
+        !self.config.server || self.replay.passed(|| self.last_applied())
     }
 
     /// The index of the last applied log entry.

@@ -31,7 +31,7 @@ impl ReplayGate {
 
     /// Says so in the log when a replica that has applied `applied` must wait.
     pub fn log_if_waiting(&self, applied: u64) {
-        if !self.passed(applied) {
+        if !self.passed(|| applied) {
             tracing::info!(
                 applied,
                 last_log_index = self.target.load(Ordering::Acquire),
@@ -46,11 +46,13 @@ impl ReplayGate {
         self.target.fetch_min(index.saturating_sub(1), Ordering::AcqRel);
     }
 
-    /// Whether local reads may be answered by a replica that has applied `applied`.
-    pub fn passed(&self, applied: u64) -> bool {
+    /// Whether local reads may be answered by a replica that has applied `applied()` (asked
+    /// only while the gate is still closed: once open, a read pays one atomic load).
+    pub fn passed(&self, applied: impl FnOnce() -> u64) -> bool {
         if self.open.load(Ordering::Acquire) {
             return true;
         }
+        let applied = applied();
         if applied < self.target.load(Ordering::Acquire) {
             return false;
         }
@@ -69,24 +71,24 @@ mod tests {
     fn opens_once_the_start_log_is_applied_and_stays_open() {
         let gate = ReplayGate::new(10);
         gate.log_if_waiting(7);
-        assert!(!gate.passed(7));
-        assert!(!gate.passed(9));
-        assert!(gate.passed(10));
-        assert!(gate.passed(3), "latched open");
+        assert!(!gate.passed(|| 7));
+        assert!(!gate.passed(|| 9));
+        assert!(gate.passed(|| 10));
+        assert!(gate.passed(|| 3), "latched open");
     }
 
     #[test]
     fn a_truncation_lowers_what_reads_wait_for() {
         let gate = ReplayGate::new(10);
         gate.truncated(12);
-        assert!(!gate.passed(9), "a truncation past the target changes nothing");
+        assert!(!gate.passed(|| 9), "a truncation past the target changes nothing");
         gate.truncated(9);
-        assert!(gate.passed(8), "entries 9 and 10 were never committed");
+        assert!(gate.passed(|| 8), "entries 9 and 10 were never committed");
     }
 
     #[test]
     fn a_replica_that_applied_everything_is_open_at_once() {
-        assert!(ReplayGate::new(5).passed(5));
-        assert!(ReplayGate::new(0).passed(0));
+        assert!(ReplayGate::new(5).passed(|| 5));
+        assert!(ReplayGate::new(0).passed(|| 0));
     }
 }

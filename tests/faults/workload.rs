@@ -225,9 +225,11 @@ fn run_locker(worker: usize, key: &str, targets: &Targets, stop: &AtomicBool) ->
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
-            // Refused or unanswered: it may hold the lock; release before trying again.
+            // Refused or unanswered: it may hold the lock (now or later); release, then
+            // retire the session (below).
             _ => false,
         };
+        let tainted = !acquired;
         if acquired {
             std::thread::sleep(Duration::from_millis(30));
         }
@@ -238,21 +240,36 @@ fn run_locker(worker: usize, key: &str, targets: &Targets, stop: &AtomicBool) ->
         // The hold is certain only until the first release request goes out: a release
         // applied whose answer was lost (the agent killed meanwhile) frees the lock for
         // others. Keep asking until one is answered (through whichever address the agent
-        // has now), or stop using the session.
-        let released = (0..50).any(|_| {
-            let addr = targets.lock().unwrap_or_else(|e| e.into_inner())[worker];
-            let r = try_http_request(addr, "PUT", &format!("/v1/kv/{key}?release={id}"), b"", REQUEST_TIMEOUT);
-            let answered = r.is_some_and(|r| r.status == 200);
-            if !answered {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            answered
-        });
+        // has now).
+        let mut retries = 0;
+        let released = until_answered(worker, targets, &format!("/v1/kv/{key}?release={id}"), &mut retries);
+        // A request whose outcome is unknown may still be applied later — a stale release
+        // would end this session's next hold, a stale acquire would take the lock back.
+        // Such a session is destroyed (which releases what it holds and makes a late
+        // acquire fail) and the next round starts with a new one, as a careful client does.
+        if tainted || retries > 0 {
+            until_answered(worker, targets, &format!("/v1/session/destroy/{id}"), &mut retries);
+            session = None;
+        }
         if !released {
             break;
         }
     }
     held
+}
+
+/// PUTs `path` through worker `worker`'s agent until it is answered 200 (at most 50 tries,
+/// 100 ms apart), counting the tries that were not in `retries`.
+fn until_answered(worker: usize, targets: &Targets, path: &str, retries: &mut u32) -> bool {
+    (0..50).any(|_| {
+        let addr = targets.lock().unwrap_or_else(|e| e.into_inner())[worker];
+        let answered = try_http_request(addr, "PUT", path, b"", REQUEST_TIMEOUT).is_some_and(|r| r.status == 200);
+        if !answered {
+            *retries += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        answered
+    })
 }
 
 fn create_session(addr: SocketAddr) -> Option<String> {
