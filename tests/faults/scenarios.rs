@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
-use crate::support::cluster::{agent_args, agreed_leader, leader_index, server_args, FORM};
+use crate::net::Net;
+use crate::support::cluster::{agent_args, agent_args_listening, agreed_leader, leader_index, FORM};
 use crate::support::{try_http_request, Agent};
 use crate::{linear, workload};
 
-/// Workers writing at once: two through each of the four agents.
-const WORKERS: usize = 8;
+/// Workers writing at once through each agent.
+const WORKERS_PER_AGENT: usize = 2;
 /// The workload runs this long before the fault, and this long after the heal.
 const BEFORE_FAULT: Duration = Duration::from_secs(2);
 const AFTER_HEAL: Duration = Duration::from_secs(3);
@@ -35,6 +36,10 @@ const CONVERGE: Duration = Duration::from_secs(30);
 /// Once the servers hold every write, DNS on every agent must agree with the catalog
 /// within this.
 const DNS_CONVERGE: Duration = Duration::from_secs(2);
+/// After the heal, every agent must see every other one alive in gossip within this.
+const MEMBERS_CONVERGE: Duration = Duration::from_secs(30);
+/// A lossy link drops this share of its packets, both ways.
+const LOSS_PERCENT: u32 = 20;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Fault {
@@ -47,6 +52,17 @@ pub enum Fault {
     PauseLeader,
     /// Every fsync and state-machine commit on the leader hangs for `FAULT_FOR`.
     StallLeaderDisk,
+    /// Five servers and two clients: the leader, one follower and a client cut off from
+    /// the other three servers and the other client for `FAULT_FOR`, then healed. The old
+    /// leader must serve no stale default read; the majority elects a new leader.
+    PartitionLeaderWithMinority,
+    /// Five servers and two clients split in two for `FAULT_FOR`: the leader with two
+    /// followers and a client, the other two followers with the other client. The minority
+    /// cannot elect; on the heal it must rejoin without losing or reordering anything.
+    SplitLeaderWithMajority,
+    /// `LOSS_PERCENT` of the packets between the leader and every other agent dropped for
+    /// `FAULT_FOR`: slower, but no healthy member may be marked failed in gossip.
+    LossyLeaderLink,
 }
 
 pub struct Scenario {
@@ -57,15 +73,31 @@ pub struct Scenario {
 impl Fault {
     /// Whether writes must resume within `WRITE_GAP_MAX` while this fault lasts.
     fn bounds_write_gap(self) -> bool {
-        self != Fault::StallLeaderDisk
+        !matches!(self, Fault::StallLeaderDisk | Fault::LossyLeaderLink)
+    }
+
+    /// Whether it needs the agents in network namespaces.
+    pub fn needs_namespaces(self) -> bool {
+        matches!(self, Fault::PartitionLeaderWithMinority | Fault::SplitLeaderWithMajority | Fault::LossyLeaderLink)
+    }
+
+    /// How many servers and client agents it runs.
+    fn topology(self) -> (usize, usize) {
+        match self {
+            Fault::PartitionLeaderWithMinority | Fault::SplitLeaderWithMajority => (5, 2),
+            _ => (3, 1),
+        }
     }
 }
 
-pub const ALL: [Scenario; 4] = [
+pub const ALL: [Scenario; 7] = [
     Scenario { name: "leader-kill-restart", fault: Fault::KillLeader },
     Scenario { name: "follower-kill-restart", fault: Fault::KillFollower },
     Scenario { name: "leader-sigstop", fault: Fault::PauseLeader },
     Scenario { name: "leader-disk-stall", fault: Fault::StallLeaderDisk },
+    Scenario { name: "partition-leader-with-minority", fault: Fault::PartitionLeaderWithMinority },
+    Scenario { name: "split-leader-with-majority", fault: Fault::SplitLeaderWithMajority },
+    Scenario { name: "lossy-leader-link", fault: Fault::LossyLeaderLink },
 ];
 
 /// What a scenario found.
@@ -87,6 +119,16 @@ pub struct Outcome {
     /// Times a lock worker held the lock, and pairs of those that overlapped (must be 0).
     pub lock_holds: usize,
     pub lock_overlaps: usize,
+    /// What gossip got wrong (must be none): a member some agent still did not see alive
+    /// `MEMBERS_CONVERGE` after the heal, or — with a lossy link only — a healthy member
+    /// some agent marked failed.
+    pub gossip_wrong: Vec<String>,
+    /// (agent, member) pairs where the agent saw the member failed at some point: expected
+    /// for a killed agent or across a partition, then healed.
+    pub gossip_failed_seen: usize,
+    /// How long after the heal some agent still listed some member failed (while the
+    /// workload ran), if any did.
+    pub gossip_healed_after: Option<Duration>,
     /// The longest time without an acknowledged write from the fault on: what clients saw
     /// of the failover.
     pub write_gap: Duration,
@@ -103,6 +145,7 @@ impl Outcome {
             && self.linearizable
             && self.lock_overlaps == 0
             && self.dns_wrong.is_empty()
+            && self.gossip_wrong.is_empty()
             && (!self.gap_bounded || self.write_gap <= WRITE_GAP_MAX)
     }
 
@@ -113,7 +156,7 @@ impl Outcome {
         format!(
             "{}: {} ops, {} writes acknowledged, {} lost, {} refused, {} unknown; counter history {} ops {}; \
              lock held {} times, {} overlapping; DNS {} nodes checked on every agent, {} wrong; \
-             longest write gap after the fault {} ms ({}); {}",
+             gossip: {} saw-failed pairs{}, {}; longest write gap after the fault {} ms ({}); {}",
             self.name,
             self.operations,
             self.acknowledged,
@@ -126,6 +169,15 @@ impl Outcome {
             self.lock_overlaps,
             self.dns_checked,
             self.dns_wrong.len(),
+            self.gossip_failed_seen,
+            self.gossip_healed_after
+                .map(|d| format!(" (the last {} ms after the heal)", d.as_millis()))
+                .unwrap_or_default(),
+            if self.gossip_wrong.is_empty() {
+                "all alive after the heal".to_string()
+            } else {
+                self.gossip_wrong.join(", ")
+            },
             self.write_gap.as_millis(),
             if self.gap_bounded { format!("at most {} ms", WRITE_GAP_MAX.as_millis()) } else { "reported only".into() },
             if self.passed() { "PASS" } else { "FAIL" }
@@ -136,12 +188,12 @@ impl Outcome {
 pub fn print_summary(results: &[Outcome]) {
     println!(
         "\n| scenario | seed | ops | acknowledged writes | lost | linearizable | lock holds (overlapping) | \
-         DNS nodes checked (wrong) | longest write gap ms | result |"
+         DNS nodes checked (wrong) | gossip wrong | longest write gap ms | result |"
     );
-    println!("|---|---:|---:|---:|---:|---|---:|---:|---:|---|");
+    println!("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|");
     for r in results {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} ({}) | {} ({}) | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} ({}) | {} ({}) | {} | {} | {} |",
             r.name,
             r.seed,
             r.operations,
@@ -152,6 +204,7 @@ pub fn print_summary(results: &[Outcome]) {
             r.lock_overlaps,
             r.dns_checked,
             r.dns_wrong.len(),
+            r.gossip_wrong.len(),
             r.write_gap.as_millis(),
             if r.passed() { "pass" } else { r.error.as_deref().unwrap_or("FAIL") }
         );
@@ -170,6 +223,8 @@ struct Node {
     args: Vec<String>,
     dir: PathBuf,
     env: Vec<(&'static str, String)>,
+    /// What the agent runs behind (`ip netns exec NAME` in a namespace), if anything.
+    wrapper: Vec<String>,
     /// The stall failpoint's file (servers only): while it exists, this server's disk hangs.
     stall: Option<PathBuf>,
 }
@@ -183,52 +238,51 @@ impl Node {
         self.start_joining(None);
     }
 
-    /// Starts the agent, also joining `rejoin` (a restarted agent comes back on new ports
-    /// and must find the others, as one with `retry_join` in its config does).
+    /// Starts the agent, also joining `rejoin` (a restarted agent on loopback comes back on
+    /// new ports and must find the others, as one with `retry_join` in its config does).
     fn start_joining(&mut self, rejoin: Option<String>) {
         let env: Vec<(&str, String)> = self.env.iter().map(|(k, v)| (*k, v.clone())).collect();
         let mut args = self.args.clone();
         args.extend(rejoin.into_iter().flat_map(|addr| ["-retry-join".to_string(), addr]));
-        self.agent = Some(Agent::spawn_until(args, self.dir.clone(), &env, "DNS listening"));
+        self.agent = Some(Agent::spawn_wrapped(&self.wrapper, args, self.dir.clone(), &env, "DNS listening"));
     }
 }
 
-/// Three servers (s1..s3) and a client agent on loopback, each server with a stall file.
-fn start_cluster(dir: &Path) -> Vec<Node> {
+/// `servers` servers (s1, s2, ...), each with a stall file, and `clients` client agents
+/// (c1, ...): on loopback, or each in its own namespace of `net` (node `i` of the net is
+/// `nodes[i]`) on the default ports.
+fn start_cluster(dir: &Path, servers: usize, clients: usize, net: Option<&Net>) -> Vec<Node> {
     let mut nodes: Vec<Node> = Vec::new();
     let mut join: Option<String> = None;
-    for i in 1..=3 {
-        let name = format!("s{i}");
-        let stall = dir.join(format!("stall-{name}"));
-        let env = vec![("CAIRN_TEST_STALL_SYNC_WHILE", stall.display().to_string())];
-        let mut node = Node {
-            agent: None,
-            args: server_args(&name, dir, 3, join.as_deref()),
-            dir: dir.join(&name),
-            env,
-            stall: Some(stall),
+    for i in 0..servers + clients {
+        let server = i < servers;
+        let name = if server { format!("s{}", i + 1) } else { format!("c{}", i - servers + 1) };
+        let expect = server.then_some(servers);
+        let (args, wrapper) = match net {
+            Some(net) => {
+                let ip = net.addr(i).to_string();
+                let listen = ["-bind".to_string(), ip.clone(), "-client".to_string(), ip];
+                (agent_args_listening(&name, dir, expect, join.as_deref(), &listen), net.wrapper(i))
+            }
+            None => (agent_args(&name, dir, expect, join.as_deref()), Vec::new()),
         };
+        let stall = server.then(|| dir.join(format!("stall-{name}")));
+        let env = stall.iter().map(|f| ("CAIRN_TEST_STALL_SYNC_WHILE", f.display().to_string())).collect();
+        let mut node = Node { agent: None, args, dir: dir.join(&name), env, wrapper, stall };
         node.start();
         join.get_or_insert_with(|| node.agent().gossip.to_string());
         nodes.push(node);
     }
-    let mut client = Node {
-        agent: None,
-        args: agent_args("client", dir, None, join.as_deref()),
-        dir: dir.join("client"),
-        env: Vec::new(),
-        stall: None,
-    };
-    client.start();
-    nodes.push(client);
-    for node in &nodes[..3] {
+    for node in &nodes[..servers] {
         node.agent().wait_log("registered this server in the catalog", FORM);
     }
-    nodes[3].agent().wait_log("registered this client in the catalog through a server", FORM);
+    for node in &nodes[servers..] {
+        node.agent().wait_log("registered this client in the catalog through a server", FORM);
+    }
     nodes
 }
 
-pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
+pub fn run(scenario: &Scenario, seed: u64, namespaces: bool) -> Outcome {
     let mut outcome = Outcome {
         name: scenario.name,
         seed,
@@ -243,12 +297,17 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         lock_overlaps: 0,
         dns_checked: 0,
         dns_wrong: Vec::new(),
+        gossip_wrong: Vec::new(),
+        gossip_failed_seen: 0,
+        gossip_healed_after: None,
         write_gap: Duration::ZERO,
         gap_bounded: scenario.fault.bounds_write_gap(),
         error: None,
     };
     // A panic inside (a wait past its deadline) is this scenario's error, not the run's end.
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_checked(scenario, seed, &mut outcome)));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_checked(scenario, seed, namespaces, &mut outcome)
+    }));
     if let Err(panic) = result {
         let why = panic
             .downcast_ref::<String>()
@@ -260,38 +319,45 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
     outcome
 }
 
-fn run_checked(scenario: &Scenario, seed: u64, outcome: &mut Outcome) {
+fn run_checked(scenario: &Scenario, seed: u64, namespaces: bool, outcome: &mut Outcome) {
     let temp = tempfile::tempdir().expect("tempdir");
-    let mut nodes = start_cluster(temp.path());
-    let servers: Vec<&Agent> = nodes[..3].iter().map(Node::agent).collect();
+    let (server_count, client_count) = scenario.fault.topology();
+    let net = namespaces.then(|| Net::create(server_count + client_count).unwrap_or_else(|e| panic!("{e}")));
+    let mut nodes = start_cluster(temp.path(), server_count, client_count, net.as_ref());
+    let servers: Vec<&Agent> = nodes[..server_count].iter().map(Node::agent).collect();
     let leader = leader_index(&servers, &agreed_leader(&servers, FORM));
     let targets: workload::Targets = Arc::new(Mutex::new(nodes.iter().map(|n| n.agent().http).collect()));
     let stop = Arc::new(AtomicBool::new(false));
     let prefix = format!("faults/{}", scenario.name);
-    let workers = workload::start(WORKERS, &prefix, Arc::clone(&targets), seed, Arc::clone(&stop));
+    let workers = WORKERS_PER_AGENT * nodes.len();
+    let workers = workload::start(workers, &prefix, Arc::clone(&targets), seed, Arc::clone(&stop));
     let lockers = workload::start_lockers(&prefix, &targets, &stop);
+    let members = workload::watch_members(&targets, &stop);
 
     std::thread::sleep(BEFORE_FAULT);
     let struck = Instant::now();
-    let victim = match scenario.fault {
-        Fault::KillFollower => (leader + 1) % 3,
-        _ => leader,
-    };
-    strike(&mut nodes[victim], scenario.fault);
+    let plan = Plan::new(scenario.fault, leader, server_count, client_count, seed);
+    strike(&mut nodes, net.as_ref(), scenario.fault, &plan);
     std::thread::sleep(FAULT_FOR);
-    let rejoin = nodes[(victim + 1) % 3].agent().gossip.to_string();
-    heal(&mut nodes[victim], scenario.fault, rejoin);
-    targets.lock().unwrap_or_else(|e| e.into_inner())[victim] = nodes[victim].agent().http;
+    let healed = Instant::now();
+    heal(&mut nodes, net.as_ref(), scenario.fault, &plan);
+    targets.lock().unwrap_or_else(|e| e.into_inner())[plan.victim] = nodes[plan.victim].agent().http;
     std::thread::sleep(AFTER_HEAL);
     stop.store(true, Ordering::Relaxed);
     let records: Vec<workload::Record> = workers.into_iter().map(|w| w.join().expect("worker")).collect();
     let holds: Vec<workload::Held> = lockers.into_iter().flat_map(|l| l.join().expect("lock worker")).collect();
+    let failed_seen = members.join().expect("members watcher");
     outcome.lock_holds = holds.len();
     let overlaps = workload::overlapping_holds(&holds);
     for (a, b) in overlaps.iter().take(3) {
         println!("  two holders at once: {a:?} and {b:?}");
     }
     outcome.lock_overlaps = overlaps.len();
+    outcome.gossip_failed_seen = failed_seen.pairs.len();
+    outcome.gossip_healed_after = failed_seen.last.filter(|t| *t > healed).map(|t| t - healed);
+    if scenario.fault == Fault::LossyLeaderLink {
+        outcome.gossip_wrong.extend(failed_seen.pairs.into_iter().map(|seen| format!("{seen} under loss only")));
+    }
 
     let history: Vec<linear::Event> = records.iter().flat_map(|r| r.history.iter().copied()).collect();
     let acknowledged: Vec<&String> = records.iter().flat_map(|r| &r.acknowledged).collect();
@@ -306,7 +372,7 @@ fn run_checked(scenario: &Scenario, seed: u64, outcome: &mut Outcome) {
     outcome.linearizable = linear::linearizable(&history, 0);
 
     // Every acknowledged write on every server, the one that was struck included.
-    let servers: Vec<&Agent> = nodes[..3].iter().map(Node::agent).collect();
+    let servers: Vec<&Agent> = nodes[..server_count].iter().map(Node::agent).collect();
     agreed_leader(&servers, FORM);
     let wanted: BTreeSet<&str> = acknowledged.iter().map(|k| k.as_str()).collect();
     let mut lost = BTreeSet::new();
@@ -345,6 +411,62 @@ fn run_checked(scenario: &Scenario, seed: u64, outcome: &mut Outcome) {
     for wrong in outcome.dns_wrong.iter().take(3) {
         println!("  DNS disagrees with the catalog: {wrong}");
     }
+
+    // Gossip heals too: every agent sees every other one alive.
+    let names: Vec<String> = nodes.iter().map(|n| n.dir.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let deadline = healed + MEMBERS_CONVERGE;
+    for node in &nodes {
+        let mut not_alive = members_not_alive(node.agent(), &names);
+        while !not_alive.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            not_alive = members_not_alive(node.agent(), &names);
+        }
+        outcome.gossip_wrong.extend(not_alive.into_iter().map(|m| {
+            format!("{m} not alive on {} {} s after the heal", node.agent().http, MEMBERS_CONVERGE.as_secs())
+        }));
+    }
+}
+
+/// The members of `names` that `agent` does not list as alive.
+fn members_not_alive(agent: &Agent, names: &[String]) -> Vec<String> {
+    let members = workload::members(agent.http).unwrap_or_default();
+    names
+        .iter()
+        .filter(|n| members.get(*n) != Some(&workload::ALIVE))
+        .map(|n| format!("{n} ({:?})", members.get(n)))
+        .collect()
+}
+
+/// Who a fault strikes.
+struct Plan {
+    /// The agent the fault is on (killed, paused, stalled, or with the lossy link).
+    victim: usize,
+    /// For a partition: the agents cut off from all the others.
+    side: Vec<usize>,
+    rest: Vec<usize>,
+}
+
+impl Plan {
+    /// Followers are chosen from the seed, so a scenario repeats with its seed.
+    fn new(fault: Fault, leader: usize, servers: usize, clients: usize, seed: u64) -> Plan {
+        let mut followers: Vec<usize> = (0..servers).filter(|s| *s != leader).collect();
+        let turn = seed as usize % followers.len();
+        followers.rotate_left(turn);
+        let victim = if fault == Fault::KillFollower { followers[0] } else { leader };
+        let with_leader = match fault {
+            Fault::PartitionLeaderWithMinority => servers / 2 - 1,
+            Fault::SplitLeaderWithMajority => servers / 2,
+            _ => 0,
+        };
+        let mut side = vec![leader];
+        side.extend(&followers[..with_leader]);
+        if with_leader > 0 {
+            // A client on each side: its workers see what an application there sees.
+            side.push(servers);
+        }
+        let rest = (0..servers + clients).filter(|n| !side.contains(n)).collect();
+        Plan { victim, side, rest }
+    }
 }
 
 /// The nodes in `expect` whose `<node>.node.consul` answer from `agent` is not what the
@@ -362,7 +484,9 @@ fn wrong_dns_answers(agent: &Agent, expect: &[(&String, bool)]) -> Vec<String> {
         .collect()
 }
 
-fn strike(node: &mut Node, fault: Fault) {
+fn strike(nodes: &mut [Node], net: Option<&Net>, fault: Fault, plan: &Plan) {
+    let node = &mut nodes[plan.victim];
+    let net = || net.expect("a network fault runs only with namespaces");
     match fault {
         Fault::KillLeader | Fault::KillFollower => {
             if let Some(agent) = node.agent.as_mut() {
@@ -371,15 +495,25 @@ fn strike(node: &mut Node, fault: Fault) {
         }
         Fault::PauseLeader => node.agent().signal(libc::SIGSTOP),
         Fault::StallLeaderDisk => std::fs::write(node.stall.as_ref().expect("a server"), "").expect("stall file"),
+        Fault::PartitionLeaderWithMinority | Fault::SplitLeaderWithMajority => net().cut(&plan.side, &plan.rest),
+        Fault::LossyLeaderLink => {
+            let others: Vec<usize> = (0..nodes.len()).filter(|n| *n != plan.victim).collect();
+            net().lose(plan.victim, &others, LOSS_PERCENT);
+        }
     }
 }
 
-fn heal(node: &mut Node, fault: Fault, rejoin: String) {
+fn heal(nodes: &mut [Node], net: Option<&Net>, fault: Fault, plan: &Plan) {
+    let rejoin = nodes[(plan.victim + 1) % nodes.len()].agent().gossip.to_string();
+    let node = &mut nodes[plan.victim];
     match fault {
         Fault::KillLeader | Fault::KillFollower => node.start_joining(Some(rejoin)),
         Fault::PauseLeader => node.agent().signal(libc::SIGCONT),
         Fault::StallLeaderDisk => {
             std::fs::remove_file(node.stall.as_ref().expect("a server")).expect("the disk recovers")
+        }
+        Fault::PartitionLeaderWithMinority | Fault::SplitLeaderWithMajority | Fault::LossyLeaderLink => {
+            net.expect("namespaces").heal()
         }
     }
 }

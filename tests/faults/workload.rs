@@ -293,3 +293,45 @@ pub fn overlapping_holds(holds: &[Held]) -> Vec<(Held, Held)> {
     }
     overlaps
 }
+
+/// Gossip's status of a live member in `/v1/agent/members`.
+pub const ALIVE: u64 = 1;
+const FAILED: u64 = 4;
+
+/// Every member `addr`'s agent lists, by name, with its gossip status.
+pub fn members(addr: SocketAddr) -> Option<std::collections::BTreeMap<String, u64>> {
+    let r = try_http_request(addr, "GET", "/v1/agent/members", b"", Duration::from_secs(2))?;
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&r.body).ok()?;
+    Some(list.iter().filter_map(|m| Some((m["Name"].as_str()?.to_string(), m["Status"].as_u64()?))).collect())
+}
+
+/// What [`watch_members`] saw.
+pub struct FailedSeen {
+    /// Each (member, agent) pair where the agent listed the member failed, once
+    /// ("s2 failed on 10.213.1.4:8500").
+    pub pairs: Vec<String>,
+    /// The last time any agent listed any member failed.
+    pub last: Option<Instant>,
+}
+
+/// Polls every agent's member list until `stop`, four times a second, for failed members.
+pub fn watch_members(targets: &Targets, stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<FailedSeen> {
+    let (targets, stop) = (Arc::clone(targets), Arc::clone(stop));
+    std::thread::spawn(move || {
+        let mut pairs = std::collections::BTreeSet::new();
+        let mut last = None;
+        while !stop.load(Ordering::Relaxed) {
+            let addrs = targets.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            for addr in addrs {
+                for (name, status) in members(addr).unwrap_or_default() {
+                    if status == FAILED {
+                        pairs.insert(format!("{name} failed on {addr}"));
+                        last = Some(Instant::now());
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        FailedSeen { pairs: pairs.into_iter().collect(), last }
+    })
+}

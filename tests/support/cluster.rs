@@ -11,11 +11,23 @@ pub const FORM: Duration = Duration::from_secs(60);
 /// Flags of agent `name` on loopback: a server expecting `expect` servers, or a client
 /// (`None`); joining `join` if given.
 pub fn agent_args(name: &str, dir: &std::path::Path, expect: Option<usize>, join: Option<&str>) -> Vec<String> {
+    let listen: Vec<String> = super::LOOPBACK_FLAGS.iter().map(|s| s.to_string()).collect();
+    agent_args_listening(name, dir, expect, join, &listen)
+}
+
+/// [`agent_args`] with other listener flags than loopback's ephemeral ports.
+pub fn agent_args_listening(
+    name: &str,
+    dir: &std::path::Path,
+    expect: Option<usize>,
+    join: Option<&str>,
+    listen: &[String],
+) -> Vec<String> {
     let mut args = vec!["agent".to_string()];
     if let Some(expect) = expect {
         args.extend(["-server".to_string(), "-bootstrap-expect".to_string(), expect.to_string()]);
     }
-    args.extend(super::LOOPBACK_FLAGS.iter().map(|s| s.to_string()));
+    args.extend(listen.iter().cloned());
     args.extend(["-node".to_string(), name.to_string(), "-data-dir".to_string(), dir.join(name).display().to_string()]);
     if let Some(join) = join {
         args.extend(["-retry-join".to_string(), join.to_string()]);

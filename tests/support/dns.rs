@@ -29,7 +29,15 @@ fn rand_id() -> u16 {
 
 /// Sends raw bytes over UDP; `None` if nothing came back within `wait`.
 pub fn raw_udp(server: SocketAddr, packet: &[u8], wait: Duration) -> Option<Vec<u8>> {
-    let socket = UdpSocket::bind(if server.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" }).expect("bind");
+    // Loopback for a server on loopback (the tests' usual case), else whatever address
+    // reaches it (the fault harness's agents live in network namespaces).
+    let local = match (server.is_ipv4(), server.ip().is_loopback()) {
+        (true, true) => "127.0.0.1:0",
+        (true, false) => "0.0.0.0:0",
+        (false, true) => "[::1]:0",
+        (false, false) => "[::]:0",
+    };
+    let socket = UdpSocket::bind(local).expect("bind");
     socket.set_read_timeout(Some(wait)).expect("timeout");
     socket.send_to(packet, server).expect("send");
     let mut buf = vec![0u8; 65_535];

@@ -57,11 +57,22 @@ pub struct Exited {
     pub stderr: String,
 }
 
+/// Runs `cairn` with `args` (behind `wrapper`, e.g. `ip netns exec NAME`, if not empty),
+/// collecting its stderr lines.
 fn spawn_logged(
+    wrapper: &[String],
     args: &[String],
     env: &[(&str, String)],
 ) -> (Child, Arc<Mutex<Vec<String>>>, std::thread::JoinHandle<()>) {
-    let mut child = Command::new(cairn_bin())
+    let mut command = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut command = Command::new(program);
+            command.args(rest).arg(cairn_bin());
+            command
+        }
+        None => Command::new(cairn_bin()),
+    };
+    let mut child = command
         .args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
@@ -124,7 +135,19 @@ impl Agent {
 
     /// Starts `cairn` with `args` and waits until it listens and has logged `ready`.
     pub fn spawn_until(args: Vec<String>, data_dir: PathBuf, env: &[(&str, String)], ready: &str) -> Agent {
-        let (mut child, log, _reader) = spawn_logged(&args, env);
+        Agent::spawn_wrapped(&[], args, data_dir, env, ready)
+    }
+
+    /// [`Agent::spawn_until`] behind `wrapper`, a command that execs `cairn` in place (so
+    /// signals reach the agent itself), e.g. `ip netns exec NAME`.
+    pub fn spawn_wrapped(
+        wrapper: &[String],
+        args: Vec<String>,
+        data_dir: PathBuf,
+        env: &[(&str, String)],
+        ready: &str,
+    ) -> Agent {
+        let (mut child, log, _reader) = spawn_logged(wrapper, &args, env);
         let (http, dns, gossip) = wait_for("the agent to listen and register itself", START_TIMEOUT, || {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("agent exited during start ({status}):\n{}", log.lock().unwrap().join("\n"));
@@ -151,7 +174,7 @@ impl Agent {
     /// Runs `cairn` with `args`, expecting it to exit by itself within the deadline.
     pub fn run_to_exit(args: &[&str]) -> Exited {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let (mut child, log, reader) = spawn_logged(&args, &[]);
+        let (mut child, log, reader) = spawn_logged(&[], &args, &[]);
         let status = wait_for("cairn to exit", START_TIMEOUT, || child.try_wait().ok().flatten());
         // The pipe closes when the process exits, which ends the reader.
         let _ = reader.join();

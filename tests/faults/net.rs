@@ -1,0 +1,187 @@
+//! A private network for the harness's agents: each in a network namespace of its own, its
+//! `eth0` one end of a veth pair whose other end is a port of one bridge in a hub
+//! namespace. The harness itself (workers, checks) reaches every agent from the host's
+//! namespace through one more veth on that bridge, so a fault between agents never cuts the
+//! harness off from them.
+//!
+//! Link faults are nftables rules on the bridge's forward hook in the hub namespace: a cut
+//! drops every packet between two groups of nodes (both ways, silently, as a real partition
+//! does: no reset, no ICMP), a lossy link drops a share of them at random. Delay would need
+//! `sch_netem`, which this machine's kernel does not have (`CONFIG_NET_SCH_NETEM` is not
+//! set), so no delay fault is offered.
+//!
+//! Everything is named after the harness's pid (`cairn-faults-<pid>-*`), traffic stays on
+//! the private subnet, and dropping a [`Net`] deletes its namespaces (which deletes their
+//! links); namespaces left by a harness that died are deleted by the next one.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+const PREFIX: &str = "cairn-faults-";
+
+pub struct Net {
+    /// Namespace names start with this (`cairn-faults-<pid>-`).
+    stem: String,
+    /// The private /24: agents are .1, .2, ...; the harness's end is .254.
+    subnet: [u8; 3],
+    nodes: usize,
+}
+
+impl Net {
+    /// Makes the network for `nodes` agents, or says why it cannot (no `CAP_NET_ADMIN`, no
+    /// `ip` or `nft`, a kernel without veth, bridges or nftables), leaving nothing behind.
+    pub fn create(nodes: usize) -> Result<Net, String> {
+        remove_stale();
+        let pid = std::process::id();
+        let subnet = free_subnet(pid)?;
+        let net = Net { stem: format!("{PREFIX}{pid}-"), subnet, nodes };
+        // On failure the half-built network is dropped here, which deletes what was made.
+        net.build()?;
+        Ok(net)
+    }
+
+    fn build(&self) -> Result<(), String> {
+        let hub = self.hub();
+        run(&["ip", "netns", "add", &hub])?;
+        run(&["ip", "-n", &hub, "link", "add", "br0", "type", "bridge"])?;
+        run(&["ip", "-n", &hub, "link", "set", "br0", "up"])?;
+        for node in 0..self.nodes {
+            let ns = self.namespace(node);
+            let port = format!("p{node}");
+            run(&["ip", "netns", "add", &ns])?;
+            run(&["ip", "-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            run(&["ip", "-n", &hub, "link", "set", &port, "master", "br0", "up"])?;
+            run(&["ip", "-n", &ns, "addr", "add", &format!("{}/24", self.addr(node)), "dev", "eth0"])?;
+            run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
+            run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        // The harness's own link, from the host's namespace.
+        let host_end = self.host_link();
+        run(&["ip", "link", "add", &host_end, "type", "veth", "peer", "name", "harness", "netns", &hub])?;
+        run(&["ip", "addr", "add", &format!("{}/24", self.harness_addr()), "dev", &host_end])?;
+        run(&["ip", "link", "set", &host_end, "up"])?;
+        run(&["ip", "-n", &hub, "link", "set", "harness", "master", "br0", "up"])?;
+        self.nft("add table bridge faults")?;
+        self.nft("add chain bridge faults forward { type filter hook forward priority 0 ; policy accept ; }")?;
+        Ok(())
+    }
+
+    /// Agent `node`'s address (its namespace's only one besides loopback).
+    pub fn addr(&self, node: usize) -> Ipv4Addr {
+        let [a, b, c] = self.subnet;
+        Ipv4Addr::new(a, b, c, node as u8 + 1)
+    }
+
+    fn harness_addr(&self) -> Ipv4Addr {
+        let [a, b, c] = self.subnet;
+        Ipv4Addr::new(a, b, c, 254)
+    }
+
+    /// The command that runs a program in agent `node`'s namespace (it execs in place, so
+    /// the pid and signals are the program's own).
+    pub fn wrapper(&self, node: usize) -> Vec<String> {
+        ["ip", "netns", "exec"].iter().map(|s| s.to_string()).chain([self.namespace(node)]).collect()
+    }
+
+    /// Drops every packet between a node of `a` and a node of `b`, both ways.
+    pub fn cut(&self, a: &[usize], b: &[usize]) {
+        self.drop_between(a, b, None);
+    }
+
+    /// Drops `percent` of the packets between `node` and each of `others`, both ways, at
+    /// random.
+    pub fn lose(&self, node: usize, others: &[usize], percent: u32) {
+        self.drop_between(&[node], others, Some(percent));
+    }
+
+    fn drop_between(&self, a: &[usize], b: &[usize], percent: Option<u32>) {
+        let share = percent.map(|p| format!("numgen random mod 100 < {p} ")).unwrap_or_default();
+        for (from, to) in [(a, b), (b, a)] {
+            let rule = format!(
+                "add rule bridge faults forward ip saddr {} ip daddr {} {share}drop",
+                self.set_of(from),
+                self.set_of(to)
+            );
+            self.nft(&rule).expect("add a link fault");
+        }
+    }
+
+    /// Removes every link fault.
+    pub fn heal(&self) {
+        self.nft("flush chain bridge faults forward").expect("remove the link faults");
+    }
+
+    fn set_of(&self, nodes: &[usize]) -> String {
+        let addrs: Vec<String> = nodes.iter().map(|n| self.addr(*n).to_string()).collect();
+        format!("{{ {} }}", addrs.join(", "))
+    }
+
+    fn nft(&self, command: &str) -> Result<(), String> {
+        let hub = self.hub();
+        let mut args = vec!["ip", "netns", "exec", &hub, "nft"];
+        args.extend(command.split(' '));
+        run(&args)
+    }
+
+    fn hub(&self) -> String {
+        format!("{}hub", self.stem)
+    }
+
+    fn namespace(&self, node: usize) -> String {
+        format!("{}{node}", self.stem)
+    }
+
+    /// The host's end of the harness's link: interface names are at most 15 bytes.
+    fn host_link(&self) -> String {
+        format!("cf{}", std::process::id())
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for node in 0..self.nodes {
+            let _ = run(&["ip", "netns", "del", &self.namespace(node)]);
+        }
+        let _ = run(&["ip", "netns", "del", &self.hub()]);
+        // Deleting the hub deletes the harness link's peer and so the link, but not at once.
+        let _ = run(&["ip", "link", "del", &self.host_link()]);
+    }
+}
+
+/// Runs a command, its failure an error naming it with what it printed.
+fn run(args: &[&str]) -> Result<(), String> {
+    let output = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| format!("`{}`: cannot run {}: {e}", args.join(" "), args[0]))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(format!("`{}` failed ({}): {}", args.join(" "), output.status, String::from_utf8_lossy(&output.stderr).trim()))
+}
+
+/// A 10.213.x.0/24 no interface of the host is on.
+fn free_subnet(pid: u32) -> Result<[u8; 3], String> {
+    let routes = Command::new("ip")
+        .args(["-4", "route", "show", "table", "all"])
+        .output()
+        .map_err(|e| format!("`ip -4 route`: cannot run ip: {e}"))?;
+    let routes = String::from_utf8_lossy(&routes.stdout).into_owned();
+    (0..250u32)
+        .map(|i| ((pid + i) % 250 + 1) as u8)
+        .map(|x| [10, 213, x])
+        .find(|[a, b, c]| !routes.contains(&format!("{a}.{b}.{c}.")))
+        .ok_or_else(|| "no free 10.213.x.0/24 subnet for the harness's network".to_string())
+}
+
+/// Deletes namespaces a harness that is gone left behind.
+fn remove_stale() {
+    let Ok(list) = Command::new("ip").args(["netns", "list"]).output() else { return };
+    for line in String::from_utf8_lossy(&list.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else { continue };
+        let Some(pid) = name.strip_prefix(PREFIX).and_then(|rest| rest.split('-').next()) else { continue };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = run(&["ip", "netns", "del", name]);
+        }
+    }
+}
