@@ -73,7 +73,7 @@ impl LogStore {
     async fn put_meta<T: serde::Serialize>(&self, key: &'static [u8], value: &T) -> StorageResult<()> {
         let bytes = serde_json::to_vec(value).map_err(write_err)?;
         let store = self.store.clone();
-        blocking(move || {
+        blocking(&self.store, "saving the vote", move || {
             let mut wtxn = store.env().write_txn()?;
             store.raft_meta.put(&mut wtxn, key, &bytes)?;
             store.commit_durably(wtxn)
@@ -94,7 +94,7 @@ impl LogStore {
             encoded.push((entry.log_id.index, serde_json::to_vec(entry).map_err(write_err)?));
         }
         let store = self.store.clone();
-        let result = blocking(move || {
+        let result = blocking(&self.store, "appending to the Raft log", move || {
             let mut wtxn = store.env().write_txn()?;
             for (index, bytes) in &encoded {
                 store.raft_log.put(&mut wtxn, &index.to_be_bytes(), bytes)?;
@@ -115,11 +115,15 @@ impl LogStore {
     }
 }
 
-/// Runs LMDB write work off the async workers; a panic in it becomes an error.
+/// Runs LMDB write work (whole transactions) off the async workers, waiting out a full disk
+/// ([`Store::write_when_space`]); a panic in it becomes an error.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, heed::Error> + Send + 'static,
+    store: &Store,
+    what: &'static str,
+    f: impl Fn() -> Result<T, heed::Error> + Send + 'static,
 ) -> Result<T, heed::Error> {
-    tokio::task::spawn_blocking(f)
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.write_when_space(what, f))
         .await
         .unwrap_or_else(|join| Err(heed::Error::Io(std::io::Error::other(join.to_string()))))
 }
@@ -187,7 +191,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
         let store = self.store.clone();
-        blocking(move || {
+        blocking(&self.store, "truncating the Raft log", move || {
             let mut wtxn = store.env().write_txn()?;
             let from = log_id.index.to_be_bytes();
             store.raft_log.delete_range(&mut wtxn, &(Bound::Included(&from[..]), Bound::Unbounded))?;
@@ -204,7 +208,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let store = self.store.clone();
         // `last_purged` is written in the same transaction as the deletion, so the log state
         // never claims entries that are gone or forgets ones that were purged.
-        blocking(move || {
+        blocking(&self.store, "purging the Raft log", move || {
             let mut wtxn = store.env().write_txn()?;
             let upto = log_id.index.to_be_bytes();
             store.raft_log.delete_range(&mut wtxn, &(Bound::Unbounded, Bound::Included(&upto[..])))?;

@@ -140,6 +140,10 @@ pub enum WriteError {
     QueueFull(usize),
     #[error("data store is full: {room_bytes} bytes left of a {size_bytes}-byte LMDB map; raise lmdb_map_size_mb")]
     MapFull { room_bytes: u64, size_bytes: u64 },
+    /// This server's data dir is full: its Raft log waits for space, so a write through it
+    /// would hang ([`Store::write_when_space`]).
+    #[error("this server's data dir is out of space ({0}): writes through it are refused until space is freed")]
+    OutOfSpace(String),
     #[error("Raft stopped: {0}")]
     Stopped(String),
     /// The leader could not be asked, or did not answer: the write may or may not have been
@@ -320,6 +324,7 @@ impl Cluster {
         if cluster.config.server {
             tasks.spawn(membership::run(cluster.clone(), shutdown.clone()));
             tasks.spawn(session_ttl::run(cluster.clone(), shutdown.clone()));
+            tasks.spawn(step_aside_while_out_of_space(cluster.clone(), shutdown.clone()));
         }
         if let Some(listener) = rpc {
             tasks.spawn(serve::serve(listener, cluster.clone(), shutdown, tasks.clone()));
@@ -353,10 +358,13 @@ impl Cluster {
         rx.await.unwrap_or_else(|_| Err(WriteError::Stopped("shutting down".into())))
     }
 
-    /// Fails when `commands` (about `cost` bytes) would not fit in the LMDB map beside the
-    /// writes already queued. Room is counted about four times per command: log entry, state
+    /// Fails when this server's disk is full, or when `commands` (about `cost` bytes) would
+    /// not fit in the LMDB map beside the writes already queued. Room is counted about four times per command: log entry, state
     /// rows, indexes, and the copy-on-write pages of the commit.
     async fn check_room(&self, commands: &[Command], cost: u64) -> Result<(), WriteError> {
+        if let Some(why) = self.store.out_of_space() {
+            return Err(WriteError::OutOfSpace(why));
+        }
         let (room_bytes, size_bytes) = self.store.map_room();
         // Deletions keep working on a nearly full map (half the reserve), or it could never
         // be emptied again.
@@ -811,6 +819,37 @@ impl Cluster {
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "Raft did not shut down cleanly");
+        }
+    }
+}
+
+/// How often a server checks whether its disk is full (or has space again).
+const DISK_CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// While this server's disk is full it cannot lead: its state machine (and, once the LMDB
+/// file must grow, its log) waits for space, so every write committed through it would hang
+/// cluster-wide while it kept the followers' leases alive with heartbeats. It stops its Raft
+/// timer instead — no heartbeats, no elections of its own — so the others elect a leader
+/// whose disk works (it still votes and follows); the timer comes back with the space.
+async fn step_aside_while_out_of_space(cluster: Cluster, shutdown: CancellationToken) {
+    let mut aside = false;
+    loop {
+        let full = cluster.store.out_of_space().is_some();
+        if full != aside {
+            cluster.raft.runtime_config().heartbeat(!full);
+            cluster.raft.runtime_config().tick(!full);
+            if full {
+                tracing::warn!(
+                    "this server's disk is full: it stops heartbeats and elections so a server that can write leads"
+                );
+            } else {
+                tracing::info!("this server's disk has space again: heartbeats and elections resume");
+            }
+            aside = full;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(DISK_CHECK_EVERY) => {}
         }
     }
 }

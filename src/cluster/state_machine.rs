@@ -72,9 +72,14 @@ impl StateMachine {
     async fn save_snapshot(&self, snapshot: StoredSnapshot) -> StorageResult<Vec<u8>> {
         let meta = serde_json::to_vec(&snapshot.meta).map_err(sm_err)?;
         let path = self.snapshot_path();
+        let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             let len = (meta.len() as u64).to_be_bytes();
-            crate::durable_file::replace_file_durably(&path, &[&len, &meta, &snapshot.data]).map(|()| snapshot.data)
+            store
+                .write_when_space("saving a Raft snapshot", || {
+                    crate::durable_file::replace_file_durably(&path, &[&len, &meta, &snapshot.data])
+                })
+                .map(|()| snapshot.data)
         })
         .await
         .map_err(sm_err)?
@@ -152,7 +157,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     _ => AppliedBatch { index: entry.log_id.index, commands: &empty, leader_time_ms: None },
                 })
                 .collect();
-            store.apply(&batches, &meta)
+            store.write_when_space("applying committed entries", || store.apply(&batches, &meta))
         })
         .await
         .map_err(sm_err)?
@@ -179,10 +184,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         ];
         let index = meta.last_log_id.map_or(0, |id| id.index);
         let store = self.store.clone();
-        let data = tokio::task::spawn_blocking(move || store.restore_snapshot(&data, &sm_meta, index).map(|()| data))
-            .await
-            .map_err(sm_err)?
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let data = tokio::task::spawn_blocking(move || {
+            store
+                .write_when_space("installing a Raft snapshot", || store.restore_snapshot(&data, &sm_meta, index))
+                .map(|()| data)
+        })
+        .await
+        .map_err(sm_err)?
+        .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         self.save_snapshot(StoredSnapshot { meta: meta.clone(), data }).await.map(drop)
     }
 

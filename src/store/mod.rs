@@ -166,6 +166,43 @@ pub struct Store {
     stall_syncs_while: Option<Arc<std::path::PathBuf>>,
     /// Test failpoint ([`COPY_ON_SYNC_ENV`]): after every sync, the disk as it is now.
     copy_on_sync: Option<Arc<std::path::PathBuf>>,
+    /// Set, to what the OS said, while a write waits for disk space
+    /// ([`Store::write_when_space`]); writes through this server are refused meanwhile.
+    out_of_space: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// How often a write that failed for want of disk space is tried again.
+const OUT_OF_SPACE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Errors that can say the disk (or the user's quota) is full.
+pub trait OutOfSpace: std::fmt::Display {
+    fn is_out_of_space(&self) -> bool;
+}
+
+impl OutOfSpace for std::io::Error {
+    fn is_out_of_space(&self) -> bool {
+        matches!(self.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+    }
+}
+
+impl OutOfSpace for heed::Error {
+    fn is_out_of_space(&self) -> bool {
+        match self {
+            heed::Error::Io(e) => e.is_out_of_space(),
+            heed::Error::Mdb(heed::MdbError::Other(code)) => matches!(*code, libc::ENOSPC | libc::EDQUOT),
+            _ => false,
+        }
+    }
+}
+
+impl OutOfSpace for StoreError {
+    fn is_out_of_space(&self) -> bool {
+        match self {
+            StoreError::Lmdb(e) | StoreError::Open { source: e, .. } => e.is_out_of_space(),
+            StoreError::SnapshotIo(e) => e.is_out_of_space(),
+            StoreError::Corrupt { .. } | StoreError::BadSnapshot(_) => false,
+        }
+    }
 }
 
 /// Test failpoint: when this environment variable names a path, every durable commit and
@@ -234,6 +271,7 @@ impl Store {
             syncs: Arc::default(),
             stall_syncs_while: std::env::var_os(STALL_SYNC_ENV).map(|p| Arc::new(p.into())),
             copy_on_sync: std::env::var_os(COPY_ON_SYNC_ENV).map(|p| Arc::new(p.into())),
+            out_of_space: Arc::default(),
         };
         // Not `sync`: the stall failpoint is for commits, and a store must open under it.
         store.env.force_sync().map_err(open_err)?;
@@ -297,6 +335,51 @@ impl Store {
     pub fn commit_durably(&self, wtxn: heed::RwTxn<'_>) -> Result<(), heed::Error> {
         wtxn.commit()?;
         self.sync()
+    }
+
+    /// Runs `write` — whole transactions, committed inside, so a failed one left nothing
+    /// behind — until it does not fail for want of disk space, and returns its result.
+    ///
+    /// A full disk is waited out like a stalled one, never reported to Raft: openraft stops
+    /// for good on a storage error, and a server must come back by itself once space is
+    /// freed. Meanwhile [`Store::out_of_space`] says why, so the HTTP API refuses writes
+    /// through this server at once instead of letting them hang; the first failure is logged
+    /// as an error, the recovery as info. Blocking: call from a blocking thread.
+    pub fn write_when_space<T, E: OutOfSpace>(
+        &self,
+        what: &str,
+        mut write: impl FnMut() -> Result<T, E>,
+    ) -> Result<T, E> {
+        loop {
+            match write() {
+                Err(e) if e.is_out_of_space() => {
+                    let mut full = self.out_of_space.lock().unwrap_or_else(|p| p.into_inner());
+                    if full.is_none() {
+                        tracing::error!(
+                            error = %e,
+                            dir = %self.env.path().display(),
+                            while_ = what,
+                            "the data dir is out of space: this server's Raft log and state wait, and writes through it \
+                             are refused, until space is freed; retrying every second"
+                        );
+                        *full = Some(e.to_string());
+                    }
+                    drop(full);
+                    std::thread::sleep(OUT_OF_SPACE_RETRY);
+                }
+                result => {
+                    if result.is_ok() && self.out_of_space.lock().unwrap_or_else(|p| p.into_inner()).take().is_some() {
+                        tracing::info!(dir = %self.env.path().display(), "the data dir has space again: writes resume");
+                    }
+                    return result;
+                }
+            }
+        }
+    }
+
+    /// Why writes wait for disk space, while they do.
+    pub fn out_of_space(&self) -> Option<String> {
+        self.out_of_space.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Makes every commit so far durable (`fdatasync`).

@@ -16,6 +16,7 @@
 //! need no namespace run (SIGKILL, SIGSTOP, a stalled disk); the output says which and why.
 //! Every wait has a deadline; a scenario's workload runs for a fixed time.
 
+mod disk;
 #[path = "../cluster/linear.rs"]
 mod linear;
 mod net;
@@ -78,10 +79,18 @@ fn main() -> ExitCode {
              disk faults run; partitions and lossy links SKIPPED"
         ),
     }
+    let mounts = disk::probe();
+    if let Err(why) = &mounts {
+        println!("fault harness: cannot mount tmpfs ({why}): the full-disk scenario SKIPPED");
+    }
     let chosen: Vec<&scenarios::Scenario> = scenarios::ALL
         .iter()
         .filter(|s| options.filter.as_deref().is_none_or(|f| s.name.contains(f)))
-        .filter(|s| namespaces.is_ok() || !s.fault.needs_namespaces())
+        .filter(|s| match s.fault.needs() {
+            scenarios::Needs::Nothing => true,
+            scenarios::Needs::Namespaces => namespaces.is_ok(),
+            scenarios::Needs::Mounts => mounts.is_ok(),
+        })
         .collect();
     if chosen.is_empty() {
         eprintln!("faults: no scenario to run matches {:?} in this mode", options.filter.as_deref().unwrap_or(""));

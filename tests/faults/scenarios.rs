@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
+use crate::disk::Tmpfs;
 use crate::net::Net;
 use crate::support::cluster::{agent_args, agent_args_listening, agreed_leader, leader_index, FORM};
 use crate::support::{try_http_request, Agent};
@@ -63,6 +64,21 @@ pub enum Fault {
     /// `LOSS_PERCENT` of the packets between the leader and every other agent dropped for
     /// `FAULT_FOR`: slower, but no healthy member may be marked failed in gossip.
     LossyLeaderLink,
+    /// The leader's data dir (a small tmpfs) filled to the last byte for `FAULT_FOR`, then
+    /// freed: writes through it must be refused with a clear error meanwhile, nothing may be
+    /// lost or corrupted, and it must take writes again once space returns, without a
+    /// restart.
+    FullLeaderDisk,
+}
+
+/// What a scenario needs of the machine beyond running processes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Needs {
+    Nothing,
+    /// Network namespaces, veth, a bridge and nftables (`net.rs`).
+    Namespaces,
+    /// tmpfs mounts (`disk.rs`).
+    Mounts,
 }
 
 pub struct Scenario {
@@ -76,9 +92,14 @@ impl Fault {
         !matches!(self, Fault::StallLeaderDisk | Fault::LossyLeaderLink)
     }
 
-    /// Whether it needs the agents in network namespaces.
-    pub fn needs_namespaces(self) -> bool {
-        matches!(self, Fault::PartitionLeaderWithMinority | Fault::SplitLeaderWithMajority | Fault::LossyLeaderLink)
+    pub fn needs(self) -> Needs {
+        match self {
+            Fault::PartitionLeaderWithMinority | Fault::SplitLeaderWithMajority | Fault::LossyLeaderLink => {
+                Needs::Namespaces
+            }
+            Fault::FullLeaderDisk => Needs::Mounts,
+            _ => Needs::Nothing,
+        }
     }
 
     /// How many servers and client agents it runs.
@@ -90,7 +111,7 @@ impl Fault {
     }
 }
 
-pub const ALL: [Scenario; 7] = [
+pub const ALL: [Scenario; 8] = [
     Scenario { name: "leader-kill-restart", fault: Fault::KillLeader },
     Scenario { name: "follower-kill-restart", fault: Fault::KillFollower },
     Scenario { name: "leader-sigstop", fault: Fault::PauseLeader },
@@ -98,6 +119,7 @@ pub const ALL: [Scenario; 7] = [
     Scenario { name: "partition-leader-with-minority", fault: Fault::PartitionLeaderWithMinority },
     Scenario { name: "split-leader-with-majority", fault: Fault::SplitLeaderWithMajority },
     Scenario { name: "lossy-leader-link", fault: Fault::LossyLeaderLink },
+    Scenario { name: "leader-disk-full", fault: Fault::FullLeaderDisk },
 ];
 
 /// What a scenario found.
@@ -123,6 +145,9 @@ pub struct Outcome {
     /// `MEMBERS_CONVERGE` after the heal, or — with a lossy link only — a healthy member
     /// some agent marked failed.
     pub gossip_wrong: Vec<String>,
+    /// What the fault's own checks found wrong (must be none): e.g. a full disk's writes not
+    /// refused with a clear error, or not taken again once space returned.
+    pub fault_wrong: Vec<String>,
     /// (agent, member) pairs where the agent saw the member failed at some point: expected
     /// for a killed agent or across a partition, then healed.
     pub gossip_failed_seen: usize,
@@ -146,6 +171,7 @@ impl Outcome {
             && self.lock_overlaps == 0
             && self.dns_wrong.is_empty()
             && self.gossip_wrong.is_empty()
+            && self.fault_wrong.is_empty()
             && (!self.gap_bounded || self.write_gap <= WRITE_GAP_MAX)
     }
 
@@ -156,7 +182,7 @@ impl Outcome {
         format!(
             "{}: {} ops, {} writes acknowledged, {} lost, {} refused, {} unknown; counter history {} ops {}; \
              lock held {} times, {} overlapping; DNS {} nodes checked on every agent, {} wrong; \
-             gossip: {} saw-failed pairs{}, {}; longest write gap after the fault {} ms ({}); {}",
+             gossip: {} saw-failed pairs{}, {};{} longest write gap after the fault {} ms ({}); {}",
             self.name,
             self.operations,
             self.acknowledged,
@@ -178,6 +204,7 @@ impl Outcome {
             } else {
                 self.gossip_wrong.join(", ")
             },
+            self.fault_wrong.iter().map(|w| format!(" {w};")).collect::<String>(),
             self.write_gap.as_millis(),
             if self.gap_bounded { format!("at most {} ms", WRITE_GAP_MAX.as_millis()) } else { "reported only".into() },
             if self.passed() { "PASS" } else { "FAIL" }
@@ -188,7 +215,7 @@ impl Outcome {
 pub fn print_summary(results: &[Outcome]) {
     println!(
         "\n| scenario | seed | ops | acknowledged writes | lost | linearizable | lock holds (overlapping) | \
-         DNS nodes checked (wrong) | gossip wrong | longest write gap ms | result |"
+         DNS nodes checked (wrong) | gossip or fault check wrong | longest write gap ms | result |"
     );
     println!("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|");
     for r in results {
@@ -204,7 +231,7 @@ pub fn print_summary(results: &[Outcome]) {
             r.lock_overlaps,
             r.dns_checked,
             r.dns_wrong.len(),
-            r.gossip_wrong.len(),
+            r.gossip_wrong.len() + r.fault_wrong.len(),
             r.write_gap.as_millis(),
             if r.passed() { "pass" } else { r.error.as_deref().unwrap_or("FAIL") }
         );
@@ -298,6 +325,7 @@ pub fn run(scenario: &Scenario, seed: u64, namespaces: bool) -> Outcome {
         dns_checked: 0,
         dns_wrong: Vec::new(),
         gossip_wrong: Vec::new(),
+        fault_wrong: Vec::new(),
         gossip_failed_seen: 0,
         gossip_healed_after: None,
         write_gap: Duration::ZERO,
@@ -323,6 +351,13 @@ fn run_checked(scenario: &Scenario, seed: u64, namespaces: bool, outcome: &mut O
     let temp = tempfile::tempdir().expect("tempdir");
     let (server_count, client_count) = scenario.fault.topology();
     let net = namespaces.then(|| Net::create(server_count + client_count).unwrap_or_else(|e| panic!("{e}")));
+    // Declared after `temp`, so unmounted before it is deleted.
+    let disks: Vec<Tmpfs> = match scenario.fault {
+        Fault::FullLeaderDisk => (1..=server_count)
+            .map(|i| Tmpfs::mount(&temp.path().join(format!("s{i}"))).unwrap_or_else(|e| panic!("{e}")))
+            .collect(),
+        _ => Vec::new(),
+    };
     let mut nodes = start_cluster(temp.path(), server_count, client_count, net.as_ref());
     let servers: Vec<&Agent> = nodes[..server_count].iter().map(Node::agent).collect();
     let leader = leader_index(&servers, &agreed_leader(&servers, FORM));
@@ -337,10 +372,16 @@ fn run_checked(scenario: &Scenario, seed: u64, namespaces: bool, outcome: &mut O
     std::thread::sleep(BEFORE_FAULT);
     let struck = Instant::now();
     let plan = Plan::new(scenario.fault, leader, server_count, client_count, seed);
-    strike(&mut nodes, net.as_ref(), scenario.fault, &plan);
-    std::thread::sleep(FAULT_FOR);
+    strike(&mut nodes, net.as_ref(), &disks, scenario.fault, &plan);
+    if scenario.fault == Fault::FullLeaderDisk {
+        outcome.fault_wrong.extend(full_disk_refuses(nodes[plan.victim].agent()));
+    }
+    std::thread::sleep((struck + FAULT_FOR).saturating_duration_since(Instant::now()));
     let healed = Instant::now();
-    heal(&mut nodes, net.as_ref(), scenario.fault, &plan);
+    heal(&mut nodes, net.as_ref(), &disks, scenario.fault, &plan);
+    if scenario.fault == Fault::FullLeaderDisk {
+        outcome.fault_wrong.extend(takes_writes_again(nodes[plan.victim].agent()));
+    }
     targets.lock().unwrap_or_else(|e| e.into_inner())[plan.victim] = nodes[plan.victim].agent().http;
     std::thread::sleep(AFTER_HEAL);
     stop.store(true, Ordering::Relaxed);
@@ -369,7 +410,7 @@ fn run_checked(scenario: &Scenario, seed: u64, namespaces: bool, outcome: &mut O
     outcome.acknowledged = acknowledged.len();
     outcome.history_len = history.len();
     outcome.write_gap = longest_gap(&write_times, struck);
-    outcome.linearizable = linear::linearizable(&history, 0);
+    outcome.linearizable = linearizable(history);
 
     // Every acknowledged write on every server, the one that was struck included.
     let servers: Vec<&Agent> = nodes[..server_count].iter().map(Node::agent).collect();
@@ -469,6 +510,20 @@ impl Plan {
     }
 }
 
+/// [`linear::linearizable`] on a thread of its own: its search recurses once per operation,
+/// and a scenario's history (thousands of operations, frames of a debug build) overflowed
+/// the main thread's 8 MiB stack.
+fn linearizable(history: Vec<linear::Event>) -> bool {
+    const STACK: usize = 1 << 30; // reserved, not touched: a page is used only when reached
+    std::thread::Builder::new()
+        .name("linearizability".into())
+        .stack_size(STACK)
+        .spawn(move || linear::linearizable(&history, 0))
+        .expect("spawn the linearizability check")
+        .join()
+        .expect("the linearizability check")
+}
+
 /// The nodes in `expect` whose `<node>.node.consul` answer from `agent` is not what the
 /// catalog says (an address if registered, NXDOMAIN if deregistered).
 fn wrong_dns_answers(agent: &Agent, expect: &[(&String, bool)]) -> Vec<String> {
@@ -484,7 +539,46 @@ fn wrong_dns_answers(agent: &Agent, expect: &[(&String, bool)]) -> Vec<String> {
         .collect()
 }
 
-fn strike(nodes: &mut [Node], net: Option<&Net>, fault: Fault, plan: &Plan) {
+/// Regression check "a full disk refuses writes clearly": once the victim's disk is full, a
+/// write through it must be answered 500 saying so within `WRITE_GAP_MAX` (not hang, not
+/// crash the agent). The probe's value is large, so it needs pages LMDB's file does not have
+/// free yet (small writes may fit in freed pages for a while, which is not a failure); the
+/// first write that meets the full disk may hang until it is answered as unknown, so each
+/// try waits only a second.
+fn full_disk_refuses(agent: &Agent) -> Option<String> {
+    let deadline = Instant::now() + WRITE_GAP_MAX;
+    let value = vec![b'x'; 256 << 10];
+    let mut last = String::from("no answer");
+    while Instant::now() < deadline {
+        match try_http_request(agent.http, "PUT", "/v1/kv/faults/full-disk-probe", &value, Duration::from_secs(1)) {
+            Some(r) if r.status == 500 && r.text().contains("out of space") => return None,
+            Some(r) => last = format!("{} {}", r.status, r.text().trim()),
+            None => last = String::from("no answer"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(format!("a write through the server with a full disk was not refused as out of space (last: {last})"))
+}
+
+/// Once space is back, a write through the server that was full must succeed (no restart).
+fn takes_writes_again(agent: &Agent) -> Option<String> {
+    let deadline = Instant::now() + CONVERGE;
+    let mut last = String::from("no answer");
+    while Instant::now() < deadline {
+        match try_http_request(agent.http, "PUT", "/v1/kv/faults/full-disk-probe", b"y", WRITE_GAP_MAX) {
+            Some(r) if r.status == 200 && r.body == b"true" => return None,
+            Some(r) => last = format!("{} {}", r.status, r.text().trim()),
+            None => last = String::from("no answer"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(format!(
+        "the server whose disk was full took no write {} s after space returned (last: {last})",
+        CONVERGE.as_secs()
+    ))
+}
+
+fn strike(nodes: &mut [Node], net: Option<&Net>, disks: &[Tmpfs], fault: Fault, plan: &Plan) {
     let node = &mut nodes[plan.victim];
     let net = || net.expect("a network fault runs only with namespaces");
     match fault {
@@ -500,10 +594,11 @@ fn strike(nodes: &mut [Node], net: Option<&Net>, fault: Fault, plan: &Plan) {
             let others: Vec<usize> = (0..nodes.len()).filter(|n| *n != plan.victim).collect();
             net().lose(plan.victim, &others, LOSS_PERCENT);
         }
+        Fault::FullLeaderDisk => disks[plan.victim].fill(),
     }
 }
 
-fn heal(nodes: &mut [Node], net: Option<&Net>, fault: Fault, plan: &Plan) {
+fn heal(nodes: &mut [Node], net: Option<&Net>, disks: &[Tmpfs], fault: Fault, plan: &Plan) {
     let rejoin = nodes[(plan.victim + 1) % nodes.len()].agent().gossip.to_string();
     let node = &mut nodes[plan.victim];
     match fault {
@@ -515,6 +610,7 @@ fn heal(nodes: &mut [Node], net: Option<&Net>, fault: Fault, plan: &Plan) {
         Fault::PartitionLeaderWithMinority | Fault::SplitLeaderWithMajority | Fault::LossyLeaderLink => {
             net.expect("namespaces").heal()
         }
+        Fault::FullLeaderDisk => disks[plan.victim].free(),
     }
 }
 
