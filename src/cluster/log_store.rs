@@ -116,14 +116,14 @@ impl LogStore {
 }
 
 /// Runs LMDB write work (whole transactions) off the async workers, waiting out a full disk
-/// ([`Store::write_when_space`]); a panic in it becomes an error.
+/// ([`Store::raft_write`]); a panic in it becomes an error.
 async fn blocking<T: Send + 'static>(
     store: &Store,
     what: &'static str,
     f: impl Fn() -> Result<T, heed::Error> + Send + 'static,
 ) -> Result<T, heed::Error> {
     let store = store.clone();
-    tokio::task::spawn_blocking(move || store.write_when_space(what, f))
+    tokio::task::spawn_blocking(move || store.raft_write(what, f))
         .await
         .unwrap_or_else(|join| Err(heed::Error::Io(std::io::Error::other(join.to_string()))))
 }

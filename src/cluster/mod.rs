@@ -324,7 +324,10 @@ impl Cluster {
         if cluster.config.server {
             tasks.spawn(membership::run(cluster.clone(), shutdown.clone()));
             tasks.spawn(session_ttl::run(cluster.clone(), shutdown.clone()));
-            tasks.spawn(step_aside_while_out_of_space(cluster.clone(), shutdown.clone()));
+            // 1 s at the default timing, a little over the leader lease: a leader whose disk
+            // takes longer than that for one write is slower than an election.
+            let stall = Duration::from_millis(10 * unit);
+            tasks.spawn(step_aside_while_disk_fails(cluster.clone(), stall, shutdown.clone()));
         }
         if let Some(listener) = rpc {
             tasks.spawn(serve::serve(listener, cluster.clone(), shutdown, tasks.clone()));
@@ -823,29 +826,35 @@ impl Cluster {
     }
 }
 
-/// How often a server checks whether its disk is full (or has space again).
+/// How often a server checks whether its disk is full or stalled (or works again).
 const DISK_CHECK_EVERY: Duration = Duration::from_millis(250);
 
-/// While this server's disk is full it cannot lead: its state machine (and, once the LMDB
-/// file must grow, its log) waits for space, so every write committed through it would hang
-/// cluster-wide while it kept the followers' leases alive with heartbeats. It stops its Raft
-/// timer instead — no heartbeats, no elections of its own — so the others elect a leader
-/// whose disk works (it still votes and follows); the timer comes back with the space.
-async fn step_aside_while_out_of_space(cluster: Cluster, shutdown: CancellationToken) {
+/// While this server's disk is full or stalled it cannot lead: its log or its state machine
+/// waits on the disk, so every write committed through it would hang cluster-wide while its
+/// heartbeats kept the followers' leases alive (a stalled apply does not stop the Raft core).
+/// It stops its Raft timer instead — no heartbeats, no elections of its own — so the others
+/// elect a leader whose disk works (it still votes and follows); the timer comes back with
+/// the disk. Stalled means a Raft log or state-machine write unfinished for `stall`.
+async fn step_aside_while_disk_fails(cluster: Cluster, stall: Duration, shutdown: CancellationToken) {
     let mut aside = false;
     loop {
         let full = cluster.store.out_of_space().is_some();
-        if full != aside {
-            cluster.raft.runtime_config().heartbeat(!full);
-            cluster.raft.runtime_config().tick(!full);
-            if full {
+        let stuck = cluster.store.raft_writes_stuck_for().filter(|t| *t >= stall);
+        let failing = full || stuck.is_some();
+        if failing != aside {
+            cluster.raft.runtime_config().heartbeat(!failing);
+            cluster.raft.runtime_config().tick(!failing);
+            if failing {
                 tracing::warn!(
-                    "this server's disk is full: it stops heartbeats and elections so a server that can write leads"
+                    disk_full = full,
+                    write_stuck_ms = stuck.map(|t| t.as_millis() as u64),
+                    "this server's disk is full or stalled: it stops heartbeats and elections so a server that can \
+                     write leads"
                 );
             } else {
-                tracing::info!("this server's disk has space again: heartbeats and elections resume");
+                tracing::info!("this server's disk works again: heartbeats and elections resume");
             }
-            aside = full;
+            aside = failing;
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -157,7 +157,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     _ => AppliedBatch { index: entry.log_id.index, commands: &empty, leader_time_ms: None },
                 })
                 .collect();
-            store.write_when_space("applying committed entries", || store.apply(&batches, &meta))
+            store.raft_write("applying committed entries", || store.apply(&batches, &meta))
         })
         .await
         .map_err(sm_err)?

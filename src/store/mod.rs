@@ -169,6 +169,15 @@ pub struct Store {
     /// Set, to what the OS said, while a write waits for disk space
     /// ([`Store::write_when_space`]); writes through this server are refused meanwhile.
     out_of_space: Arc<std::sync::Mutex<Option<String>>>,
+    /// Raft log and state-machine writes in progress ([`Store::raft_write`]).
+    raft_writes: Arc<std::sync::Mutex<WritesInFlight>>,
+}
+
+#[derive(Default)]
+struct WritesInFlight {
+    count: usize,
+    /// Since when none has finished, while `count > 0`.
+    since: Option<std::time::Instant>,
 }
 
 /// How often a write that failed for want of disk space is tried again.
@@ -272,6 +281,7 @@ impl Store {
             stall_syncs_while: std::env::var_os(STALL_SYNC_ENV).map(|p| Arc::new(p.into())),
             copy_on_sync: std::env::var_os(COPY_ON_SYNC_ENV).map(|p| Arc::new(p.into())),
             out_of_space: Arc::default(),
+            raft_writes: Arc::default(),
         };
         // Not `sync`: the stall failpoint is for commits, and a store must open under it.
         store.env.force_sync().map_err(open_err)?;
@@ -375,6 +385,29 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// [`Store::write_when_space`] for the Raft log and the state machine, counted so that
+    /// [`Store::raft_writes_stuck_for`] can tell a disk that stopped answering.
+    pub fn raft_write<T, E: OutOfSpace>(&self, what: &str, write: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+        let lock = || self.raft_writes.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut writes = lock();
+            writes.count += 1;
+            writes.since.get_or_insert_with(std::time::Instant::now);
+        }
+        let result = self.write_when_space(what, write);
+        let mut writes = lock();
+        writes.count -= 1;
+        // One finished: the disk moves. The others are timed from now.
+        writes.since = (writes.count > 0).then(std::time::Instant::now);
+        result
+    }
+
+    /// How long Raft log and state-machine writes have been in progress without one
+    /// finishing (a stalled or full disk), if any are.
+    pub fn raft_writes_stuck_for(&self) -> Option<std::time::Duration> {
+        self.raft_writes.lock().unwrap_or_else(|p| p.into_inner()).since.map(|t| t.elapsed())
     }
 
     /// Why writes wait for disk space, while they do.

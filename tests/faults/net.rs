@@ -174,13 +174,18 @@ fn free_subnet(pid: u32) -> Result<[u8; 3], String> {
         .ok_or_else(|| "no free 10.213.x.0/24 subnet for the harness's network".to_string())
 }
 
-/// Deletes namespaces a harness that is gone left behind.
+/// Deletes namespaces a harness that is gone left behind, killing the agents still in them.
 fn remove_stale() {
     let Ok(list) = Command::new("ip").args(["netns", "list"]).output() else { return };
     for line in String::from_utf8_lossy(&list.stdout).lines() {
         let Some(name) = line.split_whitespace().next() else { continue };
         let Some(pid) = name.strip_prefix(PREFIX).and_then(|rest| rest.split('-').next()) else { continue };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            if let Ok(pids) = Command::new("ip").args(["netns", "pids", name]).output() {
+                for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                    let _ = run(&["kill", "-9", pid]);
+                }
+            }
             let _ = run(&["ip", "netns", "del", name]);
         }
     }

@@ -27,10 +27,11 @@ const FAULT_FOR: Duration = Duration::from_secs(5);
 /// Regression check "writes resume while the leader is paused": with two of three servers
 /// healthy, no stretch without an acknowledged write may last longer than this (an
 /// election, the old leader's lease, a retry). Followers used to wait out a 20 s RPC to a
-/// paused or stalled leader, holding every write queued behind it. Not applied to the
-/// stalled disk: a leader whose disk stalls is replaced only once its Raft core blocks on
-/// the disk, which some runs do not reach within the stall (an open finding; the gap is
-/// reported).
+/// paused or stalled leader, holding every write queued behind it. Also regression check
+/// "a leader whose disk stalls or fills steps aside": such a leader kept heartbeating while
+/// its state machine waited on the disk, so nothing was answered anywhere for the whole
+/// stall (a 5,010 ms gap seen in about one run of 30). Not applied to a lossy link, where
+/// TCP retransmissions, not the cluster, set the pace (reported only).
 const WRITE_GAP_MAX: Duration = Duration::from_secs(4);
 /// After the heal, every server must hold every acknowledged write within this.
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -89,7 +90,7 @@ pub struct Scenario {
 impl Fault {
     /// Whether writes must resume within `WRITE_GAP_MAX` while this fault lasts.
     fn bounds_write_gap(self) -> bool {
-        !matches!(self, Fault::StallLeaderDisk | Fault::LossyLeaderLink)
+        self != Fault::LossyLeaderLink
     }
 
     pub fn needs(self) -> Needs {
