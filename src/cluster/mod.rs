@@ -282,7 +282,11 @@ impl Cluster {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| ClusterError::Start(e.to_string()))?);
-        let network = network::Network { cluster: config.datacenter.clone(), local: config.node_id };
+        let network = network::Network {
+            cluster: config.datacenter.clone(),
+            local: config.node_id,
+            call_timeout_min: Duration::from_millis(raft_config.election_timeout_max),
+        };
         let log_store = LogStore::new(store.clone()).map_err(|e| ClusterError::Start(e.to_string()))?;
         let replay = log_store.replay_gate();
         let raft = Raft::new(config.node_id, raft_config, network, log_store, StateMachine::new(store.clone()))

@@ -17,11 +17,14 @@ use super::{NodeId, TypeConfig};
 pub struct Network {
     pub cluster: String,
     pub local: NodeId,
+    /// The shortest time a call may take (see [`PeerClient::call`]).
+    pub call_timeout_min: std::time::Duration,
 }
 
 pub struct PeerClient {
     target: NodeId,
     channel: Channel,
+    call_timeout_min: std::time::Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -29,20 +32,29 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
         let route = Route { cluster: self.cluster.clone(), from: self.local, to: target, addr: node.addr.clone() };
-        PeerClient { target, channel: Channel::new(route) }
+        PeerClient { target, channel: Channel::new(route), call_timeout_min: self.call_timeout_min }
     }
 }
 
 impl PeerClient {
     /// One call; a peer that cannot be reached is `Unreachable` (openraft backs off), any
     /// other failure a `NetworkError` (retried at once).
+    ///
+    /// openraft bounds an append (heartbeats included) by the heartbeat interval, 100 ms at
+    /// the default timing: a link with a longer round trip, or a batch of large entries, then
+    /// never got an answer — every call timed out, the connection was reopened, and the
+    /// leader lost its quorum and its lease (found by the fault harness's slow-leader-link,
+    /// 100 ms each way). A call may take at least `call_timeout_min` (the leader lease): any
+    /// answer within it still renews the lease, and a stopped peer holds up only its own
+    /// replication stream.
     async fn call<E: std::error::Error>(
         &mut self,
         request: Request,
         blob: &[u8],
         option: &RPCOption,
     ) -> Result<Response, RPCError<NodeId, BasicNode, E>> {
-        match self.channel.call(&request, blob, option.hard_ttl()).await {
+        let timeout = option.hard_ttl().max(self.call_timeout_min);
+        match self.channel.call(&request, blob, timeout).await {
             Ok((response, _)) => Ok(response),
             Err(e @ RpcError::Connect { .. }) => Err(RPCError::Unreachable(Unreachable::new(&e))),
             Err(e) => {

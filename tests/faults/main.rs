@@ -16,6 +16,7 @@
 //! need no namespace run (SIGKILL, SIGSTOP, a stalled disk); the output says which and why.
 //! Every wait has a deadline; a scenario's workload runs for a fixed time.
 
+mod delay;
 mod disk;
 #[path = "../cluster/linear.rs"]
 mod linear;
@@ -70,13 +71,10 @@ fn main() -> ExitCode {
     };
     let namespaces = if options.loopback { Err("--loopback given".to_string()) } else { net::Net::create(1).map(drop) };
     match &namespaces {
-        Ok(()) => println!(
-            "fault harness: each agent in its own network namespace; all fault kinds (delay on a link \
-             needs sch_netem, which this kernel lacks: not offered)"
-        ),
+        Ok(()) => println!("fault harness: each agent in its own network namespace; all fault kinds"),
         Err(why) => println!(
             "fault harness: on loopback, network namespaces unavailable ({why}): SIGKILL, SIGSTOP and \
-             disk faults run; partitions and lossy links SKIPPED"
+             disk faults run; partitions, lossy and slow links SKIPPED"
         ),
     }
     let mounts = disk::probe();

@@ -6,9 +6,10 @@
 //!
 //! Link faults are nftables rules on the bridge's forward hook in the hub namespace: a cut
 //! drops every packet between two groups of nodes (both ways, silently, as a real partition
-//! does: no reset, no ICMP), a lossy link drops a share of them at random. Delay would need
-//! `sch_netem`, which this machine's kernel does not have (`CONFIG_NET_SCH_NETEM` is not
-//! set), so no delay fault is offered.
+//! does: no reset, no ICMP), a lossy link drops a share of them at random. A slow link would
+//! be `sch_netem`'s job, which this machine's kernel does not have (`CONFIG_NET_SCH_NETEM`
+//! is not set): delay is an `NFQUEUE` rule (iptables) in each sending node's namespace and a
+//! harness thread that gives the packets back late (`delay.rs`).
 //!
 //! Everything is named after the harness's pid (`cairn-faults-<pid>-*`), traffic stays on
 //! the private subnet, and dropping a [`Net`] deletes its namespaces (which deletes their
@@ -16,6 +17,10 @@
 
 use std::net::Ipv4Addr;
 use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::delay::Delayer;
 
 const PREFIX: &str = "cairn-faults-";
 
@@ -25,6 +30,8 @@ pub struct Net {
     /// The private /24: agents are .1, .2, ...; the harness's end is .254.
     subnet: [u8; 3],
     nodes: usize,
+    /// The readers of the delay queues in place, with the namespaces holding their rules.
+    delays: Mutex<Vec<(usize, Delayer)>>,
 }
 
 impl Net {
@@ -34,7 +41,7 @@ impl Net {
         remove_stale();
         let pid = std::process::id();
         let subnet = free_subnet(pid)?;
-        let net = Net { stem: format!("{PREFIX}{pid}-"), subnet, nodes };
+        let net = Net { stem: format!("{PREFIX}{pid}-"), subnet, nodes, delays: Mutex::default() };
         // On failure the half-built network is dropped here, which deletes what was made.
         net.build()?;
         Ok(net)
@@ -106,9 +113,35 @@ impl Net {
         }
     }
 
+    /// Delays every packet between `node` and each of `others` by `delay`, both ways.
+    pub fn delay(&self, node: usize, others: &[usize], delay: Duration) {
+        let mut delays = self.delays.lock().unwrap_or_else(|e| e.into_inner());
+        let links = others.iter().map(|o| (node, *o)).chain(others.iter().map(|o| (*o, node)));
+        for (from, to) in links {
+            // The reader first: a packet queued before it binds would be dropped.
+            if !delays.iter().any(|(n, _)| *n == from) {
+                let reader = Delayer::start(&self.namespace(from), 0, delay).unwrap_or_else(|e| panic!("{e}"));
+                delays.push((from, reader));
+            }
+            let ns = self.namespace(from);
+            let to = self.addr(to).to_string();
+            // --queue-bypass: should the reader be gone, packets pass undelayed, not dropped.
+            let rule = ["-A", "OUTPUT", "-d", &to, "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass"];
+            let mut args = vec!["ip", "netns", "exec", &ns, "iptables"];
+            args.extend(rule);
+            run(&args).expect("add a delay rule");
+        }
+    }
+
     /// Removes every link fault.
     pub fn heal(&self) {
         self.nft("flush chain bridge faults forward").expect("remove the link faults");
+        let mut delays = self.delays.lock().unwrap_or_else(|e| e.into_inner());
+        for (node, _) in delays.iter() {
+            run(&["ip", "netns", "exec", &self.namespace(*node), "iptables", "-F", "OUTPUT"]).expect("remove a delay");
+        }
+        // Dropping a reader gives back what it still holds.
+        delays.clear();
     }
 
     fn set_of(&self, nodes: &[usize]) -> String {
@@ -139,6 +172,7 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
+        self.delays.get_mut().unwrap_or_else(|e| e.into_inner()).clear();
         for node in 0..self.nodes {
             let _ = run(&["ip", "netns", "del", &self.namespace(node)]);
         }

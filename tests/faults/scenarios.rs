@@ -11,7 +11,7 @@ use hickory_proto::rr::RecordType;
 
 use crate::disk::Tmpfs;
 use crate::net::Net;
-use crate::support::cluster::{agent_args, agent_args_listening, agreed_leader, leader_index, FORM};
+use crate::support::cluster::{agent_args, agent_args_listening, agreed_leader, leader_index, leader_of, FORM};
 use crate::support::{try_http_request, Agent};
 use crate::{linear, workload};
 
@@ -30,8 +30,9 @@ const FAULT_FOR: Duration = Duration::from_secs(5);
 /// paused or stalled leader, holding every write queued behind it. Also regression check
 /// "a leader whose disk stalls or fills steps aside": such a leader kept heartbeating while
 /// its state machine waited on the disk, so nothing was answered anywhere for the whole
-/// stall (a 5,010 ms gap seen in about one run of 30). Not applied to a lossy link, where
-/// TCP retransmissions, not the cluster, set the pace (reported only).
+/// stall (a 5,010 ms gap seen in about one run of 30). Not applied to a lossy or slow link,
+/// where TCP (retransmissions, a round trip that jumps from 0.1 to 200 ms) sets the pace, not
+/// a failover (reported only; the slow link must keep its leader instead).
 const WRITE_GAP_MAX: Duration = Duration::from_secs(4);
 /// After the heal, every server must hold every acknowledged write within this.
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -42,6 +43,8 @@ const DNS_CONVERGE: Duration = Duration::from_secs(2);
 const MEMBERS_CONVERGE: Duration = Duration::from_secs(30);
 /// A lossy link drops this share of its packets, both ways.
 const LOSS_PERCENT: u32 = 20;
+/// A slow link holds every packet this long, each way.
+const LINK_DELAY: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Fault {
@@ -65,6 +68,10 @@ pub enum Fault {
     /// `LOSS_PERCENT` of the packets between the leader and every other agent dropped for
     /// `FAULT_FOR`: slower, but no healthy member may be marked failed in gossip.
     LossyLeaderLink,
+    /// Every packet between the leader and every other agent delayed `LINK_DELAY` each way
+    /// for `FAULT_FOR`: slower, but no healthy member may be marked failed in gossip and
+    /// writes must go on.
+    SlowLeaderLink,
     /// The leader's data dir (a small tmpfs) filled to the last byte for `FAULT_FOR`, then
     /// freed: writes through it must be refused with a clear error meanwhile, nothing may be
     /// lost or corrupted, and it must take writes again once space returns, without a
@@ -90,14 +97,15 @@ pub struct Scenario {
 impl Fault {
     /// Whether writes must resume within `WRITE_GAP_MAX` while this fault lasts.
     fn bounds_write_gap(self) -> bool {
-        self != Fault::LossyLeaderLink
+        !matches!(self, Fault::LossyLeaderLink | Fault::SlowLeaderLink)
     }
 
     pub fn needs(self) -> Needs {
         match self {
-            Fault::PartitionLeaderWithMinority | Fault::SplitLeaderWithMajority | Fault::LossyLeaderLink => {
-                Needs::Namespaces
-            }
+            Fault::PartitionLeaderWithMinority
+            | Fault::SplitLeaderWithMajority
+            | Fault::LossyLeaderLink
+            | Fault::SlowLeaderLink => Needs::Namespaces,
             Fault::FullLeaderDisk => Needs::Mounts,
             _ => Needs::Nothing,
         }
@@ -112,7 +120,7 @@ impl Fault {
     }
 }
 
-pub const ALL: [Scenario; 8] = [
+pub const ALL: [Scenario; 9] = [
     Scenario { name: "leader-kill-restart", fault: Fault::KillLeader },
     Scenario { name: "follower-kill-restart", fault: Fault::KillFollower },
     Scenario { name: "leader-sigstop", fault: Fault::PauseLeader },
@@ -120,6 +128,7 @@ pub const ALL: [Scenario; 8] = [
     Scenario { name: "partition-leader-with-minority", fault: Fault::PartitionLeaderWithMinority },
     Scenario { name: "split-leader-with-majority", fault: Fault::SplitLeaderWithMajority },
     Scenario { name: "lossy-leader-link", fault: Fault::LossyLeaderLink },
+    Scenario { name: "slow-leader-link", fault: Fault::SlowLeaderLink },
     Scenario { name: "leader-disk-full", fault: Fault::FullLeaderDisk },
 ];
 
@@ -361,7 +370,8 @@ fn run_checked(scenario: &Scenario, seed: u64, namespaces: bool, outcome: &mut O
     };
     let mut nodes = start_cluster(temp.path(), server_count, client_count, net.as_ref());
     let servers: Vec<&Agent> = nodes[..server_count].iter().map(Node::agent).collect();
-    let leader = leader_index(&servers, &agreed_leader(&servers, FORM));
+    let leader_addr = agreed_leader(&servers, FORM);
+    let leader = leader_index(&servers, &leader_addr);
     let targets: workload::Targets = Arc::new(Mutex::new(nodes.iter().map(|n| n.agent().http).collect()));
     let stop = Arc::new(AtomicBool::new(false));
     let prefix = format!("faults/{}", scenario.name);
@@ -377,7 +387,20 @@ fn run_checked(scenario: &Scenario, seed: u64, namespaces: bool, outcome: &mut O
     if scenario.fault == Fault::FullLeaderDisk {
         outcome.fault_wrong.extend(full_disk_refuses(nodes[plan.victim].agent()));
     }
+    if scenario.fault == Fault::SlowLeaderLink {
+        outcome.fault_wrong.extend(link_is_slow(nodes[(plan.victim + 1) % server_count].agent()));
+    }
     std::thread::sleep((struck + FAULT_FOR).saturating_duration_since(Instant::now()));
+    if scenario.fault == Fault::SlowLeaderLink {
+        // Regression check "a slow link keeps its leader": nothing failed, so no election.
+        for node in &nodes[..server_count] {
+            let seen = leader_of(node.agent());
+            if seen.as_deref() != Some(leader_addr.as_str()) {
+                let why = format!("leadership moved under delay only: {} reports {seen:?}", node.agent().http);
+                outcome.fault_wrong.push(why);
+            }
+        }
+    }
     let healed = Instant::now();
     heal(&mut nodes, net.as_ref(), &disks, scenario.fault, &plan);
     if scenario.fault == Fault::FullLeaderDisk {
@@ -397,8 +420,9 @@ fn run_checked(scenario: &Scenario, seed: u64, namespaces: bool, outcome: &mut O
     outcome.lock_overlaps = overlaps.len();
     outcome.gossip_failed_seen = failed_seen.pairs.len();
     outcome.gossip_healed_after = failed_seen.last.filter(|t| *t > healed).map(|t| t - healed);
-    if scenario.fault == Fault::LossyLeaderLink {
-        outcome.gossip_wrong.extend(failed_seen.pairs.into_iter().map(|seen| format!("{seen} under loss only")));
+    if matches!(scenario.fault, Fault::LossyLeaderLink | Fault::SlowLeaderLink) {
+        let fault = if scenario.fault == Fault::LossyLeaderLink { "loss" } else { "delay" };
+        outcome.gossip_wrong.extend(failed_seen.pairs.into_iter().map(|seen| format!("{seen} under {fault} only")));
     }
 
     let history: Vec<linear::Event> = records.iter().flat_map(|r| r.history.iter().copied()).collect();
@@ -561,6 +585,25 @@ fn full_disk_refuses(agent: &Agent) -> Option<String> {
     Some(format!("a write through the server with a full disk was not refused as out of space (last: {last})"))
 }
 
+/// The delay is in effect: a write through a follower crosses the slow link at least twice
+/// (forwarded to the leader, replicated back), so it takes at least two delays.
+fn link_is_slow(follower: &Agent) -> Option<String> {
+    let started = Instant::now();
+    let answer = try_http_request(follower.http, "PUT", "/v1/kv/faults/slow-link-probe", b"x", WRITE_GAP_MAX);
+    let took = started.elapsed();
+    println!("  a write through a follower over the slow link took {} ms", took.as_millis());
+    match answer {
+        Some(r) if r.status == 200 && took >= 2 * LINK_DELAY => None,
+        Some(r) if r.status == 200 => {
+            Some(format!("the delay is not in effect: a write through a follower took {} ms", took.as_millis()))
+        }
+        other => Some(format!(
+            "a write through a follower over the slow link failed: {:?}",
+            other.map(|r| (r.status, r.text()))
+        )),
+    }
+}
+
 /// Once space is back, a write through the server that was full must succeed (no restart).
 fn takes_writes_again(agent: &Agent) -> Option<String> {
     let deadline = Instant::now() + CONVERGE;
@@ -595,6 +638,10 @@ fn strike(nodes: &mut [Node], net: Option<&Net>, disks: &[Tmpfs], fault: Fault, 
             let others: Vec<usize> = (0..nodes.len()).filter(|n| *n != plan.victim).collect();
             net().lose(plan.victim, &others, LOSS_PERCENT);
         }
+        Fault::SlowLeaderLink => {
+            let others: Vec<usize> = (0..nodes.len()).filter(|n| *n != plan.victim).collect();
+            net().delay(plan.victim, &others, LINK_DELAY);
+        }
         Fault::FullLeaderDisk => disks[plan.victim].fill(),
     }
 }
@@ -608,9 +655,10 @@ fn heal(nodes: &mut [Node], net: Option<&Net>, disks: &[Tmpfs], fault: Fault, pl
         Fault::StallLeaderDisk => {
             std::fs::remove_file(node.stall.as_ref().expect("a server")).expect("the disk recovers")
         }
-        Fault::PartitionLeaderWithMinority | Fault::SplitLeaderWithMajority | Fault::LossyLeaderLink => {
-            net.expect("namespaces").heal()
-        }
+        Fault::PartitionLeaderWithMinority
+        | Fault::SplitLeaderWithMajority
+        | Fault::LossyLeaderLink
+        | Fault::SlowLeaderLink => net.expect("namespaces").heal(),
         Fault::FullLeaderDisk => disks[plan.victim].free(),
     }
 }
