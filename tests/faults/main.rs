@@ -69,10 +69,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let namespaces = if options.loopback { Err("--loopback given".to_string()) } else { net::Net::create(1).map(drop) };
-    match &namespaces {
-        Ok(()) => println!("fault harness: each agent in its own network namespace; all fault kinds"),
-        Err(why) => println!(
+    let net = if options.loopback { Err("--loopback given".to_string()) } else { net::Net::create(1) };
+    let delay = net.as_ref().map_err(Clone::clone).and_then(net::Net::probe_delay);
+    let namespaces = net.map(drop);
+    match (&namespaces, &delay) {
+        (Ok(()), Ok(())) => println!("fault harness: each agent in its own network namespace; all fault kinds"),
+        (Ok(()), Err(why)) => println!(
+            "fault harness: each agent in its own network namespace; no delay on a link ({why}): the slow-link \
+             scenario SKIPPED"
+        ),
+        (Err(why), _) => println!(
             "fault harness: on loopback, network namespaces unavailable ({why}): SIGKILL, SIGSTOP and \
              disk faults run; partitions, lossy and slow links SKIPPED"
         ),
@@ -87,6 +93,7 @@ fn main() -> ExitCode {
         .filter(|s| match s.fault.needs() {
             scenarios::Needs::Nothing => true,
             scenarios::Needs::Namespaces => namespaces.is_ok(),
+            scenarios::Needs::Delay => delay.is_ok(),
             scenarios::Needs::Mounts => mounts.is_ok(),
         })
         .collect();

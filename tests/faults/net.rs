@@ -133,6 +133,20 @@ impl Net {
         }
     }
 
+    /// Whether [`Net::delay`] works here (iptables with the NFQUEUE target, nfnetlink_queue):
+    /// `Err` says why not.
+    pub fn probe_delay(&self) -> Result<(), String> {
+        let ns = self.namespace(0);
+        let reader = Delayer::start(&ns, 0, Duration::from_millis(1))?;
+        let rule = ["-A", "OUTPUT", "-d", "192.0.2.1", "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass"];
+        let mut args = vec!["ip", "netns", "exec", &ns, "iptables"];
+        args.extend(rule);
+        let added = run(&args);
+        let _ = run(&["ip", "netns", "exec", &ns, "iptables", "-F", "OUTPUT"]);
+        drop(reader);
+        added
+    }
+
     /// Removes every link fault.
     pub fn heal(&self) {
         self.nft("flush chain bridge faults forward").expect("remove the link faults");

@@ -85,6 +85,8 @@ pub enum Needs {
     Nothing,
     /// Network namespaces, veth, a bridge and nftables (`net.rs`).
     Namespaces,
+    /// Those, and iptables' NFQUEUE target with a reader (`delay.rs`).
+    Delay,
     /// tmpfs mounts (`disk.rs`).
     Mounts,
 }
@@ -102,10 +104,10 @@ impl Fault {
 
     pub fn needs(self) -> Needs {
         match self {
-            Fault::PartitionLeaderWithMinority
-            | Fault::SplitLeaderWithMajority
-            | Fault::LossyLeaderLink
-            | Fault::SlowLeaderLink => Needs::Namespaces,
+            Fault::PartitionLeaderWithMinority | Fault::SplitLeaderWithMajority | Fault::LossyLeaderLink => {
+                Needs::Namespaces
+            }
+            Fault::SlowLeaderLink => Needs::Delay,
             Fault::FullLeaderDisk => Needs::Mounts,
             _ => Needs::Nothing,
         }
