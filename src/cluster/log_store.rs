@@ -72,8 +72,7 @@ impl LogStore {
     /// Writes one `raft_meta` value and returns once it is durable.
     async fn put_meta<T: serde::Serialize>(&self, key: &'static [u8], value: &T) -> StorageResult<()> {
         let bytes = serde_json::to_vec(value).map_err(write_err)?;
-        let store = self.store.clone();
-        blocking(&self.store, "saving the vote", move || {
+        blocking(&self.store, "saving the vote", move |store| {
             let mut wtxn = store.env().write_txn()?;
             store.raft_meta.put(&mut wtxn, key, &bytes)?;
             store.commit_durably(wtxn)
@@ -93,8 +92,7 @@ impl LogStore {
         for entry in &entries {
             encoded.push((entry.log_id.index, serde_json::to_vec(entry).map_err(write_err)?));
         }
-        let store = self.store.clone();
-        let result = blocking(&self.store, "appending to the Raft log", move || {
+        let result = blocking(&self.store, "appending to the Raft log", move |store| {
             let mut wtxn = store.env().write_txn()?;
             for (index, bytes) in &encoded {
                 store.raft_log.put(&mut wtxn, &index.to_be_bytes(), bytes)?;
@@ -120,10 +118,10 @@ impl LogStore {
 async fn blocking<T: Send + 'static>(
     store: &Store,
     what: &'static str,
-    f: impl Fn() -> Result<T, heed::Error> + Send + 'static,
+    f: impl Fn(&Store) -> Result<T, heed::Error> + Send + 'static,
 ) -> Result<T, heed::Error> {
     let store = store.clone();
-    tokio::task::spawn_blocking(move || store.raft_write(what, f))
+    tokio::task::spawn_blocking(move || store.raft_write(what, || f(&store)))
         .await
         .unwrap_or_else(|join| Err(heed::Error::Io(std::io::Error::other(join.to_string()))))
 }
@@ -190,8 +188,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
-        let store = self.store.clone();
-        blocking(&self.store, "truncating the Raft log", move || {
+        blocking(&self.store, "truncating the Raft log", move |store| {
             let mut wtxn = store.env().write_txn()?;
             let from = log_id.index.to_be_bytes();
             store.raft_log.delete_range(&mut wtxn, &(Bound::Included(&from[..]), Bound::Unbounded))?;
@@ -205,10 +202,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
         let bytes = serde_json::to_vec(&log_id).map_err(write_err)?;
-        let store = self.store.clone();
         // `last_purged` is written in the same transaction as the deletion, so the log state
         // never claims entries that are gone or forgets ones that were purged.
-        blocking(&self.store, "purging the Raft log", move || {
+        blocking(&self.store, "purging the Raft log", move |store| {
             let mut wtxn = store.env().write_txn()?;
             let upto = log_id.index.to_be_bytes();
             store.raft_log.delete_range(&mut wtxn, &(Bound::Unbounded, Bound::Included(&upto[..])))?;

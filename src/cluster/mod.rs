@@ -366,8 +366,9 @@ impl Cluster {
     }
 
     /// Fails when this server's disk is full, or when `commands` (about `cost` bytes) would
-    /// not fit in the LMDB map beside the writes already queued. Room is counted about four times per command: log entry, state
-    /// rows, indexes, and the copy-on-write pages of the commit.
+    /// not fit in the LMDB map beside the writes already queued. Room is counted about four
+    /// times per command: log entry, state rows, indexes, and the copy-on-write pages of the
+    /// commit.
     async fn check_room(&self, commands: &[Command], cost: u64) -> Result<(), WriteError> {
         if let Some(why) = self.store.out_of_space() {
             return Err(WriteError::OutOfSpace(why));

@@ -515,3 +515,64 @@ fn txn_lock_unlock_and_check_session() {
         "rolled back"
     );
 }
+
+#[test]
+fn a_write_that_meets_a_full_disk_waits_for_space_and_says_so_meanwhile() {
+    let (_dir, store) = open();
+    let full = || heed::Error::Io(std::io::Error::from_raw_os_error(libc::ENOSPC));
+    assert!(full().is_out_of_space());
+    assert!(heed::Error::Mdb(heed::MdbError::Other(libc::EDQUOT)).is_out_of_space());
+    assert!(!heed::Error::Io(std::io::Error::from_raw_os_error(libc::EIO)).is_out_of_space());
+    assert!(!heed::Error::Mdb(heed::MdbError::MapFull).is_out_of_space());
+
+    // Fails once for want of space (seen from outside meanwhile), then succeeds: the caller
+    // gets the success, and the flag is gone.
+    let mut tries = 0;
+    let mut seen_full = None;
+    let result = store.raft_write("a test write", || {
+        tries += 1;
+        if tries == 1 {
+            return Err(full());
+        }
+        seen_full = store.out_of_space();
+        Ok(tries)
+    });
+    assert_eq!(result.expect("the retry succeeds"), 2);
+    assert!(seen_full.expect("the flag was up during the wait").contains("No space left"));
+    assert_eq!(store.out_of_space(), None);
+    assert_eq!(store.raft_writes_stuck_for(), None, "no write in flight");
+
+    // Any other error goes back to the caller at once, without the flag.
+    let mut tries = 0;
+    let other = store.raft_write("a test write", || {
+        tries += 1;
+        Err::<(), _>(heed::Error::Io(std::io::Error::from_raw_os_error(libc::EIO)))
+    });
+    assert!(other.is_err());
+    assert_eq!(tries, 1);
+    assert_eq!(store.out_of_space(), None);
+}
+
+#[test]
+fn a_raft_write_in_flight_is_timed_until_one_finishes() {
+    let (_dir, store) = open();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (finish_tx, finish_rx) = std::sync::mpsc::channel::<()>();
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            store.raft_write("a slow write", || {
+                started_tx.send(()).expect("send");
+                finish_rx.recv().expect("recv");
+                Ok::<_, heed::Error>(())
+            })
+        })
+    };
+    started_rx.recv().expect("the write started");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let stuck = store.raft_writes_stuck_for().expect("a write is in flight");
+    assert!(stuck >= std::time::Duration::from_millis(50), "{stuck:?}");
+    finish_tx.send(()).expect("send");
+    writer.join().expect("writer").expect("the write");
+    assert_eq!(store.raft_writes_stuck_for(), None);
+}

@@ -1,7 +1,8 @@
-//! The fault harness (issue 19): three servers and a client agent on this machine, a
-//! workload through all of them, one fault per scenario, then the checks — no acknowledged
-//! write lost on any server, the counter's history (default and `?consistent` reads, CAS)
-//! linearizable.
+//! The fault harness (issue 19): three servers and a client agent on this machine (five and
+//! two for the partitions), a workload through all of them, one fault per scenario, then the
+//! checks — no acknowledged write lost on any server, the counter's history (default and
+//! `?consistent` reads, CAS) linearizable, no two lock holders at once, DNS and gossip
+//! converged (`scenarios.rs` lists the scenarios and their own checks).
 //!
 //! ```sh
 //! cargo test --test faults                                 # short mode (CI): each scenario once, seed 1
@@ -11,9 +12,10 @@
 //!
 //! Each agent runs in a network namespace of its own, linked to the others through one
 //! bridge (`net.rs`), where the harness can make them (root or `CAP_NET_ADMIN`, `ip` and
-//! `nft`); then every scenario runs there, partitions and lossy links included. Where it
-//! cannot (or with `--loopback`), the agents share loopback and only the fault kinds that
-//! need no namespace run (SIGKILL, SIGSTOP, a stalled disk); the output says which and why.
+//! `nft`; `iptables` for delay, `delay.rs`); then every scenario runs there, partitions,
+//! lossy and slow links included. Where it cannot (or with `--loopback`), the agents share
+//! loopback and only the fault kinds that need no namespace run (SIGKILL, SIGSTOP, a stalled
+//! disk, and a full one where tmpfs can be mounted, `disk.rs`); the output says which and why.
 //! Every wait has a deadline; a scenario's workload runs for a fixed time.
 
 mod delay;

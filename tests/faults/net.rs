@@ -25,8 +25,10 @@ use crate::delay::Delayer;
 const PREFIX: &str = "cairn-faults-";
 
 pub struct Net {
-    /// Namespace names start with this (`cairn-faults-<pid>-`).
+    /// Namespace names start with this (`cairn-faults-<pid>-<n>-`).
     stem: String,
+    /// The host's end of the harness's link (`cf<pid>n<n>`).
+    host_link: String,
     /// The private /24: agents are .1, .2, ...; the harness's end is .254.
     subnet: [u8; 3],
     nodes: usize,
@@ -39,9 +41,19 @@ impl Net {
     /// `ip` or `nft`, a kernel without veth, bridges or nftables), leaving nothing behind.
     pub fn create(nodes: usize) -> Result<Net, String> {
         remove_stale();
+        // Numbered: a network's links die with its namespaces a little after it is dropped,
+        // so the next one must not reuse their names.
+        static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = std::process::id();
-        let subnet = free_subnet(pid)?;
-        let net = Net { stem: format!("{PREFIX}{pid}-"), subnet, nodes, delays: Mutex::default() };
+        let subnet = free_subnet(pid.wrapping_add(n))?;
+        let net = Net {
+            stem: format!("{PREFIX}{pid}-{n}-"),
+            host_link: format!("cf{pid}n{}", n % 1000),
+            subnet,
+            nodes,
+            delays: Mutex::default(),
+        };
         // On failure the half-built network is dropped here, which deletes what was made.
         net.build()?;
         Ok(net)
@@ -180,7 +192,7 @@ impl Net {
 
     /// The host's end of the harness's link: interface names are at most 15 bytes.
     fn host_link(&self) -> String {
-        format!("cf{}", std::process::id())
+        self.host_link.clone()
     }
 }
 
@@ -208,15 +220,15 @@ fn run(args: &[&str]) -> Result<(), String> {
     Err(format!("`{}` failed ({}): {}", args.join(" "), output.status, String::from_utf8_lossy(&output.stderr).trim()))
 }
 
-/// A 10.213.x.0/24 no interface of the host is on.
-fn free_subnet(pid: u32) -> Result<[u8; 3], String> {
+/// A 10.213.x.0/24 no route of the host mentions, the search starting at `start`.
+fn free_subnet(start: u32) -> Result<[u8; 3], String> {
     let routes = Command::new("ip")
         .args(["-4", "route", "show", "table", "all"])
         .output()
         .map_err(|e| format!("`ip -4 route`: cannot run ip: {e}"))?;
     let routes = String::from_utf8_lossy(&routes.stdout).into_owned();
     (0..250u32)
-        .map(|i| ((pid + i) % 250 + 1) as u8)
+        .map(|i| (start.wrapping_add(i) % 250 + 1) as u8)
         .map(|x| [10, 213, x])
         .find(|[a, b, c]| !routes.contains(&format!("{a}.{b}.{c}.")))
         .ok_or_else(|| "no free 10.213.x.0/24 subnet for the harness's network".to_string())

@@ -102,6 +102,19 @@ impl Fault {
         !matches!(self, Fault::LossyLeaderLink | Fault::SlowLeaderLink)
     }
 
+    /// Whether the leader cannot go on leading, so another is elected: the write gap is then
+    /// the failover as clients see it.
+    fn replaces_leader(self) -> bool {
+        matches!(
+            self,
+            Fault::KillLeader
+                | Fault::PauseLeader
+                | Fault::StallLeaderDisk
+                | Fault::PartitionLeaderWithMinority
+                | Fault::FullLeaderDisk
+        )
+    }
+
     pub fn needs(self) -> Needs {
         match self {
             Fault::PartitionLeaderWithMinority | Fault::SplitLeaderWithMajority | Fault::LossyLeaderLink => {
@@ -137,6 +150,7 @@ pub const ALL: [Scenario; 9] = [
 /// What a scenario found.
 pub struct Outcome {
     pub name: &'static str,
+    pub fault: Fault,
     pub seed: u64,
     pub operations: u64,
     pub acknowledged: usize,
@@ -248,12 +262,66 @@ pub fn print_summary(results: &[Outcome]) {
             if r.passed() { "pass" } else { r.error.as_deref().unwrap_or("FAIL") }
         );
     }
-    let mut gaps: Vec<Duration> = results.iter().filter(|r| r.error.is_none()).map(|r| r.write_gap).collect();
-    gaps.sort();
-    if !gaps.is_empty() {
-        let pick = |q: f64| gaps[((gaps.len() - 1) as f64 * q).round() as usize].as_millis();
-        println!("\nlongest write gap over {} scenarios: p50 {} ms, p99 {} ms", gaps.len(), pick(0.5), pick(0.99));
+
+    // By scenario, over every run (the long mode's record).
+    println!(
+        "\n| scenario | runs | passed | ops | acknowledged writes | lost | linearizable | lock holds (overlapping) | \
+         DNS wrong | gossip or fault check wrong | write gap ms, median (max) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|");
+    for scenario in ALL.iter() {
+        let runs: Vec<&Outcome> = results.iter().filter(|r| r.name == scenario.name).collect();
+        if runs.is_empty() {
+            continue;
+        }
+        let sum = |f: fn(&Outcome) -> usize| runs.iter().map(|r| f(r)).sum::<usize>();
+        let gaps = percentiles(runs.iter().filter(|r| r.error.is_none()).map(|r| r.write_gap));
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {}/{} | {} ({}) | {} | {} | {} |",
+            scenario.name,
+            runs.len(),
+            sum(|r| r.passed() as usize),
+            sum(|r| r.operations as usize),
+            sum(|r| r.acknowledged),
+            sum(|r| r.lost.len()),
+            sum(|r| r.linearizable as usize),
+            runs.len(),
+            sum(|r| r.lock_holds),
+            sum(|r| r.lock_overlaps),
+            sum(|r| r.dns_wrong.len()),
+            sum(|r| r.gossip_wrong.len() + r.fault_wrong.len()),
+            gaps.map(|(p50, _, max)| format!("{p50} ({max})")).unwrap_or_default(),
+        );
     }
+    let lost: usize = results.iter().map(|r| r.lost.len()).sum();
+    let not_linear = results.iter().filter(|r| r.error.is_none() && !r.linearizable).count();
+    println!(
+        "\n{} scenarios ({} faults injected), {} operations, {} acknowledged writes lost, {} linearizability \
+         violations, {} failed",
+        results.len(),
+        results.len(),
+        results.iter().map(|r| r.operations).sum::<u64>(),
+        lost,
+        not_linear,
+        results.iter().filter(|r| !r.passed()).count()
+    );
+    let failovers = results.iter().filter(|r| r.error.is_none() && r.fault.replaces_leader());
+    if let Some((p50, p99, _)) = percentiles(failovers.map(|r| r.write_gap)) {
+        println!(
+            "leader failover as clients see it (longest write gap after a leader fault): p50 {p50} ms, p99 {p99} ms"
+        );
+    }
+    if let Some((p50, p99, _)) = percentiles(results.iter().filter(|r| r.error.is_none()).map(|r| r.write_gap)) {
+        println!("longest write gap after any fault: p50 {p50} ms, p99 {p99} ms");
+    }
+}
+
+/// p50, p99 and the maximum of `gaps`, in milliseconds; `None` for none.
+fn percentiles(gaps: impl Iterator<Item = Duration>) -> Option<(u128, u128, u128)> {
+    let mut gaps: Vec<u128> = gaps.map(|g| g.as_millis()).collect();
+    gaps.sort();
+    let pick = |q: f64| gaps[((gaps.len() - 1) as f64 * q).round() as usize];
+    (!gaps.is_empty()).then(|| (pick(0.5), pick(0.99), pick(1.0)))
 }
 
 /// One agent of the harness's cluster, with what it takes to start it again.
@@ -324,6 +392,7 @@ fn start_cluster(dir: &Path, servers: usize, clients: usize, net: Option<&Net>) 
 pub fn run(scenario: &Scenario, seed: u64, namespaces: bool) -> Outcome {
     let mut outcome = Outcome {
         name: scenario.name,
+        fault: scenario.fault,
         seed,
         operations: 0,
         acknowledged: 0,
@@ -460,6 +529,10 @@ fn run_checked(scenario: &Scenario, seed: u64, namespaces: bool, outcome: &mut O
         }
     }
     outcome.lost = lost.into_iter().collect();
+    if scenario.fault == Fault::FullLeaderDisk {
+        let rejoin = nodes[(plan.victim + 1) % server_count].agent().gossip.to_string();
+        outcome.fault_wrong.extend(restarts_whole(&mut nodes[plan.victim], rejoin, &prefix, &wanted));
+    }
 
     // DNS on every agent, the client included, answers for exactly the nodes the catalog has.
     let registered: Vec<&String> = records.iter().flat_map(|r| &r.registered).collect();
@@ -603,6 +676,30 @@ fn link_is_slow(follower: &Agent) -> Option<String> {
             "a write through a follower over the slow link failed: {:?}",
             other.map(|r| (r.status, r.text()))
         )),
+    }
+}
+
+/// "Corrupts nothing": the server whose disk was full, killed and started again on its data
+/// dir, opens it and holds every acknowledged write in its own replica.
+fn restarts_whole(node: &mut Node, rejoin: String, prefix: &str, wanted: &BTreeSet<&str>) -> Option<String> {
+    if let Some(agent) = node.agent.as_mut() {
+        agent.kill();
+    }
+    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.start_joining(Some(rejoin))));
+    if started.is_err() {
+        return Some("the server whose disk was full did not start again on its data dir".into());
+    }
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let present = keys_on(node.agent(), prefix);
+        let missing = wanted.iter().filter(|k| !present.contains(**k)).count();
+        if missing == 0 {
+            return None;
+        }
+        if Instant::now() >= deadline {
+            return Some(format!("restarted after the full disk, it lacks {missing} acknowledged writes"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
