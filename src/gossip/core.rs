@@ -65,7 +65,14 @@ pub struct Timings {
     pub push_pull_interval: Duration,
     /// Down members are forgotten by foca after this long (`reconnect_timeout`).
     pub reconnect_timeout: Duration,
+    /// Every this long, announce to `RECONNECT_MEMBERS` members believed down: how two sides
+    /// of a healed partition find each other again (Serf's reconnect; no other traffic
+    /// crosses once each side has declared the other down).
+    pub reconnect_interval: Duration,
 }
+
+/// Members believed down that each member announces to every `reconnect_interval`.
+const RECONNECT_MEMBERS: usize = 2;
 
 impl Timings {
     /// cairn's LAN profile: memberlist's timings (probe 1 s, timeout 500 ms, 3 indirect
@@ -87,6 +94,11 @@ impl Timings {
             gossip_nodes: 3,
             push_pull_interval: Duration::from_secs(30),
             reconnect_timeout: Duration::from_secs(72 * 3600),
+            // Serf tries one failed member every 30 s, foca's LAN profile two every 65 s:
+            // after a partition heals, half a minute or more with each side listing the
+            // other failed (seen in the fault harness's split scenario). A packet to two
+            // members every 5 s costs nothing beside the probes.
+            reconnect_interval: Duration::from_secs(5),
         }
     }
 
@@ -126,6 +138,11 @@ impl Timings {
         // fallback that is never used.
         config.suspect_to_down_after = self.suspicion_bounds(members).0;
         config.remove_down_after = Some(self.reconnect_timeout);
+        config.notify_down_members = true;
+        config.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+            frequency: self.reconnect_interval,
+            num_members: NonZeroUsize::new(RECONNECT_MEMBERS).unwrap_or(NonZeroUsize::MIN),
+        });
         // Room for the envelope (1 + 12 + 8 + 16 bytes) inside a 1,400-byte datagram.
         config.max_packet_size = NonZeroUsize::new(MAX_FOCA_PACKET).unwrap_or(NonZeroUsize::MIN);
         config.periodic_gossip = Some(foca::PeriodicParams {

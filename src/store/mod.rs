@@ -185,33 +185,55 @@ const OUT_OF_SPACE_RETRY: std::time::Duration = std::time::Duration::from_secs(1
 
 /// Errors that can say the disk (or the user's quota) is full.
 pub trait OutOfSpace: std::fmt::Display {
-    fn is_out_of_space(&self) -> bool;
+    /// The OS error behind it, if any.
+    fn os_error(&self) -> Option<i32>;
+
+    /// Whether it says so outright (`ENOSPC`, `EDQUOT`).
+    fn is_out_of_space(&self) -> bool {
+        matches!(self.os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+    }
 }
 
 impl OutOfSpace for std::io::Error {
-    fn is_out_of_space(&self) -> bool {
-        matches!(self.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+    fn os_error(&self) -> Option<i32> {
+        self.raw_os_error()
     }
 }
 
 impl OutOfSpace for heed::Error {
-    fn is_out_of_space(&self) -> bool {
+    fn os_error(&self) -> Option<i32> {
         match self {
-            heed::Error::Io(e) => e.is_out_of_space(),
-            heed::Error::Mdb(heed::MdbError::Other(code)) => matches!(*code, libc::ENOSPC | libc::EDQUOT),
-            _ => false,
+            heed::Error::Io(e) => e.raw_os_error(),
+            heed::Error::Mdb(heed::MdbError::Other(code)) => Some(*code),
+            _ => None,
         }
     }
 }
 
 impl OutOfSpace for StoreError {
-    fn is_out_of_space(&self) -> bool {
+    fn os_error(&self) -> Option<i32> {
         match self {
-            StoreError::Lmdb(e) | StoreError::Open { source: e, .. } => e.is_out_of_space(),
-            StoreError::SnapshotIo(e) => e.is_out_of_space(),
-            StoreError::Corrupt { .. } | StoreError::BadSnapshot(_) => false,
+            StoreError::Lmdb(e) | StoreError::Open { source: e, .. } => e.os_error(),
+            StoreError::SnapshotIo(e) => e.raw_os_error(),
+            StoreError::Corrupt { .. } | StoreError::BadSnapshot(_) => None,
         }
     }
+}
+
+/// Below this many free bytes, an `EIO` from a write counts as a full disk: LMDB reports a
+/// short write — what a file system that fills during the write gives — as `EIO`.
+const FULL_BELOW_BYTES: u64 = 1 << 20;
+
+/// Bytes free for unprivileged writes on the file system holding `dir`, if it can be asked.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs(3) fills the zeroed struct we own from a NUL-terminated path.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
 /// Test failpoint: when this environment variable names a path, every durable commit and
@@ -362,7 +384,7 @@ impl Store {
     ) -> Result<T, E> {
         loop {
             match write() {
-                Err(e) if e.is_out_of_space() => {
+                Err(e) if self.means_full_disk(&e) => {
                     let mut full = self.out_of_space.lock().unwrap_or_else(|p| p.into_inner());
                     if full.is_none() {
                         tracing::error!(
@@ -408,6 +430,14 @@ impl Store {
     /// finishing (a stalled or full disk), if any are.
     pub fn raft_writes_stuck_for(&self) -> Option<std::time::Duration> {
         self.raft_writes.lock().unwrap_or_else(|p| p.into_inner()).since.map(|t| t.elapsed())
+    }
+
+    /// `ENOSPC`/`EDQUOT`, or `EIO` while the data dir's file system has (almost) nothing
+    /// free: any other `EIO` is a failing disk and goes back to the caller.
+    fn means_full_disk(&self, e: &impl OutOfSpace) -> bool {
+        e.is_out_of_space()
+            || (e.os_error() == Some(libc::EIO)
+                && free_bytes(self.env.path()).is_some_and(|free| free < FULL_BELOW_BYTES))
     }
 
     /// Why writes wait for disk space, while they do.

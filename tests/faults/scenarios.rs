@@ -168,8 +168,8 @@ pub struct Outcome {
     pub lock_holds: usize,
     pub lock_overlaps: usize,
     /// What gossip got wrong (must be none): a member some agent still did not see alive
-    /// `MEMBERS_CONVERGE` after the heal, or — with a lossy link only — a healthy member
-    /// some agent marked failed.
+    /// `MEMBERS_CONVERGE` after the heal, or — with a lossy or slow link only — a healthy
+    /// member some agent marked failed.
     pub gossip_wrong: Vec<String>,
     /// What the fault's own checks found wrong (must be none): e.g. a full disk's writes not
     /// refused with a clear error, or not taken again once space returned.
@@ -334,6 +334,33 @@ struct Node {
     wrapper: Vec<String>,
     /// The stall failpoint's file (servers only): while it exists, this server's disk hangs.
     stall: Option<PathBuf>,
+    /// The logs of this node's earlier runs (before a kill and restart).
+    earlier_logs: Vec<String>,
+    /// Where its log goes when the scenario fails (`Node::drop`).
+    log_file: PathBuf,
+    /// Set when the scenario failed: the log is kept.
+    keep_log: bool,
+}
+
+impl Drop for Node {
+    /// A failed scenario (a check that failed, or a panic: a wait past its deadline) keeps
+    /// every agent's whole log, earlier runs included, for the post-mortem.
+    fn drop(&mut self) {
+        if !(self.keep_log || std::thread::panicking()) {
+            return;
+        }
+        let mut log = self.earlier_logs.join("\n--- restarted ---\n");
+        if let Some(agent) = &self.agent {
+            log.push_str(&agent.log());
+        }
+        if let Some(dir) = self.log_file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        match std::fs::write(&self.log_file, log) {
+            Ok(()) => println!("  log kept: {}", self.log_file.display()),
+            Err(e) => println!("  could not keep {}: {e}", self.log_file.display()),
+        }
+    }
 }
 
 impl Node {
@@ -351,14 +378,17 @@ impl Node {
         let env: Vec<(&str, String)> = self.env.iter().map(|(k, v)| (*k, v.clone())).collect();
         let mut args = self.args.clone();
         args.extend(rejoin.into_iter().flat_map(|addr| ["-retry-join".to_string(), addr]));
+        if let Some(earlier) = self.agent.take() {
+            self.earlier_logs.push(earlier.log());
+        }
         self.agent = Some(Agent::spawn_wrapped(&self.wrapper, args, self.dir.clone(), &env, "DNS listening"));
     }
 }
 
 /// `servers` servers (s1, s2, ...), each with a stall file, and `clients` client agents
 /// (c1, ...): on loopback, or each in its own namespace of `net` (node `i` of the net is
-/// `nodes[i]`) on the default ports.
-fn start_cluster(dir: &Path, servers: usize, clients: usize, net: Option<&Net>) -> Vec<Node> {
+/// `nodes[i]`) on the default ports. A failed scenario keeps their logs in `logs`.
+fn start_cluster(dir: &Path, servers: usize, clients: usize, net: Option<&Net>, logs: &Path) -> Vec<Node> {
     let mut nodes: Vec<Node> = Vec::new();
     let mut join: Option<String> = None;
     for i in 0..servers + clients {
@@ -375,7 +405,17 @@ fn start_cluster(dir: &Path, servers: usize, clients: usize, net: Option<&Net>) 
         };
         let stall = server.then(|| dir.join(format!("stall-{name}")));
         let env = stall.iter().map(|f| ("CAIRN_TEST_STALL_SYNC_WHILE", f.display().to_string())).collect();
-        let mut node = Node { agent: None, args, dir: dir.join(&name), env, wrapper, stall };
+        let mut node = Node {
+            agent: None,
+            args,
+            dir: dir.join(&name),
+            env,
+            wrapper,
+            stall,
+            earlier_logs: Vec::new(),
+            log_file: logs.join(format!("{name}.log")),
+            keep_log: false,
+        };
         node.start();
         join.get_or_insert_with(|| node.agent().gossip.to_string());
         nodes.push(node);
@@ -439,7 +479,8 @@ fn run_checked(scenario: &Scenario, seed: u64, namespaces: bool, outcome: &mut O
             .collect(),
         _ => Vec::new(),
     };
-    let mut nodes = start_cluster(temp.path(), server_count, client_count, net.as_ref());
+    let logs = Path::new(env!("CARGO_TARGET_TMPDIR")).join("faults-logs").join(format!("{}-seed{seed}", scenario.name));
+    let mut nodes = start_cluster(temp.path(), server_count, client_count, net.as_ref(), &logs);
     let servers: Vec<&Agent> = nodes[..server_count].iter().map(Node::agent).collect();
     let leader_addr = agreed_leader(&servers, FORM);
     let leader = leader_index(&servers, &leader_addr);
@@ -565,6 +606,11 @@ fn run_checked(scenario: &Scenario, seed: u64, namespaces: bool, outcome: &mut O
         outcome.gossip_wrong.extend(not_alive.into_iter().map(|m| {
             format!("{m} not alive on {} {} s after the heal", node.agent().http, MEMBERS_CONVERGE.as_secs())
         }));
+    }
+    if !outcome.passed() {
+        for node in &mut nodes {
+            node.keep_log = true;
+        }
     }
 }
 
