@@ -264,7 +264,11 @@ fn five_servers_and_a_client_stay_linearizable_through_a_leader_kill() {
     let unknown = history.iter().filter(|e| e.end.is_none()).count();
     eprintln!("CAS history: {} operations, {cas_ok} successful CAS, {unknown} with unknown outcome", history.len());
     assert!(cas_ok >= 20, "enough CAS operations succeeded to mean something: {cas_ok}");
-    assert!(linear::linearizable(&history, 0), "the CAS history is not linearizable: {history:#?}");
+    assert!(
+        linear::linearizable(&history, 0),
+        "the CAS history is not linearizable (first stale read, if that is it: {:?}): {history:#?}",
+        linear::first_stale_read(&history)
+    );
 
     // A graceful leave takes a server out of the voters; the operator removes the dead one.
     let survivors: Vec<usize> = followers.clone();

@@ -282,11 +282,7 @@ impl Cluster {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| ClusterError::Start(e.to_string()))?);
-        let network = network::Network {
-            cluster: config.datacenter.clone(),
-            local: config.node_id,
-            call_timeout_min: Duration::from_millis(raft_config.election_timeout_max),
-        };
+        let network = network::Network { cluster: config.datacenter.clone(), local: config.node_id };
         let log_store = LogStore::new(store.clone()).map_err(|e| ClusterError::Start(e.to_string()))?;
         let replay = log_store.replay_gate();
         let raft = Raft::new(config.node_id, raft_config, network, log_store, StateMachine::new(store.clone()))
@@ -466,15 +462,19 @@ impl Cluster {
                         return Ok(());
                     }
                     // Bounded: a leader whose Raft core waits on a stalled disk answers late.
-                    let index = tokio::time::timeout_at(deadline, self.leader_read_index(false))
-                        .await
-                        .unwrap_or(Err(WriteError::NoLeader))?;
-                    return self.wait_applied(index, deadline).await;
-                }
-                match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
-                    Ok(Ok(_)) => return Ok(()),
-                    Ok(Err(e)) => tracing::debug!(error = %e, "read index failed; retrying"),
-                    Err(_) => return Err(WriteError::NoLeader),
+                    match tokio::time::timeout_at(deadline, self.leader_read_index(false)).await {
+                        Ok(Ok(index)) => return self.wait_applied(index, deadline).await,
+                        // Not (yet) a leader that can answer: asked again below.
+                        Ok(Err(WriteError::NoLeader)) => {}
+                        Ok(Err(e)) => return Err(e),
+                        Err(_) => return Err(WriteError::NoLeader),
+                    }
+                } else {
+                    match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
+                        Ok(Ok(_)) => return Ok(()),
+                        Ok(Err(e)) => tracing::debug!(error = %e, "read index failed; retrying"),
+                        Err(_) => return Err(WriteError::NoLeader),
+                    }
                 }
             } else {
                 let request = rpc::Request::ReadIndex { consistent };
@@ -510,12 +510,21 @@ impl Cluster {
             Ok(read.map_or(0, |id| id.index))
         } else {
             // The committed index, not the applied one: a write another server acknowledged
-            // after applying it may not be applied here yet.
+            // after applying it may not be applied here yet. And only once this leader has
+            // committed an entry of its own term (the one it appends on election): until
+            // then its committed index may lag what its predecessor committed and
+            // acknowledged, and a read answered at it would be stale (found by the fault
+            // harness's partition-leader-with-minority: a new leader's reads right after the
+            // election missed an increment the cut-off leader had acknowledged).
             let committed = self
                 .raft
-                .with_raft_state(|state| state.committed.map_or(0, |id| id.index))
+                .with_raft_state(|state| {
+                    let term = state.vote_ref().leader_id().get_term();
+                    state.committed.filter(|id| id.leader_id.get_term() == term).map(|id| id.index)
+                })
                 .await
-                .map_err(|e| WriteError::Stopped(e.to_string()))?;
+                .map_err(|e| WriteError::Stopped(e.to_string()))?
+                .ok_or(WriteError::NoLeader)?;
             Ok(committed.max(self.last_applied()))
         }
     }

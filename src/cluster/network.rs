@@ -17,14 +17,11 @@ use super::{NodeId, TypeConfig};
 pub struct Network {
     pub cluster: String,
     pub local: NodeId,
-    /// The shortest time a call may take (see [`PeerClient::call`]).
-    pub call_timeout_min: std::time::Duration,
 }
 
 pub struct PeerClient {
     target: NodeId,
     channel: Channel,
-    call_timeout_min: std::time::Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -32,7 +29,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
         let route = Route { cluster: self.cluster.clone(), from: self.local, to: target, addr: node.addr.clone() };
-        PeerClient { target, channel: Channel::new(route), call_timeout_min: self.call_timeout_min }
+        PeerClient { target, channel: Channel::new(route) }
     }
 }
 
@@ -41,20 +38,15 @@ impl PeerClient {
     /// other failure a `NetworkError` (retried at once).
     ///
     /// openraft bounds an append (heartbeats included) by the heartbeat interval, 100 ms at
-    /// the default timing: a link with a longer round trip, or a batch of large entries, then
-    /// never got an answer — every call timed out, the connection was reopened, and the
-    /// leader lost its quorum and its lease (found by the fault harness's slow-leader-link,
-    /// 100 ms each way). A call may take at least `call_timeout_min` (the leader lease): any
-    /// answer within it still renews the lease, and a stopped peer holds up only its own
-    /// replication stream.
+    /// the default timing, with a timeout of its own around this call: a link whose round
+    /// trip is longer cannot carry Raft (raise `performance.raft_multiplier`).
     async fn call<E: std::error::Error>(
         &mut self,
         request: Request,
         blob: &[u8],
         option: &RPCOption,
     ) -> Result<Response, RPCError<NodeId, BasicNode, E>> {
-        let timeout = option.hard_ttl().max(self.call_timeout_min);
-        match self.channel.call(&request, blob, timeout).await {
+        match self.channel.call(&request, blob, option.hard_ttl()).await {
             Ok((response, _)) => Ok(response),
             Err(e @ RpcError::Connect { .. }) => Err(RPCError::Unreachable(Unreachable::new(&e))),
             Err(e) => {

@@ -305,13 +305,19 @@ impl Channel {
         blob: &[u8],
         timeout: Duration,
     ) -> Result<(Response, Vec<u8>), RpcError> {
-        let connection = match &mut self.connection {
+        // Taken out for the call and put back only after a whole exchange. openraft bounds
+        // its calls with timeouts of its own and drops the future when one fires: a
+        // connection left in place mid-call would hand the next call the previous call's
+        // late answer (a success for entries never received — acknowledgements Raft counts
+        // towards a quorum). Found by the fault harness: a partitioned leader committed
+        // entries the new leader lacked, and two servers stopped on openraft's assertion.
+        let mut connection = match self.connection.take() {
             Some(c) => c,
-            None => self.connection.insert(Connection::open(&self.route).await?),
+            None => Connection::open(&self.route).await?,
         };
         let result = connection.call(request, blob, timeout).await;
-        if result.is_err() {
-            self.connection = None;
+        if result.is_ok() {
+            self.connection = Some(connection);
         }
         result
     }
@@ -333,6 +339,44 @@ mod tests {
         f.extend_from_slice(json);
         f.extend_from_slice(blob);
         f
+    }
+
+    /// A call dropped mid-exchange (openraft's own timeouts do that) must not leave its
+    /// late answer on the connection for the next call to take as its own.
+    #[tokio::test]
+    async fn a_dropped_call_does_not_hand_its_answer_to_the_next_one() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let server = tokio::spawn(async move {
+            let mut answered = 0u64;
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { return };
+                let Ok((Request::Hello { .. }, _)) = read_frame::<Request>(&mut stream).await else { return };
+                write_frame(&mut stream, &Response::Hello, &[]).await.expect("hello");
+                while let Ok((request, _)) = read_frame::<Request>(&mut stream).await {
+                    assert!(matches!(request, Request::ReadIndex { .. }));
+                    answered += 1;
+                    if answered == 1 {
+                        // The first answer comes late, after its caller gave up.
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    let answer = Response::ReadIndex(Ok(answered));
+                    if write_frame(&mut stream, &answer, &[]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let route = Route { cluster: "dc1".into(), from: 1, to: 2, addr };
+        let mut channel = Channel::new(route);
+        let request = Request::ReadIndex { consistent: false };
+        let first =
+            tokio::time::timeout(Duration::from_millis(100), channel.call(&request, &[], Duration::from_secs(5))).await;
+        assert!(first.is_err(), "the first call is dropped by the outer timeout");
+        tokio::time::sleep(Duration::from_millis(400)).await; // its answer has arrived by now
+        let (second, _) = channel.call(&request, &[], Duration::from_secs(5)).await.expect("second call");
+        assert!(matches!(second, Response::ReadIndex(Ok(2))), "got {second:?}: the first call's answer");
+        server.abort();
     }
 
     #[tokio::test]

@@ -46,6 +46,22 @@ pub fn linearizable(history: &[Event], initial: u64) -> bool {
     search(history, &mut done, initial, &mut seen)
 }
 
+/// The plainest violation, to print when [`linearizable`] says no: a read that returned a
+/// value some acknowledged compare-and-set had already moved past before the read began.
+pub fn first_stale_read(history: &[Event]) -> Option<(Event, Event)> {
+    let reads = history.iter().filter(|e| matches!(e.op, Op::Read { .. }));
+    reads
+        .filter_map(|read| {
+            let Op::Read { value } = read.op else { return None };
+            let newer = history.iter().find(|w| {
+                matches!(w.op, Op::Cas { to, ok: Some(true), .. } if to > value)
+                    && w.end.is_some_and(|end| end < read.start)
+            })?;
+            Some((*read, *newer))
+        })
+        .min_by_key(|(read, _)| read.start)
+}
+
 fn search(history: &[Event], done: &mut Vec<bool>, state: u64, seen: &mut HashSet<(Vec<bool>, u64)>) -> bool {
     // Every operation with a known end is placed; unknown ones may simply never happen.
     if history.iter().zip(done.iter()).all(|(e, d)| *d || e.end.is_none()) {
