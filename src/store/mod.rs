@@ -412,18 +412,24 @@ impl Store {
     /// [`Store::write_when_space`] for the Raft log and the state machine, counted so that
     /// [`Store::raft_writes_stuck_for`] can tell a disk that stopped answering.
     pub fn raft_write<T, E: OutOfSpace>(&self, what: &str, write: impl FnMut() -> Result<T, E>) -> Result<T, E> {
-        let lock = || self.raft_writes.lock().unwrap_or_else(|p| p.into_inner());
+        /// Counts the write out however it ends, a panic included (else the server would
+        /// look stalled for good).
+        struct InFlight<'a>(&'a std::sync::Mutex<WritesInFlight>);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                let mut writes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+                writes.count -= 1;
+                // One finished: the disk moves. The others are timed from now.
+                writes.since = (writes.count > 0).then(std::time::Instant::now);
+            }
+        }
         {
-            let mut writes = lock();
+            let mut writes = self.raft_writes.lock().unwrap_or_else(|p| p.into_inner());
             writes.count += 1;
             writes.since.get_or_insert_with(std::time::Instant::now);
         }
-        let result = self.write_when_space(what, write);
-        let mut writes = lock();
-        writes.count -= 1;
-        // One finished: the disk moves. The others are timed from now.
-        writes.since = (writes.count > 0).then(std::time::Instant::now);
-        result
+        let _in_flight = InFlight(&self.raft_writes);
+        self.write_when_space(what, write)
     }
 
     /// How long Raft log and state-machine writes have been in progress without one
