@@ -27,7 +27,8 @@ const PREFIX: &str = "cairn-faults-";
 pub struct Net {
     /// Namespace names start with this (`cairn-faults-<pid>-<n>-`).
     stem: String,
-    /// The host's end of the harness's link (`cf<pid>n<n>`).
+    /// The host's end of the harness's link (`cf<pid>n<n>`: interface names are at most 15
+    /// bytes).
     host_link: String,
     /// The private /24: agents are .1, .2, ...; the harness's end is .254.
     subnet: [u8; 3],
@@ -75,10 +76,10 @@ impl Net {
             run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
         }
         // The harness's own link, from the host's namespace.
-        let host_end = self.host_link();
-        run(&["ip", "link", "add", &host_end, "type", "veth", "peer", "name", "harness", "netns", &hub])?;
-        run(&["ip", "addr", "add", &format!("{}/24", self.harness_addr()), "dev", &host_end])?;
-        run(&["ip", "link", "set", &host_end, "up"])?;
+        let host_end = &self.host_link;
+        run(&["ip", "link", "add", host_end, "type", "veth", "peer", "name", "harness", "netns", &hub])?;
+        run(&["ip", "addr", "add", &format!("{}/24", self.harness_addr()), "dev", host_end])?;
+        run(&["ip", "link", "set", host_end, "up"])?;
         run(&["ip", "-n", &hub, "link", "set", "harness", "master", "br0", "up"])?;
         self.nft("add table bridge faults")?;
         self.nft("add chain bridge faults forward { type filter hook forward priority 0 ; policy accept ; }")?;
@@ -189,11 +190,6 @@ impl Net {
     fn namespace(&self, node: usize) -> String {
         format!("{}{node}", self.stem)
     }
-
-    /// The host's end of the harness's link: interface names are at most 15 bytes.
-    fn host_link(&self) -> String {
-        self.host_link.clone()
-    }
 }
 
 impl Drop for Net {
@@ -204,7 +200,7 @@ impl Drop for Net {
         }
         let _ = run(&["ip", "netns", "del", &self.hub()]);
         // Deleting the hub deletes the harness link's peer and so the link, but not at once.
-        let _ = run(&["ip", "link", "del", &self.host_link()]);
+        let _ = run(&["ip", "link", "del", &self.host_link]);
     }
 }
 

@@ -12,7 +12,7 @@ use hickory_proto::rr::RecordType;
 use crate::disk::Tmpfs;
 use crate::net::Net;
 use crate::support::cluster::{agent_args, agent_args_listening, agreed_leader, leader_index, leader_of, FORM};
-use crate::support::{try_http_request, Agent};
+use crate::support::{try_http_request, Agent, Response};
 use crate::{linear, workload};
 
 /// Workers writing at once through each agent.
@@ -704,18 +704,33 @@ fn wrong_dns_answers(agent: &Agent, expect: &[(&String, bool)]) -> Vec<String> {
 /// first write that meets the full disk may hang until it is answered as unknown, so each
 /// try waits only a second.
 fn full_disk_refuses(agent: &Agent) -> Option<String> {
-    let deadline = Instant::now() + WRITE_GAP_MAX;
     let value = vec![b'x'; 256 << 10];
+    let refused = |r: &Response| r.status == 500 && r.text().contains("out of space");
+    let last = put_until(agent, &value, Duration::from_secs(1), WRITE_GAP_MAX, refused)?;
+    Some(format!("a write through the server with a full disk was not refused as out of space (last: {last})"))
+}
+
+/// PUTs `value` to the full-disk probe key through `agent`, each try waiting up to
+/// `per_try`, until an answer passes `wanted` (`None`) or `within` has passed (`Some`: the
+/// last answer, or "no answer").
+fn put_until(
+    agent: &Agent,
+    value: &[u8],
+    per_try: Duration,
+    within: Duration,
+    wanted: impl Fn(&Response) -> bool,
+) -> Option<String> {
+    let deadline = Instant::now() + within;
     let mut last = String::from("no answer");
     while Instant::now() < deadline {
-        match try_http_request(agent.http, "PUT", "/v1/kv/faults/full-disk-probe", &value, Duration::from_secs(1)) {
-            Some(r) if r.status == 500 && r.text().contains("out of space") => return None,
+        match try_http_request(agent.http, "PUT", "/v1/kv/faults/full-disk-probe", value, per_try) {
+            Some(r) if wanted(&r) => return None,
             Some(r) => last = format!("{} {}", r.status, r.text().trim()),
             None => last = String::from("no answer"),
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Some(format!("a write through the server with a full disk was not refused as out of space (last: {last})"))
+    Some(last)
 }
 
 /// The delay is in effect: a write through a follower crosses the slow link at least four
@@ -764,16 +779,8 @@ fn restarts_whole(node: &mut Node, rejoin: String, prefix: &str, wanted: &BTreeS
 
 /// Once space is back, a write through the server that was full must succeed (no restart).
 fn takes_writes_again(agent: &Agent) -> Option<String> {
-    let deadline = Instant::now() + CONVERGE;
-    let mut last = String::from("no answer");
-    while Instant::now() < deadline {
-        match try_http_request(agent.http, "PUT", "/v1/kv/faults/full-disk-probe", b"y", WRITE_GAP_MAX) {
-            Some(r) if r.status == 200 && r.body == b"true" => return None,
-            Some(r) => last = format!("{} {}", r.status, r.text().trim()),
-            None => last = String::from("no answer"),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let taken = |r: &Response| r.status == 200 && r.body == b"true";
+    let last = put_until(agent, b"y", WRITE_GAP_MAX, CONVERGE, taken)?;
     Some(format!(
         "the server whose disk was full took no write {} s after space returned (last: {last})",
         CONVERGE.as_secs()
