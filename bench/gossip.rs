@@ -123,6 +123,8 @@ fn spawn(cairn: &Path, dir: &Path, name: &str, server: bool, join: Option<Socket
         "0",
         "-serf-lan-port",
         "0",
+        "-serf-wan-port",
+        "0",
         "-server-port",
         "0",
         "-bind",

@@ -221,6 +221,8 @@ pub fn cairn_server_args(data_dir: &Path, http_port: u16, config: Option<&Path>)
         "1",
         "-serf-lan-port",
         "0",
+        "-serf-wan-port",
+        "0",
         "-server-port",
         "0",
         "-bind",
@@ -240,7 +242,8 @@ pub fn cairn_server_args(data_dir: &Path, http_port: u16, config: Option<&Path>)
 
 /// Starts `cairn agent -dev -http-port 0` and waits until it takes writes.
 pub async fn start_cairn_dev(bins: &Binaries) -> Result<Running> {
-    let args = ["agent", "-dev", "-http-port", "0", "-serf-lan-port", "0", "-server-port", "0"].map(String::from);
+    let args = ["agent", "-dev", "-http-port", "0", "-serf-lan-port", "0", "-serf-wan-port", "0", "-server-port", "0"]
+        .map(String::from);
     let mut server = Server::spawn("cairn", &bins.cairn, &args)?;
     let http = wait_cairn_ready(&mut server).await?;
     Ok(Running { server, http, _dir: None })

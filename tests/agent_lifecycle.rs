@@ -133,10 +133,7 @@ fn sigterm_answers_blocking_queries_at_once_and_exits_zero() {
 #[test]
 fn dev_mode_uses_a_temporary_data_dir_removed_on_exit() {
     let mut agent = Agent::spawn(
-        ["agent", "-dev", "-http-port", "0", "-dns-port", "0", "-serf-lan-port", "0", "-server-port", "0"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        ["agent", "-dev"].iter().chain(support::LOOPBACK_FLAGS.iter()).map(|s| s.to_string()).collect(),
         "".into(),
     );
     let log = agent.log();
@@ -314,9 +311,7 @@ fn readiness_and_stopping_reach_the_service_manager() {
     let manager = UnixDatagram::bind(&socket_path).expect("bind notify socket");
     manager.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
     let args: Vec<String> =
-        ["agent", "-dev", "-http-port", "0", "-dns-port", "0", "-serf-lan-port", "0", "-server-port", "0"]
-            .map(String::from)
-            .to_vec();
+        ["agent", "-dev"].iter().chain(support::LOOPBACK_FLAGS.iter()).map(|s| s.to_string()).collect();
     let env = [("NOTIFY_SOCKET", socket_path.display().to_string())];
     let mut agent = Agent::spawn_with_env(args, temp.path().join("unused"), &env);
     let mut buf = [0u8; 512];
@@ -343,19 +338,8 @@ fn log_json_writes_one_json_object_per_line() {
     }
     let mut child = Reaped(
         std::process::Command::new(support::cairn_bin())
-            .args([
-                "agent",
-                "-dev",
-                "-log-json",
-                "-http-port",
-                "0",
-                "-dns-port",
-                "0",
-                "-serf-lan-port",
-                "0",
-                "-server-port",
-                "0",
-            ])
+            .args(["agent", "-dev", "-log-json"])
+            .args(support::LOOPBACK_FLAGS)
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("spawn"),

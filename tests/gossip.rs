@@ -186,8 +186,14 @@ fn members_fail_leave_and_rejoin_through_gossip() {
 
     // Key rotation across the pool: install, use, remove; the pool keeps working throughout.
     let alive = statuses(&server).values().filter(|s| **s == 1).count() as u64;
-    let keyring = |agent: &Agent| agent.get("/v1/operator/keyring").json()[0].clone();
+    let pool = |agent: &Agent, wan: bool| {
+        let answer = agent.get("/v1/operator/keyring").json();
+        answer.as_array().and_then(|pools| pools.iter().find(|p| p["WAN"] == wan).cloned()).unwrap_or(answer)
+    };
+    let keyring = |agent: &Agent| pool(agent, false);
     assert_eq!(keyring(&server)["Keys"][KEY], alive);
+    // A server also holds the WAN pool's keyring (here: itself alone), rotated with the LAN's.
+    assert_eq!(pool(&server, true)["Keys"], json!({KEY: 1}));
     let body = json!({"Key": NEW_KEY}).to_string();
     assert_eq!(server.request("POST", "/v1/operator/keyring", body.as_bytes()).status, 200);
     let seen = keyring(&clients[1]);
@@ -205,6 +211,7 @@ fn members_fail_leave_and_rejoin_through_gossip() {
     let r = server.request("DELETE", "/v1/operator/keyring", json!({"Key": KEY}).to_string().as_bytes());
     assert_eq!(r.status, 200, "{}", r.text());
     let ring = keyring(&clients[2]);
+    assert_eq!(pool(&server, true)["Keys"], json!({NEW_KEY: 1}), "the WAN keyring rotated too");
     assert_eq!(ring["Keys"], json!({NEW_KEY: alive}));
     assert_eq!(ring["PrimaryKeys"], json!({NEW_KEY: alive}));
     let watch_until = Instant::now() + Duration::from_secs(4);

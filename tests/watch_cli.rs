@@ -20,7 +20,10 @@ fn free_port() -> u16 {
 fn start_on(data: &std::path::Path, port: &str) -> Agent {
     let flags = ["agent", "-server", "-bootstrap-expect", "1", "-node", "test-node", "-http-port", port];
     let mut args: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
-    args.extend(["-dns-port", "0", "-serf-lan-port", "0", "-server-port", "0", "-bind", "127.0.0.1"].map(String::from));
+    args.extend(
+        ["-dns-port", "0", "-serf-lan-port", "0", "-serf-wan-port", "0", "-server-port", "0", "-bind", "127.0.0.1"]
+            .map(String::from),
+    );
     args.extend(["-data-dir".to_string(), data.display().to_string()]);
     Agent::spawn(args, data.to_path_buf())
 }

@@ -22,6 +22,6 @@ impl ClientAnswers for ServerAnswers {
     fn dns(&self, packet: Vec<u8>, tcp: bool) -> BoxFuture<'static, Vec<u8>> {
         let dns = Arc::clone(&self.dns);
         let transport = if tcp { Transport::Tcp } else { Transport::Udp };
-        Box::pin(async move { dns.reply_for_client(&packet, transport) })
+        Box::pin(async move { dns.reply_for_client(&packet, transport).await })
     }
 }

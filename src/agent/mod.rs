@@ -63,6 +63,8 @@ pub enum AgentError {
     Gossip(#[from] crate::gossip::GossipError),
     #[error("could not join the gossip pool (-join / start_join): {0}")]
     Join(String),
+    #[error("could not join the WAN gossip pool (-join-wan / start_join_wan): {0}")]
+    JoinWan(String),
     #[error("Raft stopped: {0}")]
     RaftStopped(String),
 }
@@ -133,12 +135,25 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     let (user_events, received_events) = tokio::sync::mpsc::channel(events::EVENTS_QUEUED_MAX);
     let gossip = start_gossip(
         &config,
+        Pool::Lan,
         GossipSetup { advertise_ip, server_port, node_id: &node_id, user_events },
         shutdown.clone(),
         &tasks,
     )
     .await?;
+    // Servers also gossip with the servers of other datacenters. User events stay in their
+    // datacenter: the WAN pool's go nowhere.
+    let wan = match (config.server, config.ports.serf_wan) {
+        (true, Some(_)) => {
+            let (user_events, _) = tokio::sync::mpsc::channel(1);
+            let setup = GossipSetup { advertise_ip, server_port, node_id: &node_id, user_events };
+            Some(start_gossip(&config, Pool::Wan, setup, shutdown.clone(), &tasks).await?)
+        }
+        _ => None,
+    };
     let known_servers = servers::watch_servers(&gossip, config.datacenter.clone(), shutdown.clone(), &tasks);
+    let remote_servers =
+        servers::watch_remote_servers(wan.as_ref(), config.datacenter.clone(), shutdown.clone(), &tasks);
     let cluster = Cluster::start(
         store.clone(),
         ClusterConfig {
@@ -152,6 +167,7 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
         },
         rpc_listener,
         known_servers,
+        remote_servers,
         shutdown.clone(),
         &tasks,
     )
@@ -198,6 +214,7 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
         limits: config.limits.clone(),
         shutdown: shutdown.clone(),
         gossip: gossip.clone(),
+        wan: wan.clone(),
         events: Arc::clone(&event_log),
         log_tap: Arc::clone(&options.log_tap),
         script_checks_via_api: config.enable_script_checks,
@@ -236,6 +253,15 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     if !config.retry_join.is_empty() {
         tasks.spawn(gossip.clone().retry_join(config.retry_join.clone(), shutdown.clone()));
     }
+    if let Some(wan) = &wan {
+        if !config.start_join_wan.is_empty() {
+            let joined = wan.join(&config.start_join_wan).await.map_err(|e| AgentError::JoinWan(e.to_string()))?;
+            tracing::info!(joined, "joined the WAN gossip pool");
+        }
+        if !config.retry_join_wan.is_empty() {
+            tasks.spawn(wan.clone().retry_join(config.retry_join_wan.clone(), shutdown.clone()));
+        }
+    }
     let leave_on_terminate = config.leave_on_terminate.unwrap_or(!config.server);
     tasks.spawn(remove_stale_staged_archives(cluster.clone(), store.clone(), shutdown.clone()));
     tasks.spawn(memory::trim_periodically(shutdown.clone()));
@@ -255,6 +281,9 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
                 Ok(Err(e)) => tracing::warn!(error = %e, "leaving: could not hand over leadership"),
                 Err(_) => tracing::warn!("leaving: leadership handover timed out"),
             }
+        }
+        if let Some(wan) = &wan {
+            wan.leave().await;
         }
         gossip.leave().await;
     }
@@ -281,16 +310,59 @@ struct GossipSetup<'a> {
     user_events: tokio::sync::mpsc::Sender<crate::gossip::event::UserEvent>,
 }
 
-/// Starts LAN gossip on `bind_addr:serf_lan`, advertising `advertise_ip`.
+/// The two gossip pools: every agent of the datacenter (LAN), and the servers of every
+/// datacenter (WAN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pool {
+    Lan,
+    Wan,
+}
+
+/// Starts gossip in `pool`: LAN on `bind_addr:serf_lan` as the node name, WAN on
+/// `bind_addr:serf_wan` as `node.dc` (Consul's WAN member names), advertising
+/// `advertise_addr_wan` if set. Each pool keeps its own keyring file.
 async fn start_gossip(
     config: &Config,
+    pool: Pool,
     setup: GossipSetup<'_>,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) -> Result<crate::gossip::Gossip, AgentError> {
     let GossipSetup { advertise_ip, server_port, node_id, user_events } = setup;
     use crate::gossip::{Gossip, GossipConfig, GossipKey, IdentityFields, Role, Timings};
-    let g = &config.gossip_lan;
+    let (g, base, port, name, advertise_ip, keyring_dir) = match pool {
+        Pool::Lan => (
+            &config.gossip_lan,
+            Timings::lan(),
+            config.ports.serf_lan,
+            config.node_name.clone(),
+            advertise_ip,
+            config.data_dir.clone(),
+        ),
+        Pool::Wan => {
+            let keyring_dir = match &config.data_dir {
+                Some(dir) => {
+                    let dir = dir.join("wan");
+                    std::fs::create_dir_all(&dir).map_err(|e| {
+                        AgentError::Unsupported(format!(
+                            "cannot create the WAN keyring directory {}: {e}",
+                            dir.display()
+                        ))
+                    })?;
+                    Some(dir)
+                }
+                None => None,
+            };
+            (
+                &config.gossip_wan,
+                Timings::wan(),
+                config.ports.serf_wan.unwrap_or_default(),
+                format!("{}.{}", config.node_name, config.datacenter),
+                config.advertise_addr_wan.unwrap_or(advertise_ip),
+                keyring_dir,
+            )
+        }
+    };
     let timings = Timings {
         probe_interval: g.probe_interval,
         probe_timeout: g.probe_timeout,
@@ -298,15 +370,15 @@ async fn start_gossip(
         gossip_interval: g.gossip_interval,
         gossip_nodes: g.gossip_nodes as usize,
         reconnect_timeout: config.reconnect_timeout,
-        ..Timings::lan()
+        ..base
     };
     // Validated when the config loaded.
     let keys: Vec<GossipKey> = config.encrypt.iter().filter_map(|k| GossipKey::from_base64(k).ok()).collect();
     let gossip_config = GossipConfig {
-        bind: SocketAddr::new(config.bind_addr, config.ports.serf_lan),
+        bind: SocketAddr::new(config.bind_addr, port),
         advertise_ip,
         identity: IdentityFields {
-            name: config.node_name.clone(),
+            name,
             role: if config.server { Role::Server } else { Role::Client },
             datacenter: config.datacenter.clone(),
             server_port: if config.server { server_port } else { 0 },
@@ -314,8 +386,9 @@ async fn start_gossip(
         },
         timings,
         keys,
-        keyring_dir: config.data_dir.clone(),
+        keyring_dir,
         user_events,
+        default_port: if pool == Pool::Lan { 8301 } else { 8302 },
     };
     Ok(Gossip::start(gossip_config, shutdown, tasks).await?)
 }

@@ -70,7 +70,8 @@ pub struct MembersFlags {
     /// Show every tag of each member instead of the summary columns.
     #[arg(long)]
     pub detailed: bool,
-    /// List the WAN pool (empty until cairn federates datacenters).
+    /// List the WAN pool: the servers of every datacenter, named `node.dc` (empty on a
+    /// client agent).
     #[arg(long)]
     pub wan: bool,
 }
@@ -126,6 +127,10 @@ pub fn members(flags: &MembersFlags) -> Result<(), CliError> {
 pub struct JoinFlags {
     #[command(flatten)]
     pub client: ClientFlags,
+    /// Join the WAN pool through a server of another datacenter (the agent must be a
+    /// server); the default port is then 8302.
+    #[arg(long)]
+    pub wan: bool,
     /// Gossip address of a member (host or host:port; default port 8301).
     #[arg(required = true, value_name = "ADDR")]
     pub addrs: Vec<String>,
@@ -135,7 +140,8 @@ pub fn join(flags: &JoinFlags) -> Result<(), CliError> {
     let client = Client::new(&flags.client)?;
     let mut joined = 0;
     for addr in &flags.addrs {
-        match client.put(&format!("/v1/agent/join/{addr}"), None) {
+        let wan = if flags.wan { "?wan=1" } else { "" };
+        match client.put(&format!("/v1/agent/join/{addr}{wan}"), None) {
             Ok(_) => joined += 1,
             Err(e) => eprintln!("cairn: join {addr}: {e}"),
         }
@@ -155,12 +161,18 @@ pub struct ForceLeaveFlags {
     /// Also remove the member from the member list at once.
     #[arg(long)]
     pub prune: bool,
+    /// A member of the WAN pool (`node.dc`).
+    #[arg(long)]
+    pub wan: bool,
     #[arg(value_name = "NODE")]
     pub node: String,
 }
 
 pub fn force_leave(flags: &ForceLeaveFlags) -> Result<(), CliError> {
-    let path = format!("/v1/agent/force-leave/{}{}", flags.node, if flags.prune { "?prune=1" } else { "" });
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([("prune", flags.prune), ("wan", flags.wan)].iter().filter(|(_, on)| *on).map(|(k, _)| (*k, "1")))
+        .finish();
+    let path = format!("/v1/agent/force-leave/{}?{query}", super::encode_path(&flags.node));
     Client::new(&flags.client)?.put(&path, None)?;
     Ok(())
 }
@@ -195,7 +207,8 @@ pub fn keyring(flags: &KeyringFlags) -> Result<(), CliError> {
             println!("==> Gathering installed encryption keys...");
             for ring in rings.as_array().into_iter().flatten() {
                 let nodes = ring["NumNodes"].as_u64().unwrap_or(0);
-                println!("\n{} (LAN):", ring["Datacenter"].as_str().unwrap_or(""));
+                let pool = if ring["WAN"] == true { "WAN" } else { "LAN" };
+                println!("\n{} ({pool}):", ring["Datacenter"].as_str().unwrap_or(""));
                 for (key, count) in ring["Keys"].as_object().into_iter().flatten() {
                     let primary = ring["PrimaryKeys"].get(key).is_some_and(|c| c == count);
                     let mark = if primary { "  [primary]" } else { "" };

@@ -108,6 +108,7 @@ async fn ask_initialized(cluster: &Cluster, server: &KnownServer) -> Result<bool
         from: cluster.config.node_id,
         to: server.id,
         addr: server.addr.clone(),
+        remote: None,
     };
     let mut connection = Connection::open(&route).await?;
     match connection.call(&Request::Status, &[], super::rpc::CONNECT_TIMEOUT).await? {

@@ -13,6 +13,7 @@
 #![allow(clippy::result_large_err)]
 
 mod client;
+mod federation;
 mod log_store;
 mod membership;
 mod network;
@@ -38,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use client::ClientAnswers;
+pub use federation::RemoteServers;
 pub use log_store::LogStore;
 pub use membership::{KnownServer, ServerStatus};
 pub use operator::ServerHealth;
@@ -154,6 +156,10 @@ pub enum WriteError {
     Unsupported(String),
     #[error("too many requests forwarded to servers at once ({0}); try again")]
     ForwardsFull(usize),
+    /// Another datacenter that no server of is known alive, or none of whose servers could
+    /// be reached (Consul's words).
+    #[error("No path to datacenter")]
+    NoPathToDatacenter,
 }
 
 /// A write's share of [`Cluster::queued_bytes`], given back when dropped.
@@ -212,6 +218,8 @@ pub struct Cluster {
     session_timers: Arc<session_ttl::SessionTimers>,
     /// Holds local reads after a restart until the log is applied again.
     replay: Arc<replay::ReplayGate>,
+    /// The servers of other datacenters, and how far each is.
+    federation: Arc<federation::Federation>,
 }
 
 /// When a quorum last acknowledged this server as leader, as its metrics report: updated on
@@ -261,6 +269,7 @@ impl Cluster {
         config: ClusterConfig,
         rpc: Option<TcpListener>,
         servers: watch::Receiver<Arc<Vec<KnownServer>>>,
+        remote_servers: watch::Receiver<RemoteServers>,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<Cluster, ClusterError> {
@@ -317,6 +326,7 @@ impl Cluster {
             lease: Duration::from_millis(8 * unit),
             session_timers: Arc::default(),
             replay,
+            federation: Arc::new(federation::Federation::new(remote_servers)),
         };
         cluster.replay.log_if_waiting(cluster.last_applied());
         tasks.spawn(Arc::clone(&cluster.quorum).track(cluster.raft.metrics(), shutdown.clone()));
@@ -328,6 +338,7 @@ impl Cluster {
             // takes longer than that for one write is slower than an election.
             let stall = Duration::from_millis(10 * unit);
             tasks.spawn(step_aside_while_disk_fails(cluster.clone(), stall, shutdown.clone()));
+            tasks.spawn(federation::measure_round_trips(cluster.clone(), shutdown.clone()));
         }
         if let Some(listener) = rpc {
             tasks.spawn(serve::serve(listener, cluster.clone(), shutdown, tasks.clone()));
@@ -582,6 +593,19 @@ impl Cluster {
         blob: &[u8],
         deadline: Instant,
     ) -> Result<(rpc::Response, Vec<u8>), rpc::RpcError> {
+        self.call_server_in(None, id, addr, request, blob, deadline).await
+    }
+
+    /// [`Cluster::call_server`] to a server of `remote`, another datacenter, when given.
+    async fn call_server_in(
+        &self,
+        remote: Option<&str>,
+        id: NodeId,
+        addr: &str,
+        request: &rpc::Request,
+        blob: &[u8],
+        deadline: Instant,
+    ) -> Result<(rpc::Response, Vec<u8>), rpc::RpcError> {
         let idle = {
             let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             pool.retain(|(_, used, _)| used.elapsed() < POOLED_IDLE_MAX);
@@ -595,6 +619,7 @@ impl Cluster {
                     from: self.config.node_id,
                     to: id,
                     addr: addr.to_string(),
+                    remote: remote.map(str::to_string),
                 };
                 rpc::Connection::open(&route).await?
             }

@@ -28,7 +28,13 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        let route = Route { cluster: self.cluster.clone(), from: self.local, to: target, addr: node.addr.clone() };
+        let route = Route {
+            cluster: self.cluster.clone(),
+            from: self.local,
+            to: target,
+            addr: node.addr.clone(),
+            remote: None,
+        };
         PeerClient { target, channel: Channel::new(route) }
     }
 }

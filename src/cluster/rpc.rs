@@ -81,6 +81,22 @@ pub enum Request {
     RenewSession {
         id: String,
     },
+    /// First frame of a connection from a server of another datacenter (`from_datacenter`)
+    /// to server `to` of `datacenter`. Only [`Request::Http`], [`Request::Dns`] and
+    /// [`Request::Status`] are answered on it: nothing crosses datacenters into Raft.
+    HelloWan {
+        from_datacenter: String,
+        datacenter: String,
+        from: NodeId,
+        to: NodeId,
+    },
+}
+
+impl Request {
+    /// Whether a server of another datacenter may send this (see [`Request::HelloWan`]).
+    pub fn crosses_datacenters(&self) -> bool {
+        matches!(self, Request::Http(_) | Request::Dns { .. } | Request::Status)
+    }
 }
 
 /// An HTTP request as a client agent received it, minus its body.
@@ -234,10 +250,13 @@ pub async fn write_frame(
 /// Who a connection is from and for, sent in its hello.
 #[derive(Debug, Clone)]
 pub struct Route {
+    /// The caller's datacenter.
     pub cluster: String,
     pub from: NodeId,
     pub to: NodeId,
     pub addr: String,
+    /// The target's datacenter when it is another one (a WAN call, [`Request::HelloWan`]).
+    pub remote: Option<String>,
 }
 
 /// One open connection to a server, past its hello. Calls on it are sequential.
@@ -255,7 +274,15 @@ impl Connection {
             .map_err(|e| connect_error(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         let mut connection = Connection { stream };
-        let hello = Request::Hello { cluster: route.cluster.clone(), from: route.from, to: route.to };
+        let hello = match &route.remote {
+            None => Request::Hello { cluster: route.cluster.clone(), from: route.from, to: route.to },
+            Some(datacenter) => Request::HelloWan {
+                from_datacenter: route.cluster.clone(),
+                datacenter: datacenter.clone(),
+                from: route.from,
+                to: route.to,
+            },
+        };
         match connection.call(&hello, &[], CONNECT_TIMEOUT).await.map_err(|e| connect_error(e.to_string()))? {
             (Response::Hello, _) => Ok(connection),
             (Response::Refused(why), _) => Err(RpcError::Refused(why)),
@@ -367,7 +394,7 @@ mod tests {
                 }
             }
         });
-        let route = Route { cluster: "dc1".into(), from: 1, to: 2, addr };
+        let route = Route { cluster: "dc1".into(), from: 1, to: 2, addr, remote: None };
         let mut channel = Channel::new(route);
         let request = Request::ReadIndex { consistent: false };
         let first =

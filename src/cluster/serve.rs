@@ -106,9 +106,10 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, cluster: Clus
         Ok(Err(e)) => return refuse(&mut stream, peer, &format!("bad first frame: {e}")).await,
         Err(_) => return tracing::debug!(%peer, "server RPC connection sent no hello; closed"),
     };
-    if let Err(why) = check_hello(&cluster, &hello) {
-        return refuse(&mut stream, peer, &why).await;
-    }
+    let from_datacenter = match check_hello(&cluster, &hello) {
+        Ok(from) => from,
+        Err(why) => return refuse(&mut stream, peer, &why).await,
+    };
     if write_frame(&mut stream, &Response::Hello, &[]).await.is_err() {
         return;
     }
@@ -122,6 +123,10 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, cluster: Clus
             Ok(Ok(frame)) => frame,
             Ok(Err(e)) => return refuse(&mut stream, peer, &e.to_string()).await,
         };
+        if let Some(dc) = from_datacenter.as_deref().filter(|_| !request.crosses_datacenters()) {
+            let why = format!("a server of datacenter {dc:?} may not send this request across datacenters");
+            return refuse(&mut stream, peer, &why).await;
+        }
         let (response, blob) = answer(&cluster, request, blob).await;
         if let Err(e) = write_frame(&mut stream, &response, &blob).await {
             tracing::debug!(%peer, error = %e, "server RPC answer not sent");
@@ -130,20 +135,29 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, cluster: Clus
     }
 }
 
-/// Accepts a hello meant for this server in this cluster; anything else is a misrouted or
-/// foreign connection.
-fn check_hello(cluster: &Cluster, hello: &Request) -> Result<(), String> {
-    let Request::Hello { cluster: theirs, from, to } = hello else {
-        return Err("the first frame is not a hello".into());
-    };
+/// Accepts a hello meant for this server: from this datacenter (`Ok(None)`), or from a
+/// server of another one (`Ok(Some(its datacenter))`, a WAN connection); anything else is
+/// a misrouted or foreign connection.
+fn check_hello(cluster: &Cluster, hello: &Request) -> Result<Option<String>, String> {
     let ours = &cluster.config.datacenter;
-    if theirs != ours {
-        return Err(format!("server {from} is in cluster {theirs:?}; this server is in {ours:?}"));
+    let (theirs, for_datacenter, from, to) = match hello {
+        Request::Hello { cluster: theirs, from, to } => (theirs, theirs, from, to),
+        Request::HelloWan { from_datacenter, datacenter, from, to } => (from_datacenter, datacenter, from, to),
+        _ => return Err("the first frame is not a hello".into()),
+    };
+    if for_datacenter != ours {
+        return Err(if theirs == for_datacenter {
+            format!("server {from} is in cluster {theirs:?}; this server is in {ours:?}")
+        } else {
+            format!(
+                "server {from} of {theirs:?} meant this for datacenter {for_datacenter:?}; this server is in {ours:?}"
+            )
+        });
     }
     if *to != cluster.config.node_id {
         return Err(format!("meant for server {to}; this is server {}", cluster.config.node_id));
     }
-    Ok(())
+    Ok((theirs != ours).then(|| theirs.clone()))
 }
 
 /// Logs why a peer is refused, tells it, and lets the connection close.
@@ -156,7 +170,7 @@ async fn refuse(stream: &mut TcpStream, peer: SocketAddr, why: &str) {
 async fn answer(cluster: &Cluster, request: Request, blob: Vec<u8>) -> (Response, Vec<u8>) {
     let raft = &cluster.raft;
     let response = match request {
-        Request::Hello { .. } => Response::Refused("hello sent twice".into()),
+        Request::Hello { .. } | Request::HelloWan { .. } => Response::Refused("hello sent twice".into()),
         Request::AppendEntries(rpc) => Response::AppendEntries(raft.append_entries(rpc).await),
         Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await),
         Request::InstallSnapshot(chunk) => {

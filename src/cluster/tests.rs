@@ -74,8 +74,10 @@ async fn one_server() -> (tempfile::TempDir, Cluster, CancellationToken) {
         tuning: RaftTuning::default(),
     };
     let (_, servers) = tokio::sync::watch::channel(Arc::default());
-    let cluster =
-        Cluster::start(store, config, None, servers, shutdown.clone(), &TaskTracker::new()).await.expect("start");
+    let (_, remote) = tokio::sync::watch::channel(Arc::default());
+    let cluster = Cluster::start(store, config, None, servers, remote, shutdown.clone(), &TaskTracker::new())
+        .await
+        .expect("start");
     assert!(cluster.wait_for_leader(Duration::from_secs(10)).await, "no leader");
     (dir, cluster, shutdown)
 }
@@ -173,8 +175,10 @@ async fn servers(ids: &[NodeId]) -> (Vec<TestServer>, tokio::sync::watch::Sender
             write_queue_max: 1024,
             tuning: RaftTuning::default(),
         };
-        let cluster =
-            Cluster::start(store, config, Some(listener), rx.clone(), shutdown.clone(), &tasks).await.expect("start");
+        let (_, remote) = tokio::sync::watch::channel(Arc::default());
+        let cluster = Cluster::start(store, config, Some(listener), rx.clone(), remote, shutdown.clone(), &tasks)
+            .await
+            .expect("start");
         started.push(TestServer { _dir: dir, cluster, shutdown });
     }
     (started, tx)
@@ -239,4 +243,39 @@ async fn three_servers_bootstrap_forward_and_fail_over() {
     for s in survivors {
         s.stop().await;
     }
+}
+
+/// A connection from another datacenter's server carries status, HTTP and DNS requests
+/// only: a vote (or any Raft request) over it is refused, and a hello naming another
+/// datacenter than this server's is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wan_connection_cannot_reach_raft() {
+    use super::rpc::{Connection, Request, Response, Route, RpcError};
+    let (servers, _known) = servers(&[31]).await;
+    let server = &servers[0];
+    agreed_leader(&[server]).await;
+    let addr = server.cluster.config.advertise.clone();
+    let term = server.cluster.raft.metrics().borrow().current_term;
+    let route = |remote: &str| Route {
+        cluster: "dc9".into(),
+        from: 99,
+        to: 31,
+        addr: addr.clone(),
+        remote: Some(remote.into()),
+    };
+    let mut wan = Connection::open(&route("dc1")).await.expect("a WAN hello for this datacenter is accepted");
+    let (status, _) = wan.call(&Request::Status, &[], Duration::from_secs(5)).await.expect("status");
+    assert!(matches!(status, Response::Status { initialized: true }), "{status:?}");
+    let vote = Request::Vote(openraft::raft::VoteRequest::new(openraft::Vote::new(99, 99), None));
+    let refused = wan.call(&vote, &[], Duration::from_secs(5)).await;
+    assert!(
+        matches!(&refused, Err(RpcError::Refused(why)) if why.contains("across datacenters")),
+        "a vote from another datacenter: {refused:?}"
+    );
+    let refused = Connection::open(&route("dc2")).await.map(|_| ());
+    assert!(
+        matches!(&refused, Err(RpcError::Connect { reason, .. }) if reason.contains("meant this for datacenter \"dc2\"")),
+        "a hello for another datacenter: {refused:?}"
+    );
+    assert_eq!(server.cluster.raft.metrics().borrow().current_term, term, "the refused vote changed nothing");
 }

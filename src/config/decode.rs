@@ -189,6 +189,17 @@ pub(super) fn decode_port(value: &Value) -> Result<u16, Mismatch> {
     })
 }
 
+/// A port that Consul's `-1` turns off (`None`).
+pub(super) fn decode_optional_port(value: &Value) -> Result<Option<u16>, Mismatch> {
+    if value.as_i64() == Some(-1) {
+        return Ok(None);
+    }
+    decode_uint(value, 0, u16::MAX.into()).map(Some).map_err(|mut m| {
+        m.expected += " (or -1 to turn it off)";
+        m
+    })
+}
+
 pub(super) fn decode_path(value: &Value) -> Result<PathBuf, Mismatch> {
     match decode_str(value, "a path")? {
         "" => Err(Mismatch::bad_string("a non-empty path", "")),

@@ -8,9 +8,9 @@ use serde_json::{Map, Value};
 
 use super::decode::{
     decode_bool, decode_cidr, decode_datacenter, decode_domain, decode_duration, decode_encrypt_key, decode_ip,
-    decode_join_addr, decode_list, decode_log_level, decode_node_id, decode_node_name, decode_path, decode_port,
-    decode_positive_duration, decode_recursor, decode_service_ttl, decode_strategy, decode_u32, decode_u64,
-    decode_uint, describe, set_if_some, Mismatch, Section,
+    decode_join_addr, decode_list, decode_log_level, decode_node_id, decode_node_name, decode_optional_port,
+    decode_path, decode_port, decode_positive_duration, decode_recursor, decode_service_ttl, decode_strategy,
+    decode_u32, decode_u64, decode_uint, describe, set_if_some, Mismatch, Section,
 };
 use super::watches::decode_watch;
 use super::{quote, Config, ConfigError, DnsConfig, MIB};
@@ -76,7 +76,7 @@ pub(super) fn merge_objects(into: &mut Map<String, Value>, from: Map<String, Val
 pub(super) const TOP_NOT_IMPLEMENTED: &str = "
     acl acl_agent_master_token acl_agent_token acl_datacenter acl_default_policy
     acl_down_policy acl_enable_key_list_policy acl_master_token acl_replication_token
-    acl_token acl_ttl advertise_addr_ipv4 advertise_addr_ipv6 advertise_addr_wan
+    acl_token acl_ttl advertise_addr_ipv4 advertise_addr_ipv6
     advertise_addr_wan_ipv4 advertise_addr_wan_ipv6 advertise_reconnect_timeout audit
     auto_config auto_encrypt auto_reload_config autopilot ca_file ca_path cache
     cert_file check_output_max_size checks cloud config_entries
@@ -91,9 +91,9 @@ pub(super) const TOP_NOT_IMPLEMENTED: &str = "
     peering pid_file primary_datacenter primary_gateways raft_logstore
     raft_protocol raft_snapshot_interval
      reconnect_timeout_wan rejoin_after_leave retry_interval
-    retry_interval_wan  retry_join_wan retry_max retry_max_wan rpc segment
-    segments serf_lan serf_lan_allowed_cidrs serf_wan serf_wan_allowed_cidrs server_name
-    session_ttl_min skip_leave_on_interrupt  start_join_wan
+    retry_interval_wan retry_max retry_max_wan rpc segment
+    segments serf_lan serf_lan_allowed_cidrs serf_wan_allowed_cidrs server_name
+    session_ttl_min skip_leave_on_interrupt
     syslog_facility telemetry tls translate_wan_addrs ui ui_config ui_content_path
     ui_dir unix_sockets use_streaming_backend verify_incoming verify_incoming_https
     verify_incoming_rpc verify_outgoing verify_server_hostname
@@ -101,11 +101,11 @@ pub(super) const TOP_NOT_IMPLEMENTED: &str = "
 pub(super) const PERFORMANCE_NOT_IMPLEMENTED: &str = "
     leave_drain_time rpc_hold_timeout
 ";
-pub(super) const GOSSIP_LAN_NOT_IMPLEMENTED: &str = "
+pub(super) const GOSSIP_NOT_IMPLEMENTED: &str = "
     deadline_timeout indirect_checks retransmit_mult
 ";
 pub(super) const PORTS_NOT_IMPLEMENTED: &str = "
-    expose_max_port expose_min_port grpc grpc_tls https serf_wan sidecar_max_port
+    expose_max_port expose_min_port grpc grpc_tls https sidecar_max_port
     sidecar_min_port
 ";
 pub(super) const ADDRESSES_NOT_IMPLEMENTED: &str = "
@@ -208,12 +208,14 @@ pub(super) fn apply_object(
     };
     top.set("bind_addr", &mut config.bind_addr, decode_ip)?;
     top.set("advertise_addr", &mut config.advertise_addr, |v| decode_ip(v).map(Some))?;
+    top.set("advertise_addr_wan", &mut config.advertise_addr_wan, |v| decode_ip(v).map(Some))?;
     top.set("client_addr", &mut config.client_addr, decode_ip)?;
     if let Some(mut ports) = top.section("ports")? {
         ports.set("http", &mut config.ports.http, decode_port)?;
         ports.set("dns", &mut config.ports.dns, decode_port)?;
         ports.set("server", &mut config.ports.server, decode_port)?;
         ports.set("serf_lan", &mut config.ports.serf_lan, decode_port)?;
+        ports.set("serf_wan", &mut config.ports.serf_wan, decode_optional_port)?;
         ports.finish(PORTS_NOT_IMPLEMENTED, warnings)?;
     }
     if let Some(mut addresses) = top.section("addresses")? {
@@ -269,6 +271,8 @@ pub(super) fn apply_object(
     })?;
     top.set("start_join", &mut config.start_join, |v| decode_list(v, decode_join_addr))?;
     top.set("retry_join", &mut config.retry_join, |v| decode_list(v, decode_join_addr))?;
+    top.set("start_join_wan", &mut config.start_join_wan, |v| decode_list(v, decode_join_addr))?;
+    top.set("retry_join_wan", &mut config.retry_join_wan, |v| decode_list(v, decode_join_addr))?;
     top.set("encrypt", &mut config.encrypt, |v| decode_encrypt_key(v).map(Some))?;
     top.set("reconnect_timeout", &mut config.reconnect_timeout, |v| {
         decode_duration(v).and_then(|d| {
@@ -281,14 +285,15 @@ pub(super) fn apply_object(
         })
     })?;
     top.set("leave_on_terminate", &mut config.leave_on_terminate, |v| decode_bool(v).map(Some))?;
-    if let Some(mut gossip) = top.section("gossip_lan")? {
-        let g = &mut config.gossip_lan;
-        gossip.set("probe_interval", &mut g.probe_interval, decode_positive_duration)?;
-        gossip.set("probe_timeout", &mut g.probe_timeout, decode_positive_duration)?;
-        gossip.set("suspicion_mult", &mut g.suspicion_mult, |v| decode_uint(v, 1, 100))?;
-        gossip.set("gossip_interval", &mut g.gossip_interval, decode_positive_duration)?;
-        gossip.set("gossip_nodes", &mut g.gossip_nodes, |v| decode_uint(v, 1, 64))?;
-        gossip.finish(GOSSIP_LAN_NOT_IMPLEMENTED, warnings)?;
+    for (name, g) in [("gossip_lan", &mut config.gossip_lan), ("gossip_wan", &mut config.gossip_wan)] {
+        if let Some(mut gossip) = top.section(name)? {
+            gossip.set("probe_interval", &mut g.probe_interval, decode_positive_duration)?;
+            gossip.set("probe_timeout", &mut g.probe_timeout, decode_positive_duration)?;
+            gossip.set("suspicion_mult", &mut g.suspicion_mult, |v| decode_uint(v, 1, 100))?;
+            gossip.set("gossip_interval", &mut g.gossip_interval, decode_positive_duration)?;
+            gossip.set("gossip_nodes", &mut g.gossip_nodes, |v| decode_uint(v, 1, 64))?;
+            gossip.finish(GOSSIP_NOT_IMPLEMENTED, warnings)?;
+        }
     }
     if let Some(mut performance) = top.section("performance")? {
         performance.set("raft_multiplier", &mut config.raft.multiplier, |v| decode_uint(v, 1, 10))?;

@@ -97,6 +97,19 @@ pub struct AgentFlags {
     /// Like -join, but retried with backoff until it succeeds (repeatable).
     #[arg(long, value_name = "ADDR")]
     pub retry_join: Vec<String>,
+    /// WAN gossip port, servers only (0 = any free port, -1 = no WAN pool).
+    #[arg(long, value_name = "PORT", allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-1..=65535))]
+    pub serf_wan_port: Option<i32>,
+    /// Address to advertise to servers of other datacenters (default: -advertise).
+    #[arg(long, value_name = "IP")]
+    pub advertise_wan: Option<IpAddr>,
+    /// Join the WAN pool through this server of another datacenter at start (host or
+    /// host:port, default port 8302; repeatable). The agent fails to start if none answers.
+    #[arg(long, value_name = "ADDR")]
+    pub join_wan: Vec<String>,
+    /// Like -join-wan, but retried with backoff until it succeeds (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub retry_join_wan: Vec<String>,
     /// Gossip encryption key: base64 of 32 bytes (`cairn keygen` prints one).
     #[arg(long, value_name = "KEY")]
     pub encrypt: Option<String>,

@@ -91,6 +91,14 @@ pub struct Config {
     pub start_join: Vec<String>,
     /// Gossip addresses retried until one answers (`retry_join`, `-retry-join`).
     pub retry_join: Vec<String>,
+    /// WAN gossip addresses (servers of other datacenters) to join at start
+    /// (`start_join_wan`, `-join-wan`); the start fails if none answers.
+    pub start_join_wan: Vec<String>,
+    /// WAN gossip addresses retried until one answers (`retry_join_wan`, `-retry-join-wan`).
+    pub retry_join_wan: Vec<String>,
+    /// The address other datacenters' servers reach this one at (`advertise_addr_wan`,
+    /// `-advertise-wan`; default: the LAN advertise address).
+    pub advertise_addr_wan: Option<IpAddr>,
     /// The gossip key (`encrypt`), base64 of 32 bytes, checked when loaded.
     pub encrypt: Option<String>,
     /// A failed member is removed from the catalog after this long (`reconnect_timeout`).
@@ -98,7 +106,9 @@ pub struct Config {
     /// Leave the gossip pool gracefully on SIGTERM (default: clients yes, servers no).
     pub leave_on_terminate: Option<bool>,
     /// `gossip_lan` timings.
-    pub gossip_lan: GossipLan,
+    pub gossip_lan: GossipTimings,
+    /// `gossip_wan` timings (the WAN pool of servers).
+    pub gossip_wan: GossipTimings,
     /// `watches`: views the agent follows, running a script or calling a URL on each change.
     pub watches: Vec<WatchDefinition>,
     /// Raft timings and log compaction (`performance.raft_multiplier`,
@@ -126,9 +136,10 @@ impl Default for RaftTuning {
     }
 }
 
-/// `gossip_lan`: SWIM timings (memberlist's LAN profile by default).
+/// `gossip_lan` and `gossip_wan`: SWIM timings (memberlist's LAN and WAN profiles by
+/// default).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GossipLan {
+pub struct GossipTimings {
     pub probe_interval: Duration,
     pub probe_timeout: Duration,
     pub suspicion_mult: u32,
@@ -136,14 +147,26 @@ pub struct GossipLan {
     pub gossip_nodes: u32,
 }
 
-impl Default for GossipLan {
-    fn default() -> Self {
-        GossipLan {
+impl GossipTimings {
+    /// memberlist's `DefaultLANConfig`.
+    pub fn lan() -> Self {
+        GossipTimings {
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_millis(500),
             suspicion_mult: 4,
             gossip_interval: Duration::from_millis(200),
             gossip_nodes: 3,
+        }
+    }
+
+    /// memberlist's `DefaultWANConfig`: links between datacenters are slower and lossier.
+    pub fn wan() -> Self {
+        GossipTimings {
+            probe_interval: Duration::from_secs(5),
+            probe_timeout: Duration::from_secs(3),
+            suspicion_mult: 6,
+            gossip_interval: Duration::from_millis(500),
+            gossip_nodes: 4,
         }
     }
 }
@@ -155,11 +178,13 @@ pub struct Ports {
     pub dns: u16,
     pub server: u16,
     pub serf_lan: u16,
+    /// WAN gossip (servers only); `None` (Consul's `-1`) turns the WAN pool off.
+    pub serf_wan: Option<u16>,
 }
 
 impl Default for Ports {
     fn default() -> Self {
-        Ports { http: 8500, dns: 8600, server: 8300, serf_lan: 8301 }
+        Ports { http: 8500, dns: 8600, server: 8300, serf_lan: 8301, serf_wan: Some(8302) }
     }
 }
 
@@ -434,10 +459,14 @@ impl Config {
             anti_entropy_interval: Duration::from_secs(60),
             start_join: Vec::new(),
             retry_join: Vec::new(),
+            start_join_wan: Vec::new(),
+            retry_join_wan: Vec::new(),
+            advertise_addr_wan: None,
             encrypt: None,
             reconnect_timeout: Duration::from_secs(72 * 3600),
             leave_on_terminate: None,
-            gossip_lan: GossipLan::default(),
+            gossip_lan: GossipTimings::lan(),
+            gossip_wan: GossipTimings::wan(),
             watches: Vec::new(),
             raft: RaftTuning::default(),
         }
@@ -464,6 +493,12 @@ impl Config {
         set_if_some(&mut self.advertise_addr, flags.advertise.map(Some));
         self.start_join.extend(flags.join.iter().cloned());
         self.retry_join.extend(flags.retry_join.iter().cloned());
+        self.start_join_wan.extend(flags.join_wan.iter().cloned());
+        self.retry_join_wan.extend(flags.retry_join_wan.iter().cloned());
+        set_if_some(&mut self.advertise_addr_wan, flags.advertise_wan.map(Some));
+        if let Some(port) = flags.serf_wan_port {
+            self.ports.serf_wan = u16::try_from(port).ok();
+        }
         set_if_some(&mut self.encrypt, flags.encrypt.clone().map(Some));
         if flags.log_json {
             self.log_json = true;
@@ -493,8 +528,20 @@ impl Config {
                 });
             }
         }
-        if self.gossip_lan.probe_timeout >= self.gossip_lan.probe_interval {
-            return invalid("gossip_lan.probe_timeout must be shorter than gossip_lan.probe_interval");
+        for (name, timings) in [("gossip_lan", &self.gossip_lan), ("gossip_wan", &self.gossip_wan)] {
+            if timings.probe_timeout >= timings.probe_interval {
+                return invalid(&format!("{name}.probe_timeout must be shorter than {name}.probe_interval"));
+            }
+        }
+        let wan_asked = !self.start_join_wan.is_empty() || !self.retry_join_wan.is_empty();
+        if wan_asked && !self.server {
+            return invalid(
+                "start_join_wan / retry_join_wan (or -join-wan / -retry-join-wan) are set but this agent \
+                 is not a server: only servers join the WAN pool",
+            );
+        }
+        if wan_asked && self.ports.serf_wan.is_none() {
+            return invalid("start_join_wan / retry_join_wan are set but ports.serf_wan is -1 (the WAN pool is off)");
         }
         if !self.dev && self.data_dir.is_none() {
             return invalid("data_dir is required: set \"data_dir\" in a config file or pass -data-dir");

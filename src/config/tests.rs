@@ -70,6 +70,32 @@ fn gossip_settings_are_checked_with_the_file_and_key_named() {
 }
 
 #[test]
+fn wan_settings_need_a_server_and_a_wan_port() {
+    let err = load_error(&[DATA_DIR, r#"{"retry_join_wan": ["10.0.0.1"]}"#]);
+    assert!(err.contains("retry_join_wan") && err.contains("not a server"), "{err}");
+    let err = load_error(&[DATA_DIR, r#"{"server": true, "start_join_wan": ["a"], "ports": {"serf_wan": -1}}"#]);
+    assert!(err.contains("serf_wan is -1"), "{err}");
+    let err = load_error(&[DATA_DIR, r#"{"ports": {"serf_wan": -2}}"#]);
+    assert!(err.contains("ports.serf_wan") && err.contains("-1 to turn it off"), "{err}");
+    let err = load_error(&[DATA_DIR, r#"{"gossip_wan": {"probe_interval": "1s", "probe_timeout": "1s"}}"#]);
+    assert!(err.contains("gossip_wan.probe_timeout must be shorter"), "{err}");
+    let flags = parse_flags(&["-server", "-join-wan", "a", "-retry-join-wan", "b:1", "-serf-wan-port", "0"])
+        .expect("flags parse");
+    let (config, _) = load_with(&[DATA_DIR, r#"{"retry_join_wan": ["c"], "advertise_addr_wan": "10.9.9.9"}"#], &flags)
+        .expect("loads");
+    assert_eq!(
+        (config.start_join_wan, config.retry_join_wan, config.ports.serf_wan),
+        (vec!["a".to_string()], vec!["c".to_string(), "b:1".to_string()], Some(0))
+    );
+    assert_eq!(config.advertise_addr_wan, Some("10.9.9.9".parse().expect("ip")));
+    let flags = parse_flags(&["-serf-wan-port", "-1"]).expect("flags parse");
+    let (config, _) = load_with(&[DATA_DIR], &flags).expect("loads");
+    assert_eq!(config.ports.serf_wan, None);
+    assert_eq!(Config::defaults(false).gossip_wan, GossipTimings::wan());
+    assert!(parse_flags(&["-serf-wan-port", "-2"]).is_err());
+}
+
+#[test]
 fn normalize_args_rewrites_only_single_dash_long_flags() {
     let cases: &[(&[&str], &[&str])] = &[
         (&["-dev"], &["--dev"]),
@@ -159,7 +185,7 @@ fn every_implemented_key_is_decoded() {
         "node_id": "ADF4238A-882B-9DDC-4A9D-5B6758E4159E",
         "server": true, "bootstrap_expect": 3,
         "bind_addr": "10.0.0.1", "advertise_addr": "192.0.2.1", "client_addr": "::",
-        "ports": {"http": 1, "dns": 2, "server": 3, "serf_lan": 0},
+        "ports": {"http": 1, "dns": 2, "server": 3, "serf_lan": 0, "serf_wan": 4},
         "addresses": {"http": "127.0.0.2", "dns": "::1"},
         "domain": "Example.Internal", "alt_domain": "cluster.local.",
         "recursor": "9.9.9.9", "recursors": ["8.8.8.8", "1.1.1.1:5353", "[::1]:5353", "::1"],
@@ -182,12 +208,16 @@ fn every_implemented_key_is_decoded() {
         "enable_local_script_checks": true, "check_update_interval": "1m",
         "anti_entropy_interval": "2s",
         "start_join": ["10.0.0.2"], "retry_join": ["consul.example:8301", "[::1]:1"],
+        "start_join_wan": ["10.1.0.2"], "retry_join_wan": ["dc2.example:8302"],
+        "advertise_addr_wan": "198.51.100.1",
         "encrypt": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=", "reconnect_timeout": "9h",
         "leave_on_terminate": true,
         "performance": {"raft_multiplier": 5}, "raft_snapshot_threshold": 100,
         "raft_trailing_logs": 7,
         "gossip_lan": {"probe_interval": "2s", "probe_timeout": "1s", "suspicion_mult": 5,
                        "gossip_interval": "300ms", "gossip_nodes": 4},
+        "gossip_wan": {"probe_interval": "7s", "probe_timeout": "4s", "suspicion_mult": 3,
+                       "gossip_interval": "1s", "gossip_nodes": 2},
         "service": {"name": "a", "check": {"args": ["/bin/true"], "interval": "5s"}},
         "services": [{"name": "b"}]
     }"#]);
@@ -204,7 +234,7 @@ fn every_implemented_key_is_decoded() {
         bind_addr: ip("10.0.0.1"),
         advertise_addr: Some(ip("192.0.2.1")),
         client_addr: ip("::"),
-        ports: Ports { http: 1, dns: 2, server: 3, serf_lan: 0 },
+        ports: Ports { http: 1, dns: 2, server: 3, serf_lan: 0, serf_wan: Some(4) },
         addresses: Addresses { http: Some(ip("127.0.0.2")), dns: Some(ip("::1")) },
         domain: "example.internal.".into(),
         alt_domain: Some("cluster.local.".into()),
@@ -267,15 +297,25 @@ fn every_implemented_key_is_decoded() {
         anti_entropy_interval: Duration::from_secs(2),
         start_join: vec!["10.0.0.2".into()],
         retry_join: vec!["consul.example:8301".into(), "[::1]:1".into()],
+        start_join_wan: vec!["10.1.0.2".into()],
+        retry_join_wan: vec!["dc2.example:8302".into()],
+        advertise_addr_wan: Some(ip("198.51.100.1")),
         encrypt: Some("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=".into()),
         reconnect_timeout: Duration::from_secs(9 * 3600),
         leave_on_terminate: Some(true),
-        gossip_lan: GossipLan {
+        gossip_lan: GossipTimings {
             probe_interval: Duration::from_secs(2),
             probe_timeout: Duration::from_secs(1),
             suspicion_mult: 5,
             gossip_interval: Duration::from_millis(300),
             gossip_nodes: 4,
+        },
+        gossip_wan: GossipTimings {
+            probe_interval: Duration::from_secs(7),
+            probe_timeout: Duration::from_secs(4),
+            suspicion_mult: 3,
+            gossip_interval: Duration::from_secs(1),
+            gossip_nodes: 2,
         },
         raft: RaftTuning { multiplier: 5, snapshot_threshold: 100, trailing_logs: 7 },
         watches: Vec::new(),
@@ -552,7 +592,7 @@ fn flags_win_over_files() {
     assert_eq!(config.node_name, "flagnode");
     assert_eq!(config.bind_addr, "10.1.1.1".parse::<IpAddr>().expect("ip"));
     assert_eq!(config.client_addr, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    assert_eq!(config.ports, Ports { http: 0, dns: 53, server: 1, serf_lan: 2 });
+    assert_eq!(config.ports, Ports { http: 0, dns: 53, server: 1, serf_lan: 2, serf_wan: Some(8302) });
     assert_eq!(config.log_level, LogLevel::Debug);
     assert!(config.server);
     assert_eq!(config.bootstrap_expect, Some(1));

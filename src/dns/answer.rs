@@ -71,7 +71,7 @@ pub fn build(settings: &AnswerSettings, dir: &Directory, q: &Question<'_>, rng: 
     let soa = b.soa_record();
     match &q.lookup {
         Lookup::Apex => b.apex(soa),
-        Lookup::Unknown | Lookup::PreparedQuery | Lookup::OtherDatacenter => Answer::nxdomain(soa),
+        Lookup::Unknown | Lookup::PreparedQuery | Lookup::OtherDatacenter { .. } => Answer::nxdomain(soa),
         _ if q.qtype == RecordType::SOA => {
             Answer { answers: vec![soa], authorities: b.ns_records(), ..Default::default() }
         }

@@ -26,8 +26,11 @@ pub enum Lookup {
     /// A prepared query; cairn has none, so the answer is NXDOMAIN, as Consul gives for an
     /// unknown one.
     PreparedQuery,
-    /// A datacenter other than ours: NXDOMAIN until federation exists.
-    OtherDatacenter,
+    /// A name in a datacenter other than ours (lowercase): a server of that datacenter
+    /// answers it, or NXDOMAIN when none is known.
+    OtherDatacenter {
+        datacenter: String,
+    },
     /// Not a name cairn serves (NXDOMAIN).
     Unknown,
 }
@@ -42,8 +45,8 @@ pub fn parse(labels: &[&str], dc: &str) -> Lookup {
     let Some((kind_at, datacenter)) = find_kind(labels) else {
         return parse_rfc2782_shorthand(labels);
     };
-    if datacenter.is_some_and(|d| !d.eq_ignore_ascii_case(dc)) {
-        return Lookup::OtherDatacenter;
+    if let Some(other) = datacenter.filter(|d| !d.eq_ignore_ascii_case(dc)) {
+        return Lookup::OtherDatacenter { datacenter: other.to_string() };
     }
     let prefix = &labels[..kind_at];
     if prefix.is_empty() {
@@ -151,8 +154,10 @@ mod tests {
         check("v1.blue.redis.service", service("redis", Some("v1.blue")));
         check("redis.service.dc1", service("redis", None));
         check("master.redis.service.dc1.dc", service("redis", Some("master")));
-        check("redis.service.dc2", Lookup::OtherDatacenter);
-        check("redis.service.dc2.dc", Lookup::OtherDatacenter);
+        let dc2 = || Lookup::OtherDatacenter { datacenter: "dc2".into() };
+        check("redis.service.dc2", dc2());
+        check("redis.service.dc2.dc", dc2());
+        check("web1.node.dc2", dc2());
         check("_redis._tcp.service", service("redis", None));
         check("_redis._udp.service.dc1", service("redis", None));
         check("_redis._master.service", service("redis", Some("master")));

@@ -48,7 +48,8 @@ pub enum DnsError {
 }
 
 /// Builds the DNS service from the agent's config. A client agent (no catalog of its own)
-/// passes `cluster` to answer Consul names through a server.
+/// passes `cluster` to answer Consul names through a server; a server, to answer names of
+/// other datacenters through theirs.
 pub fn service_from_config(config: &Config, store: Store, cluster: Option<Cluster>) -> Result<DnsService, DnsError> {
     let service = DnsService::new(
         settings_from_config(config)?,
@@ -62,7 +63,8 @@ pub fn service_from_config(config: &Config, store: Store, cluster: Option<Cluste
     );
     Ok(match cluster {
         Some(cluster) if !config.server => service.answering_through(cluster),
-        _ => service,
+        Some(cluster) => service.federated_through(cluster),
+        None => service,
     })
 }
 

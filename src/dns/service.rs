@@ -92,6 +92,8 @@ pub struct DnsService {
     slow_path: Arc<Semaphore>,
     /// On a client agent: the servers that answer names in cairn's domains.
     servers: Option<Cluster>,
+    /// On a server: where names of other datacenters are sent (the WAN pool's servers).
+    federation: Option<Cluster>,
     /// False on a server whose replica is replaying its log after a restart, or has had no
     /// leader for longer than `max_stale`: names in cairn's domains get SERVFAIL instead of
     /// answers that old.
@@ -111,6 +113,7 @@ impl DnsService {
             zones_dir,
             slow_path: Arc::new(Semaphore::new(slow_path_max.max(1))),
             servers: None,
+            federation: None,
             replica_fresh: std::sync::atomic::AtomicBool::new(true),
             server_answers: Mutex::default(),
         };
@@ -125,15 +128,27 @@ impl DnsService {
         self
     }
 
-    /// A server's answer to a query a client agent forwarded: built as for its own clients;
-    /// names outside cairn's domains are refused (the client resolves those itself).
-    pub fn reply_for_client(&self, packet: &[u8], transport: Transport) -> Vec<u8> {
+    /// This service on a server: names of other datacenters go to their servers through
+    /// `cluster`.
+    pub fn federated_through(mut self, cluster: Cluster) -> DnsService {
+        self.federation = Some(cluster);
+        self
+    }
+
+    /// A server's answer to a query a client agent (or a server of another datacenter)
+    /// forwarded: built as for its own clients; names outside cairn's domains are refused
+    /// (the client resolves those itself).
+    pub async fn reply_for_client(&self, packet: &[u8], transport: Transport) -> Vec<u8> {
         match self.reply_fast(packet, transport) {
             Reply::Bytes(bytes) => bytes,
             Reply::Drop => Vec::new(),
-            // A name in cairn's domains that the fast path would not answer: this replica
-            // is too stale. Other names are the client's to resolve.
+            // A name in cairn's domains that the fast path would not answer: another
+            // datacenter's, or this replica is too stale. Other names are the client's to
+            // resolve.
             Reply::NotOurs => {
+                if let Some(answer) = self.reply_for_other_datacenter(packet, transport).await {
+                    return answer;
+                }
                 let code = if self.replica_fresh.load(Ordering::Relaxed) {
                     ResponseCode::Refused
                 } else {
@@ -225,8 +240,12 @@ impl DnsService {
         if self.owns(query.name()) {
             return match &self.servers {
                 Some(cluster) => self.ask_server(cluster, packet, transport).await,
-                // A server whose replica is too stale (the fast path answers otherwise).
-                None => error_reply(&header, ResponseCode::ServFail),
+                // On a server: another datacenter's name, or the replica is too stale (the
+                // fast path answers otherwise).
+                None => match self.reply_for_other_datacenter(&packet, transport).await {
+                    Some(answer) => answer,
+                    None => error_reply(&header, ResponseCode::ServFail),
+                },
             };
         }
         let zones = self.zones.load_full();
@@ -248,6 +267,34 @@ impl DnsService {
             Err(ForwardError::AllFailed) => {
                 tracing::debug!(name = %query.name(), "every recursor failed");
                 error_reply(&header, ResponseCode::ServFail)
+            }
+        }
+    }
+
+    /// The answer to a query for a name of another datacenter (`None` for any other query):
+    /// a server of that datacenter's, SERVFAIL when none answers, NXDOMAIN when no server
+    /// of it is known (as Consul).
+    async fn reply_for_other_datacenter(&self, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        let request = Message::from_vec(packet).ok()?;
+        let settings = self.settings.load_full();
+        let datacenter = settings.responder.other_datacenter(&request)?;
+        match &self.federation {
+            Some(cluster) if cluster.knows_datacenter(&datacenter) => {
+                match cluster.forward_dns_to(&datacenter, packet.to_vec(), transport == Transport::Tcp).await {
+                    Ok(answer) if !answer.is_empty() => Some(answer),
+                    Ok(_) => Some(error_reply(&request.metadata, ResponseCode::ServFail)),
+                    Err(e) => {
+                        tracing::debug!(datacenter, error = %e, "no server of the datacenter answered a DNS query");
+                        Some(error_reply(&request.metadata, ResponseCode::ServFail))
+                    }
+                }
+            }
+            _ => {
+                let directory = self.store.directory();
+                match settings.responder.reply_here(packet, transport, &directory, &mut rand::rng()) {
+                    Reply::Bytes(answer) => Some(answer),
+                    Reply::Drop | Reply::NotOurs => Some(error_reply(&request.metadata, ResponseCode::ServFail)),
+                }
             }
         }
     }

@@ -43,13 +43,23 @@ pub enum Transport {
     Tcp,
 }
 
+/// Where names of other datacenters are answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Routing {
+    /// By a server of theirs: [`Reply::NotOurs`] here.
+    OtherDatacentersElsewhere,
+    /// Here, as names of an unknown datacenter (NXDOMAIN).
+    AllHere,
+}
+
 /// What to do with a packet.
 #[derive(Debug)]
 pub enum Reply {
     /// Not worth an answer (too short, a response, ...).
     Drop,
     Bytes(Vec<u8>),
-    /// A name outside cairn's domains: the static zones or the forwarder decide.
+    /// A name outside cairn's domains (the static zones or the forwarder decide), or of
+    /// another datacenter (a server of it answers), or any Consul name on a client agent.
     NotOurs,
 }
 
@@ -83,8 +93,26 @@ impl Responder {
         self.domains.iter().find(|d| d.zone_of(name))
     }
 
-    /// Answers a raw packet (the UDP path).
+    /// Answers a raw packet (the UDP path). A name of another datacenter is [`Reply::NotOurs`]:
+    /// the slow path sends it to that datacenter ([`Responder::other_datacenter`]).
     pub fn reply_to_packet(&self, packet: &[u8], transport: Transport, dir: &Directory, rng: &mut impl Rng) -> Reply {
+        self.reply_to_packet_with(packet, transport, dir, rng, Routing::OtherDatacentersElsewhere)
+    }
+
+    /// Answers a raw packet, a name of another datacenter as one no server is known for
+    /// (NXDOMAIN).
+    pub fn reply_here(&self, packet: &[u8], transport: Transport, dir: &Directory, rng: &mut impl Rng) -> Reply {
+        self.reply_to_packet_with(packet, transport, dir, rng, Routing::AllHere)
+    }
+
+    fn reply_to_packet_with(
+        &self,
+        packet: &[u8],
+        transport: Transport,
+        dir: &Directory,
+        rng: &mut impl Rng,
+        routing: Routing,
+    ) -> Reply {
         let Some(header) = peek_header(packet) else { return Reply::Drop };
         if header.message_type == MessageType::Response {
             return Reply::Drop;
@@ -93,11 +121,42 @@ impl Responder {
             Ok(request) => request,
             Err(_) => return Reply::Bytes(error_reply(&header, ResponseCode::FormErr)),
         };
-        self.reply(&request, transport, dir, rng)
+        self.reply_with(&request, transport, dir, rng, routing)
+    }
+
+    /// The datacenter `request` asks about when it is a Consul name of another one.
+    pub fn other_datacenter(&self, request: &Message) -> Option<String> {
+        let [query] = request.queries.as_slice() else { return None };
+        let domain = self.domain_of(&query.name)?;
+        match self.lookup_of(query, domain) {
+            lookup::Lookup::OtherDatacenter { datacenter } => Some(datacenter),
+            _ => None,
+        }
+    }
+
+    /// What a name in `domain` asks for.
+    fn lookup_of(&self, query: &Query, domain: &Name) -> lookup::Lookup {
+        let lowered = query.name.to_lowercase();
+        // `iter().count()`, not `num_labels()`: the latter does not count a leading `*`.
+        let relative = lowered.iter().count().saturating_sub(domain.iter().count());
+        let labels: Vec<&str> =
+            lowered.iter().take(relative).map(|l| std::str::from_utf8(l).unwrap_or("\u{fffd}")).collect();
+        lookup::parse(&labels, &self.answers.datacenter)
     }
 
     /// Answers a parsed request.
     pub fn reply(&self, request: &Message, transport: Transport, dir: &Directory, rng: &mut impl Rng) -> Reply {
+        self.reply_with(request, transport, dir, rng, Routing::OtherDatacentersElsewhere)
+    }
+
+    fn reply_with(
+        &self,
+        request: &Message,
+        transport: Transport,
+        dir: &Directory,
+        rng: &mut impl Rng,
+        routing: Routing,
+    ) -> Reply {
         let header = &request.metadata;
         if header.op_code != OpCode::Query {
             return Reply::Bytes(error_reply(header, ResponseCode::NotImp));
@@ -119,7 +178,20 @@ impl Responder {
             // A client agent: a server answers (the slow path asks it).
             return Reply::NotOurs;
         }
-        Reply::Bytes(self.answer(request, query, domain, transport, dir, rng))
+        let lookup = self.lookup_of(query, domain);
+        if routing == Routing::OtherDatacentersElsewhere && matches!(lookup, lookup::Lookup::OtherDatacenter { .. }) {
+            return Reply::NotOurs;
+        }
+        let question = Question {
+            name: &query.name,
+            qtype: query.query_type,
+            domain,
+            lookup,
+            now_secs: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as u32),
+        };
+        Reply::Bytes(self.answer(request, question, transport, dir, rng))
     }
 
     fn badvers(&self, request: &Message) -> Vec<u8> {
@@ -144,26 +216,11 @@ impl Responder {
     fn answer(
         &self,
         request: &Message,
-        query: &Query,
-        domain: &Name,
+        question: Question<'_>,
         transport: Transport,
         dir: &Directory,
         rng: &mut impl Rng,
     ) -> Vec<u8> {
-        let lowered = query.name.to_lowercase();
-        // `iter().count()`, not `num_labels()`: the latter does not count a leading `*`.
-        let relative = lowered.iter().count().saturating_sub(domain.iter().count());
-        let labels: Vec<&str> =
-            lowered.iter().take(relative).map(|l| std::str::from_utf8(l).unwrap_or("\u{fffd}")).collect();
-        let question = Question {
-            name: &query.name,
-            qtype: query.query_type,
-            domain,
-            lookup: lookup::parse(&labels, &self.answers.datacenter),
-            now_secs: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as u32),
-        };
         let mut built = answer::build(&self.answers, dir, &question, rng);
 
         let mut message = self.response_shell(request);
@@ -175,7 +232,7 @@ impl Responder {
         }
 
         // Policy limits: load spreading, never TC.
-        let is_address_query = matches!(query.query_type, RecordType::A | RecordType::AAAA | RecordType::ANY);
+        let is_address_query = matches!(question.qtype, RecordType::A | RecordType::AAAA | RecordType::ANY);
         if self.a_record_limit > 0 && is_address_query {
             built.answers.truncate(self.a_record_limit);
         }

@@ -102,6 +102,22 @@ impl Timings {
         }
     }
 
+    /// cairn's WAN profile, for the pool of every datacenter's servers: memberlist's
+    /// `DefaultWANConfig` timings (probe 5 s, timeout 3 s, suspicion multiplier 6, gossip
+    /// every 500 ms to 4 members, push/pull every 60 s) with the LAN profile's suspicion
+    /// rules.
+    pub fn wan() -> Timings {
+        Timings {
+            probe_interval: Duration::from_secs(5),
+            probe_timeout: Duration::from_secs(3),
+            suspicion_mult: 6.0,
+            gossip_interval: Duration::from_millis(500),
+            gossip_nodes: 4,
+            push_pull_interval: Duration::from_secs(60),
+            ..Timings::lan()
+        }
+    }
+
     /// memberlist's `DefaultLANConfig` suspicion as Consul runs it, for comparison in the
     /// bench: the timeout starts at 6× 4·max(1, log10 N) s and shrinks to 1× with two
     /// confirmations, which come only from other members' own failed probes.

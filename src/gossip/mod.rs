@@ -95,6 +95,8 @@ pub struct GossipConfig {
     pub keyring_dir: Option<std::path::PathBuf>,
     /// Where received user events are delivered (this agent's own included).
     pub user_events: mpsc::Sender<event::UserEvent>,
+    /// The port of a join address that names none (8301 LAN, 8302 WAN).
+    pub default_port: u16,
 }
 
 /// The identity fields other than the address and boot stamp, which `start` fills.
@@ -113,6 +115,7 @@ pub struct Gossip {
     members: watch::Receiver<Arc<Vec<MemberInfo>>>,
     local: Arc<MemberId>,
     shared: Arc<transport::Shared>,
+    default_port: u16,
 }
 
 impl Gossip {
@@ -167,7 +170,7 @@ impl Gossip {
             shutdown,
             tasks.clone(),
         ));
-        Ok(Gossip { commands, members, local: Arc::new(id), shared })
+        Ok(Gossip { commands, members, local: Arc::new(id), shared, default_port: config.default_port })
     }
 
     /// This agent as a member.
@@ -204,13 +207,13 @@ impl Gossip {
         ])
     }
 
-    /// Joins through `addrs` (`host` or `host:port`, default port 8301); Ok(number joined)
+    /// Joins through `addrs` (`host` or `host:port`, default port 8301 LAN, 8302 WAN); Ok(number joined)
     /// if at least one answered.
     pub async fn join(&self, addrs: &[String]) -> Result<usize, GossipError> {
         let mut resolved = Vec::new();
         let mut errors = Vec::new();
         for addr in addrs {
-            match resolve(addr).await {
+            match resolve(addr, self.default_port).await {
                 Ok(found) => resolved.extend(found),
                 Err(e) => errors.push(e),
             }
@@ -299,18 +302,18 @@ impl Gossip {
     }
 }
 
-/// `host`, `host:port`, `ip` or `[v6]:port`; the gossip port 8301 when none is given.
-pub async fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
+/// `host`, `host:port`, `ip` or `[v6]:port`; `default_port` when none is given.
+pub async fn resolve(addr: &str, default_port: u16) -> Result<Vec<SocketAddr>, String> {
     if let Ok(sa) = addr.parse::<SocketAddr>() {
         return Ok(vec![sa]);
     }
     if let Ok(ip) = addr.parse::<std::net::IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, 8301)]);
+        return Ok(vec![SocketAddr::new(ip, default_port)]);
     }
     let with_port = if addr.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
         addr.to_string()
     } else {
-        format!("{addr}:8301")
+        format!("{addr}:{default_port}")
     };
     let found: Vec<SocketAddr> =
         tokio::net::lookup_host(&with_port).await.map_err(|e| format!("{addr}: cannot resolve: {e}"))?.collect();

@@ -37,33 +37,61 @@ fn member_json(m: &MemberInfo) -> Value {
     })
 }
 
-/// `GET /v1/agent/members`: the LAN pool as this agent sees it (`?wan`: the WAN pool, which
-/// a cairn datacenter does not have yet, so `[]`). `?segment=` is accepted and ignored.
-pub async fn agent_members(ctx: Ctx, Query(params): Query<HashMap<String, String>>) -> Json<Value> {
-    if params.contains_key("wan") {
-        return Json(json!([]));
+/// The pool `?wan` asks for: the WAN pool (servers only), else the LAN pool. `None` when
+/// the WAN pool was asked of an agent that has none.
+fn pool<'a>(ctx: &'a super::HttpContext, params: &HashMap<String, String>) -> Option<&'a crate::gossip::Gossip> {
+    if wants_wan(params) {
+        ctx.wan.as_ref()
+    } else {
+        Some(&ctx.gossip)
     }
-    Json(Value::Array(ctx.gossip.members().iter().map(member_json).collect()))
 }
 
-/// `PUT /v1/agent/join/{addr}`: joins the pool through `addr` (host or host:port).
-pub async fn agent_join(ctx: Ctx, Path(addr): Path<String>) -> Result<&'static str, ApiError> {
-    ctx.gossip.join(&[addr]).await.map_err(|e| ApiError::Internal(format!("Failed to join: {e}")))?;
+/// `?wan`, `?wan=1`, `?wan=true` (Consul's flag forms); `?wan=0` and `?wan=false` do not.
+fn wants_wan(params: &HashMap<String, String>) -> bool {
+    params.get("wan").is_some_and(|v| !matches!(v.as_str(), "0" | "false"))
+}
+
+/// `GET /v1/agent/members`: the LAN pool as this agent sees it; `?wan`: the WAN pool of
+/// servers (members named `node.dc`), `[]` on an agent without one (a client), as Consul.
+/// `?segment=` is accepted and ignored.
+pub async fn agent_members(ctx: Ctx, Query(params): Query<HashMap<String, String>>) -> Json<Value> {
+    match pool(&ctx, &params) {
+        Some(gossip) => Json(Value::Array(gossip.members().iter().map(member_json).collect())),
+        None => Json(json!([])),
+    }
+}
+
+/// `PUT /v1/agent/join/{addr}`: joins the pool through `addr` (host or host:port); `?wan`:
+/// the WAN pool, through a server of another datacenter (servers only).
+pub async fn agent_join(
+    ctx: Ctx,
+    Path(addr): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<&'static str, ApiError> {
+    let gossip = pool(&ctx, &params).ok_or_else(wan_refused)?;
+    gossip.join(&[addr]).await.map_err(|e| ApiError::Internal(format!("Failed to join: {e}")))?;
     Ok("")
 }
 
+fn wan_refused() -> ApiError {
+    ApiError::BadRequest("this agent is not in a WAN pool: only servers with ports.serf_wan join one (`?wan`)".into())
+}
+
 /// `PUT /v1/agent/force-leave/{node}`: a failed member becomes left everywhere (and the
-/// leader deregisters it); `?prune` also drops it from the member list.
+/// leader deregisters it); `?prune` also drops it from the member list; `?wan`: a member
+/// of the WAN pool (`node.dc`).
 pub async fn agent_force_leave(
     ctx: Ctx,
     Path(node): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<&'static str, ApiError> {
     let prune = params.contains_key("prune");
-    match ctx.gossip.force_leave(&node, prune).await {
+    let gossip = pool(&ctx, &params).ok_or_else(wan_refused)?;
+    match gossip.force_leave(&node, prune).await {
         Ok(true) => Ok(""),
         Ok(false) => {
-            let known = ctx.gossip.members().iter().any(|m| m.id.name == node);
+            let known = gossip.members().iter().any(|m| m.id.name == node);
             Err(if known {
                 ApiError::BadRequest(format!(
                     "Node {node} is not in a failed state: only failed members can be force-left"
@@ -144,41 +172,47 @@ pub async fn operator_keyring(
             _ => KeyringOp::Remove(key),
         }
     };
-    let replies = ctx.gossip.keyring(op.clone()).await;
-    let failures: Vec<String> =
-        replies.iter().filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.node))).collect();
-    if !failures.is_empty() {
-        return Err(ApiError::Internal(format!(
-            "{} of {} members failed: {}",
-            failures.len(),
-            replies.len(),
-            failures.join("; ")
-        )));
+    // As Consul: on a server the WAN pool first, then the LAN pool; one answer per pool.
+    let pools = ctx.wan.iter().map(|g| (g, true)).chain([(&ctx.gossip, false)]);
+    let mut answers = Vec::new();
+    for (gossip, wan) in pools {
+        let replies = gossip.keyring(op.clone()).await;
+        let failures: Vec<String> =
+            replies.iter().filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.node))).collect();
+        if !failures.is_empty() {
+            return Err(ApiError::Internal(format!(
+                "{} of {} {} members failed: {}",
+                failures.len(),
+                replies.len(),
+                if wan { "WAN" } else { "LAN" },
+                failures.join("; ")
+            )));
+        }
+        let mut keys: BTreeMap<String, usize> = BTreeMap::new();
+        let mut primary: BTreeMap<String, usize> = BTreeMap::new();
+        for r in &replies {
+            for k in &r.keys {
+                *keys.entry(k.clone()).or_default() += 1;
+            }
+            if let Some(k) = r.keys.first() {
+                *primary.entry(k.clone()).or_default() += 1;
+            }
+        }
+        answers.push(json!({
+            "WAN": wan,
+            "Datacenter": ctx.identity.datacenter,
+            "Segment": "",
+            "Partition": "",
+            "Keys": keys,
+            "PrimaryKeys": primary,
+            "NumNodes": replies.len(),
+            "Messages": {},
+        }));
     }
     if op != KeyringOp::List {
         return Ok(().into_response());
     }
-    let mut keys: BTreeMap<String, usize> = BTreeMap::new();
-    let mut primary: BTreeMap<String, usize> = BTreeMap::new();
-    for r in &replies {
-        for k in &r.keys {
-            *keys.entry(k.clone()).or_default() += 1;
-        }
-        if let Some(k) = r.keys.first() {
-            *primary.entry(k.clone()).or_default() += 1;
-        }
-    }
-    Ok(Json(json!([{
-        "WAN": false,
-        "Datacenter": ctx.identity.datacenter,
-        "Segment": "",
-        "Partition": "",
-        "Keys": keys,
-        "PrimaryKeys": primary,
-        "NumNodes": replies.len(),
-        "Messages": {},
-    }]))
-    .into_response())
+    Ok(Json(Value::Array(answers)).into_response())
 }
 
 /// `GET /v1/agent/metrics`: Consul's JSON shape with the gauges cairn keeps (membership,

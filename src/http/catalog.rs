@@ -283,8 +283,10 @@ pub async fn deregister_by_id(
     expect_done(ctx.cluster.write(command).await?)
 }
 
+/// `GET /v1/catalog/datacenters`: this datacenter and every other one with an alive server
+/// in the WAN pool, nearest first (by measured round trip).
 pub async fn datacenters(ctx: Ctx) -> Json<Vec<String>> {
-    Json(vec![ctx.identity.datacenter.clone()])
+    Json(ctx.cluster.datacenters())
 }
 
 pub async fn nodes(ctx: Ctx, q: Query) -> Result<Response, ApiError> {

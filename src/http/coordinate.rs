@@ -12,9 +12,14 @@ use super::query::Query;
 use super::{ApiError, Ctx};
 use crate::store::{Table, Topic};
 
-/// `GET /v1/coordinate/datacenters`: this datacenter, with no coordinates.
+/// `GET /v1/coordinate/datacenters`: every datacenter this agent reaches (nearest first, as
+/// `/v1/catalog/datacenters`), with no coordinates.
 pub async fn datacenters(ctx: Ctx) -> Json<serde_json::Value> {
-    Json(json!([{"Datacenter": ctx.identity.datacenter, "AreaID": "WAN", "Coordinates": []}]))
+    let datacenters = ctx.cluster.datacenters();
+    Json(json!(datacenters
+        .iter()
+        .map(|dc| json!({"Datacenter": dc, "AreaID": "WAN", "Coordinates": []}))
+        .collect::<Vec<_>>()))
 }
 
 /// `GET /v1/coordinate/nodes`: `[]`, blocking like the node list (the index is the nodes

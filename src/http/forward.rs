@@ -1,7 +1,8 @@
 //! Client agents hold no replicated state: the API requests that read or change it are sent
 //! whole to a server over the server RPC, and its answer — status, index headers, body — is
 //! returned unchanged, blocking queries included. The agent's own endpoints (`/v1/agent/*`,
-//! events, keyring) stay local.
+//! events, keyring) stay local. In the same way a server sends a request for another
+//! datacenter (`?dc=dc2`, one the WAN pool knows) to a server of that datacenter.
 //!
 //! On the server, a forwarded request runs through the same router as a local one, but
 //! only for the paths clients forward ([`forwardable`]): a peer cannot open a streaming
@@ -39,18 +40,41 @@ pub fn forwardable(path: &str) -> bool {
 /// ones (Origin, Sec-Fetch-*) were checked on the client agent already.
 const FORWARDED_REQUEST_HEADERS: &[&str] = &["content-type", "x-consul-token", "authorization"];
 
-/// Middleware on a client agent: sends [`forwardable`] requests to a server.
-pub async fn forward_from_client(State(ctx): State<Arc<HttpContext>>, request: Request, next: Next) -> Response {
-    if ctx.cluster.is_server() || !forwardable(request.uri().path()) {
+/// Middleware: on a client agent, sends [`forwardable`] requests to a server; on a server,
+/// sends those for another datacenter the WAN pool knows to one of its servers. (A `?dc=`
+/// naming no known datacenter is the handler's to refuse: "No path to datacenter".)
+pub async fn forward_elsewhere(State(ctx): State<Arc<HttpContext>>, request: Request, next: Next) -> Response {
+    if !forwardable(request.uri().path()) {
         return next.run(request).await;
     }
-    match forward(&ctx, request).await {
+    let target = if !ctx.cluster.is_server() {
+        Target::AnyServer
+    } else {
+        match requested_datacenter(request.uri().query()) {
+            Some(dc) if ctx.cluster.knows_datacenter(&dc) => Target::Datacenter(dc),
+            _ => return next.run(request).await,
+        }
+    };
+    match forward(&ctx, request, target).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
 }
 
-async fn forward(ctx: &HttpContext, request: Request) -> Result<Response, ApiError> {
+/// Where a request is sent.
+enum Target {
+    /// A server of this datacenter (from a client agent).
+    AnyServer,
+    /// A server of another datacenter (from a server).
+    Datacenter(String),
+}
+
+/// The `dc` parameter of a query string, if it has a non-empty one.
+fn requested_datacenter(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes()).find(|(k, v)| k == "dc" && !v.is_empty()).map(|(_, v)| v.into_owned())
+}
+
+async fn forward(ctx: &HttpContext, request: Request, target: Target) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
     // The server applies each endpoint's own limit; this one only bounds what is buffered.
     let max = ctx.limits.http_max_body_bytes.max(ctx.limits.kv_max_value_size);
@@ -59,11 +83,17 @@ async fn forward(ctx: &HttpContext, request: Request) -> Result<Response, ApiErr
         .iter()
         .filter_map(|name| Some((name.to_string(), parts.headers.get(*name)?.to_str().ok()?.to_string())))
         .collect();
-    // Who is asking: the default `Node` of a session this agent creates.
-    headers.push((super::session::AGENT_NODE_HEADER.to_string(), ctx.identity.node_name.clone()));
+    // Who is asking: the default `Node` of a session this agent creates (kept from a client
+    // agent whose request a server sends on to another datacenter).
+    let node = parts.headers.get(super::session::AGENT_NODE_HEADER).and_then(|v| v.to_str().ok());
+    let node = node.filter(|_| ctx.cluster.is_server()).unwrap_or(&ctx.identity.node_name);
+    headers.push((super::session::AGENT_NODE_HEADER.to_string(), node.to_string()));
     let uri = parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_string(), |pq| pq.as_str().to_string());
     let call = HttpCall { method: parts.method.to_string(), uri, headers };
-    let (answer, body) = ctx.cluster.forward_http(call, body.to_vec()).await?;
+    let (answer, body) = match target {
+        Target::AnyServer => ctx.cluster.forward_http(call, body.to_vec()).await?,
+        Target::Datacenter(dc) => ctx.cluster.forward_http_to(&dc, call, body.to_vec()).await?,
+    };
     let status = StatusCode::from_u16(answer.status)
         .map_err(|_| ApiError::Internal(format!("a server answered with status {}", answer.status)))?;
     let mut response = (status, body).into_response();

@@ -82,6 +82,8 @@ pub struct HttpContext {
     pub shutdown: CancellationToken,
     /// LAN gossip: members, join, force-leave, user events.
     pub gossip: crate::gossip::Gossip,
+    /// WAN gossip (servers with `ports.serf_wan`): the servers of every datacenter.
+    pub wan: Option<crate::gossip::Gossip>,
     /// User events this agent received (`/v1/event/list`).
     pub events: Arc<crate::gossip::event::EventLog>,
     /// The log, for `/v1/agent/monitor`.
@@ -100,6 +102,7 @@ pub struct HttpServices {
     pub limits: Limits,
     pub shutdown: CancellationToken,
     pub gossip: crate::gossip::Gossip,
+    pub wan: Option<crate::gossip::Gossip>,
     pub events: Arc<crate::gossip::event::EventLog>,
     pub log_tap: Arc<monitor::LogTap>,
     pub script_checks_via_api: bool,
@@ -121,6 +124,7 @@ impl HttpContext {
             snapshot_save_permits,
             shutdown: s.shutdown,
             gossip: s.gossip,
+            wan: s.wan,
             events: s.events,
             log_tap: s.log_tap,
             script_checks_via_api: s.script_checks_via_api,
@@ -202,7 +206,7 @@ pub fn router(ctx: Arc<HttpContext>) -> Router {
         .route("/v1/event/list", get(event::list))
         .fallback(unknown_path)
         .method_not_allowed_fallback(wrong_method)
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&ctx), forward::forward_from_client))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&ctx), forward::forward_elsewhere))
         .with_state(ctx)
 }
 

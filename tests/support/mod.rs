@@ -19,8 +19,20 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Every listener of a test agent on loopback, on a port the kernel picks (the agent logs
 /// each bound address; [`Agent::spawn_until`] reads them back).
-pub const LOOPBACK_FLAGS: [&str; 10] =
-    ["-http-port", "0", "-dns-port", "0", "-serf-lan-port", "0", "-server-port", "0", "-bind", "127.0.0.1"];
+pub const LOOPBACK_FLAGS: [&str; 12] = [
+    "-http-port",
+    "0",
+    "-dns-port",
+    "0",
+    "-serf-lan-port",
+    "0",
+    "-serf-wan-port",
+    "0",
+    "-server-port",
+    "0",
+    "-bind",
+    "127.0.0.1",
+];
 
 pub fn cairn_bin() -> &'static str {
     env!("CARGO_BIN_EXE_cairn")
