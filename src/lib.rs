@@ -15,5 +15,6 @@ pub mod filter;
 pub mod gossip;
 pub mod http;
 pub mod model;
+pub mod prepared_query;
 pub mod store;
 pub mod watch;

@@ -151,3 +151,96 @@ fn two_datacenters_answer_for_each_other() {
     assert!(services.get("consul").is_some(), "{services}");
     assert_eq!(answers(&udp(client.dns, "s1.node.consul", RecordType::A, None)), ["A 127.0.0.1"]);
 }
+
+fn register(agent: &Agent, node: &str, address: &str, status: &str) {
+    let body = json!({
+        "Node": node, "Address": address,
+        "Service": {"Service": "redis", "Port": 6379},
+        "Check": {"CheckID": "redis-alive", "Name": "alive", "Status": status, "ServiceID": "redis"}
+    });
+    assert_eq!(agent.put("/v1/catalog/register", body.to_string()).text(), "true");
+}
+
+/// A prepared query answers from dc1 while dc1 has a healthy instance, from dc2 (its
+/// failover) when dc1's turn critical, and from dc1 again when they recover — over HTTP and
+/// DNS, through the server and a client agent.
+#[test]
+fn a_prepared_query_fails_over_to_another_datacenter_and_back() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let s1 = server("dc1", "s1", temp.path(), None);
+    let s2 = server("dc2", "s2", temp.path(), Some(&wan_addr(&s1)));
+    let client =
+        Agent::spawn_client(agent_args("c1", temp.path(), None, Some(&s1.gossip.to_string())), temp.path().join("c1"));
+    wait_for("dc2 known", FORM, || (s1.get("/v1/catalog/datacenters").json() == json!(["dc1", "dc2"])).then_some(()));
+    register(&s1, "db1", "10.0.1.5", "passing");
+    register(&s2, "cache1", "10.0.2.7", "passing");
+
+    // Definitions: checked, stored, listed, read by ID and explained by name.
+    let bad = client.request("POST", "/v1/query", json!({"Name": "x", "Service": {}}).to_string().as_bytes());
+    assert_eq!((bad.status, bad.text()), (400, "Must provide a Service name to query".to_string()));
+    let definition = json!({
+        "Name": "redis-q",
+        "Service": {"Service": "redis", "OnlyPassing": true, "Tags": ["!canary"], "Failover": {"Datacenters": ["dc2"]}},
+        "DNS": {"TTL": "7s"},
+        "SomethingNewer": true
+    });
+    let created = client.request("POST", "/v1/query", definition.to_string().as_bytes());
+    assert_eq!(created.status, 200, "{}", created.text());
+    let id = created.json()["ID"].as_str().expect("ID").to_string();
+    let again = s1.request("POST", "/v1/query", definition.to_string().as_bytes());
+    assert_eq!(again.status, 400, "a second query of the same name: {}", again.text());
+    let listed = s1.get("/v1/query").json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["ID"], id.as_str());
+    let read = client.get(&format!("/v1/query/{id}"));
+    assert_eq!(read.json()[0]["Service"]["Failover"]["Datacenters"], json!(["dc2"]));
+    assert!(read.index() > 0);
+    assert_eq!(s1.get("/v1/query/REDIS-Q/explain").json()["Query"]["ID"], id.as_str());
+    assert_eq!(s1.get("/v1/query/nope/execute").status, 404);
+    assert_eq!(s1.get("/v1/query?dc=dc2").json(), json!([]), "queries stay in their datacenter");
+
+    let execute = |agent: &Agent| {
+        let r = agent.get("/v1/query/redis-q/execute");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        (v["Datacenter"].as_str().unwrap_or_default().to_string(), v["Failovers"].as_u64(), v["Nodes"].clone())
+    };
+    let dns_a = |agent: &Agent| answers(&udp(agent.dns, "redis-q.query.consul", RecordType::A, None));
+    for agent in [&s1, &client] {
+        let (dc, failovers, nodes) = execute(agent);
+        assert_eq!((dc.as_str(), failovers), ("dc1", Some(0)));
+        assert_eq!(nodes[0]["Node"]["Address"], "10.0.1.5");
+        assert_eq!(dns_a(agent), ["A 10.0.1.5"]);
+    }
+    let ttl = udp(s1.dns, "redis-q.query.consul", RecordType::A, None).answers[0].ttl;
+    assert_eq!(ttl, 7, "the query's DNS TTL");
+
+    // dc1's instance fails: dc2 answers.
+    register(&s1, "db1", "10.0.1.5", "critical");
+    for agent in [&s1, &client] {
+        let (dc, failovers, nodes) = execute(agent);
+        assert_eq!((dc.as_str(), failovers), ("dc2", Some(1)));
+        assert_eq!(nodes[0]["Node"]["Address"], "10.0.2.7");
+        assert_eq!(nodes[0]["Node"]["Datacenter"], "dc2");
+        assert_eq!(dns_a(agent), ["A 10.0.2.7"]);
+        let srv = tcp(agent.dns, "redis-q.query.consul", RecordType::SRV);
+        assert_eq!(answers(&srv), ["SRV 1 1 6379 cache1.node.dc2.consul."]);
+    }
+    // And back.
+    register(&s1, "db1", "10.0.1.5", "passing");
+    assert_eq!(execute(&client).0, "dc1");
+    assert_eq!(dns_a(&client), ["A 10.0.1.5"]);
+
+    // Updated, then deleted.
+    let mut changed = definition.clone();
+    changed["Service"]["Tags"] = json!(["primary"]);
+    assert_eq!(s1.request("PUT", &format!("/v1/query/{id}"), changed.to_string().as_bytes()).status, 200);
+    let (dc, _, nodes) = execute(&s1);
+    assert_eq!((dc.as_str(), nodes), ("dc1", json!([])), "no instance has the tag anywhere");
+    assert_eq!(udp(s1.dns, "redis-q.query.consul", RecordType::A, None).metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(s1.request("PUT", "/v1/query/no-such-id", changed.to_string().as_bytes()).status, 404);
+    assert_eq!(client.delete(&format!("/v1/query/{id}")).status, 200);
+    assert_eq!(s1.get(&format!("/v1/query/{id}")).status, 404);
+    assert_eq!(client.delete(&format!("/v1/query/{id}")).status, 404);
+    drop(s2);
+}

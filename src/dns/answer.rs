@@ -65,13 +65,26 @@ pub fn to_ttl(d: Duration) -> u32 {
     d.as_secs().min(u32::MAX as u64) as u32
 }
 
+/// What a prepared query's execution found, for its DNS answer.
+#[derive(Debug, Clone)]
+pub struct QueryResults {
+    /// Where the instances are (SRV targets are `node.node.<datacenter>.<domain>`).
+    pub datacenter: String,
+    /// The query's own TTL; else the service's.
+    pub ttl: Option<u32>,
+    /// The service name the query looked up.
+    pub service: String,
+    /// Healthy by the query's rules already, in answer order.
+    pub instances: Vec<InstanceRecord>,
+}
+
 /// Builds the answer to `q` from `dir`. Answer order is shuffled with `rng`.
 pub fn build(settings: &AnswerSettings, dir: &Directory, q: &Question<'_>, rng: &mut impl Rng) -> Answer {
-    let b = Builder { settings, dir, q };
+    let b = Builder { settings, dir, q, datacenter: &settings.datacenter };
     let soa = b.soa_record();
     match &q.lookup {
         Lookup::Apex => b.apex(soa),
-        Lookup::Unknown | Lookup::PreparedQuery | Lookup::OtherDatacenter { .. } => Answer::nxdomain(soa),
+        Lookup::Unknown | Lookup::PreparedQuery { .. } | Lookup::OtherDatacenter { .. } => Answer::nxdomain(soa),
         _ if q.qtype == RecordType::SOA => {
             Answer { answers: vec![soa], authorities: b.ns_records(), ..Default::default() }
         }
@@ -81,10 +94,27 @@ pub fn build(settings: &AnswerSettings, dir: &Directory, q: &Question<'_>, rng: 
     }
 }
 
+/// Builds the answer to a prepared query `q` from its execution's `results` (NXDOMAIN
+/// when there are none, as Consul).
+pub fn build_query(settings: &AnswerSettings, dir: &Directory, q: &Question<'_>, results: &QueryResults) -> Answer {
+    let b = Builder { settings, dir, q, datacenter: &results.datacenter };
+    let soa = b.soa_record();
+    if q.qtype == RecordType::SOA {
+        return Answer { answers: vec![soa], authorities: b.ns_records(), ..Default::default() };
+    }
+    if results.instances.is_empty() {
+        return Answer::nxdomain(soa);
+    }
+    let instances: Vec<&InstanceRecord> = results.instances.iter().collect();
+    b.instances_answer(&instances, results.ttl.unwrap_or_else(|| b.service_ttl(&results.service)), soa)
+}
+
 struct Builder<'a> {
     settings: &'a AnswerSettings,
     dir: &'a Directory,
     q: &'a Question<'a>,
+    /// The datacenter in the names answers point at (node and addr names).
+    datacenter: &'a str,
 }
 
 /// Turns a registered address into a name for an RFC 1035 label context, if it is valid.
@@ -107,7 +137,7 @@ impl Builder<'_> {
     }
 
     fn node_name(&self, node: &NodeRecord) -> Option<Name> {
-        self.name_in_domain(&[&node.name, "node", &self.settings.datacenter])
+        self.name_in_domain(&[&node.name, "node", self.datacenter])
     }
 
     fn soa_record(&self) -> Record {
@@ -197,10 +227,14 @@ impl Builder<'_> {
             return Answer::nxdomain(soa);
         }
         instances.shuffle(rng);
-        let ttl = self.service_ttl(name);
+        self.instances_answer(&instances, self.service_ttl(name), soa)
+    }
+
+    /// SRV, or A/AAAA (CNAME for a hostname), for `instances`, in their order.
+    fn instances_answer(&self, instances: &[&InstanceRecord], ttl: u32, soa: Record) -> Answer {
         let mut answer = Answer::default();
         match self.q.qtype {
-            RecordType::SRV => self.srv(&instances, ttl, &mut answer),
+            RecordType::SRV => self.srv(instances, ttl, &mut answer),
             RecordType::A | RecordType::AAAA | RecordType::ANY => {
                 for instance in instances {
                     self.address_records(instance.effective_address(), ttl, &mut answer);
@@ -259,7 +293,7 @@ impl Builder<'_> {
                 answer.additionals.extend(self.meta_txt(&instance.node, target.clone()));
                 target
             } else if let Ok(ip) = instance.address.parse::<IpAddr>() {
-                let Some(target) = self.name_in_domain(&[&encode_hex_ip(ip), "addr", &self.settings.datacenter]) else {
+                let Some(target) = self.name_in_domain(&[&encode_hex_ip(ip), "addr", self.datacenter]) else {
                     continue;
                 };
                 answer.additionals.push(ip_record(target.clone(), node_ttl, ip));

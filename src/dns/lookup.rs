@@ -23,9 +23,11 @@ pub enum Lookup {
     Addr {
         ip: IpAddr,
     },
-    /// A prepared query; cairn has none, so the answer is NXDOMAIN, as Consul gives for an
-    /// unknown one.
-    PreparedQuery,
+    /// A prepared query, by ID or name (lowercase): its execution answers (on a server's
+    /// slow path), NXDOMAIN for an unknown one.
+    PreparedQuery {
+        name: String,
+    },
     /// A name in a datacenter other than ours (lowercase): a server of that datacenter
     /// answers it, or NXDOMAIN when none is known.
     OtherDatacenter {
@@ -59,7 +61,7 @@ pub fn parse(labels: &[&str], dc: &str) -> Lookup {
             [hex] => decode_hex_ip(hex).map_or(Lookup::Unknown, |ip| Lookup::Addr { ip }),
             _ => Lookup::Unknown,
         },
-        _ => Lookup::PreparedQuery,
+        _ => Lookup::PreparedQuery { name: prefix.join(".") },
     }
 }
 
@@ -168,7 +170,7 @@ mod tests {
         check("20010db8000000000000000000000001.addr.dc1", Lookup::Addr { ip: "2001:db8::1".parse().unwrap() });
         check("7f0001.addr.dc1", Lookup::Unknown);
         check("zz000001.addr", Lookup::Unknown);
-        check("nightly.query", Lookup::PreparedQuery);
+        check("nightly.query", Lookup::PreparedQuery { name: "nightly".into() });
         check("service", Lookup::Unknown);
         check("something.else", Lookup::Unknown);
         check("node.service", service("node", None));

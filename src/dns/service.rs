@@ -19,13 +19,16 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponse;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::answer::QueryResults;
 use super::forward::{ForwardError, Forwarder};
+use super::lookup::Lookup;
 use super::wire::{
     encode_within, error_reply, peek_header, Reply, Responder, Transport, TCP_MESSAGE_MAX, UDP_PAYLOAD_MAX,
 };
 use super::zones::{self, Zones};
 use crate::cluster::Cluster;
 use crate::store::Store;
+use crate::store::{InstanceRecord, NodeRecord};
 
 /// An IP network (`10.0.0.0/8`), for `recursor_allow`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +149,7 @@ impl DnsService {
             // datacenter's, or this replica is too stale. Other names are the client's to
             // resolve.
             Reply::NotOurs => {
-                if let Some(answer) = self.reply_for_other_datacenter(packet, transport).await {
+                if let Some(answer) = self.reply_slow_consul(packet, transport).await {
                     return answer;
                 }
                 let code = if self.replica_fresh.load(Ordering::Relaxed) {
@@ -242,7 +245,7 @@ impl DnsService {
                 Some(cluster) => self.ask_server(cluster, packet, transport).await,
                 // On a server: another datacenter's name, or the replica is too stale (the
                 // fast path answers otherwise).
-                None => match self.reply_for_other_datacenter(&packet, transport).await {
+                None => match self.reply_slow_consul(&packet, transport).await {
                     Some(answer) => answer,
                     None => error_reply(&header, ResponseCode::ServFail),
                 },
@@ -271,31 +274,60 @@ impl DnsService {
         }
     }
 
-    /// The answer to a query for a name of another datacenter (`None` for any other query):
-    /// a server of that datacenter's, SERVFAIL when none answers, NXDOMAIN when no server
-    /// of it is known (as Consul).
-    async fn reply_for_other_datacenter(&self, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    /// The answer to a Consul name the fast path leaves to this one (`None` for any other
+    /// query): another datacenter's name — a server of that datacenter's answer, SERVFAIL
+    /// when none answers, NXDOMAIN when no server of it is known (as Consul) — or a prepared
+    /// query's execution.
+    async fn reply_slow_consul(&self, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
         let request = Message::from_vec(packet).ok()?;
         let settings = self.settings.load_full();
-        let datacenter = settings.responder.other_datacenter(&request)?;
-        match &self.federation {
-            Some(cluster) if cluster.knows_datacenter(&datacenter) => {
-                match cluster.forward_dns_to(&datacenter, packet.to_vec(), transport == Transport::Tcp).await {
-                    Ok(answer) if !answer.is_empty() => Some(answer),
-                    Ok(_) => Some(error_reply(&request.metadata, ResponseCode::ServFail)),
+        let servfail = || Some(error_reply(&request.metadata, ResponseCode::ServFail));
+        let unknown = || {
+            let directory = self.store.directory();
+            match settings.responder.reply_here(packet, transport, &directory, &mut rand::rng()) {
+                Reply::Bytes(answer) => Some(answer),
+                Reply::Drop | Reply::NotOurs => servfail(),
+            }
+        };
+        let cluster = self.federation.as_ref();
+        match settings.responder.slow_lookup(&request)? {
+            Lookup::OtherDatacenter { datacenter } => match cluster.filter(|c| c.knows_datacenter(&datacenter)) {
+                Some(cluster) => {
+                    match cluster.forward_dns_to(&datacenter, packet.to_vec(), transport == Transport::Tcp).await {
+                        Ok(answer) if !answer.is_empty() => Some(answer),
+                        Ok(_) => servfail(),
+                        Err(e) => {
+                            tracing::debug!(datacenter, error = %e, "no server of the datacenter answered a DNS query");
+                            servfail()
+                        }
+                    }
+                }
+                None => unknown(),
+            },
+            Lookup::PreparedQuery { name } => {
+                let Some(cluster) = cluster else { return unknown() };
+                let query = match self.store.read().and_then(|view| view.resolve_prepared_query(&name)) {
+                    Ok(Some(query)) => query,
+                    Ok(None) => return unknown(),
                     Err(e) => {
-                        tracing::debug!(datacenter, error = %e, "no server of the datacenter answered a DNS query");
-                        Some(error_reply(&request.metadata, ResponseCode::ServFail))
+                        tracing::warn!(error = %e, "prepared query lookup failed");
+                        return servfail();
+                    }
+                };
+                let local = &settings.responder.answers.datacenter;
+                match crate::prepared_query::execute(&self.store, cluster, local, &query, None).await {
+                    Ok(execution) => {
+                        let results = query_results(&query, execution);
+                        let directory = self.store.directory();
+                        Some(settings.responder.reply_query(&request, transport, &directory, &results))
+                    }
+                    Err(e) => {
+                        tracing::warn!(query = %name, error = %e, "prepared query failed");
+                        servfail()
                     }
                 }
             }
-            _ => {
-                let directory = self.store.directory();
-                match settings.responder.reply_here(packet, transport, &directory, &mut rand::rng()) {
-                    Reply::Bytes(answer) => Some(answer),
-                    Reply::Drop | Reply::NotOurs => Some(error_reply(&request.metadata, ResponseCode::ServFail)),
-                }
-            }
+            _ => None,
         }
     }
 
@@ -423,4 +455,36 @@ fn not_sent(request: &Metadata) -> ResponseInfo {
     let mut metadata = Metadata::new(request.id, MessageType::Response, OpCode::Query);
     metadata.response_code = ResponseCode::ServFail;
     ResponseInfo::from(Header { metadata, counts: HeaderCounts::default() })
+}
+
+/// An execution's instances as the DNS answer builder takes them.
+fn query_results(query: &crate::model::PreparedQuery, execution: crate::prepared_query::Execution) -> QueryResults {
+    let instances = execution
+        .nodes
+        .into_iter()
+        .map(|h| {
+            let status = crate::prepared_query::health(&h, &query.service.ignore_check_ids);
+            InstanceRecord {
+                node: Arc::new(NodeRecord {
+                    name: h.node.node,
+                    address: h.node.address,
+                    datacenter: h.node.datacenter,
+                    meta: h.node.meta,
+                }),
+                service_name: h.service.service,
+                service_id: h.service.id,
+                address: h.service.address,
+                port: h.service.port,
+                tags: h.service.tags,
+                weights: h.service.weights,
+                status,
+            }
+        })
+        .collect();
+    QueryResults {
+        datacenter: execution.datacenter,
+        ttl: execution.dns_ttl.map(super::answer::to_ttl),
+        service: execution.service,
+        instances,
+    }
 }

@@ -43,13 +43,22 @@ pub enum Transport {
     Tcp,
 }
 
-/// Where names of other datacenters are answered.
+/// Where names of other datacenters and prepared queries are answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Routing {
-    /// By a server of theirs: [`Reply::NotOurs`] here.
+    /// On the slow path (a server of theirs, the query's execution): [`Reply::NotOurs`] here.
     OtherDatacentersElsewhere,
-    /// Here, as names of an unknown datacenter (NXDOMAIN).
+    /// Here, as unknown names (NXDOMAIN).
     AllHere,
+}
+
+/// Whether answering `lookup` awaits something (another datacenter, a query's execution).
+fn needs_slow_path(lookup: &lookup::Lookup) -> bool {
+    matches!(lookup, lookup::Lookup::OtherDatacenter { .. } | lookup::Lookup::PreparedQuery { .. })
+}
+
+fn now_secs() -> u32 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as u32)
 }
 
 /// What to do with a packet.
@@ -124,14 +133,35 @@ impl Responder {
         self.reply_with(&request, transport, dir, rng, routing)
     }
 
-    /// The datacenter `request` asks about when it is a Consul name of another one.
-    pub fn other_datacenter(&self, request: &Message) -> Option<String> {
+    /// What `request` asks when it is a Consul name the fast path leaves to the slow one:
+    /// another datacenter's name, or a prepared query.
+    pub fn slow_lookup(&self, request: &Message) -> Option<lookup::Lookup> {
         let [query] = request.queries.as_slice() else { return None };
         let domain = self.domain_of(&query.name)?;
-        match self.lookup_of(query, domain) {
-            lookup::Lookup::OtherDatacenter { datacenter } => Some(datacenter),
-            _ => None,
-        }
+        let lookup = self.lookup_of(query, domain);
+        needs_slow_path(&lookup).then_some(lookup)
+    }
+
+    /// The answer to `request`, a prepared query, from its execution's `results`.
+    pub fn reply_query(
+        &self,
+        request: &Message,
+        transport: Transport,
+        dir: &Directory,
+        results: &answer::QueryResults,
+    ) -> Vec<u8> {
+        let Some((query, domain)) = request.queries.first().and_then(|q| Some((q, self.domain_of(&q.name)?))) else {
+            return error_reply(&request.metadata, ResponseCode::ServFail);
+        };
+        let question = Question {
+            name: &query.name,
+            qtype: query.query_type,
+            domain,
+            lookup: self.lookup_of(query, domain),
+            now_secs: now_secs(),
+        };
+        let built = answer::build_query(&self.answers, dir, &question, results);
+        self.encode(request, &question, built, transport)
     }
 
     /// What a name in `domain` asks for.
@@ -179,18 +209,10 @@ impl Responder {
             return Reply::NotOurs;
         }
         let lookup = self.lookup_of(query, domain);
-        if routing == Routing::OtherDatacentersElsewhere && matches!(lookup, lookup::Lookup::OtherDatacenter { .. }) {
+        if routing == Routing::OtherDatacentersElsewhere && needs_slow_path(&lookup) {
             return Reply::NotOurs;
         }
-        let question = Question {
-            name: &query.name,
-            qtype: query.query_type,
-            domain,
-            lookup,
-            now_secs: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as u32),
-        };
+        let question = Question { name: &query.name, qtype: query.query_type, domain, lookup, now_secs: now_secs() };
         Reply::Bytes(self.answer(request, question, transport, dir, rng))
     }
 
@@ -221,8 +243,19 @@ impl Responder {
         dir: &Directory,
         rng: &mut impl Rng,
     ) -> Vec<u8> {
-        let mut built = answer::build(&self.answers, dir, &question, rng);
+        let built = answer::build(&self.answers, dir, &question, rng);
+        self.encode(request, &question, built, transport)
+    }
 
+    /// The response bytes for `built`: header flags, EDNS, the policy limits and the size
+    /// limit.
+    fn encode(
+        &self,
+        request: &Message,
+        question: &Question<'_>,
+        mut built: answer::Answer,
+        transport: Transport,
+    ) -> Vec<u8> {
         let mut message = self.response_shell(request);
         message.metadata.authoritative = true;
         message.metadata.response_code = built.rcode;

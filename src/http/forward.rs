@@ -32,8 +32,9 @@ pub fn forwardable(path: &str) -> bool {
         "/v1/status/",
         "/v1/operator/raft/",
         "/v1/operator/autopilot/",
+        "/v1/query/",
     ];
-    path == "/v1/txn" || path == "/v1/kv" || PREFIXES.iter().any(|p| path.starts_with(p))
+    matches!(path, "/v1/txn" | "/v1/kv" | "/v1/query") || PREFIXES.iter().any(|p| path.starts_with(p))
 }
 
 /// Request headers a forwarded request keeps: what the handlers read. The browser-facing

@@ -33,12 +33,19 @@ fn views(checks: Vec<HealthCheck>) -> Vec<CheckView> {
     checks.into_iter().map(CheckView::from).collect()
 }
 
+/// One instance as `/v1/health/service` (and a prepared query's execution) lists it.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-struct ServiceEntry {
+pub(super) struct ServiceEntry {
     node: Node,
     service: ServiceView,
     checks: Vec<CheckView>,
+}
+
+impl From<crate::store::ServiceHealth> for ServiceEntry {
+    fn from(h: crate::store::ServiceHealth) -> Self {
+        ServiceEntry { node: h.node, service: h.service.into(), checks: views(h.checks) }
+    }
 }
 
 pub async fn service(ctx: Ctx, Path(name): Path<String>, q: Query) -> Result<Response, ApiError> {
@@ -51,7 +58,7 @@ pub async fn service(ctx: Ctx, Path(name): Path<String>, q: Query) -> Result<Res
             .into_iter()
             .filter(|h| has_tags(&h.service, &wanted))
             .filter(|h| !passing_only || h.status() == CheckStatus::Passing)
-            .map(|h| ServiceEntry { node: h.node, service: h.service.into(), checks: views(h.checks) })
+            .map(ServiceEntry::from)
             .collect::<Vec<_>>();
         Ok((view.service_index(&name)?, entries))
     })

@@ -18,6 +18,7 @@ mod health;
 mod kv;
 pub mod monitor;
 mod operator;
+mod prepared;
 mod query;
 mod server;
 mod session;
@@ -202,6 +203,10 @@ pub fn router(ctx: Arc<HttpContext>) -> Router {
         .route("/v1/coordinate/datacenters", get(coordinate::datacenters))
         .route("/v1/coordinate/nodes", get(coordinate::nodes))
         .route("/v1/coordinate/node/{node}", get(coordinate::node))
+        .route("/v1/query", get(prepared::list).post(prepared::create))
+        .route("/v1/query/{id}", get(prepared::read).put(prepared::update).delete(prepared::delete))
+        .route("/v1/query/{id}/execute", get(prepared::execute))
+        .route("/v1/query/{id}/explain", get(prepared::explain))
         .route("/v1/event/fire/{name}", put(event::fire))
         .route("/v1/event/list", get(event::list))
         .fallback(unknown_path)

@@ -69,6 +69,10 @@ pub enum Command {
         session: String,
         op: KvLockOp,
     },
+    /// `POST /v1/query` (a new ID) or `PUT /v1/query/{id}`: stores a prepared query.
+    PreparedQuerySet(Box<super::PreparedQuery>),
+    /// `DELETE /v1/query/{id}`.
+    PreparedQueryDelete { id: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,7 +108,13 @@ pub struct RestoreRequest {
 impl Command {
     /// Whether the command removes data (and may run when the store is nearly full).
     pub fn frees_space(&self) -> bool {
-        matches!(self, Command::KvDelete { .. } | Command::Deregister(_) | Command::SessionDestroy { .. })
+        matches!(
+            self,
+            Command::KvDelete { .. }
+                | Command::Deregister(_)
+                | Command::SessionDestroy { .. }
+                | Command::PreparedQueryDelete { .. }
+        )
     }
 
     /// Rough size in bytes of the command in the log, for batch and map-room limits.
@@ -123,7 +133,8 @@ impl Command {
             // Registrations carry free-form maps and texts: measure them.
             Command::Register(r) => BASE + serde_json::to_vec(r).map_or(BASE * 4, |bytes| bytes.len()),
             Command::KvDelete { key, .. } => BASE + key.len(),
-            Command::Deregister(_) | Command::SessionDestroy { .. } => BASE,
+            Command::Deregister(_) | Command::SessionDestroy { .. } | Command::PreparedQueryDelete { .. } => BASE,
+            Command::PreparedQuerySet(q) => BASE + serde_json::to_vec(q).map_or(BASE * 4, |bytes| bytes.len()),
             Command::SessionCreate(s) => BASE + serde_json::to_vec(s).map_or(BASE * 4, |bytes| bytes.len()),
             // What it writes into the store, not the size of the entry.
             Command::Restore(r) => BASE + r.size_bytes as usize,
@@ -391,6 +402,7 @@ mod tests {
                 ),
             ),
             (Command::SessionDestroy { id: "s1".into() }, r#"{"SessionDestroy":{"id":"s1"}}"#),
+            (Command::PreparedQueryDelete { id: "q1".into() }, r#"{"PreparedQueryDelete":{"id":"q1"}}"#),
             (
                 Command::KvLock { key: "k".into(), value: None, flags: 1, session: "s1".into(), op: KvLockOp::Release },
                 r#"{"KvLock":{"key":"k","value":null,"flags":1,"session":"s1","op":"release"}}"#,

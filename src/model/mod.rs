@@ -11,6 +11,7 @@ mod catalog;
 mod command;
 mod duration;
 mod kv;
+mod query;
 mod session;
 
 pub use catalog::{CheckStatus, HealthCheck, Node, Service, ServiceAddress, Weights};
@@ -20,6 +21,7 @@ pub use command::{
 };
 pub use duration::{format_duration, parse_duration};
 pub use kv::KvEntry;
+pub use query::{PreparedQuery, QueryDns, QueryFailover, QueryService};
 pub use session::{ServiceCheckRef, Session, SessionBehavior};
 
 /// The Consul API version cairn implements; clients branch on `Config.Version`, and gossip

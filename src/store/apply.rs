@@ -226,7 +226,42 @@ impl ApplyTx<'_, '_> {
                     Err(why) => Outcome::Abort(CommandResult::Rejected(why)),
                 })
             }
+            Command::PreparedQuerySet(query) => self.prepared_query_set(query),
+            Command::PreparedQueryDelete { id } => {
+                if rows::prepared_query(&self.t, self.txn, id)?.is_none() {
+                    return Ok(Outcome::Abort(CommandResult::Bool(false)));
+                }
+                self.t.prepared_queries.delete(self.txn, id.as_bytes())?;
+                self.touch_table(Table::PreparedQueries)?;
+                Ok(Outcome::Commit(CommandResult::Bool(true)))
+            }
         }
+    }
+
+    /// Creates or replaces a prepared query (its create index kept); refused when invalid
+    /// or when another query has its name.
+    fn prepared_query_set(&mut self, query: &crate::model::PreparedQuery) -> Result<Outcome, StoreError> {
+        let reject = |why: String| Ok(Outcome::Abort(CommandResult::Rejected(why)));
+        if !rows::storable(query.id.as_bytes()) {
+            return reject(format!("invalid prepared query ID {:?}", query.id));
+        }
+        if let Some(why) = query.invalid() {
+            return reject(why);
+        }
+        let mut create_index = self.index;
+        for row in self.t.prepared_queries.iter(self.txn)? {
+            let (key, bytes) = row?;
+            let other: crate::model::PreparedQuery = codec::decode_json("sm_prepared_queries", key, bytes)?;
+            if other.id == query.id {
+                create_index = other.create_index;
+            } else if !query.name.is_empty() && other.name.eq_ignore_ascii_case(&query.name) {
+                return reject(format!("Name '{}' aliases an existing query name", query.name));
+            }
+        }
+        let stored = crate::model::PreparedQuery { create_index, modify_index: self.index, ..query.clone() };
+        self.t.prepared_queries.put(self.txn, query.id.as_bytes(), &codec::encode_json(&stored))?;
+        self.touch_table(Table::PreparedQueries)?;
+        Ok(Outcome::Commit(CommandResult::Done))
     }
 
     /// Replaces every catalog and KV table with a staged archive's state, indexes included,

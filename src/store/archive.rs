@@ -7,7 +7,8 @@
 //! the archive's state replaces the catalog and KV, never the cluster's log position.
 
 use super::{
-    MetaValues, Store, StoreError, TAG_CHECKS, TAG_KV, TAG_LOCK_DELAYS, TAG_NODES, TAG_SERVICES, TAG_SESSIONS,
+    MetaValues, Store, StoreError, TAG_CHECKS, TAG_KV, TAG_LOCK_DELAYS, TAG_NODES, TAG_PREPARED_QUERIES, TAG_SERVICES,
+    TAG_SESSIONS,
 };
 use crate::backup::{ArchiveError, ArchiveHeader, Verified};
 
@@ -38,6 +39,7 @@ pub fn verify(archive: &[u8]) -> Result<Verified, ArchiveError> {
             TAG_CHECKS => json_row::<crate::model::HealthCheck>(value),
             TAG_KV => super::codec::decode_kv(key, value).map(drop).map_err(|e| e.to_string()),
             TAG_SESSIONS => json_row::<crate::model::Session>(value),
+            TAG_PREPARED_QUERIES => json_row::<crate::model::PreparedQuery>(value),
             TAG_LOCK_DELAYS => {
                 super::codec::decode_u64("sm_kv_lock_delays", key, value).map(drop).map_err(|e| e.to_string())
             }

@@ -36,7 +36,7 @@ pub use watch::{Subscription, Table, Topic, Watches};
 pub type RawDb = Database<'static, Bytes, Bytes>;
 
 /// Names of the LMDB databases, in creation order. Part of the disk format.
-const DB_NAMES: [&str; 13] = [
+const DB_NAMES: [&str; 14] = [
     "raft_log",
     "raft_meta",
     "sm_meta",
@@ -50,6 +50,7 @@ const DB_NAMES: [&str; 13] = [
     "sm_sessions",
     "sm_session_refs",
     "sm_kv_lock_delays",
+    "sm_prepared_queries",
 ];
 
 /// The state-machine tables, which snapshots copy and restore wholesale.
@@ -75,6 +76,8 @@ pub(crate) struct SmTables {
     /// KV key → the leader time (Unix ms) until which it cannot be acquired, set when the
     /// session holding it was invalidated.
     pub lock_delays: RawDb,
+    /// Prepared query ID → [`crate::model::PreparedQuery`] (JSON).
+    pub prepared_queries: RawDb,
 }
 
 impl SmTables {
@@ -92,6 +95,7 @@ impl SmTables {
             (8, self.sessions),
             (9, self.session_refs),
             (10, self.lock_delays),
+            (11, self.prepared_queries),
         ]
     }
 }
@@ -145,7 +149,8 @@ fn process_tag() -> &'static str {
 }
 
 pub(crate) use crate::backup::{
-    TABLE_TAGS, TAG_CHECKS, TAG_KV, TAG_LOCK_DELAYS, TAG_META, TAG_NODES, TAG_SERVICES, TAG_SESSIONS,
+    TABLE_TAGS, TAG_CHECKS, TAG_KV, TAG_LOCK_DELAYS, TAG_META, TAG_NODES, TAG_PREPARED_QUERIES, TAG_SERVICES,
+    TAG_SESSIONS,
 };
 
 /// Handle on the LMDB environment. Cheap to clone.
@@ -266,18 +271,18 @@ impl Store {
         }
         .map_err(open_err)?;
         let wtxn = env.write_txn().map_err(open_err)?;
-        let dbs: [RawDb; 13] = env
+        let dbs: [RawDb; 14] = env
             .create_databases_and_commit(wtxn, |opener, wtxn| {
                 let mut dbs = Vec::with_capacity(DB_NAMES.len());
                 for name in DB_NAMES {
                     dbs.push(opener.create_database::<Bytes, Bytes>(wtxn, Some(name))?);
                 }
-                let dbs: [_; 13] = dbs.try_into().unwrap_or_else(|_| unreachable!());
+                let dbs: [_; 14] = dbs.try_into().unwrap_or_else(|_| unreachable!());
                 Ok::<_, heed::Error>(CommitOrAbort::<_, ()>::Commit(dbs))
             })
             .map_err(open_err)?
             .unwrap_commit();
-        let [raft_log, raft_meta, meta, nodes, services, service_names, checks, kv, kv_tombstones, indexes, sessions, session_refs, lock_delays] =
+        let [raft_log, raft_meta, meta, nodes, services, service_names, checks, kv, kv_tombstones, indexes, sessions, session_refs, lock_delays, prepared_queries] =
             dbs;
         let store = Store {
             env,
@@ -295,6 +300,7 @@ impl Store {
                 sessions,
                 session_refs,
                 lock_delays,
+                prepared_queries,
             },
             watches: Arc::new(Watches::default()),
             directory: Arc::default(),

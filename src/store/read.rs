@@ -226,6 +226,28 @@ impl<'e> ReadView<'e> {
         rows::session(&self.t, &self.txn, id)
     }
 
+    pub fn prepared_query(&self, id: &str) -> Result<Option<crate::model::PreparedQuery>, StoreError> {
+        rows::prepared_query(&self.t, &self.txn, id)
+    }
+
+    /// Every prepared query, ordered by ID.
+    pub fn prepared_queries(&self) -> Result<Vec<crate::model::PreparedQuery>, StoreError> {
+        let mut out = Vec::new();
+        for row in self.t.prepared_queries.iter(&self.txn)? {
+            let (key, bytes) = row?;
+            out.push(codec::decode_json("sm_prepared_queries", key, bytes)?);
+        }
+        Ok(out)
+    }
+
+    /// The prepared query with ID `id_or_name`, else the one of that name (case aside).
+    pub fn resolve_prepared_query(&self, id_or_name: &str) -> Result<Option<crate::model::PreparedQuery>, StoreError> {
+        if let Some(query) = self.prepared_query(id_or_name)? {
+            return Ok(Some(query));
+        }
+        Ok(self.prepared_queries()?.into_iter().find(|q| !q.name.is_empty() && q.name.eq_ignore_ascii_case(id_or_name)))
+    }
+
     /// Every session, ordered by ID.
     pub fn sessions(&self) -> Result<Vec<Session>, StoreError> {
         let mut out = Vec::new();

@@ -24,6 +24,14 @@ pub(super) fn session(t: &SmTables, txn: &Txn<'_>, id: &str) -> Result<Option<Se
     json_row(t.sessions, "sm_sessions", txn, id.as_bytes())
 }
 
+pub(super) fn prepared_query(
+    t: &SmTables,
+    txn: &Txn<'_>,
+    id: &str,
+) -> Result<Option<crate::model::PreparedQuery>, StoreError> {
+    json_row(t.prepared_queries, "sm_prepared_queries", txn, id.as_bytes())
+}
+
 pub(super) fn service(t: &SmTables, txn: &Txn<'_>, node: &str, id: &str) -> Result<Option<Service>, StoreError> {
     pair_row(t.services, "sm_services", txn, node, id)
 }

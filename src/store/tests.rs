@@ -224,6 +224,47 @@ fn snapshot_round_trip_and_damage_detected() {
     assert!(matches!(other.restore_snapshot(&damaged, &[], 3), Err(StoreError::BadSnapshot(_))));
 }
 
+/// Prepared queries: created and replaced (create index kept), names unique case aside,
+/// deleted once, and carried by snapshots.
+#[test]
+fn prepared_queries_are_stored_renamed_deleted_and_snapshotted() {
+    use crate::model::{PreparedQuery, QueryService};
+    let (_dir, store) = open();
+    let query = |id: &str, name: &str| PreparedQuery {
+        id: id.into(),
+        name: name.into(),
+        service: QueryService { service: "web".into(), ..Default::default() },
+        ..Default::default()
+    };
+    let set = |q: PreparedQuery| Command::PreparedQuerySet(Box::new(q));
+    assert_eq!(apply(&store, 2, vec![set(query("q1", "web"))]), [CommandResult::Done]);
+    assert_eq!(apply(&store, 3, vec![set(query("q1", "web-renamed"))]), [CommandResult::Done]);
+    let stored = store.read().expect("read").prepared_query("q1").expect("row").expect("exists");
+    assert_eq!((stored.name.as_str(), stored.create_index, stored.modify_index), ("web-renamed", 2, 3));
+    let clash = apply(&store, 4, vec![set(query("q2", "WEB-RENAMED"))]);
+    assert!(matches!(&clash[0], CommandResult::Rejected(why) if why.contains("aliases")), "{clash:?}");
+    let invalid = apply(&store, 5, vec![set(PreparedQuery { id: "q3".into(), ..Default::default() })]);
+    assert!(matches!(&invalid[0], CommandResult::Rejected(_)), "{invalid:?}");
+    assert_eq!(apply(&store, 6, vec![set(query("q2", ""))]), [CommandResult::Done]);
+    let view = store.read().expect("read");
+    assert_eq!(view.table_index(Table::PreparedQueries).expect("index"), 6);
+    assert_eq!(view.resolve_prepared_query("Web-Renamed").expect("resolve").map(|q| q.id), Some("q1".into()));
+    assert_eq!(view.resolve_prepared_query("q2").expect("resolve").map(|q| q.id), Some("q2".into()));
+    drop(view);
+
+    let (bytes, _) = store.snapshot(&[]).expect("snapshot");
+    let (_dir2, other) = open();
+    other.restore_snapshot(&bytes, &[], 6).expect("restore");
+    assert_eq!(other.read().expect("read").prepared_queries().expect("list").len(), 2);
+
+    let delete = |id: &str| Command::PreparedQueryDelete { id: id.into() };
+    assert_eq!(
+        apply(&store, 7, vec![delete("q1"), delete("q1")]),
+        [CommandResult::Bool(true), CommandResult::Bool(false)]
+    );
+    assert_eq!(store.read().expect("read").prepared_queries().expect("list").len(), 1);
+}
+
 /// Pins the stored bytes of a KV record (see `codec::encode_kv`).
 #[test]
 fn record_bytes_are_pinned() {

@@ -27,6 +27,7 @@ pub enum Table {
     Checks,
     Kv,
     Sessions,
+    PreparedQueries,
 }
 
 impl Table {
@@ -37,6 +38,7 @@ impl Table {
             Table::Checks => "checks",
             Table::Kv => "kvs",
             Table::Sessions => "sessions",
+            Table::PreparedQueries => "prepared-queries",
         }
     }
 }

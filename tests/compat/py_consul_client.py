@@ -21,13 +21,14 @@ def main() -> None:
     assert c.status.leader(), "no leader reported"
     assert c.catalog.datacenters() == ["dc1"]
 
-    # Gossip members: this agent, alive, a server; no WAN pool yet; joining through its own
-    # gossip address works; force-leaving an unknown node fails.
+    # Gossip members: this agent, alive, a server; in the WAN pool as node.dc; joining
+    # through its own gossip address works; force-leaving an unknown node fails.
     members = c.agent.members()
     assert [m["Name"] for m in members] == [me["Config"]["NodeName"]], members
     assert members[0]["Status"] == 1 and members[0]["Tags"]["role"] == "consul", members
     assert me["Member"]["Name"] == me["Config"]["NodeName"], me["Member"]
-    assert c.agent.members(wan=True) == []
+    wan = c.agent.members(wan=True)
+    assert [m["Name"] for m in wan] == [me["Config"]["NodeName"] + ".dc1"], wan
     assert c.agent.join(f"{members[0]['Addr']}:{members[0]['Port']}") is True
     assert c.agent.force_leave("no-such-node") is False
 
@@ -76,6 +77,19 @@ def main() -> None:
     assert "redis1" in node["Services"], node
     _, checks = c.health.node("py-node")
     assert checks[0]["CheckID"] == "service:redis1", checks
+
+    # Prepared queries: create (py-consul sends lowercase keys and a template), list, get,
+    # execute by name, explain, delete.
+    created = c.query.create("redis", name="py-redis", onlypassing=True, tags=["master"], ttl="10s")
+    query_id = created["ID"]
+    assert [q["ID"] for q in c.query.list()] == [query_id]
+    assert c.query.get(query_id)[0]["Service"]["OnlyPassing"] is True
+    result = c.query.execute("py-redis")
+    assert [n["Service"]["ID"] for n in result["Nodes"]] == ["redis1"], result
+    assert result["DNS"]["TTL"] == "10s" and result["Datacenter"] == "dc1", result
+    assert c.query.explain("py-redis")["Query"]["Name"] == "py-redis"
+    assert c.query.delete(query_id) is True
+    assert c.query.list() == []
     assert c.catalog.deregister("py-node", service_id="redis1") is True
     _, healthy = c.health.service("redis")
     assert healthy == [], healthy
