@@ -30,8 +30,10 @@ use super::{Cluster, KnownServer, NodeId, ServerStatus, WriteError};
 /// The servers of every other datacenter the WAN pool knows, by datacenter.
 pub type RemoteServers = Arc<BTreeMap<String, Vec<KnownServer>>>;
 
-/// Requests at other datacenters' servers at once.
-pub const REMOTE_CALLS_IN_FLIGHT_MAX: usize = 512;
+/// Requests at other datacenters' servers at once. Each holds one connection (a call owns
+/// its connection), and a server accepts at most `serve::CONNECTIONS_PER_PEER_MAX` (128)
+/// from one address: this stays below it, with room for the round-trip probes.
+pub const REMOTE_CALLS_IN_FLIGHT_MAX: usize = 120;
 /// How often each remote server's round-trip time is measured.
 pub const RTT_PROBE_INTERVAL: Duration = Duration::from_secs(10);
 /// A probe unanswered for this long counts as a failure.

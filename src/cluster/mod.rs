@@ -91,8 +91,9 @@ pub const LEADER_WAIT: Duration = Duration::from_secs(7);
 /// it, before answering anyway (the write is committed either way).
 const LOCAL_APPLY_WAIT: Duration = Duration::from_secs(5);
 /// Idle connections kept to each other server for forwarded requests; more are closed after
-/// use.
-const FORWARD_CONNECTIONS_IDLE_MAX: usize = 16;
+/// use. 64, not 16: a busy datacenter's DNS queries for another (one call per connection at a
+/// time) churned through connects at 16 (bench/federation: 8.7k → 15.7k qps at 64).
+const FORWARD_CONNECTIONS_IDLE_MAX: usize = 64;
 /// A pooled connection idle for longer is closed rather than reused: the server closes idle
 /// connections after `serve::IDLE_TIMEOUT`, and a request sent on one it just closed would
 /// fail with an outcome the caller cannot know.
