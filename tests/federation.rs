@@ -17,12 +17,15 @@ use support::{wait_for, Agent};
 /// WAN timings fast enough for a test: a dead server is noticed within a few seconds.
 const FAST_WAN: &str = r#"{"gossip_wan": {"probe_interval": "400ms", "probe_timeout": "200ms", "suspicion_mult": 2}}"#;
 
+/// The gossip key of every agent here: the WAN pool is encrypted with the LAN's key.
+const KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+
 /// A one-server datacenter `dc`, joining the WAN pool through `join_wan` if given.
 fn server(dc: &str, name: &str, dir: &std::path::Path, join_wan: Option<&str>) -> Agent {
     let config = dir.join(format!("{name}.json"));
     std::fs::write(&config, FAST_WAN).expect("config");
     let mut args = server_args(name, dir, 1, None);
-    args.extend(["-datacenter", dc, "-config-file", &config.display().to_string()].map(String::from));
+    args.extend(["-datacenter", dc, "-config-file", &config.display().to_string(), "-encrypt", KEY].map(String::from));
     if let Some(join) = join_wan {
         args.extend(["-join-wan".to_string(), join.to_string()]);
     }
@@ -33,6 +36,13 @@ fn server(dc: &str, name: &str, dir: &std::path::Path, join_wan: Option<&str>) -
 fn wan_addr(agent: &Agent) -> String {
     let members = agent.get("/v1/agent/members?wan").json();
     format!("{}:{}", members[0]["Addr"].as_str().expect("Addr"), members[0]["Port"])
+}
+
+/// A client agent of dc1, joined through `s1`.
+fn spawn_client(s1: &Agent, dir: &std::path::Path) -> Agent {
+    let mut args = agent_args("c1", dir, None, Some(&s1.gossip.to_string()));
+    args.extend(["-encrypt".to_string(), KEY.to_string()]);
+    Agent::spawn_client(args, dir.join("c1"))
 }
 
 fn wan_members(agent: &Agent) -> Vec<(String, u64)> {
@@ -52,8 +62,7 @@ fn two_datacenters_answer_for_each_other() {
     let temp = tempfile::tempdir().expect("tempdir");
     let s1 = server("dc1", "s1", temp.path(), None);
     let mut s2 = server("dc2", "s2", temp.path(), Some(&wan_addr(&s1)));
-    let client =
-        Agent::spawn_client(agent_args("c1", temp.path(), None, Some(&s1.gossip.to_string())), temp.path().join("c1"));
+    let client = spawn_client(&s1, temp.path());
 
     // The WAN pool: both servers, named node.dc, on both; the client has none.
     let both = vec![("s1.dc1".to_string(), 1), ("s2.dc2".to_string(), 1)];
@@ -61,6 +70,16 @@ fn two_datacenters_answer_for_each_other() {
         wait_for("both servers in the WAN pool", FORM, || (wan_members(s) == both).then_some(()));
     }
     assert_eq!(client.get("/v1/agent/members?wan").json(), json!([]));
+    let cli = std::process::Command::new(support::cairn_bin())
+        .args(["members", "-wan", "-http-addr", &s2.http.to_string()])
+        .output()
+        .expect("run cairn members");
+    let out = String::from_utf8_lossy(&cli.stdout);
+    assert!(cli.status.success() && out.contains("s1.dc1") && out.contains("s2.dc2"), "{out}");
+    // The WAN keyring holds the configured key on both servers (the pool is encrypted).
+    let rings = s1.get("/v1/operator/keyring").json();
+    let wan_ring = rings.as_array().and_then(|r| r.iter().find(|p| p["WAN"] == true).cloned()).expect("a WAN ring");
+    assert_eq!(wan_ring["Keys"], json!({KEY: 2}), "{rings}");
     let r = client.request("PUT", "/v1/agent/join/127.0.0.1:1?wan", b"");
     assert_eq!(r.status, 400, "a client joins no WAN pool: {}", r.text());
     // Every datacenter known, this one first.
@@ -169,8 +188,7 @@ fn a_prepared_query_fails_over_to_another_datacenter_and_back() {
     let temp = tempfile::tempdir().expect("tempdir");
     let s1 = server("dc1", "s1", temp.path(), None);
     let s2 = server("dc2", "s2", temp.path(), Some(&wan_addr(&s1)));
-    let client =
-        Agent::spawn_client(agent_args("c1", temp.path(), None, Some(&s1.gossip.to_string())), temp.path().join("c1"));
+    let client = spawn_client(&s1, temp.path());
     wait_for("dc2 known", FORM, || (s1.get("/v1/catalog/datacenters").json() == json!(["dc1", "dc2"])).then_some(()));
     register(&s1, "db1", "10.0.1.5", "passing");
     register(&s2, "cache1", "10.0.2.7", "passing");
