@@ -196,6 +196,8 @@ pub(super) async fn measure_round_trips(cluster: Cluster, shutdown: Cancellation
             .flat_map(|(dc, servers)| servers.iter().map(move |s| (dc.clone(), s.clone())))
             .filter(|(dc, s)| s.status == ServerStatus::Alive && *dc != cluster.config.datacenter)
             .collect();
+        // Servers gone from the pool (or not alive) keep no entry: the map stays the pool's size.
+        cluster.federation.rtts().retain(|id, _| servers.iter().any(|(_, s)| s.id == *id));
         for (datacenter, server) in servers {
             let started = Instant::now();
             let deadline = started + RTT_PROBE_TIMEOUT;

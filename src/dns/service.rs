@@ -27,8 +27,7 @@ use super::wire::{
 };
 use super::zones::{self, Zones};
 use crate::cluster::Cluster;
-use crate::store::Store;
-use crate::store::{InstanceRecord, NodeRecord};
+use crate::store::{InstanceRecord, NodeRecord, Store};
 
 /// An IP network (`10.0.0.0/8`), for `recursor_allow`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,6 +304,10 @@ impl DnsService {
                 None => unknown(),
             },
             Lookup::PreparedQuery { name } => {
+                if !self.replica_fresh.load(Ordering::Relaxed) {
+                    // As every local answer: not from a replica too stale to answer from.
+                    return servfail();
+                }
                 let Some(cluster) = cluster else { return unknown() };
                 let query = match self.store.read().and_then(|view| view.resolve_prepared_query(&name)) {
                     Ok(Some(query)) => query,
