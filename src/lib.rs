@@ -14,6 +14,7 @@ pub mod durable_file;
 pub mod filter;
 pub mod gossip;
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod prepared_query;
 pub mod store;

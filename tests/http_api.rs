@@ -79,14 +79,21 @@ fn catalog_reads_and_the_servers_own_registration() {
     let r = agent.get("/v1/coordinate/node/test-node");
     assert_eq!(r.status, 404);
     assert!(r.header("X-Consul-Index").is_some());
-    // Agent metrics in Consul's JSON shape, with cairn's gauges.
+    // Agent metrics in Consul's JSON shape, with cairn's gauges; Prometheus only when
+    // telemetry.prometheus_retention_time is set (see `metrics_in_prometheus_text_format`).
     let metrics = agent.get("/v1/agent/metrics").json();
     assert!(metrics["Timestamp"].as_str().unwrap().ends_with(" +0000 UTC"), "{metrics}");
-    let gauge = |name: &str| metrics["Gauges"].as_array().unwrap().iter().find(|g| g["Name"] == name).cloned();
-    assert!(gauge("cairn.raft.applied_index").unwrap()["Value"].as_f64().unwrap() >= 1.0, "{metrics}");
-    assert_eq!(gauge("cairn.serf.members.alive").unwrap()["Value"], 1.0);
-    assert_eq!(metrics["Counters"], json!([]));
-    assert_eq!(agent.get("/v1/agent/metrics?format=prometheus").status, 400);
+    let gauge = |name: &str, labels: Value| {
+        metrics["Gauges"].as_array().unwrap().iter().find(|g| g["Name"] == name && g["Labels"] == labels).cloned()
+    };
+    assert!(gauge("cairn.raft.applied_index", json!({})).unwrap()["Value"].as_f64().unwrap() >= 1.0, "{metrics}");
+    assert_eq!(gauge("cairn.serf.members", json!({"pool": "lan", "status": "alive"})).unwrap()["Value"], 1.0);
+    let r = agent.get("/v1/agent/metrics?format=prometheus");
+    assert_eq!(
+        (r.status, r.text()),
+        (415, "Prometheus is not enabled since its retention time is not positive".to_string())
+    );
+    assert_eq!(agent.get("/v1/agent/metrics?format=xml").status, 400);
     let consul = agent.get("/v1/catalog/service/consul").json();
     assert_eq!(consul[0]["Node"], "test-node");
     let checks = agent.get("/v1/health/node/test-node").json();
@@ -557,4 +564,48 @@ fn a_gone_service_reports_the_index_of_its_removal() {
     assert!(after.index() > registered, "{} after {registered}", after.index());
     assert_eq!(after.index(), agent.get("/v1/catalog/services").index(), "the services list's index");
     assert_eq!(agent.get("/v1/catalog/service/gone").index(), after.index());
+}
+
+/// `/v1/agent/metrics?format=prometheus` with `telemetry.prometheus_retention_time` set: DNS
+/// answers by type and rcode with their latency, HTTP requests by route, method and status,
+/// Raft, gossip, LMDB and process gauges, each family typed once.
+#[test]
+fn metrics_in_prometheus_text_format() {
+    use hickory_proto::rr::RecordType;
+    let temp = tempfile::tempdir().expect("tempdir");
+    let config = temp.path().join("telemetry.json");
+    std::fs::write(&config, r#"{"telemetry": {"prometheus_retention_time": "60s"}}"#).expect("config");
+    let agent = Agent::start(&["-config-file", &config.display().to_string()]);
+    assert_eq!(agent.put("/v1/kv/metrics-test", "v").status, 200);
+    for _ in 0..3 {
+        let answer = support::dns::udp(agent.dns, "nothing.service.consul", RecordType::A, None);
+        assert_eq!(answer.metadata.response_code, hickory_proto::op::ResponseCode::NXDomain);
+    }
+    let srv = support::dns::tcp(agent.dns, "consul.service.consul", RecordType::SRV);
+    assert_eq!(srv.answers.len(), 1);
+    let r = agent.get("/v1/agent/metrics?format=prometheus");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+    let text = r.text();
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix).and_then(|rest| rest.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
+            .parse()
+            .expect("a number")
+    };
+    assert_eq!(value(r#"cairn_dns_queries_total{qtype="A",rcode="NXDOMAIN"}"#), 3.0);
+    assert_eq!(value(r#"cairn_dns_queries_total{qtype="SRV",rcode="NOERROR"}"#), 1.0);
+    assert_eq!(value("cairn_dns_answer_seconds_count"), 4.0);
+    assert_eq!(value(r#"cairn_http_requests_total{route="/v1/kv/{*key}",method="PUT",status="200"}"#), 1.0);
+    assert!(value("cairn_raft_applied_index") >= 1.0);
+    assert_eq!(value("cairn_raft_leader"), 1.0);
+    assert_eq!(value(r#"cairn_serf_members{pool="lan",status="alive"}"#), 1.0);
+    assert_eq!(value(r#"cairn_serf_members{pool="wan",status="alive"}"#), 1.0);
+    assert!(value("cairn_lmdb_map_used_bytes") > 0.0);
+    assert!(value("cairn_process_resident_memory_bytes") > 1e6);
+    assert!(value("cairn_process_open_fds") > 3.0);
+    for family in ["cairn_dns_answer_seconds histogram", "cairn_http_request_seconds histogram", "cairn_checks gauge"] {
+        assert_eq!(text.matches(&format!("# TYPE {family}")).count(), 1, "{family} in:\n{text}");
+    }
 }

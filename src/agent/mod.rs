@@ -205,6 +205,7 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
         shutdown.clone(),
     ));
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(RELOADS_QUEUED_MAX);
+    let metrics = crate::metrics::Metrics::default();
     let ctx = Arc::new(HttpContext::new(http::HttpServices {
         cluster: cluster.clone(),
         store: store.clone(),
@@ -218,9 +219,12 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
         events: Arc::clone(&event_log),
         log_tap: Arc::clone(&options.log_tap),
         script_checks_via_api: config.enable_script_checks,
+        metrics: metrics.clone(),
+        prometheus_retention_time: config.prometheus_retention_time,
     }));
     let leave = Arc::clone(&ctx.leave);
-    let dns = Arc::new(crate::dns::service_from_config(&config, store.clone(), Some(cluster.clone()))?);
+    let dns =
+        Arc::new(crate::dns::service_from_config(&config, store.clone(), Some(cluster.clone()))?.measured_by(metrics));
     dns.set_replica_fresh(replica_stale_because(&cluster));
     if config.server {
         let router = http::router(Arc::clone(&ctx));

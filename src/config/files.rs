@@ -94,7 +94,7 @@ pub(super) const TOP_NOT_IMPLEMENTED: &str = "
     retry_interval_wan retry_max retry_max_wan rpc segment
     segments serf_lan serf_lan_allowed_cidrs serf_wan_allowed_cidrs server_name
     session_ttl_min skip_leave_on_interrupt
-    syslog_facility telemetry tls translate_wan_addrs ui ui_config ui_content_path
+    syslog_facility tls translate_wan_addrs ui ui_config ui_content_path
     ui_dir unix_sockets use_streaming_backend verify_incoming verify_incoming_https
     verify_incoming_rpc verify_outgoing verify_server_hostname
 ";
@@ -103,6 +103,14 @@ pub(super) const PERFORMANCE_NOT_IMPLEMENTED: &str = "
 ";
 pub(super) const GOSSIP_NOT_IMPLEMENTED: &str = "
     deadline_timeout indirect_checks retransmit_mult
+";
+pub(super) const TELEMETRY_NOT_IMPLEMENTED: &str = "
+    circonus_api_app circonus_api_token circonus_api_url circonus_broker_id
+    circonus_broker_select_tag circonus_check_display_name circonus_check_force_metric_activation
+    circonus_check_id circonus_check_instance_id circonus_check_search_tag circonus_check_tags
+    circonus_submission_interval circonus_submission_url disable_compat_1.9 disable_hostname
+    dogstatsd_addr dogstatsd_tags enable_host_metrics filter_default metrics_prefix
+    prefix_filter retry_failed_connection statsd_address statsite_address
 ";
 pub(super) const PORTS_NOT_IMPLEMENTED: &str = "
     expose_max_port expose_min_port grpc grpc_tls https sidecar_max_port
@@ -294,6 +302,10 @@ pub(super) fn apply_object(
             gossip.set("gossip_nodes", &mut g.gossip_nodes, |v| decode_uint(v, 1, 64))?;
             gossip.finish(GOSSIP_NOT_IMPLEMENTED, warnings)?;
         }
+    }
+    if let Some(mut telemetry) = top.section("telemetry")? {
+        telemetry.set("prometheus_retention_time", &mut config.prometheus_retention_time, decode_duration)?;
+        telemetry.finish(TELEMETRY_NOT_IMPLEMENTED, warnings)?;
     }
     if let Some(mut performance) = top.section("performance")? {
         performance.set("raft_multiplier", &mut config.raft.multiplier, |v| decode_uint(v, 1, 10))?;

@@ -109,6 +109,9 @@ pub struct Config {
     pub gossip_lan: GossipTimings,
     /// `gossip_wan` timings (the WAN pool of servers).
     pub gossip_wan: GossipTimings,
+    /// `telemetry.prometheus_retention_time`: above zero, `/v1/agent/metrics?format=prometheus`
+    /// answers (as Consul gates it); cairn keeps every metric for the process's lifetime.
+    pub prometheus_retention_time: Duration,
     /// `watches`: views the agent follows, running a script or calling a URL on each change.
     pub watches: Vec<WatchDefinition>,
     /// Raft timings and log compaction (`performance.raft_multiplier`,
@@ -467,6 +470,7 @@ impl Config {
             leave_on_terminate: None,
             gossip_lan: GossipTimings::lan(),
             gossip_wan: GossipTimings::wan(),
+            prometheus_retention_time: Duration::ZERO,
             watches: Vec::new(),
             raft: RaftTuning::default(),
         }

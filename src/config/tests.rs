@@ -213,6 +213,7 @@ fn every_implemented_key_is_decoded() {
         "encrypt": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=", "reconnect_timeout": "9h",
         "leave_on_terminate": true,
         "performance": {"raft_multiplier": 5}, "raft_snapshot_threshold": 100,
+        "telemetry": {"prometheus_retention_time": "60s"},
         "raft_trailing_logs": 7,
         "gossip_lan": {"probe_interval": "2s", "probe_timeout": "1s", "suspicion_mult": 5,
                        "gossip_interval": "300ms", "gossip_nodes": 4},
@@ -318,6 +319,7 @@ fn every_implemented_key_is_decoded() {
             gossip_nodes: 2,
         },
         raft: RaftTuning { multiplier: 5, snapshot_threshold: 100, trailing_logs: 7 },
+        prometheus_retention_time: Duration::from_secs(60),
         watches: Vec::new(),
     };
     assert_eq!(config, expected);
@@ -551,7 +553,7 @@ fn not_implemented_keys_warn_once_each_and_load() {
             r#"config b.json: key "ports.grpc" is not implemented by cairn yet and is ignored"#,
             r#"config b.json: key "dns_config.use_cache" is not implemented by cairn yet and is ignored"#,
             r#"config b.json: key "limits.rpc_rate" is not implemented by cairn yet and is ignored"#,
-            r#"config b.json: key "telemetry" is not implemented by cairn yet and is ignored"#,
+            r#"config b.json: key "telemetry.statsd_address" is not implemented by cairn yet and is ignored"#,
         ]
     );
 }

@@ -96,6 +96,10 @@ pub struct DnsService {
     servers: Option<Cluster>,
     /// On a server: where names of other datacenters are sent (the WAN pool's servers).
     federation: Option<Cluster>,
+    /// Where the answer loops' counters are registered.
+    metrics: crate::metrics::Metrics,
+    /// The TCP listener's counters (its connections share them).
+    tcp_counters: Arc<crate::metrics::DnsCounters>,
     /// False on a server whose replica is replaying its log after a restart, or has had no
     /// leader for longer than `max_stale`: names in cairn's domains get SERVFAIL instead of
     /// answers that old.
@@ -116,6 +120,8 @@ impl DnsService {
             slow_path: Arc::new(Semaphore::new(slow_path_max.max(1))),
             servers: None,
             federation: None,
+            metrics: Default::default(),
+            tcp_counters: Default::default(),
             replica_fresh: std::sync::atomic::AtomicBool::new(true),
             server_answers: Mutex::default(),
         };
@@ -128,6 +134,18 @@ impl DnsService {
     pub fn answering_through(mut self, cluster: Cluster) -> DnsService {
         self.servers = Some(cluster);
         self
+    }
+
+    /// This service counting its answers into `metrics`.
+    pub fn measured_by(mut self, metrics: crate::metrics::Metrics) -> DnsService {
+        self.tcp_counters = metrics.dns_counters();
+        self.metrics = metrics;
+        self
+    }
+
+    /// Counters for one more UDP answer loop.
+    pub fn loop_counters(&self) -> Arc<crate::metrics::DnsCounters> {
+        self.metrics.dns_counters()
     }
 
     /// This service on a server: names of other datacenters go to their servers through
@@ -422,6 +440,7 @@ impl RequestHandler for TcpHandler {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
+        let started = std::time::Instant::now();
         let packet = request.as_slice().to_vec();
         let bytes = match self.0.reply_fast(&packet, Transport::Tcp) {
             Reply::Drop => return not_sent(&request.metadata),
@@ -431,6 +450,7 @@ impl RequestHandler for TcpHandler {
                 None => error_reply(&request.metadata, ResponseCode::ServFail),
             },
         };
+        self.0.tcp_counters.answered(request.as_slice(), &bytes, started.elapsed());
         let Ok(message) = Message::from_vec(&bytes) else { return not_sent(&request.metadata) };
         let mut builder = hickory_server::zone_handler::MessageResponseBuilder::from_message_request(request);
         if let Some(edns) = &message.edns {

@@ -45,6 +45,7 @@ pub async fn serve(socket: UdpSocket, service: Arc<DnsService>, shutdown: Cancel
     let socket = Arc::new(socket);
     let mut buf = vec![0u8; DATAGRAM_MAX];
     let mut cache = AnswerCache::default();
+    let counters = service.loop_counters();
     loop {
         let (len, src) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -57,28 +58,41 @@ pub async fn serve(socket: UdpSocket, service: Arc<DnsService>, shutdown: Cancel
                 }
             },
         };
+        let started = std::time::Instant::now();
         let packet = &buf[..len];
         let now_secs =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as u32);
         let reply = match cache.reply(packet, &service, now_secs) {
-            Some(reply) => reply,
-            None => service.reply_fast(packet, Transport::Udp),
+            Some(reply) => {
+                counters.cache(matches!(reply, Reply::Bytes(_)));
+                reply
+            }
+            None => {
+                counters.cache(false);
+                service.reply_fast(packet, Transport::Udp)
+            }
         };
         match reply {
             Reply::Drop => {}
-            Reply::Bytes(answer) => send(&socket, &answer, src).await,
+            Reply::Bytes(answer) => {
+                send(&socket, &answer, src).await;
+                counters.answered(packet, &answer, started.elapsed());
+            }
             Reply::NotOurs => match service.try_slow_permit() {
                 Some(permit) => {
                     let (socket, service, packet) = (Arc::clone(&socket), Arc::clone(&service), packet.to_vec());
+                    let counters = Arc::clone(&counters);
                     tasks.spawn(async move {
-                        let answer = service.reply_elsewhere(packet, src, Transport::Udp).await;
+                        let answer = service.reply_elsewhere(packet.clone(), src, Transport::Udp).await;
                         send(&socket, &answer, src).await;
+                        counters.answered(&packet, &answer, started.elapsed());
                         drop(permit);
                     });
                 }
                 None => {
                     if let Some(answer) = DnsService::servfail(packet) {
                         send(&socket, &answer, src).await;
+                        counters.answered(packet, &answer, started.elapsed());
                     }
                 }
             },

@@ -215,33 +215,77 @@ pub async fn operator_keyring(
     Ok(Json(Value::Array(answers)).into_response())
 }
 
-/// `GET /v1/agent/metrics`: Consul's JSON shape with the gauges cairn keeps (membership,
-/// Raft's applied index, blocking queries, gossip health); Consul's runtime metrics have no
-/// equivalent and the other lists are empty. `?format=prometheus` is not supported yet: 400.
-pub async fn agent_metrics(ctx: Ctx, Query(params): Query<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
-    if params.get("format").is_some_and(|f| f != "json") {
-        return Err(ApiError::BadRequest("Only format=json is supported for /v1/agent/metrics".into()));
+/// `GET /v1/agent/metrics`: every metric the agent keeps (README "Metrics"), in Consul's
+/// JSON shape, or with `?format=prometheus` in Prometheus' text format — only when
+/// `telemetry.prometheus_retention_time` is above zero (else 415, as Consul).
+pub async fn agent_metrics(
+    ctx: Ctx,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let prometheus = match params.get("format").map(String::as_str) {
+        None | Some("") | Some("json") => false,
+        Some("prometheus") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!("Unsupported metrics format {other:?}: json or prometheus")))
+        }
+    };
+    if prometheus && ctx.prometheus_retention_time.is_zero() {
+        return Ok((
+            axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Prometheus is not enabled since its retention time is not positive",
+        )
+            .into_response());
     }
-    let gossip = ctx.gossip.stats();
-    let number = |key: &str| gossip.get(key).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let members = ctx.gossip.members();
-    let alive = members.iter().filter(|m| m.status == crate::gossip::MemberStatus::Alive).count();
-    let gauges = [
-        ("cairn.serf.members.alive", alive as f64),
-        ("cairn.serf.members.failed", number("failed")),
-        ("cairn.serf.members.left", number("left")),
-        ("cairn.serf.health_score", number("health_score")),
-        ("cairn.serf.packets_refused", number("packets_refused")),
-        ("cairn.raft.applied_index", ctx.cluster.last_applied() as f64),
-        ("cairn.http.blocking_queries", ctx.blocking_queries_in_flight() as f64),
+    let collected = ctx.metrics.collect(gauges(&ctx));
+    if prometheus {
+        let content_type = [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")];
+        return Ok((content_type, collected.prometheus()).into_response());
+    }
+    Ok(Json(collected.consul_json(consul_timestamp(std::time::SystemTime::now()))).into_response())
+}
+
+/// The gauges, read now: Raft, blocking queries, gossip members by pool and status, local
+/// checks by status, the LMDB map, the process.
+fn gauges(ctx: &super::HttpContext) -> Vec<crate::metrics::Gauge> {
+    use crate::gossip::MemberStatus;
+    use crate::metrics::Gauge;
+    let plain = |name: &'static str, value: f64| Gauge { name, labels: Vec::new(), value };
+    let mut gauges = vec![
+        plain("raft_applied_index", ctx.cluster.last_applied() as f64),
+        plain("raft_leader", if ctx.cluster.is_leader() { 1.0 } else { 0.0 }),
+        plain("http_blocking_queries", ctx.blocking_queries_in_flight() as f64),
     ];
-    Ok(Json(json!({
-        "Timestamp": consul_timestamp(std::time::SystemTime::now()),
-        "Gauges": gauges.iter().map(|(name, value)| json!({"Name": name, "Value": value, "Labels": {}})).collect::<Vec<_>>(),
-        "Points": [],
-        "Counters": [],
-        "Samples": [],
-    })))
+    let pools = [("lan", Some(&ctx.gossip)), ("wan", ctx.wan.as_ref())];
+    for (pool, gossip) in pools {
+        let Some(gossip) = gossip else { continue };
+        let members = gossip.members();
+        for status in [MemberStatus::Alive, MemberStatus::Leaving, MemberStatus::Left, MemberStatus::Failed] {
+            let count = members.iter().filter(|m| m.status == status).count() as f64;
+            let labels = vec![("pool", pool.to_string()), ("status", status.name().to_string())];
+            gauges.push(Gauge { name: "serf_members", labels, value: count });
+        }
+        let stats = gossip.stats();
+        let number = |key: &str| stats.get(key).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        for (name, key) in [("serf_health_score", "health_score"), ("serf_packets_refused", "packets_refused")] {
+            gauges.push(Gauge { name, labels: vec![("pool", pool.to_string())], value: number(key) });
+        }
+    }
+    let statuses: Vec<crate::model::CheckStatus> =
+        ctx.local.read(|state| state.checks.values().map(|c| c.status).collect());
+    for status in
+        [crate::model::CheckStatus::Passing, crate::model::CheckStatus::Warning, crate::model::CheckStatus::Critical]
+    {
+        let count = statuses.iter().filter(|s| **s == status).count() as f64;
+        gauges.push(Gauge { name: "checks", labels: vec![("status", status.as_str().to_string())], value: count });
+    }
+    let (room, size) = ctx.store.map_room();
+    gauges.push(plain("lmdb_map_size_bytes", size as f64));
+    gauges.push(plain("lmdb_map_used_bytes", size.saturating_sub(room) as f64));
+    let (rss, fds) = crate::metrics::process_figures();
+    gauges.extend(rss.map(|v| plain("process_resident_memory_bytes", v)));
+    gauges.extend(fds.map(|v| plain("process_open_fds", v)));
+    gauges
 }
 
 /// Go's `time.Time` string in UTC, as Consul's metrics `Timestamp`: `2026-12-04 16:57:00 +0000 UTC`.

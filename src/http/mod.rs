@@ -91,6 +91,10 @@ pub struct HttpContext {
     pub log_tap: Arc<monitor::LogTap>,
     /// Script checks may be registered through the API (`enable_script_checks`).
     pub script_checks_via_api: bool,
+    /// What `/v1/agent/metrics` reports from (and where requests are counted).
+    pub metrics: crate::metrics::Metrics,
+    /// `telemetry.prometheus_retention_time`: zero refuses `?format=prometheus`, as Consul.
+    pub prometheus_retention_time: std::time::Duration,
 }
 
 /// What the agent hands the HTTP API; [`HttpContext::new`] adds the API's own state.
@@ -107,6 +111,8 @@ pub struct HttpServices {
     pub events: Arc<crate::gossip::event::EventLog>,
     pub log_tap: Arc<monitor::LogTap>,
     pub script_checks_via_api: bool,
+    pub metrics: crate::metrics::Metrics,
+    pub prometheus_retention_time: std::time::Duration,
 }
 
 impl HttpContext {
@@ -129,6 +135,8 @@ impl HttpContext {
             events: s.events,
             log_tap: s.log_tap,
             script_checks_via_api: s.script_checks_via_api,
+            metrics: s.metrics,
+            prometheus_retention_time: s.prometheus_retention_time,
         }
     }
 
@@ -212,7 +220,26 @@ pub fn router(ctx: Arc<HttpContext>) -> Router {
         .fallback(unknown_path)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&ctx), forward::forward_elsewhere))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&ctx), measure))
         .with_state(ctx)
+}
+
+/// Counts every request by its route (the matched path template), method and status, with
+/// its latency (a blocking query's included).
+async fn measure(
+    axum::extract::State(ctx): axum::extract::State<Arc<HttpContext>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    ctx.metrics.http_request(&route, &method, response.status().as_u16(), started.elapsed());
+    response
 }
 
 async fn unknown_path() -> ApiError {
