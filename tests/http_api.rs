@@ -596,7 +596,8 @@ fn metrics_in_prometheus_text_format() {
     };
     assert_eq!(value(r#"cairn_dns_queries_total{qtype="A",rcode="NXDOMAIN"}"#), 3.0);
     assert_eq!(value(r#"cairn_dns_queries_total{qtype="SRV",rcode="NOERROR"}"#), 1.0);
-    assert_eq!(value("cairn_dns_answer_seconds_count"), 4.0);
+    // Every TCP answer is timed; a UDP loop times one query in 16.
+    assert!((1.0..=4.0).contains(&value("cairn_dns_answer_seconds_count")));
     assert_eq!(value(r#"cairn_http_requests_total{route="/v1/kv/{*key}",method="PUT",status="200"}"#), 1.0);
     assert!(value("cairn_raft_applied_index") >= 1.0);
     assert_eq!(value("cairn_raft_leader"), 1.0);

@@ -100,6 +100,8 @@ pub struct DnsService {
     metrics: crate::metrics::Metrics,
     /// The TCP listener's counters (its connections share them).
     tcp_counters: Arc<crate::metrics::DnsCounters>,
+    /// The UDP slow path's counters (its tasks share them).
+    slow_counters: Arc<crate::metrics::DnsCounters>,
     /// False on a server whose replica is replaying its log after a restart, or has had no
     /// leader for longer than `max_stale`: names in cairn's domains get SERVFAIL instead of
     /// answers that old.
@@ -122,6 +124,7 @@ impl DnsService {
             federation: None,
             metrics: Default::default(),
             tcp_counters: Default::default(),
+            slow_counters: Default::default(),
             replica_fresh: std::sync::atomic::AtomicBool::new(true),
             server_answers: Mutex::default(),
         };
@@ -138,14 +141,20 @@ impl DnsService {
 
     /// This service counting its answers into `metrics`.
     pub fn measured_by(mut self, metrics: crate::metrics::Metrics) -> DnsService {
-        self.tcp_counters = metrics.dns_counters();
+        self.tcp_counters = metrics.dns_counters(false);
+        self.slow_counters = metrics.dns_counters(false);
         self.metrics = metrics;
         self
     }
 
-    /// Counters for one more UDP answer loop.
+    /// Counters for one more UDP answer loop, which alone writes to them.
     pub fn loop_counters(&self) -> Arc<crate::metrics::DnsCounters> {
-        self.metrics.dns_counters()
+        self.metrics.dns_counters(true)
+    }
+
+    /// Counters the UDP slow path's tasks share.
+    pub fn slow_counters(&self) -> Arc<crate::metrics::DnsCounters> {
+        Arc::clone(&self.slow_counters)
     }
 
     /// This service on a server: names of other datacenters go to their servers through
@@ -450,7 +459,7 @@ impl RequestHandler for TcpHandler {
                 None => error_reply(&request.metadata, ResponseCode::ServFail),
             },
         };
-        self.0.tcp_counters.answered(request.as_slice(), &bytes, started.elapsed());
+        self.0.tcp_counters.answered(request.as_slice(), &bytes, Some(started.elapsed()));
         let Ok(message) = Message::from_vec(&bytes) else { return not_sent(&request.metadata) };
         let mut builder = hickory_server::zone_handler::MessageResponseBuilder::from_message_request(request);
         if let Some(edns) = &message.edns {

@@ -58,7 +58,8 @@ pub async fn serve(socket: UdpSocket, service: Arc<DnsService>, shutdown: Cancel
                 }
             },
         };
-        let started = std::time::Instant::now();
+        let started = counters.time_this_one().then(std::time::Instant::now);
+        let took = move || started.map(|at| at.elapsed());
         let packet = &buf[..len];
         let now_secs =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as u32);
@@ -76,23 +77,24 @@ pub async fn serve(socket: UdpSocket, service: Arc<DnsService>, shutdown: Cancel
             Reply::Drop => {}
             Reply::Bytes(answer) => {
                 send(&socket, &answer, src).await;
-                counters.answered(packet, &answer, started.elapsed());
+                counters.answered(packet, &answer, took());
             }
             Reply::NotOurs => match service.try_slow_permit() {
                 Some(permit) => {
                     let (socket, service, packet) = (Arc::clone(&socket), Arc::clone(&service), packet.to_vec());
-                    let counters = Arc::clone(&counters);
+                    // Not the loop's own counters: those have one writer, the loop.
+                    let counters = service.slow_counters();
                     tasks.spawn(async move {
                         let answer = service.reply_elsewhere(packet.clone(), src, Transport::Udp).await;
                         send(&socket, &answer, src).await;
-                        counters.answered(&packet, &answer, started.elapsed());
+                        counters.answered(&packet, &answer, took());
                         drop(permit);
                     });
                 }
                 None => {
                     if let Some(answer) = DnsService::servfail(packet) {
                         send(&socket, &answer, src).await;
-                        counters.answered(packet, &answer, started.elapsed());
+                        counters.answered(packet, &answer, took());
                     }
                 }
             },
