@@ -236,9 +236,19 @@ async fn measure(
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = request.method().to_string();
+    // Known methods only: a label per made-up method would let clients grow the metrics.
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    };
     let response = next.run(request).await;
-    ctx.metrics.http_request(&route, &method, response.status().as_u16(), started.elapsed());
+    ctx.metrics.http_request(&route, method, response.status().as_u16(), started.elapsed());
     response
 }
 
