@@ -583,6 +583,7 @@ fn metrics_in_prometheus_text_format() {
     }
     let srv = support::dns::tcp(agent.dns, "consul.service.consul", RecordType::SRV);
     assert_eq!(srv.answers.len(), 1);
+    assert_eq!(agent.request("FROB", "/v1/kv/metrics-test", b"").status, 405);
     let r = agent.get("/v1/agent/metrics?format=prometheus");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
@@ -599,6 +600,8 @@ fn metrics_in_prometheus_text_format() {
     // Every TCP answer is timed; a UDP loop times one query in 16.
     assert!((1.0..=4.0).contains(&value("cairn_dns_answer_seconds_count")));
     assert_eq!(value(r#"cairn_http_requests_total{route="/v1/kv/{*key}",method="PUT",status="200"}"#), 1.0);
+    assert_eq!(value(r#"cairn_http_requests_total{route="/v1/kv/{*key}",method="other",status="405"}"#), 1.0);
+    assert!(!text.contains("FROB"), "a made-up method is no label");
     assert!(value("cairn_raft_applied_index") >= 1.0);
     assert_eq!(value("cairn_raft_leader"), 1.0);
     assert_eq!(value(r#"cairn_serf_members{pool="lan",status="alive"}"#), 1.0);
