@@ -240,10 +240,10 @@ impl Metrics {
         stats.latency.observe(took, false);
     }
 
-    /// Every metric now, gauges from `gauges` (read by the caller at scrape time).
-    pub fn collect(&self, gauges: Vec<Gauge>) -> Collected {
+    /// Every metric now, plus `gauges` and `counters` the caller read at scrape time.
+    pub fn collect(&self, gauges: Vec<Gauge>, counters: Vec<Counter>) -> Collected {
         let loops = self.dns.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut counters = Vec::new();
+        let mut counters = counters;
         let mut histograms = Vec::new();
         let mut dns_latency = HistogramValues::empty(DNS_SECONDS);
         let (mut truncated, mut hits, mut misses) = (0, 0, 0);
@@ -445,11 +445,16 @@ mod tests {
         assert!(b.time_this_one(), "shared counters time every answer");
         a.cache(true);
         metrics.http_request("/v1/kv/{*key}", "GET", 200, Duration::from_millis(3));
-        let collected = metrics.collect(vec![Gauge { name: "raft_applied_index", labels: Vec::new(), value: 7.0 }]);
+        let collected = metrics.collect(
+            vec![Gauge { name: "raft_applied_index", labels: Vec::new(), value: 7.0 }],
+            vec![Counter { name: "raft_leader_changes_total", labels: Vec::new(), value: 1 }],
+        );
         let text = collected.prometheus();
         for line in [
             "# TYPE cairn_raft_applied_index gauge",
             "cairn_raft_applied_index 7",
+            "# TYPE cairn_raft_leader_changes_total counter",
+            "cairn_raft_leader_changes_total 1",
             "# TYPE cairn_dns_queries_total counter",
             "cairn_dns_queries_total{qtype=\"A\",rcode=\"NXDOMAIN\"} 3",
             "cairn_dns_queries_total{qtype=\"SRV\",rcode=\"NOERROR\"} 1",

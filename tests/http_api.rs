@@ -604,6 +604,7 @@ fn metrics_in_prometheus_text_format() {
     assert!(!text.contains("FROB"), "a made-up method is no label");
     assert!(value("cairn_raft_applied_index") >= 1.0);
     assert_eq!(value("cairn_raft_leader"), 1.0);
+    assert_eq!(value("cairn_raft_leader_changes_total"), 1.0, "this server became leader once");
     assert_eq!(value(r#"cairn_serf_members{pool="lan",status="alive"}"#), 1.0);
     assert_eq!(value(r#"cairn_serf_members{pool="wan",status="alive"}"#), 1.0);
     assert!(value("cairn_lmdb_map_used_bytes") > 0.0);

@@ -221,6 +221,8 @@ pub struct Cluster {
     replay: Arc<replay::ReplayGate>,
     /// The servers of other datacenters, and how far each is.
     federation: Arc<federation::Federation>,
+    /// Times this server has seen a new leader (the metric `raft_leader_changes_total`).
+    leader_changes: Arc<AtomicU64>,
 }
 
 /// When a quorum last acknowledged this server as leader, as its metrics report: updated on
@@ -250,6 +252,34 @@ impl QuorumClock {
                 changed = metrics.changed() => if changed.is_err() { return },
             }
         }
+    }
+}
+
+/// Counts the leaders this server sees take over (a new leader id, not a leaderless
+/// moment), until `shutdown`.
+async fn count_leader_changes(
+    mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
+    changes: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+) {
+    let mut last = None;
+    loop {
+        let leader = metrics.borrow_and_update().current_leader;
+        if leader.is_some() && leader != last {
+            changes.fetch_add(1, Ordering::Relaxed);
+            last = leader;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = metrics.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+impl Cluster {
+    /// How many times this server has seen a new leader since it started.
+    pub fn leader_changes(&self) -> u64 {
+        self.leader_changes.load(Ordering::Relaxed)
     }
 }
 
@@ -328,9 +358,15 @@ impl Cluster {
             session_timers: Arc::default(),
             replay,
             federation: Arc::new(federation::Federation::new(remote_servers)),
+            leader_changes: Arc::default(),
         };
         cluster.replay.log_if_waiting(cluster.last_applied());
         tasks.spawn(Arc::clone(&cluster.quorum).track(cluster.raft.metrics(), shutdown.clone()));
+        tasks.spawn(count_leader_changes(
+            cluster.raft.metrics(),
+            Arc::clone(&cluster.leader_changes),
+            shutdown.clone(),
+        ));
         tasks.spawn(run_proposer(cluster.clone(), rx, shutdown.clone()));
         if cluster.config.server {
             tasks.spawn(membership::run(cluster.clone(), shutdown.clone()));

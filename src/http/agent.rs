@@ -237,7 +237,12 @@ pub async fn agent_metrics(
         )
             .into_response());
     }
-    let collected = ctx.metrics.collect(gauges(&ctx));
+    let leader_changes = crate::metrics::Counter {
+        name: "raft_leader_changes_total",
+        labels: Vec::new(),
+        value: ctx.cluster.leader_changes(),
+    };
+    let collected = ctx.metrics.collect(gauges(&ctx), vec![leader_changes]);
     if prometheus {
         let content_type = [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")];
         return Ok((content_type, collected.prometheus()).into_response());
