@@ -18,4 +18,5 @@ pub mod metrics;
 pub mod model;
 pub mod prepared_query;
 pub mod store;
+pub mod ui;
 pub mod watch;

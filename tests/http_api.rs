@@ -614,3 +614,80 @@ fn metrics_in_prometheus_text_format() {
         assert_eq!(text.matches(&format!("# TYPE {family}")).count(), 1, "{family} in:\n{text}");
     }
 }
+
+#[test]
+fn internal_ui_summaries_count_instances_by_health_and_block() {
+    let agent = Agent::start(&[]);
+    for (node, status) in [("web-a", "passing"), ("web-b", "critical")] {
+        let body = json!({
+            "Node": node, "Address": "10.0.0.1",
+            "Service": {"Service": "web", "Tags": ["v1"], "Port": 80},
+            "Check": {"CheckID": "http", "Name": "http", "ServiceID": "web", "Status": status}
+        });
+        assert_eq!(agent.put("/v1/catalog/register", body.to_string()).status, 200);
+    }
+    let r = agent.get("/v1/internal/ui/services");
+    assert_eq!(r.status, 200);
+    let services = r.json();
+    let web = services.as_array().expect("a list").iter().find(|s| s["Name"] == "web").expect("web listed");
+    assert_eq!(web["InstanceCount"], 2);
+    assert_eq!(web["Nodes"], json!(["web-a", "web-b"]));
+    assert_eq!(web["Tags"], json!(["v1"]));
+    assert_eq!((web["InstancesPassing"].clone(), web["InstancesCritical"].clone()), (json!(1), json!(1)));
+    assert_eq!((web["ChecksPassing"].clone(), web["ChecksCritical"].clone()), (json!(1), json!(1)));
+
+    // A check flip wakes a blocked summary.
+    let index = r.index();
+    let waiter = {
+        let http = agent.http;
+        std::thread::spawn(move || {
+            support::http_request(http, "GET", &format!("/v1/internal/ui/services?index={index}&wait=20s"), b"")
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let flip = json!({"Node": "web-b", "Address": "10.0.0.1",
+        "Check": {"CheckID": "http", "Name": "http", "ServiceID": "web", "Status": "passing"}});
+    assert_eq!(agent.put("/v1/catalog/register", flip.to_string()).status, 200);
+    let woken = waiter.join().expect("waiter");
+    assert!(woken.index() > index);
+    let web = woken.json().as_array().expect("a list").iter().find(|s| s["Name"] == "web").cloned().expect("web");
+    assert_eq!(web["InstancesPassing"], 2);
+
+    let nodes = agent.get("/v1/internal/ui/nodes").json();
+    let b = nodes.as_array().expect("a list").iter().find(|n| n["Node"] == "web-b").expect("web-b").clone();
+    assert_eq!(b["Services"][0]["Service"], "web");
+    assert_eq!(b["Checks"][0]["Status"], "passing");
+    let one = agent.get("/v1/internal/ui/node/web-b");
+    assert_eq!(one.status, 200);
+    assert_eq!(one.json()["Node"], "web-b");
+    assert_eq!(agent.get("/v1/internal/ui/node/nowhere").status, 404);
+}
+
+#[test]
+fn the_web_ui_is_served_only_when_on() {
+    let off = Agent::start(&[]);
+    let r = off.get("/");
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("ui_config.enabled"), "{}", r.text());
+    assert_eq!(off.get("/ui/").status, 404);
+    drop(off);
+
+    let on = Agent::start(&["-ui"]);
+    let r = on.get("/");
+    assert_eq!((r.status, r.header("location")), (307, Some("/ui/")));
+    let r = on.get("/ui/");
+    assert_eq!((r.status, r.header("location")), (307, Some("/ui/dc1/services")));
+    // Any page of the app is the app's one HTML file; the browser routes from there.
+    let page = on.get("/ui/dc1/kv/some/folder/");
+    assert_eq!(page.status, 200);
+    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    assert!(page.text().contains("/ui/assets/app.js"));
+    let csp = page.header("content-security-policy").expect("a CSP").to_string();
+    assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"), "{csp}");
+    let script = on.get("/ui/assets/app.js");
+    assert_eq!(script.header("content-type"), Some("text/javascript; charset=utf-8"));
+    let etag = script.header("etag").expect("an etag").to_string();
+    let again = on.request_with_headers("GET", "/ui/assets/app.js", &[("If-None-Match", &etag)]);
+    assert_eq!(again.status, 304);
+    assert_eq!(on.get("/ui/assets/nothing.js").status, 404);
+}

@@ -221,6 +221,7 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
         script_checks_via_api: config.enable_script_checks,
         metrics: metrics.clone(),
         prometheus_retention_time: config.prometheus_retention_time,
+        ui_enabled: config.ui_enabled,
     }));
     let leave = Arc::clone(&ctx.leave);
     let dns =

@@ -94,9 +94,13 @@ pub(super) const TOP_NOT_IMPLEMENTED: &str = "
     retry_interval_wan retry_max retry_max_wan rpc segment
     segments serf_lan serf_lan_allowed_cidrs serf_wan_allowed_cidrs server_name
     session_ttl_min skip_leave_on_interrupt
-    syslog_facility tls translate_wan_addrs ui ui_config ui_content_path
+    syslog_facility tls translate_wan_addrs ui_content_path
     ui_dir unix_sockets use_streaming_backend verify_incoming verify_incoming_https
     verify_incoming_rpc verify_outgoing verify_server_hostname
+";
+pub(super) const UI_CONFIG_NOT_IMPLEMENTED: &str = "
+    content_path dashboard_url_templates metrics_provider metrics_provider_files
+    metrics_provider_options_json metrics_proxy
 ";
 pub(super) const PERFORMANCE_NOT_IMPLEMENTED: &str = "
     leave_drain_time rpc_hold_timeout
@@ -302,6 +306,12 @@ pub(super) fn apply_object(
             gossip.set("gossip_nodes", &mut g.gossip_nodes, |v| decode_uint(v, 1, 64))?;
             gossip.finish(GOSSIP_NOT_IMPLEMENTED, warnings)?;
         }
+    }
+    // `ui` is the pre-1.9 spelling of `ui_config.enabled`; the section wins when both are set.
+    top.set("ui", &mut config.ui_enabled, decode_bool)?;
+    if let Some(mut ui) = top.section("ui_config")? {
+        ui.set("enabled", &mut config.ui_enabled, decode_bool)?;
+        ui.finish(UI_CONFIG_NOT_IMPLEMENTED, warnings)?;
     }
     if let Some(mut telemetry) = top.section("telemetry")? {
         telemetry.set("prometheus_retention_time", &mut config.prometheus_retention_time, decode_duration)?;

@@ -110,6 +110,9 @@ pub struct AgentFlags {
     /// Like -join-wan, but retried with backoff until it succeeds (repeatable).
     #[arg(long, value_name = "ADDR")]
     pub retry_join_wan: Vec<String>,
+    /// Serve the web UI at /ui/ on the HTTP port (on by default with -dev).
+    #[arg(long)]
+    pub ui: bool,
     /// Gossip encryption key: base64 of 32 bytes (`cairn keygen` prints one).
     #[arg(long, value_name = "KEY")]
     pub encrypt: Option<String>,

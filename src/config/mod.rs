@@ -109,6 +109,8 @@ pub struct Config {
     pub gossip_lan: GossipTimings,
     /// `gossip_wan` timings (the WAN pool of servers).
     pub gossip_wan: GossipTimings,
+    /// Serve the web UI at `/ui/` (`ui_config.enabled`, `ui`, `-ui`; on by default in -dev).
+    pub ui_enabled: bool,
     /// `telemetry.prometheus_retention_time`: above zero, `/v1/agent/metrics?format=prometheus`
     /// answers (as Consul gates it); cairn keeps every metric for the process's lifetime.
     pub prometheus_retention_time: Duration,
@@ -470,6 +472,7 @@ impl Config {
             leave_on_terminate: None,
             gossip_lan: GossipTimings::lan(),
             gossip_wan: GossipTimings::wan(),
+            ui_enabled: dev,
             prometheus_retention_time: Duration::ZERO,
             watches: Vec::new(),
             raft: RaftTuning::default(),
@@ -506,6 +509,9 @@ impl Config {
         set_if_some(&mut self.encrypt, flags.encrypt.clone().map(Some));
         if flags.log_json {
             self.log_json = true;
+        }
+        if flags.ui {
+            self.ui_enabled = true;
         }
     }
 

@@ -214,6 +214,7 @@ fn every_implemented_key_is_decoded() {
         "leave_on_terminate": true,
         "performance": {"raft_multiplier": 5}, "raft_snapshot_threshold": 100,
         "telemetry": {"prometheus_retention_time": "60s"},
+        "ui": false, "ui_config": {"enabled": true},
         "raft_trailing_logs": 7,
         "gossip_lan": {"probe_interval": "2s", "probe_timeout": "1s", "suspicion_mult": 5,
                        "gossip_interval": "300ms", "gossip_nodes": 4},
@@ -319,6 +320,7 @@ fn every_implemented_key_is_decoded() {
             gossip_nodes: 2,
         },
         raft: RaftTuning { multiplier: 5, snapshot_threshold: 100, trailing_logs: 7 },
+        ui_enabled: true,
         prometheus_retention_time: Duration::from_secs(60),
         watches: Vec::new(),
     };
@@ -609,7 +611,15 @@ fn dev_mode_defaults() {
     assert_eq!(config.bind_addr, IpAddr::V4(Ipv4Addr::LOCALHOST));
     assert_eq!(config.client_addr, IpAddr::V4(Ipv4Addr::LOCALHOST));
     assert_eq!(config.data_dir, None);
+    assert!(config.ui_enabled, "-dev serves the web UI");
     assert!(warnings.is_empty(), "{warnings:?}");
+    let (config, _) = load_with(&[r#"{"ui_config": {"enabled": false}}"#], &flags).expect("ui off in dev");
+    assert!(!config.ui_enabled, "a file turns the dev UI off");
+    let ui = AgentFlags { ui: true, ..AgentFlags::default() };
+    let (config, _) = load_with(&[DATA_DIR], &ui).expect("-ui");
+    assert!(config.ui_enabled);
+    let (config, _) = load_with(&[DATA_DIR], &AgentFlags::default()).expect("defaults");
+    assert!(!config.ui_enabled, "off by default outside -dev");
 }
 
 #[test]

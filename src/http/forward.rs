@@ -33,6 +33,7 @@ pub fn forwardable(path: &str) -> bool {
         "/v1/operator/raft/",
         "/v1/operator/autopilot/",
         "/v1/query/",
+        "/v1/internal/ui/",
     ];
     matches!(path, "/v1/txn" | "/v1/kv" | "/v1/query") || PREFIXES.iter().any(|p| path.starts_with(p))
 }

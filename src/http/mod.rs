@@ -15,6 +15,7 @@ mod error;
 mod event;
 mod forward;
 mod health;
+mod internal_ui;
 mod kv;
 pub mod monitor;
 mod operator;
@@ -95,6 +96,8 @@ pub struct HttpContext {
     pub metrics: crate::metrics::Metrics,
     /// `telemetry.prometheus_retention_time`: zero refuses `?format=prometheus`, as Consul.
     pub prometheus_retention_time: std::time::Duration,
+    /// Serve the web UI at `/ui/`.
+    pub ui_enabled: bool,
 }
 
 /// What the agent hands the HTTP API; [`HttpContext::new`] adds the API's own state.
@@ -113,6 +116,7 @@ pub struct HttpServices {
     pub script_checks_via_api: bool,
     pub metrics: crate::metrics::Metrics,
     pub prometheus_retention_time: std::time::Duration,
+    pub ui_enabled: bool,
 }
 
 impl HttpContext {
@@ -137,6 +141,7 @@ impl HttpContext {
             script_checks_via_api: s.script_checks_via_api,
             metrics: s.metrics,
             prometheus_retention_time: s.prometheus_retention_time,
+            ui_enabled: s.ui_enabled,
         }
     }
 
@@ -148,8 +153,9 @@ impl HttpContext {
 
 pub type Ctx = axum::extract::State<Arc<HttpContext>>;
 
-/// Every route of the API.
+/// Every route of the API, and the web UI's when it is on.
 pub fn router(ctx: Arc<HttpContext>) -> Router {
+    let ui = crate::ui::routes(ctx.ui_enabled, &ctx.identity.datacenter);
     Router::new()
         .route("/v1/catalog/register", put(catalog::register))
         .route("/v1/catalog/deregister", put(catalog::deregister))
@@ -217,11 +223,15 @@ pub fn router(ctx: Arc<HttpContext>) -> Router {
         .route("/v1/query/{id}/explain", get(prepared::explain))
         .route("/v1/event/fire/{name}", put(event::fire))
         .route("/v1/event/list", get(event::list))
+        .route("/v1/internal/ui/services", get(internal_ui::services))
+        .route("/v1/internal/ui/nodes", get(internal_ui::nodes))
+        .route("/v1/internal/ui/node/{node}", get(internal_ui::node))
         .fallback(unknown_path)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&ctx), forward::forward_elsewhere))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&ctx), measure))
         .with_state(ctx)
+        .merge(ui)
 }
 
 /// Counts every request by its route (the matched path template), method and status, with

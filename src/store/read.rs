@@ -52,6 +52,17 @@ impl<'e> ReadView<'e> {
         self.index(&index_key::table(table.name()))
     }
 
+    /// The index of the last write to nodes, services or checks ([`Topic::Catalog`]'s).
+    ///
+    /// [`Topic::Catalog`]: super::Topic::Catalog
+    pub fn catalog_index(&self) -> Result<u64, StoreError> {
+        let mut index = 0;
+        for table in [Table::Nodes, Table::Services, Table::Checks] {
+            index = index.max(self.table_index(table)?);
+        }
+        Ok(index)
+    }
+
     /// A name's own index, or — when the name has none (it never existed, or its last
     /// instance went and the row with it) — `table`'s, as Consul reports for missing names.
     /// Never backwards: the write that removed the row also moved `table`'s index.
@@ -92,10 +103,19 @@ impl<'e> ReadView<'e> {
     }
 
     pub fn nodes(&self) -> Result<Vec<Node>, StoreError> {
+        self.decode_all(self.t.nodes, "sm_nodes")
+    }
+
+    /// Every row of a table of JSON rows, in key order.
+    fn decode_all<T: serde::de::DeserializeOwned>(
+        &self,
+        table: super::RawDb,
+        name: &'static str,
+    ) -> Result<Vec<T>, StoreError> {
         let mut out = Vec::new();
-        for row in self.t.nodes.iter(&self.txn)? {
+        for row in table.iter(&self.txn)? {
             let (key, bytes) = row?;
-            out.push(codec::decode_json("sm_nodes", key, bytes)?);
+            out.push(codec::decode_json(name, key, bytes)?);
         }
         Ok(out)
     }
@@ -117,12 +137,12 @@ impl<'e> ReadView<'e> {
     }
 
     pub fn all_checks(&self) -> Result<Vec<HealthCheck>, StoreError> {
-        let mut out = Vec::new();
-        for row in self.t.checks.iter(&self.txn)? {
-            let (key, bytes) = row?;
-            out.push(codec::decode_json("sm_checks", key, bytes)?);
-        }
-        Ok(out)
+        self.decode_all(self.t.checks, "sm_checks")
+    }
+
+    /// Every service instance, ordered by node then ID.
+    pub fn all_services(&self) -> Result<Vec<Service>, StoreError> {
+        self.decode_all(self.t.services, "sm_services")
     }
 
     /// Every service name with the union of its instances' tags.
@@ -232,12 +252,7 @@ impl<'e> ReadView<'e> {
 
     /// Every prepared query, ordered by ID.
     pub fn prepared_queries(&self) -> Result<Vec<crate::model::PreparedQuery>, StoreError> {
-        let mut out = Vec::new();
-        for row in self.t.prepared_queries.iter(&self.txn)? {
-            let (key, bytes) = row?;
-            out.push(codec::decode_json("sm_prepared_queries", key, bytes)?);
-        }
-        Ok(out)
+        self.decode_all(self.t.prepared_queries, "sm_prepared_queries")
     }
 
     /// The prepared query with ID `id_or_name`, else the one of that name (case aside).
@@ -250,12 +265,7 @@ impl<'e> ReadView<'e> {
 
     /// Every session, ordered by ID.
     pub fn sessions(&self) -> Result<Vec<Session>, StoreError> {
-        let mut out = Vec::new();
-        for row in self.t.sessions.iter(&self.txn)? {
-            let (key, bytes) = row?;
-            out.push(codec::decode_json("sm_sessions", key, bytes)?);
-        }
-        Ok(out)
+        self.decode_all(self.t.sessions, "sm_sessions")
     }
 
     /// The sessions of `node`, ordered by ID.

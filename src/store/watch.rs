@@ -47,6 +47,8 @@ impl Table {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Topic {
     Table(Table),
+    /// Any change to nodes, services or checks (what a whole-catalog view shows).
+    Catalog,
     /// Instances of one service name: their services, checks and nodes.
     Service(String),
     /// One node: the node, its services and checks.
@@ -177,6 +179,9 @@ impl Watches {
         };
         for table in &touched.tables {
             wake(&Topic::Table(*table));
+        }
+        if touched.tables.iter().any(|t| matches!(t, Table::Nodes | Table::Services | Table::Checks)) {
+            wake(&Topic::Catalog);
         }
         for name in touched.services.keys() {
             wake(&Topic::Service(name.clone()));

@@ -252,6 +252,10 @@ impl Agent {
     pub fn request(&self, method: &str, path: &str, body: &[u8]) -> Response {
         http_request(self.http, method, path, body)
     }
+
+    pub fn request_with_headers(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+        http_request_with_headers(self.http, method, path, headers, b"")
+    }
 }
 
 impl Drop for Agent {
@@ -310,10 +314,22 @@ pub fn try_http_request(
 
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`), read to the end.
 pub fn http_request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Response {
+    http_request_with_headers(addr, method, path, &[], body)
+}
+
+/// [`http_request`] with extra request headers.
+pub fn http_request_with_headers(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(700))).expect("timeout");
+    let extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).expect("write head");
