@@ -111,6 +111,12 @@ impl HistogramValues {
 pub const DNS_SECONDS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0];
 /// HTTP request latency bounds: 1 ms to 10 min (blocking queries).
 pub const HTTP_SECONDS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 600.0];
+/// Disk flush bounds (fsync of the data dir): 100 µs to 10 s (a stalled disk).
+pub const FSYNC_SECONDS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0, 10.0];
+/// Raft commit bounds: 500 µs to 10 s.
+pub const RAFT_COMMIT_SECONDS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0];
+/// Health-check probe bounds: 1 ms to 60 s (the longest check timeouts).
+pub const PROBE_SECONDS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 60.0];
 
 /// Query types counted apart; every other type is `other`.
 pub const DNS_QTYPES: [(u16, &str); 8] =
@@ -240,11 +246,12 @@ impl Metrics {
         stats.latency.observe(took, false);
     }
 
-    /// Every metric now, plus `gauges` and `counters` the caller read at scrape time.
-    pub fn collect(&self, gauges: Vec<Gauge>, counters: Vec<Counter>) -> Collected {
+    /// Every metric now, plus the gauges, counters and histograms the caller read at scrape
+    /// time from the modules that keep them (Raft, the store, gossip, checks).
+    pub fn collect(&self, gauges: Vec<Gauge>, counters: Vec<Counter>, histograms: Vec<NamedHistogram>) -> Collected {
         let loops = self.dns.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut counters = counters;
-        let mut histograms = Vec::new();
+        let mut histograms = histograms;
         let mut dns_latency = HistogramValues::empty(DNS_SECONDS);
         let (mut truncated, mut hits, mut misses) = (0, 0, 0);
         let mut answers = [[0u64; DNS_RCODES.len()]; DNS_QTYPES.len()];
@@ -448,6 +455,18 @@ mod tests {
         let collected = metrics.collect(
             vec![Gauge { name: "raft_applied_index", labels: Vec::new(), value: 7.0 }],
             vec![Counter { name: "raft_leader_changes_total", labels: Vec::new(), value: 1 }],
+            ["http", "tcp"]
+                .into_iter()
+                .map(|kind| {
+                    let probes = Histogram::new(PROBE_SECONDS);
+                    probes.observe(Duration::from_millis(if kind == "http" { 20 } else { 2 }), false);
+                    NamedHistogram {
+                        name: "check_probe_seconds",
+                        labels: vec![("kind", kind.into())],
+                        values: probes.snapshot(),
+                    }
+                })
+                .collect(),
         );
         let text = collected.prometheus();
         for line in [
@@ -467,10 +486,14 @@ mod tests {
             "cairn_dns_answer_seconds_count 4",
             "cairn_http_requests_total{route=\"/v1/kv/{*key}\",method=\"GET\",status=\"200\"} 1",
             "cairn_http_request_seconds_bucket{route=\"/v1/kv/{*key}\",le=\"0.005\"} 1",
+            "cairn_check_probe_seconds_bucket{kind=\"http\",le=\"0.01\"} 0",
+            "cairn_check_probe_seconds_bucket{kind=\"http\",le=\"0.05\"} 1",
+            "cairn_check_probe_seconds_bucket{kind=\"tcp\",le=\"0.005\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }
         assert_eq!(text.matches("# TYPE cairn_dns_queries_total").count(), 1);
+        assert_eq!(text.matches("# TYPE cairn_check_probe_seconds histogram").count(), 1);
         let json = collected.consul_json("t".into());
         assert_eq!(
             json["Gauges"][0],

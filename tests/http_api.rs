@@ -584,7 +584,13 @@ fn metrics_in_prometheus_text_format() {
     let srv = support::dns::tcp(agent.dns, "consul.service.consul", RecordType::SRV);
     assert_eq!(srv.answers.len(), 1);
     assert_eq!(agent.request("FROB", "/v1/kv/metrics-test", b"").status, 405);
-    let r = agent.get("/v1/agent/metrics?format=prometheus");
+    let check = json!({"Name": "http-port", "TCP": agent.http.to_string(), "Interval": "1s"});
+    assert_eq!(agent.put("/v1/agent/check/register", check.to_string()).status, 200);
+    // The check's first probe runs within its interval (staggered).
+    let r = support::wait_for("a timed TCP probe", Duration::from_secs(10), || {
+        let r = agent.get("/v1/agent/metrics?format=prometheus");
+        r.text().contains("cairn_check_probe_seconds_count{kind=\"tcp\"} 1").then_some(r)
+    });
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
     let text = r.text();
@@ -605,6 +611,10 @@ fn metrics_in_prometheus_text_format() {
     assert!(value("cairn_raft_applied_index") >= 1.0);
     assert_eq!(value("cairn_raft_leader"), 1.0);
     assert_eq!(value("cairn_raft_leader_changes_total"), 1.0, "this server became leader once");
+    assert!(value("cairn_raft_commit_seconds_count") >= 1.0, "the KV write was committed");
+    assert!(value("cairn_fsync_seconds_count") >= 1.0, "and made durable");
+    assert_eq!(value(r#"cairn_serf_probes_total{pool="lan"}"#), 0.0, "alone: nobody to probe");
+    assert_eq!(value(r#"cairn_serf_suspicions_total{pool="lan"}"#), 0.0);
     assert_eq!(value(r#"cairn_serf_members{pool="lan",status="alive"}"#), 1.0);
     assert_eq!(value(r#"cairn_serf_members{pool="wan",status="alive"}"#), 1.0);
     assert!(value("cairn_lmdb_map_used_bytes") > 0.0);

@@ -96,6 +96,7 @@ struct Inner {
     saved: watch::Sender<(u64, Option<String>)>,
     probe_permits: Arc<Semaphore>,
     clients: probe::HttpClients,
+    probe_times: probe::ProbeTimes,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -123,6 +124,7 @@ impl LocalAgent {
             saved: watch::Sender::new((0, None)),
             probe_permits: Arc::new(Semaphore::new(config.checks_max_concurrent.max(1))),
             clients: probe::HttpClients::new()?,
+            probe_times: probe::ProbeTimes::new(),
             shutdown,
             tasks: tasks.clone(),
             config,
@@ -162,6 +164,11 @@ impl LocalAgent {
 
     fn lock(&self) -> MutexGuard<'_, LocalState> {
         self.inner.lock()
+    }
+
+    /// How long this agent's check probes took, by kind (http, tcp, script).
+    pub fn probe_seconds(&self) -> [(&'static str, crate::metrics::HistogramValues); 3] {
+        self.inner.probe_times.snapshot()
     }
 
     /// Reads the local state.

@@ -1,6 +1,7 @@
 //! Runs one check once: an HTTP request, a TCP connect or a program, each under its timeout.
 //! Knows nothing of thresholds or the catalog; it reports what it saw.
 
+use crate::metrics::{Histogram, HistogramValues, PROBE_SECONDS};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -34,17 +35,47 @@ impl HttpClients {
     }
 }
 
-/// Runs `kind` once. `None` for kinds that nothing runs (TTL, maintenance).
-pub async fn run(kind: &CheckKind, timeout: Duration, clients: &HttpClients) -> Option<Observation> {
-    let seen = match kind {
+/// How long probes took, by kind (the metric `check_probe_seconds`).
+pub struct ProbeTimes {
+    http: Histogram,
+    tcp: Histogram,
+    script: Histogram,
+}
+
+impl ProbeTimes {
+    pub fn new() -> ProbeTimes {
+        ProbeTimes {
+            http: Histogram::new(PROBE_SECONDS),
+            tcp: Histogram::new(PROBE_SECONDS),
+            script: Histogram::new(PROBE_SECONDS),
+        }
+    }
+
+    /// Each kind's figures, with its name.
+    pub fn snapshot(&self) -> [(&'static str, HistogramValues); 3] {
+        [("http", self.http.snapshot()), ("tcp", self.tcp.snapshot()), ("script", self.script.snapshot())]
+    }
+}
+
+/// Runs `kind` once, timing it into `times`. `None` for kinds that nothing runs (TTL,
+/// maintenance).
+pub async fn run(
+    kind: &CheckKind,
+    timeout: Duration,
+    clients: &HttpClients,
+    times: &ProbeTimes,
+) -> Option<Observation> {
+    let started = std::time::Instant::now();
+    let (seen, took) = match kind {
         CheckKind::Http { url, method, headers, body, tls_skip_verify } => {
             let client = if *tls_skip_verify { &clients.skip_verify } else { &clients.verifying };
-            http(client, url, method, headers, body, timeout).await
+            (http(client, url, method, headers, body, timeout).await, &times.http)
         }
-        CheckKind::Tcp { address } => tcp(address, timeout).await,
-        CheckKind::Script { args } => script(args, timeout).await,
+        CheckKind::Tcp { address } => (tcp(address, timeout).await, &times.tcp),
+        CheckKind::Script { args } => (script(args, timeout).await, &times.script),
         CheckKind::Ttl { .. } | CheckKind::Maintenance => return None,
     };
+    took.observe(started.elapsed(), false);
     Some(seen)
 }
 

@@ -39,7 +39,7 @@ pub(super) async fn run(
         // Boxed: an HTTP probe's future is ~9 KB, and held inline it would stay allocated in
         // every check's task between runs (45 MB for 5,000 checks).
         let seen = tokio::select! {
-            seen = Box::pin(probe::run(&spec.kind, spec.timeout, &inner.clients)) => seen,
+            seen = Box::pin(probe::run(&spec.kind, spec.timeout, &inner.clients, &inner.probe_times)) => seen,
             _ = cancel.cancelled() => return,
         };
         drop(permit);

@@ -223,6 +223,9 @@ pub struct Cluster {
     federation: Arc<federation::Federation>,
     /// Times this server has seen a new leader (the metric `raft_leader_changes_total`).
     leader_changes: Arc<AtomicU64>,
+    /// How long this server's writes took from the leader's append to commit and apply
+    /// there (the metric `raft_commit_seconds`; only while it leads).
+    commit_seconds: Arc<crate::metrics::Histogram>,
 }
 
 /// When a quorum last acknowledged this server as leader, as its metrics report: updated on
@@ -280,6 +283,11 @@ impl Cluster {
     /// How many times this server has seen a new leader since it started.
     pub fn leader_changes(&self) -> u64 {
         self.leader_changes.load(Ordering::Relaxed)
+    }
+
+    /// How long writes took from the leader's append to their commit and apply there.
+    pub fn commit_seconds(&self) -> crate::metrics::HistogramValues {
+        self.commit_seconds.snapshot()
     }
 }
 
@@ -359,6 +367,7 @@ impl Cluster {
             replay,
             federation: Arc::new(federation::Federation::new(remote_servers)),
             leader_changes: Arc::default(),
+            commit_seconds: Arc::new(crate::metrics::Histogram::new(crate::metrics::RAFT_COMMIT_SECONDS)),
         };
         cluster.replay.log_if_waiting(cluster.last_applied());
         tasks.spawn(Arc::clone(&cluster.quorum).track(cluster.raft.metrics(), shutdown.clone()));
@@ -746,8 +755,12 @@ impl Cluster {
         let leader_time_ms =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let proposal = Proposal { leader_time_ms: Some(leader_time_ms), ..proposal };
+        let started = Instant::now();
         match self.raft.client_write(proposal).await {
-            Ok(response) => Ok(rpc::Forwarded { results: response.data, index: response.log_id.index }),
+            Ok(response) => {
+                self.commit_seconds.observe(started.elapsed(), false);
+                Ok(rpc::Forwarded { results: response.data, index: response.log_id.index })
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(WriteError::NoLeader),
             Err(e) => Err(WriteError::Stopped(e.to_string())),
         }

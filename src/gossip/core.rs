@@ -271,6 +271,9 @@ struct Effects {
     membership_changed: bool,
     timings: Timings,
     members: usize,
+    probes_sent: u64,
+    probes_failed: u64,
+    suspicions_started: u64,
 }
 
 impl Effects {
@@ -357,6 +360,7 @@ impl foca::Runtime<MemberId> for Effects {
                 tracing::warn!("this agent was declared failed by the cluster and could not rejoin");
             }
             Notification::ProbeFailed(_, member) => {
+                self.probes_failed += 1;
                 self.raise_health_score();
                 self.to_broadcast.push(Broadcast::Suspect { by: self.own_addr, of: member.addr, boot: member.boot });
             }
@@ -365,7 +369,12 @@ impl foca::Runtime<MemberId> for Effects {
                     self.health_score = self.health_score.saturating_sub(1);
                 }
             }
-            Notification::DataSent(header) => self.own_incarnation = header.src_incarnation,
+            Notification::DataSent(header) => {
+                self.own_incarnation = header.src_incarnation;
+                if matches!(header.message, Message::Ping(_)) {
+                    self.probes_sent += 1;
+                }
+            }
         }
     }
 
@@ -387,15 +396,17 @@ impl foca::Runtime<MemberId> for Effects {
                 // A renewed suspicion of the same incarnation keeps its start and confirmers;
                 // any earlier one's timer goes (this one replaces it).
                 let (started, mut confirmers) = match self.suspicions.remove(&addr) {
-                    Some(s) => {
+                    Some(s) if s.boot == boot => {
                         self.timers.remove(&s.timer);
-                        if s.boot == boot {
-                            (s.started, s.confirmers)
-                        } else {
-                            (self.now, HashSet::new())
-                        }
+                        (s.started, s.confirmers)
                     }
-                    None => (self.now, HashSet::new()),
+                    earlier => {
+                        if let Some(s) = earlier {
+                            self.timers.remove(&s.timer);
+                        }
+                        self.suspicions_started += 1;
+                        (self.now, HashSet::new())
+                    }
                 };
                 confirmers.extend(self.early_confirmations.remove(&(addr, boot)).map(|(_, c)| c).unwrap_or_default());
                 let at = (started + self.suspicion_timeout(confirmers.len())).max(self.now);
@@ -435,6 +446,12 @@ pub struct CoreStats {
     pub late_timers: u64,
     /// Lifeguard's local health multiplier minus one (0 = healthy).
     pub health_score: u32,
+    /// Direct probes (pings of foca's probe rotation) sent.
+    pub probes_sent: u64,
+    /// Probes that got no answer, direct or indirect, within the probe timeout.
+    pub probes_failed: u64,
+    /// Members this agent began to suspect (from its own probe or another member's word).
+    pub suspicions: u64,
 }
 
 pub struct Core {
@@ -486,6 +503,9 @@ impl Core {
                 membership_changed: true,
                 timings,
                 members: 1,
+                probes_sent: 0,
+                probes_failed: 0,
+                suspicions_started: 0,
             },
             left: HashMap::new(),
             pruned: HashSet::new(),
@@ -512,7 +532,13 @@ impl Core {
     }
 
     pub fn stats(&self) -> CoreStats {
-        CoreStats { health_score: self.fx.awareness() - 1, ..self.stats }
+        CoreStats {
+            health_score: self.fx.awareness() - 1,
+            probes_sent: self.fx.probes_sent,
+            probes_failed: self.fx.probes_failed,
+            suspicions: self.fx.suspicions_started,
+            ..self.stats
+        }
     }
 
     /// Handles a packet from `from` that passed the envelope.

@@ -188,11 +188,16 @@ impl Gossip {
         self.members.clone()
     }
 
+    /// The protocol's counts so far: probes, suspicions, packets, local health.
+    pub fn core_stats(&self) -> self::core::CoreStats {
+        *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Consul's `Stats.serf_lan` of `/v1/agent/self`, plus cairn's packet counters.
     pub fn stats(&self) -> std::collections::BTreeMap<&'static str, String> {
         let members = self.members();
         let count = |status| members.iter().filter(|m| m.status == status).count().to_string();
-        let core = *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let core = self.core_stats();
         let refused = self.shared.refusals.lock().unwrap_or_else(|e| e.into_inner()).total();
         let encrypted = !self.shared.keyring.lock().unwrap_or_else(|e| e.into_inner()).keys().is_empty();
         std::collections::BTreeMap::from([
@@ -204,6 +209,9 @@ impl Gossip {
             ("packets_received", core.packets_in.to_string()),
             ("packets_refused", refused.to_string()),
             ("late_timers", core.late_timers.to_string()),
+            ("probes_sent", core.probes_sent.to_string()),
+            ("probes_failed", core.probes_failed.to_string()),
+            ("suspicions", core.suspicions.to_string()),
         ])
     }
 

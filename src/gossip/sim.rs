@@ -300,10 +300,18 @@ mod tests {
         for seed in 0..10 {
             let mut sim = converged_sim(5, seed);
             sim.run_for(Duration::from_millis(seed * 97));
+            let before: Vec<_> = sim.nodes.iter().map(|n| n.core.stats()).collect();
+            assert!(before.iter().all(|s| s.probes_sent > 0 && s.suspicions == 0), "{before:?}");
             sim.kill(3);
             let t = sim.time_until_failed(3, Duration::from_secs(30)).expect("failure detected");
             times.push(t);
             assert_eq!(sim.false_failures(), 0);
+            // The metrics' counts: someone's probe of 3 failed and someone suspected it (a
+            // member may hear of the failure before it hears of the suspicion).
+            let after: Vec<_> = sim.nodes.iter().map(|n| n.core.stats()).collect();
+            let failed_probes: u64 = after.iter().zip(&before).map(|(a, b)| a.probes_failed - b.probes_failed).sum();
+            let suspicions: u64 = after.iter().map(|s| s.suspicions).sum();
+            assert!(failed_probes >= 1 && suspicions >= 1, "{after:?}");
         }
         times.sort();
         let median = times[times.len() / 2];

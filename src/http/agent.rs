@@ -237,12 +237,7 @@ pub async fn agent_metrics(
         )
             .into_response());
     }
-    let leader_changes = crate::metrics::Counter {
-        name: "raft_leader_changes_total",
-        labels: Vec::new(),
-        value: ctx.cluster.leader_changes(),
-    };
-    let collected = ctx.metrics.collect(gauges(&ctx), vec![leader_changes]);
+    let collected = ctx.metrics.collect(gauges(&ctx), counters(&ctx), histograms(&ctx));
     if prometheus {
         let content_type = [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")];
         return Ok((content_type, collected.prometheus()).into_response());
@@ -291,6 +286,43 @@ fn gauges(ctx: &super::HttpContext) -> Vec<crate::metrics::Gauge> {
     gauges.extend(rss.map(|v| plain("process_resident_memory_bytes", v)));
     gauges.extend(fds.map(|v| plain("process_open_fds", v)));
     gauges
+}
+
+/// The counters other modules keep: Raft leader changes, gossip probes and suspicions.
+fn counters(ctx: &super::HttpContext) -> Vec<crate::metrics::Counter> {
+    use crate::metrics::Counter;
+    let mut counters =
+        vec![Counter { name: "raft_leader_changes_total", labels: Vec::new(), value: ctx.cluster.leader_changes() }];
+    let pools = [("lan", Some(&ctx.gossip)), ("wan", ctx.wan.as_ref())];
+    for (pool, gossip) in pools {
+        let Some(gossip) = gossip else { continue };
+        let stats = gossip.core_stats();
+        for (name, value) in [
+            ("serf_probes_total", stats.probes_sent),
+            ("serf_probes_failed_total", stats.probes_failed),
+            ("serf_suspicions_total", stats.suspicions),
+        ] {
+            counters.push(Counter { name, labels: vec![("pool", pool.to_string())], value });
+        }
+    }
+    counters
+}
+
+/// The histograms other modules keep: Raft commit time, fsync time, check probe time.
+fn histograms(ctx: &super::HttpContext) -> Vec<crate::metrics::NamedHistogram> {
+    use crate::metrics::NamedHistogram;
+    let mut histograms = vec![
+        NamedHistogram { name: "raft_commit_seconds", labels: Vec::new(), values: ctx.cluster.commit_seconds() },
+        NamedHistogram { name: "fsync_seconds", labels: Vec::new(), values: ctx.store.sync_seconds() },
+    ];
+    for (kind, values) in ctx.local.probe_seconds() {
+        histograms.push(NamedHistogram {
+            name: "check_probe_seconds",
+            labels: vec![("kind", kind.to_string())],
+            values,
+        });
+    }
+    histograms
 }
 
 /// Go's `time.Time` string in UTC, as Consul's metrics `Timestamp`: `2026-12-04 16:57:00 +0000 UTC`.

@@ -166,6 +166,8 @@ pub struct Store {
     staging_dir: Arc<std::path::PathBuf>,
     /// `fsync`s made by [`Store::sync`], for tests of what is acknowledged when.
     syncs: Arc<std::sync::atomic::AtomicU64>,
+    /// How long each of those syncs took (the metric `fsync_seconds`).
+    sync_seconds: Arc<crate::metrics::Histogram>,
     /// Test failpoint ([`STALL_SYNC_ENV`]): while this file exists, every sync and every
     /// state-machine commit hangs.
     stall_syncs_while: Option<Arc<std::path::PathBuf>>,
@@ -306,6 +308,7 @@ impl Store {
             directory: Arc::default(),
             staging_dir: Arc::new(dir.join("restore")),
             syncs: Arc::default(),
+            sync_seconds: Arc::new(crate::metrics::Histogram::new(crate::metrics::FSYNC_SECONDS)),
             stall_syncs_while: std::env::var_os(STALL_SYNC_ENV).map(|p| Arc::new(p.into())),
             copy_on_sync: std::env::var_os(COPY_ON_SYNC_ENV).map(|p| Arc::new(p.into())),
             out_of_space: Arc::default(),
@@ -459,8 +462,10 @@ impl Store {
 
     /// Makes every commit so far durable (`fdatasync`).
     pub fn sync(&self) -> Result<(), heed::Error> {
+        let started = std::time::Instant::now();
         self.wait_while_disk_stalls();
         self.env.force_sync()?;
+        self.sync_seconds.observe(started.elapsed(), false);
         self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if let Some(path) = &self.copy_on_sync {
             let partial = path.with_extension("partial");
@@ -478,6 +483,11 @@ impl Store {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
+    }
+
+    /// How long the syncs of [`Store::sync`] took.
+    pub fn sync_seconds(&self) -> crate::metrics::HistogramValues {
+        self.sync_seconds.snapshot()
     }
 
     /// Syncs made by [`Store::sync`] so far.
