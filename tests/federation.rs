@@ -106,6 +106,11 @@ fn two_datacenters_answer_for_each_other() {
         assert_eq!(r.header("X-Consul-KnownLeader"), Some("true"));
         let healthy = agent.get("/v1/health/service/redis?dc=dc2&passing").json();
         assert_eq!(healthy.as_array().map(Vec::len), Some(1), "{healthy}");
+        // The web UI's summaries follow its datacenter menu the same way.
+        let summary = agent.get("/v1/internal/ui/services?dc=dc2").json();
+        let redis = summary.as_array().and_then(|s| s.iter().find(|s| s["Name"] == "redis")).cloned();
+        let redis = redis.unwrap_or_else(|| panic!("redis in dc2's summary: {summary}"));
+        assert_eq!((redis["Datacenter"].as_str(), redis["InstancesPassing"].as_u64()), (Some("dc2"), Some(1)));
     }
     assert_eq!(s1.get("/v1/catalog/service/redis").json(), json!([]), "dc1's catalog is its own");
 
