@@ -305,6 +305,14 @@ async fn the_ui_shows_the_catalog_live_and_edits_kv() {
     browser.wait_for("the parent folder", "return location.pathname === '/ui/dc1/kv/app/'").await;
     assert_eq!(kv_raw(&agent, "app/config"), None);
 
+    // A value that is not UTF-8 text is shown as such and cannot be saved over from the editor.
+    assert_eq!(agent.put("/v1/kv/app/blob", [0xffu8, 0xfe, 0x00, 0x80]).status, 200);
+    c.goto(&format!("{base}/ui/dc1/kv/app/blob")).await.expect("open blob");
+    let binary = "return document.querySelector('main').innerText.includes('4 bytes, not UTF-8 text') \
+        && document.querySelector('#kv-value').disabled \
+        && document.querySelector('form.editor button[type=submit]').disabled";
+    browser.wait_for("the binary value's note, and no editing", binary).await;
+
     // Members and Raft peers.
     browser.click_link("Members").await;
     let member = r#"return document.querySelector('tr[data-member="test-node"]')?.dataset.status ?? null"#;

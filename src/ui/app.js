@@ -546,7 +546,9 @@
     function take(entry) {
       loaded = entry;
       value.value = entry ? entry.text : '';
+      // A value that is not UTF-8 text cannot round-trip through the editor: no saving over it.
       value.disabled = entry !== null && entry.text === null;
+      save.disabled = value.disabled;
       reload.hidden = true;
       replace(notice);
     }
@@ -578,7 +580,7 @@
       } catch (e) {
         replace(feedback, message('error', `Not saved: ${e.message}`));
       } finally {
-        save.disabled = false;
+        save.disabled = value.disabled;
       }
     });
 
