@@ -9,8 +9,23 @@ pub fn base_url(addr: &str) -> String {
     base.trim_end_matches('/').to_string()
 }
 
+/// How a client checks an HTTPS agent and proves who it is: PEM files, as Consul's
+/// `-ca-file`, `-client-cert` and `-client-key`.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    /// Trust only the authorities in this file (else the system's roots).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate (chain) to present, for agents with `verify_incoming`.
+    pub client_cert: Option<std::path::PathBuf>,
+    pub client_key: Option<std::path::PathBuf>,
+    /// Accept any server certificate (`CONSUL_HTTP_SSL_VERIFY=false`): for a lab only.
+    pub skip_verify: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    #[error("{0}")]
+    Tls(String),
     #[error("cannot reach the cairn agent at {addr}: {reason}")]
     Unreachable { addr: String, reason: String },
     #[error("Unexpected response code: {status} ({body})")]
@@ -45,9 +60,50 @@ impl ApiClient {
     /// A client of the agent at `base` (see [`base_url`]) whose requests may take `timeout`
     /// (`None`: as long as they take; connecting is bounded by `connect_timeout` either way).
     pub fn new(base: String, connect_timeout: Duration, timeout: Option<Duration>) -> Result<ApiClient, ApiError> {
+        ApiClient::with_tls(base, connect_timeout, timeout, &ClientTls::default())
+    }
+
+    /// [`ApiClient::new`] for an agent that may answer over HTTPS, checked as `tls` says.
+    pub fn with_tls(
+        base: String,
+        connect_timeout: Duration,
+        timeout: Option<Duration>,
+        tls: &ClientTls,
+    ) -> Result<ApiClient, ApiError> {
         let mut builder = reqwest::Client::builder().connect_timeout(connect_timeout).no_proxy();
         if let Some(timeout) = timeout {
             builder = builder.timeout(timeout);
+        }
+        let read = |flag: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| ApiError::Tls(format!("cannot read {flag} {}: {e}", path.display())))
+        };
+        if let Some(path) = &tls.ca_file {
+            let certs = reqwest::Certificate::from_pem_bundle(&read("-ca-file", path)?).map_err(|e| {
+                ApiError::Tls(format!("-ca-file {}: not a PEM file of certificates: {e}", path.display()))
+            })?;
+            if certs.is_empty() {
+                return Err(ApiError::Tls(format!("-ca-file {}: no certificate in it", path.display())));
+            }
+            builder = builder.tls_built_in_root_certs(false);
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        match (&tls.client_cert, &tls.client_key) {
+            (Some(cert), Some(key)) => {
+                let mut pem = read("-client-cert", cert)?;
+                pem.push(b'\n');
+                pem.extend(read("-client-key", key)?);
+                let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                    ApiError::Tls(format!("-client-cert {} / -client-key {}: {e}", cert.display(), key.display()))
+                })?;
+                builder = builder.identity(identity);
+            }
+            (None, None) => {}
+            _ => return Err(ApiError::Tls("-client-cert and -client-key go together: give both or neither".into())),
+        }
+        if tls.skip_verify {
+            builder = builder.danger_accept_invalid_certs(true);
         }
         let http = builder.build().map_err(|e| ApiError::Unreachable { addr: base.clone(), reason: e.to_string() })?;
         Ok(ApiClient { base, http })

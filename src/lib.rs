@@ -18,5 +18,6 @@ pub mod metrics;
 pub mod model;
 pub mod prepared_query;
 pub mod store;
+pub mod tls;
 pub mod ui;
 pub mod watch;

@@ -54,6 +54,9 @@ enum CliCommand {
     Snapshot(cairn::cli::snapshot::SnapshotCommand),
     /// Make the agent leave and shut down gracefully.
     Leave(cairn::cli::ClientFlags),
+    /// Create a CA and certificates for the agents' TLS (no agent needed).
+    #[command(subcommand)]
+    Tls(cairn::cli::tls::TlsCommand),
     /// Print the version.
     Version,
 }
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
             }
         },
         CliCommand::Leave(flags) => client_exit(cairn::cli::leave(&flags)),
+        CliCommand::Tls(command) => client_exit(cairn::cli::tls::run(command)),
     }
 }
 

@@ -67,6 +67,8 @@ pub enum AgentError {
     JoinWan(String),
     #[error("Raft stopped: {0}")]
     RaftStopped(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Why the agent stops: a leave request always leaves the gossip pool gracefully; a signal
@@ -111,6 +113,19 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     })?;
     let http_bound =
         http_listener.local_addr().map_err(|source| AgentError::Bind { what: "HTTP", addr: http_addr, source })?;
+    // HTTPS: certificate files read and the port bound now, so a bad file or a taken port
+    // stops the start before anything else runs.
+    let https = match config.ports.https {
+        Some(port) => {
+            let tls = Arc::new(crate::tls::TlsServer::new(&config.tls_https)?);
+            let addr = SocketAddr::new(config.addresses.https.unwrap_or(config.client_addr), port);
+            let bind_error = |source| AgentError::Bind { what: "HTTPS", addr, source };
+            let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+            let bound = listener.local_addr().map_err(bind_error)?;
+            Some((listener, bound, tls))
+        }
+        None => None,
+    };
 
     let advertise_ip =
         advertise::advertise_ip(config.advertise_addr, config.bind_addr).map_err(AgentError::Unsupported)?;
@@ -231,8 +246,14 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
         let router = http::router(Arc::clone(&ctx));
         cluster.answer_clients_with(Arc::new(client_answers::ServerAnswers { router, dns: Arc::clone(&dns) }));
     }
-    tasks.spawn(http::serve(http_listener, ctx, shutdown.clone(), DRAIN_MAX));
+    tasks.spawn(http::serve(http_listener, Arc::clone(&ctx), shutdown.clone(), DRAIN_MAX, None));
     tracing::info!(addr = %http_bound, "HTTP API listening");
+    let https = https.map(|(listener, bound, tls)| {
+        tasks.spawn(http::serve(listener, Arc::clone(&ctx), shutdown.clone(), DRAIN_MAX, Some(Arc::clone(&tls))));
+        tracing::info!(addr = %bound, "HTTPS API listening");
+        tls
+    });
+    drop(ctx);
 
     let dns_addr = SocketAddr::new(config.addresses.dns.unwrap_or(config.client_addr), config.ports.dns);
     let dns_bound = crate::dns::start(Arc::clone(&dns), dns_addr, shutdown.clone(), &tasks).await?;
@@ -272,7 +293,7 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     tasks.spawn(memory::trim_periodically(shutdown.clone()));
     let mut watches = watches::Watches::new(http_bound, shutdown.clone(), tasks.clone());
     watches.replace(&config.watches);
-    let reloader = Arc::new(Reloader::new(options.flags, config, dns, local, watches, options.set_log_level));
+    let reloader = Arc::new(Reloader::new(options.flags, config, dns, local, watches, https, options.set_log_level));
     let reason = wait_for_shutdown_signal(signals, leave, reloader, reload_rx, &cluster).await?;
     if let ShutdownReason::RaftStopped(why) = &reason {
         tracing::error!(error = %why, "Raft stopped; shutting down so the service manager restarts cairn");

@@ -1,13 +1,16 @@
 //! Config reload (SIGHUP, `cairn reload`, `PUT /v1/agent/reload`): re-reads the same config
 //! files and flags, and applies what can change at run time — config-file services and
-//! checks, `log_level`, `dns_config`, `recursors`, `watches` and the static zones. Any other changed
-//! key is logged as needing a restart. A config that fails to load changes nothing.
+//! checks, `log_level`, `dns_config`, `recursors`, `watches`, the static zones, and the HTTPS
+//! listener's TLS settings and files (a renewed certificate is read again even when the
+//! config is unchanged). Any other changed key is logged as needing a restart. A config that
+//! fails to load, or whose TLS files do not, changes nothing.
 
 use std::sync::{Arc, Mutex};
 
 use crate::checks::LocalAgent;
 use crate::config::{AgentFlags, Config, LogLevel};
 use crate::dns::DnsService;
+use crate::tls::TlsServer;
 
 use super::watches::Watches;
 
@@ -21,6 +24,8 @@ pub struct Reloader {
     dns: Arc<DnsService>,
     local: LocalAgent,
     watches: Mutex<Watches>,
+    /// The HTTPS listener's TLS, when it runs.
+    https: Option<Arc<TlsServer>>,
     set_log_level: SetLogLevel,
 }
 
@@ -31,9 +36,10 @@ impl Reloader {
         dns: Arc<DnsService>,
         local: LocalAgent,
         watches: Watches,
+        https: Option<Arc<TlsServer>>,
         set_log_level: SetLogLevel,
     ) -> Self {
-        Reloader { flags, running: Mutex::new(config), dns, local, watches: Mutex::new(watches), set_log_level }
+        Reloader { flags, running: Mutex::new(config), dns, local, watches: Mutex::new(watches), https, set_log_level }
     }
 
     /// Reloads; blocking work (reading files, parsing zones), so run it off the async
@@ -49,6 +55,11 @@ impl Reloader {
         }
         keep_restart_only(&running, &mut new);
         let dns_settings = crate::dns::settings_from_config(&new).map_err(|e| e.to_string())?;
+        // Last of what can fail, first of what changes: a bad certificate leaves everything
+        // as it was.
+        if let Some(tls) = &self.https {
+            tls.reload(&new.tls_https).map_err(|e| e.to_string())?;
+        }
         if new.log_level != running.log_level {
             (self.set_log_level)(new.log_level);
         }
@@ -103,10 +114,18 @@ fn keep_restart_only(old: &Config, new: &mut Config) {
         std::mem::take(&mut new.recursors),
         new.enable_local_script_checks,
         std::mem::take(&mut new.watches),
+        std::mem::take(&mut new.tls_https),
     );
     *new = old.clone();
-    (new.services, new.log_level, new.dns_config, new.recursors, new.enable_local_script_checks, new.watches) =
-        reloadable;
+    (
+        new.services,
+        new.log_level,
+        new.dns_config,
+        new.recursors,
+        new.enable_local_script_checks,
+        new.watches,
+        new.tls_https,
+    ) = reloadable;
 }
 
 #[cfg(test)]

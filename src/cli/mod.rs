@@ -7,11 +7,12 @@ pub mod lock;
 pub mod operator;
 pub mod services;
 pub mod snapshot;
+pub mod tls;
 pub mod watch;
 
 use std::time::Duration;
 
-use crate::api_client::{base_url, ApiClient, ApiError};
+use crate::api_client::{base_url, ApiClient, ApiError, ClientTls};
 pub use crate::api_client::{encode_path, Answer};
 pub use services::{ServicesCommand, ServicesDeregister, ServicesRegister};
 
@@ -20,12 +21,58 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
 
 /// Where the agent's HTTP API is: `-http-addr`, else `CAIRN_HTTP_ADDR`, else
-/// `CONSUL_HTTP_ADDR`, else 127.0.0.1:8500.
+/// `CONSUL_HTTP_ADDR`, else 127.0.0.1:8500; over HTTPS, how to check it and prove who we are.
+/// Each flag falls back to its `CAIRN_` then `CONSUL_` environment variable, as Consul's CLI.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ClientFlags {
-    /// Address of the agent's HTTP API (`host:port` or `http://host:port`).
+    /// Address of the agent's HTTP API (`host:port`, `http://host:port` or
+    /// `https://host:port`; a bare address is HTTPS when CONSUL_HTTP_SSL=true).
     #[arg(long = "http-addr", value_name = "ADDR")]
     pub http_addr: Option<String>,
+    /// PEM file of the CA that signed the agent's HTTPS certificate (CONSUL_CACERT).
+    #[arg(long = "ca-file", value_name = "FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate, for agents that verify incoming connections (CONSUL_CLIENT_CERT).
+    #[arg(long = "client-cert", value_name = "FILE")]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// PEM key of the client certificate (CONSUL_CLIENT_KEY).
+    #[arg(long = "client-key", value_name = "FILE")]
+    pub client_key: Option<std::path::PathBuf>,
+}
+
+/// The first set, non-empty value of the environment variables `names`.
+fn env_any(names: &[&str]) -> Option<String> {
+    names.iter().find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+}
+
+impl ClientFlags {
+    /// The base URL of the agent's API.
+    fn base(&self) -> String {
+        let addr = self
+            .http_addr
+            .clone()
+            .or_else(|| env_any(&["CAIRN_HTTP_ADDR", "CONSUL_HTTP_ADDR"]))
+            .unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_string());
+        let ssl = env_any(&["CAIRN_HTTP_SSL", "CONSUL_HTTP_SSL"]).is_some_and(|v| matches!(v.as_str(), "1" | "true"));
+        if ssl && !addr.contains("://") {
+            base_url(&format!("https://{addr}"))
+        } else {
+            base_url(&addr)
+        }
+    }
+
+    fn tls(&self) -> ClientTls {
+        let path = |flag: &Option<std::path::PathBuf>, names: &[&str]| {
+            flag.clone().or_else(|| env_any(names).map(std::path::PathBuf::from))
+        };
+        ClientTls {
+            ca_file: path(&self.ca_file, &["CAIRN_CACERT", "CONSUL_CACERT"]),
+            client_cert: path(&self.client_cert, &["CAIRN_CLIENT_CERT", "CONSUL_CLIENT_CERT"]),
+            client_key: path(&self.client_key, &["CAIRN_CLIENT_KEY", "CONSUL_CLIENT_KEY"]),
+            skip_verify: env_any(&["CAIRN_HTTP_SSL_VERIFY", "CONSUL_HTTP_SSL_VERIFY"])
+                .is_some_and(|v| matches!(v.as_str(), "0" | "false")),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,13 +105,7 @@ impl Client {
     /// A client whose requests may take `timeout` (`None`: as long as they take, for
     /// transfers such as snapshots; connecting is still bounded).
     pub fn with_timeout(flags: &ClientFlags, timeout: Option<Duration>) -> Result<Client, CliError> {
-        let addr = flags
-            .http_addr
-            .clone()
-            .or_else(|| std::env::var("CAIRN_HTTP_ADDR").ok().filter(|a| !a.is_empty()))
-            .or_else(|| std::env::var("CONSUL_HTTP_ADDR").ok().filter(|a| !a.is_empty()))
-            .unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_string());
-        let api = ApiClient::new(base_url(&addr), REQUEST_TIMEOUT, timeout)?;
+        let api = ApiClient::with_tls(flags.base(), REQUEST_TIMEOUT, timeout, &flags.tls())?;
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| ApiError::Unreachable {
                 addr: api.base().to_string(),

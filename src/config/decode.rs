@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::{quote, ConfigError, LogLevel, RecursorStrategy};
+use super::{quote, ConfigError, LogLevel, RecursorStrategy, TlsVersion};
 use crate::model::parse_duration;
 
 pub(super) fn set_if_some<T>(target: &mut T, value: Option<T>) {
@@ -384,4 +384,14 @@ pub(super) fn decode_list<T>(
             })
         })
         .collect()
+}
+
+/// Consul's `tls_min_version` values; rustls speaks only TLS 1.2 and 1.3.
+pub(super) fn decode_tls_version(value: &Value) -> Result<TlsVersion, Mismatch> {
+    const EXPECTED: &str = "TLSv1_2 or TLSv1_3 (older versions are not supported)";
+    match decode_str(value, EXPECTED)? {
+        "TLSv1_2" | "tls12" => Ok(TlsVersion::Tls12),
+        "TLSv1_3" | "tls13" => Ok(TlsVersion::Tls13),
+        other => Err(Mismatch::bad_string(EXPECTED, other)),
+    }
 }

@@ -10,10 +10,10 @@ use super::decode::{
     decode_bool, decode_cidr, decode_datacenter, decode_domain, decode_duration, decode_encrypt_key, decode_ip,
     decode_join_addr, decode_list, decode_log_level, decode_node_id, decode_node_name, decode_optional_port,
     decode_path, decode_port, decode_positive_duration, decode_recursor, decode_service_ttl, decode_strategy,
-    decode_u32, decode_u64, decode_uint, describe, set_if_some, Mismatch, Section,
+    decode_tls_version, decode_u32, decode_u64, decode_uint, describe, set_if_some, Mismatch, Section,
 };
 use super::watches::decode_watch;
-use super::{quote, Config, ConfigError, DnsConfig, MIB};
+use super::{quote, Config, ConfigError, DnsConfig, TlsSettings, TlsVersion, MIB};
 use crate::model::agent::{decode_service, ScriptPolicy, ServiceRegistration, Strictness};
 
 /// The `*.json` files of a config dir in lexical order. Other files are skipped, but `.hcl`
@@ -78,14 +78,14 @@ pub(super) const TOP_NOT_IMPLEMENTED: &str = "
     acl_down_policy acl_enable_key_list_policy acl_master_token acl_replication_token
     acl_token acl_ttl advertise_addr_ipv4 advertise_addr_ipv6
     advertise_addr_wan_ipv4 advertise_addr_wan_ipv6 advertise_reconnect_timeout audit
-    auto_config auto_encrypt auto_reload_config autopilot ca_file ca_path cache
-    cert_file check_output_max_size checks cloud config_entries
+    auto_config auto_encrypt auto_reload_config autopilot  ca_path cache
+     check_output_max_size checks cloud config_entries
     connect default_query_time disable_anonymous_signature disable_coordinates
     disable_host_node_id disable_http_unprintable_char_filter disable_keyring_file
     disable_remote_exec disable_update_check discard_check_output discovery_max_stale
     enable_acl_replication enable_agent_tls_for_checks enable_central_service_config
     enable_debug  enable_syslog 
-    encrypt_verify_incoming encrypt_verify_outgoing experiments http_config key_file
+    encrypt_verify_incoming encrypt_verify_outgoing experiments http_config 
      license_path locality log_file log_rotate_bytes
     log_rotate_duration log_rotate_max_files max_query_time node_meta non_voting_server
     peering pid_file primary_datacenter primary_gateways raft_logstore
@@ -94,13 +94,20 @@ pub(super) const TOP_NOT_IMPLEMENTED: &str = "
     retry_interval_wan retry_max retry_max_wan rpc segment
     segments serf_lan serf_lan_allowed_cidrs serf_wan_allowed_cidrs server_name
     session_ttl_min skip_leave_on_interrupt
-    syslog_facility tls translate_wan_addrs ui_content_path
-    ui_dir unix_sockets use_streaming_backend verify_incoming verify_incoming_https
-    verify_incoming_rpc verify_outgoing verify_server_hostname
+    syslog_facility  translate_wan_addrs ui_content_path
+    ui_dir unix_sockets use_streaming_backend  
+    verify_incoming_rpc  verify_server_hostname
 ";
 pub(super) const UI_CONFIG_NOT_IMPLEMENTED: &str = "
     content_path dashboard_url_templates metrics_provider metrics_provider_files
     metrics_provider_options_json metrics_proxy
+";
+pub(super) const TLS_NOT_IMPLEMENTED: &str = "
+    grpc internal_rpc
+";
+/// Keys of `tls.defaults` and `tls.https` cairn does not implement.
+pub(super) const TLS_LISTENER_NOT_IMPLEMENTED: &str = "
+    ca_path tls_cipher_suites tls_prefer_server_cipher_suites use_auto_cert verify_server_hostname
 ";
 pub(super) const PERFORMANCE_NOT_IMPLEMENTED: &str = "
     leave_drain_time rpc_hold_timeout
@@ -117,18 +124,18 @@ pub(super) const TELEMETRY_NOT_IMPLEMENTED: &str = "
     prefix_filter retry_failed_connection statsd_address statsite_address
 ";
 pub(super) const PORTS_NOT_IMPLEMENTED: &str = "
-    expose_max_port expose_min_port grpc grpc_tls https sidecar_max_port
+    expose_max_port expose_min_port grpc grpc_tls  sidecar_max_port
     sidecar_min_port
 ";
 pub(super) const ADDRESSES_NOT_IMPLEMENTED: &str = "
-    grpc grpc_tls https
+    grpc grpc_tls 
 ";
 pub(super) const DNS_CONFIG_NOT_IMPLEMENTED: &str = "
     cache_max_age disable_compression enable_additional_node_meta_txt prefer_namespace
     use_cache
 ";
 pub(super) const LIMITS_NOT_IMPLEMENTED: &str = "
-    https_handshake_timeout request_limits rpc_client_timeout rpc_handshake_timeout
+     request_limits rpc_client_timeout rpc_handshake_timeout
     rpc_max_burst rpc_max_conns_per_client rpc_rate txn_max_req_len xds_server
 ";
 
@@ -228,12 +235,14 @@ pub(super) fn apply_object(
         ports.set("server", &mut config.ports.server, decode_port)?;
         ports.set("serf_lan", &mut config.ports.serf_lan, decode_port)?;
         ports.set("serf_wan", &mut config.ports.serf_wan, decode_optional_port)?;
+        ports.set("https", &mut config.ports.https, decode_optional_port)?;
         ports.finish(PORTS_NOT_IMPLEMENTED, warnings)?;
     }
     if let Some(mut addresses) = top.section("addresses")? {
         let addrs = &mut config.addresses;
         addresses.set("http", &mut addrs.http, |v| decode_ip(v).map(Some))?;
         addresses.set("dns", &mut addrs.dns, |v| decode_ip(v).map(Some))?;
+        addresses.set("https", &mut addrs.https, |v| decode_ip(v).map(Some))?;
         addresses.finish(ADDRESSES_NOT_IMPLEMENTED, warnings)?;
     }
     top.set("domain", &mut config.domain, decode_domain)?;
@@ -264,6 +273,7 @@ pub(super) fn apply_object(
         limits.set("checks_max_concurrent", &mut l.checks_max_concurrent, |v| decode_uint(v, 1, 1_000_000))?;
         limits.set("snapshot_max_bytes", &mut l.snapshot_max_bytes, decode_u64)?;
         limits.set("snapshot_saves_in_flight", &mut l.snapshot_saves_in_flight, |v| decode_uint(v, 1, 1024))?;
+        limits.set("https_handshake_timeout", &mut l.https_handshake_timeout, decode_positive_duration)?;
         limits.finish(LIMITS_NOT_IMPLEMENTED, warnings)?;
     }
     let map_size_mb = top.get("lmdb_map_size_mb", |v| decode_uint::<u64>(v, 1, u64::MAX / MIB))?;
@@ -307,6 +317,7 @@ pub(super) fn apply_object(
             gossip.finish(GOSSIP_NOT_IMPLEMENTED, warnings)?;
         }
     }
+    config.tls_https = decode_tls(&mut top, warnings)?;
     // `ui` is the pre-1.9 spelling of `ui_config.enabled`; the section wins when both are set.
     top.set("ui", &mut config.ui_enabled, decode_bool)?;
     if let Some(mut ui) = top.section("ui_config")? {
@@ -362,4 +373,72 @@ pub(super) fn apply_dns_config(
         soa.finish("", warnings)?;
     }
     section.finish(DNS_CONFIG_NOT_IMPLEMENTED, warnings)
+}
+
+/// Some of a listener's TLS settings, from one place of the config.
+#[derive(Default)]
+struct TlsLayer {
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    verify_incoming: Option<bool>,
+    verify_outgoing: Option<bool>,
+    min_version: Option<TlsVersion>,
+}
+
+impl TlsLayer {
+    /// Reads the keys a TLS section and Consul's older top-level keys share.
+    fn read(section: &mut Section<'_>) -> Result<TlsLayer, ConfigError> {
+        Ok(TlsLayer {
+            ca_file: section.get("ca_file", decode_path)?,
+            cert_file: section.get("cert_file", decode_path)?,
+            key_file: section.get("key_file", decode_path)?,
+            verify_incoming: section.get("verify_incoming", decode_bool)?,
+            verify_outgoing: section.get("verify_outgoing", decode_bool)?,
+            min_version: section.get("tls_min_version", decode_tls_version)?,
+        })
+    }
+
+    /// This layer where it has a value, else `under`.
+    fn over(self, under: TlsLayer) -> TlsLayer {
+        TlsLayer {
+            ca_file: self.ca_file.or(under.ca_file),
+            cert_file: self.cert_file.or(under.cert_file),
+            key_file: self.key_file.or(under.key_file),
+            verify_incoming: self.verify_incoming.or(under.verify_incoming),
+            verify_outgoing: self.verify_outgoing.or(under.verify_outgoing),
+            min_version: self.min_version.or(under.min_version),
+        }
+    }
+}
+
+/// The HTTPS listener's TLS: `tls.https` over `tls.defaults` over Consul's older top-level
+/// keys (`ca_file`, `cert_file`, `key_file`, `verify_incoming`, `verify_incoming_https`,
+/// `verify_outgoing`, `tls_min_version`).
+fn decode_tls(top: &mut Section<'_>, warnings: &mut Vec<String>) -> Result<TlsSettings, ConfigError> {
+    let legacy = TlsLayer::read(top)?;
+    let legacy_https =
+        TlsLayer { verify_incoming: top.get("verify_incoming_https", decode_bool)?, ..TlsLayer::default() };
+    let (mut defaults, mut https) = (TlsLayer::default(), TlsLayer::default());
+    if let Some(mut tls) = top.section("tls")? {
+        if let Some(mut section) = tls.section("defaults")? {
+            defaults = TlsLayer::read(&mut section)?;
+            section.finish(TLS_LISTENER_NOT_IMPLEMENTED, warnings)?;
+        }
+        if let Some(mut section) = tls.section("https")? {
+            https = TlsLayer::read(&mut section)?;
+            section.finish(TLS_LISTENER_NOT_IMPLEMENTED, warnings)?;
+        }
+        tls.finish(TLS_NOT_IMPLEMENTED, warnings)?;
+    }
+    // Consul's translation: the older keys sit under the sections they became.
+    let layer = https.over(legacy_https).over(defaults.over(legacy));
+    Ok(TlsSettings {
+        ca_file: layer.ca_file,
+        cert_file: layer.cert_file,
+        key_file: layer.key_file,
+        verify_incoming: layer.verify_incoming.unwrap_or(false),
+        verify_outgoing: layer.verify_outgoing.unwrap_or(false),
+        min_version: layer.min_version.unwrap_or_default(),
+    })
 }

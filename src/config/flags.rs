@@ -110,6 +110,9 @@ pub struct AgentFlags {
     /// Like -join-wan, but retried with backoff until it succeeds (repeatable).
     #[arg(long, value_name = "ADDR")]
     pub retry_join_wan: Vec<String>,
+    /// HTTPS API port (0 = any free port, -1 = none, the default); needs tls cert_file and key_file.
+    #[arg(long, value_name = "PORT", allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-1..=65535))]
+    pub https_port: Option<i32>,
     /// Serve the web UI at /ui/ on the HTTP port (on by default with -dev).
     #[arg(long)]
     pub ui: bool,

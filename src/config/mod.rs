@@ -109,6 +109,8 @@ pub struct Config {
     pub gossip_lan: GossipTimings,
     /// `gossip_wan` timings (the WAN pool of servers).
     pub gossip_wan: GossipTimings,
+    /// TLS of the HTTPS listener (`ports.https`).
+    pub tls_https: TlsSettings,
     /// Serve the web UI at `/ui/` (`ui_config.enabled`, `ui`, `-ui`; on by default in -dev).
     pub ui_enabled: bool,
     /// `telemetry.prometheus_retention_time`: above zero, `/v1/agent/metrics?format=prometheus`
@@ -185,11 +187,13 @@ pub struct Ports {
     pub serf_lan: u16,
     /// WAN gossip (servers only); `None` (Consul's `-1`) turns the WAN pool off.
     pub serf_wan: Option<u16>,
+    /// The HTTP API over TLS; `None` (Consul's default, `-1`) serves no HTTPS.
+    pub https: Option<u16>,
 }
 
 impl Default for Ports {
     fn default() -> Self {
-        Ports { http: 8500, dns: 8600, server: 8300, serf_lan: 8301, serf_wan: Some(8302) }
+        Ports { http: 8500, dns: 8600, server: 8300, serf_lan: 8301, serf_wan: Some(8302), https: None }
     }
 }
 
@@ -198,6 +202,34 @@ impl Default for Ports {
 pub struct Addresses {
     pub http: Option<IpAddr>,
     pub dns: Option<IpAddr>,
+    pub https: Option<IpAddr>,
+}
+
+/// The TLS settings of one listener: `tls.defaults` overlaid by `tls.https` (Consul's older
+/// top-level `ca_file`, `cert_file`, ... under both). Files are read when the listener starts
+/// and again on every reload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// PEM certificates of the authorities client certificates must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain this agent presents, leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// Require a client certificate that chains to `ca_file`.
+    pub verify_incoming: bool,
+    /// Check the certificates of the servers this agent connects to (kept for the server
+    /// RPC; the HTTPS listener does not connect out).
+    pub verify_outgoing: bool,
+    pub min_version: TlsVersion,
+}
+
+/// The oldest TLS version a listener accepts (`tls_min_version`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TlsVersion {
+    #[default]
+    Tls12,
+    Tls13,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,6 +311,8 @@ pub struct Limits {
     pub snapshot_max_bytes: u64,
     /// Backups (`GET /v1/snapshot`) being written or sent at once; past it 429.
     pub snapshot_saves_in_flight: u32,
+    /// A TLS client must finish its handshake within this; past it the connection is closed.
+    pub https_handshake_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -295,6 +329,7 @@ impl Default for Limits {
             checks_max_concurrent: 512,
             snapshot_max_bytes: 4 * 1024 * MIB,
             snapshot_saves_in_flight: 2,
+            https_handshake_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -472,6 +507,7 @@ impl Config {
             leave_on_terminate: None,
             gossip_lan: GossipTimings::lan(),
             gossip_wan: GossipTimings::wan(),
+            tls_https: TlsSettings::default(),
             ui_enabled: dev,
             prometheus_retention_time: Duration::ZERO,
             watches: Vec::new(),
@@ -513,6 +549,9 @@ impl Config {
         if flags.ui {
             self.ui_enabled = true;
         }
+        if let Some(port) = flags.https_port {
+            self.ports.https = u16::try_from(port).ok();
+        }
     }
 
     /// Checks that need the merged files and the flags together.
@@ -524,6 +563,21 @@ impl Config {
                  this host through a script check; prefer enable_local_script_checks"
                     .to_string(),
             );
+        }
+        if self.ports.https.is_some() {
+            let tls = &self.tls_https;
+            if tls.cert_file.is_none() || tls.key_file.is_none() {
+                return invalid(
+                    "ports.https is set but the certificate or its key is missing: set tls.defaults.cert_file and \
+                     tls.defaults.key_file (or the same keys under tls.https)",
+                );
+            }
+            if tls.verify_incoming && tls.ca_file.is_none() {
+                return invalid(
+                    "tls verify_incoming is on for HTTPS but no ca_file says which authority client certificates \
+                     must chain to: set tls.defaults.ca_file",
+                );
+            }
         }
         if self.dev && !self.server {
             return invalid("-dev runs a single server: remove \"server\": false");

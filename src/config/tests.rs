@@ -185,8 +185,12 @@ fn every_implemented_key_is_decoded() {
         "node_id": "ADF4238A-882B-9DDC-4A9D-5B6758E4159E",
         "server": true, "bootstrap_expect": 3,
         "bind_addr": "10.0.0.1", "advertise_addr": "192.0.2.1", "client_addr": "::",
-        "ports": {"http": 1, "dns": 2, "server": 3, "serf_lan": 0, "serf_wan": 4},
-        "addresses": {"http": "127.0.0.2", "dns": "::1"},
+        "ports": {"http": 1, "dns": 2, "server": 3, "serf_lan": 0, "serf_wan": 4, "https": 5},
+        "addresses": {"http": "127.0.0.2", "dns": "::1", "https": "127.0.0.3"},
+        "ca_file": "/legacy/ca.pem", "verify_incoming_https": true,
+        "tls": {"defaults": {"cert_file": "/d/c.pem", "key_file": "/d/k.pem", "verify_incoming": false,
+                             "tls_min_version": "TLSv1_3"},
+                "https": {"key_file": "/h/k.pem"}},
         "domain": "Example.Internal", "alt_domain": "cluster.local.",
         "recursor": "9.9.9.9", "recursors": ["8.8.8.8", "1.1.1.1:5353", "[::1]:5353", "::1"],
         "dns_config": {
@@ -202,7 +206,8 @@ fn every_implemented_key_is_decoded() {
             "http_max_conns_per_client": 10, "kv_max_value_size": 11,
             "http_max_body_bytes": 12, "http_header_read_timeout": "5s",
             "max_blocking_queries": 13, "txn_max_ops": 14, "max_pending_writes": 15,
-            "dns_max_forwards_in_flight": 16, "checks_max_concurrent": 17, "snapshot_saves_in_flight": 3
+            "dns_max_forwards_in_flight": 16, "checks_max_concurrent": 17, "snapshot_saves_in_flight": 3,
+            "https_handshake_timeout": "2s"
         },
         "lmdb_map_size_mb": 2, "zones_dir": "/z",
         "enable_local_script_checks": true, "check_update_interval": "1m",
@@ -236,8 +241,8 @@ fn every_implemented_key_is_decoded() {
         bind_addr: ip("10.0.0.1"),
         advertise_addr: Some(ip("192.0.2.1")),
         client_addr: ip("::"),
-        ports: Ports { http: 1, dns: 2, server: 3, serf_lan: 0, serf_wan: Some(4) },
-        addresses: Addresses { http: Some(ip("127.0.0.2")), dns: Some(ip("::1")) },
+        ports: Ports { http: 1, dns: 2, server: 3, serf_lan: 0, serf_wan: Some(4), https: Some(5) },
+        addresses: Addresses { http: Some(ip("127.0.0.2")), dns: Some(ip("::1")), https: Some(ip("127.0.0.3")) },
         domain: "example.internal.".into(),
         alt_domain: Some("cluster.local.".into()),
         recursors: vec![
@@ -279,6 +284,7 @@ fn every_implemented_key_is_decoded() {
             checks_max_concurrent: 17,
             snapshot_max_bytes: 4 * 1024 * MIB,
             snapshot_saves_in_flight: 3,
+            https_handshake_timeout: Duration::from_secs(2),
         },
         lmdb_map_size_bytes: 2 * MIB,
         zones_dir: Some("/z".into()),
@@ -321,6 +327,15 @@ fn every_implemented_key_is_decoded() {
         },
         raft: RaftTuning { multiplier: 5, snapshot_threshold: 100, trailing_logs: 7 },
         ui_enabled: true,
+        tls_https: TlsSettings {
+            ca_file: Some("/legacy/ca.pem".into()),
+            cert_file: Some("/d/c.pem".into()),
+            key_file: Some("/h/k.pem".into()),
+            // tls.https (from verify_incoming_https) is above tls.defaults.
+            verify_incoming: true,
+            verify_outgoing: false,
+            min_version: TlsVersion::Tls13,
+        },
         prometheus_retention_time: Duration::from_secs(60),
         watches: Vec::new(),
     };
@@ -596,7 +611,7 @@ fn flags_win_over_files() {
     assert_eq!(config.node_name, "flagnode");
     assert_eq!(config.bind_addr, "10.1.1.1".parse::<IpAddr>().expect("ip"));
     assert_eq!(config.client_addr, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    assert_eq!(config.ports, Ports { http: 0, dns: 53, server: 1, serf_lan: 2, serf_wan: Some(8302) });
+    assert_eq!(config.ports, Ports { http: 0, dns: 53, server: 1, serf_lan: 2, serf_wan: Some(8302), https: None });
     assert_eq!(config.log_level, LogLevel::Debug);
     assert!(config.server);
     assert_eq!(config.bootstrap_expect, Some(1));

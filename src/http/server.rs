@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::{router, HttpContext};
+use crate::tls::TlsServer;
 
 /// Open connections per client address. The guard gives its slot back on drop.
 #[derive(Default, Clone)]
@@ -64,13 +65,23 @@ fn too_many_connections() -> Vec<u8> {
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled, then drains open connections
-/// for at most `drain`.
-pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>, shutdown: CancellationToken, drain: Duration) {
+/// for at most `drain`. With `tls`, each connection first completes a TLS handshake within
+/// `limits.https_handshake_timeout` (a refused or slow one is logged with its reason and
+/// closed); it holds its per-client slot from accept on, so handshakes count against the cap.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<HttpContext>,
+    shutdown: CancellationToken,
+    drain: Duration,
+    tls: Option<Arc<TlsServer>>,
+) {
     let service = TowerToHyperService::new(router(ctx.clone()));
     // HTTP/1.1 only, as Consul serves plain-text clients: cleartext h2 would let one
     // connection carry many concurrent requests past the per-client connection limit.
     let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder.http1().timer(TokioTimer::new()).header_read_timeout(ctx.limits.http_header_read_timeout);
+    let builder = Arc::new(builder);
+    let handshake_timeout = ctx.limits.https_handshake_timeout;
     let graceful = GracefulShutdown::new();
     let counts = ConnectionCounts::default();
     let max_per_client = ctx.limits.http_max_conns_per_client.max(1);
@@ -89,18 +100,45 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>, shutdown: Cance
         };
         let Some(slot) = counts.try_take(peer.ip(), max_per_client) else {
             tracing::debug!(client = %peer, "connection limit reached");
+            let plain = tls.is_none();
             tokio::spawn(async move {
-                let _ = stream.write_all(&too_many_connections()).await;
+                // Over TLS the client cannot read a plain answer: just close.
+                if plain {
+                    let _ = stream.write_all(&too_many_connections()).await;
+                }
                 let _ = stream.shutdown().await;
             });
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service.clone());
-        let connection = graceful.watch(connection.into_owned());
+        let Some(tls) = &tls else {
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service.clone());
+            let connection = graceful.watch(connection.into_owned());
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(client = %peer, error = %e, "HTTP connection ended with an error");
+                }
+                drop(slot);
+            });
+            continue;
+        };
+        let (acceptor, builder, service, watcher) =
+            (tls.acceptor(), Arc::clone(&builder), service.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(client = %peer, error = %e, "HTTP connection ended with an error");
+            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::warn!(client = %peer, error = %e, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(client = %peer, timeout = ?handshake_timeout, "TLS handshake not finished in time; closed");
+                    return;
+                }
+            };
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(connection.into_owned()).await {
+                tracing::debug!(client = %peer, error = %e, "HTTPS connection ended with an error");
             }
             drop(slot);
         });
