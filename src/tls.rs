@@ -83,9 +83,8 @@ fn protocol_versions(min: TlsVersion) -> &'static [&'static rustls::SupportedPro
     }
 }
 
-/// The server side `settings` describe, with their files read now. HTTP/1.1 only (ALPN), as
-/// the plain listener: one connection, one request at a time, within the per-client cap.
-pub fn server_config(settings: &TlsSettings) -> Result<ServerConfig, TlsError> {
+/// The server side `settings` describe, with their files read now, offering `alpn`.
+pub fn server_config(settings: &TlsSettings, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
     let cert_path = settings.cert_file.as_deref().ok_or(TlsError::Missing { key: "cert_file" })?;
     let key_path = settings.key_file.as_deref().ok_or(TlsError::Missing { key: "key_file" })?;
     let certs = load_certs("cert_file", cert_path)?;
@@ -112,9 +111,13 @@ pub fn server_config(settings: &TlsSettings) -> Result<ServerConfig, TlsError> {
         builder.with_no_client_auth()
     };
     let mut config = builder.with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
+
+/// HTTP/1.1 only on the HTTPS listener, as on the plain one: one connection, one request at a
+/// time, within the per-client cap.
+const HTTPS_ALPN: &[&[u8]] = &[b"http/1.1"];
 
 /// The HTTPS listener's TLS: the config new handshakes use, replaced on reload.
 pub struct TlsServer {
@@ -123,13 +126,13 @@ pub struct TlsServer {
 
 impl TlsServer {
     pub fn new(settings: &TlsSettings) -> Result<TlsServer, TlsError> {
-        Ok(TlsServer { current: RwLock::new(Arc::new(server_config(settings)?)) })
+        Ok(TlsServer { current: RwLock::new(Arc::new(server_config(settings, HTTPS_ALPN)?)) })
     }
 
     /// Reads the files again (a renewed certificate, a new CA): handshakes from now on use
     /// them, connections already open keep theirs. On an error nothing changes.
     pub fn reload(&self, settings: &TlsSettings) -> Result<(), TlsError> {
-        let config = Arc::new(server_config(settings)?);
+        let config = Arc::new(server_config(settings, HTTPS_ALPN)?);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = config;
         Ok(())
     }
@@ -137,5 +140,161 @@ impl TlsServer {
     /// What accepts the next connection.
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner())))
+    }
+}
+
+/// The client side of the server RPC: trusts `ca_file`, presents `cert_file` when set (for
+/// servers with `verify_incoming`), and checks the name a server presents only with
+/// `verify_server_hostname`.
+pub fn client_config(settings: &TlsSettings) -> Result<rustls::ClientConfig, TlsError> {
+    let ca_path = settings.ca_file.as_deref().ok_or(TlsError::Missing { key: "ca_file" })?;
+    let provider = provider();
+    let roots = Arc::new(load_roots(ca_path)?);
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider))
+        .build()
+        .map_err(|e| file_error("ca_file", ca_path, e.to_string()))?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(protocol_versions(settings.min_version))?;
+    let builder = if settings.verify_server_hostname {
+        builder.with_webpki_verifier(verifier)
+    } else {
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyNameVerifier(verifier)))
+    };
+    match (&settings.cert_file, &settings.key_file) {
+        (Some(cert), Some(key)) => Ok(builder.with_client_auth_cert(load_certs("cert_file", cert)?, load_key(key)?)?),
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// Checks a server's chain to the CA but not the name in it (Consul without
+/// `verify_server_hostname`: any certificate of the CA is a server).
+#[derive(Debug)]
+struct AnyNameVerifier(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyNameVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::CertificateError::{NotValidForName, NotValidForNameContext};
+        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Err(rustls::Error::InvalidCertificate(NotValidForName | NotValidForNameContext { .. })) => {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// The server RPC's TLS (`tls.internal_rpc` over `tls.defaults`): what this agent accepts
+/// and how it connects. Both parts are re-read on reload.
+pub struct RpcTls {
+    /// TLS accepted on port 8300 when a certificate is configured.
+    accept: Option<RwLock<Arc<ServerConfig>>>,
+    /// `verify_incoming`: plain connections are refused.
+    require_incoming: bool,
+    /// `verify_outgoing`: every connection to a server is TLS, its certificate checked.
+    connect: Option<RwLock<Arc<rustls::ClientConfig>>>,
+    /// The agents' domain: a server of datacenter `dc` is `server.<dc>.<domain>`.
+    domain: String,
+}
+
+impl std::fmt::Debug for RpcTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcTls")
+            .field("accepts", &self.accept.is_some())
+            .field("require_incoming", &self.require_incoming)
+            .field("connects", &self.connect.is_some())
+            .finish()
+    }
+}
+
+impl RpcTls {
+    /// `None` when `settings` ask for no TLS on the RPC at all. `domain` without its
+    /// trailing dot.
+    pub fn new(settings: &TlsSettings, domain: &str) -> Result<Option<RpcTls>, TlsError> {
+        let accepts = settings.cert_file.is_some() && settings.key_file.is_some();
+        if !accepts && !settings.verify_outgoing && !settings.verify_incoming {
+            return Ok(None);
+        }
+        let (accept, connect) = RpcTls::configs(settings)?;
+        Ok(Some(RpcTls {
+            accept: accept.map(RwLock::new),
+            require_incoming: settings.verify_incoming,
+            connect: connect.map(RwLock::new),
+            domain: domain.trim_end_matches('.').to_string(),
+        }))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn configs(
+        settings: &TlsSettings,
+    ) -> Result<(Option<Arc<ServerConfig>>, Option<Arc<rustls::ClientConfig>>), TlsError> {
+        let accepts = settings.cert_file.is_some() && settings.key_file.is_some();
+        let accept =
+            if accepts || settings.verify_incoming { Some(Arc::new(server_config(settings, &[])?)) } else { None };
+        let connect = settings.verify_outgoing.then(|| client_config(settings).map(Arc::new)).transpose()?;
+        Ok((accept, connect))
+    }
+
+    /// Reads the files again for new connections; on an error nothing changes. Turning TLS on
+    /// or off needs a restart.
+    pub fn reload(&self, settings: &TlsSettings) -> Result<(), TlsError> {
+        let (accept, connect) = RpcTls::configs(settings)?;
+        if let (Some(slot), Some(config)) = (&self.accept, accept) {
+            *slot.write().unwrap_or_else(|e| e.into_inner()) = config;
+        }
+        if let (Some(slot), Some(config)) = (&self.connect, connect) {
+            *slot.write().unwrap_or_else(|e| e.into_inner()) = config;
+        }
+        Ok(())
+    }
+
+    /// What accepts an incoming TLS connection, if this server takes any.
+    pub fn acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        let config = self.accept.as_ref()?.read().unwrap_or_else(|e| e.into_inner());
+        Some(tokio_rustls::TlsAcceptor::from(Arc::clone(&config)))
+    }
+
+    /// Whether plain (non-TLS) connections are refused.
+    pub fn requires_incoming(&self) -> bool {
+        self.require_incoming
+    }
+
+    /// What opens an outgoing connection to a server of `datacenter`, and the name that
+    /// server must present; `None` when connections go out in plain text.
+    pub fn connector(
+        &self,
+        datacenter: &str,
+    ) -> Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)> {
+        let config = Arc::clone(&self.connect.as_ref()?.read().unwrap_or_else(|e| e.into_inner()));
+        let name = rustls::pki_types::ServerName::try_from(format!("server.{datacenter}.{}", self.domain)).ok()?;
+        Some((tokio_rustls::TlsConnector::from(config), name))
     }
 }

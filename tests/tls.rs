@@ -320,3 +320,73 @@ fn bad_tls_config_stops_the_start_with_the_file_and_key_named() {
     let exited = start(&mismatched);
     assert!(exited.stderr.contains("the key does not belong to the certificate"), "{}", exited.stderr);
 }
+
+#[test]
+fn servers_replicate_over_mutual_tls_and_refuse_a_server_without_it() {
+    use support::cluster::{server_args, FORM};
+    let lab = Lab::new();
+    let config = lab.path("rpc.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"tls": {{"defaults": {{"ca_file": "{}", "cert_file": "{}", "key_file": "{}"}},
+                 "internal_rpc": {{"verify_incoming": true, "verify_outgoing": true, "verify_server_hostname": true}}}}}}"#,
+            lab.file("consul-agent-ca.pem"),
+            lab.file("dc1-server-consul-0.pem"),
+            lab.file("dc1-server-consul-0-key.pem"),
+        ),
+    )
+    .expect("config");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spawn = |name: &str, join: Option<&str>, tls: bool| {
+        let mut args = server_args(name, dir.path(), 3, join);
+        if tls {
+            args.extend(["-config-file".to_string(), config.display().to_string()]);
+        }
+        Agent::spawn_until(args, dir.path().join(name), &[], "DNS listening")
+    };
+    let first = spawn("s1", None, true);
+    let join = first.gossip.to_string();
+    let servers = [first, spawn("s2", Some(&join), true), spawn("s3", Some(&join), true)];
+    for s in &servers {
+        s.wait_log("registered this server in the catalog", FORM);
+    }
+    // Writes through any server reach every server: Raft runs over TLS.
+    assert_eq!(servers[1].put("/v1/kv/over-tls", "yes").text(), "true");
+    for s in &servers {
+        support::wait_for("the write on every server", FORM, || {
+            let r = s.get("/v1/kv/over-tls?stale&raw");
+            (r.status == 200 && r.text() == "yes").then_some(())
+        });
+    }
+    // A client agent with its own certificate forwards through them.
+    ok(cairn(lab.dir.path(), &["tls", "cert", "create", "-client"]));
+    let client_config = lab.path("client.json");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let text = text.replace("dc1-server-consul-0", "dc1-client-consul-0");
+    std::fs::write(&client_config, text).expect("client config");
+    let mut args = support::cluster::agent_args("c1", dir.path(), None, Some(&join));
+    args.extend(["-config-file".to_string(), client_config.display().to_string()]);
+    let client = Agent::spawn_client(args, dir.path().join("c1"));
+    support::wait_for("a write through the client agent", FORM, || {
+        (client.put("/v1/kv/from-client", "tls").text() == "true").then_some(())
+    });
+    assert_eq!(servers[0].get("/v1/kv/from-client?raw").text(), "tls");
+
+    // Plain text to a server's RPC port is refused with the reason, before any hello is read.
+    let rpc: SocketAddr = servers[0]
+        .log()
+        .lines()
+        .find_map(|l| l.split("server RPC listening addr=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .expect("the RPC address in the log");
+    let mut plain_rpc = TcpStream::connect(rpc).expect("connect");
+    plain_rpc.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    plain_rpc.write_all(&[1, 0, 0, 0, 2, 0, 0, 0, 0, b'{', b'}']).expect("write");
+    let mut answer = Vec::new();
+    let _ = plain_rpc.read_to_end(&mut answer);
+    assert!(String::from_utf8_lossy(&answer).contains("accepts only TLS"), "{:?}", String::from_utf8_lossy(&answer));
+    // A server without TLS is refused by the others, and they by it.
+    let plain = spawn("s4", Some(&join), false);
+    plain.wait_log("server RPC TLS connection refused: this server has no certificate", FORM);
+    assert_eq!(plain.get("/v1/kv/over-tls?stale").status, 404, "nothing replicated to it");
+}

@@ -169,6 +169,7 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     let known_servers = servers::watch_servers(&gossip, config.datacenter.clone(), shutdown.clone(), &tasks);
     let remote_servers =
         servers::watch_remote_servers(wan.as_ref(), config.datacenter.clone(), shutdown.clone(), &tasks);
+    let rpc_tls = crate::tls::RpcTls::new(&config.tls_rpc, &config.domain)?.map(Arc::new);
     let cluster = Cluster::start(
         store.clone(),
         ClusterConfig {
@@ -176,6 +177,7 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
             datacenter: config.datacenter.clone(),
             advertise: SocketAddr::new(advertise_ip, server_port).to_string(),
             bootstrap_expect: config.bootstrap_expect.unwrap_or(0),
+            rpc_tls: rpc_tls.clone(),
             server: config.server,
             write_queue_max: config.limits.max_pending_writes as usize,
             tuning: config.raft.clone(),
@@ -293,7 +295,15 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     tasks.spawn(memory::trim_periodically(shutdown.clone()));
     let mut watches = watches::Watches::new(http_bound, shutdown.clone(), tasks.clone());
     watches.replace(&config.watches);
-    let reloader = Arc::new(Reloader::new(options.flags, config, dns, local, watches, https, options.set_log_level));
+    let reloader = Arc::new(Reloader::new(
+        options.flags,
+        config,
+        dns,
+        local,
+        watches,
+        reload::Tls { https, rpc: rpc_tls },
+        options.set_log_level,
+    ));
     let reason = wait_for_shutdown_signal(signals, leave, reloader, reload_rx, &cluster).await?;
     if let ShutdownReason::RaftStopped(why) = &reason {
         tracing::error!(error = %why, "Raft stopped; shutting down so the service manager restarts cairn");

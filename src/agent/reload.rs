@@ -10,12 +10,20 @@ use std::sync::{Arc, Mutex};
 use crate::checks::LocalAgent;
 use crate::config::{AgentFlags, Config, LogLevel};
 use crate::dns::DnsService;
-use crate::tls::TlsServer;
+use crate::tls::{RpcTls, TlsServer};
 
 use super::watches::Watches;
 
 /// Applies a new log level to the running subscriber.
 pub type SetLogLevel = Box<dyn Fn(LogLevel) + Send + Sync>;
+
+/// The TLS a reload reads again.
+pub struct Tls {
+    /// The HTTPS listener's, when it runs.
+    pub https: Option<Arc<TlsServer>>,
+    /// The server RPC's, when it has any.
+    pub rpc: Option<Arc<RpcTls>>,
+}
 
 pub struct Reloader {
     flags: AgentFlags,
@@ -24,8 +32,7 @@ pub struct Reloader {
     dns: Arc<DnsService>,
     local: LocalAgent,
     watches: Mutex<Watches>,
-    /// The HTTPS listener's TLS, when it runs.
-    https: Option<Arc<TlsServer>>,
+    tls: Tls,
     set_log_level: SetLogLevel,
 }
 
@@ -36,10 +43,10 @@ impl Reloader {
         dns: Arc<DnsService>,
         local: LocalAgent,
         watches: Watches,
-        https: Option<Arc<TlsServer>>,
+        tls: Tls,
         set_log_level: SetLogLevel,
     ) -> Self {
-        Reloader { flags, running: Mutex::new(config), dns, local, watches: Mutex::new(watches), https, set_log_level }
+        Reloader { flags, running: Mutex::new(config), dns, local, watches: Mutex::new(watches), tls, set_log_level }
     }
 
     /// Reloads; blocking work (reading files, parsing zones), so run it off the async
@@ -57,8 +64,11 @@ impl Reloader {
         let dns_settings = crate::dns::settings_from_config(&new).map_err(|e| e.to_string())?;
         // Last of what can fail, first of what changes: a bad certificate leaves everything
         // as it was.
-        if let Some(tls) = &self.https {
+        if let Some(tls) = &self.tls.https {
             tls.reload(&new.tls_https).map_err(|e| e.to_string())?;
+        }
+        if let Some(tls) = &self.tls.rpc {
+            tls.reload(&new.tls_rpc).map_err(|e| e.to_string())?;
         }
         if new.log_level != running.log_level {
             (self.set_log_level)(new.log_level);
@@ -115,6 +125,7 @@ fn keep_restart_only(old: &Config, new: &mut Config) {
         new.enable_local_script_checks,
         std::mem::take(&mut new.watches),
         std::mem::take(&mut new.tls_https),
+        std::mem::take(&mut new.tls_rpc),
     );
     *new = old.clone();
     (
@@ -125,6 +136,7 @@ fn keep_restart_only(old: &Config, new: &mut Config) {
         new.enable_local_script_checks,
         new.watches,
         new.tls_https,
+        new.tls_rpc,
     ) = reloadable;
 }
 

@@ -109,6 +109,7 @@ async fn ask_initialized(cluster: &Cluster, server: &KnownServer) -> Result<bool
         to: server.id,
         addr: server.addr.clone(),
         remote: None,
+        tls: cluster.config.rpc_tls.clone(),
     };
     let mut connection = Connection::open(&route).await?;
     match connection.call(&Request::Status, &[], super::rpc::CONNECT_TIMEOUT).await? {

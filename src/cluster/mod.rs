@@ -111,6 +111,8 @@ pub struct ClusterConfig {
     /// does it, after checking that none of them is part of a cluster already). 0: never;
     /// the leader of an existing cluster adds this server.
     pub bootstrap_expect: u32,
+    /// TLS of the server RPC, incoming and outgoing (`None`: plain text).
+    pub rpc_tls: Option<Arc<crate::tls::RpcTls>>,
     /// False on a client agent: its Raft node is never initialized and holds no state; its
     /// writes go to a server ([`client`]), and reads of the replicated state fail with
     /// [`WriteError::NoServers`] (the HTTP API forwards whole requests instead).
@@ -330,7 +332,8 @@ impl Cluster {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| ClusterError::Start(e.to_string()))?);
-        let network = network::Network { cluster: config.datacenter.clone(), local: config.node_id };
+        let network =
+            network::Network { cluster: config.datacenter.clone(), local: config.node_id, tls: config.rpc_tls.clone() };
         let log_store = LogStore::new(store.clone()).map_err(|e| ClusterError::Start(e.to_string()))?;
         let replay = log_store.replay_gate();
         let raft = Raft::new(config.node_id, raft_config, network, log_store, StateMachine::new(store.clone()))
@@ -666,6 +669,7 @@ impl Cluster {
                     to: id,
                     addr: addr.to_string(),
                     remote: remote.map(str::to_string),
+                    tls: self.config.rpc_tls.clone(),
                 };
                 rpc::Connection::open(&route).await?
             }

@@ -17,6 +17,7 @@ use super::{NodeId, TypeConfig};
 pub struct Network {
     pub cluster: String,
     pub local: NodeId,
+    pub tls: Option<std::sync::Arc<crate::tls::RpcTls>>,
 }
 
 pub struct PeerClient {
@@ -34,6 +35,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             to: target,
             addr: node.addr.clone(),
             remote: None,
+            tls: self.tls.clone(),
         };
         PeerClient { target, channel: Channel::new(route) }
     }

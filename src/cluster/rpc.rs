@@ -13,6 +13,7 @@
 //! Invariant: a frame is decoded completely (both lengths bounded first) before anything acts
 //! on it. Why: a truncated or forged frame must be refused with nothing applied.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -26,6 +27,7 @@ use openraft::{BasicNode, SnapshotMeta, Vote};
 
 use super::{NodeId, TypeConfig, WriteError};
 use crate::model::{CommandResult, Proposal};
+use crate::tls::RpcTls;
 
 /// The only frame version so far. A frame with another is refused, so a later format can
 /// change anything after this byte.
@@ -257,11 +259,17 @@ pub struct Route {
     pub addr: String,
     /// The target's datacenter when it is another one (a WAN call, [`Request::HelloWan`]).
     pub remote: Option<String>,
+    /// TLS for the connection, when `verify_outgoing` asks for it.
+    pub tls: Option<Arc<RpcTls>>,
 }
+
+/// A connection's bytes: plain TCP, or TLS over it.
+pub trait RpcStream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> RpcStream for T {}
 
 /// One open connection to a server, past its hello. Calls on it are sequential.
 pub struct Connection {
-    stream: TcpStream,
+    stream: Box<dyn RpcStream>,
 }
 
 impl Connection {
@@ -273,6 +281,16 @@ impl Connection {
             .map_err(|_| connect_error(format!("no connection within {CONNECT_TIMEOUT:?}")))?
             .map_err(|e| connect_error(e.to_string()))?;
         let _ = stream.set_nodelay(true);
+        let datacenter = route.remote.as_deref().unwrap_or(&route.cluster);
+        let stream: Box<dyn RpcStream> = match route.tls.as_ref().and_then(|tls| tls.connector(datacenter)) {
+            Some((connector, name)) => Box::new(
+                tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream))
+                    .await
+                    .map_err(|_| connect_error(format!("no TLS handshake within {CONNECT_TIMEOUT:?}")))?
+                    .map_err(|e| connect_error(format!("TLS handshake failed: {e}")))?,
+            ),
+            None => Box::new(stream),
+        };
         let mut connection = Connection { stream };
         let hello = match &route.remote {
             None => Request::Hello { cluster: route.cluster.clone(), from: route.from, to: route.to },
@@ -394,7 +412,7 @@ mod tests {
                 }
             }
         });
-        let route = Route { cluster: "dc1".into(), from: 1, to: 2, addr, remote: None };
+        let route = Route { cluster: "dc1".into(), from: 1, to: 2, addr, remote: None, tls: None };
         let mut channel = Channel::new(route);
         let request = Request::ReadIndex { consistent: false };
         let first =

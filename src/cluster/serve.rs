@@ -17,8 +17,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::rpc::{read_frame, write_frame, FrameError, Request, Response, CONNECT_TIMEOUT};
+use super::rpc::{read_frame, write_frame, FrameError, Request, Response, RpcStream, CONNECT_TIMEOUT};
 use super::{Cluster, WriteError};
+use crate::tls::RpcTls;
 
 /// Inbound server-RPC connections at most: other servers keep a handful each (replication,
 /// votes, forwarding), and every client agent up to its forwarded requests in flight (64,
@@ -100,7 +101,48 @@ impl Drop for PeerSlot {
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, cluster: Cluster, shutdown: CancellationToken) {
+/// The first byte of a TLS handshake record: a client speaking TLS.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// The connection's bytes: TLS when the client starts a handshake (and this server has a
+/// certificate), plain otherwise unless `verify_incoming` refuses plain ones. `None` when the
+/// connection was refused (logged).
+async fn accept(mut stream: TcpStream, peer: SocketAddr, cluster: &Cluster) -> Option<Box<dyn RpcStream>> {
+    let tls = cluster.config.rpc_tls.as_deref();
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(CONNECT_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        _ => {
+            tracing::debug!(%peer, "server RPC connection sent nothing; closed");
+            return None;
+        }
+    }
+    if first[0] != TLS_HANDSHAKE {
+        if tls.is_some_and(RpcTls::requires_incoming) {
+            refuse(&mut stream, peer, "this server accepts only TLS connections (tls verify_incoming)").await;
+            return None;
+        }
+        return Some(Box::new(stream));
+    }
+    let Some(acceptor) = tls.and_then(RpcTls::acceptor) else {
+        tracing::warn!(%peer, "server RPC TLS connection refused: this server has no certificate (tls cert_file)");
+        return None;
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(Box::new(stream)),
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, error = %e, "server RPC TLS handshake refused");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "server RPC TLS handshake not finished in time; closed");
+            None
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, cluster: Cluster, shutdown: CancellationToken) {
+    let Some(mut stream) = accept(stream, peer, &cluster).await else { return };
     let hello = match tokio::time::timeout(CONNECT_TIMEOUT, read_frame::<Request>(&mut stream)).await {
         Ok(Ok((request, _))) => request,
         Ok(Err(e)) => return refuse(&mut stream, peer, &format!("bad first frame: {e}")).await,
@@ -161,7 +203,7 @@ fn check_hello(cluster: &Cluster, hello: &Request) -> Result<Option<String>, Str
 }
 
 /// Logs why a peer is refused, tells it, and lets the connection close.
-async fn refuse(stream: &mut TcpStream, peer: SocketAddr, why: &str) {
+async fn refuse(stream: &mut (impl tokio::io::AsyncWrite + Unpin), peer: SocketAddr, why: &str) {
     tracing::warn!(%peer, reason = why, "server RPC refused; connection closed");
     let _ = write_frame(stream, &Response::Refused(why.to_string()), &[]).await;
 }

@@ -69,6 +69,7 @@ async fn one_server() -> (tempfile::TempDir, Cluster, CancellationToken) {
         datacenter: "dc1".into(),
         advertise: "127.0.0.1:8300".into(),
         bootstrap_expect: 1,
+        rpc_tls: None,
         server: true,
         write_queue_max: 1024,
         tuning: RaftTuning::default(),
@@ -171,6 +172,7 @@ async fn servers(ids: &[NodeId]) -> (Vec<TestServer>, tokio::sync::watch::Sender
             datacenter: "dc1".into(),
             advertise: server.addr.clone(),
             bootstrap_expect: ids.len() as u32,
+            rpc_tls: None,
             server: true,
             write_queue_max: 1024,
             tuning: RaftTuning::default(),
@@ -257,6 +259,7 @@ async fn a_wan_connection_cannot_reach_raft() {
     let addr = server.cluster.config.advertise.clone();
     let term = server.cluster.raft.metrics().borrow().current_term;
     let route = |remote: &str| Route {
+        tls: None,
         cluster: "dc9".into(),
         from: 99,
         to: 31,

@@ -96,18 +96,18 @@ pub(super) const TOP_NOT_IMPLEMENTED: &str = "
     session_ttl_min skip_leave_on_interrupt
     syslog_facility  translate_wan_addrs ui_content_path
     ui_dir unix_sockets use_streaming_backend  
-    verify_incoming_rpc  verify_server_hostname
+      
 ";
 pub(super) const UI_CONFIG_NOT_IMPLEMENTED: &str = "
     content_path dashboard_url_templates metrics_provider metrics_provider_files
     metrics_provider_options_json metrics_proxy
 ";
 pub(super) const TLS_NOT_IMPLEMENTED: &str = "
-    grpc internal_rpc
+    grpc
 ";
 /// Keys of `tls.defaults` and `tls.https` cairn does not implement.
 pub(super) const TLS_LISTENER_NOT_IMPLEMENTED: &str = "
-    ca_path tls_cipher_suites tls_prefer_server_cipher_suites use_auto_cert verify_server_hostname
+    ca_path tls_cipher_suites tls_prefer_server_cipher_suites use_auto_cert
 ";
 pub(super) const PERFORMANCE_NOT_IMPLEMENTED: &str = "
     leave_drain_time rpc_hold_timeout
@@ -317,7 +317,7 @@ pub(super) fn apply_object(
             gossip.finish(GOSSIP_NOT_IMPLEMENTED, warnings)?;
         }
     }
-    config.tls_https = decode_tls(&mut top, warnings)?;
+    (config.tls_https, config.tls_rpc) = decode_tls(&mut top, warnings)?;
     // `ui` is the pre-1.9 spelling of `ui_config.enabled`; the section wins when both are set.
     top.set("ui", &mut config.ui_enabled, decode_bool)?;
     if let Some(mut ui) = top.section("ui_config")? {
@@ -376,13 +376,14 @@ pub(super) fn apply_dns_config(
 }
 
 /// Some of a listener's TLS settings, from one place of the config.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct TlsLayer {
     ca_file: Option<PathBuf>,
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
     verify_incoming: Option<bool>,
     verify_outgoing: Option<bool>,
+    verify_server_hostname: Option<bool>,
     min_version: Option<TlsVersion>,
 }
 
@@ -395,6 +396,7 @@ impl TlsLayer {
             key_file: section.get("key_file", decode_path)?,
             verify_incoming: section.get("verify_incoming", decode_bool)?,
             verify_outgoing: section.get("verify_outgoing", decode_bool)?,
+            verify_server_hostname: section.get("verify_server_hostname", decode_bool)?,
             min_version: section.get("tls_min_version", decode_tls_version)?,
         })
     }
@@ -407,38 +409,56 @@ impl TlsLayer {
             key_file: self.key_file.or(under.key_file),
             verify_incoming: self.verify_incoming.or(under.verify_incoming),
             verify_outgoing: self.verify_outgoing.or(under.verify_outgoing),
+            verify_server_hostname: self.verify_server_hostname.or(under.verify_server_hostname),
             min_version: self.min_version.or(under.min_version),
         }
     }
 }
 
-/// The HTTPS listener's TLS: `tls.https` over `tls.defaults` over Consul's older top-level
-/// keys (`ca_file`, `cert_file`, `key_file`, `verify_incoming`, `verify_incoming_https`,
-/// `verify_outgoing`, `tls_min_version`).
-fn decode_tls(top: &mut Section<'_>, warnings: &mut Vec<String>) -> Result<TlsSettings, ConfigError> {
-    let legacy = TlsLayer::read(top)?;
+/// The HTTPS listener's and the server RPC's TLS: `tls.https` or `tls.internal_rpc` over
+/// `tls.defaults` over Consul's older top-level keys (`ca_file`, `cert_file`, `key_file`,
+/// `verify_incoming`, `verify_outgoing`, `tls_min_version`; `verify_incoming_https` under
+/// https, `verify_incoming_rpc` and `verify_server_hostname` under internal_rpc).
+fn decode_tls(top: &mut Section<'_>, warnings: &mut Vec<String>) -> Result<(TlsSettings, TlsSettings), ConfigError> {
+    let mut legacy = TlsLayer::read(top)?;
+    // Only meaningful for the RPC: read here so the https layer does not inherit it.
+    let legacy_hostname = legacy.verify_server_hostname.take();
     let legacy_https =
         TlsLayer { verify_incoming: top.get("verify_incoming_https", decode_bool)?, ..TlsLayer::default() };
-    let (mut defaults, mut https) = (TlsLayer::default(), TlsLayer::default());
+    let legacy_rpc = TlsLayer {
+        verify_incoming: top.get("verify_incoming_rpc", decode_bool)?,
+        verify_server_hostname: legacy_hostname,
+        ..TlsLayer::default()
+    };
+    let (mut defaults, mut https, mut rpc) = (TlsLayer::default(), TlsLayer::default(), TlsLayer::default());
     if let Some(mut tls) = top.section("tls")? {
-        if let Some(mut section) = tls.section("defaults")? {
-            defaults = TlsLayer::read(&mut section)?;
-            section.finish(TLS_LISTENER_NOT_IMPLEMENTED, warnings)?;
-        }
-        if let Some(mut section) = tls.section("https")? {
-            https = TlsLayer::read(&mut section)?;
-            section.finish(TLS_LISTENER_NOT_IMPLEMENTED, warnings)?;
+        for (name, layer) in [("defaults", &mut defaults), ("https", &mut https), ("internal_rpc", &mut rpc)] {
+            if let Some(mut section) = tls.section(name)? {
+                *layer = TlsLayer::read(&mut section)?;
+                section.finish(TLS_LISTENER_NOT_IMPLEMENTED, warnings)?;
+            }
         }
         tls.finish(TLS_NOT_IMPLEMENTED, warnings)?;
     }
     // Consul's translation: the older keys sit under the sections they became.
-    let layer = https.over(legacy_https).over(defaults.over(legacy));
-    Ok(TlsSettings {
-        ca_file: layer.ca_file,
-        cert_file: layer.cert_file,
-        key_file: layer.key_file,
-        verify_incoming: layer.verify_incoming.unwrap_or(false),
-        verify_outgoing: layer.verify_outgoing.unwrap_or(false),
-        min_version: layer.min_version.unwrap_or_default(),
-    })
+    let base = defaults.over(legacy);
+    let https = https.over(legacy_https).over(base.clone());
+    let rpc = rpc.over(legacy_rpc).over(base);
+    Ok((https.settings(), rpc.settings()))
+}
+
+impl TlsLayer {
+    fn settings(self) -> TlsSettings {
+        let verify_server_hostname = self.verify_server_hostname.unwrap_or(false);
+        TlsSettings {
+            ca_file: self.ca_file,
+            cert_file: self.cert_file,
+            key_file: self.key_file,
+            verify_incoming: self.verify_incoming.unwrap_or(false),
+            // Checking a server's name means checking its certificate (Consul implies it too).
+            verify_outgoing: self.verify_outgoing.unwrap_or(false) || verify_server_hostname,
+            verify_server_hostname,
+            min_version: self.min_version.unwrap_or_default(),
+        }
+    }
 }

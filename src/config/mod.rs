@@ -111,6 +111,8 @@ pub struct Config {
     pub gossip_wan: GossipTimings,
     /// TLS of the HTTPS listener (`ports.https`).
     pub tls_https: TlsSettings,
+    /// TLS of the server RPC (port 8300), incoming and outgoing.
+    pub tls_rpc: TlsSettings,
     /// Serve the web UI at `/ui/` (`ui_config.enabled`, `ui`, `-ui`; on by default in -dev).
     pub ui_enabled: bool,
     /// `telemetry.prometheus_retention_time`: above zero, `/v1/agent/metrics?format=prometheus`
@@ -205,7 +207,8 @@ pub struct Addresses {
     pub https: Option<IpAddr>,
 }
 
-/// The TLS settings of one listener: `tls.defaults` overlaid by `tls.https` (Consul's older
+/// The TLS settings of one listener: `tls.defaults` overlaid by `tls.https` or
+/// `tls.internal_rpc` (Consul's older
 /// top-level `ca_file`, `cert_file`, ... under both). Files are read when the listener starts
 /// and again on every reload.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -221,6 +224,8 @@ pub struct TlsSettings {
     /// Check the certificates of the servers this agent connects to (kept for the server
     /// RPC; the HTTPS listener does not connect out).
     pub verify_outgoing: bool,
+    /// Also check that a server's certificate names `server.<dc>.<domain>` (server RPC).
+    pub verify_server_hostname: bool,
     pub min_version: TlsVersion,
 }
 
@@ -508,6 +513,7 @@ impl Config {
             gossip_lan: GossipTimings::lan(),
             gossip_wan: GossipTimings::wan(),
             tls_https: TlsSettings::default(),
+            tls_rpc: TlsSettings::default(),
             ui_enabled: dev,
             prometheus_retention_time: Duration::ZERO,
             watches: Vec::new(),
@@ -578,6 +584,19 @@ impl Config {
                      must chain to: set tls.defaults.ca_file",
                 );
             }
+        }
+        let rpc = &self.tls_rpc;
+        if rpc.verify_incoming && (rpc.cert_file.is_none() || rpc.key_file.is_none() || rpc.ca_file.is_none()) {
+            return invalid(
+                "tls verify_incoming is on for the server RPC but ca_file, cert_file or key_file is missing: set \
+                 them under tls.defaults (or tls.internal_rpc)",
+            );
+        }
+        if rpc.verify_outgoing && rpc.ca_file.is_none() {
+            return invalid(
+                "tls verify_outgoing is on for the server RPC but no ca_file says which authority servers' \
+                 certificates must chain to: set tls.defaults.ca_file",
+            );
         }
         if self.dev && !self.server {
             return invalid("-dev runs a single server: remove \"server\": false");

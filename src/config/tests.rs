@@ -190,7 +190,7 @@ fn every_implemented_key_is_decoded() {
         "ca_file": "/legacy/ca.pem", "verify_incoming_https": true,
         "tls": {"defaults": {"cert_file": "/d/c.pem", "key_file": "/d/k.pem", "verify_incoming": false,
                              "tls_min_version": "TLSv1_3"},
-                "https": {"key_file": "/h/k.pem"}},
+                "https": {"key_file": "/h/k.pem"}, "internal_rpc": {"verify_server_hostname": true}},
         "domain": "Example.Internal", "alt_domain": "cluster.local.",
         "recursor": "9.9.9.9", "recursors": ["8.8.8.8", "1.1.1.1:5353", "[::1]:5353", "::1"],
         "dns_config": {
@@ -334,6 +334,16 @@ fn every_implemented_key_is_decoded() {
             // tls.https (from verify_incoming_https) is above tls.defaults.
             verify_incoming: true,
             verify_outgoing: false,
+            verify_server_hostname: false,
+            min_version: TlsVersion::Tls13,
+        },
+        tls_rpc: TlsSettings {
+            ca_file: Some("/legacy/ca.pem".into()),
+            cert_file: Some("/d/c.pem".into()),
+            key_file: Some("/d/k.pem".into()),
+            verify_incoming: false,
+            verify_outgoing: true,
+            verify_server_hostname: true,
             min_version: TlsVersion::Tls13,
         },
         prometheus_retention_time: Duration::from_secs(60),
