@@ -17,6 +17,7 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod prepared_query;
+pub mod refusals;
 pub mod store;
 pub mod tls;
 pub mod ui;

@@ -258,7 +258,11 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     drop(ctx);
 
     let dns_addr = SocketAddr::new(config.addresses.dns.unwrap_or(config.client_addr), config.ports.dns);
-    let dns_bound = crate::dns::start(Arc::clone(&dns), dns_addr, shutdown.clone(), &tasks).await?;
+    let tcp_limits = crate::dns::TcpLimits {
+        max_conns: config.limits.dns_tcp_max_conns,
+        max_conns_per_client: config.limits.dns_tcp_max_conns_per_client,
+    };
+    let dns_bound = crate::dns::start(Arc::clone(&dns), dns_addr, tcp_limits, shutdown.clone(), &tasks).await?;
     tracing::info!(addr = %dns_bound.udp, "DNS listening (UDP and TCP)");
     notify::notify(&format!("READY=1\nSTATUS=DNS on {}, HTTP on {http_bound}", dns_bound.udp));
 

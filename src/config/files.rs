@@ -274,6 +274,11 @@ pub(super) fn apply_object(
         limits.set("snapshot_max_bytes", &mut l.snapshot_max_bytes, decode_u64)?;
         limits.set("snapshot_saves_in_flight", &mut l.snapshot_saves_in_flight, |v| decode_uint(v, 1, 1024))?;
         limits.set("https_handshake_timeout", &mut l.https_handshake_timeout, decode_positive_duration)?;
+        limits.set("http_max_conns", &mut l.http_max_conns, |v| decode_uint(v, 1, u32::MAX.into()))?;
+        limits.set("dns_tcp_max_conns", &mut l.dns_tcp_max_conns, |v| decode_uint(v, 1, u32::MAX.into()))?;
+        limits.set("dns_tcp_max_conns_per_client", &mut l.dns_tcp_max_conns_per_client, |v| {
+            decode_uint(v, 1, u32::MAX.into())
+        })?;
         limits.finish(LIMITS_NOT_IMPLEMENTED, warnings)?;
     }
     let map_size_mb = top.get("lmdb_map_size_mb", |v| decode_uint::<u64>(v, 1, u64::MAX / MIB))?;

@@ -301,6 +301,12 @@ impl Default for Soa {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub http_max_conns_per_client: u32,
+    /// Open HTTP connections in all (HTTP and HTTPS each); past it new ones get 503 and close.
+    pub http_max_conns: u32,
+    /// Open DNS TCP connections in all; past it new ones are closed at once.
+    pub dns_tcp_max_conns: u32,
+    /// Open DNS TCP connections per client address; past it new ones are closed at once.
+    pub dns_tcp_max_conns_per_client: u32,
     pub kv_max_value_size: u64,
     pub http_max_body_bytes: u64,
     pub http_header_read_timeout: Duration,
@@ -324,6 +330,9 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             http_max_conns_per_client: 200,
+            http_max_conns: 8192,
+            dns_tcp_max_conns: 4096,
+            dns_tcp_max_conns_per_client: 64,
             kv_max_value_size: 512 * 1024,
             http_max_body_bytes: 1024 * 1024,
             http_header_read_timeout: Duration::from_secs(30),

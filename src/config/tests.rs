@@ -207,7 +207,8 @@ fn every_implemented_key_is_decoded() {
             "http_max_body_bytes": 12, "http_header_read_timeout": "5s",
             "max_blocking_queries": 13, "txn_max_ops": 14, "max_pending_writes": 15,
             "dns_max_forwards_in_flight": 16, "checks_max_concurrent": 17, "snapshot_saves_in_flight": 3,
-            "https_handshake_timeout": "2s"
+            "https_handshake_timeout": "2s", "http_max_conns": 21, "dns_tcp_max_conns": 22,
+            "dns_tcp_max_conns_per_client": 23
         },
         "lmdb_map_size_mb": 2, "zones_dir": "/z",
         "enable_local_script_checks": true, "check_update_interval": "1m",
@@ -285,6 +286,9 @@ fn every_implemented_key_is_decoded() {
             snapshot_max_bytes: 4 * 1024 * MIB,
             snapshot_saves_in_flight: 3,
             https_handshake_timeout: Duration::from_secs(2),
+            http_max_conns: 21,
+            dns_tcp_max_conns: 22,
+            dns_tcp_max_conns_per_client: 23,
         },
         lmdb_map_size_bytes: 2 * MIB,
         zones_dir: Some("/z".into()),

@@ -10,12 +10,14 @@ mod cache;
 mod forward;
 pub mod lookup;
 mod service;
+mod tcp;
 mod udp;
 pub mod wire;
 mod zones;
 
 pub use forward::Forwarder;
-pub use service::{Cidr, DnsService, DnsSettings, TcpHandler};
+pub use service::{Cidr, DnsService, DnsSettings};
+pub use tcp::TcpLimits;
 
 #[cfg(test)]
 mod answer_tests;
@@ -24,7 +26,6 @@ mod wire_tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use hickory_proto::rr::Name;
 use tokio_util::sync::CancellationToken;
@@ -33,9 +34,6 @@ use tokio_util::task::TaskTracker;
 use crate::cluster::Cluster;
 use crate::config::{Config, RecursorStrategy};
 use crate::store::Store;
-
-/// How long an idle DNS TCP connection stays open.
-const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
@@ -150,6 +148,7 @@ async fn bind_both(
 pub async fn start(
     service: Arc<DnsService>,
     addr: SocketAddr,
+    tcp_limits: TcpLimits,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) -> Result<DnsAddrs, DnsError> {
@@ -163,14 +162,6 @@ pub async fn start(
     for socket in sockets {
         tasks.spawn(udp::serve(socket, Arc::clone(&service), shutdown.clone(), tasks.clone()));
     }
-    let mut server = hickory_server::Server::new(TcpHandler(Arc::clone(&service)));
-    server.register_listener(tcp, TCP_IDLE_TIMEOUT, 32);
-    tasks.spawn(async move {
-        shutdown.cancelled().await;
-        server.shutdown_token().cancel();
-        if let Err(e) = server.block_until_done().await {
-            tracing::debug!(error = %e, "DNS TCP server stopped with an error");
-        }
-    });
+    tasks.spawn(tcp::serve(tcp, service, tcp_limits, shutdown, tasks.clone()));
     Ok(addrs)
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use hickory_proto::op::{Header, HeaderCounts, Message, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{LowerName, Record};
 use hickory_proto::serialize::binary::BinEncoder;
 use hickory_server::net::runtime::TokioTime;
@@ -438,55 +438,25 @@ impl ResponseHandler for Capture {
     }
 }
 
-/// hickory's TCP server calls this for every request on cairn's DNS TCP listener.
-#[derive(Clone)]
-pub struct TcpHandler(pub Arc<DnsService>);
-
-#[async_trait]
-impl RequestHandler for TcpHandler {
-    async fn handle_request<R: ResponseHandler, T: hickory_server::net::runtime::Time>(
-        &self,
-        request: &Request,
-        mut response_handle: R,
-    ) -> ResponseInfo {
+impl DnsService {
+    /// The answer to one message received over TCP from `peer`; `None` when it gets none (a
+    /// packet too broken to answer).
+    pub(super) async fn answer_tcp(&self, packet: Vec<u8>, peer: SocketAddr) -> Option<Vec<u8>> {
         let started = std::time::Instant::now();
-        let packet = request.as_slice().to_vec();
-        let bytes = match self.0.reply_fast(&packet, Transport::Tcp) {
-            Reply::Drop => return not_sent(&request.metadata),
+        let bytes = match self.reply_fast(&packet, Transport::Tcp) {
+            Reply::Drop => return None,
             Reply::Bytes(bytes) => bytes,
-            Reply::NotOurs => match self.0.try_slow_permit() {
-                Some(_permit) => self.0.reply_elsewhere(packet, request.src(), Transport::Tcp).await,
-                None => error_reply(&request.metadata, ResponseCode::ServFail),
+            Reply::NotOurs => match self.try_slow_permit() {
+                Some(_permit) => self.reply_elsewhere(packet.clone(), peer, Transport::Tcp).await,
+                None => error_reply(&peek_header(&packet)?, ResponseCode::ServFail),
             },
         };
-        self.0.tcp_counters.answered(request.as_slice(), &bytes, Some(started.elapsed()));
-        let Ok(message) = Message::from_vec(&bytes) else { return not_sent(&request.metadata) };
-        let mut builder = hickory_server::zone_handler::MessageResponseBuilder::from_message_request(request);
-        if let Some(edns) = &message.edns {
-            builder.edns(edns);
+        if bytes.is_empty() {
+            return None;
         }
-        let response = builder.build(
-            message.metadata,
-            message.answers.iter(),
-            message.authorities.iter(),
-            std::iter::empty(),
-            message.additionals.iter(),
-        );
-        match response_handle.send_response(response).await {
-            Ok(info) => info,
-            Err(e) => {
-                tracing::debug!(error = %e, "DNS TCP answer not sent");
-                not_sent(&request.metadata)
-            }
-        }
+        self.tcp_counters.answered(&packet, &bytes, Some(started.elapsed()));
+        Some(bytes)
     }
-}
-
-/// The `ResponseInfo` hickory wants back when nothing was sent.
-fn not_sent(request: &Metadata) -> ResponseInfo {
-    let mut metadata = Metadata::new(request.id, MessageType::Response, OpCode::Query);
-    metadata.response_code = ResponseCode::ServFail;
-    ResponseInfo::from(Header { metadata, counts: HeaderCounts::default() })
 }
 
 /// An execution's instances as the DNS answer builder takes them.

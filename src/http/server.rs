@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::{router, HttpContext};
+use crate::refusals::Refusals;
 use crate::tls::TlsServer;
 
 /// Open connections per client address. The guard gives its slot back on drop.
@@ -55,6 +56,17 @@ impl Drop for ConnectionSlot {
 const TOO_MANY_CONNECTIONS_BODY: &str =
     "Your IP is issuing too many concurrent connections, please rate limit your calls";
 
+/// The answer to a connection past `limits.http_max_conns`.
+fn service_unavailable() -> Vec<u8> {
+    const BODY: &str = "Too many open connections to this agent; try again later";
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
+         Retry-After: 1\r\nConnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    )
+    .into_bytes()
+}
+
 fn too_many_connections() -> Vec<u8> {
     format!(
         "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
@@ -85,6 +97,9 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let counts = ConnectionCounts::default();
     let max_per_client = ctx.limits.http_max_conns_per_client.max(1);
+    let max_total = ctx.limits.http_max_conns.max(1);
+    let total = Arc::new(tokio::sync::Semaphore::new(max_total as usize));
+    let (over_total, over_client) = (Refusals::default(), Refusals::default());
     loop {
         let (mut stream, peer): (_, SocketAddr) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -98,18 +113,31 @@ pub async fn serve(
                 }
             },
         };
-        let Some(slot) = counts.try_take(peer.ip(), max_per_client) else {
-            tracing::debug!(client = %peer, "connection limit reached");
+        let total_slot = Arc::clone(&total).try_acquire_owned().ok();
+        let slot = total_slot.as_ref().and_then(|_| counts.try_take(peer.ip(), max_per_client));
+        let (Some(total_slot), Some(slot)) = (total_slot, slot) else {
+            let (refusals, answer) = if total.available_permits() == 0 {
+                (&over_total, service_unavailable())
+            } else {
+                (&over_client, too_many_connections())
+            };
+            if let Some(refused) = refusals.refused() {
+                tracing::warn!(client = %peer.ip(), refused, per_client = max_per_client, total = max_total,
+                    "HTTP connection limit reached (limits.http_max_conns_per_client or limits.http_max_conns); closing new connections");
+            }
             let plain = tls.is_none();
+            // Bounded like any connection: the refusal is written within the header timeout.
+            let write_timeout = ctx.limits.http_header_read_timeout;
             tokio::spawn(async move {
                 // Over TLS the client cannot read a plain answer: just close.
                 if plain {
-                    let _ = stream.write_all(&too_many_connections()).await;
+                    let _ = tokio::time::timeout(write_timeout, stream.write_all(&answer)).await;
                 }
                 let _ = stream.shutdown().await;
             });
             continue;
         };
+        let slot = (slot, total_slot);
         let _ = stream.set_nodelay(true);
         let Some(tls) = &tls else {
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service.clone());
