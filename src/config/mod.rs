@@ -390,6 +390,8 @@ impl From<LogLevel> for tracing::Level {
 pub enum ConfigError {
     #[error("config {}: cannot read: {}", path.display(), io_reason(source))]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("config {}: larger than {} MiB; a config file is a few KiB (is this the right file?)", path.display(), CONFIG_FILE_MAX_BYTES / MIB)]
+    TooLarge { path: PathBuf },
     #[error("config {path}: invalid JSON at line {line} column {column}: {msg}")]
     Parse { path: String, line: usize, column: usize, msg: String },
     #[error("config {path}: the top level must be a JSON object, got {found}")]
@@ -442,8 +444,7 @@ impl Config {
         paths.extend(flags.config_file.iter().cloned());
         let mut sources = Vec::with_capacity(paths.len());
         for path in paths {
-            let text =
-                std::fs::read_to_string(&path).map_err(|source| ConfigError::Io { path: path.clone(), source })?;
+            let text = read_config_file(&path)?;
             sources.push((path.display().to_string(), text));
         }
         let (config, more) = Config::from_sources(&sources, flags)?;
@@ -673,4 +674,20 @@ fn hostname() -> Option<String> {
     let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     let name = std::str::from_utf8(&buf[..len]).ok()?.trim();
     (!name.is_empty()).then(|| name.to_string())
+}
+
+/// The largest config file read: far above any real one, so a wrong path (a log, a backup)
+/// fails at once instead of being read whole and parsed.
+pub const CONFIG_FILE_MAX_BYTES: u64 = 16 * MIB;
+
+/// One config file's text, refused past [`CONFIG_FILE_MAX_BYTES`] without reading the rest.
+fn read_config_file(path: &std::path::Path) -> Result<String, ConfigError> {
+    use std::io::Read as _;
+    let io = |source| ConfigError::Io { path: path.to_path_buf(), source };
+    let mut text = String::new();
+    std::fs::File::open(path).map_err(io)?.take(CONFIG_FILE_MAX_BYTES + 1).read_to_string(&mut text).map_err(io)?;
+    if text.len() as u64 > CONFIG_FILE_MAX_BYTES {
+        return Err(ConfigError::TooLarge { path: path.to_path_buf() });
+    }
+    Ok(text)
 }

@@ -11,7 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -56,6 +56,27 @@ impl Drop for ConnectionSlot {
 const TOO_MANY_CONNECTIONS_BODY: &str =
     "Your IP is issuing too many concurrent connections, please rate limit your calls";
 
+/// The buffer that holds an HTTPS connection's first bytes while they are waited for.
+const FIRST_READ_BYTES: usize = 4096;
+
+type Service = TowerToHyperService<axum::Router>;
+
+/// Serves HTTP/1.1 on one connection until it ends or the server drains.
+async fn serve_one<I>(
+    builder: &Builder<TokioExecutor>,
+    io: I,
+    service: Service,
+    watcher: hyper_util::server::graceful::Watcher,
+    peer: SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(connection.into_owned()).await {
+        tracing::debug!(client = %peer, error = %e, "HTTP connection ended with an error");
+    }
+}
+
 /// The answer to a connection past `limits.http_max_conns`.
 fn service_unavailable() -> Vec<u8> {
     const BODY: &str = "Too many open connections to this agent; try again later";
@@ -94,6 +115,7 @@ pub async fn serve(
     builder.http1().timer(TokioTimer::new()).header_read_timeout(ctx.limits.http_header_read_timeout);
     let builder = Arc::new(builder);
     let handshake_timeout = ctx.limits.https_handshake_timeout;
+    let header_timeout = ctx.limits.http_header_read_timeout;
     let graceful = GracefulShutdown::new();
     let counts = ConnectionCounts::default();
     let max_per_client = ctx.limits.http_max_conns_per_client.max(1);
@@ -139,20 +161,21 @@ pub async fn serve(
         };
         let slot = (slot, total_slot);
         let _ = stream.set_nodelay(true);
-        let Some(tls) = &tls else {
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service.clone());
-            let connection = graceful.watch(connection.into_owned());
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(client = %peer, error = %e, "HTTP connection ended with an error");
+        let (acceptor, builder, service, watcher) =
+            (tls.as_ref().map(|t| t.acceptor()), Arc::clone(&builder), service.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            // hyper waits for a client's first bytes with no deadline of its own (its header
+            // timeout starts after them): a client that connects and stays silent is closed
+            // here after limits.http_header_read_timeout, as one that stops mid-headers is.
+            let Some(acceptor) = acceptor else {
+                if matches!(tokio::time::timeout(header_timeout, stream.peek(&mut [0u8; 1])).await, Ok(Ok(1..))) {
+                    serve_one(&builder, stream, service, watcher, peer).await;
+                } else {
+                    tracing::debug!(client = %peer, "HTTP connection sent nothing in time; closed");
                 }
                 drop(slot);
-            });
-            continue;
-        };
-        let (acceptor, builder, service, watcher) =
-            (tls.acceptor(), Arc::clone(&builder), service.clone(), graceful.watcher());
-        tokio::spawn(async move {
+                return;
+            };
             let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
@@ -164,9 +187,12 @@ pub async fn serve(
                     return;
                 }
             };
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(connection.into_owned()).await {
-                tracing::debug!(client = %peer, error = %e, "HTTPS connection ended with an error");
+            // Buffered so the first request's bytes can be waited for without losing them.
+            let mut stream = tokio::io::BufReader::with_capacity(FIRST_READ_BYTES, stream);
+            if matches!(tokio::time::timeout(header_timeout, stream.fill_buf()).await, Ok(Ok(b)) if !b.is_empty()) {
+                serve_one(&builder, stream, service, watcher, peer).await;
+            } else {
+                tracing::debug!(client = %peer, "HTTPS connection sent nothing in time; closed");
             }
             drop(slot);
         });
