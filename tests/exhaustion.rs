@@ -164,12 +164,9 @@ fn the_global_caps_refuse_new_connections_until_idle_ones_time_out() {
     agent.wait_log("DNS TCP connections at limits.dns_tcp_max_conns", Duration::from_secs(5));
     drop(held);
     // The attacker's connections gone, TCP answers again; UDP never stopped.
+    let query = support::dns::query_message("consul.service.consul", RecordType::A, None).to_vec().expect("encode");
     support::wait_for("DNS TCP served again", Duration::from_secs(10), || {
-        let answer = support::dns::raw_tcp(
-            agent.dns,
-            &support::dns::query_message("consul.service.consul", RecordType::A, None).to_vec().ok()?,
-        );
-        (!answer.is_empty()).then_some(())
+        support::dns::try_raw_tcp(agent.dns, &query).ok().filter(|answer| !answer.is_empty())
     });
 }
 

@@ -47,15 +47,20 @@ pub fn raw_udp(server: SocketAddr, packet: &[u8], wait: Duration) -> Option<Vec<
 }
 
 pub fn raw_tcp(server: SocketAddr, packet: &[u8]) -> Vec<u8> {
-    let mut stream = TcpStream::connect_timeout(&server, DNS_TIMEOUT).expect("connect");
-    stream.set_read_timeout(Some(DNS_TIMEOUT)).expect("timeout");
-    stream.write_all(&(packet.len() as u16).to_be_bytes()).expect("write");
-    stream.write_all(packet).expect("write");
+    try_raw_tcp(server, packet).unwrap_or_else(|e| panic!("DNS over TCP to {server}: {e}"))
+}
+
+/// [`raw_tcp`] that reports a refused or reset connection instead of panicking.
+pub fn try_raw_tcp(server: SocketAddr, packet: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect_timeout(&server, DNS_TIMEOUT)?;
+    stream.set_read_timeout(Some(DNS_TIMEOUT))?;
+    stream.write_all(&(packet.len() as u16).to_be_bytes())?;
+    stream.write_all(packet)?;
     let mut len = [0u8; 2];
-    stream.read_exact(&mut len).expect("read length");
+    stream.read_exact(&mut len)?;
     let mut answer = vec![0u8; u16::from_be_bytes(len) as usize];
-    stream.read_exact(&mut answer).expect("read answer");
-    answer
+    stream.read_exact(&mut answer)?;
+    Ok(answer)
 }
 
 pub fn udp(server: SocketAddr, name: &str, qtype: RecordType, edns_payload: Option<u16>) -> Message {
