@@ -129,12 +129,15 @@ impl TlsServer {
         Ok(TlsServer { current: RwLock::new(Arc::new(server_config(settings, HTTPS_ALPN)?)) })
     }
 
-    /// Reads the files again (a renewed certificate, a new CA): handshakes from now on use
-    /// them, connections already open keep theirs. On an error nothing changes.
-    pub fn reload(&self, settings: &TlsSettings) -> Result<(), TlsError> {
-        let config = Arc::new(server_config(settings, HTTPS_ALPN)?);
+    /// Reads the files again (a renewed certificate, a new CA) into a config for
+    /// [`TlsServer::install`]; nothing changes yet.
+    pub fn prepare(&self, settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
+        Ok(Arc::new(server_config(settings, HTTPS_ALPN)?))
+    }
+
+    /// Handshakes from now on use `config`; connections already open keep theirs.
+    pub fn install(&self, config: Arc<ServerConfig>) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = config;
-        Ok(())
     }
 
     /// What accepts the next connection.
@@ -212,6 +215,12 @@ impl rustls::client::danger::ServerCertVerifier for AnyNameVerifier {
     }
 }
 
+/// The server RPC's two sides, read from their files.
+pub struct RpcConfigs {
+    accept: Option<Arc<ServerConfig>>,
+    connect: Option<Arc<rustls::ClientConfig>>,
+}
+
 /// The server RPC's TLS (`tls.internal_rpc` over `tls.defaults`): what this agent accepts
 /// and how it connects. Both parts are re-read on reload.
 pub struct RpcTls {
@@ -243,7 +252,7 @@ impl RpcTls {
         if !accepts && !settings.verify_outgoing && !settings.verify_incoming {
             return Ok(None);
         }
-        let (accept, connect) = RpcTls::configs(settings)?;
+        let RpcConfigs { accept, connect } = RpcTls::configs(settings)?;
         Ok(Some(RpcTls {
             accept: accept.map(RwLock::new),
             require_incoming: settings.verify_incoming,
@@ -252,28 +261,28 @@ impl RpcTls {
         }))
     }
 
-    #[allow(clippy::type_complexity)]
-    fn configs(
-        settings: &TlsSettings,
-    ) -> Result<(Option<Arc<ServerConfig>>, Option<Arc<rustls::ClientConfig>>), TlsError> {
+    fn configs(settings: &TlsSettings) -> Result<RpcConfigs, TlsError> {
         let accepts = settings.cert_file.is_some() && settings.key_file.is_some();
         let accept =
             if accepts || settings.verify_incoming { Some(Arc::new(server_config(settings, &[])?)) } else { None };
         let connect = settings.verify_outgoing.then(|| client_config(settings).map(Arc::new)).transpose()?;
-        Ok((accept, connect))
+        Ok(RpcConfigs { accept, connect })
     }
 
-    /// Reads the files again for new connections; on an error nothing changes. Turning TLS on
-    /// or off needs a restart.
-    pub fn reload(&self, settings: &TlsSettings) -> Result<(), TlsError> {
-        let (accept, connect) = RpcTls::configs(settings)?;
-        if let (Some(slot), Some(config)) = (&self.accept, accept) {
+    /// Reads the files again into configs for [`RpcTls::install`]; nothing changes yet.
+    pub fn prepare(&self, settings: &TlsSettings) -> Result<RpcConfigs, TlsError> {
+        RpcTls::configs(settings)
+    }
+
+    /// New connections from now on use `configs`. Turning TLS on or off (a side this agent
+    /// did not start with) needs a restart: such a side is left as it is.
+    pub fn install(&self, configs: RpcConfigs) {
+        if let (Some(slot), Some(config)) = (&self.accept, configs.accept) {
             *slot.write().unwrap_or_else(|e| e.into_inner()) = config;
         }
-        if let (Some(slot), Some(config)) = (&self.connect, connect) {
+        if let (Some(slot), Some(config)) = (&self.connect, configs.connect) {
             *slot.write().unwrap_or_else(|e| e.into_inner()) = config;
         }
-        Ok(())
     }
 
     /// What accepts an incoming TLS connection, if this server takes any.

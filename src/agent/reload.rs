@@ -1,8 +1,8 @@
 //! Config reload (SIGHUP, `cairn reload`, `PUT /v1/agent/reload`): re-reads the same config
 //! files and flags, and applies what can change at run time — config-file services and
-//! checks, `log_level`, `dns_config`, `recursors`, `watches`, the static zones, and the HTTPS
-//! listener's TLS settings and files (a renewed certificate is read again even when the
-//! config is unchanged). Any other changed key is logged as needing a restart. A config that
+//! checks, `log_level`, `dns_config`, `recursors`, `watches`, the static zones, and the TLS
+//! settings and files of HTTPS and the server RPC (a renewed certificate is read again even
+//! when the config is unchanged). Any other changed key is logged as needing a restart. A config that
 //! fails to load, or whose TLS files do not, changes nothing.
 
 use std::sync::{Arc, Mutex};
@@ -62,13 +62,15 @@ impl Reloader {
         }
         keep_restart_only(&running, &mut new);
         let dns_settings = crate::dns::settings_from_config(&new).map_err(|e| e.to_string())?;
-        // Last of what can fail, first of what changes: a bad certificate leaves everything
-        // as it was.
-        if let Some(tls) = &self.tls.https {
-            tls.reload(&new.tls_https).map_err(|e| e.to_string())?;
+        // Every file read before anything changes: a bad certificate leaves all as it was.
+        let https = self.tls.https.as_ref().map(|tls| tls.prepare(&new.tls_https)).transpose();
+        let https = https.map_err(|e| e.to_string())?;
+        let rpc = self.tls.rpc.as_ref().map(|tls| tls.prepare(&new.tls_rpc)).transpose().map_err(|e| e.to_string())?;
+        if let (Some(tls), Some(config)) = (&self.tls.https, https) {
+            tls.install(config);
         }
-        if let Some(tls) = &self.tls.rpc {
-            tls.reload(&new.tls_rpc).map_err(|e| e.to_string())?;
+        if let (Some(tls), Some(configs)) = (&self.tls.rpc, rpc) {
+            tls.install(configs);
         }
         if new.log_level != running.log_level {
             (self.set_log_level)(new.log_level);
