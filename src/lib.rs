@@ -16,6 +16,7 @@ pub mod gossip;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod per_address;
 pub mod prepared_query;
 pub mod refusals;
 pub mod store;

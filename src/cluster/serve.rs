@@ -6,9 +6,8 @@
 //! closed; a forwarded write or read barrier is
 //! answered within [`ANSWER_TIMEOUT`].
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::raft::InstallSnapshotRequest;
@@ -19,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use super::rpc::{read_frame, write_frame, FrameError, Request, Response, RpcStream, CONNECT_TIMEOUT};
 use super::{Cluster, WriteError};
+use crate::per_address::PerAddress;
 use crate::tls::RpcTls;
 
 /// Inbound server-RPC connections at most: other servers keep a handful each (replication,
@@ -29,7 +29,7 @@ use crate::tls::RpcTls;
 pub const CONNECTIONS_MAX: usize = 8192;
 /// Inbound connections from one IP address at most (Consul's `rpc_max_conns_per_client`
 /// is 100).
-pub const CONNECTIONS_PER_PEER_MAX: usize = 128;
+pub const CONNECTIONS_PER_PEER_MAX: u32 = 128;
 /// A connection with no request for this long is closed (callers reopen on demand, and
 /// stop reusing theirs well before).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -40,7 +40,7 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Accepts server-RPC connections until `shutdown`.
 pub async fn serve(listener: TcpListener, cluster: Cluster, shutdown: CancellationToken, tasks: TaskTracker) {
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
-    let per_peer: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let per_peer = PerAddress::default();
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -57,7 +57,7 @@ pub async fn serve(listener: TcpListener, cluster: Cluster, shutdown: Cancellati
             tracing::warn!(%peer, limit = CONNECTIONS_MAX, "too many server RPC connections; closing a new one");
             continue;
         };
-        let Some(peer_slot) = PeerSlot::take(&per_peer, peer.ip()) else {
+        let Some(peer_slot) = per_peer.try_take(peer.ip(), CONNECTIONS_PER_PEER_MAX) else {
             tracing::warn!(%peer, limit = CONNECTIONS_PER_PEER_MAX, "too many server RPC connections from one address; closing a new one");
             continue;
         };
@@ -68,36 +68,6 @@ pub async fn serve(listener: TcpListener, cluster: Cluster, shutdown: Cancellati
             serve_connection(stream, peer, cluster, shutdown).await;
             drop((slot, peer_slot));
         });
-    }
-}
-
-/// One connection's share of its address's count, given back when dropped.
-struct PeerSlot {
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
-}
-
-impl PeerSlot {
-    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<PeerSlot> {
-        let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
-        let count = map.entry(ip).or_insert(0);
-        if *count >= CONNECTIONS_PER_PEER_MAX {
-            return None;
-        }
-        *count += 1;
-        Some(PeerSlot { counts: Arc::clone(counts), ip })
-    }
-}
-
-impl Drop for PeerSlot {
-    fn drop(&mut self) {
-        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = map.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                map.remove(&self.ip);
-            }
-        }
     }
 }
 

@@ -8,9 +8,8 @@
 //! clients holding thousands of idle connections cost at most the caps, and other clients,
 //! and UDP, keep being answered.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::DnsService;
+use crate::per_address::PerAddress;
 use crate::refusals::Refusals;
 
 /// How long an idle connection stays open, and how long an answer may take to be taken.
@@ -32,39 +32,6 @@ pub struct TcpLimits {
     pub max_conns_per_client: u32,
 }
 
-/// Open connections per client address; a slot gives its count back when dropped.
-#[derive(Default, Clone)]
-struct PerClient(Arc<Mutex<HashMap<IpAddr, u32>>>);
-
-struct ClientSlot {
-    counts: PerClient,
-    ip: IpAddr,
-}
-
-impl PerClient {
-    fn take(&self, ip: IpAddr, max: u32) -> Option<ClientSlot> {
-        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(ip).or_insert(0);
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(ClientSlot { counts: self.clone(), ip })
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut counts = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = counts.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// Accepts connections on `listener` until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
@@ -74,7 +41,7 @@ pub async fn serve(
     tasks: TaskTracker,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_conns.max(1) as usize));
-    let per_client = PerClient::default();
+    let per_client = PerAddress::default();
     let (over_total, over_client) = (Refusals::default(), Refusals::default());
     loop {
         let (stream, peer) = tokio::select! {
@@ -96,7 +63,7 @@ pub async fn serve(
             }
             continue;
         };
-        let Some(client_slot) = per_client.take(peer.ip(), limits.max_conns_per_client.max(1)) else {
+        let Some(client_slot) = per_client.try_take(peer.ip(), limits.max_conns_per_client.max(1)) else {
             if let Some(refused) = over_client.refused() {
                 tracing::warn!(limit = limits.max_conns_per_client, refused, client = %peer.ip(),
                     "DNS TCP connections from one address at limits.dns_tcp_max_conns_per_client; closing new ones");

@@ -2,9 +2,8 @@
 //! graceful shutdown (stop accepting, let in-flight requests finish for at most the drain
 //! time).
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -16,41 +15,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::{router, HttpContext};
+use crate::per_address::PerAddress;
 use crate::refusals::Refusals;
 use crate::tls::TlsServer;
-
-/// Open connections per client address. The guard gives its slot back on drop.
-#[derive(Default, Clone)]
-struct ConnectionCounts(Arc<Mutex<HashMap<IpAddr, u32>>>);
-
-struct ConnectionSlot {
-    counts: ConnectionCounts,
-    ip: IpAddr,
-}
-
-impl ConnectionCounts {
-    fn try_take(&self, ip: IpAddr, max: u32) -> Option<ConnectionSlot> {
-        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(ip).or_insert(0);
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(ConnectionSlot { counts: self.clone(), ip })
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        let mut counts = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = counts.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.ip);
-            }
-        }
-    }
-}
 
 /// Consul's answer to a client over `http_max_conns_per_client`.
 const TOO_MANY_CONNECTIONS_BODY: &str =
@@ -117,7 +84,7 @@ pub async fn serve(
     let handshake_timeout = ctx.limits.https_handshake_timeout;
     let header_timeout = ctx.limits.http_header_read_timeout;
     let graceful = GracefulShutdown::new();
-    let counts = ConnectionCounts::default();
+    let counts = PerAddress::default();
     let max_per_client = ctx.limits.http_max_conns_per_client.max(1);
     let max_total = ctx.limits.http_max_conns.max(1);
     let total = Arc::new(tokio::sync::Semaphore::new(max_total as usize));
@@ -149,11 +116,10 @@ pub async fn serve(
             }
             let plain = tls.is_none();
             // Bounded like any connection: the refusal is written within the header timeout.
-            let write_timeout = ctx.limits.http_header_read_timeout;
             tokio::spawn(async move {
                 // Over TLS the client cannot read a plain answer: just close.
                 if plain {
-                    let _ = tokio::time::timeout(write_timeout, stream.write_all(&answer)).await;
+                    let _ = tokio::time::timeout(header_timeout, stream.write_all(&answer)).await;
                 }
                 let _ = stream.shutdown().await;
             });
