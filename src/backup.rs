@@ -39,7 +39,7 @@ pub const INDEX_MAX: u64 = 1 << 53;
 
 /// How many tables snapshots carry (tags `0..TABLE_TAGS`). The tags are the format: never
 /// renumber them.
-pub const TABLE_TAGS: usize = 12;
+pub const TABLE_TAGS: usize = 13;
 pub const TAG_META: u8 = 0;
 pub const TAG_NODES: u8 = 1;
 pub const TAG_SERVICES: u8 = 2;

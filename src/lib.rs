@@ -2,6 +2,7 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the code map and invariants.
 
+pub mod acl;
 pub mod agent;
 pub mod api_client;
 pub mod backup;

@@ -36,6 +36,41 @@ use crate::model::{CheckDefinition, CheckStatus, RegisterRequest, ServiceDefinit
 use crate::store::{Store, StoreError};
 use reload::Reloader;
 
+/// `acl.tokens.initial_management`: whichever server leads creates the token (and the
+/// built-in policies) once, which also ends the API bootstrap, as in Consul. Every server
+/// configured with it polls until the token exists.
+async fn create_initial_management_token(cluster: Cluster, store: Store, secret: String, shutdown: CancellationToken) {
+    const POLL: Duration = Duration::from_secs(1);
+    loop {
+        match store.read().and_then(|view| view.acl_token_by_secret(&secret)) {
+            Ok(Some(_)) => return,
+            Ok(None) if cluster.is_leader() => {
+                let token = crate::model::acl::AclToken {
+                    accessor_id: uuid::Uuid::new_v4().to_string(),
+                    secret_id: secret.clone(),
+                    description: "Initial Management Token".into(),
+                    ..Default::default()
+                };
+                let command = crate::model::Command::AclBootstrap { token: Box::new(token), initial: true };
+                match cluster.write(command).await {
+                    Ok(crate::model::CommandResult::Done) => {
+                        tracing::info!("created the initial management token (acl.tokens.initial_management)");
+                        return;
+                    }
+                    Ok(other) => tracing::warn!(result = ?other, "cannot create the initial management token"),
+                    Err(e) => tracing::debug!(error = %e, "initial management token not created yet"),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the ACL tables"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
 /// How long SIGTERM waits for in-flight HTTP requests.
 const DRAIN_MAX: Duration = Duration::from_secs(5);
 /// Reload requests waiting (HTTP); one more gets 429.
@@ -223,6 +258,7 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     ));
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(RELOADS_QUEUED_MAX);
     let metrics = crate::metrics::Metrics::default();
+    let acl = Arc::new(crate::acl::AclResolver::new(config.acl.clone(), config.datacenter.clone(), store.clone()));
     let ctx = Arc::new(HttpContext::new(http::HttpServices {
         cluster: cluster.clone(),
         store: store.clone(),
@@ -239,6 +275,7 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
         metrics: metrics.clone(),
         prometheus_retention_time: config.prometheus_retention_time,
         ui_enabled: config.ui_enabled,
+        acl: Arc::clone(&acl),
     }));
     let leave = Arc::clone(&ctx.leave);
     let dns =
@@ -297,6 +334,9 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     let leave_on_terminate = config.leave_on_terminate.unwrap_or(!config.server);
     tasks.spawn(remove_stale_staged_archives(cluster.clone(), store.clone(), shutdown.clone()));
     tasks.spawn(memory::trim_periodically(shutdown.clone()));
+    if let (true, true, Some(secret)) = (config.server, config.acl.enabled, config.acl.initial_management.clone()) {
+        tasks.spawn(create_initial_management_token(cluster.clone(), store.clone(), secret, shutdown.clone()));
+    }
     let mut watches = watches::Watches::new(http_bound, shutdown.clone(), tasks.clone());
     watches.replace(&config.watches);
     let reloader = Arc::new(Reloader::new(

@@ -74,9 +74,9 @@ pub(super) fn merge_objects(into: &mut Map<String, Value>, from: Map<String, Val
 // Keys Consul documents that cairn accepts with a warning and otherwise ignores, per section,
 // separated by whitespace.
 pub(super) const TOP_NOT_IMPLEMENTED: &str = "
-    acl acl_agent_master_token acl_agent_token acl_datacenter acl_default_policy
-    acl_down_policy acl_enable_key_list_policy acl_master_token acl_replication_token
-    acl_token acl_ttl advertise_addr_ipv4 advertise_addr_ipv6
+    acl_agent_master_token acl_datacenter
+    acl_down_policy acl_enable_key_list_policy acl_replication_token
+    acl_ttl advertise_addr_ipv4 advertise_addr_ipv6
     advertise_addr_wan_ipv4 advertise_addr_wan_ipv6 advertise_reconnect_timeout audit
     auto_config auto_encrypt auto_reload_config autopilot  ca_path cache
      check_output_max_size checks cloud config_entries
@@ -101,6 +101,12 @@ pub(super) const TOP_NOT_IMPLEMENTED: &str = "
 pub(super) const UI_CONFIG_NOT_IMPLEMENTED: &str = "
     content_path dashboard_url_templates metrics_provider metrics_provider_files
     metrics_provider_options_json metrics_proxy
+";
+pub(super) const ACL_NOT_IMPLEMENTED: &str = "
+    down_policy enable_key_list_policy enable_token_replication policy_ttl role_ttl msp_disable_bootstrap
+";
+pub(super) const ACL_TOKENS_NOT_IMPLEMENTED: &str = "
+    agent_recovery agent_master replication config_file_service_registration dns
 ";
 pub(super) const TLS_NOT_IMPLEMENTED: &str = "
     grpc
@@ -329,6 +335,7 @@ pub(super) fn apply_object(
         ui.set("enabled", &mut config.ui_enabled, decode_bool)?;
         ui.finish(UI_CONFIG_NOT_IMPLEMENTED, warnings)?;
     }
+    decode_acl(&mut top, &mut config.acl, warnings)?;
     if let Some(mut telemetry) = top.section("telemetry")? {
         telemetry.set("prometheus_retention_time", &mut config.prometheus_retention_time, decode_duration)?;
         telemetry.finish(TELEMETRY_NOT_IMPLEMENTED, warnings)?;
@@ -390,6 +397,70 @@ struct TlsLayer {
     verify_outgoing: Option<bool>,
     verify_server_hostname: Option<bool>,
     min_version: Option<TlsVersion>,
+}
+
+/// The `acl` section, after Consul's older top-level keys (which it overrides).
+fn decode_acl(
+    top: &mut Section<'_>,
+    acl: &mut crate::acl::AclConfig,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    let token = |v: &Value| decode_token(v);
+    top.set("acl_default_policy", &mut acl.default_allow, decode_default_policy)?;
+    if let Some(t) = top.get("acl_master_token", token)? {
+        acl.initial_management = Some(t);
+    }
+    if let Some(t) = top.get("acl_token", token)? {
+        acl.default_token = Some(t);
+    }
+    if let Some(t) = top.get("acl_agent_token", token)? {
+        acl.agent_token = Some(t);
+    }
+    let Some(mut section) = top.section("acl")? else { return Ok(()) };
+    section.set("enabled", &mut acl.enabled, decode_bool)?;
+    section.set("default_policy", &mut acl.default_allow, decode_default_policy)?;
+    section.set("token_ttl", &mut acl.token_ttl, decode_duration)?;
+    // Tokens set through `/v1/agent/token` live only in memory in cairn; a setting to keep
+    // them is accepted so Consul configs load, with a warning.
+    if section.get("enable_token_persistence", decode_bool)? == Some(true) {
+        warnings.push(format!(
+            "config {}: acl.enable_token_persistence: cairn keeps tokens set through the API in memory only; \
+             put them in acl.tokens instead",
+            section.source
+        ));
+    }
+    if let Some(mut tokens) = section.section("tokens")? {
+        // `master` is the older name of `initial_management`, which wins when both are set.
+        if let Some(t) = tokens.get("master", token)? {
+            acl.initial_management = Some(t);
+        }
+        for (key, target) in [
+            ("initial_management", &mut acl.initial_management),
+            ("agent", &mut acl.agent_token),
+            ("default", &mut acl.default_token),
+        ] {
+            if let Some(t) = tokens.get(key, token)? {
+                *target = Some(t);
+            }
+        }
+        tokens.finish(ACL_TOKENS_NOT_IMPLEMENTED, warnings)?;
+    }
+    section.finish(ACL_NOT_IMPLEMENTED, warnings)
+}
+
+fn decode_default_policy(value: &Value) -> Result<bool, Mismatch> {
+    match value.as_str() {
+        Some("allow") => Ok(true),
+        Some("deny") => Ok(false),
+        _ => Err(Mismatch::new("\"allow\" or \"deny\"", value)),
+    }
+}
+
+fn decode_token(value: &Value) -> Result<String, Mismatch> {
+    match value.as_str() {
+        Some(t) if !t.is_empty() && t.len() <= 256 && !t.chars().any(char::is_control) => Ok(t.to_string()),
+        _ => Err(Mismatch::new("a token (1 to 256 printable characters)", value)),
+    }
 }
 
 impl TlsLayer {

@@ -115,6 +115,8 @@ pub struct Config {
     pub tls_rpc: TlsSettings,
     /// Serve the web UI at `/ui/` (`ui_config.enabled`, `ui`, `-ui`; on by default in -dev).
     pub ui_enabled: bool,
+    /// The `acl` section (and Consul's older `acl_*` keys).
+    pub acl: crate::acl::AclConfig,
     /// `telemetry.prometheus_retention_time`: above zero, `/v1/agent/metrics?format=prometheus`
     /// answers (as Consul gates it); cairn keeps every metric for the process's lifetime.
     pub prometheus_retention_time: Duration,
@@ -525,6 +527,7 @@ impl Config {
             tls_https: TlsSettings::default(),
             tls_rpc: TlsSettings::default(),
             ui_enabled: dev,
+            acl: crate::acl::AclConfig::default(),
             prometheus_retention_time: Duration::ZERO,
             watches: Vec::new(),
             raft: RaftTuning::default(),

@@ -331,6 +331,7 @@ fn every_implemented_key_is_decoded() {
         },
         raft: RaftTuning { multiplier: 5, snapshot_threshold: 100, trailing_logs: 7 },
         ui_enabled: true,
+        acl: crate::acl::AclConfig::default(),
         tls_https: TlsSettings {
             ca_file: Some("/legacy/ca.pem".into()),
             cert_file: Some("/d/c.pem".into()),
@@ -889,5 +890,37 @@ fn bad_watches_are_refused_naming_the_file_and_entry() {
         let error = load_error(&[DATA_DIR, &file]);
         assert!(error.starts_with("config b.json: "), "{file}: {error}");
         assert!(error.ends_with(expected), "{file}:\n got {error}\nwant {expected}");
+    }
+}
+
+#[test]
+fn acl_section_and_consuls_older_keys_are_decoded() {
+    let config = load(&[
+        DATA_DIR,
+        r#"{"acl_master_token": "old-root", "acl_token": "old-default",
+        "acl": {"enabled": true, "default_policy": "deny", "token_ttl": "5s",
+                "tokens": {"initial_management": "root", "agent": "agent-t", "default": "anon-t"}}}"#,
+    ]);
+    let acl = config.acl;
+    assert!(acl.enabled && !acl.default_allow);
+    assert_eq!(acl.token_ttl, Duration::from_secs(5));
+    assert_eq!(acl.initial_management.as_deref(), Some("root"));
+    assert_eq!(acl.agent_token.as_deref(), Some("agent-t"));
+    assert_eq!(acl.default_token.as_deref(), Some("anon-t"));
+    let legacy = load(&[
+        DATA_DIR,
+        r#"{"acl_default_policy": "deny", "acl_master_token": "old-root", "acl": {"enabled": true}}"#,
+    ])
+    .acl;
+    assert!(!legacy.default_allow);
+    assert_eq!(legacy.initial_management.as_deref(), Some("old-root"));
+    for (text, expected) in [
+        (r#"{"acl": {"default_policy": "maybe"}}"#, "acl.default_policy"),
+        (r#"{"acl": {"enabeld": true}}"#, "enabled"),
+        (r#"{"acl": {"tokens": {"defualt": "x"}}}"#, "acl.tokens.defualt"),
+        (r#"{"acl": {"tokens": {"default": ""}}}"#, "acl.tokens.default"),
+    ] {
+        let err = load_error(&[DATA_DIR, text]);
+        assert!(err.contains(expected), "{text}: {err}");
     }
 }

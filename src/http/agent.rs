@@ -55,9 +55,23 @@ fn wants_wan(params: &HashMap<String, String>) -> bool {
 /// `GET /v1/agent/members`: the LAN pool as this agent sees it; `?wan`: the WAN pool of
 /// servers (members named `node.dc`), `[]` on an agent without one (a client), as Consul.
 /// `?segment=` is accepted and ignored.
-pub async fn agent_members(ctx: Ctx, Query(params): Query<HashMap<String, String>>) -> Json<Value> {
+pub async fn agent_members(
+    ctx: Ctx,
+    acl: super::acl_gate::RequestAcl,
+    Query(params): Query<HashMap<String, String>>,
+) -> Json<Value> {
     match pool(&ctx, &params) {
-        Some(gossip) => Json(Value::Array(gossip.members().iter().map(member_json).collect())),
+        Some(gossip) => {
+            let mut members = gossip.members().as_ref().clone();
+            // WAN members are named `node.dc`: the node's name is what rules name.
+            let wan = params.contains_key("wan");
+            acl.retain(&mut members, |a, m| {
+                let name =
+                    if wan { m.id.name.rsplit_once('.').map_or(m.id.name.as_str(), |(n, _)| n) } else { &m.id.name };
+                a.allows(crate::acl::Resource::Node, name, crate::acl::Access::Read)
+            });
+            Json(Value::Array(members.iter().map(member_json).collect()))
+        }
         None => Json(json!([])),
     }
 }

@@ -14,10 +14,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use super::acl_gate::RequestAcl;
 use super::body::{decode_json, decode_json_value, read_limited};
 use super::error::ApiError;
 use super::query::{json_bytes, Query};
 use super::{Ctx, HttpContext};
+use crate::acl::{Access, Resource};
 use crate::checks::{LocalCheck, LocalError, LocalService, LocalState};
 use crate::model::agent::{decode_check, decode_service, ScriptPolicy, Strictness};
 use crate::model::ServiceAddress;
@@ -170,8 +172,11 @@ async fn hashed_read(
 pub async fn services(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
     let dc = ctx.identity.datacenter.as_str();
     hashed_read(&ctx, &q, false, |state| {
-        let all: BTreeMap<&str, AgentService<'_>> =
+        let mut all: BTreeMap<&str, AgentService<'_>> =
             state.services.iter().map(|(id, s)| (id.as_str(), agent_service(s, dc))).collect();
+        q.acl.retain_map(&mut all, |a, id, _| {
+            state.services.get(*id).is_some_and(|s| a.allows(Resource::Service, &s.spec.name, Access::Read))
+        });
         q.filtered_json(&all)
     })
     .await
@@ -181,16 +186,49 @@ pub async fn service(ctx: Ctx, Path(id): Path<String>, q: Query) -> Result<Respo
     let dc = ctx.identity.datacenter.as_str();
     hashed_read(&ctx, &q, true, |state| {
         let service = state.services.get(&id).ok_or_else(|| ApiError::NotFound(format!("unknown service ID: {id}")))?;
+        q.acl.require(Resource::Service, &service.spec.name, Access::Read)?;
         json_bytes(&agent_service(service, dc))
     })
     .await
 }
 
+/// The name of the local service a check belongs to ("" for a node check or an unknown one).
+fn check_service_name(state: &LocalState, check_id: &str) -> String {
+    let service_id = state.checks.get(check_id).map(|c| c.spec.service_id.clone()).unwrap_or_default();
+    state.services.get(&service_id).map(|s| s.spec.name.clone()).unwrap_or_default()
+}
+
+/// What changing a local check (or its service) needs: write on its service, or on this node
+/// for a node check.
+fn require_check_write(ctx: &HttpContext, acl: &RequestAcl, check_id: &str) -> Result<(), ApiError> {
+    if !acl.authorizer().enabled() {
+        return Ok(());
+    }
+    match ctx.local.read(|state| check_service_name(state, check_id)) {
+        name if name.is_empty() => acl.require(Resource::Node, ctx.local.node_name(), Access::Write),
+        name => acl.require(Resource::Service, &name, Access::Write),
+    }
+}
+
+fn require_service_write(ctx: &HttpContext, acl: &RequestAcl, service_id: &str) -> Result<(), ApiError> {
+    if !acl.authorizer().enabled() {
+        return Ok(());
+    }
+    match ctx.local.read(|state| state.services.get(service_id).map(|s| s.spec.name.clone())) {
+        Some(name) => acl.require(Resource::Service, &name, Access::Write),
+        None => acl.require(Resource::Node, ctx.local.node_name(), Access::Write),
+    }
+}
+
 pub async fn checks(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
     let node = ctx.local.node_name().to_string();
     hashed_read(&ctx, &q, false, |state| {
-        let all: BTreeMap<&str, AgentCheck<'_>> =
+        let mut all: BTreeMap<&str, AgentCheck<'_>> =
             state.checks.iter().map(|(id, c)| (id.as_str(), agent_check(c, state, &node))).collect();
+        q.acl.retain_map(&mut all, |a, id, _| match check_service_name(state, id) {
+            name if name.is_empty() => a.allows(Resource::Node, &node, Access::Read),
+            name => a.allows(Resource::Service, &name, Access::Read),
+        });
         q.filtered_json(&all)
     })
     .await
@@ -207,6 +245,7 @@ fn script_policy(ctx: &super::HttpContext) -> ScriptPolicy {
 
 pub async fn register_service(
     ctx: Ctx,
+    acl: RequestAcl,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Body,
@@ -215,45 +254,75 @@ pub async fn register_service(
     let bytes = read_limited(&headers, body, ctx.limits.http_max_body_bytes).await?;
     let reg = decode_service(&decode_json_value(&bytes)?, Strictness::Lenient, script_policy(&ctx))
         .map_err(|e| ApiError::BadRequest(format!("Invalid service definition: {e}")))?;
+    acl.require(Resource::Service, &reg.service.name, Access::Write)?;
     let replace = q.get("replace-existing-checks").is_some_and(|v| v != "false" && v != "0");
     ctx.local.register_service(reg, replace).await?;
     Ok(().into_response())
 }
 
-pub async fn deregister_service(ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn deregister_service(ctx: Ctx, acl: RequestAcl, Path(id): Path<String>) -> Result<Response, ApiError> {
+    require_service_write(&ctx, &acl, &id)?;
     ctx.local.deregister_service(&id).await?;
     Ok(().into_response())
 }
 
-pub async fn register_check(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn register_check(ctx: Ctx, acl: RequestAcl, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let bytes = read_limited(&headers, body, ctx.limits.http_max_body_bytes).await?;
     let spec = decode_check(&decode_json_value(&bytes)?, Strictness::Lenient, script_policy(&ctx))
         .map_err(|e| ApiError::BadRequest(format!("Invalid check: {e}")))?;
+    if spec.service_id.is_empty() {
+        acl.require(Resource::Node, ctx.local.node_name(), Access::Write)?;
+    } else {
+        require_service_write(&ctx, &acl, &spec.service_id)?;
+    }
     ctx.local.register_check(spec).await?;
     Ok(().into_response())
 }
 
-pub async fn deregister_check(ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn deregister_check(ctx: Ctx, acl: RequestAcl, Path(id): Path<String>) -> Result<Response, ApiError> {
+    require_check_write(&ctx, &acl, &id)?;
     ctx.local.deregister_check(&id).await?;
     Ok(().into_response())
 }
 
-fn ttl_update(ctx: &HttpContext, id: &str, status: CheckStatus, raw: Option<&str>) -> Result<Response, ApiError> {
+fn ttl_update(
+    ctx: &HttpContext,
+    acl: &RequestAcl,
+    id: &str,
+    status: CheckStatus,
+    raw: Option<&str>,
+) -> Result<Response, ApiError> {
     let q = Query::parse(raw, &ctx.identity.datacenter)?;
+    require_check_write(ctx, acl, id)?;
     ctx.local.update_ttl(id, status, q.get("note").unwrap_or("").to_string())?;
     Ok(().into_response())
 }
 
-pub async fn check_pass(ctx: Ctx, Path(id): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
-    ttl_update(&ctx, &id, CheckStatus::Passing, raw.as_deref())
+pub async fn check_pass(
+    ctx: Ctx,
+    acl: RequestAcl,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    ttl_update(&ctx, &acl, &id, CheckStatus::Passing, raw.as_deref())
 }
 
-pub async fn check_warn(ctx: Ctx, Path(id): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
-    ttl_update(&ctx, &id, CheckStatus::Warning, raw.as_deref())
+pub async fn check_warn(
+    ctx: Ctx,
+    acl: RequestAcl,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    ttl_update(&ctx, &acl, &id, CheckStatus::Warning, raw.as_deref())
 }
 
-pub async fn check_fail(ctx: Ctx, Path(id): Path<String>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
-    ttl_update(&ctx, &id, CheckStatus::Critical, raw.as_deref())
+pub async fn check_fail(
+    ctx: Ctx,
+    acl: RequestAcl,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    ttl_update(&ctx, &acl, &id, CheckStatus::Critical, raw.as_deref())
 }
 
 #[derive(Deserialize)]
@@ -265,10 +334,12 @@ struct CheckUpdateBody {
 
 pub async fn check_update(
     ctx: Ctx,
+    acl: RequestAcl,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    require_check_write(&ctx, &acl, &id)?;
     let bytes = read_limited(&headers, body, ctx.limits.http_max_body_bytes).await?;
     let update: CheckUpdateBody = decode_json(&bytes)?;
     let text = update.status.unwrap_or_default();
@@ -293,9 +364,11 @@ fn maintenance_params(ctx: &HttpContext, raw: Option<&str>) -> Result<(bool, Str
 
 pub async fn service_maintenance(
     ctx: Ctx,
+    acl: RequestAcl,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
+    require_service_write(&ctx, &acl, &id)?;
     let (enable, reason) = maintenance_params(&ctx, raw.as_deref())?;
     ctx.local.service_maintenance(&id, enable, &reason).await?;
     Ok(().into_response())

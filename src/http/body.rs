@@ -84,6 +84,18 @@ const FIELD_NAMES: &[&str] = &[
     "Behavior",
     "TTL",
     "Namespace",
+    "AccessorID",
+    "SecretID",
+    "Description",
+    "Policies",
+    "Roles",
+    "ServiceIdentities",
+    "NodeIdentities",
+    "Local",
+    "Rules",
+    "Datacenters",
+    "ServiceName",
+    "NodeName",
 ];
 
 /// Fields holding user maps, whose keys are data and keep their case.

@@ -9,10 +9,12 @@ use axum::response::Response;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use super::acl_gate::RequestAcl;
 use super::body::{decode_json, read_limited};
 use super::error::ApiError;
 use super::query::{Answer, Query};
 use super::Ctx;
+use crate::acl::{Access, Resource};
 use crate::model::{
     CheckDefinition, CheckStatus, Command, CommandResult, DeregisterRequest, Node, RegisterRequest, Service,
     ServiceAddress, ServiceDefinition, Weights,
@@ -187,6 +189,7 @@ fn expect_done(result: CommandResult) -> Result<Json<bool>, ApiError> {
 
 pub async fn register(
     ctx: Ctx,
+    acl: RequestAcl,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Body,
@@ -209,6 +212,16 @@ pub async fn register(
     let mut checks = Vec::new();
     for body in req.check.into_iter().chain(req.checks.unwrap_or_default()) {
         checks.push(body.into_definition()?);
+    }
+    // Consul's rule: write on the service registered, and on the node unless only the
+    // service (and its own checks) change.
+    if let Some(s) = &service {
+        acl.require(Resource::Service, &s.service, Access::Write)?;
+    }
+    let own_checks_only =
+        checks.iter().all(|c| service.as_ref().is_some_and(|s| !c.service_id.is_empty() && c.service_id == s.id));
+    if !(skip_node_update && own_checks_only) {
+        acl.require(Resource::Node, &node, Access::Write)?;
     }
     let command = Command::Register(Box::new(RegisterRequest {
         id: req.id.unwrap_or_default(),
@@ -235,7 +248,20 @@ struct DeregisterBody {
     check_id: Option<String>,
 }
 
-pub async fn deregister(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Json<bool>, ApiError> {
+/// Deregistering a service needs write on it, anything else write on the node.
+fn may_deregister(ctx: &Ctx, acl: &RequestAcl, node: &str, service_id: Option<&str>) -> Result<(), ApiError> {
+    if !acl.authorizer().enabled() {
+        return Ok(());
+    }
+    if let Some(id) = service_id {
+        if let Some(service) = ctx.store.read()?.service(node, id)? {
+            return acl.require(Resource::Service, &service.service, Access::Write);
+        }
+    }
+    acl.require(Resource::Node, node, Access::Write)
+}
+
+pub async fn deregister(ctx: Ctx, acl: RequestAcl, headers: HeaderMap, body: Body) -> Result<Json<bool>, ApiError> {
     let bytes = read_limited(&headers, body, ctx.limits.http_max_body_bytes).await?;
     let req: DeregisterBody = decode_json(&bytes)?;
     check_datacenter(&ctx, req.datacenter.as_deref())?;
@@ -243,11 +269,15 @@ pub async fn deregister(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Json
     if node.is_empty() {
         return Err(ApiError::BadRequest("Must provide node".into()));
     }
-    let command = Command::Deregister(DeregisterRequest {
-        node,
-        service_id: req.service_id.filter(|s| !s.is_empty()),
-        check_id: req.check_id.filter(|s| !s.is_empty()),
-    });
+    let service_id = req.service_id.filter(|s| !s.is_empty());
+    let check_id = req.check_id.filter(|s| !s.is_empty());
+    // A check alone is the node's unless it belongs to a service.
+    let check_service = match (&service_id, &check_id) {
+        (None, Some(check)) => ctx.store.read()?.check(&node, check)?.map(|c| c.service_id).filter(|s| !s.is_empty()),
+        _ => None,
+    };
+    may_deregister(&ctx, &acl, &node, service_id.as_deref().or(check_service.as_deref()))?;
+    let command = Command::Deregister(DeregisterRequest { node, service_id, check_id });
     expect_done(ctx.cluster.write(command).await?)
 }
 
@@ -257,6 +287,7 @@ pub async fn deregister(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Json
 /// `Origin` or `Sec-Fetch-Site: cross-site` (what browsers add; curl sends neither) is refused.
 pub async fn deregister_by_id(
     ctx: Ctx,
+    acl: RequestAcl,
     method: axum::http::Method,
     headers: axum::http::HeaderMap,
     Path(service_id): Path<String>,
@@ -279,6 +310,7 @@ pub async fn deregister_by_id(
             )))
         }
     };
+    may_deregister(&ctx, &acl, &node, Some(&service_id))?;
     let command = Command::Deregister(DeregisterRequest { node, service_id: Some(service_id), check_id: None });
     expect_done(ctx.cluster.write(command).await?)
 }
@@ -290,7 +322,12 @@ pub async fn datacenters(ctx: Ctx) -> Json<Vec<String>> {
 }
 
 pub async fn nodes(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
-    ctx.blocking_list(&q, Topic::Table(Table::Nodes), |view| Ok((view.table_index(Table::Nodes)?, view.nodes()?))).await
+    ctx.blocking_list(&q, Topic::Table(Table::Nodes), |view| {
+        let mut nodes = view.nodes()?;
+        q.acl.retain(&mut nodes, |a, n| a.allows(Resource::Node, &n.node, Access::Read));
+        Ok((view.table_index(Table::Nodes)?, nodes))
+    })
+    .await
 }
 
 /// Service names with their tags. `?filter=` selects instances (Consul's catalog service
@@ -300,13 +337,17 @@ pub async fn services(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
     if q.filter.is_none() {
         return ctx
             .blocking_json(&q, Topic::Table(Table::Services), |view| {
-                Ok((view.table_index(Table::Services)?, view.service_names()?))
+                let mut names = view.service_names()?;
+                q.acl.retain_map(&mut names, |a, name, _| a.allows(Resource::Service, name, Access::Read));
+                Ok((view.table_index(Table::Services)?, names))
             })
             .await;
     }
     ctx.blocking_answer(&q, Topic::Table(Table::Services), |view| {
         let mut names: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for name in view.service_names()?.into_keys() {
+        let mut all = view.service_names()?;
+        q.acl.retain_map(&mut all, |a, name, _| a.allows(Resource::Service, name, Access::Read));
+        for name in all.into_keys() {
             for s in view.service_instances(&name)? {
                 let Some(node) = view.node(&s.node)? else { continue };
                 let row = catalog_row(&node, s);
@@ -382,8 +423,14 @@ pub async fn service(ctx: Ctx, Path(name): Path<String>, q: Query) -> Result<Res
     let tags = q.all("tag").into_iter().map(str::to_string).collect::<Vec<_>>();
     ctx.blocking_list(&q, Topic::CatalogService(name.clone()), |view| {
         let wanted: Vec<&str> = tags.iter().map(String::as_str).collect();
+        let mut instances = view.service_instances(&name)?;
+        if !q.acl.can(Resource::Service, &name, Access::Read) {
+            q.acl.count_filtered(instances.len().max(1) as u64);
+            instances.clear();
+        }
+        q.acl.retain(&mut instances, |a, s| a.allows(Resource::Node, &s.node, Access::Read));
         let mut rows = Vec::new();
-        for s in view.service_instances(&name)? {
+        for s in instances {
             if !has_tags(&s, &wanted) {
                 continue;
             }
@@ -446,10 +493,20 @@ struct NodeServices {
 /// A node and its services; `?filter=` selects among the services, as Consul's.
 pub async fn node(ctx: Ctx, Path(name): Path<String>, q: Query) -> Result<Response, ApiError> {
     ctx.blocking_answer(&q, Topic::CatalogNode(name.clone()), |view| {
-        let found = match view.node(&name)? {
+        let node = view.node(&name)?;
+        let node = match node {
+            Some(_) if !q.acl.can(Resource::Node, &name, Access::Read) => {
+                q.acl.count_filtered(1);
+                None
+            }
+            node => node,
+        };
+        let found = match node {
             Some(node) => {
                 let mut services = BTreeMap::new();
-                for s in view.node_services(&name)? {
+                let mut listed = view.node_services(&name)?;
+                q.acl.retain(&mut listed, |a, s| a.allows(Resource::Service, &s.service, Access::Read));
+                for s in listed {
                     let service = ServiceView::from(s);
                     if q.keeps(&service)? {
                         services.insert(service.id.clone(), service);

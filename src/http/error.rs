@@ -14,6 +14,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// 401: e.g. `/v1/acl/*` while ACLs are off.
+    #[error("{0}")]
+    Unauthorized(String),
     /// 403: refused whatever the body (e.g. a cross-site GET that would change state).
     #[error("{0}")]
     Forbidden(String),
@@ -42,6 +45,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use super::body::read_limited;
 use super::query::Query;
 use super::{ApiError, Ctx};
+use crate::acl::{Access, Resource};
 use crate::gossip::event::{UserEvent, USER_EVENT_MAX_BYTES};
 
 fn event_json(e: &UserEvent) -> Value {
@@ -96,6 +97,8 @@ pub async fn list(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
         }
         (events, index) = ctx.events.list(name.as_deref());
     }
-    let body: Vec<Value> = events.iter().map(event_json).collect();
+    let mut events: Vec<_> = events.iter().collect();
+    q.acl.retain(&mut events, |a, e| a.allows(Resource::Event, &e.name, Access::Read));
+    let body: Vec<Value> = events.into_iter().map(event_json).collect();
     Ok((ctx.index_headers(index), Json(body)).into_response())
 }

@@ -34,6 +34,8 @@ pub fn forwardable(path: &str) -> bool {
         "/v1/operator/autopilot/",
         "/v1/query/",
         "/v1/internal/ui/",
+        "/v1/acl/",
+        "/v1/internal/acl/",
     ];
     matches!(path, "/v1/txn" | "/v1/kv" | "/v1/query") || PREFIXES.iter().any(|p| path.starts_with(p))
 }
@@ -46,21 +48,28 @@ const FORWARDED_REQUEST_HEADERS: &[&str] = &["content-type", "x-consul-token", "
 /// sends those for another datacenter the WAN pool knows to one of its servers. (A `?dc=`
 /// naming no known datacenter is the handler's to refuse: "No path to datacenter".)
 pub async fn forward_elsewhere(State(ctx): State<Arc<HttpContext>>, request: Request, next: Next) -> Response {
-    if !forwardable(request.uri().path()) {
+    let Some(target) = target(&ctx, &request) else {
         return next.run(request).await;
-    }
-    let target = if !ctx.cluster.is_server() {
-        Target::AnyServer
-    } else {
-        match requested_datacenter(request.uri().query()) {
-            Some(dc) if ctx.cluster.knows_datacenter(&dc) => Target::Datacenter(dc),
-            _ => return next.run(request).await,
-        }
     };
     match forward(&ctx, request, target).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
+}
+
+/// Whether [`forward_elsewhere`] sends `request` to another agent (which then checks it).
+pub fn goes_elsewhere(ctx: &HttpContext, request: &Request) -> bool {
+    target(ctx, request).is_some()
+}
+
+fn target(ctx: &HttpContext, request: &Request) -> Option<Target> {
+    if !forwardable(request.uri().path()) {
+        return None;
+    }
+    if !ctx.cluster.is_server() {
+        return Some(Target::AnyServer);
+    }
+    requested_datacenter(request.uri().query()).filter(|dc| ctx.cluster.knows_datacenter(dc)).map(Target::Datacenter)
 }
 
 /// Where a request is sent.

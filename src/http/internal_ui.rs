@@ -8,11 +8,14 @@ use axum::extract::Path;
 use axum::response::Response;
 use serde::Serialize;
 
+use super::acl_gate::RequestAcl;
 use super::catalog::ServiceView;
 use super::error::ApiError;
+use super::health::check_visible;
 use super::health::CheckView;
 use super::query::{Answer, Query};
 use super::Ctx;
+use crate::acl::{Access, Resource};
 use crate::model::{CheckStatus, HealthCheck, Node, Service};
 use crate::store::{ReadView, StoreError, Topic};
 
@@ -67,11 +70,24 @@ fn checks_by_node(checks: &[HealthCheck]) -> BTreeMap<&str, NodeChecks> {
     out
 }
 
-fn service_summaries(view: &ReadView<'_>, datacenter: &str) -> Result<Vec<ServiceSummary>, StoreError> {
+/// Instances the token may see: read on the service and on its node.
+fn visible_services(acl: &RequestAcl, view: &ReadView<'_>) -> Result<Vec<Service>, StoreError> {
+    let mut services = view.all_services()?;
+    acl.retain(&mut services, |a, s| {
+        a.allows(Resource::Service, &s.service, Access::Read) && a.allows(Resource::Node, &s.node, Access::Read)
+    });
+    Ok(services)
+}
+
+fn service_summaries(
+    acl: &RequestAcl,
+    view: &ReadView<'_>,
+    datacenter: &str,
+) -> Result<Vec<ServiceSummary>, StoreError> {
     let checks = view.all_checks()?;
     let checks = checks_by_node(&checks);
     let mut out: BTreeMap<String, ServiceSummary> = BTreeMap::new();
-    for service in view.all_services()? {
+    for service in visible_services(acl, view)? {
         let summary = out.entry(service.service.clone()).or_insert_with(|| ServiceSummary {
             kind: "",
             name: service.service.clone(),
@@ -122,23 +138,28 @@ fn node_dump(node: Node, services: Vec<Service>, checks: Vec<HealthCheck>) -> No
 /// `GET /v1/internal/ui/services`: every service name with its instance and check counts.
 pub async fn services(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
     let datacenter = ctx.identity.datacenter.clone();
-    ctx.blocking_list(&q, Topic::Catalog, |view| Ok((view.catalog_index()?, service_summaries(view, &datacenter)?)))
-        .await
+    ctx.blocking_list(&q, Topic::Catalog, |view| {
+        Ok((view.catalog_index()?, service_summaries(&q.acl, view, &datacenter)?))
+    })
+    .await
 }
 
 /// `GET /v1/internal/ui/nodes`: every node with its services and checks.
 pub async fn nodes(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
     ctx.blocking_list(&q, Topic::Catalog, |view| {
         let mut services: BTreeMap<String, Vec<Service>> = BTreeMap::new();
-        for service in view.all_services()? {
+        for service in visible_services(&q.acl, view)? {
             services.entry(service.node.clone()).or_default().push(service);
         }
         let mut checks: BTreeMap<String, Vec<HealthCheck>> = BTreeMap::new();
-        for check in view.all_checks()? {
+        let mut all_checks = view.all_checks()?;
+        q.acl.retain(&mut all_checks, check_visible);
+        for check in all_checks {
             checks.entry(check.node.clone()).or_default().push(check);
         }
-        let dumps = view
-            .nodes()?
+        let mut nodes = view.nodes()?;
+        q.acl.retain(&mut nodes, |a, n| a.allows(Resource::Node, &n.node, Access::Read));
+        let dumps = nodes
             .into_iter()
             .map(|node| {
                 let services = services.remove(&node.node).unwrap_or_default();
@@ -157,7 +178,17 @@ pub async fn node(ctx: Ctx, Path(name): Path<String>, q: Query) -> Result<Respon
     ctx.blocking_answer(&q, Topic::Node(name.clone()), |view| {
         let index = view.node_index(&name)?;
         match view.node(&name)? {
-            Some(node) => Answer::json(index, &node_dump(node, view.node_services(&name)?, view.node_checks(&name)?)),
+            Some(node) if q.acl.can(Resource::Node, &name, Access::Read) => {
+                let mut services = view.node_services(&name)?;
+                q.acl.retain(&mut services, |a, s| a.allows(Resource::Service, &s.service, Access::Read));
+                let mut checks = view.node_checks(&name)?;
+                q.acl.retain(&mut checks, check_visible);
+                Answer::json(index, &node_dump(node, services, checks))
+            }
+            Some(_) => {
+                q.acl.count_filtered(1);
+                Ok(Answer::not_found(index))
+            }
             None => Ok(Answer::not_found(index)),
         }
     })

@@ -10,10 +10,12 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::Serialize;
 
+use super::acl_gate::RequestAcl;
 use super::body::read_limited;
 use super::error::ApiError;
 use super::query::{Answer, Query};
 use super::Ctx;
+use crate::acl::{Access, Resource};
 use crate::model::{Command, CommandResult, KvEntry, KvLockOp};
 use crate::store::Topic;
 
@@ -86,11 +88,16 @@ pub async fn get(ctx: Ctx, path: Option<Path<String>>, q: Query) -> Result<Respo
     if key.is_empty() && !recurse && !keys_only {
         return Err(ApiError::BadRequest("Missing key name".into()));
     }
+    if !recurse && !keys_only {
+        q.acl.require(Resource::Key, &key, Access::Read)?;
+    }
     let separator = q.get("separator").map(str::to_string);
     let topic = if recurse || keys_only { Topic::KvPrefix(key.clone()) } else { Topic::Kv(key.clone()) };
     ctx.blocking_answer(&q, topic, |view| {
         if keys_only {
-            let keys = collapse_keys(&key, view.kv_keys(&key)?, separator.as_deref());
+            let mut keys = view.kv_keys(&key)?;
+            q.acl.retain(&mut keys, |a, k| a.allows(Resource::Key, k, Access::List));
+            let keys = collapse_keys(&key, keys, separator.as_deref());
             let index = view.kv_prefix_index(&key)?;
             if keys.is_empty() && !key.is_empty() {
                 Ok(Answer::not_found(index))
@@ -98,7 +105,8 @@ pub async fn get(ctx: Ctx, path: Option<Path<String>>, q: Query) -> Result<Respo
                 Answer::json(index, &keys)
             }
         } else if recurse {
-            let entries = view.kv_list(&key)?;
+            let mut entries = view.kv_list(&key)?;
+            q.acl.retain(&mut entries, |a, e| a.allows(Resource::Key, &e.key, Access::Read));
             let index = view.kv_prefix_index(&key)?;
             if entries.is_empty() {
                 Ok(Answer::not_found(index))
@@ -141,6 +149,7 @@ fn bool_result(result: CommandResult) -> Result<Json<bool>, ApiError> {
 
 pub async fn put(
     ctx: Ctx,
+    acl: RequestAcl,
     path: Option<Path<String>>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
@@ -151,6 +160,7 @@ pub async fn put(
     if key.is_empty() {
         return Err(ApiError::BadRequest("Missing key name".into()));
     }
+    acl.require(Resource::Key, &key, Access::Write)?;
     let lock = lock_op(&q)?;
     let flags = q.u64("flags")?.unwrap_or(0);
     let cas = q.u64("cas")?;
@@ -172,6 +182,14 @@ pub async fn delete(ctx: Ctx, path: Option<Path<String>>, q: Query) -> Result<Js
     let cas = q.u64("cas")?;
     if recurse && cas.is_some() {
         return Err(ApiError::BadRequest("Conflicting flags: cas and recurse".into()));
+    }
+    let allowed = if recurse {
+        q.acl.authorizer().allows_prefix(Resource::Key, &key, Access::Write)
+    } else {
+        q.acl.can(Resource::Key, &key, Access::Write)
+    };
+    if !allowed {
+        return Err(ApiError::Forbidden("Permission denied".into()));
     }
     bool_result(ctx.cluster.write(Command::KvDelete { key, recurse, cas }).await?)
 }

@@ -6,6 +6,8 @@
 //! Why: DNS and HTTP must agree on what "healthy" means, and the state machine must be the
 //! only writer.
 
+mod acl;
+mod acl_gate;
 mod agent;
 mod agent_local;
 mod body;
@@ -98,6 +100,10 @@ pub struct HttpContext {
     pub prometheus_retention_time: std::time::Duration,
     /// Serve the web UI at `/ui/`.
     pub ui_enabled: bool,
+    /// Resolves ACL tokens (from the local replica on a server).
+    pub acl: Arc<crate::acl::AclResolver>,
+    /// On a client agent: tokens a server resolved, kept for `acl.token_ttl`.
+    pub remote_tokens: acl_gate::RemoteTokens,
 }
 
 /// What the agent hands the HTTP API; [`HttpContext::new`] adds the API's own state.
@@ -117,6 +123,7 @@ pub struct HttpServices {
     pub metrics: crate::metrics::Metrics,
     pub prometheus_retention_time: std::time::Duration,
     pub ui_enabled: bool,
+    pub acl: Arc<crate::acl::AclResolver>,
 }
 
 impl HttpContext {
@@ -142,6 +149,8 @@ impl HttpContext {
             metrics: s.metrics,
             prometheus_retention_time: s.prometheus_retention_time,
             ui_enabled: s.ui_enabled,
+            acl: s.acl,
+            remote_tokens: acl_gate::RemoteTokens::default(),
         }
     }
 
@@ -226,9 +235,25 @@ pub fn router(ctx: Arc<HttpContext>) -> Router {
         .route("/v1/internal/ui/services", get(internal_ui::services))
         .route("/v1/internal/ui/nodes", get(internal_ui::nodes))
         .route("/v1/internal/ui/node/{node}", get(internal_ui::node))
+        .route(acl_gate::GRANTS_PATH, get(acl::grants))
+        .route("/v1/acl/bootstrap", put(acl::bootstrap))
+        .route("/v1/acl/token", put(acl::token_create))
+        .route("/v1/acl/token/self", get(acl::token_self))
+        .route("/v1/acl/token/{accessor}", get(acl::token_read).put(acl::token_update).delete(acl::token_delete))
+        .route("/v1/acl/token/{accessor}/clone", put(acl::token_clone))
+        .route("/v1/acl/tokens", get(acl::token_list))
+        .route("/v1/acl/policy", put(acl::policy_create))
+        .route("/v1/acl/policy/name/{name}", get(acl::policy_read_by_name))
+        .route("/v1/acl/policy/{id}", get(acl::policy_read).put(acl::policy_update).delete(acl::policy_delete))
+        .route("/v1/acl/policies", get(acl::policy_list))
+        .route("/v1/acl/role", put(acl::role_create))
+        .route("/v1/acl/role/name/{name}", get(acl::role_read_by_name))
+        .route("/v1/acl/role/{id}", get(acl::role_read).put(acl::role_update).delete(acl::role_delete))
+        .route("/v1/acl/roles", get(acl::role_list))
         .fallback(unknown_path)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&ctx), forward::forward_elsewhere))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&ctx), acl_gate::acl_gate))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&ctx), measure))
         .with_state(ctx)
         .merge(ui)

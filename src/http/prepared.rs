@@ -8,10 +8,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::acl_gate::RequestAcl;
 use super::body::{decode_json, read_limited};
 use super::health::ServiceEntry;
 use super::query::Query;
 use super::{ApiError, Ctx};
+use crate::acl::{Access, Authorizer, Resource};
 use crate::model::{format_duration, Command, CommandResult, PreparedQuery};
 use crate::store::{Table, Topic};
 
@@ -33,9 +35,20 @@ async fn store(ctx: &Ctx, query: PreparedQuery) -> Result<(), ApiError> {
     }
 }
 
+/// Prepared queries are governed by `query` rules on their name (an unnamed query by its
+/// service's `service` rules, for reading).
+fn may_read(a: &Authorizer, query: &PreparedQuery) -> bool {
+    if query.name.is_empty() {
+        a.allows(Resource::Service, &query.service.service, Access::Read)
+    } else {
+        a.allows(Resource::Query, &query.name, Access::Read)
+    }
+}
+
 /// `POST /v1/query` → `{"ID": ...}`.
-pub async fn create(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+pub async fn create(ctx: Ctx, acl: RequestAcl, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
     let mut query = definition(&ctx, &headers, body).await?;
+    acl.require(Resource::Query, &query.name, Access::Write)?;
     query.id = uuid::Uuid::new_v4().to_string();
     let id = query.id.clone();
     store(&ctx, query).await?;
@@ -45,7 +58,9 @@ pub async fn create(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Json<Val
 /// `GET /v1/query`: every prepared query (blocking on the table's index).
 pub async fn list(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
     ctx.blocking_list(&q, Topic::Table(Table::PreparedQueries), |view| {
-        Ok((view.table_index(Table::PreparedQueries)?, view.prepared_queries()?))
+        let mut queries = view.prepared_queries()?;
+        q.acl.retain(&mut queries, may_read);
+        Ok((view.table_index(Table::PreparedQueries)?, queries))
     })
     .await
 }
@@ -55,23 +70,37 @@ pub async fn read(ctx: Ctx, Path(id): Path<String>, q: Query) -> Result<Response
     ctx.check_consistency(&q).await?;
     let view = ctx.store.read()?;
     let query = view.prepared_query(&id)?.ok_or_else(not_found)?;
+    if !may_read(q.acl.authorizer(), &query) {
+        return Err(ApiError::Forbidden("Permission denied".into()));
+    }
     let index = view.table_index(Table::PreparedQueries)?;
     Ok((ctx.index_headers(index), Json(vec![query])).into_response())
 }
 
 /// `PUT /v1/query/{id}`: replaces the definition of an existing query.
-pub async fn update(ctx: Ctx, Path(id): Path<String>, headers: HeaderMap, body: Body) -> Result<(), ApiError> {
+pub async fn update(
+    ctx: Ctx,
+    acl: RequestAcl,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(), ApiError> {
     let mut query = definition(&ctx, &headers, body).await?;
     ctx.cluster.read_barrier(false).await?;
-    if ctx.store.read()?.prepared_query(&id)?.is_none() {
+    let Some(old) = ctx.store.read()?.prepared_query(&id)? else {
         return Err(ApiError::NotFound(format!("Cannot modify non-existent prepared query: '{id}'")));
-    }
+    };
+    acl.require(Resource::Query, &old.name, Access::Write)?;
+    acl.require(Resource::Query, &query.name, Access::Write)?;
     query.id = id;
     store(&ctx, query).await
 }
 
 /// `DELETE /v1/query/{id}`.
-pub async fn delete(ctx: Ctx, Path(id): Path<String>) -> Result<(), ApiError> {
+pub async fn delete(ctx: Ctx, acl: RequestAcl, Path(id): Path<String>) -> Result<(), ApiError> {
+    if let Some(old) = ctx.store.read()?.prepared_query(&id)? {
+        acl.require(Resource::Query, &old.name, Access::Write)?;
+    }
     match ctx.cluster.write(Command::PreparedQueryDelete { id }).await? {
         CommandResult::Bool(true) => Ok(()),
         CommandResult::Bool(false) => Err(not_found()),
@@ -91,6 +120,10 @@ pub async fn execute(ctx: Ctx, Path(id): Path<String>, q: Query) -> Result<Respo
         let view = ctx.store.read()?;
         (view.resolve_prepared_query(&id)?.ok_or_else(not_found)?, view.table_index(Table::PreparedQueries)?)
     };
+    if !may_read(q.acl.authorizer(), &query) {
+        return Err(ApiError::Forbidden("Permission denied".into()));
+    }
+    q.acl.require(Resource::Service, &query.service.service, Access::Read)?;
     let execution = crate::prepared_query::execute(&ctx.store, &ctx.cluster, &ctx.identity.datacenter, &query, limit)
         .await
         .map_err(|e| match e {
@@ -113,6 +146,9 @@ pub async fn explain(ctx: Ctx, Path(id): Path<String>, q: Query) -> Result<Respo
     ctx.check_consistency(&q).await?;
     let view = ctx.store.read()?;
     let query = view.resolve_prepared_query(&id)?.ok_or_else(not_found)?;
+    if !may_read(q.acl.authorizer(), &query) {
+        return Err(ApiError::Forbidden("Permission denied".into()));
+    }
     let index = view.table_index(Table::PreparedQueries)?;
     Ok((ctx.index_headers(index), Json(json!({ "Query": query }))).into_response())
 }

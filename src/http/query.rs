@@ -16,11 +16,12 @@ use bytes::Bytes;
 use rand::Rng;
 use serde::Serialize;
 
+use super::acl_gate::RequestAcl;
 use super::error::ApiError;
 use super::HttpContext;
 use crate::config::parse_duration;
 use crate::filter::Filter;
-use crate::store::{ReadView, StoreError, Topic};
+use crate::store::{ReadView, StoreError, Subscription, Table, Topic};
 
 const WAIT_DEFAULT: Duration = Duration::from_secs(300);
 const WAIT_MAX: Duration = Duration::from_secs(600);
@@ -39,6 +40,8 @@ pub struct Query {
     pub consistent: bool,
     /// `?filter=`: Consul's filter expression, parsed (list endpoints apply it).
     pub filter: Option<Arc<Filter>>,
+    /// The request's ACL token (ACLs off when parsed with [`Query::parse`] alone).
+    pub acl: RequestAcl,
 }
 
 impl Query {
@@ -120,6 +123,7 @@ impl FromRequestParts<Arc<HttpContext>> for Query {
     async fn from_request_parts(parts: &mut Parts, ctx: &Arc<HttpContext>) -> Result<Query, ApiError> {
         let mut q = Query::parse(parts.uri.query(), &ctx.identity.datacenter)?;
         q.path = parts.uri.path().to_string();
+        q.acl = parts.extensions.get::<RequestAcl>().cloned().unwrap_or_else(RequestAcl::off);
         Ok(q)
     }
 }
@@ -137,12 +141,14 @@ pub struct Answer {
     index_value: HeaderValue,
     /// `Content-Length` of `body`.
     length_value: HeaderValue,
+    /// ACLs left something out (`X-Consul-Results-Filtered-By-ACLs`).
+    filtered: bool,
 }
 
 impl Answer {
     fn new(index: u64, status: StatusCode, content_type: Option<&'static str>, body: Bytes) -> Answer {
         let length_value = HeaderValue::from(body.len());
-        Answer { index, status, content_type, body, index_value: index_value(index), length_value }
+        Answer { index, status, content_type, body, index_value: index_value(index), length_value, filtered: false }
     }
 
     /// `value` as JSON, 200.
@@ -174,10 +180,12 @@ pub fn json_bytes(value: &impl Serialize) -> Result<Vec<u8>, ApiError> {
     serde_json::to_vec(value).map_err(|e| ApiError::Internal(format!("cannot encode the answer: {e}")))
 }
 
-/// What makes two requests' answers the same: the path and every parameter but `index` and
-/// `wait`, in order.
+/// What makes two requests' answers the same: the path, every parameter but `index` and
+/// `wait`, in order, and the ACL token (what it may see).
 fn request_key(q: &Query) -> String {
     let mut key = q.path.clone();
+    key.push('\0');
+    key.push_str(q.acl.accessor_id());
     for (name, value) in q.params.iter().filter(|(name, _)| name != "index" && name != "wait") {
         key.push('\0');
         key.push_str(name);
@@ -212,12 +220,20 @@ impl HttpContext {
         answer: impl Fn(&ReadView<'_>) -> Result<Answer, ApiError>,
     ) -> Result<Response, ApiError> {
         self.check_consistency(q).await?;
-        let answer_now = || -> Result<Answer, ApiError> { answer(&self.store.read()?) };
+        let answer_now = || -> Result<Answer, ApiError> {
+            let filtered_before = q.acl.filtered();
+            let mut answer = answer(&self.store.read()?)?;
+            answer.filtered = q.acl.filtered() > filtered_before;
+            Ok(answer)
+        };
         if q.index == 0 {
             return Ok(self.respond(&answer_now()?));
         }
         let _permit = self.blocking_permit()?;
         let mut subscription = self.store.watches().subscribe(topic);
+        // A token revoked while its query waits is refused at once.
+        let mut acl_changes =
+            q.acl.authorizer().enabled().then(|| self.store.watches().subscribe(Topic::Table(Table::Acl)));
         let key = request_key(q);
         let jitter_ms =
             if q.wait.as_millis() >= 16 { rand::rng().random_range(0..q.wait.as_millis() as u64 / 16) } else { 0 };
@@ -236,6 +252,9 @@ impl HttpContext {
                     if answer.index > q.index {
                         return Ok(self.respond(&answer));
                     }
+                }
+                _ = acl_change(&mut acl_changes) => {
+                    self.resolve_token(q.acl.secret()).await?;
                 }
                 _ = tokio::time::sleep_until(deadline) => return Ok(self.respond(&answer_now()?)),
                 _ = self.shutdown.cancelled() => return Ok(self.respond(&answer_now()?)),
@@ -291,6 +310,10 @@ impl HttpContext {
         if let Some(content_type) = answer.content_type {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         }
+        if answer.filtered {
+            let (name, value) = super::acl_gate::filtered_header();
+            headers.insert(name, value);
+        }
         response
     }
 
@@ -320,11 +343,21 @@ impl HttpContext {
     }
 }
 
+/// The next change to the ACL tables; never, without a subscription.
+async fn acl_change(subscription: &mut Option<Subscription>) {
+    match subscription {
+        Some(subscription) => {
+            subscription.changed().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 const X_CONSUL_INDEX: HeaderName = HeaderName::from_static("x-consul-index");
 const X_CONSUL_KNOWN_LEADER: HeaderName = HeaderName::from_static("x-consul-knownleader");
 const X_CONSUL_LAST_CONTACT: HeaderName = HeaderName::from_static("x-consul-lastcontact");
-/// The index headers, Content-Type and Content-Length.
-const RESPONSE_HEADERS_MAX: usize = 5;
+/// The index headers, Content-Type, Content-Length and the ACL filter flag.
+const RESPONSE_HEADERS_MAX: usize = 6;
 
 /// `X-Consul-Index` for `index`: never 0, as Consul sends it.
 fn index_value(index: u64) -> HeaderValue {

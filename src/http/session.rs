@@ -9,10 +9,12 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::acl_gate::RequestAcl;
 use super::body::{decode_json, read_limited};
 use super::error::ApiError;
 use super::query::Query;
 use super::Ctx;
+use crate::acl::{Access, Resource};
 use crate::model::{
     format_duration, parse_duration, Command, CommandResult, ServiceCheckRef, Session, SessionBehavior,
 };
@@ -121,7 +123,7 @@ fn ttl(text: Option<&str>) -> Result<Option<Duration>, ApiError> {
 }
 
 /// `PUT /v1/session/create` → `{"ID": ...}`.
-pub async fn create(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+pub async fn create(ctx: Ctx, acl: RequestAcl, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
     let bytes = read_limited(&headers, body, ctx.limits.http_max_body_bytes).await?;
     // An empty body creates a session with every default, as Consul allows.
     let req: CreateBody =
@@ -135,6 +137,7 @@ pub async fn create(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Json<Val
     let lock_delay = lock_delay(req.lock_delay.as_ref())?;
     let default_node = headers.get(AGENT_NODE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or(&ctx.identity.node_name);
     let node = req.node.filter(|n| !n.is_empty()).unwrap_or_else(|| default_node.to_string());
+    acl.require(Resource::Session, &node, Access::Write)?;
     let explicit = req.checks.is_some() || req.node_checks.is_some() || req.service_checks.is_some();
     let mut node_checks: Vec<String> = req.checks.into_iter().chain(req.node_checks).flatten().collect();
     if !explicit {
@@ -163,7 +166,19 @@ pub async fn create(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Json<Val
 }
 
 /// `PUT /v1/session/destroy/{id}` → `true` (also for a session that no longer exists).
-pub async fn destroy(ctx: Ctx, Path(id): Path<String>) -> Result<Json<bool>, ApiError> {
+/// Ending or renewing a session needs write on sessions of its node.
+fn require_session_write(ctx: &Ctx, acl: &RequestAcl, id: &str) -> Result<(), ApiError> {
+    if !acl.authorizer().enabled() {
+        return Ok(());
+    }
+    match ctx.store.read()?.session(id)? {
+        Some(session) => acl.require(Resource::Session, &session.node, Access::Write),
+        None => Ok(()),
+    }
+}
+
+pub async fn destroy(ctx: Ctx, acl: RequestAcl, Path(id): Path<String>) -> Result<Json<bool>, ApiError> {
+    require_session_write(&ctx, &acl, &id)?;
     match ctx.cluster.write(Command::SessionDestroy { id }).await? {
         CommandResult::Done => Ok(Json(true)),
         CommandResult::Rejected(why) => Err(ApiError::BadRequest(why)),
@@ -172,7 +187,8 @@ pub async fn destroy(ctx: Ctx, Path(id): Path<String>) -> Result<Json<bool>, Api
 }
 
 /// `PUT /v1/session/renew/{id}` → `[session]`, 404 when it is gone.
-pub async fn renew(ctx: Ctx, Path(id): Path<String>) -> Result<Json<Vec<SessionView>>, ApiError> {
+pub async fn renew(ctx: Ctx, acl: RequestAcl, Path(id): Path<String>) -> Result<Json<Vec<SessionView>>, ApiError> {
+    require_session_write(&ctx, &acl, &id)?;
     match ctx.cluster.renew_session(&id).await? {
         Some(session) => Ok(Json(vec![session.into()])),
         None => Err(ApiError::NotFound(format!("Session id '{id}' not found"))),
@@ -182,7 +198,9 @@ pub async fn renew(ctx: Ctx, Path(id): Path<String>) -> Result<Json<Vec<SessionV
 /// `GET /v1/session/info/{id}` → `[session]`, or `[]`.
 pub async fn info(ctx: Ctx, Path(id): Path<String>, q: Query) -> Result<axum::response::Response, ApiError> {
     ctx.blocking_json(&q, Topic::Table(Table::Sessions), |view| {
-        let sessions: Vec<SessionView> = view.session(&id)?.into_iter().map(SessionView::from).collect();
+        let mut sessions: Vec<_> = view.session(&id)?.into_iter().collect();
+        q.acl.retain(&mut sessions, |a, s| a.allows(Resource::Session, &s.node, Access::Read));
+        let sessions: Vec<SessionView> = sessions.into_iter().map(SessionView::from).collect();
         Ok((view.table_index(Table::Sessions)?, sessions))
     })
     .await
@@ -191,7 +209,9 @@ pub async fn info(ctx: Ctx, Path(id): Path<String>, q: Query) -> Result<axum::re
 /// `GET /v1/session/node/{node}`.
 pub async fn node(ctx: Ctx, Path(node): Path<String>, q: Query) -> Result<axum::response::Response, ApiError> {
     ctx.blocking_json(&q, Topic::Table(Table::Sessions), |view| {
-        let sessions: Vec<SessionView> = view.node_sessions(&node)?.into_iter().map(SessionView::from).collect();
+        let mut sessions: Vec<_> = view.node_sessions(&node)?.into_iter().collect();
+        q.acl.retain(&mut sessions, |a, s| a.allows(Resource::Session, &s.node, Access::Read));
+        let sessions: Vec<SessionView> = sessions.into_iter().map(SessionView::from).collect();
         Ok((view.table_index(Table::Sessions)?, sessions))
     })
     .await
@@ -200,7 +220,9 @@ pub async fn node(ctx: Ctx, Path(node): Path<String>, q: Query) -> Result<axum::
 /// `GET /v1/session/list`.
 pub async fn list(ctx: Ctx, q: Query) -> Result<axum::response::Response, ApiError> {
     ctx.blocking_json(&q, Topic::Table(Table::Sessions), |view| {
-        let sessions: Vec<SessionView> = view.sessions()?.into_iter().map(SessionView::from).collect();
+        let mut sessions: Vec<_> = view.sessions()?.into_iter().collect();
+        q.acl.retain(&mut sessions, |a, s| a.allows(Resource::Session, &s.node, Access::Read));
+        let sessions: Vec<SessionView> = sessions.into_iter().map(SessionView::from).collect();
         Ok((view.table_index(Table::Sessions)?, sessions))
     })
     .await

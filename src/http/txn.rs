@@ -8,10 +8,12 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+use super::acl_gate::RequestAcl;
 use super::body::{parse_consul_json, read_limited};
 use super::error::ApiError;
 use super::kv::KvView;
 use super::Ctx;
+use crate::acl::{Access, Resource};
 use crate::model::{Command, CommandResult, TxnKvOp, TxnKvVerb};
 
 #[derive(Deserialize)]
@@ -121,7 +123,27 @@ fn conflict(errors: Vec<ErrorView>) -> Response {
     (StatusCode::CONFLICT, Json(TxnResponse { results: None, errors: Some(errors) })).into_response()
 }
 
-pub async fn txn(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+/// The operations the token may not run (Consul answers them as errors of the transaction).
+fn denied_ops(acl: &RequestAcl, ops: &[TxnKvOp]) -> Vec<ErrorView> {
+    let a = acl.authorizer();
+    ops.iter()
+        .enumerate()
+        .filter(|(_, op)| {
+            let allowed = match op.verb {
+                TxnKvVerb::Get | TxnKvVerb::CheckIndex | TxnKvVerb::CheckNotExists | TxnKvVerb::CheckSession => {
+                    a.allows(Resource::Key, &op.key, Access::Read)
+                }
+                TxnKvVerb::GetTree => a.allows_prefix(Resource::Key, &op.key, Access::Read),
+                TxnKvVerb::DeleteTree => a.allows_prefix(Resource::Key, &op.key, Access::Write),
+                _ => a.allows(Resource::Key, &op.key, Access::Write),
+            };
+            !allowed
+        })
+        .map(|(i, _)| ErrorView { op_index: i, what: "Permission denied".into() })
+        .collect()
+}
+
+pub async fn txn(ctx: Ctx, acl: RequestAcl, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let bytes = read_limited(&headers, body, ctx.limits.http_max_body_bytes).await?;
     let body: Vec<TxnOpBody> =
         parse_consul_json(&bytes).map_err(|e| ApiError::BadRequest(format!("Failed to parse body: {e}")))?;
@@ -133,6 +155,10 @@ pub async fn txn(ctx: Ctx, headers: HeaderMap, body: Body) -> Result<Response, A
         Ok(ops) => ops,
         Err(errors) => return Ok(conflict(errors)),
     };
+    let denied = denied_ops(&acl, &ops);
+    if !denied.is_empty() {
+        return Ok(conflict(denied));
+    }
     match ctx.cluster.write(Command::Txn { ops }).await? {
         CommandResult::TxnCommitted(results) => {
             let results = results.into_iter().map(|r| KvResult { kv: r.entry.into() }).collect();

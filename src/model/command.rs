@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::acl::{AclPolicy, AclRole, AclToken};
 use super::{CheckStatus, KvEntry, ServiceAddress, Session, Weights};
 
 /// The payload of one Raft log entry.
@@ -43,9 +44,15 @@ pub enum Command {
         cas: Option<u64>,
     },
     /// `DELETE /v1/kv/{key}`; `recurse` deletes the whole prefix.
-    KvDelete { key: String, recurse: bool, cas: Option<u64> },
+    KvDelete {
+        key: String,
+        recurse: bool,
+        cas: Option<u64>,
+    },
     /// `PUT /v1/txn`: all operations succeed together or none is applied.
-    Txn { ops: Vec<TxnKvOp> },
+    Txn {
+        ops: Vec<TxnKvOp>,
+    },
     /// `PUT /v1/snapshot`: replace the whole state with a backup archive staged beside the
     /// store. The entry names the file and its checksum instead of carrying the archive, so a
     /// 100 MB restore is a small log entry.
@@ -58,7 +65,9 @@ pub enum Command {
     SessionCreate(Box<Session>),
     /// `PUT /v1/session/destroy/{id}`, or the leader's TTL timer running out: invalidates
     /// the session (its keys are released or deleted per its behavior).
-    SessionDestroy { id: String },
+    SessionDestroy {
+        id: String,
+    },
     /// `PUT /v1/kv/{key}?acquire=` / `?release=`: sets the value and takes or gives up the
     /// lock held by `session`.
     KvLock {
@@ -72,7 +81,32 @@ pub enum Command {
     /// `POST /v1/query` (a new ID) or `PUT /v1/query/{id}`: stores a prepared query.
     PreparedQuerySet(Box<super::PreparedQuery>),
     /// `DELETE /v1/query/{id}`.
-    PreparedQueryDelete { id: String },
+    PreparedQueryDelete {
+        id: String,
+    },
+    /// `PUT /v1/acl/bootstrap` (refused once done), or the leader creating
+    /// `acl.tokens.initial_management` (`initial`: stored even after a bootstrap). Creates the
+    /// built-in management policy and links the token to it.
+    AclBootstrap {
+        token: Box<AclToken>,
+        initial: bool,
+    },
+    /// `PUT /v1/acl/token[/{accessor}]`: creates or replaces a token; policy and role links
+    /// are resolved by ID or name when applied (an unknown one rejects the command).
+    AclTokenSet(Box<AclToken>),
+    AclTokenDelete {
+        accessor_id: String,
+    },
+    /// `PUT /v1/acl/policy[/{id}]`: creates or replaces a policy; its name must be unique
+    /// and its rules parse.
+    AclPolicySet(Box<AclPolicy>),
+    AclPolicyDelete {
+        id: String,
+    },
+    AclRoleSet(Box<AclRole>),
+    AclRoleDelete {
+        id: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +148,9 @@ impl Command {
                 | Command::Deregister(_)
                 | Command::SessionDestroy { .. }
                 | Command::PreparedQueryDelete { .. }
+                | Command::AclTokenDelete { .. }
+                | Command::AclPolicyDelete { .. }
+                | Command::AclRoleDelete { .. }
         )
     }
 
@@ -133,7 +170,17 @@ impl Command {
             // Registrations carry free-form maps and texts: measure them.
             Command::Register(r) => BASE + serde_json::to_vec(r).map_or(BASE * 4, |bytes| bytes.len()),
             Command::KvDelete { key, .. } => BASE + key.len(),
-            Command::Deregister(_) | Command::SessionDestroy { .. } | Command::PreparedQueryDelete { .. } => BASE,
+            Command::Deregister(_)
+            | Command::SessionDestroy { .. }
+            | Command::PreparedQueryDelete { .. }
+            | Command::AclTokenDelete { .. }
+            | Command::AclPolicyDelete { .. }
+            | Command::AclRoleDelete { .. } => BASE,
+            Command::AclBootstrap { token, .. } | Command::AclTokenSet(token) => {
+                BASE + serde_json::to_vec(token).map_or(BASE * 4, |bytes| bytes.len())
+            }
+            Command::AclPolicySet(p) => BASE + serde_json::to_vec(p).map_or(BASE * 4, |bytes| bytes.len()),
+            Command::AclRoleSet(r) => BASE + serde_json::to_vec(r).map_or(BASE * 4, |bytes| bytes.len()),
             Command::PreparedQuerySet(q) => BASE + serde_json::to_vec(q).map_or(BASE * 4, |bytes| bytes.len()),
             Command::SessionCreate(s) => BASE + serde_json::to_vec(s).map_or(BASE * 4, |bytes| bytes.len()),
             // What it writes into the store, not the size of the entry.

@@ -6,6 +6,7 @@
 //! variants are never renamed, and `command::tests` pins their exact bytes.
 //! Why: a log written by one version must be replayed by every later one.
 
+pub mod acl;
 pub mod agent;
 mod catalog;
 mod command;

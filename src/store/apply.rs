@@ -4,6 +4,8 @@
 //! transaction that rolls back) leaves no trace, while the batch as a whole commits once,
 //! together with `last_applied`.
 
+mod acl;
+
 use heed::RwTxn;
 
 use super::codec::{self, index_key, session_ref};
@@ -166,6 +168,9 @@ impl Store {
         // Its pages are still written, so a stalled disk stalls it too.
         self.wait_while_disk_stalls();
         wtxn.commit()?;
+        if touched.everything || touched.tables.contains(&Table::Acl) {
+            self.acl_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
         if touched.everything {
             // A restore's staged archive is deleted once this returns; the Raft entry could
             // not be applied again without it.
@@ -235,6 +240,13 @@ impl ApplyTx<'_, '_> {
                 self.touch_table(Table::PreparedQueries)?;
                 Ok(Outcome::Commit(CommandResult::Bool(true)))
             }
+            Command::AclBootstrap { token, initial } => self.acl_bootstrap(token, *initial),
+            Command::AclTokenSet(token) => self.acl_token_set(token),
+            Command::AclTokenDelete { accessor_id } => self.acl_token_delete(accessor_id),
+            Command::AclPolicySet(policy) => self.acl_policy_set(policy),
+            Command::AclPolicyDelete { id } => self.acl_policy_delete(id),
+            Command::AclRoleSet(role) => self.acl_role_set(role),
+            Command::AclRoleDelete { id } => self.acl_role_delete(id),
         }
     }
 

@@ -10,6 +10,7 @@
 //! opaque bytes. Why: openraft is pinned to 0.9 and will be ported; the disk layout should not
 //! move with it.
 
+mod acl;
 mod apply;
 pub(crate) mod archive;
 mod codec;
@@ -36,7 +37,7 @@ pub use watch::{Subscription, Table, Topic, Watches};
 pub type RawDb = Database<'static, Bytes, Bytes>;
 
 /// Names of the LMDB databases, in creation order. Part of the disk format.
-const DB_NAMES: [&str; 14] = [
+const DB_NAMES: [&str; 15] = [
     "raft_log",
     "raft_meta",
     "sm_meta",
@@ -51,6 +52,7 @@ const DB_NAMES: [&str; 14] = [
     "sm_session_refs",
     "sm_kv_lock_delays",
     "sm_prepared_queries",
+    "sm_acl",
 ];
 
 /// The state-machine tables, which snapshots copy and restore wholesale.
@@ -78,6 +80,8 @@ pub(crate) struct SmTables {
     pub lock_delays: RawDb,
     /// Prepared query ID → [`crate::model::PreparedQuery`] (JSON).
     pub prepared_queries: RawDb,
+    /// ACL tokens, policies and roles, and the secret index (`acl_key`).
+    pub acl: RawDb,
 }
 
 impl SmTables {
@@ -96,6 +100,7 @@ impl SmTables {
             (9, self.session_refs),
             (10, self.lock_delays),
             (11, self.prepared_queries),
+            (12, self.acl),
         ]
     }
 }
@@ -178,6 +183,9 @@ pub struct Store {
     out_of_space: Arc<std::sync::Mutex<Option<String>>>,
     /// Raft log and state-machine writes in progress ([`Store::raft_write`]).
     raft_writes: Arc<std::sync::Mutex<WritesInFlight>>,
+    /// Bumped after every applied batch that changed an ACL table (or replaced the state),
+    /// before its blocking queries are woken: what cached authorizers are checked against.
+    acl_generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Default)]
@@ -273,18 +281,18 @@ impl Store {
         }
         .map_err(open_err)?;
         let wtxn = env.write_txn().map_err(open_err)?;
-        let dbs: [RawDb; 14] = env
+        let dbs: [RawDb; 15] = env
             .create_databases_and_commit(wtxn, |opener, wtxn| {
                 let mut dbs = Vec::with_capacity(DB_NAMES.len());
                 for name in DB_NAMES {
                     dbs.push(opener.create_database::<Bytes, Bytes>(wtxn, Some(name))?);
                 }
-                let dbs: [_; 14] = dbs.try_into().unwrap_or_else(|_| unreachable!());
+                let dbs: [_; 15] = dbs.try_into().unwrap_or_else(|_| unreachable!());
                 Ok::<_, heed::Error>(CommitOrAbort::<_, ()>::Commit(dbs))
             })
             .map_err(open_err)?
             .unwrap_commit();
-        let [raft_log, raft_meta, meta, nodes, services, service_names, checks, kv, kv_tombstones, indexes, sessions, session_refs, lock_delays, prepared_queries] =
+        let [raft_log, raft_meta, meta, nodes, services, service_names, checks, kv, kv_tombstones, indexes, sessions, session_refs, lock_delays, prepared_queries, acl] =
             dbs;
         let store = Store {
             env,
@@ -303,6 +311,7 @@ impl Store {
                 session_refs,
                 lock_delays,
                 prepared_queries,
+                acl,
             },
             watches: Arc::new(Watches::default()),
             directory: Arc::default(),
@@ -313,6 +322,7 @@ impl Store {
             copy_on_sync: std::env::var_os(COPY_ON_SYNC_ENV).map(|p| Arc::new(p.into())),
             out_of_space: Arc::default(),
             raft_writes: Arc::default(),
+            acl_generation: Arc::default(),
         };
         // Not `sync`: the stall failpoint is for commits, and a store must open under it.
         store.env.force_sync().map_err(open_err)?;
@@ -493,6 +503,11 @@ impl Store {
     /// Syncs made by [`Store::sync`] so far.
     pub fn sync_count(&self) -> u64 {
         self.syncs.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Changes whenever the ACL tables do ([`crate::acl::AclResolver`] caches by it).
+    pub fn acl_generation(&self) -> u64 {
+        self.acl_generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn watches(&self) -> &Arc<Watches> {

@@ -9,6 +9,7 @@ use super::codec::{self, index_key};
 use super::rows;
 use super::watch::Table;
 use super::{SmTables, StoreError};
+use crate::model::acl::{AclPolicy, AclRole, AclToken};
 use crate::model::{CheckStatus, HealthCheck, KvEntry, Node, Service, Session};
 
 /// A service instance with its node and every check that bears on its health.
@@ -100,6 +101,40 @@ impl<'e> ReadView<'e> {
 
     pub fn node(&self, name: &str) -> Result<Option<Node>, StoreError> {
         rows::node(&self.t, &self.txn, name)
+    }
+
+    pub fn acl_token(&self, accessor: &str) -> Result<Option<AclToken>, StoreError> {
+        super::acl::token(&self.t, &self.txn, accessor)
+    }
+
+    /// The token whose secret is `secret` (found by its hash, compared in constant time).
+    pub fn acl_token_by_secret(&self, secret: &str) -> Result<Option<AclToken>, StoreError> {
+        super::acl::token_by_secret(&self.t, &self.txn, secret)
+    }
+
+    pub fn acl_tokens(&self) -> Result<Vec<AclToken>, StoreError> {
+        super::acl::all(&self.t, &self.txn, super::acl::TOKEN_PREFIX)
+    }
+
+    pub fn acl_policy(&self, id: &str) -> Result<Option<AclPolicy>, StoreError> {
+        super::acl::policy(&self.t, &self.txn, id)
+    }
+
+    pub fn acl_policies(&self) -> Result<Vec<AclPolicy>, StoreError> {
+        super::acl::all(&self.t, &self.txn, super::acl::POLICY_PREFIX)
+    }
+
+    pub fn acl_role(&self, id: &str) -> Result<Option<AclRole>, StoreError> {
+        super::acl::role(&self.t, &self.txn, id)
+    }
+
+    pub fn acl_roles(&self) -> Result<Vec<AclRole>, StoreError> {
+        super::acl::all(&self.t, &self.txn, super::acl::ROLE_PREFIX)
+    }
+
+    /// The index of the ACL bootstrap, once done.
+    pub fn acl_bootstrapped(&self) -> Result<Option<u64>, StoreError> {
+        super::acl::bootstrapped(&self.t, &self.txn)
     }
 
     pub fn nodes(&self) -> Result<Vec<Node>, StoreError> {

@@ -52,7 +52,7 @@ fn pair_row<T: serde::de::DeserializeOwned>(
 }
 
 /// The JSON row of `db` at `key`, decoded; `None` also for a key no row can have.
-fn json_row<T: serde::de::DeserializeOwned>(
+pub(super) fn json_row<T: serde::de::DeserializeOwned>(
     db: RawDb,
     table: &'static str,
     txn: &Txn<'_>,

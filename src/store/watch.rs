@@ -28,6 +28,8 @@ pub enum Table {
     Kv,
     Sessions,
     PreparedQueries,
+    /// ACL tokens, policies and roles.
+    Acl,
 }
 
 impl Table {
@@ -39,6 +41,7 @@ impl Table {
             Table::Kv => "kvs",
             Table::Sessions => "sessions",
             Table::PreparedQueries => "prepared-queries",
+            Table::Acl => "acl",
         }
     }
 }

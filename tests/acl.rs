@@ -1,0 +1,203 @@
+//! ACLs through the HTTP API: default-deny refuses anonymous reads and writes and filters
+//! lists, a `key_prefix` policy allows exactly its prefix, tokens by every carrier, bootstrap
+//! once, a revoked token refused at once (a blocking query already waiting included), and
+//! 401 while ACLs are off.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::{http_request_with_headers, Agent, Response};
+
+const ROOT: &str = "8c5d9bc1-3f7e-4a44-9d43-1b3b7c2a9e01";
+
+fn acl_agent(extra_acl: Value) -> (Agent, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut acl = json!({"enabled": true, "default_policy": "deny", "tokens": {"initial_management": ROOT}});
+    if let (Some(acl), Some(extra)) = (acl.as_object_mut(), extra_acl.as_object()) {
+        for (k, v) in extra {
+            acl.insert(k.clone(), v.clone());
+        }
+    }
+    let config = dir.path().join("acl.json");
+    std::fs::write(&config, json!({ "acl": acl }).to_string()).expect("write config");
+    let agent = Agent::start(&["-config-file", config.to_str().expect("utf-8 path")]);
+    // The leader creates the initial management token shortly after it leads.
+    support::wait_for("the initial management token", Duration::from_secs(15), || {
+        (call(&agent, "GET", "/v1/acl/token/self", ROOT, b"").status == 200).then_some(())
+    });
+    (agent, dir)
+}
+
+fn call(agent: &Agent, method: &str, path: &str, token: &str, body: &[u8]) -> Response {
+    let headers: Vec<(&str, &str)> = if token.is_empty() { vec![] } else { vec![("X-Consul-Token", token)] };
+    http_request_with_headers(agent.http, method, path, &headers, body)
+}
+
+fn ok_json(r: Response) -> Value {
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+/// A token whose only policy has `rules`; returns its secret and accessor.
+fn token_with_rules(agent: &Agent, name: &str, rules: &str) -> (String, String) {
+    let policy = ok_json(call(
+        agent,
+        "PUT",
+        "/v1/acl/policy",
+        ROOT,
+        json!({"Name": name, "Rules": rules}).to_string().as_bytes(),
+    ));
+    let token = ok_json(call(
+        agent,
+        "PUT",
+        "/v1/acl/token",
+        ROOT,
+        json!({"Description": name, "Policies": [{"ID": policy["ID"]}]}).to_string().as_bytes(),
+    ));
+    assert_eq!(token["Policies"][0]["Name"], name, "{token}");
+    (
+        token["SecretID"].as_str().expect("secret").to_string(),
+        token["AccessorID"].as_str().expect("accessor").to_string(),
+    )
+}
+
+#[test]
+fn default_deny_refuses_the_anonymous_and_a_prefix_policy_allows_its_prefix_only() {
+    let (agent, _dir) = acl_agent(json!({}));
+    // Anonymous: refused, and lists come back empty and flagged.
+    let r = call(&agent, "PUT", "/v1/kv/app/x", "", b"v");
+    assert_eq!((r.status, r.text().as_str()), (403, "Permission denied"));
+    assert_eq!(call(&agent, "GET", "/v1/kv/app/x", "", b"").status, 403);
+    let services = call(&agent, "GET", "/v1/catalog/services", "", b"");
+    assert_eq!(services.status, 200);
+    assert_eq!(services.json(), json!({}));
+    assert_eq!(services.header("X-Consul-Results-Filtered-By-ACLs"), Some("true"));
+    let nodes = call(&agent, "GET", "/v1/catalog/nodes", "", b"");
+    assert_eq!(nodes.json(), json!([]));
+    assert_eq!(call(&agent, "GET", "/v1/agent/self", "", b"").status, 403);
+    assert_eq!(call(&agent, "GET", "/v1/operator/raft/configuration", "", b"").status, 403);
+    assert_eq!(call(&agent, "GET", "/v1/snapshot", "", b"").status, 403);
+    let r = call(&agent, "GET", "/v1/kv/app/x", "no-such-token", b"");
+    assert_eq!((r.status, r.text().as_str()), (403, "ACL not found"));
+    // The management token sees everything and no filter flag.
+    let services = call(&agent, "GET", "/v1/catalog/services", ROOT, b"");
+    assert!(services.json().get("consul").is_some(), "{}", services.text());
+    assert_eq!(services.header("X-Consul-Results-Filtered-By-ACLs"), None);
+
+    // HCL rules: write under app/, nothing else.
+    let (secret, _) = token_with_rules(&agent, "app-writer", r#"key_prefix "app/" { policy = "write" }"#);
+    assert_eq!(call(&agent, "PUT", "/v1/kv/app/x", &secret, b"v").text(), "true");
+    let r = call(&agent, "PUT", "/v1/kv/other/x", &secret, b"v");
+    assert_eq!((r.status, r.text().as_str()), (403, "Permission denied"));
+    assert_eq!(call(&agent, "PUT", "/v1/kv/other/x", ROOT, b"w").text(), "true");
+    assert_eq!(call(&agent, "GET", "/v1/kv/other/x", &secret, b"").status, 403);
+    // A recursive read shows only the prefix, flagged; the management token sees both.
+    let all = call(&agent, "GET", "/v1/kv/?recurse", &secret, b"");
+    let listed = all.json();
+    let keys: Vec<&str> = listed.as_array().expect("list").iter().map(|e| e["Key"].as_str().expect("key")).collect();
+    assert_eq!(keys, ["app/x"]);
+    assert_eq!(all.header("X-Consul-Results-Filtered-By-ACLs"), Some("true"));
+    assert_eq!(ok_json(call(&agent, "GET", "/v1/kv/?keys", ROOT, b"")), json!(["app/x", "other/x"]));
+    // Deleting the whole tree needs write on all of it.
+    assert_eq!(call(&agent, "DELETE", "/v1/kv/?recurse", &secret, b"").status, 403);
+    // Transactions: a denied operation fails the whole transaction, naming it.
+    let txn =
+        json!([{"KV": {"Verb": "set", "Key": "app/y", "Value": "dg=="}}, {"KV": {"Verb": "get", "Key": "other/x"}}]);
+    let r = call(&agent, "PUT", "/v1/txn", &secret, txn.to_string().as_bytes());
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["Errors"], json!([{"OpIndex": 1, "What": "Permission denied"}]));
+    assert_eq!(call(&agent, "GET", "/v1/kv/app/y", ROOT, b"").status, 404, "nothing of a refused transaction applied");
+
+    // Every carrier of a token: header, bearer, query parameter.
+    let bearer = format!("Bearer {secret}");
+    let r = http_request_with_headers(agent.http, "GET", "/v1/kv/app/x", &[("Authorization", &bearer)], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(call(&agent, "GET", &format!("/v1/kv/app/x?token={secret}"), "", b"").status, 200);
+
+    // JSON rules, and services: read on one service filters the catalog to it.
+    let (reader, _) = token_with_rules(
+        &agent,
+        "web-reader",
+        r#"{"service": {"web": {"policy": "read"}}, "node_prefix": {"": {"policy": "read"}}}"#,
+    );
+    for (id, name) in [("web1", "web"), ("db1", "db")] {
+        let body = json!({"Node": "n1", "Address": "10.0.0.1", "Service": {"ID": id, "Service": name, "Port": 80}});
+        assert_eq!(call(&agent, "PUT", "/v1/catalog/register", ROOT, body.to_string().as_bytes()).status, 200);
+    }
+    let services = ok_json(call(&agent, "GET", "/v1/catalog/services", &reader, b""));
+    assert_eq!(services.as_object().expect("map").keys().collect::<Vec<_>>(), ["web"]);
+    assert_eq!(ok_json(call(&agent, "GET", "/v1/health/service/db", &reader, b"")), json!([]));
+    assert_eq!(ok_json(call(&agent, "GET", "/v1/health/service/web", &reader, b"")).as_array().map(Vec::len), Some(1));
+    // Registering needs write: a reader cannot.
+    let body = json!({"Node": "n1", "Address": "10.0.0.1", "Service": {"Service": "web", "Port": 81}});
+    assert_eq!(call(&agent, "PUT", "/v1/catalog/register", &reader, body.to_string().as_bytes()).status, 403);
+    assert_eq!(call(&agent, "PUT", "/v1/agent/service/register", &reader, br#"{"Name": "web"}"#).status, 403);
+}
+
+#[test]
+fn bootstrap_works_once_and_acl_endpoints_need_acl_rights() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("acl.json");
+    std::fs::write(&config, r#"{"acl": {"enabled": true, "default_policy": "deny"}}"#).expect("write");
+    let agent = Agent::start(&["-config-file", config.to_str().expect("utf-8")]);
+    let first = ok_json(call(&agent, "PUT", "/v1/acl/bootstrap", "", b""));
+    let root = first["SecretID"].as_str().expect("secret").to_string();
+    assert_eq!(first["Policies"][0]["Name"], "global-management");
+    let again = call(&agent, "PUT", "/v1/acl/bootstrap", "", b"");
+    assert_eq!((again.status, again.text().as_str()), (403, "ACL bootstrap no longer allowed"));
+    // Listing tokens: the management token sees both (bootstrap and anonymous); others are
+    // refused.
+    let tokens = ok_json(call(&agent, "GET", "/v1/acl/tokens", &root, b""));
+    assert_eq!(tokens.as_array().map(Vec::len), Some(2), "{tokens}");
+    assert_eq!(call(&agent, "GET", "/v1/acl/tokens", "", b"").status, 403);
+    // A bad policy is refused with the reason, and nothing is stored.
+    let r = call(
+        &agent,
+        "PUT",
+        "/v1/acl/policy",
+        &root,
+        br#"{"Name": "bad", "Rules": "key_prefix \"a\" { policy = \"rwx\" }"}"#,
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("invalid policy \"rwx\""), "{}", r.text());
+    assert_eq!(ok_json(call(&agent, "GET", "/v1/acl/policies", &root, b"")).as_array().map(Vec::len), Some(1));
+    // The built-in policy cannot be deleted.
+    let r = call(&agent, "DELETE", "/v1/acl/policy/00000000-0000-0000-0000-000000000001", &root, b"");
+    assert_eq!(r.status, 403, "{}", r.text());
+
+    // With ACLs off the endpoints say so.
+    let off = Agent::start(&[]);
+    let r = off.put("/v1/acl/bootstrap", b"");
+    assert_eq!((r.status, r.text().as_str()), (401, "ACL support disabled"));
+}
+
+#[test]
+fn a_revoked_token_is_refused_at_once_even_by_a_waiting_blocking_query() {
+    let (agent, _dir) = acl_agent(json!({}));
+    let (secret, accessor) = token_with_rules(&agent, "app-reader", r#"key_prefix "app/" { policy = "read" }"#);
+    assert_eq!(call(&agent, "PUT", "/v1/kv/app/x", ROOT, b"v").text(), "true");
+    let first = call(&agent, "GET", "/v1/kv/app/x", &secret, b"");
+    assert_eq!(first.status, 200);
+    let index = first.index();
+    let http = agent.http;
+    let waiting_secret = secret.clone();
+    let waiter = std::thread::spawn(move || {
+        let path = format!("/v1/kv/app/x?index={index}&wait=60s");
+        let started = Instant::now();
+        let r = http_request_with_headers(http, "GET", &path, &[("X-Consul-Token", &waiting_secret)], b"");
+        (r, started.elapsed())
+    });
+    // Let the query start waiting, then revoke the token.
+    std::thread::sleep(Duration::from_millis(300));
+    let deleted = Instant::now();
+    assert_eq!(call(&agent, "DELETE", &format!("/v1/acl/token/{accessor}"), ROOT, b"").text(), "true");
+    let (r, waited) = waiter.join().expect("waiter");
+    assert_eq!((r.status, r.text().as_str()), (403, "ACL not found"));
+    assert!(waited < Duration::from_secs(10) && deleted.elapsed() < Duration::from_secs(5), "waited {waited:?}");
+    for path in ["/v1/kv/app/x", "/v1/catalog/services", "/v1/agent/services", "/v1/acl/token/self"] {
+        let r = call(&agent, "GET", path, &secret, b"");
+        assert_eq!((r.status, r.text().as_str()), (403, "ACL not found"), "{path}");
+    }
+}
