@@ -201,3 +201,44 @@ fn a_revoked_token_is_refused_at_once_even_by_a_waiting_blocking_query() {
         assert_eq!((r.status, r.text().as_str()), (403, "ACL not found"), "{path}");
     }
 }
+
+#[test]
+fn dns_answers_only_what_the_default_token_may_read() {
+    use hickory_proto::rr::RecordType;
+    let (agent, _dir) = acl_agent(json!({}));
+    let body = json!({"Node": "n1", "Address": "10.0.0.1", "Service": {"ID": "web1", "Service": "web", "Port": 80}});
+    assert_eq!(call(&agent, "PUT", "/v1/catalog/register", ROOT, body.to_string().as_bytes()).status, 200);
+    let rcode = |name: &str| support::dns::udp(agent.dns, name, RecordType::A, None).metadata.response_code;
+    // Default deny, no default token: the anonymous token reads nothing.
+    assert_eq!(rcode("web.service.consul"), hickory_proto::op::ResponseCode::NXDomain);
+    assert_eq!(rcode("n1.node.consul"), hickory_proto::op::ResponseCode::NXDomain);
+    // Granting the anonymous token read on services but not on node n1 still hides web's
+    // only instance; adding the node shows it. Each change applies from the next query.
+    let services_only = ok_json(call(
+        &agent,
+        "PUT",
+        "/v1/acl/policy",
+        ROOT,
+        json!({"Name": "dns-services", "Rules": "service_prefix \"\" { policy = \"read\" }"}).to_string().as_bytes(),
+    ));
+    let anonymous = "/v1/acl/token/00000000-0000-0000-0000-000000000002";
+    let grant = |ids: Vec<&Value>| {
+        let links: Vec<Value> = ids.into_iter().map(|id| json!({"ID": id})).collect();
+        ok_json(call(&agent, "PUT", anonymous, ROOT, json!({"Policies": links}).to_string().as_bytes()));
+    };
+    grant(vec![&services_only["ID"]]);
+    assert_eq!(rcode("web.service.consul"), hickory_proto::op::ResponseCode::NXDomain);
+    let nodes = ok_json(call(
+        &agent,
+        "PUT",
+        "/v1/acl/policy",
+        ROOT,
+        json!({"Name": "dns-nodes", "Rules": "node_prefix \"n\" { policy = \"read\" }"}).to_string().as_bytes(),
+    ));
+    grant(vec![&services_only["ID"], &nodes["ID"]]);
+    let answer = support::dns::udp(agent.dns, "web.service.consul", RecordType::A, None);
+    assert_eq!(support::dns::answers(&answer), ["A 10.0.0.1"]);
+    assert_eq!(rcode("n1.node.consul"), hickory_proto::op::ResponseCode::NoError);
+    // Anonymous HTTP reads follow the same grants.
+    assert_eq!(ok_json(call(&agent, "GET", "/v1/health/service/web", "", b"")).as_array().map(Vec::len), Some(1));
+}

@@ -278,8 +278,12 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
         acl: Arc::clone(&acl),
     }));
     let leave = Arc::clone(&ctx.leave);
-    let dns =
-        Arc::new(crate::dns::service_from_config(&config, store.clone(), Some(cluster.clone()))?.measured_by(metrics));
+    let mut dns = crate::dns::service_from_config(&config, store.clone(), Some(cluster.clone()))?.measured_by(metrics);
+    // A client agent's answers for cairn's names are a server's, made under its default token.
+    if config.server {
+        dns = dns.guarded_by(Arc::clone(&acl));
+    }
+    let dns = Arc::new(dns);
     dns.set_replica_fresh(replica_stale_because(&cluster));
     if config.server {
         let router = http::router(Arc::clone(&ctx));

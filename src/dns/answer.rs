@@ -3,6 +3,7 @@
 //! in), so every rule is unit-tested on structs.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
@@ -12,6 +13,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 
 use super::lookup::{encode_hex_ip, Lookup};
+use crate::acl::{Access, Resource};
 use crate::model::CheckStatus;
 use crate::store::{Directory, InstanceRecord, NodeRecord};
 
@@ -24,7 +26,15 @@ pub struct AnswerSettings {
     pub service_ttl: Vec<(String, u32)>,
     pub only_passing: bool,
     pub soa: SoaSettings,
+    /// With ACLs on: what the agent's default token may read (services, and the nodes their
+    /// instances run on); names it may not read are answered NXDOMAIN, as Consul. Empty
+    /// with ACLs off. Set by `DnsService` whenever the ACL tables change.
+    pub acl: DnsAcl,
 }
+
+/// The authorizer DNS answers under, shared between the settings and the service that
+/// keeps it current.
+pub type DnsAcl = Arc<arc_swap::ArcSwapOption<crate::acl::Authorizer>>;
 
 #[derive(Debug, Clone, Copy)]
 pub struct SoaSettings {
@@ -80,9 +90,13 @@ pub struct QueryResults {
 
 /// Builds the answer to `q` from `dir`. Answer order is shuffled with `rng`.
 pub fn build(settings: &AnswerSettings, dir: &Directory, q: &Question<'_>, rng: &mut impl Rng) -> Answer {
-    let b = Builder { settings, dir, q, datacenter: &settings.datacenter };
+    let acl = settings.acl.load();
+    let b = Builder { settings, dir, q, datacenter: &settings.datacenter, acl: acl.as_deref() };
     let soa = b.soa_record();
+    let readable = |resource, name: &str| b.acl.is_none_or(|a| a.allows(resource, name, Access::Read));
     match &q.lookup {
+        Lookup::Service { name, .. } if !readable(Resource::Service, name) => Answer::nxdomain(soa),
+        Lookup::Node { name } if !readable(Resource::Node, name) => Answer::nxdomain(soa),
         Lookup::Apex => b.apex(soa),
         Lookup::Unknown | Lookup::PreparedQuery { .. } | Lookup::OtherDatacenter { .. } => Answer::nxdomain(soa),
         _ if q.qtype == RecordType::SOA => {
@@ -97,7 +111,8 @@ pub fn build(settings: &AnswerSettings, dir: &Directory, q: &Question<'_>, rng: 
 /// Builds the answer to a prepared query `q` from its execution's `results` (NXDOMAIN
 /// when there are none, as Consul).
 pub fn build_query(settings: &AnswerSettings, dir: &Directory, q: &Question<'_>, results: &QueryResults) -> Answer {
-    let b = Builder { settings, dir, q, datacenter: &results.datacenter };
+    let acl = settings.acl.load();
+    let b = Builder { settings, dir, q, datacenter: &results.datacenter, acl: acl.as_deref() };
     let soa = b.soa_record();
     if q.qtype == RecordType::SOA {
         return Answer { answers: vec![soa], authorities: b.ns_records(), ..Default::default() };
@@ -115,6 +130,7 @@ struct Builder<'a> {
     q: &'a Question<'a>,
     /// The datacenter in the names answers point at (node and addr names).
     datacenter: &'a str,
+    acl: Option<&'a crate::acl::Authorizer>,
 }
 
 /// Turns a registered address into a name for an RFC 1035 label context, if it is valid.
@@ -222,6 +238,7 @@ impl Builder<'_> {
             .map(|i| &**i)
             .filter(|i| self.healthy(i))
             .filter(|i| tag.is_none_or(|t| i.tags.iter().any(|it| it.eq_ignore_ascii_case(t))))
+            .filter(|i| self.acl.is_none_or(|a| a.allows(Resource::Node, &i.node.name, Access::Read)))
             .collect();
         if instances.is_empty() {
             return Answer::nxdomain(soa);

@@ -18,6 +18,7 @@ fn settings() -> AnswerSettings {
         service_ttl: vec![("*".into(), 5), ("web*".into(), 10), ("web-api".into(), 30)],
         only_passing: false,
         soa: SoaSettings { refresh: 3600, retry: 600, expire: 86400, min_ttl: 2 },
+        acl: Default::default(),
     }
 }
 

@@ -94,6 +94,7 @@ pub fn settings_from_config(config: &Config) -> Result<DnsSettings, DnsError> {
                 expire: dns.soa.expire,
                 min_ttl: dns.soa.min_ttl,
             },
+            acl: Default::default(),
         },
         domains,
         udp_answer_limit: dns.udp_answer_limit as usize,

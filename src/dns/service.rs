@@ -109,6 +109,9 @@ pub struct DnsService {
     /// On a client: the last answer a server gave to each query (keyed by the query minus
     /// its id), with when, for when no server answers.
     server_answers: Mutex<ServerAnswers>,
+    /// With ACLs on: resolves the default token DNS answers under, and the store's ACL
+    /// generation the current authorizer was made at (`u64::MAX`: none yet).
+    acl: Option<(Arc<crate::acl::AclResolver>, AtomicU64)>,
 }
 
 impl DnsService {
@@ -127,6 +130,7 @@ impl DnsService {
             slow_counters: Default::default(),
             replica_fresh: std::sync::atomic::AtomicBool::new(true),
             server_answers: Mutex::default(),
+            acl: None,
         };
         service.reload_zones();
         service
@@ -140,6 +144,35 @@ impl DnsService {
     }
 
     /// This service counting its answers into `metrics`.
+    /// Answers only what the agent's default token may read, when `resolver` has ACLs on.
+    pub fn guarded_by(mut self, resolver: Arc<crate::acl::AclResolver>) -> DnsService {
+        if resolver.enabled() {
+            self.acl = Some((resolver, AtomicU64::new(u64::MAX)));
+        }
+        self
+    }
+
+    /// Brings the answers' authorizer up to date with the ACL tables (one atomic load when
+    /// nothing changed). An unknown default token reads nothing. A change drops every
+    /// cached answer.
+    fn refresh_acl(&self) {
+        let Some((resolver, seen)) = &self.acl else { return };
+        let generation = self.store.acl_generation();
+        if seen.load(Ordering::Acquire) == generation {
+            return;
+        }
+        let authorizer = match resolver.resolve(None) {
+            Ok(token) => token.authorizer.clone(),
+            Err(e) => {
+                tracing::warn!(error = %e, "DNS: the default ACL token cannot be resolved; answering nothing it guards");
+                crate::acl::Authorizer::from_rules(crate::acl::Rules::default(), false)
+            }
+        };
+        self.settings.load().responder.answers.acl.store(Some(Arc::new(authorizer)));
+        seen.store(generation, Ordering::Release);
+        self.settings_generation.fetch_add(1, Ordering::Release);
+    }
+
     pub fn measured_by(mut self, metrics: crate::metrics::Metrics) -> DnsService {
         self.tcp_counters = metrics.dns_counters(false);
         self.slow_counters = metrics.dns_counters(false);
@@ -207,6 +240,10 @@ impl DnsService {
     /// with the old ones.
     pub fn reconfigure(&self, settings: DnsSettings) {
         self.settings.store(Arc::new(settings));
+        if let Some((_, seen)) = &self.acl {
+            // The new settings carry no authorizer yet.
+            seen.store(u64::MAX, Ordering::Release);
+        }
         self.settings_generation.fetch_add(1, Ordering::Release);
     }
 
@@ -235,6 +272,7 @@ impl DnsService {
         if !self.replica_fresh.load(Ordering::Relaxed) {
             return Reply::NotOurs;
         }
+        self.refresh_acl();
         let directory = self.store.directory();
         self.settings.load().responder.reply_to_packet(packet, transport, &directory, &mut rand::rng())
     }
@@ -242,6 +280,7 @@ impl DnsService {
     /// What answers are currently built from: the directory index and the settings
     /// generation (the answer cache's validity).
     pub fn answers_version(&self) -> (u64, u64) {
+        self.refresh_acl();
         (self.store.directory().index, self.settings_generation.load(Ordering::Acquire))
     }
 

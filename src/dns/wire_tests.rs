@@ -19,6 +19,7 @@ fn responder(udp_answer_limit: usize, a_record_limit: usize) -> Responder {
             service_ttl: vec![],
             only_passing: false,
             soa: SoaSettings { refresh: 3600, retry: 600, expire: 86400, min_ttl: 0 },
+            acl: Default::default(),
         },
         domains: vec![Name::from_ascii("consul.").expect("name")],
         udp_answer_limit,
