@@ -54,6 +54,8 @@ impl Answer {
 pub struct ApiClient {
     base: String,
     http: reqwest::Client,
+    /// Sent as `X-Consul-Token` with every request.
+    token: Option<String>,
 }
 
 impl ApiClient {
@@ -106,7 +108,13 @@ impl ApiClient {
             builder = builder.danger_accept_invalid_certs(true);
         }
         let http = builder.build().map_err(|e| ApiError::Unreachable { addr: base.clone(), reason: e.to_string() })?;
-        Ok(ApiClient { base, http })
+        Ok(ApiClient { base, http, token: None })
+    }
+
+    /// This client presenting the ACL token `token` (none: the agent's default).
+    pub fn with_token(mut self, token: Option<String>) -> ApiClient {
+        self.token = token.filter(|t| !t.is_empty());
+        self
     }
 
     pub fn base(&self) -> &str {
@@ -127,6 +135,9 @@ impl ApiClient {
         timeout: Option<Duration>,
     ) -> Result<Answer, ApiError> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.header("X-Consul-Token", token);
+        }
         if let Some(body) = body {
             request = request.body(body);
         }

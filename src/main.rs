@@ -54,6 +54,9 @@ enum CliCommand {
     Snapshot(cairn::cli::snapshot::SnapshotCommand),
     /// Make the agent leave and shut down gracefully.
     Leave(cairn::cli::ClientFlags),
+    /// Manage ACL tokens and policies.
+    #[command(subcommand)]
+    Acl(cairn::cli::acl::AclCommand),
     /// Create a CA and certificates for the agents' TLS (no agent needed).
     #[command(subcommand)]
     Tls(cairn::cli::tls::TlsCommand),
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
         },
         CliCommand::Leave(flags) => client_exit(cairn::cli::leave(&flags)),
         CliCommand::Tls(command) => client_exit(cairn::cli::tls::run(command)),
+        CliCommand::Acl(command) => client_exit(cairn::cli::acl::run(command)),
     }
 }
 

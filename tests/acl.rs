@@ -242,3 +242,57 @@ fn dns_answers_only_what_the_default_token_may_read() {
     // Anonymous HTTP reads follow the same grants.
     assert_eq!(ok_json(call(&agent, "GET", "/v1/health/service/web", "", b"")).as_array().map(Vec::len), Some(1));
 }
+
+#[test]
+fn the_cli_bootstraps_creates_policies_and_tokens_and_presents_them() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("acl.json");
+    std::fs::write(&config, r#"{"acl": {"enabled": true, "default_policy": "deny"}}"#).expect("write");
+    let agent = Agent::start(&["-config-file", config.to_str().expect("utf-8")]);
+    let addr = agent.http.to_string();
+    let cairn = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = Command::new(support::cairn_bin());
+        command.args(args).args(["-http-addr", &addr]).env_remove("CONSUL_HTTP_TOKEN").env_remove("CAIRN_HTTP_TOKEN");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let out = command.output().expect("run cairn");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = cairn(&["acl", "bootstrap", "-format", "json"], &[]);
+    assert!(ok, "{text}");
+    let root: Value = serde_json::from_str(&text).expect("json");
+    let root = root["SecretID"].as_str().expect("secret").to_string();
+    let (ok, text) = cairn(&["acl", "bootstrap"], &[]);
+    assert!(!ok && text.contains("ACL bootstrap no longer allowed"), "{text}");
+    let rules = dir.path().join("rules.hcl");
+    std::fs::write(&rules, "key_prefix \"app/\" {\n  policy = \"write\"\n}\n").expect("write rules");
+    let at_rules = format!("@{}", rules.display());
+    let (ok, text) = cairn(&["acl", "policy", "create", "-name", "app", "-rules", &at_rules, "-token", &root], &[]);
+    assert!(ok && text.contains("Name:         app"), "{text}");
+    let (ok, text) = cairn(
+        &["acl", "token", "create", "-description", "app", "-policy-name", "app"],
+        &[("CONSUL_HTTP_TOKEN", &root)],
+    );
+    assert!(ok, "{text}");
+    let secret = text.lines().find_map(|l| l.strip_prefix("SecretID:")).expect("SecretID line").trim().to_string();
+    assert!(text.contains(" - app"), "{text}");
+    // The new token through every way the CLI takes one.
+    assert!(cairn(&["kv", "put", "app/x", "1"], &[("CONSUL_HTTP_TOKEN", &secret)]).0);
+    assert!(cairn(&["kv", "put", "-token", &secret, "app/y", "2"], &[]).0);
+    assert!(cairn(&["kv", "get", "app/x"], &[("CAIRN_HTTP_TOKEN", &secret)]).0);
+    let (ok, text) = cairn(&["kv", "put", "-token", &secret, "other/x", "3"], &[]);
+    assert!(!ok && text.contains("Permission denied"), "{text}");
+    let (ok, text) = cairn(&["kv", "put", "app/z", "4"], &[]);
+    assert!(!ok && text.contains("Permission denied"), "anonymous: {text}");
+    let (ok, text) = cairn(&["acl", "token", "list", "-token", &root], &[]);
+    assert!(ok && text.matches("AccessorID:").count() == 3, "{text}");
+    let (ok, text) = cairn(&["acl", "policy", "delete", "-name", "app", "-token", &root], &[]);
+    assert!(ok, "{text}");
+    let (ok, text) = cairn(&["kv", "put", "-token", &secret, "app/x", "5"], &[]);
+    assert!(!ok && text.contains("Permission denied"), "the policy is gone: {text}");
+}

@@ -1,6 +1,7 @@
 //! Client subcommands: thin HTTP clients of a running agent, like Consul's CLI. Each prints
 //! what Consul's prints and exits 1 with a one-line `cairn: ...` error on failure.
 
+pub mod acl;
 pub mod catalog;
 pub mod kv;
 pub mod lock;
@@ -38,6 +39,10 @@ pub struct ClientFlags {
     /// PEM key of the client certificate (CONSUL_CLIENT_KEY).
     #[arg(long = "client-key", value_name = "FILE")]
     pub client_key: Option<std::path::PathBuf>,
+    /// ACL token to present (CAIRN_HTTP_TOKEN, CONSUL_HTTP_TOKEN; default: the agent's
+    /// default token).
+    #[arg(long = "token", value_name = "SECRET")]
+    pub token: Option<String>,
 }
 
 /// The first set, non-empty value of the environment variables `names`.
@@ -59,6 +64,11 @@ impl ClientFlags {
         } else {
             base_url(&addr)
         }
+    }
+
+    /// The ACL token: `-token`, else `CAIRN_HTTP_TOKEN`, else `CONSUL_HTTP_TOKEN`.
+    pub fn token(&self) -> Option<String> {
+        self.token.clone().or_else(|| env_any(&["CAIRN_HTTP_TOKEN", "CONSUL_HTTP_TOKEN"]))
     }
 
     fn tls(&self) -> ClientTls {
@@ -105,7 +115,7 @@ impl Client {
     /// A client whose requests may take `timeout` (`None`: as long as they take, for
     /// transfers such as snapshots; connecting is still bounded).
     pub fn with_timeout(flags: &ClientFlags, timeout: Option<Duration>) -> Result<Client, CliError> {
-        let api = ApiClient::with_tls(flags.base(), REQUEST_TIMEOUT, timeout, &flags.tls())?;
+        let api = ApiClient::with_tls(flags.base(), REQUEST_TIMEOUT, timeout, &flags.tls())?.with_token(flags.token());
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| ApiError::Unreachable {
                 addr: api.base().to_string(),
