@@ -7,12 +7,10 @@
 //! Architecture Invariant: `acl` decides, it never answers: HTTP turns a refusal into 403
 //! and DNS into an empty answer. With ACLs off every check passes.
 
-mod rules;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-pub use rules::{Access, Resource, Rules, RulesError, Scope};
+pub use crate::model::acl_rules::{Access, Resource, Rules, RulesError, Scope};
 
 use crate::model::acl::{
     AclNodeIdentity, AclServiceIdentity, AclToken, ANONYMOUS_TOKEN_ACCESSOR, ANONYMOUS_TOKEN_SECRET,

@@ -101,7 +101,7 @@ pub fn run(command: AclCommand) -> Result<(), CliError> {
     match command {
         AclCommand::Bootstrap(out) => {
             let token = put_json(&Client::new(&out.client)?, "/v1/acl/bootstrap", None)?;
-            print_token(&out, &token);
+            show(&out, &token, print_token);
         }
         AclCommand::Token(TokenCommand::Create(a)) => {
             let links = |ids: &[String], names: &[String]| -> Vec<Value> {
@@ -117,7 +117,7 @@ pub fn run(command: AclCommand) -> Result<(), CliError> {
                 body["SecretID"] = json!(secret);
             }
             let token = put_json(&Client::new(&a.out.client)?, "/v1/acl/token", Some(&body))?;
-            print_token(&a.out, &token);
+            show(&a.out, &token, print_token);
         }
         AclCommand::Token(TokenCommand::List(out)) => {
             let tokens = Client::new(&out.client)?.get_json("/v1/acl/tokens")?;
@@ -125,7 +125,7 @@ pub fn run(command: AclCommand) -> Result<(), CliError> {
         }
         AclCommand::Token(TokenCommand::Read(a)) => {
             let token = Client::new(&a.out.client)?.get_json(&format!("/v1/acl/token/{}", encode_path(&a.id)))?;
-            print_token(&a.out, &token);
+            show(&a.out, &token, print_token);
         }
         AclCommand::Token(TokenCommand::Delete(a)) => {
             delete(&Client::new(&a.out.client)?, &format!("/v1/acl/token/{}", encode_path(&a.id)))?;
@@ -139,7 +139,7 @@ pub fn run(command: AclCommand) -> Result<(), CliError> {
             };
             let body = json!({"Name": a.name, "Description": a.description, "Rules": rules});
             let policy = put_json(&Client::new(&a.out.client)?, "/v1/acl/policy", Some(&body))?;
-            print_policy(&a.out, &policy);
+            show(&a.out, &policy, print_policy);
         }
         AclCommand::Policy(PolicyCommand::List(out)) => {
             let policies = Client::new(&out.client)?.get_json("/v1/acl/policies")?;
@@ -147,7 +147,7 @@ pub fn run(command: AclCommand) -> Result<(), CliError> {
         }
         AclCommand::Policy(PolicyCommand::Read(a)) => {
             let policy = Client::new(&a.out.client)?.get_json(&policy_path(&a))?;
-            print_policy(&a.out, &policy);
+            show(&a.out, &policy, print_policy);
         }
         AclCommand::Policy(PolicyCommand::Delete(a)) => {
             let client = Client::new(&a.out.client)?;
@@ -180,28 +180,32 @@ fn delete(client: &Client, path: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-fn print_each(out: &AclOutput, list: &Value, print: fn(&AclOutput, &Value)) {
+/// `value` as `-format` asks: JSON, or `pretty`'s text.
+fn show(out: &AclOutput, value: &Value, pretty: impl Fn(&Value)) {
     if out.format == "json" {
-        println!("{}", serde_json::to_string_pretty(list).unwrap_or_default());
-        return;
+        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    } else {
+        pretty(value);
     }
-    for (i, item) in list.as_array().into_iter().flatten().enumerate() {
-        if i > 0 {
-            println!();
+}
+
+/// A list as [`show`] shows one element, a blank line between elements.
+fn print_each(out: &AclOutput, list: &Value, pretty: fn(&Value)) {
+    show(out, list, |list| {
+        for (i, item) in list.as_array().into_iter().flatten().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            pretty(item);
         }
-        print(out, item);
-    }
+    });
 }
 
 fn text(value: &Value) -> &str {
     value.as_str().unwrap_or_default()
 }
 
-fn print_token(out: &AclOutput, token: &Value) {
-    if out.format == "json" {
-        println!("{}", serde_json::to_string_pretty(token).unwrap_or_default());
-        return;
-    }
+fn print_token(token: &Value) {
     println!("AccessorID:       {}", text(&token["AccessorID"]));
     println!("SecretID:         {}", text(&token["SecretID"]));
     println!("Description:      {}", text(&token["Description"]));
@@ -223,11 +227,7 @@ fn print_token(out: &AclOutput, token: &Value) {
     }
 }
 
-fn print_policy(out: &AclOutput, policy: &Value) {
-    if out.format == "json" {
-        println!("{}", serde_json::to_string_pretty(policy).unwrap_or_default());
-        return;
-    }
+fn print_policy(policy: &Value) {
     println!("ID:           {}", text(&policy["ID"]));
     println!("Name:         {}", text(&policy["Name"]));
     println!("Description:  {}", text(&policy["Description"]));

@@ -10,13 +10,13 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::acl_gate::{acl_error, RequestAcl};
-use super::body::{decode_json, read_limited};
+use super::body::{decode_json_or_default, read_limited};
 use super::query::Query;
 use super::{ApiError, Ctx};
 use crate::acl::{Access, Rules, Scope};
 use crate::model::acl::{valid_acl_name, AclLink, AclNodeIdentity, AclPolicy, AclRole, AclServiceIdentity, AclToken};
 use crate::model::{Command, CommandResult};
-use crate::store::Table;
+use crate::store::{ReadView, StoreError, Table};
 
 /// What `/v1/acl/*` answers while ACLs are off (Consul's status and text).
 fn require_enabled(ctx: &Ctx) -> Result<(), ApiError> {
@@ -112,16 +112,13 @@ struct TokenBody {
     local: bool,
 }
 
-async fn body_of<T: serde::de::DeserializeOwned + Default>(
+/// A request body, where an empty one means every field at its default.
+async fn read_body<T: serde::de::DeserializeOwned + Default>(
     ctx: &Ctx,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<T, ApiError> {
-    let bytes = read_limited(headers, body, ctx.limits.http_max_body_bytes).await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    decode_json(&bytes)
+    decode_json_or_default(&read_limited(headers, body, ctx.limits.http_max_body_bytes).await?)
 }
 
 fn check_links(links: &[AclLink], kind: &str) -> Result<(), ApiError> {
@@ -155,7 +152,7 @@ async fn store_token(ctx: &Ctx, acl: &RequestAcl, token: AclToken) -> Result<Res
 /// `PUT /v1/acl/token`: a new token (its IDs generated unless given).
 pub async fn token_create(ctx: Ctx, acl: RequestAcl, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     require(&ctx, &acl, Access::Write)?;
-    let b: TokenBody = body_of(&ctx, &headers, body).await?;
+    let b: TokenBody = read_body(&ctx, &headers, body).await?;
     for (field, value) in [("AccessorID", &b.accessor_id), ("SecretID", &b.secret_id)] {
         if !value.is_empty() && !valid_uuid(value) {
             return Err(ApiError::BadRequest(format!("Invalid Token: {field} is not a valid UUID")));
@@ -188,7 +185,7 @@ pub async fn token_update(
     body: Body,
 ) -> Result<Response, ApiError> {
     require(&ctx, &acl, Access::Write)?;
-    let b: TokenBody = body_of(&ctx, &headers, body).await?;
+    let b: TokenBody = read_body(&ctx, &headers, body).await?;
     if !b.accessor_id.is_empty() && b.accessor_id != accessor {
         return Err(ApiError::BadRequest("Token AccessorID in URL and payload do not match".into()));
     }
@@ -216,7 +213,7 @@ pub async fn token_clone(
     body: Body,
 ) -> Result<Response, ApiError> {
     require(&ctx, &acl, Access::Write)?;
-    let b: TokenBody = body_of(&ctx, &headers, body).await?;
+    let b: TokenBody = read_body(&ctx, &headers, body).await?;
     let old = ctx.store.read()?.acl_token(&accessor)?.ok_or_else(|| ApiError::NotFound("ACL not found".into()))?;
     let token = AclToken {
         accessor_id: new_id(),
@@ -267,9 +264,30 @@ pub async fn token_list(ctx: Ctx, acl: RequestAcl, q: Query) -> Result<Response,
     json_index(&ctx, &tokens)
 }
 
+/// Policies and roles are managed alike: created with a fresh ID, replaced by ID, read by
+/// ID or name, deleted, listed.
+pub trait AclItem: serde::Serialize + Default + Sized {
+    /// "Policy" or "Role", as Consul's messages name it.
+    const KIND: &'static str;
+    /// What a create or update request carries.
+    type Body: serde::de::DeserializeOwned + Default;
+    fn body_id(body: &Self::Body) -> &str;
+    /// `self` with what `body` sets (its ID and indexes kept).
+    fn updated(self, body: Self::Body) -> Self;
+    fn id(&self) -> &str;
+    fn name(&self) -> &str;
+    fn with_id(id: String) -> Self;
+    /// What the handler checks before the state machine does (which checks again).
+    fn check(&self) -> Result<(), ApiError>;
+    fn set(self) -> Command;
+    fn delete(id: String) -> Command;
+    fn find(view: &ReadView<'_>, id: &str) -> Result<Option<Self>, StoreError>;
+    fn all(view: &ReadView<'_>) -> Result<Vec<Self>, StoreError>;
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
-struct PolicyBody {
+pub struct PolicyBody {
     #[serde(rename = "ID")]
     id: String,
     name: String,
@@ -278,87 +296,44 @@ struct PolicyBody {
     datacenters: Vec<String>,
 }
 
-async fn store_policy(ctx: &Ctx, policy: AclPolicy) -> Result<Response, ApiError> {
-    if !valid_acl_name(&policy.name) {
-        return Err(ApiError::BadRequest(format!(
-            "Invalid Policy: invalid Name {:?}: use 1 to 128 letters, digits, '-' and '_'",
-            policy.name
-        )));
+impl AclItem for AclPolicy {
+    const KIND: &'static str = "Policy";
+    type Body = PolicyBody;
+    fn body_id(body: &PolicyBody) -> &str {
+        &body.id
     }
-    Rules::parse(&policy.rules).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let id = policy.id.clone();
-    write(ctx, Command::AclPolicySet(Box::new(policy))).await?;
-    let stored = ctx.store.read()?.acl_policy(&id)?.ok_or_else(|| ApiError::NotFound("ACL policy not found".into()))?;
-    json_index(ctx, &stored)
-}
-
-/// `PUT /v1/acl/policy`.
-pub async fn policy_create(ctx: Ctx, acl: RequestAcl, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    require(&ctx, &acl, Access::Write)?;
-    let b: PolicyBody = body_of(&ctx, &headers, body).await?;
-    if !b.id.is_empty() {
-        return Err(ApiError::BadRequest("Cannot specify an ID when creating a policy".into()));
+    fn updated(self, b: PolicyBody) -> Self {
+        AclPolicy { name: b.name, description: b.description, rules: b.rules, datacenters: b.datacenters, ..self }
     }
-    let policy = AclPolicy {
-        id: new_id(),
-        name: b.name,
-        description: b.description,
-        rules: b.rules,
-        datacenters: b.datacenters,
-        ..AclPolicy::default()
-    };
-    store_policy(&ctx, policy).await
-}
-
-/// `PUT /v1/acl/policy/{id}`.
-pub async fn policy_update(
-    ctx: Ctx,
-    acl: RequestAcl,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    require(&ctx, &acl, Access::Write)?;
-    let b: PolicyBody = body_of(&ctx, &headers, body).await?;
-    if !b.id.is_empty() && b.id != id {
-        return Err(ApiError::BadRequest("Policy ID in URL and payload do not match".into()));
+    fn id(&self) -> &str {
+        &self.id
     }
-    let old = ctx.store.read()?.acl_policy(&id)?.ok_or_else(|| ApiError::NotFound("ACL policy not found".into()))?;
-    let policy =
-        AclPolicy { name: b.name, description: b.description, rules: b.rules, datacenters: b.datacenters, ..old };
-    store_policy(&ctx, policy).await
-}
-
-pub async fn policy_read(ctx: Ctx, acl: RequestAcl, Path(id): Path<String>) -> Result<Response, ApiError> {
-    require(&ctx, &acl, Access::Read)?;
-    let policy = ctx.store.read()?.acl_policy(&id)?.ok_or_else(|| ApiError::NotFound("ACL policy not found".into()))?;
-    json_index(&ctx, &policy)
-}
-
-pub async fn policy_read_by_name(ctx: Ctx, acl: RequestAcl, Path(name): Path<String>) -> Result<Response, ApiError> {
-    require(&ctx, &acl, Access::Read)?;
-    let policies = ctx.store.read()?.acl_policies()?;
-    let policy = policies
-        .into_iter()
-        .find(|p| p.name == name)
-        .ok_or_else(|| ApiError::NotFound("ACL policy not found".into()))?;
-    json_index(&ctx, &policy)
-}
-
-pub async fn policy_delete(ctx: Ctx, acl: RequestAcl, Path(id): Path<String>) -> Result<Json<bool>, ApiError> {
-    require(&ctx, &acl, Access::Write)?;
-    write(&ctx, Command::AclPolicyDelete { id }).await?;
-    Ok(Json(true))
-}
-
-pub async fn policy_list(ctx: Ctx, acl: RequestAcl) -> Result<Response, ApiError> {
-    require(&ctx, &acl, Access::Read)?;
-    json_index(&ctx, &ctx.store.read()?.acl_policies()?)
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn with_id(id: String) -> Self {
+        AclPolicy { id, ..AclPolicy::default() }
+    }
+    fn check(&self) -> Result<(), ApiError> {
+        Rules::parse(&self.rules).map(|_| ()).map_err(|e| ApiError::BadRequest(e.to_string()))
+    }
+    fn set(self) -> Command {
+        Command::AclPolicySet(Box::new(self))
+    }
+    fn delete(id: String) -> Command {
+        Command::AclPolicyDelete { id }
+    }
+    fn find(view: &ReadView<'_>, id: &str) -> Result<Option<Self>, StoreError> {
+        view.acl_policy(id)
+    }
+    fn all(view: &ReadView<'_>) -> Result<Vec<Self>, StoreError> {
+        view.acl_policies()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
-struct RoleBody {
+pub struct RoleBody {
     #[serde(rename = "ID")]
     id: String,
     name: String,
@@ -368,40 +343,86 @@ struct RoleBody {
     node_identities: Vec<AclNodeIdentity>,
 }
 
-async fn store_role(ctx: &Ctx, role: AclRole) -> Result<Response, ApiError> {
-    if !valid_acl_name(&role.name) {
+impl AclItem for AclRole {
+    const KIND: &'static str = "Role";
+    type Body = RoleBody;
+    fn body_id(body: &RoleBody) -> &str {
+        &body.id
+    }
+    fn updated(self, b: RoleBody) -> Self {
+        AclRole {
+            name: b.name,
+            description: b.description,
+            policies: b.policies,
+            service_identities: b.service_identities,
+            node_identities: b.node_identities,
+            ..self
+        }
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn with_id(id: String) -> Self {
+        AclRole { id, ..AclRole::default() }
+    }
+    fn check(&self) -> Result<(), ApiError> {
+        check_links(&self.policies, "policy")?;
+        check_identities(&self.service_identities, &self.node_identities)
+    }
+    fn set(self) -> Command {
+        Command::AclRoleSet(Box::new(self))
+    }
+    fn delete(id: String) -> Command {
+        Command::AclRoleDelete { id }
+    }
+    fn find(view: &ReadView<'_>, id: &str) -> Result<Option<Self>, StoreError> {
+        view.acl_role(id)
+    }
+    fn all(view: &ReadView<'_>) -> Result<Vec<Self>, StoreError> {
+        view.acl_roles()
+    }
+}
+
+fn not_found<T: AclItem>() -> ApiError {
+    ApiError::NotFound(format!("ACL {} not found", T::KIND.to_lowercase()))
+}
+
+/// Stores `item` and answers it as stored.
+async fn store_item<T: AclItem>(ctx: &Ctx, item: T) -> Result<Response, ApiError> {
+    if !valid_acl_name(item.name()) {
         return Err(ApiError::BadRequest(format!(
-            "Invalid Role: invalid Name {:?}: use 1 to 128 letters, digits, '-' and '_'",
-            role.name
+            "Invalid {}: invalid Name {:?}: use 1 to 128 letters, digits, '-' and '_'",
+            T::KIND,
+            item.name()
         )));
     }
-    check_links(&role.policies, "policy")?;
-    check_identities(&role.service_identities, &role.node_identities)?;
-    let id = role.id.clone();
-    write(ctx, Command::AclRoleSet(Box::new(role))).await?;
-    let stored = ctx.store.read()?.acl_role(&id)?.ok_or_else(|| ApiError::NotFound("ACL role not found".into()))?;
+    item.check()?;
+    let id = item.id().to_string();
+    write(ctx, item.set()).await?;
+    let stored = T::find(&ctx.store.read()?, &id)?.ok_or_else(not_found::<T>)?;
     json_index(ctx, &stored)
 }
 
-pub async fn role_create(ctx: Ctx, acl: RequestAcl, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+/// `PUT /v1/acl/policy`, `PUT /v1/acl/role`.
+pub async fn create<T: AclItem>(
+    ctx: Ctx,
+    acl: RequestAcl,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     require(&ctx, &acl, Access::Write)?;
-    let b: RoleBody = body_of(&ctx, &headers, body).await?;
-    if !b.id.is_empty() {
-        return Err(ApiError::BadRequest("Cannot specify an ID when creating a role".into()));
+    let b: T::Body = read_body(&ctx, &headers, body).await?;
+    if !T::body_id(&b).is_empty() {
+        return Err(ApiError::BadRequest(format!("Cannot specify an ID when creating a {}", T::KIND.to_lowercase())));
     }
-    let role = AclRole {
-        id: new_id(),
-        name: b.name,
-        description: b.description,
-        policies: b.policies,
-        service_identities: b.service_identities,
-        node_identities: b.node_identities,
-        ..AclRole::default()
-    };
-    store_role(&ctx, role).await
+    store_item(&ctx, T::with_id(new_id()).updated(b)).await
 }
 
-pub async fn role_update(
+/// `PUT /v1/acl/policy/{id}`, `PUT /v1/acl/role/{id}`: replaces what the body gives.
+pub async fn update<T: AclItem>(
     ctx: Ctx,
     acl: RequestAcl,
     Path(id): Path<String>,
@@ -409,43 +430,37 @@ pub async fn role_update(
     body: Body,
 ) -> Result<Response, ApiError> {
     require(&ctx, &acl, Access::Write)?;
-    let b: RoleBody = body_of(&ctx, &headers, body).await?;
-    if !b.id.is_empty() && b.id != id {
-        return Err(ApiError::BadRequest("Role ID in URL and payload do not match".into()));
+    let b: T::Body = read_body(&ctx, &headers, body).await?;
+    if !T::body_id(&b).is_empty() && T::body_id(&b) != id {
+        return Err(ApiError::BadRequest(format!("{} ID in URL and payload do not match", T::KIND)));
     }
-    let old = ctx.store.read()?.acl_role(&id)?.ok_or_else(|| ApiError::NotFound("ACL role not found".into()))?;
-    let role = AclRole {
-        name: b.name,
-        description: b.description,
-        policies: b.policies,
-        service_identities: b.service_identities,
-        node_identities: b.node_identities,
-        ..old
-    };
-    store_role(&ctx, role).await
+    let old = T::find(&ctx.store.read()?, &id)?.ok_or_else(not_found::<T>)?;
+    store_item(&ctx, old.updated(b)).await
 }
 
-pub async fn role_read(ctx: Ctx, acl: RequestAcl, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn read<T: AclItem>(ctx: Ctx, acl: RequestAcl, Path(id): Path<String>) -> Result<Response, ApiError> {
     require(&ctx, &acl, Access::Read)?;
-    let role = ctx.store.read()?.acl_role(&id)?.ok_or_else(|| ApiError::NotFound("ACL role not found".into()))?;
-    json_index(&ctx, &role)
+    let item = T::find(&ctx.store.read()?, &id)?.ok_or_else(not_found::<T>)?;
+    json_index(&ctx, &item)
 }
 
-pub async fn role_read_by_name(ctx: Ctx, acl: RequestAcl, Path(name): Path<String>) -> Result<Response, ApiError> {
+pub async fn read_by_name<T: AclItem>(
+    ctx: Ctx,
+    acl: RequestAcl,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     require(&ctx, &acl, Access::Read)?;
-    let roles = ctx.store.read()?.acl_roles()?;
-    let role =
-        roles.into_iter().find(|r| r.name == name).ok_or_else(|| ApiError::NotFound("ACL role not found".into()))?;
-    json_index(&ctx, &role)
+    let item = T::all(&ctx.store.read()?)?.into_iter().find(|i| i.name() == name).ok_or_else(not_found::<T>)?;
+    json_index(&ctx, &item)
 }
 
-pub async fn role_delete(ctx: Ctx, acl: RequestAcl, Path(id): Path<String>) -> Result<Json<bool>, ApiError> {
+pub async fn delete<T: AclItem>(ctx: Ctx, acl: RequestAcl, Path(id): Path<String>) -> Result<Json<bool>, ApiError> {
     require(&ctx, &acl, Access::Write)?;
-    write(&ctx, Command::AclRoleDelete { id }).await?;
+    write(&ctx, T::delete(id)).await?;
     Ok(Json(true))
 }
 
-pub async fn role_list(ctx: Ctx, acl: RequestAcl) -> Result<Response, ApiError> {
+pub async fn list<T: AclItem>(ctx: Ctx, acl: RequestAcl) -> Result<Response, ApiError> {
     require(&ctx, &acl, Access::Read)?;
-    json_index(&ctx, &ctx.store.read()?.acl_roles()?)
+    json_index(&ctx, &T::all(&ctx.store.read()?)?)
 }

@@ -224,7 +224,7 @@ pub async fn acl_gate(State(ctx): State<Arc<HttpContext>>, mut request: Request,
         }
         return next.run(request).await;
     }
-    let Some(route) = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()) else {
+    let Some(route) = request.extensions().get::<MatchedPath>().cloned() else {
         // Unrouted: a 404 or 405 that reveals nothing.
         return next.run(request).await;
     };
@@ -242,7 +242,7 @@ pub async fn acl_gate(State(ctx): State<Arc<HttpContext>>, mut request: Request,
                 .and_then(|p| p.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()))
                 .unwrap_or_default()
         };
-        let allowed = match route_need(&ctx, &route, &parts.method, param) {
+        let allowed = match route_need(&ctx, route.as_str(), &parts.method, param) {
             Need::Nothing | Need::Handler => Ok(()),
             Need::Resource(resource, name, access) => acl.require(resource, &name, access),
             Need::Scope(scope, access) => acl.require_scope(scope, access),

@@ -36,6 +36,16 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))
 }
 
+/// [`decode_json`], but an empty body is `T::default()` (Consul allows it where every field
+/// is optional: session create, ACL tokens, policies and roles).
+pub fn decode_json_or_default<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        decode_json(bytes)
+    }
+}
+
 /// A body as plain JSON, for decoders that match field names themselves
 /// (`model::agent`); empty or malformed → 400 `Request decode failed: ...`.
 pub fn decode_json_value(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {

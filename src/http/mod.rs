@@ -46,6 +46,7 @@ pub use server::serve;
 use crate::checks::LocalAgent;
 use crate::cluster::Cluster;
 use crate::config::Limits;
+use crate::model::acl::{AclPolicy, AclRole};
 use crate::store::Store;
 
 /// What the API reports about this agent.
@@ -242,14 +243,20 @@ pub fn router(ctx: Arc<HttpContext>) -> Router {
         .route("/v1/acl/token/{accessor}", get(acl::token_read).put(acl::token_update).delete(acl::token_delete))
         .route("/v1/acl/token/{accessor}/clone", put(acl::token_clone))
         .route("/v1/acl/tokens", get(acl::token_list))
-        .route("/v1/acl/policy", put(acl::policy_create))
-        .route("/v1/acl/policy/name/{name}", get(acl::policy_read_by_name))
-        .route("/v1/acl/policy/{id}", get(acl::policy_read).put(acl::policy_update).delete(acl::policy_delete))
-        .route("/v1/acl/policies", get(acl::policy_list))
-        .route("/v1/acl/role", put(acl::role_create))
-        .route("/v1/acl/role/name/{name}", get(acl::role_read_by_name))
-        .route("/v1/acl/role/{id}", get(acl::role_read).put(acl::role_update).delete(acl::role_delete))
-        .route("/v1/acl/roles", get(acl::role_list))
+        .route("/v1/acl/policy", put(acl::create::<AclPolicy>))
+        .route("/v1/acl/policy/name/{name}", get(acl::read_by_name::<AclPolicy>))
+        .route(
+            "/v1/acl/policy/{id}",
+            get(acl::read::<AclPolicy>).put(acl::update::<AclPolicy>).delete(acl::delete::<AclPolicy>),
+        )
+        .route("/v1/acl/policies", get(acl::list::<AclPolicy>))
+        .route("/v1/acl/role", put(acl::create::<AclRole>))
+        .route("/v1/acl/role/name/{name}", get(acl::read_by_name::<AclRole>))
+        .route(
+            "/v1/acl/role/{id}",
+            get(acl::read::<AclRole>).put(acl::update::<AclRole>).delete(acl::delete::<AclRole>),
+        )
+        .route("/v1/acl/roles", get(acl::list::<AclRole>))
         .fallback(unknown_path)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&ctx), forward::forward_elsewhere))

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::acl_gate::RequestAcl;
-use super::body::{decode_json, read_limited};
+use super::body::{decode_json_or_default, read_limited};
 use super::error::ApiError;
 use super::query::Query;
 use super::Ctx;
@@ -126,8 +126,7 @@ fn ttl(text: Option<&str>) -> Result<Option<Duration>, ApiError> {
 pub async fn create(ctx: Ctx, acl: RequestAcl, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
     let bytes = read_limited(&headers, body, ctx.limits.http_max_body_bytes).await?;
     // An empty body creates a session with every default, as Consul allows.
-    let req: CreateBody =
-        if bytes.iter().all(u8::is_ascii_whitespace) { CreateBody::default() } else { decode_json(&bytes)? };
+    let req: CreateBody = decode_json_or_default(&bytes)?;
     let behavior = match req.behavior.as_deref().filter(|b| !b.is_empty()) {
         None => SessionBehavior::Release,
         Some(text) => SessionBehavior::parse(text)

@@ -7,6 +7,7 @@
 //! Why: a log written by one version must be replayed by every later one.
 
 pub mod acl;
+pub mod acl_rules;
 pub mod agent;
 mod catalog;
 mod command;

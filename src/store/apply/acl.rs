@@ -2,11 +2,11 @@
 //! that every replica accepts or rejects a command alike.
 
 use super::{ApplyTx, Outcome};
-use crate::acl::Rules;
 use crate::model::acl::{
     valid_acl_name, AclLink, AclPolicy, AclRole, AclToken, ANONYMOUS_TOKEN_ACCESSOR, ANONYMOUS_TOKEN_SECRET,
     GLOBAL_MANAGEMENT_POLICY_ID,
 };
+use crate::model::acl_rules::Rules;
 use crate::model::CommandResult;
 use crate::store::acl::{self as rows, POLICY_PREFIX, ROLE_PREFIX, TOKEN_PREFIX};
 use crate::store::codec;

@@ -1,6 +1,7 @@
 //! Policy rules: Consul's HCL or JSON text (`key_prefix "app/" { policy = "write" }`,
 //! `operator = "read"`) parsed into per-resource tables, and merged across the policies of a
-//! token. Pure: no store, no I/O.
+//! token. Pure: no store, no I/O. It lives in `model` because the state machine checks a
+//! policy's rules when it applies one; `crate::acl` builds authorizers from them.
 
 use std::collections::HashMap;
 
