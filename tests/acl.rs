@@ -296,3 +296,137 @@ fn the_cli_bootstraps_creates_policies_and_tokens_and_presents_them() {
     let (ok, text) = cairn(&["kv", "put", "-token", &secret, "app/x", "5"], &[]);
     assert!(!ok && text.contains("Permission denied"), "the policy is gone: {text}");
 }
+
+#[test]
+fn roles_identities_and_token_updates_grant_what_they_say() {
+    let (agent, _dir) = acl_agent(json!({}));
+    let policy = ok_json(call(
+        &agent,
+        "PUT",
+        "/v1/acl/policy",
+        ROOT,
+        br#"{"Name": "kv-app", "Rules": "key_prefix \"app/\" { policy = \"write\" }"}"#,
+    ));
+    assert_eq!(ok_json(call(&agent, "GET", "/v1/acl/policy/name/kv-app", ROOT, b""))["ID"], policy["ID"]);
+    // A role by policy name, with a service identity.
+    let role = ok_json(call(
+        &agent,
+        "PUT",
+        "/v1/acl/role",
+        ROOT,
+        br#"{"Name": "app", "Policies": [{"Name": "kv-app"}], "ServiceIdentities": [{"ServiceName": "api"}]}"#,
+    ));
+    assert_eq!(role["Policies"][0]["ID"], policy["ID"]);
+    let token = ok_json(call(
+        &agent,
+        "PUT",
+        "/v1/acl/token",
+        ROOT,
+        json!({"Roles": [{"ID": role["ID"]}]}).to_string().as_bytes(),
+    ));
+    let secret = token["SecretID"].as_str().expect("secret").to_string();
+    let accessor = token["AccessorID"].as_str().expect("accessor").to_string();
+    assert_eq!(call(&agent, "PUT", "/v1/kv/app/x", &secret, b"v").text(), "true");
+    let api =
+        json!({"Node": "n1", "Address": "10.0.0.1", "SkipNodeUpdate": true, "Service": {"Service": "api", "Port": 1}});
+    // The identity writes its service, but not the node (SkipNodeUpdate needs only the service).
+    let r = call(&agent, "PUT", "/v1/catalog/register", &secret, api.to_string().as_bytes());
+    assert_eq!(r.status, 403, "no node n1 yet: registering it needs node write");
+    let node = json!({"Node": "n1", "Address": "10.0.0.1"});
+    assert_eq!(call(&agent, "PUT", "/v1/catalog/register", ROOT, node.to_string().as_bytes()).status, 200);
+    assert_eq!(call(&agent, "PUT", "/v1/catalog/register", &secret, api.to_string().as_bytes()).status, 200);
+    let web = json!({"Node": "n1", "SkipNodeUpdate": true, "Service": {"Service": "web", "Port": 2}});
+    assert_eq!(call(&agent, "PUT", "/v1/catalog/register", &secret, web.to_string().as_bytes()).status, 403);
+    // A clone grants the same; an update that drops the role takes it all away.
+    let clone = ok_json(call(&agent, "PUT", &format!("/v1/acl/token/{accessor}/clone"), ROOT, b""));
+    let clone_secret = clone["SecretID"].as_str().expect("secret");
+    assert_ne!(clone_secret, secret);
+    assert_eq!(call(&agent, "PUT", "/v1/kv/app/y", clone_secret, b"v").text(), "true");
+    let updated = ok_json(call(&agent, "PUT", &format!("/v1/acl/token/{accessor}"), ROOT, br#"{"Roles": []}"#));
+    assert_eq!(updated["SecretID"], secret, "the secret stays");
+    assert_eq!(call(&agent, "PUT", "/v1/kv/app/z", &secret, b"v").status, 403);
+    let r = call(
+        &agent,
+        "PUT",
+        &format!("/v1/acl/token/{accessor}"),
+        ROOT,
+        br#"{"SecretID": "9f2b8c8e-0000-4000-8000-000000000000"}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    // A token naming a policy that does not exist is refused, and a duplicate name too.
+    let r = call(&agent, "PUT", "/v1/acl/token", ROOT, br#"{"Policies": [{"Name": "nope"}]}"#);
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("cannot find policy \"nope\""), "{}", r.text());
+    let r = call(&agent, "PUT", "/v1/acl/policy", ROOT, br#"{"Name": "kv-app"}"#);
+    assert!(r.status == 400 && r.text().contains("already exists"), "{}", r.text());
+}
+
+#[test]
+fn a_client_agent_resolves_tokens_through_its_server_and_uses_its_default_token() {
+    use support::cluster::{agent_args, FORM};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server_config = dir.path().join("server.json");
+    std::fs::write(
+        &server_config,
+        json!({"acl": {"enabled": true, "default_policy": "deny", "tokens": {"initial_management": ROOT}}}).to_string(),
+    )
+    .expect("write");
+    let mut server_args = agent_args("s1", dir.path(), Some(1), None);
+    server_args.extend(["-config-file".to_string(), server_config.display().to_string()]);
+    let server = Agent::spawn(server_args, dir.path().join("s1"));
+    support::wait_for("the initial management token", Duration::from_secs(15), || {
+        (call(&server, "GET", "/v1/acl/token/self", ROOT, b"").status == 200).then_some(())
+    });
+    // The client's default token reads app/; the deployer's registers `web`.
+    let reader = "5b0c1f7e-1111-4a1a-8a1a-000000000001";
+    let deployer = "5b0c1f7e-2222-4a1a-8a1a-000000000002";
+    for (name, rules, secret) in [
+        ("reader", r#"key_prefix "app/" { policy = "read" }"#, reader),
+        ("deployer", "service \"web\" { policy = \"write\" }\nservice_prefix \"\" { policy = \"read\" }", deployer),
+    ] {
+        let policy = ok_json(call(
+            &server,
+            "PUT",
+            "/v1/acl/policy",
+            ROOT,
+            json!({"Name": name, "Rules": rules}).to_string().as_bytes(),
+        ));
+        let body = json!({"SecretID": secret, "Policies": [{"ID": policy["ID"]}]});
+        ok_json(call(&server, "PUT", "/v1/acl/token", ROOT, body.to_string().as_bytes()));
+    }
+    let client_config = dir.path().join("client.json");
+    std::fs::write(
+        &client_config,
+        json!({"acl": {"enabled": true, "default_policy": "deny", "token_ttl": "1s", "tokens": {"default": reader}}})
+            .to_string(),
+    )
+    .expect("write");
+    let mut client_args = agent_args("c1", dir.path(), None, Some(&server.gossip.to_string()));
+    client_args.extend(["-config-file".to_string(), client_config.display().to_string()]);
+    let client = Agent::spawn_client(client_args, dir.path().join("c1"));
+    client.wait_log("registered this client in the catalog through a server", FORM);
+
+    // Forwarded: the server checks, with the client's default token when none is given.
+    assert_eq!(call(&client, "PUT", "/v1/kv/app/x", ROOT, b"v").text(), "true");
+    assert_eq!(call(&client, "PUT", "/v1/kv/other/x", ROOT, b"v").text(), "true");
+    assert_eq!(call(&client, "GET", "/v1/kv/app/x", "", b"").status, 200);
+    assert_eq!(call(&client, "GET", "/v1/kv/other/x", "", b"").status, 403);
+    assert_eq!(call(&client, "PUT", "/v1/kv/app/x", "", b"w").status, 403);
+    // The client's own endpoints: tokens resolved through the server.
+    let web = br#"{"Name": "web", "Port": 80}"#;
+    assert_eq!(call(&client, "PUT", "/v1/agent/service/register", "", web).status, 403);
+    assert_eq!(call(&client, "PUT", "/v1/agent/service/register", deployer, web).status, 200);
+    let r = call(&client, "PUT", "/v1/agent/service/register", "not-a-token", web);
+    assert_eq!((r.status, r.text().as_str()), (403, "ACL not found"));
+    let listed = call(&client, "GET", "/v1/agent/services", "", b"");
+    assert_eq!(listed.json(), json!({}));
+    assert_eq!(listed.header("X-Consul-Results-Filtered-By-ACLs"), Some("true"));
+    assert!(ok_json(call(&client, "GET", "/v1/agent/services", deployer, b"")).get("web").is_some());
+    // Revoked on the server: refused by the client once its copy expires (token_ttl 1s).
+    let accessor = ok_json(call(&server, "GET", "/v1/acl/token/self", deployer, b""))["AccessorID"].clone();
+    let accessor = accessor.as_str().expect("accessor");
+    assert_eq!(call(&server, "DELETE", &format!("/v1/acl/token/{accessor}"), ROOT, b"").text(), "true");
+    support::wait_for("the client to refuse the revoked token", Duration::from_secs(10), || {
+        (call(&client, "GET", "/v1/agent/services", deployer, b"").status == 403).then_some(())
+    });
+}

@@ -214,13 +214,14 @@ pub async fn register(
         checks.push(body.into_definition()?);
     }
     // Consul's rule: write on the service registered, and on the node unless only the
-    // service (and its own checks) change.
+    // service (and its own checks) change on a node that exists already.
     if let Some(s) = &service {
         acl.require(Resource::Service, &s.service, Access::Write)?;
     }
     let own_checks_only =
         checks.iter().all(|c| service.as_ref().is_some_and(|s| !c.service_id.is_empty() && c.service_id == s.id));
-    if !(skip_node_update && own_checks_only) {
+    if acl.authorizer().enabled() && !(skip_node_update && own_checks_only && ctx.store.read()?.node(&node)?.is_some())
+    {
         acl.require(Resource::Node, &node, Access::Write)?;
     }
     let command = Command::Register(Box::new(RegisterRequest {
