@@ -63,6 +63,11 @@ impl Resource {
         Resource::Query,
     ];
 
+    /// Its place in [`Resource::ALL`].
+    fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn rule_name(self) -> &'static str {
         match self {
             Resource::Key => "key",
@@ -111,7 +116,8 @@ pub struct ResourceRules {
 impl ResourceRules {
     /// The rule for `name`: an exact rule beats any prefix, a longer prefix a shorter one.
     pub fn lookup(&self, name: &str) -> Option<Access> {
-        if let Some(access) = self.exact.get(name) {
+        // Most policies name prefixes only: no hashing then.
+        if let Some(access) = (!self.exact.is_empty()).then(|| self.exact.get(name)).flatten() {
             return Some(*access);
         }
         self.prefixes.iter().find(|(prefix, _)| name.starts_with(prefix.as_str())).map(|(_, a)| *a)
@@ -145,7 +151,8 @@ impl ResourceRules {
 /// Every rule of one or more policies.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rules {
-    resources: HashMap<Resource, ResourceRules>,
+    /// By [`Resource::index`]: a lookup on the DNS path is an array index, not a hash.
+    resources: [ResourceRules; Resource::ALL.len()],
     scopes: HashMap<Scope, Access>,
 }
 
@@ -193,7 +200,7 @@ impl Rules {
                     "{name} must be a block with a name, as {name} \"x\" {{ policy = \"read\" }}"
                 )));
             };
-            let table = rules.resources.entry(resource).or_default();
+            let table = &mut rules.resources[resource.index()];
             for (target, block) in blocks {
                 let access = block_access(name, target, block, resource == Resource::Key)?;
                 if prefix {
@@ -209,8 +216,8 @@ impl Rules {
     /// Adds `other`'s rules: where both name the same thing, deny wins, then the more
     /// permissive.
     pub fn merge(&mut self, other: &Rules) {
-        for (resource, table) in &other.resources {
-            self.resources.entry(*resource).or_default().merge(table);
+        for (table, other) in self.resources.iter_mut().zip(&other.resources) {
+            table.merge(other);
         }
         for (scope, access) in &other.scopes {
             let merged = self.scopes.get(scope).map_or(*access, |old| old.merge(*access));
@@ -220,20 +227,19 @@ impl Rules {
 
     /// The rule for one named resource, if any names it.
     pub fn lookup(&self, resource: Resource, name: &str) -> Option<Access> {
-        self.resources.get(&resource)?.lookup(name)
+        self.resources[resource.index()].lookup(name)
     }
 
     /// The access of every rule that names something under `prefix` (longer than it).
     pub fn below<'r>(&'r self, resource: Resource, prefix: &'r str) -> impl Iterator<Item = Access> + 'r {
-        self.resources.get(&resource).into_iter().flat_map(move |table| {
-            let exact = table.exact.iter().filter(move |(name, _)| name.starts_with(prefix)).map(|(_, a)| *a);
-            let prefixes = table
-                .prefixes
-                .iter()
-                .filter(move |(p, _)| p.len() > prefix.len() && p.starts_with(prefix))
-                .map(|(_, a)| *a);
-            exact.chain(prefixes)
-        })
+        let table = &self.resources[resource.index()];
+        let exact = table.exact.iter().filter(move |(name, _)| name.starts_with(prefix)).map(|(_, a)| *a);
+        let prefixes = table
+            .prefixes
+            .iter()
+            .filter(move |(p, _)| p.len() > prefix.len() && p.starts_with(prefix))
+            .map(|(_, a)| *a);
+        exact.chain(prefixes)
     }
 
     pub fn scope(&self, scope: Scope) -> Option<Access> {
@@ -242,7 +248,7 @@ impl Rules {
 
     /// Adds one rule (templated identities use it).
     pub fn grant(&mut self, resource: Resource, name: &str, prefix: bool, access: Access) {
-        let table = self.resources.entry(resource).or_default();
+        let table = &mut self.resources[resource.index()];
         if prefix {
             table.add_prefix(name, access);
         } else {
