@@ -75,7 +75,7 @@ impl Authorizer {
     }
 
     pub fn from_rules(rules: Rules, default_allow: bool) -> Authorizer {
-        Authorizer { kind: Kind::Rules { rules, default_allow } }
+        Authorizer { kind: Kind::Rules { rules: Box::new(rules), default_allow } }
     }
 
     pub fn enabled(&self) -> bool {
