@@ -60,7 +60,7 @@ enum Kind {
     /// The global-management policy.
     Management,
     Rules {
-        rules: Rules,
+        rules: Box<Rules>,
         default_allow: bool,
     },
 }
