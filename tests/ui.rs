@@ -347,3 +347,65 @@ async fn the_ui_shows_the_catalog_live_and_edits_kv() {
 
     c.clone().close().await.expect("close the browser");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_acls_the_ui_shows_what_the_token_set_on_its_token_page_may_read() {
+    const ROOT: &str = "0c8e5f2a-6b1d-4f3e-9a7c-5d2e1f0a9b8c";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("acl.json");
+    let acl = json!({"acl": {"enabled": true, "default_policy": "deny", "tokens": {"initial_management": ROOT}}});
+    std::fs::write(&config, acl.to_string()).expect("write config");
+    let agent = Agent::start(&["-ui", "-config-file", config.to_str().expect("utf-8 path")]);
+    support::wait_for("the initial management token", WAIT, || {
+        let r = support::http_request_with_headers(agent.http, "GET", "/v1/acl/token/self", &[("X-Consul-Token", ROOT)], b"");
+        (r.status == 200).then_some(())
+    });
+    let browser = Browser::start().await;
+    let base = format!("http://{}", agent.http);
+    let c = &browser.client;
+    let consul_row = r#"return !!document.querySelector('tr[data-service="consul"]')"#;
+
+    // Anonymous under default deny: the page loads (no agent read needed), lists nothing and
+    // says that ACLs hid what it cannot read.
+    c.goto(&format!("{base}/")).await.expect("open /");
+    let hidden = r#"return document.querySelector('[data-acl-hidden]')?.innerText ?? null"#;
+    let (note, _) = browser.wait_for("the note that ACLs hide services", hidden).await;
+    assert!(note.as_str().unwrap_or_default().contains("hidden by ACLs"), "{note}");
+    assert_eq!(browser.path().await, "/ui/dc1/services");
+    assert_eq!(browser.eval(consul_row).await, json!(false), "anonymous sees no service");
+    browser.screenshot("services-acl-hidden").await;
+
+    // A wrong token is reported as such.
+    browser.click_link("Token").await;
+    browser.wait_for("the token page", "return !!document.querySelector('#acl-token')").await;
+    browser.type_into("#acl-token", "not-a-token").await;
+    browser.click_link_or_button("Save").await;
+    let (text, _) = browser
+        .wait_for("the refusal", r#"return document.querySelector('main .message.error')?.innerText ?? null"#)
+        .await;
+    assert!(text.as_str().unwrap_or_default().contains("ACL not found"), "{text}");
+
+    // The management token: accepted, and the services page now shows the catalog.
+    let field = c.find(Locator::Css("#acl-token")).await.expect("field");
+    field.clear().await.expect("clear");
+    field.send_keys(ROOT).await.expect("type");
+    browser.click_link_or_button("Save").await;
+    let (text, _) = browser
+        .wait_for("the token's description", r#"return document.querySelector('main .message.ok')?.innerText ?? null"#)
+        .await;
+    assert!(text.as_str().unwrap_or_default().contains("global-management"), "{text}");
+    browser.screenshot("token").await;
+    browser.click_link("Services").await;
+    browser.wait_for("the consul service with the token", consul_row).await;
+    // Kept across a reload (this browser's storage), and gone once cleared.
+    c.refresh().await.expect("reload");
+    browser.wait_for("the consul service after a reload", consul_row).await;
+    browser.click_link("Token").await;
+    browser.wait_for("the token page", "return !!document.querySelector('#acl-token')").await;
+    browser.click_link_or_button("Clear").await;
+    browser.wait_for("no token", r#"return document.querySelector('main .message.ok')?.innerText.includes('No token set') ?? null"#).await;
+    browser.click_link("Services").await;
+    browser.wait_for("the note that ACLs hide services again", hidden).await;
+    assert_eq!(browser.eval(consul_row).await, json!(false), "cleared: anonymous again");
+    c.clone().close().await.expect("close the browser");
+}

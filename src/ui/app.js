@@ -11,6 +11,12 @@
   const RETRY_MAX_MS = 10000;
   const STATUS_ORDER = { passing: 0, warning: 1, critical: 2 };
   const MEMBER_STATUS = ['none', 'alive', 'leaving', 'left', 'failed'];
+  // The ACL token the page presents (set on the Token page), kept in this browser only.
+  const TOKEN_KEY = 'cairn.acl-token';
+
+  function savedToken() {
+    try { return localStorage.getItem(TOKEN_KEY) || ''; } catch { return ''; }
+  }
 
   const app = {
     localDc: '',
@@ -153,16 +159,25 @@
     if (!local && app.dc && app.dc !== app.localDc) url.searchParams.set('dc', app.dc);
     let response;
     try {
-      response = await fetch(url, { method, body, signal: signal || app.page.signal, cache: 'no-store' });
+      const headers = savedToken() ? { 'X-Consul-Token': savedToken() } : {};
+      response = await fetch(url, { method, body, headers, signal: signal || app.page.signal, cache: 'no-store' });
     } catch (e) {
       if (e.name === 'AbortError') throw e;
       throw new ApiError(0, 'cannot reach the agent');
     }
     const text = await response.text();
     if (!response.ok && !(allow404 && response.status === 404)) {
-      throw new ApiError(response.status, `${response.status}: ${text.trim() || response.statusText}`);
+      // ACLs refuse the token (or its absence): say where to set one.
+      const hint = response.status === 403 ? ' — set an ACL token on the Token page' : '';
+      throw new ApiError(response.status, `${response.status}: ${text.trim() || response.statusText}${hint}`);
     }
-    return { status: response.status, index: Number(response.headers.get('X-Consul-Index') || 0), text };
+    return {
+      status: response.status,
+      index: Number(response.headers.get('X-Consul-Index') || 0),
+      // ACLs left something out of this answer.
+      filtered: response.headers.get('X-Consul-Results-Filtered-By-ACLs') === 'true',
+      text,
+    };
   }
 
   function setConnection(problem) {
@@ -250,6 +265,7 @@
   function searchableList(main, { title, intro, noun, searchLabel, empty, matches, columns, row, tools }) {
     document.title = `${title} - cairn`;
     let items = null;
+    let hidden = false;
     let filter = '';
     const count = h('span', { class: 'muted' });
     const list = h('div');
@@ -264,14 +280,18 @@
       }
       const shown = items.filter((item) => !filter || matches(item, filter));
       count.textContent = `${shown.length} of ${items.length} ${noun}`;
+      const note = hidden
+        ? h('p', { class: 'message ok', role: 'status', 'data-acl-hidden': '' },
+          `Some ${noun} are hidden by ACLs: your token may not read them. `, link('token', 'Set a token'))
+        : null;
       if (!shown.length) {
-        replace(list, h('p', { class: 'muted' }, items.length ? `No ${noun} match the search.` : empty));
+        replace(list, note, h('p', { class: 'muted' }, items.length ? `No ${noun} match the search.` : hidden ? `No ${noun} you may read.` : empty));
         return;
       }
-      replace(list, table(columns, shown.map(row)));
+      replace(list, note, table(columns, shown.map(row)));
     }
     draw();
-    return { show(next) { items = next; draw(); }, list };
+    return { show(next, filtered) { items = next; hidden = !!filtered; draw(); }, list };
   }
 
   function servicesPage(main) {
@@ -294,7 +314,7 @@
           cell('Tags', tags(s.Tags)));
       },
     });
-    watch('/v1/internal/ui/services', {}, (answer) => page.show(JSON.parse(answer.text)));
+    watch('/v1/internal/ui/services', {}, (answer) => page.show(JSON.parse(answer.text), answer.filtered));
   }
 
   function checkList(checks) {
@@ -359,7 +379,7 @@
             : h('span', { class: 'muted' }, 'none')));
       },
     });
-    watch('/v1/internal/ui/nodes', {}, (answer) => page.show(JSON.parse(answer.text)));
+    watch('/v1/internal/ui/nodes', {}, (answer) => page.show(JSON.parse(answer.text), answer.filtered));
   }
 
   function nodePage(main, name) {
@@ -661,6 +681,47 @@
     }, (e) => replace(list, message('error', `${e.message}`)));
   }
 
+  /** The ACL token this browser presents: set, checked against the agent, cleared. */
+  function tokenPage(main) {
+    document.title = 'Token - cairn';
+    const status = h('div', null);
+    const field = h('input', { type: 'password', id: 'acl-token', autocomplete: 'off', spellcheck: 'false', value: savedToken() });
+    const save = h('button', { type: 'submit', class: 'primary' }, 'Save');
+    const clear = h('button', { type: 'button' }, 'Clear');
+    const form = h('form', { class: 'editor panel', 'aria-label': 'ACL token' },
+      h('label', { for: 'acl-token' }, 'SecretID of an ACL token (kept in this browser only)'), field,
+      h('div', { class: 'actions' }, save, clear));
+    replace(main, heading('ACL token'),
+      h('p', { class: 'muted' }, 'Every request of this page presents this token. Without one the agent uses its default token.'),
+      form, status);
+    const show = async () => {
+      if (!savedToken()) {
+        replace(status, message('ok', 'No token set: requests use the agent\'s default token.'));
+        return;
+      }
+      try {
+        const token = JSON.parse((await api('GET', '/v1/acl/token/self', { local: true })).text);
+        const policies = (token.Policies || []).map((p) => p.Name).join(', ') || 'none';
+        replace(status, message('ok', `Using token ${token.AccessorID}${token.Description ? ` (${token.Description})` : ''}; policies: ${policies}.`));
+      } catch (e) {
+        if (e.name === 'AbortError') return;
+        const text = e.status === 401 ? 'ACLs are off on this agent: no token is needed.' : `This token is not accepted: ${e.message}`;
+        replace(status, message(e.status === 401 ? 'ok' : 'error', text));
+      }
+    };
+    form.addEventListener('submit', (event) => {
+      event.preventDefault();
+      try { localStorage.setItem(TOKEN_KEY, field.value.trim()); } catch { /* storage off: nothing kept */ }
+      show();
+    });
+    clear.addEventListener('click', () => {
+      try { localStorage.removeItem(TOKEN_KEY); } catch { /* nothing kept */ }
+      field.value = '';
+      show();
+    });
+    show();
+  }
+
   function notFoundPage(main) {
     document.title = 'Not found - cairn';
     replace(main, heading('No such page'), h('p', null, link('services', 'Go to the services')));
@@ -692,6 +753,7 @@
     kv: (main, r) => (r.folder ? kvFolderPage(main, r.key) : kvKeyPage(main, r.key)),
     members: (main) => membersPage(main),
     raft: (main) => raftPage(main),
+    token: (main) => tokenPage(main),
   };
 
   function render(moveFocus) {
@@ -724,8 +786,19 @@
       const answer = await api('GET', '/v1/agent/self', { local: true });
       app.localDc = JSON.parse(answer.text).Config.Datacenter;
     } catch (e) {
-      setConnection(`${e.message} — reload to retry`);
-      return;
+      if (e.status !== 403) {
+        setConnection(`${e.message} — reload to retry`);
+        return;
+      }
+      // A token without agent read still gets the pages it may read (and the Token page):
+      // the datacenter list needs no token and starts with this agent's.
+      try {
+        const dcs = JSON.parse((await api('GET', '/v1/catalog/datacenters', { local: true })).text);
+        app.localDc = dcs[0];
+      } catch (e2) {
+        setConnection(`${e2.message} — reload to retry`);
+        return;
+      }
     }
     render(false);
   }
