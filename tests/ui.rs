@@ -357,7 +357,13 @@ async fn with_acls_the_ui_shows_what_the_token_set_on_its_token_page_may_read() 
     std::fs::write(&config, acl.to_string()).expect("write config");
     let agent = Agent::start(&["-ui", "-config-file", config.to_str().expect("utf-8 path")]);
     support::wait_for("the initial management token", WAIT, || {
-        let r = support::http_request_with_headers(agent.http, "GET", "/v1/acl/token/self", &[("X-Consul-Token", ROOT)], b"");
+        let r = support::http_request_with_headers(
+            agent.http,
+            "GET",
+            "/v1/acl/token/self",
+            &[("X-Consul-Token", ROOT)],
+            b"",
+        );
         (r.status == 200).then_some(())
     });
     let browser = Browser::start().await;
@@ -403,7 +409,12 @@ async fn with_acls_the_ui_shows_what_the_token_set_on_its_token_page_may_read() 
     browser.click_link("Token").await;
     browser.wait_for("the token page", "return !!document.querySelector('#acl-token')").await;
     browser.click_link_or_button("Clear").await;
-    browser.wait_for("no token", r#"return document.querySelector('main .message.ok')?.innerText.includes('No token set') ?? null"#).await;
+    browser
+        .wait_for(
+            "no token",
+            r#"return document.querySelector('main .message.ok')?.innerText.includes('No token set') ?? null"#,
+        )
+        .await;
     browser.click_link("Services").await;
     browser.wait_for("the note that ACLs hide services again", hidden).await;
     assert_eq!(browser.eval(consul_row).await, json!(false), "cleared: anonymous again");
