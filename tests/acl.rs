@@ -430,3 +430,38 @@ fn a_client_agent_resolves_tokens_through_its_server_and_uses_its_default_token(
         (call(&client, "GET", "/v1/agent/services", deployer, b"").status == 403).then_some(())
     });
 }
+
+#[test]
+fn a_waiting_blocking_query_answers_under_its_tokens_rules_as_they_are_when_it_wakes() {
+    let (agent, _dir) = acl_agent(json!({}));
+    let policy = ok_json(call(
+        &agent,
+        "PUT",
+        "/v1/acl/policy",
+        ROOT,
+        br#"{"Name": "app-reader", "Rules": "key_prefix \"app/\" { policy = \"read\" }"}"#,
+    ));
+    let id = policy["ID"].as_str().expect("id").to_string();
+    let token =
+        ok_json(call(&agent, "PUT", "/v1/acl/token", ROOT, json!({"Policies": [{"ID": id}]}).to_string().as_bytes()));
+    let secret = token["SecretID"].as_str().expect("secret").to_string();
+    assert_eq!(call(&agent, "PUT", "/v1/kv/app/a", ROOT, b"1").text(), "true");
+    let first = call(&agent, "GET", "/v1/kv/app/?recurse", &secret, b"");
+    assert_eq!(first.status, 200);
+    let (http, index, waiting) = (agent.http, first.index(), secret.clone());
+    let waiter = std::thread::spawn(move || {
+        let path = format!("/v1/kv/app/?recurse&index={index}&wait=30s");
+        http_request_with_headers(http, "GET", &path, &[("X-Consul-Token", &waiting)], b"")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // The policy narrows to app/a while the query waits; then app/b is written.
+    let narrowed = json!({"Name": "app-reader", "Rules": "key \"app/a\" { policy = \"read\" }"});
+    ok_json(call(&agent, "PUT", &format!("/v1/acl/policy/{id}"), ROOT, narrowed.to_string().as_bytes()));
+    assert_eq!(call(&agent, "PUT", "/v1/kv/app/b", ROOT, b"2").text(), "true");
+    let r = waiter.join().expect("waiter");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let keys: Vec<String> =
+        r.json().as_array().expect("list").iter().map(|e| e["Key"].as_str().expect("key").to_string()).collect();
+    assert_eq!(keys, ["app/a"], "app/b is hidden by the narrowed policy");
+    assert_eq!(r.header("X-Consul-Results-Filtered-By-ACLs"), Some("true"));
+}

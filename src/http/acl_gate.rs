@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -43,7 +44,12 @@ pub fn presented_token(headers: &HeaderMap, query: Option<&str>) -> Option<Strin
 pub struct RequestAcl(Arc<RequestAclInner>);
 
 struct RequestAclInner {
-    token: Arc<ResolvedToken>,
+    /// Replaced when the ACL tables change under a waiting blocking query
+    /// ([`RequestAcl::refresh`]), so its next answer follows the token's current rules.
+    token: ArcSwap<ResolvedToken>,
+    /// The token's accessor (what shared blocking answers are keyed by); a refresh resolves
+    /// the same secret, so it does not change.
+    accessor_id: String,
     /// What the request presented (the default token or anonymous when it presented none).
     secret: Option<String>,
     /// Elements left out of answers so far ([`RequestAcl::retain`]).
@@ -56,7 +62,13 @@ fn permission_denied() -> ApiError {
 
 impl RequestAcl {
     pub fn new(token: Arc<ResolvedToken>, secret: Option<String>) -> RequestAcl {
-        RequestAcl(Arc::new(RequestAclInner { token, secret, filtered: AtomicU64::new(0) }))
+        let accessor_id = token.accessor_id.clone();
+        RequestAcl(Arc::new(RequestAclInner {
+            token: ArcSwap::new(token),
+            accessor_id,
+            secret,
+            filtered: AtomicU64::new(0),
+        }))
     }
 
     /// ACLs off.
@@ -64,12 +76,18 @@ impl RequestAcl {
         RequestAcl::new(Arc::new(ResolvedToken { accessor_id: String::new(), authorizer: Authorizer::off() }), None)
     }
 
-    pub fn authorizer(&self) -> &Authorizer {
-        &self.0.token.authorizer
+    /// What the token may do now.
+    pub fn authorizer(&self) -> CurrentAuthorizer {
+        CurrentAuthorizer(self.0.token.load_full())
+    }
+
+    /// The token as resolved again after the ACL tables changed.
+    pub fn refresh(&self, token: Arc<ResolvedToken>) {
+        self.0.token.store(token);
     }
 
     pub fn accessor_id(&self) -> &str {
-        &self.0.token.accessor_id
+        &self.0.accessor_id
     }
 
     pub fn secret(&self) -> Option<&str> {
@@ -103,8 +121,9 @@ impl RequestAcl {
         if !self.authorizer().enabled() {
             return;
         }
+        let a = self.authorizer();
         let before = items.len();
-        items.retain(|item| visible(self.authorizer(), item));
+        items.retain(|item| visible(&a, item));
         self.count_filtered((before - items.len()) as u64);
     }
 
@@ -117,8 +136,9 @@ impl RequestAcl {
         if !self.authorizer().enabled() {
             return;
         }
+        let a = self.authorizer();
         let before = map.len();
-        map.retain(|k, v| visible(self.authorizer(), k, v));
+        map.retain(|k, v| visible(&a, k, v));
         self.count_filtered((before - map.len()) as u64);
     }
 
@@ -129,6 +149,16 @@ impl RequestAcl {
     /// Elements left out so far.
     pub fn filtered(&self) -> u64 {
         self.0.filtered.load(Ordering::Relaxed)
+    }
+}
+
+/// A token's authorizer as it stands when asked for.
+pub struct CurrentAuthorizer(Arc<ResolvedToken>);
+
+impl std::ops::Deref for CurrentAuthorizer {
+    type Target = Authorizer;
+    fn deref(&self) -> &Authorizer {
+        &self.0.authorizer
     }
 }
 

@@ -114,6 +114,8 @@ pub async fn get(ctx: Ctx, path: Option<Path<String>>, q: Query) -> Result<Respo
                 Answer::json(index, &entries.into_iter().map(KvView::from).collect::<Vec<_>>())
             }
         } else {
+            // Again here: a blocking query's token may have lost the right while it waited.
+            q.acl.require(Resource::Key, &key, Access::Read)?;
             let (entry, index) = view.kv_get_indexed(&key)?;
             match entry {
                 None => Ok(Answer::not_found(index)),

@@ -70,7 +70,7 @@ pub async fn read(ctx: Ctx, Path(id): Path<String>, q: Query) -> Result<Response
     ctx.check_consistency(&q).await?;
     let view = ctx.store.read()?;
     let query = view.prepared_query(&id)?.ok_or_else(not_found)?;
-    if !may_read(q.acl.authorizer(), &query) {
+    if !may_read(&q.acl.authorizer(), &query) {
         return Err(ApiError::Forbidden("Permission denied".into()));
     }
     let index = view.table_index(Table::PreparedQueries)?;
@@ -120,7 +120,7 @@ pub async fn execute(ctx: Ctx, Path(id): Path<String>, q: Query) -> Result<Respo
         let view = ctx.store.read()?;
         (view.resolve_prepared_query(&id)?.ok_or_else(not_found)?, view.table_index(Table::PreparedQueries)?)
     };
-    if !may_read(q.acl.authorizer(), &query) {
+    if !may_read(&q.acl.authorizer(), &query) {
         return Err(ApiError::Forbidden("Permission denied".into()));
     }
     q.acl.require(Resource::Service, &query.service.service, Access::Read)?;
@@ -146,7 +146,7 @@ pub async fn explain(ctx: Ctx, Path(id): Path<String>, q: Query) -> Result<Respo
     ctx.check_consistency(&q).await?;
     let view = ctx.store.read()?;
     let query = view.resolve_prepared_query(&id)?.ok_or_else(not_found)?;
-    if !may_read(q.acl.authorizer(), &query) {
+    if !may_read(&q.acl.authorizer(), &query) {
         return Err(ApiError::Forbidden("Permission denied".into()));
     }
     let index = view.table_index(Table::PreparedQueries)?;

@@ -253,9 +253,8 @@ impl HttpContext {
                         return Ok(self.respond(&answer));
                     }
                 }
-                _ = acl_change(&mut acl_changes) => {
-                    self.resolve_token(q.acl.secret()).await?;
-                }
+                // Revoked: refused. Still valid: the next answer follows its current rules.
+                _ = acl_change(&mut acl_changes) => q.acl.refresh(self.resolve_token(q.acl.secret()).await?),
                 _ = tokio::time::sleep_until(deadline) => return Ok(self.respond(&answer_now()?)),
                 _ = self.shutdown.cancelled() => return Ok(self.respond(&answer_now()?)),
             }
