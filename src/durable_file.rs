@@ -2,15 +2,19 @@
 //! a mix and never nothing (the agent's local state, Raft snapshots, saved backups).
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Replaces `path` with `parts` written in order: a temporary file beside it, fsync, rename,
-/// directory fsync.
+/// directory fsync. The file is readable by its owner only: these files hold the state, and
+/// with it ACL secrets.
 pub fn replace_file_durably(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp_name);
-    let mut file = std::fs::File::create(&tmp)?;
+    // A leftover of a crash may have other permissions: the mode applies only to a new file.
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
     for part in parts {
         file.write_all(part)?;
     }
