@@ -230,6 +230,9 @@ pub struct RpcTls {
     require_incoming: bool,
     /// `verify_outgoing`: every connection to a server is TLS, its certificate checked.
     connect: Option<RwLock<Arc<rustls::ClientConfig>>>,
+    /// `verify_incoming` and `verify_server_hostname`: a peer is a server only when its
+    /// certificate names one, so an agent's certificate cannot speak Raft.
+    servers_proven: bool,
     /// The agents' domain: a server of datacenter `dc` is `server.<dc>.<domain>`.
     domain: String,
 }
@@ -257,6 +260,7 @@ impl RpcTls {
             accept: accept.map(RwLock::new),
             require_incoming: settings.verify_incoming,
             connect: connect.map(RwLock::new),
+            servers_proven: settings.verify_incoming && settings.verify_server_hostname,
             domain: domain.trim_end_matches('.').to_string(),
         }))
     }
@@ -294,6 +298,22 @@ impl RpcTls {
     /// Whether plain (non-TLS) connections are refused.
     pub fn requires_incoming(&self) -> bool {
         self.require_incoming
+    }
+
+    /// Whether a peer that presented `certificates` (already checked against the CA) is a
+    /// server of `datacenter`: its certificate is valid for `server.<dc>.<domain>`. `None`
+    /// when this agent cannot tell (without `verify_incoming` and `verify_server_hostname`
+    /// any peer is taken for a server, as Consul does).
+    pub fn peer_is_server(&self, certificates: Option<&[CertificateDer<'_>]>, datacenter: &str) -> Option<bool> {
+        if !self.servers_proven {
+            return None;
+        }
+        let Some(leaf) = certificates.and_then(|c| c.first()) else { return Some(false) };
+        let Ok(name) = rustls::pki_types::ServerName::try_from(format!("server.{datacenter}.{}", self.domain)) else {
+            return Some(false);
+        };
+        let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else { return Some(false) };
+        Some(cert.verify_is_valid_for_subject_name(&name).is_ok())
     }
 
     /// What opens an outgoing connection to a server of `datacenter`, and the name that

@@ -377,12 +377,17 @@ fn a_client_agent_resolves_tokens_through_its_server_and_uses_its_default_token(
     support::wait_for("the initial management token", Duration::from_secs(15), || {
         (call(&server, "GET", "/v1/acl/token/self", ROOT, b"").status == 200).then_some(())
     });
-    // The client's default token reads app/; the deployer's registers `web`.
+    // The client's default token reads app/; its agent token writes its node (nothing
+    // else); the deployer's registers `web`.
     let reader = "5b0c1f7e-1111-4a1a-8a1a-000000000001";
     let deployer = "5b0c1f7e-2222-4a1a-8a1a-000000000002";
+    let c1_agent = "5b0c1f7e-3333-4a1a-8a1a-000000000003";
+    let c2_agent = "5b0c1f7e-4444-4a1a-8a1a-000000000004";
     for (name, rules, secret) in [
         ("reader", r#"key_prefix "app/" { policy = "read" }"#, reader),
         ("deployer", "service \"web\" { policy = \"write\" }\nservice_prefix \"\" { policy = \"read\" }", deployer),
+        ("c1-agent", r#"node "c1" { policy = "write" }"#, c1_agent),
+        ("c2-agent", "node \"c2\" { policy = \"write\" }\nservice \"db\" { policy = \"write\" }", c2_agent),
     ] {
         let policy = ok_json(call(
             &server,
@@ -397,8 +402,9 @@ fn a_client_agent_resolves_tokens_through_its_server_and_uses_its_default_token(
     let client_config = dir.path().join("client.json");
     std::fs::write(
         &client_config,
-        json!({"acl": {"enabled": true, "default_policy": "deny", "token_ttl": "1s", "tokens": {"default": reader}}})
-            .to_string(),
+        json!({"acl": {"enabled": true, "default_policy": "deny", "token_ttl": "1s",
+                       "tokens": {"default": reader, "agent": c1_agent}}})
+        .to_string(),
     )
     .expect("write");
     let mut client_args = agent_args("c1", dir.path(), None, Some(&server.gossip.to_string()));
@@ -422,6 +428,18 @@ fn a_client_agent_resolves_tokens_through_its_server_and_uses_its_default_token(
     assert_eq!(listed.json(), json!({}));
     assert_eq!(listed.header("X-Consul-Results-Filtered-By-ACLs"), Some("true"));
     assert!(ok_json(call(&client, "GET", "/v1/agent/services", deployer, b"")).get("web").is_some());
+    // The server checks the client's own writes: `web` reaches the catalog with the token that
+    // registered it (the agent token may not write it), and leaves it with that token too.
+    let web_in_catalog = || call(&server, "GET", "/v1/catalog/service/web", ROOT, b"").json().as_array().map(Vec::len);
+    support::wait_for("web in the catalog", Duration::from_secs(10), || (web_in_catalog() == Some(1)).then_some(()));
+    assert_eq!(call(&client, "PUT", "/v1/agent/service/deregister/web", deployer, b"").status, 200);
+    support::wait_for("web gone from the catalog", Duration::from_secs(10), || {
+        (web_in_catalog() == Some(0)).then_some(())
+    });
+    assert_eq!(call(&client, "PUT", "/v1/agent/service/register", deployer, web).status, 200);
+    support::wait_for("web back in the catalog", Duration::from_secs(10), || {
+        (web_in_catalog() == Some(1)).then_some(())
+    });
     // Revoked on the server: refused by the client once its copy expires (token_ttl 1s).
     let accessor = ok_json(call(&server, "GET", "/v1/acl/token/self", deployer, b""))["AccessorID"].clone();
     let accessor = accessor.as_str().expect("accessor");
@@ -429,6 +447,35 @@ fn a_client_agent_resolves_tokens_through_its_server_and_uses_its_default_token(
     support::wait_for("the client to refuse the revoked token", Duration::from_secs(10), || {
         (call(&client, "GET", "/v1/agent/services", deployer, b"").status == 403).then_some(())
     });
+
+    // A client whose agent token may not write its config-file service is refused, until one
+    // that may is set through the API (kept on disk with enable_token_persistence).
+    let c2_config = dir.path().join("c2.json");
+    let c2_acl = json!({"acl": {"enabled": true, "default_policy": "deny", "enable_token_persistence": true,
+                                "tokens": {"default": reader}},
+                        "services": [{"name": "db", "port": 5432}]});
+    std::fs::write(&c2_config, c2_acl.to_string()).expect("write");
+    let mut c2_args = agent_args("c2", dir.path(), None, Some(&server.gossip.to_string()));
+    c2_args.extend(["-config-file".to_string(), c2_config.display().to_string()]);
+    let c2 = Agent::spawn_client(c2_args, dir.path().join("c2"));
+    c2.wait_log("catalog sync refused by ACLs", FORM);
+    assert!(c2.log().contains("lacks node:read on \"c2\""), "{}", c2.log());
+    let db_in_catalog = || call(&server, "GET", "/v1/catalog/service/db", ROOT, b"").json().as_array().map(Vec::len);
+    assert_eq!(db_in_catalog(), Some(0));
+    let set = |token: &str, secret: &str| {
+        let body = json!({"Token": secret}).to_string();
+        call(&c2, "PUT", "/v1/agent/token/agent", token, body.as_bytes())
+    };
+    assert_eq!(set(reader, c2_agent).status, 403, "setting a token needs acl:write");
+    let r = call(&c2, "PUT", "/v1/agent/token/replication", ROOT, br#"{"Token": "x"}"#);
+    assert!(r.status == 400 && r.text().contains("does not use"), "{}", r.text());
+    assert_eq!(call(&c2, "PUT", "/v1/agent/token/nonsense", ROOT, b"{}").status, 404);
+    assert_eq!(set(ROOT, c2_agent).status, 200);
+    support::wait_for("db registered with c2's new agent token", Duration::from_secs(10), || {
+        (db_in_catalog() == Some(1)).then_some(())
+    });
+    let kept = std::fs::read_to_string(dir.path().join("c2").join("acl-tokens.json")).expect("persisted tokens");
+    assert!(kept.contains(c2_agent), "{kept}");
 }
 
 #[test]

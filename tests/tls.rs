@@ -190,9 +190,18 @@ fn tls_connect(lab: &Lab, https: SocketAddr) -> rustls::StreamOwned<rustls::Clie
         .expect("versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    handshake(config, "localhost", https)
+}
+
+/// A TLS connection to `addr` with `config`, expecting `name`, handshake done.
+fn handshake(
+    config: rustls::ClientConfig,
+    name: &'static str,
+    addr: SocketAddr,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let name = rustls::pki_types::ServerName::try_from(name).expect("name");
     let connection = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
-    let socket = TcpStream::connect(https).expect("connect");
+    let socket = TcpStream::connect(addr).expect("connect");
     socket.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     let mut stream = rustls::StreamOwned::new(connection, socket);
     while stream.conn.is_handshaking() {
@@ -219,6 +228,37 @@ fn get_on(stream: &mut impl ReadWrite, path: &str) -> u16 {
     let mut body = vec![0u8; length];
     stream.read_exact(&mut body).expect("read body");
     head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status")
+}
+
+/// A server-RPC connection to `rpc` over TLS, presenting the lab's certificate `cert`.
+fn rpc_connect(lab: &Lab, rpc: SocketAddr, cert: &str) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let roots = cairn::tls::load_roots(&lab.path("consul-agent-ca.pem")).expect("CA");
+    let chain = cairn::tls::load_certs("cert_file", &lab.path(&format!("{cert}.pem"))).expect("cert");
+    let key = cairn::tls::load_key(&lab.path(&format!("{cert}-key.pem"))).expect("key");
+    let config = rustls::ClientConfig::builder_with_provider(cairn::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client certificate");
+    handshake(config, "server.dc1.consul", rpc)
+}
+
+/// One server-RPC request (a frame without a blob) and the JSON of its answer.
+fn rpc_call(stream: &mut impl ReadWrite, request: &serde_json::Value) -> serde_json::Value {
+    let json = request.to_string().into_bytes();
+    let mut frame = vec![1u8];
+    frame.extend((json.len() as u32).to_be_bytes());
+    frame.extend(0u32.to_be_bytes());
+    frame.extend(json);
+    stream.write_all(&frame).expect("send");
+    let mut head = [0u8; 9];
+    stream.read_exact(&mut head).expect("answer header");
+    let json_len = u32::from_be_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
+    let blob_len = u32::from_be_bytes(head[5..9].try_into().expect("4 bytes")) as usize;
+    let mut body = vec![0u8; json_len + blob_len];
+    stream.read_exact(&mut body).expect("answer");
+    serde_json::from_slice(&body[..json_len]).expect("JSON answer")
 }
 
 trait ReadWrite: Read + Write {}
@@ -373,12 +413,35 @@ fn servers_replicate_over_mutual_tls_and_refuse_a_server_without_it() {
     });
     assert_eq!(servers[0].get("/v1/kv/from-client?raw").text(), "tls");
 
-    // Plain text to a server's RPC port is refused with the reason, before any hello is read.
     let rpc: SocketAddr = servers[0]
         .log()
         .lines()
         .find_map(|l| l.split("server RPC listening addr=").nth(1)?.split_whitespace().next()?.parse().ok())
         .expect("the RPC address in the log");
+    // The client's certificate is the CA's but names no server: with verify_server_hostname
+    // it may ask what agents ask, never speak Raft or forward a write past the ACL checks.
+    let node_id = servers[0].get("/v1/agent/self").json()["Config"]["NodeID"].as_str().expect("id").replace('-', "");
+    let uuid: [u8; 16] = (0..16)
+        .map(|i| u8::from_str_radix(&node_id[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect::<Vec<u8>>()
+        .try_into()
+        .expect("16 bytes");
+    let to = cairn::cluster::raft_node_id(uuid);
+    let mut as_client = rpc_connect(&lab, rpc, "dc1-client-consul-0");
+    let hello = serde_json::json!({"Hello": {"cluster": "dc1", "from": 4242, "to": to}});
+    assert_eq!(rpc_call(&mut as_client, &hello), serde_json::json!("Hello"));
+    assert_eq!(
+        rpc_call(&mut as_client, &serde_json::json!("Status")),
+        serde_json::json!({"Status": {"initialized": true}})
+    );
+    let forged = serde_json::json!({"Forward": {"v": 1, "commands": [
+        {"KvSet": {"key": "forged", "value": null, "flags": 0, "cas": null}}]}});
+    let refused = rpc_call(&mut as_client, &forged);
+    assert!(refused["Refused"].as_str().is_some_and(|r| r.contains("servers only")), "{refused}");
+    servers[0].wait_log("this request is for servers only", FORM);
+    assert_eq!(servers[0].get("/v1/kv/forged").status, 404, "nothing applied");
+
+    // Plain text to a server's RPC port is refused with the reason, before any hello is read.
     let mut plain_rpc = TcpStream::connect(rpc).expect("connect");
     plain_rpc.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     plain_rpc.write_all(&[1, 0, 0, 0, 2, 0, 0, 0, 0, b'{', b'}']).expect("write");

@@ -7,6 +7,9 @@
 //! Architecture Invariant: `acl` decides, it never answers: HTTP turns a refusal into 403
 //! and DNS into an empty answer. With ACLs off every check passes.
 
+pub mod catalog;
+pub mod tokens;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -30,6 +33,9 @@ pub struct AclConfig {
     pub agent_token: Option<String>,
     /// `tokens.default`: used for requests (and DNS) that present no token.
     pub default_token: Option<String>,
+    /// `enable_token_persistence`: tokens set through `/v1/agent/token` are kept in the data
+    /// dir and win over these at the next start.
+    pub enable_token_persistence: bool,
     /// How long a client agent keeps a token a server resolved for it (`token_ttl`).
     pub token_ttl: std::time::Duration,
 }
@@ -42,6 +48,7 @@ impl Default for AclConfig {
             initial_management: None,
             agent_token: None,
             default_token: None,
+            enable_token_persistence: false,
             token_ttl: std::time::Duration::from_secs(30),
         }
     }
@@ -233,6 +240,7 @@ const CACHED_TOKENS_MAX: usize = 4096;
 /// tables change.
 pub struct AclResolver {
     config: AclConfig,
+    tokens: Arc<tokens::AgentTokens>,
     datacenter: String,
     store: Store,
     cache: Mutex<HashMap<String, (u64, Arc<ResolvedToken>)>>,
@@ -240,9 +248,20 @@ pub struct AclResolver {
 }
 
 impl AclResolver {
-    pub fn new(config: AclConfig, datacenter: String, store: Store) -> AclResolver {
+    pub fn new(config: AclConfig, tokens: Arc<tokens::AgentTokens>, datacenter: String, store: Store) -> AclResolver {
         let off = Arc::new(ResolvedToken { accessor_id: String::new(), authorizer: Authorizer::off() });
-        AclResolver { config, datacenter, store, cache: Mutex::default(), off }
+        AclResolver { config, tokens, datacenter, store, cache: Mutex::default(), off }
+    }
+
+    /// The agent's own tokens (default and agent), as they are now.
+    pub fn tokens(&self) -> &tokens::AgentTokens {
+        &self.tokens
+    }
+
+    /// Moves whenever what a token may do could have changed: an ACL write replicated here,
+    /// or one of the agent's own tokens replaced.
+    pub fn generation(&self) -> u64 {
+        self.store.acl_generation().wrapping_add(self.tokens.generation())
     }
 
     pub fn config(&self) -> &AclConfig {
@@ -255,8 +274,8 @@ impl AclResolver {
 
     /// The secret a request without a token acts with: the agent's default token, else the
     /// anonymous token.
-    pub fn default_secret(&self) -> &str {
-        self.config.default_token.as_deref().unwrap_or(ANONYMOUS_TOKEN_SECRET)
+    pub fn default_secret(&self) -> String {
+        self.tokens.default_token().unwrap_or_else(|| ANONYMOUS_TOKEN_SECRET.to_string())
     }
 
     /// What `secret` (the default when `None`) may do, from this replica.
@@ -264,7 +283,14 @@ impl AclResolver {
         if !self.config.enabled {
             return Ok(Arc::clone(&self.off));
         }
-        let secret = secret.filter(|s| !s.is_empty()).unwrap_or(self.default_secret());
+        let default;
+        let secret = match secret.filter(|s| !s.is_empty()) {
+            Some(secret) => secret,
+            None => {
+                default = self.default_secret();
+                &default
+            }
+        };
         // Read before the state: an entry built from older state then carries an older
         // generation and is dropped at its next use.
         let generation = self.store.acl_generation();

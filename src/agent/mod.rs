@@ -94,6 +94,8 @@ pub enum AgentError {
     Signals(std::io::Error),
     #[error(transparent)]
     Checks(#[from] CheckError),
+    #[error("cannot read the ACL tokens kept by acl.enable_token_persistence: {0}")]
+    AgentTokens(#[from] crate::acl::tokens::TokensError),
     #[error(transparent)]
     Gossip(#[from] crate::gossip::GossipError),
     #[error("could not join the gossip pool (-join / start_join): {0}")]
@@ -138,6 +140,12 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     let node_id = data_dir.node_id(config.node_id.as_deref())?;
     tracing::info!(data_dir = %data_dir.path().display(), node_id = %node_id, node = %config.node_name, "starting cairn agent");
     let store = Store::open(&data_dir.lmdb_path(), config.lmdb_map_size_bytes)?;
+    let mut agent_tokens =
+        crate::acl::tokens::AgentTokens::from_config(config.acl.default_token.clone(), config.acl.agent_token.clone());
+    if config.acl.enable_token_persistence {
+        agent_tokens = agent_tokens.persisted_in(data_dir.path())?;
+    }
+    let agent_tokens = Arc::new(agent_tokens);
 
     let http_ip = config.addresses.http.unwrap_or(config.client_addr);
     let http_addr = SocketAddr::new(http_ip, config.ports.http);
@@ -216,6 +224,7 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
             server: config.server,
             write_queue_max: config.limits.max_pending_writes as usize,
             tuning: config.raft.clone(),
+            agent_tokens: Arc::clone(&agent_tokens),
         },
         rpc_listener,
         known_servers,
@@ -258,7 +267,12 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     ));
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(RELOADS_QUEUED_MAX);
     let metrics = crate::metrics::Metrics::default();
-    let acl = Arc::new(crate::acl::AclResolver::new(config.acl.clone(), config.datacenter.clone(), store.clone()));
+    let acl = Arc::new(crate::acl::AclResolver::new(
+        config.acl.clone(),
+        Arc::clone(&agent_tokens),
+        config.datacenter.clone(),
+        store.clone(),
+    ));
     let ctx = Arc::new(HttpContext::new(http::HttpServices {
         cluster: cluster.clone(),
         store: store.clone(),
@@ -287,7 +301,12 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     dns.set_replica_fresh(replica_stale_because(&cluster));
     if config.server {
         let router = http::router(Arc::clone(&ctx));
-        cluster.answer_clients_with(Arc::new(client_answers::ServerAnswers { router, dns: Arc::clone(&dns) }));
+        cluster.answer_clients_with(Arc::new(client_answers::ServerAnswers {
+            router,
+            dns: Arc::clone(&dns),
+            acl: Arc::clone(&acl),
+            store: store.clone(),
+        }));
     }
     tasks.spawn(http::serve(http_listener, Arc::clone(&ctx), shutdown.clone(), DRAIN_MAX, None));
     tracing::info!(addr = %http_bound, "HTTP API listening");
@@ -343,15 +362,15 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     }
     let mut watches = watches::Watches::new(http_bound, shutdown.clone(), tasks.clone());
     watches.replace(&config.watches);
-    let reloader = Arc::new(Reloader::new(
-        options.flags,
-        config,
+    let reloadable = reload::Reloadable {
         dns,
         local,
         watches,
-        reload::Tls { https, rpc: rpc_tls },
-        options.set_log_level,
-    ));
+        tls: reload::Tls { https, rpc: rpc_tls },
+        set_log_level: options.set_log_level,
+        agent_tokens: Arc::clone(&agent_tokens),
+    };
+    let reloader = Arc::new(Reloader::new(options.flags, config, reloadable));
     let reason = wait_for_shutdown_signal(signals, leave, reloader, reload_rx, &cluster).await?;
     if let ShutdownReason::RaftStopped(why) = &reason {
         tracing::error!(error = %why, "Raft stopped; shutting down so the service manager restarts cairn");

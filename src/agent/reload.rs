@@ -1,7 +1,8 @@
 //! Config reload (SIGHUP, `cairn reload`, `PUT /v1/agent/reload`): re-reads the same config
 //! files and flags, and applies what can change at run time — config-file services and
-//! checks, `log_level`, `dns_config`, `recursors`, `watches`, the static zones, and the TLS
-//! settings and files of HTTPS and the server RPC (a renewed certificate is read again even
+//! checks, `log_level`, `dns_config`, `recursors`, `watches`, the static zones, the agent's
+//! ACL tokens (`acl.tokens.default` and `agent`; ones set through the API still win), and the
+//! TLS settings and files of HTTPS and the server RPC (a renewed certificate is read again even
 //! when the config is unchanged). Any other changed key is logged as needing a restart. A config that
 //! fails to load, or whose TLS files do not, changes nothing.
 
@@ -34,19 +35,32 @@ pub struct Reloader {
     watches: Mutex<Watches>,
     tls: Tls,
     set_log_level: SetLogLevel,
+    agent_tokens: Arc<crate::acl::tokens::AgentTokens>,
+}
+
+/// What a reload changes in the running agent.
+pub struct Reloadable {
+    pub dns: Arc<DnsService>,
+    pub local: LocalAgent,
+    pub watches: Watches,
+    pub tls: Tls,
+    pub set_log_level: SetLogLevel,
+    pub agent_tokens: Arc<crate::acl::tokens::AgentTokens>,
 }
 
 impl Reloader {
-    pub fn new(
-        flags: AgentFlags,
-        config: Config,
-        dns: Arc<DnsService>,
-        local: LocalAgent,
-        watches: Watches,
-        tls: Tls,
-        set_log_level: SetLogLevel,
-    ) -> Self {
-        Reloader { flags, running: Mutex::new(config), dns, local, watches: Mutex::new(watches), tls, set_log_level }
+    pub fn new(flags: AgentFlags, config: Config, parts: Reloadable) -> Self {
+        let Reloadable { dns, local, watches, tls, set_log_level, agent_tokens } = parts;
+        Reloader {
+            flags,
+            running: Mutex::new(config),
+            dns,
+            local,
+            watches: Mutex::new(watches),
+            tls,
+            set_log_level,
+            agent_tokens,
+        }
     }
 
     /// Reloads; blocking work (reading files, parsing zones), so run it off the async
@@ -77,6 +91,9 @@ impl Reloader {
         }
         if new.dns_config != running.dns_config || new.recursors != running.recursors {
             self.dns.reconfigure(dns_settings);
+        }
+        if self.agent_tokens.reload_config(new.acl.default_token.clone(), new.acl.agent_token.clone()) {
+            self.local.resync();
         }
         let zones = self.dns.reload_zones();
         self.local.replace_config_services(new.services.clone());
@@ -113,6 +130,8 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     check("zones_dir", old.zones_dir != new.zones_dir);
     check("check_update_interval", old.check_update_interval != new.check_update_interval);
     check("anti_entropy_interval", old.anti_entropy_interval != new.anti_entropy_interval);
+    let tokenless = |c: &Config| crate::acl::AclConfig { default_token: None, agent_token: None, ..c.acl.clone() };
+    check("acl", tokenless(old) != tokenless(new));
     changed
 }
 
@@ -128,6 +147,8 @@ fn keep_restart_only(old: &Config, new: &mut Config) {
         std::mem::take(&mut new.watches),
         std::mem::take(&mut new.tls_https),
         std::mem::take(&mut new.tls_rpc),
+        new.acl.default_token.take(),
+        new.acl.agent_token.take(),
     );
     *new = old.clone();
     (
@@ -139,6 +160,8 @@ fn keep_restart_only(old: &Config, new: &mut Config) {
         new.watches,
         new.tls_https,
         new.tls_rpc,
+        new.acl.default_token,
+        new.acl.agent_token,
     ) = reloadable;
 }
 
@@ -160,5 +183,19 @@ mod tests {
         assert_eq!(new.datacenter, "dc1");
         assert_eq!(new.log_level, LogLevel::Debug);
         assert_eq!(new.recursors.len(), 1);
+    }
+
+    #[test]
+    fn acl_tokens_reload_but_the_rest_of_acl_needs_a_restart() {
+        let old = config(r#"{"acl": {"enabled": true, "tokens": {"default": "a"}}}"#);
+        let mut new = config(r#"{"acl": {"enabled": true, "tokens": {"default": "b", "agent": "c"}}}"#);
+        assert!(restart_only_changes(&old, &new).is_empty());
+        keep_restart_only(&old, &mut new);
+        assert_eq!((new.acl.default_token.as_deref(), new.acl.agent_token.as_deref()), (Some("b"), Some("c")));
+        let mut new = config(r#"{"acl": {"enabled": false, "default_policy": "deny", "tokens": {"default": "b"}}}"#);
+        assert_eq!(restart_only_changes(&old, &new), ["acl"]);
+        keep_restart_only(&old, &mut new);
+        assert!(new.acl.enabled && new.acl.default_allow, "kept until a restart");
+        assert_eq!(new.acl.default_token.as_deref(), Some("b"));
     }
 }

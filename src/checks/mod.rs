@@ -39,6 +39,7 @@ pub use probe::{read_body_capped, read_capped, root_cause};
 pub use state::{LocalCheck, LocalError, LocalService, LocalState, Source};
 
 use crate::cluster::Cluster;
+use crate::model::acl::Secret;
 use crate::model::agent::{CheckKind, CheckSpec, ServiceRegistration};
 use crate::model::{CheckStatus, RegisterRequest};
 use crate::store::Store;
@@ -231,17 +232,25 @@ impl LocalAgent {
     }
 
     /// Adds or removes the critical `_service_maintenance:<id>` check.
-    pub async fn service_maintenance(&self, id: &str, enable: bool, reason: &str) -> Result<(), LocalError> {
+    /// Its token: the request's, else the service's.
+    pub async fn service_maintenance(
+        &self,
+        id: &str,
+        enable: bool,
+        reason: &str,
+        token: Option<Secret>,
+    ) -> Result<(), LocalError> {
         let check_id = format!("{SERVICE_MAINTENANCE_PREFIX}{id}");
         {
             let mut state = self.lock();
-            if !state.services.contains_key(id) {
+            let Some(service) = state.services.get(id) else {
                 return Err(LocalError::UnknownService(id.to_string()));
-            }
+            };
             if enable {
                 let reason = if reason.is_empty() { MAINTENANCE_DEFAULT_REASON } else { reason };
+                let token = token.or_else(|| service.spec.token.clone());
                 state.add_check(
-                    maintenance_check(check_id, "Service Maintenance Mode", id, reason),
+                    maintenance_check(check_id, "Service Maintenance Mode", id, reason, token),
                     Source::Api,
                     Instant::now(),
                 );
@@ -254,12 +263,12 @@ impl LocalAgent {
     }
 
     /// Adds or removes the critical `_node_maintenance` check.
-    pub async fn node_maintenance(&self, enable: bool, reason: &str) -> Result<(), LocalError> {
+    pub async fn node_maintenance(&self, enable: bool, reason: &str, token: Option<Secret>) -> Result<(), LocalError> {
         {
             let mut state = self.lock();
             if enable {
                 let reason = if reason.is_empty() { NODE_MAINTENANCE_DEFAULT_REASON } else { reason };
-                let check = maintenance_check(NODE_MAINTENANCE_ID.into(), "Node Maintenance Mode", "", reason);
+                let check = maintenance_check(NODE_MAINTENANCE_ID.into(), "Node Maintenance Mode", "", reason, token);
                 state.add_check(check, Source::Api, Instant::now());
             } else {
                 state.remove_check(NODE_MAINTENANCE_ID);
@@ -296,6 +305,13 @@ impl LocalAgent {
         self.changed(&started);
     }
 
+    /// Compares everything with the catalog now: after the agent's tokens change, what was
+    /// refused may pass.
+    pub fn resync(&self) {
+        self.lock().mark_all_dirty();
+        self.inner.sync_wake.notify_one();
+    }
+
     /// After a change to the checks `ids`: runners follow, anti-entropy and blocking readers
     /// wake.
     fn changed(&self, ids: &[String]) {
@@ -329,7 +345,7 @@ fn is_maintenance(check: &CheckSpec) -> bool {
     check.kind == CheckKind::Maintenance
 }
 
-fn maintenance_check(id: String, name: &str, service_id: &str, reason: &str) -> CheckSpec {
+fn maintenance_check(id: String, name: &str, service_id: &str, reason: &str, token: Option<Secret>) -> CheckSpec {
     CheckSpec {
         id,
         name: name.to_string(),
@@ -343,6 +359,7 @@ fn maintenance_check(id: String, name: &str, service_id: &str, reason: &str) -> 
         failures_before_warning: 0,
         failures_before_critical: 0,
         deregister_critical_after: None,
+        token,
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::model::acl::Secret;
 use crate::model::agent::{CheckKind, CheckSpec, ServiceSpec};
 use crate::model::CheckStatus;
 
@@ -68,10 +69,38 @@ pub struct Observation {
     pub output: String,
 }
 
+/// Tokens of removed services and checks, kept until the catalog no longer has them, so
+/// their deregistration is made with the token that registered them (removing a service
+/// needs write on it; the agent token may not have that). In memory only: after a restart
+/// a pending deregistration uses the agent token.
+#[derive(Debug, Default, Clone)]
+pub struct RemovedTokens {
+    pub services: BTreeMap<String, Secret>,
+    pub checks: BTreeMap<String, Secret>,
+}
+
+/// Removed entries whose token is remembered, at most (per kind); beyond, their
+/// deregistration uses the agent token.
+pub const REMOVED_TOKENS_MAX: usize = 4096;
+
+impl RemovedTokens {
+    fn remember(map: &mut BTreeMap<String, Secret>, id: &str, token: Option<Secret>) {
+        match token {
+            Some(token) if map.len() < REMOVED_TOKENS_MAX || map.contains_key(id) => {
+                map.insert(id.to_string(), token);
+            }
+            _ => {
+                map.remove(id);
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct LocalState {
     pub services: BTreeMap<String, LocalService>,
     pub checks: BTreeMap<String, LocalCheck>,
+    pub removed_tokens: RemovedTokens,
     pub dirty: Dirty,
     next_generation: u64,
     /// Bumped on every change the agent API shows (blocking `?hash=` reads wait on it).
@@ -139,6 +168,7 @@ impl LocalState {
             }
             affected.extend(stale);
         }
+        self.removed_tokens.services.remove(&id);
         self.services.insert(id.clone(), LocalService { spec: service, source });
         self.dirty.services.insert(id);
         self.changed();
@@ -162,6 +192,7 @@ impl LocalState {
             _ => None,
         };
         let status = spec.initial_status;
+        self.removed_tokens.checks.remove(&id);
         let check = LocalCheck {
             source,
             generation: self.next_generation,
@@ -194,7 +225,8 @@ impl LocalState {
 
     /// Removes a service and its checks. Returns the removed check IDs (their runners stop).
     pub fn remove_service(&mut self, id: &str) -> Result<Vec<String>, LocalError> {
-        self.services.remove(id).ok_or_else(|| LocalError::UnknownService(id.to_string()))?;
+        let removed = self.services.remove(id).ok_or_else(|| LocalError::UnknownService(id.to_string()))?;
+        RemovedTokens::remember(&mut self.removed_tokens.services, id, removed.spec.token);
         let checks: Vec<String> =
             self.checks.values().filter(|c| c.spec.service_id == id).map(|c| c.spec.id.clone()).collect();
         for check in &checks {
@@ -206,12 +238,13 @@ impl LocalState {
     }
 
     pub fn remove_check(&mut self, id: &str) -> bool {
-        let removed = self.checks.remove(id).is_some();
-        if removed {
+        let removed = self.checks.remove(id);
+        if let Some(check) = &removed {
+            RemovedTokens::remember(&mut self.removed_tokens.checks, id, check.spec.token.clone());
             self.dirty.checks.insert(id.to_string());
             self.changed();
         }
-        removed
+        removed.is_some()
     }
 
     /// Records a probe result through the check's thresholds (Consul's rules): successes

@@ -9,6 +9,11 @@
 //! The server's own `consul` service and `serfHealth` check belong to the agent's
 //! self-registration: written once at start (and again only if the node vanished), never
 //! removed here.
+//!
+//! ACL tokens (a client agent's writes are checked by the server): a service, and its checks,
+//! are written with the token it was registered with, a node-level check with its own; the
+//! node itself, and anything registered without a token, with the agent token. A removed
+//! entry is deregistered with the token it had.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -16,9 +21,10 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 
-use super::state::{Dirty, LocalCheck, LocalService};
+use super::state::{Dirty, LocalCheck, LocalService, RemovedTokens};
 use super::Inner;
 use crate::cluster::{Cluster, WriteError};
+use crate::model::acl::Secret;
 use crate::model::{
     CheckDefinition, Command, CommandResult, DeregisterRequest, HealthCheck, Node, RegisterRequest, Service,
     ServiceDefinition,
@@ -49,6 +55,9 @@ pub(super) async fn run(inner: Arc<Inner>, cluster: Cluster, store: Store, self_
         tracing::warn!("no leader elected (or no server known) yet; catalog sync will keep retrying");
     }
     match cluster.write(Command::Register(Box::new(self_registration.clone()))).await {
+        Ok(CommandResult::Rejected(why)) => {
+            tracing::warn!(reason = %why, "the catalog refused this agent's node registration (acl.tokens.agent?); will retry")
+        }
         Ok(_) if cluster.is_server() => {
             tracing::info!(node = %self_registration.node, "registered this server in the catalog")
         }
@@ -79,24 +88,35 @@ pub(super) async fn run(inner: Arc<Inner>, cluster: Cluster, store: Store, self_
             }
             continue;
         }
-        let failed = match sync_once(&inner, &cluster, &store, &self_registration, &dirty).await {
+        // After a failure: when to compare everything again, and whether a local change (or
+        // new agent tokens) should not wait for it.
+        let retry = match sync_once(&inner, &cluster, &store, &self_registration, &dirty).await {
             Ok(writes) => {
                 if writes > 0 {
                     tracing::debug!(writes, full = dirty.full, "catalog synced");
                 }
-                false
+                None
+            }
+            // Retrying soon cannot help: only new tokens or rules can.
+            Err(SyncError::Write(WriteError::PermissionDenied(why))) => {
+                tracing::warn!(
+                    reason = %why,
+                    "catalog sync refused by ACLs (acl.tokens.agent?); retrying at the next anti-entropy pass or when this agent's tokens or services change"
+                );
+                Some((next_full, true))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "catalog sync failed; retrying");
-                true
+                Some((tokio::time::Instant::now() + RETRY_AFTER, false))
             }
         };
-        if failed {
-            inner.lock().mark_all_dirty();
+        if let Some((until, on_change)) = retry {
             tokio::select! {
-                _ = tokio::time::sleep(RETRY_AFTER) => {}
+                _ = tokio::time::sleep_until(until) => {}
+                _ = inner.sync_wake.notified(), if on_change => {}
                 _ = shutdown.cancelled() => return,
             }
+            inner.lock().mark_all_dirty();
         }
     }
 }
@@ -122,6 +142,15 @@ struct CatalogView {
 struct LocalView {
     services: BTreeMap<String, LocalService>,
     checks: BTreeMap<String, LocalCheck>,
+    /// Of the removed entries in scope.
+    removed: RemovedTokens,
+}
+
+/// A catalog write and the token it is made with (`None`: the agent token).
+#[derive(Debug)]
+struct PlannedWrite {
+    command: Command,
+    token: Option<Secret>,
 }
 
 async fn sync_once(
@@ -135,7 +164,11 @@ async fn sync_once(
     let (local, scope) = {
         let state = inner.lock();
         if dirty.full {
-            let local = LocalView { services: state.services.clone(), checks: state.checks.clone() };
+            let local = LocalView {
+                services: state.services.clone(),
+                checks: state.checks.clone(),
+                removed: state.removed_tokens.clone(),
+            };
             (local, None)
         } else {
             let mut services = dirty.services.clone();
@@ -151,6 +184,14 @@ async fn sync_once(
             for id in &services {
                 if let Some(service) = state.services.get(id) {
                     local.services.insert(id.clone(), service.clone());
+                }
+                if let Some(token) = state.removed_tokens.services.get(id) {
+                    local.removed.services.insert(id.clone(), token.clone());
+                }
+            }
+            for id in &dirty.checks {
+                if let Some(token) = state.removed_tokens.checks.get(id) {
+                    local.removed.checks.insert(id.clone(), token.clone());
                 }
             }
             (local, Some((services, dirty.checks.clone())))
@@ -206,6 +247,7 @@ async fn sync_once(
                 .collect(),
         }
     };
+    forget_deregistered(inner, &local.removed, &catalog);
     let (first, rest) = plan(self_registration, &local, &catalog, scope.is_none());
     let mut writes = 0;
     if let Some(command) = first {
@@ -214,13 +256,13 @@ async fn sync_once(
     }
     let mut in_flight = JoinSet::new();
     let mut result = Ok(());
-    for command in rest {
+    for PlannedWrite { command, token } in rest {
         writes += 1;
         if in_flight.len() >= WRITES_IN_FLIGHT_MAX {
             result = result.and(collect_one(&mut in_flight).await);
         }
         let cluster = cluster.clone();
-        in_flight.spawn(async move { cluster.write(command).await });
+        in_flight.spawn(async move { cluster.write_as(command, token).await });
     }
     while !in_flight.is_empty() {
         result = result.and(collect_one(&mut in_flight).await);
@@ -241,6 +283,27 @@ async fn collect_one(in_flight: &mut JoinSet<Result<CommandResult, WriteError>>)
 
 /// A rejected command is the catalog refusing this entry (it would be refused again):
 /// logged, not retried.
+/// Removed entries the catalog no longer has need their token no more.
+fn forget_deregistered(inner: &Inner, removed: &RemovedTokens, catalog: &CatalogView) {
+    let services: Vec<&String> = removed.services.keys().filter(|id| !catalog.services.contains_key(*id)).collect();
+    let checks: Vec<&String> = removed.checks.keys().filter(|id| !catalog.checks.contains_key(*id)).collect();
+    if services.is_empty() && checks.is_empty() {
+        return;
+    }
+    // Only the token seen: one removed again meanwhile keeps its new token.
+    let mut state = inner.lock();
+    for id in services {
+        if state.removed_tokens.services.get(id) == removed.services.get(id) {
+            state.removed_tokens.services.remove(id);
+        }
+    }
+    for id in checks {
+        if state.removed_tokens.checks.get(id) == removed.checks.get(id) {
+            state.removed_tokens.checks.remove(id);
+        }
+    }
+}
+
 fn report(result: CommandResult) {
     if let CommandResult::Rejected(why) = result {
         tracing::warn!(reason = %why, "the catalog refused a local service or check");
@@ -248,13 +311,14 @@ fn report(result: CommandResult) {
 }
 
 /// The commands that make the catalog match the local entries in scope: the node's
-/// registration first when it must be (re)written, then the rest in any order.
+/// registration first when it must be (re)written (with the agent token), then the rest in
+/// any order, each with its token.
 fn plan(
     self_registration: &RegisterRequest,
     local: &LocalView,
     catalog: &CatalogView,
     full: bool,
-) -> (Option<Command>, Vec<Command>) {
+) -> (Option<Command>, Vec<PlannedWrite>) {
     let node_missing = catalog.node.is_none();
     let first = (node_missing || (full && node_differs(self_registration, catalog.node.as_ref())))
         .then(|| Command::Register(Box::new(self_registration.clone())));
@@ -264,16 +328,19 @@ fn plan(
     service_ids.extend(catalog.services.keys());
     check_ids.extend(catalog.checks.keys());
 
-    let mut register: BTreeMap<&str, Vec<CheckDefinition>> = BTreeMap::new();
+    // By service (its token), and node-level checks by their token.
+    let mut register: BTreeMap<(&str, Option<&Secret>), Vec<CheckDefinition>> = BTreeMap::new();
+    let service_token = |id: &str| local.services.get(id).and_then(|s| s.spec.token.as_ref());
     let mut removed_services = BTreeSet::new();
     for id in service_ids {
         match (local.services.get(id), catalog.services.get(id)) {
             (Some(l), c) if c.is_none_or(|c| service_differs(l, c)) => {
-                register.entry(id).or_default();
+                register.entry((id, l.spec.token.as_ref())).or_default();
             }
             (None, Some(_)) if id != SELF_SERVICE_ID => {
                 removed_services.insert(id.as_str());
-                commands.push(deregister(self_registration, Some(id), None));
+                let command = deregister(self_registration, Some(id), None);
+                commands.push(PlannedWrite { command, token: local.removed.services.get(id).cloned() });
             }
             _ => {}
         }
@@ -284,28 +351,32 @@ fn plan(
                 // A periodic comparison leaves a deferred output-only change to its time.
                 let with_output = !full || l.output_due.is_none();
                 if c.is_none_or(|c| check_differs(l, c, with_output)) {
-                    register.entry(l.spec.service_id.as_str()).or_default().push(check_definition(l));
+                    let service_id = l.spec.service_id.as_str();
+                    let token = if service_id.is_empty() { l.spec.token.as_ref() } else { service_token(service_id) };
+                    register.entry((service_id, token)).or_default().push(check_definition(l));
                 }
             }
             (None, Some(c)) if id != SELF_CHECK_ID && !removed_services.contains(c.service_id.as_str()) => {
-                commands.push(deregister(self_registration, None, Some(id)));
+                let command = deregister(self_registration, None, Some(id));
+                commands.push(PlannedWrite { command, token: local.removed.checks.get(id).cloned() });
             }
             _ => {}
         }
     }
-    for (service_id, checks) in register {
+    for ((service_id, token), checks) in register {
         // A check's service goes with it: harmless when unchanged, needed when the catalog
         // lost it.
         let service = local.services.get(service_id).map(service_definition);
         if !service_id.is_empty() && service.is_none() {
             continue;
         }
-        commands.push(Command::Register(Box::new(RegisterRequest {
+        let command = Command::Register(Box::new(RegisterRequest {
             service,
             checks,
             skip_node_update: true,
             ..node_only(self_registration)
-        })));
+        }));
+        commands.push(PlannedWrite { command, token: token.cloned() });
     }
     (first, commands)
 }
@@ -381,6 +452,7 @@ fn check_differs(l: &LocalCheck, c: &HealthCheck, with_output: bool) -> bool {
 mod tests {
     use super::*;
     use crate::checks::state::{LocalState, Source};
+    use crate::model::acl::Secret;
     use crate::model::agent::{decode_service, ScriptPolicy, Strictness};
     use crate::model::CheckStatus;
     use tokio::time::Instant;
@@ -412,7 +484,15 @@ mod tests {
     }
 
     fn view(state: &LocalState) -> LocalView {
-        LocalView { services: state.services.clone(), checks: state.checks.clone() }
+        LocalView {
+            services: state.services.clone(),
+            checks: state.checks.clone(),
+            removed: state.removed_tokens.clone(),
+        }
+    }
+
+    fn commands_of(planned: Vec<PlannedWrite>) -> Vec<Command> {
+        planned.into_iter().map(|w| w.command).collect()
     }
 
     /// The catalog as it would be after applying `commands` (enough for these tests).
@@ -478,18 +558,20 @@ mod tests {
     #[test]
     fn a_synced_state_plans_no_writes() {
         let state = local_with_web();
-        let (first, commands) = plan(&self_registration(), &view(&state), &catalog_after(&[]), true);
+        let (first, planned) = plan(&self_registration(), &view(&state), &catalog_after(&[]), true);
+        let commands = commands_of(planned);
         assert!(first.is_none());
         assert_eq!(commands.len(), 1, "one register for the service and its check: {commands:?}");
         let catalog = catalog_after(&commands);
         let (first, again) = plan(&self_registration(), &view(&state), &catalog, true);
+        let again = commands_of(again);
         assert!(first.is_none() && again.is_empty(), "steady state writes nothing: {again:?}");
     }
 
     #[test]
     fn drift_is_repaired_both_ways_but_the_servers_own_entries_stay() {
         let state = local_with_web();
-        let (_, commands) = plan(&self_registration(), &view(&state), &catalog_after(&[]), true);
+        let commands = commands_of(plan(&self_registration(), &view(&state), &catalog_after(&[]), true).1);
         let mut catalog = catalog_after(&commands);
         let stray = catalog.services["web"].clone();
         catalog.services.insert("old".into(), Service { id: "old".into(), ..stray.clone() });
@@ -500,7 +582,7 @@ mod tests {
             HealthCheck { check_id: "serfHealth".into(), service_id: String::new(), ..serf },
         );
         catalog.checks.remove("service:web");
-        let (_, commands) = plan(&self_registration(), &view(&state), &catalog, true);
+        let commands = commands_of(plan(&self_registration(), &view(&state), &catalog, true).1);
         let text = format!("{commands:?}");
         assert_eq!(commands.len(), 2, "{text}");
         assert!(text.contains("service_id: Some(\"old\")") && text.contains("check_id: \"service:web\""), "{text}");
@@ -510,17 +592,64 @@ mod tests {
     #[test]
     fn deferred_output_waits_for_its_time_in_a_full_sync() {
         let mut state = local_with_web();
-        let (_, commands) = plan(&self_registration(), &view(&state), &catalog_after(&[]), true);
+        let commands = commands_of(plan(&self_registration(), &view(&state), &catalog_after(&[]), true).1);
         let catalog = catalog_after(&commands);
         state.take_dirty();
         let now = Instant::now();
         state
             .update_ttl("service:web", CheckStatus::Passing, "new output".into(), Duration::from_secs(300), now)
             .expect("ttl");
-        let (_, commands) = plan(&self_registration(), &view(&state), &catalog, true);
+        let commands = commands_of(plan(&self_registration(), &view(&state), &catalog, true).1);
         assert!(commands.is_empty(), "output alone waits: {commands:?}");
         state.tick(now + Duration::from_secs(300));
-        let (_, commands) = plan(&self_registration(), &view(&state), &catalog, false);
+        let commands = commands_of(plan(&self_registration(), &view(&state), &catalog, false).1);
         assert_eq!(commands.len(), 1, "falls due: {commands:?}");
+    }
+
+    #[test]
+    fn each_write_carries_the_token_its_entry_was_registered_with() {
+        let mut state = LocalState::default();
+        let now = Instant::now();
+        let reg = decode_service(
+            &serde_json::json!({"Name": "web", "Token": "svc-token", "Check": {"TTL": "10s"}}),
+            Strictness::Lenient,
+            ScriptPolicy::Refused,
+        )
+        .expect("valid");
+        assert_eq!(reg.checks[0].token, Some(Secret("svc-token".into())), "a service's checks have its token");
+        state.add_service(reg.service, reg.checks, Source::Api, false, now);
+        for (id, token) in [("disk", Some("node-token")), ("mem", None)] {
+            let mut check = crate::model::agent::decode_check(
+                &serde_json::json!({"Name": id, "TTL": "10s"}),
+                Strictness::Lenient,
+                ScriptPolicy::Refused,
+            )
+            .expect("valid");
+            check.token = token.map(|t| Secret(t.into()));
+            state.add_check(check, Source::Api, now);
+        }
+        let (_, planned) = plan(&self_registration(), &view(&state), &catalog_after(&[]), true);
+        let mut tokens: Vec<(Option<&str>, usize)> = planned
+            .iter()
+            .map(|w| {
+                let Command::Register(r) = &w.command else { panic!("a registration: {w:?}") };
+                (w.token.as_ref().map(|t| t.0.as_str()), r.checks.len())
+            })
+            .collect();
+        tokens.sort();
+        assert_eq!(tokens, [(None, 1), (Some("node-token"), 1), (Some("svc-token"), 1)]);
+
+        // Removed: deregistered with the token it had, which is then forgotten once gone.
+        let catalog = catalog_after(&commands_of(planned));
+        state.remove_service("web").expect("known");
+        state.remove_check("disk");
+        let (_, planned) = plan(&self_registration(), &view(&state), &catalog, true);
+        let mut removals: Vec<(String, Option<&str>)> = planned
+            .iter()
+            .map(|w| (format!("{:?}", w.command), w.token.as_ref().map(|t| t.0.as_str())))
+            .map(|(c, t)| (if c.contains("\"web\"") { "web".into() } else { "disk".into() }, t))
+            .collect();
+        removals.sort();
+        assert_eq!(removals, [("disk".into(), Some("node-token")), ("web".into(), Some("svc-token"))]);
     }
 }

@@ -15,6 +15,21 @@ pub enum AclCommand {
     /// Create, list, read or delete policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Replace one of the agent's own tokens (`default` or `agent`) without a restart.
+    SetAgentToken(SetAgentToken),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SetAgentToken {
+    #[command(flatten)]
+    pub client: ClientFlags,
+    /// `default` (requests and DNS queries without a token) or `agent` (the agent's own
+    /// registrations).
+    #[arg(value_name = "TYPE")]
+    pub kind: String,
+    /// The token's secret ID; empty clears it.
+    #[arg(value_name = "SECRET")]
+    pub secret: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -148,6 +163,11 @@ pub fn run(command: AclCommand) -> Result<(), CliError> {
         AclCommand::Policy(PolicyCommand::Read(a)) => {
             let policy = Client::new(&a.out.client)?.get_json(&policy_path(&a))?;
             show(&a.out, &policy, print_policy);
+        }
+        AclCommand::SetAgentToken(a) => {
+            let path = format!("/v1/agent/token/{}", encode_path(&a.kind));
+            Client::new(&a.client)?.put(&path, Some(&json!({"Token": a.secret})))?;
+            println!("ACL token {:?} set successfully", a.kind);
         }
         AclCommand::Policy(PolicyCommand::Delete(a)) => {
             let client = Client::new(&a.out.client)?;

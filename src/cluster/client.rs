@@ -16,9 +16,11 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
+use super::rpc::Forwarded;
 use super::rpc::{HttpAnswer, HttpCall, NodeCatalog, Request, Response, RpcError};
 use super::{Cluster, KnownServer, ServerStatus, WriteError};
-use crate::model::Proposal;
+use crate::model::acl::Secret;
+use crate::model::{Command, CommandResult, Proposal};
 
 /// Requests a client agent has at servers at once.
 pub const FORWARDS_IN_FLIGHT_MAX: usize = 64;
@@ -35,6 +37,12 @@ const WRITE_FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 pub trait ClientAnswers: Send + Sync + 'static {
     fn http(&self, call: HttpCall, body: Vec<u8>) -> BoxFuture<'static, (HttpAnswer, Vec<u8>)>;
     fn dns(&self, packet: Vec<u8>, tcp: bool) -> BoxFuture<'static, Vec<u8>>;
+    /// Checks a client agent's own catalog writes, each against its token (`tokens[i]` for
+    /// `commands[i]`; `None`: the default token): one verdict per command, `Err` saying why it
+    /// is refused (reads this server's replica).
+    fn authorize_agent_writes(&self, commands: &[Command], tokens: &[Option<Secret>]) -> Vec<Result<(), String>>;
+    /// Whether the token a client agent presents may read `node`'s catalog entries.
+    fn authorize_node_read(&self, token: Option<&Secret>, node: &str) -> Result<(), String>;
 }
 
 impl Cluster {
@@ -91,7 +99,7 @@ impl Cluster {
 
     /// `node`'s catalog entries as a server holds them (default consistency).
     pub async fn node_catalog(&self, node: &str) -> Result<NodeCatalog, WriteError> {
-        let request = Request::NodeCatalog { node: node.to_string() };
+        let request = Request::NodeCatalog { node: node.to_string(), token: self.agent_token() };
         match self.call_any_server(&request, &[], WRITE_FORWARD_TIMEOUT).await? {
             (Response::NodeCatalog(result), _) => result,
             _ => Err(WriteError::Forward("the server answered a catalog read with something else".into())),
@@ -99,7 +107,13 @@ impl Cluster {
     }
 
     /// A server's side of [`Cluster::node_catalog`].
-    pub(super) async fn local_node_catalog(&self, node: String) -> Result<NodeCatalog, WriteError> {
+    pub(super) async fn local_node_catalog(
+        &self,
+        node: String,
+        token: Option<Secret>,
+    ) -> Result<NodeCatalog, WriteError> {
+        let answers = self.client_answers().ok_or_else(starting)?;
+        answers.authorize_node_read(token.as_ref(), &node).map_err(WriteError::PermissionDenied)?;
         self.read_barrier(false).await?;
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
@@ -115,12 +129,62 @@ impl Cluster {
         .map_err(|e: crate::store::StoreError| WriteError::Forward(e.to_string()))
     }
 
-    /// A client's proposal, committed through a server.
-    pub(super) async fn propose_via_server(&self, proposal: Proposal) -> Result<super::rpc::Forwarded, WriteError> {
-        match self.call_any_server(&Request::Forward(proposal), &[], WRITE_FORWARD_TIMEOUT).await? {
+    /// The token this agent presents for its own writes and reads at a server.
+    fn agent_token(&self) -> Option<Secret> {
+        self.config.agent_tokens.agent_token().map(Secret)
+    }
+
+    /// A client's proposal, committed through a server: each command under its own token
+    /// (`tokens[i]`), or the agent's token where it has none.
+    pub(super) async fn propose_via_server(
+        &self,
+        proposal: Proposal,
+        tokens: Vec<Option<Secret>>,
+    ) -> Result<Forwarded, WriteError> {
+        let tokens = tokens.into_iter().map(|t| t.or_else(|| self.agent_token())).collect();
+        let request = Request::AgentWrite { proposal, tokens };
+        match self.call_any_server(&request, &[], WRITE_FORWARD_TIMEOUT).await? {
             (Response::Forward(result), _) => result,
             _ => Err(WriteError::Forward("the server answered a write with something else".into())),
         }
+    }
+
+    /// A server's side of [`Cluster::propose_via_server`]: the commands the token may apply
+    /// are committed, each refused one is answered [`CommandResult::Rejected`] in its place.
+    pub(super) async fn propose_for_agent(
+        &self,
+        proposal: Proposal,
+        tokens: Vec<Option<Secret>>,
+    ) -> Result<Forwarded, WriteError> {
+        if tokens.len() != proposal.commands.len() {
+            return Err(WriteError::Unsupported(format!(
+                "{} tokens for {} commands: refused",
+                tokens.len(),
+                proposal.commands.len()
+            )));
+        }
+        let answers = Arc::clone(self.client_answers().ok_or_else(starting)?);
+        let verdicts = answers.authorize_agent_writes(&proposal.commands, &tokens);
+        let mut allowed = Vec::with_capacity(proposal.commands.len());
+        let mut refused = Vec::new();
+        for (i, (command, verdict)) in proposal.commands.into_iter().zip(verdicts).enumerate() {
+            match verdict {
+                Ok(()) => allowed.push(command),
+                Err(why) => {
+                    tracing::warn!(reason = %why, "refused a client agent's catalog write");
+                    refused.push((i, CommandResult::Rejected(why)));
+                }
+            }
+        }
+        let Forwarded { mut results, index } = if allowed.is_empty() {
+            Forwarded { results: Vec::new(), index: self.last_applied() }
+        } else {
+            self.propose_forwarded(Proposal { commands: allowed, ..proposal }).await?
+        };
+        for (i, result) in refused {
+            results.insert(i, result);
+        }
+        Ok(Forwarded { results, index })
     }
 
     /// Calls one alive server of this datacenter, trying the next when one cannot be
@@ -165,4 +229,8 @@ impl Cluster {
             last_error.map(|e| e.to_string()).unwrap_or_default()
         )))
     }
+}
+
+fn starting() -> WriteError {
+    WriteError::Unsupported("this server is still starting".into())
 }

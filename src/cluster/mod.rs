@@ -47,6 +47,7 @@ pub use rpc::{HttpAnswer, HttpCall, NodeCatalog, BLOB_BYTES_MAX as FORWARDED_BOD
 pub use state_machine::StateMachine;
 
 pub use crate::config::RaftTuning;
+use crate::model::acl::Secret;
 use crate::model::{Command, CommandResult, Proposal};
 use crate::store::{Store, StoreError};
 
@@ -121,6 +122,9 @@ pub struct ClusterConfig {
     /// [`WriteError::QueueFull`].
     pub write_queue_max: usize,
     pub tuning: RaftTuning,
+    /// The tokens this agent acts with; a client agent presents its agent token with its
+    /// own writes.
+    pub agent_tokens: Arc<crate::acl::tokens::AgentTokens>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +167,10 @@ pub enum WriteError {
     /// be reached (Consul's words).
     #[error("No path to datacenter")]
     NoPathToDatacenter,
+    /// The token a client agent presented for its own request may not do it (the text says
+    /// what it lacks).
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 /// A write's share of [`Cluster::queued_bytes`], given back when dropped.
@@ -186,6 +194,8 @@ impl Drop for QueuedCost<'_> {
 
 struct PendingWrite {
     command: Command,
+    /// What a client agent presents for it (see [`Cluster::write_as`]).
+    token: Option<Secret>,
     reply: oneshot::Sender<Result<CommandResult, WriteError>>,
 }
 
@@ -400,6 +410,13 @@ impl Cluster {
     /// the queue is full or the LMDB map is nearly full (a full map inside a log append would
     /// stop Raft); waits up to [`LEADER_WAIT`] for a leader.
     pub async fn write(&self, command: Command) -> Result<CommandResult, WriteError> {
+        self.write_as(command, None).await
+    }
+
+    /// [`Cluster::write`] under `token` on a client agent (a local service's registration
+    /// token; `None`: the agent token), which the server checks. A server's own writes are
+    /// its own: checked where they came in, if they came from a request.
+    pub async fn write_as(&self, command: Command, token: Option<Secret>) -> Result<CommandResult, WriteError> {
         let cost = 4 * command.approx_size() as u64;
         if self.config.server {
             self.check_room(std::slice::from_ref(&command), cost).await?;
@@ -410,7 +427,7 @@ impl Cluster {
             return Err(WriteError::NoServers);
         }
         let (reply, rx) = oneshot::channel();
-        self.queue.try_send(PendingWrite { command, reply }).map_err(|e| match e {
+        self.queue.try_send(PendingWrite { command, token, reply }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => WriteError::QueueFull(self.config.write_queue_max),
             mpsc::error::TrySendError::Closed(_) => WriteError::Stopped("shutting down".into()),
         })?;
@@ -688,9 +705,6 @@ impl Cluster {
     /// [`LEADER_WAIT`]) only where the proposal surely did not reach the log: no leader, a
     /// leader that says it no longer leads, or a connection that could not be opened.
     async fn propose(&self, proposal: Proposal) -> Result<rpc::Forwarded, WriteError> {
-        if !self.config.server {
-            return self.propose_via_server(proposal).await;
-        }
         let deadline = Instant::now() + LEADER_WAIT;
         let mut request = rpc::Request::Forward(proposal);
         loop {
@@ -986,8 +1000,21 @@ async fn run_proposer(cluster: Cluster, mut rx: mpsc::Receiver<PendingWrite>, sh
 
 /// Proposes one batch and answers each of its writes.
 async fn propose_batch(cluster: &Cluster, batch: Vec<PendingWrite>) {
-    let (commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().map(|w| (w.command, w.reply)).unzip();
-    match cluster.propose(Proposal::new(commands)).await {
+    let mut commands = Vec::with_capacity(batch.len());
+    let mut tokens = Vec::with_capacity(batch.len());
+    let mut replies = Vec::with_capacity(batch.len());
+    for write in batch {
+        commands.push(write.command);
+        tokens.push(write.token);
+        replies.push(write.reply);
+    }
+    let proposal = Proposal::new(commands);
+    let proposed = if cluster.config.server {
+        cluster.propose(proposal).await
+    } else {
+        cluster.propose_via_server(proposal, tokens).await
+    };
+    match proposed {
         Ok(rpc::Forwarded { results, .. }) => {
             debug_assert_eq!(results.len(), replies.len());
             for (reply, result) in replies.into_iter().zip(results) {

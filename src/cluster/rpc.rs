@@ -26,6 +26,7 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapsho
 use openraft::{BasicNode, SnapshotMeta, Vote};
 
 use super::{NodeId, TypeConfig, WriteError};
+use crate::model::acl::Secret;
 use crate::model::{CommandResult, Proposal};
 use crate::tls::RpcTls;
 
@@ -66,16 +67,20 @@ pub enum Request {
     /// Whether this server's Raft has been initialized (bootstrap-expect asks before it
     /// bootstraps, so a cluster that already formed is never bootstrapped twice).
     Status,
-    /// An HTTP API request a client agent forwards; its body is the frame's blob.
+    /// An HTTP API request a client agent forwards; its body is the frame's blob. Its token
+    /// travels in its headers and is checked where it is answered.
     Http(HttpCall),
     /// A DNS query a client agent forwards (the packet is the blob), as received over TCP
     /// (`tcp`) or UDP, which decides the answer's size limit.
     Dns {
         tcp: bool,
     },
-    /// A node's catalog entries (a client agent's anti-entropy compares its own with them).
+    /// A node's catalog entries (a client agent's anti-entropy compares its own with them),
+    /// read with the agent's token (node read needed).
     NodeCatalog {
         node: String,
+        #[serde(default)]
+        token: Option<Secret>,
     },
     /// An operator action for the leader (or a transfer target).
     Operator(super::operator::OperatorRequest),
@@ -92,12 +97,37 @@ pub enum Request {
         from: NodeId,
         to: NodeId,
     },
+    /// A client agent's own catalog writes (its anti-entropy), each with the token it acts
+    /// with (`tokens[i]` for `proposal.commands[i]`): the token its service or check was
+    /// registered with, else `acl.tokens.agent`, else `default`. With ACLs on, each command is
+    /// checked against its token; a refused one is answered [`CommandResult::Rejected`], the
+    /// others applied.
+    AgentWrite {
+        proposal: Proposal,
+        tokens: Vec<Option<Secret>>,
+    },
 }
 
 impl Request {
     /// Whether a server of another datacenter may send this (see [`Request::HelloWan`]).
     pub fn crosses_datacenters(&self) -> bool {
         matches!(self, Request::Http(_) | Request::Dns { .. } | Request::Status)
+    }
+
+    /// Whether only a server may send this: Raft itself, writes and reads that skip the
+    /// ACL checks (a server checked them where they arrived), and leader chores. A peer whose
+    /// certificate proves it is not a server may not (`verify_server_hostname`).
+    pub fn server_only(&self) -> bool {
+        !matches!(
+            self,
+            Request::Hello { .. }
+                | Request::HelloWan { .. }
+                | Request::Status
+                | Request::Http(_)
+                | Request::Dns { .. }
+                | Request::NodeCatalog { .. }
+                | Request::AgentWrite { .. }
+        )
     }
 }
 

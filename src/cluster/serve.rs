@@ -74,10 +74,17 @@ pub async fn serve(listener: TcpListener, cluster: Cluster, shutdown: Cancellati
 /// The first byte of a TLS handshake record: a client speaking TLS.
 const TLS_HANDSHAKE: u8 = 0x16;
 
+/// An accepted connection: its bytes, and whether its certificate proves the peer is not a
+/// server (`verify_server_hostname`), which keeps it to what agents may ask.
+struct Accepted {
+    stream: Box<dyn RpcStream>,
+    agent_only: bool,
+}
+
 /// The connection's bytes: TLS when the client starts a handshake (and this server has a
 /// certificate), plain otherwise unless `verify_incoming` refuses plain ones. `None` when the
 /// connection was refused (logged).
-async fn accept(mut stream: TcpStream, peer: SocketAddr, cluster: &Cluster) -> Option<Box<dyn RpcStream>> {
+async fn accept(mut stream: TcpStream, peer: SocketAddr, cluster: &Cluster) -> Option<Accepted> {
     let tls = cluster.config.rpc_tls.as_deref();
     let mut first = [0u8; 1];
     match tokio::time::timeout(CONNECT_TIMEOUT, stream.peek(&mut first)).await {
@@ -92,14 +99,18 @@ async fn accept(mut stream: TcpStream, peer: SocketAddr, cluster: &Cluster) -> O
             refuse(&mut stream, peer, "this server accepts only TLS connections (tls verify_incoming)").await;
             return None;
         }
-        return Some(Box::new(stream));
+        return Some(Accepted { stream: Box::new(stream), agent_only: false });
     }
     let Some(acceptor) = tls.and_then(RpcTls::acceptor) else {
         tracing::warn!(%peer, "server RPC TLS connection refused: this server has no certificate (tls cert_file)");
         return None;
     };
     match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => Some(Box::new(stream)),
+        Ok(Ok(stream)) => {
+            let certificates = stream.get_ref().1.peer_certificates();
+            let is_server = tls.and_then(|t| t.peer_is_server(certificates, &cluster.config.datacenter));
+            Some(Accepted { stream: Box::new(stream), agent_only: is_server == Some(false) })
+        }
         Ok(Err(e)) => {
             tracing::warn!(%peer, error = %e, "server RPC TLS handshake refused");
             None
@@ -112,7 +123,7 @@ async fn accept(mut stream: TcpStream, peer: SocketAddr, cluster: &Cluster) -> O
 }
 
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, cluster: Cluster, shutdown: CancellationToken) {
-    let Some(mut stream) = accept(stream, peer, &cluster).await else { return };
+    let Some(Accepted { mut stream, agent_only }) = accept(stream, peer, &cluster).await else { return };
     let hello = match tokio::time::timeout(CONNECT_TIMEOUT, read_frame::<Request>(&mut stream)).await {
         Ok(Ok((request, _))) => request,
         Ok(Err(e)) => return refuse(&mut stream, peer, &format!("bad first frame: {e}")).await,
@@ -138,6 +149,11 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, cluster: Cluster,
         if let Some(dc) = from_datacenter.as_deref().filter(|_| !request.crosses_datacenters()) {
             let why = format!("a server of datacenter {dc:?} may not send this request across datacenters");
             return refuse(&mut stream, peer, &why).await;
+        }
+        if agent_only && request.server_only() {
+            let why = "this request is for servers only, and this peer's certificate does not name a server \
+                       (tls verify_server_hostname)";
+            return refuse(&mut stream, peer, why).await;
         }
         let (response, blob) = answer(&cluster, request, blob).await;
         if let Err(e) = write_frame(&mut stream, &response, &blob).await {
@@ -200,14 +216,19 @@ async fn answer(cluster: &Cluster, request: Request, blob: Vec<u8>) -> (Response
                 .await
                 .unwrap_or(Err(WriteError::NoLeader)),
         ),
+        Request::AgentWrite { proposal, tokens } => Response::Forward(
+            tokio::time::timeout(ANSWER_TIMEOUT, cluster.propose_for_agent(proposal, tokens))
+                .await
+                .unwrap_or(Err(WriteError::NoLeader)),
+        ),
         Request::ReadIndex { consistent } => Response::ReadIndex(
             tokio::time::timeout(ANSWER_TIMEOUT, cluster.leader_read_index(consistent))
                 .await
                 .unwrap_or(Err(WriteError::NoLeader)),
         ),
         Request::Status => Response::Status { initialized: raft.is_initialized().await.unwrap_or(false) },
-        Request::NodeCatalog { node } => Response::NodeCatalog(
-            tokio::time::timeout(ANSWER_TIMEOUT, cluster.local_node_catalog(node))
+        Request::NodeCatalog { node, token } => Response::NodeCatalog(
+            tokio::time::timeout(ANSWER_TIMEOUT, cluster.local_node_catalog(node, token))
                 .await
                 .unwrap_or(Err(WriteError::NoLeader)),
         ),

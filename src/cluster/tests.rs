@@ -73,6 +73,7 @@ async fn one_server() -> (tempfile::TempDir, Cluster, CancellationToken) {
         server: true,
         write_queue_max: 1024,
         tuning: RaftTuning::default(),
+        agent_tokens: Arc::default(),
     };
     let (_, servers) = tokio::sync::watch::channel(Arc::default());
     let (_, remote) = tokio::sync::watch::channel(Arc::default());
@@ -176,6 +177,7 @@ async fn servers(ids: &[NodeId]) -> (Vec<TestServer>, tokio::sync::watch::Sender
             server: true,
             write_queue_max: 1024,
             tuning: RaftTuning::default(),
+            agent_tokens: Arc::default(),
         };
         let (_, remote) = tokio::sync::watch::channel(Arc::default());
         let cluster = Cluster::start(store, config, Some(listener), rx.clone(), remote, shutdown.clone(), &tasks)

@@ -420,15 +420,7 @@ fn decode_acl(
     section.set("enabled", &mut acl.enabled, decode_bool)?;
     section.set("default_policy", &mut acl.default_allow, decode_default_policy)?;
     section.set("token_ttl", &mut acl.token_ttl, decode_duration)?;
-    // Tokens set through `/v1/agent/token` live only in memory in cairn; a setting to keep
-    // them is accepted so Consul configs load, with a warning.
-    if section.get("enable_token_persistence", decode_bool)? == Some(true) {
-        warnings.push(format!(
-            "config {}: acl.enable_token_persistence: cairn keeps tokens set through the API in memory only; \
-             put them in acl.tokens instead",
-            section.source
-        ));
-    }
+    section.set("enable_token_persistence", &mut acl.enable_token_persistence, decode_bool)?;
     if let Some(mut tokens) = section.section("tokens")? {
         // `master` is the older name of `initial_management`, which wins when both are set.
         if let Some(t) = tokens.get("master", token)? {

@@ -898,11 +898,11 @@ fn acl_section_and_consuls_older_keys_are_decoded() {
     let config = load(&[
         DATA_DIR,
         r#"{"acl_master_token": "old-root", "acl_token": "old-default",
-        "acl": {"enabled": true, "default_policy": "deny", "token_ttl": "5s",
+        "acl": {"enabled": true, "default_policy": "deny", "token_ttl": "5s", "enable_token_persistence": true,
                 "tokens": {"initial_management": "root", "agent": "agent-t", "default": "anon-t"}}}"#,
     ]);
     let acl = config.acl;
-    assert!(acl.enabled && !acl.default_allow);
+    assert!(acl.enabled && !acl.default_allow && acl.enable_token_persistence);
     assert_eq!(acl.token_ttl, Duration::from_secs(5));
     assert_eq!(acl.initial_management.as_deref(), Some("root"));
     assert_eq!(acl.agent_token.as_deref(), Some("agent-t"));
@@ -919,6 +919,7 @@ fn acl_section_and_consuls_older_keys_are_decoded() {
         (r#"{"acl": {"enabeld": true}}"#, "enabled"),
         (r#"{"acl": {"tokens": {"defualt": "x"}}}"#, "acl.tokens.defualt"),
         (r#"{"acl": {"tokens": {"default": ""}}}"#, "acl.tokens.default"),
+        (r#"{"acl": {"enable_token_persistence": "yes"}}"#, "acl.enable_token_persistence"),
     ] {
         let err = load_error(&[DATA_DIR, text]);
         assert!(err.contains(expected), "{text}: {err}");

@@ -152,12 +152,12 @@ impl DnsService {
         self
     }
 
-    /// Brings the answers' authorizer up to date with the ACL tables (one atomic load when
-    /// nothing changed). An unknown default token reads nothing. A change drops every
+    /// Brings the answers' authorizer up to date with the ACL tables and the agent's default
+    /// token (two atomic loads when nothing changed). An unknown default token reads nothing. A change drops every
     /// cached answer.
     fn refresh_acl(&self) {
         let Some((resolver, seen)) = &self.acl else { return };
-        let generation = self.store.acl_generation();
+        let generation = resolver.generation();
         if seen.load(Ordering::Acquire) == generation {
             return;
         }

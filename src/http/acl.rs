@@ -71,7 +71,7 @@ fn valid_uuid(text: &str) -> bool {
 pub async fn grants(ctx: Ctx, acl: RequestAcl) -> Result<Response, ApiError> {
     require_enabled(&ctx)?;
     ctx.cluster.require_server()?;
-    let secret = acl.secret().unwrap_or(ctx.acl.default_secret()).to_string();
+    let secret = acl.secret().map_or_else(|| ctx.acl.default_secret(), str::to_string);
     Ok(Json(ctx.acl.grants(&secret).map_err(acl_error)?).into_response())
 }
 
@@ -229,9 +229,9 @@ pub async fn token_clone(
 pub async fn token_self(ctx: Ctx, acl: RequestAcl) -> Result<Response, ApiError> {
     require_enabled(&ctx)?;
     ctx.cluster.require_server()?;
-    let secret = acl.secret().unwrap_or(ctx.acl.default_secret());
+    let secret = acl.secret().map_or_else(|| ctx.acl.default_secret(), str::to_string);
     let token =
-        ctx.store.read()?.acl_token_by_secret(secret)?.ok_or_else(|| ApiError::Forbidden("ACL not found".into()))?;
+        ctx.store.read()?.acl_token_by_secret(&secret)?.ok_or_else(|| ApiError::Forbidden("ACL not found".into()))?;
     json_index(&ctx, &token)
 }
 
@@ -463,4 +463,37 @@ pub async fn delete<T: AclItem>(ctx: Ctx, acl: RequestAcl, Path(id): Path<String
 pub async fn list<T: AclItem>(ctx: Ctx, acl: RequestAcl) -> Result<Response, ApiError> {
     require(&ctx, &acl, Access::Read)?;
     json_index(&ctx, &T::all(&ctx.store.read()?)?)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct AgentTokenBody {
+    token: Option<String>,
+}
+
+/// `PUT /v1/agent/token/{kind}` (`acl:write`, the gate's default): replaces one of this
+/// agent's own tokens (`default`, `agent`; Consul's older `acl_token`, `acl_agent_token`).
+/// With `acl.enable_token_persistence` the token is on disk before the answer.
+pub async fn set_agent_token(
+    ctx: Ctx,
+    Path(kind): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(), ApiError> {
+    require_enabled(&ctx)?;
+    let Some(kind) = crate::acl::tokens::TokenKind::parse(&kind) else {
+        const CONSUL_ONLY: &[&str] =
+            &["agent_recovery", "agent_master", "replication", "config_file_service_registration", "dns"];
+        return Err(if CONSUL_ONLY.contains(&kind.as_str()) {
+            ApiError::BadRequest(format!("cairn does not use a {kind:?} token; it sets \"default\" and \"agent\""))
+        } else {
+            ApiError::NotFound(format!("Token {kind:?} is unknown"))
+        });
+    };
+    let body: AgentTokenBody = read_body(&ctx, &headers, body).await?;
+    let secret = body.token.unwrap_or_default();
+    ctx.acl.tokens().set(kind, secret.trim()).map_err(|e| ApiError::Internal(e.to_string()))?;
+    tracing::info!(kind = ?kind, "agent ACL token updated through the API");
+    ctx.local.resync();
+    Ok(())
 }

@@ -247,8 +247,8 @@ fn route_need(ctx: &HttpContext, route: &str, method: &Method, param: impl Fn(&s
 pub async fn acl_gate(State(ctx): State<Arc<HttpContext>>, mut request: Request, next: Next) -> Response {
     let presented = presented_token(request.headers(), request.uri().query());
     if super::forward::goes_elsewhere(&ctx, &request) {
-        if let (None, Some(default)) = (&presented, &ctx.acl.config().default_token) {
-            if let Ok(value) = HeaderValue::from_str(default) {
+        if let (None, Some(default)) = (&presented, ctx.acl.tokens().default_token()) {
+            if let Ok(value) = HeaderValue::from_str(&default) {
                 request.headers_mut().insert(X_CONSUL_TOKEN, value);
             }
         }
@@ -307,7 +307,7 @@ impl HttpContext {
         if !self.acl.enabled() || self.cluster.is_server() {
             return self.acl.resolve(secret).map_err(acl_error);
         }
-        let secret = secret.filter(|s| !s.is_empty()).unwrap_or(self.acl.default_secret()).to_string();
+        let secret = secret.filter(|s| !s.is_empty()).map_or_else(|| self.acl.default_secret(), str::to_string);
         let ttl = self.acl.config().token_ttl;
         {
             let tokens = self.remote_tokens.tokens.lock().unwrap_or_else(|p| p.into_inner());

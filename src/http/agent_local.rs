@@ -21,6 +21,7 @@ use super::query::{json_bytes, Query};
 use super::{Ctx, HttpContext};
 use crate::acl::{Access, Resource};
 use crate::checks::{LocalCheck, LocalError, LocalService, LocalState};
+use crate::model::acl::Secret;
 use crate::model::agent::{decode_check, decode_service, ScriptPolicy, Strictness};
 use crate::model::ServiceAddress;
 use crate::model::{format_duration, CheckStatus, Weights};
@@ -252,12 +253,24 @@ pub async fn register_service(
 ) -> Result<Response, ApiError> {
     let q = Query::parse(raw.as_deref(), &ctx.identity.datacenter)?;
     let bytes = read_limited(&headers, body, ctx.limits.http_max_body_bytes).await?;
-    let reg = decode_service(&decode_json_value(&bytes)?, Strictness::Lenient, script_policy(&ctx))
+    let mut reg = decode_service(&decode_json_value(&bytes)?, Strictness::Lenient, script_policy(&ctx))
         .map_err(|e| ApiError::BadRequest(format!("Invalid service definition: {e}")))?;
     acl.require(Resource::Service, &reg.service.name, Access::Write)?;
+    keep_token(&mut reg.service.token, &acl);
+    for check in &mut reg.checks {
+        keep_token(&mut check.token, &acl);
+    }
     let replace = q.get("replace-existing-checks").is_some_and(|v| v != "false" && v != "0");
     ctx.local.register_service(reg, replace).await?;
     Ok(().into_response())
+}
+
+/// A registration without a `Token` of its own is kept in the catalog with the token that
+/// registered it, as Consul's agent does.
+fn keep_token(token: &mut Option<Secret>, acl: &RequestAcl) {
+    if token.is_none() {
+        *token = acl.secret().map(|s| Secret(s.to_string()));
+    }
 }
 
 pub async fn deregister_service(ctx: Ctx, acl: RequestAcl, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -268,8 +281,9 @@ pub async fn deregister_service(ctx: Ctx, acl: RequestAcl, Path(id): Path<String
 
 pub async fn register_check(ctx: Ctx, acl: RequestAcl, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let bytes = read_limited(&headers, body, ctx.limits.http_max_body_bytes).await?;
-    let spec = decode_check(&decode_json_value(&bytes)?, Strictness::Lenient, script_policy(&ctx))
+    let mut spec = decode_check(&decode_json_value(&bytes)?, Strictness::Lenient, script_policy(&ctx))
         .map_err(|e| ApiError::BadRequest(format!("Invalid check: {e}")))?;
+    keep_token(&mut spec.token, &acl);
     if spec.service_id.is_empty() {
         acl.require(Resource::Node, ctx.local.node_name(), Access::Write)?;
     } else {
@@ -370,13 +384,17 @@ pub async fn service_maintenance(
 ) -> Result<Response, ApiError> {
     require_service_write(&ctx, &acl, &id)?;
     let (enable, reason) = maintenance_params(&ctx, raw.as_deref())?;
-    ctx.local.service_maintenance(&id, enable, &reason).await?;
+    let mut token = None;
+    keep_token(&mut token, &acl);
+    ctx.local.service_maintenance(&id, enable, &reason, token).await?;
     Ok(().into_response())
 }
 
-pub async fn node_maintenance(ctx: Ctx, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+pub async fn node_maintenance(ctx: Ctx, acl: RequestAcl, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let (enable, reason) = maintenance_params(&ctx, raw.as_deref())?;
-    ctx.local.node_maintenance(enable, &reason).await?;
+    let mut token = None;
+    keep_token(&mut token, &acl);
+    ctx.local.node_maintenance(enable, &reason, token).await?;
     Ok(().into_response())
 }
 

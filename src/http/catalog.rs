@@ -213,18 +213,7 @@ pub async fn register(
     for body in req.check.into_iter().chain(req.checks.unwrap_or_default()) {
         checks.push(body.into_definition()?);
     }
-    // Consul's rule: write on the service registered, and on the node unless only the
-    // service (and its own checks) change on a node that exists already.
-    if let Some(s) = &service {
-        acl.require(Resource::Service, &s.service, Access::Write)?;
-    }
-    let own_checks_only =
-        checks.iter().all(|c| service.as_ref().is_some_and(|s| !c.service_id.is_empty() && c.service_id == s.id));
-    if acl.authorizer().enabled() && !(skip_node_update && own_checks_only && ctx.store.read()?.node(&node)?.is_some())
-    {
-        acl.require(Resource::Node, &node, Access::Write)?;
-    }
-    let command = Command::Register(Box::new(RegisterRequest {
+    let request = RegisterRequest {
         id: req.id.unwrap_or_default(),
         node,
         address,
@@ -234,7 +223,11 @@ pub async fn register(
         service,
         checks,
         skip_node_update,
-    }));
+    };
+    if acl.authorizer().enabled() {
+        crate::acl::catalog::authorize_register(&acl.authorizer(), &ctx.store.read()?, &request).map_err(refusal)?;
+    }
+    let command = Command::Register(Box::new(request));
     expect_done(ctx.cluster.write(command).await?)
 }
 
@@ -249,17 +242,12 @@ struct DeregisterBody {
     check_id: Option<String>,
 }
 
-/// Deregistering a service needs write on it, anything else write on the node.
-fn may_deregister(ctx: &Ctx, acl: &RequestAcl, node: &str, service_id: Option<&str>) -> Result<(), ApiError> {
-    if !acl.authorizer().enabled() {
-        return Ok(());
+/// A catalog write the token may not make: 403 "Permission denied", as every endpoint says.
+fn refusal(e: crate::acl::catalog::CatalogRefusal) -> ApiError {
+    match e {
+        crate::acl::catalog::CatalogRefusal::Store(e) => ApiError::Store(e),
+        _ => ApiError::Forbidden("Permission denied".into()),
     }
-    if let Some(id) = service_id {
-        if let Some(service) = ctx.store.read()?.service(node, id)? {
-            return acl.require(Resource::Service, &service.service, Access::Write);
-        }
-    }
-    acl.require(Resource::Node, node, Access::Write)
 }
 
 pub async fn deregister(ctx: Ctx, acl: RequestAcl, headers: HeaderMap, body: Body) -> Result<Json<bool>, ApiError> {
@@ -270,15 +258,15 @@ pub async fn deregister(ctx: Ctx, acl: RequestAcl, headers: HeaderMap, body: Bod
     if node.is_empty() {
         return Err(ApiError::BadRequest("Must provide node".into()));
     }
-    let service_id = req.service_id.filter(|s| !s.is_empty());
-    let check_id = req.check_id.filter(|s| !s.is_empty());
-    // A check alone is the node's unless it belongs to a service.
-    let check_service = match (&service_id, &check_id) {
-        (None, Some(check)) => ctx.store.read()?.check(&node, check)?.map(|c| c.service_id).filter(|s| !s.is_empty()),
-        _ => None,
+    let request = DeregisterRequest {
+        node,
+        service_id: req.service_id.filter(|s| !s.is_empty()),
+        check_id: req.check_id.filter(|s| !s.is_empty()),
     };
-    may_deregister(&ctx, &acl, &node, service_id.as_deref().or(check_service.as_deref()))?;
-    let command = Command::Deregister(DeregisterRequest { node, service_id, check_id });
+    if acl.authorizer().enabled() {
+        crate::acl::catalog::authorize_deregister(&acl.authorizer(), &ctx.store.read()?, &request).map_err(refusal)?;
+    }
+    let command = Command::Deregister(request);
     expect_done(ctx.cluster.write(command).await?)
 }
 
@@ -311,8 +299,11 @@ pub async fn deregister_by_id(
             )))
         }
     };
-    may_deregister(&ctx, &acl, &node, Some(&service_id))?;
-    let command = Command::Deregister(DeregisterRequest { node, service_id: Some(service_id), check_id: None });
+    let request = DeregisterRequest { node, service_id: Some(service_id), check_id: None };
+    if acl.authorizer().enabled() {
+        crate::acl::catalog::authorize_deregister(&acl.authorizer(), &ctx.store.read()?, &request).map_err(refusal)?;
+    }
+    let command = Command::Deregister(request);
     expect_done(ctx.cluster.write(command).await?)
 }
 

@@ -223,6 +223,7 @@ pub fn router(ctx: Arc<HttpContext>) -> Router {
         .route("/v1/agent/check/update/{id}", put(agent_local::check_update))
         .route("/v1/agent/maintenance", put(agent_local::node_maintenance))
         .route("/v1/agent/reload", put(agent_local::reload))
+        .route("/v1/agent/token/{kind}", put(acl::set_agent_token))
         .route("/v1/snapshot", get(snapshot::save).put(snapshot::restore))
         .route("/v1/coordinate/datacenters", get(coordinate::datacenters))
         .route("/v1/coordinate/nodes", get(coordinate::nodes))

@@ -11,6 +11,18 @@ pub const GLOBAL_MANAGEMENT_POLICY_NAME: &str = "global-management";
 pub const ANONYMOUS_TOKEN_ACCESSOR: &str = "00000000-0000-0000-0000-000000000002";
 pub const ANONYMOUS_TOKEN_SECRET: &str = "anonymous";
 
+/// A token's secret held outside the ACL tables: a local service's registration token, or
+/// one on the server RPC. Never printed (`Debug` shows `<hidden>`).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<hidden>")
+    }
+}
+
 /// A reference to a policy or a role: by ID, or by name when the ID is empty (the API
 /// accepts either; the state stores both).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::acl::Secret;
 pub use super::catalog::ServiceAddress;
 use super::{parse_duration, CheckStatus, Weights};
 
@@ -51,6 +52,10 @@ pub struct ServiceSpec {
     /// `_ipv6` defaults from an IP `address`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tagged_addresses: BTreeMap<String, ServiceAddress>,
+    /// The ACL token the agent keeps it in the catalog with (`Token` of the definition, else
+    /// the token that registered it through the API); never shown by the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
 }
 
 impl ServiceSpec {
@@ -96,6 +101,9 @@ pub struct CheckSpec {
     pub failures_before_critical: u32,
     #[serde(default)]
     pub deregister_critical_after: Option<Duration>,
+    /// As [`ServiceSpec::token`]; a service's checks have the service's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,6 +226,7 @@ pub fn decode_service(
         weights,
         enable_tag_override: f.bool(&["enabletagoverride"])?.unwrap_or(false),
         tagged_addresses: decode_tagged_addresses(&mut f, strictness)?,
+        token: f.string(&["token"])?.filter(|t| !t.is_empty()).map(Secret),
     };
     let mut raw_checks = Vec::new();
     if let Some((path, check)) = f.entry(&["check"]) {
@@ -240,6 +249,7 @@ pub fn decode_service(
             check.name = format!("Service '{name}' check");
         }
         check.service_id = id.clone();
+        check.token = check.token.or_else(|| service.token.clone());
         if checks.iter().any(|c: &CheckSpec| c.id == check.id) {
             return Err(error(&path, format!("duplicate check ID {:?}", check.id)));
         }
@@ -270,7 +280,6 @@ const SERVICE_FIELDS_IGNORED: &[&str] = &[
     "connect",
     "namespace",
     "partition",
-    "token",
     "socketpath",
     "locality",
     "enabletagoverride",
@@ -390,6 +399,7 @@ fn decode_check_at(
         failures_before_warning: f.uint(&["failuresbeforewarning"])?.unwrap_or(failures_before_critical),
         failures_before_critical,
         deregister_critical_after: f.duration(&["deregistercriticalserviceafter"])?.filter(|d| !d.is_zero()),
+        token: f.string(&["token"])?.filter(|t| !t.is_empty()).map(Secret),
     };
     f.finish(strictness, CHECK_FIELDS_IGNORED)?;
     Ok(spec)
