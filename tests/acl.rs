@@ -241,6 +241,17 @@ fn dns_answers_only_what_the_default_token_may_read() {
     assert_eq!(rcode("n1.node.consul"), hickory_proto::op::ResponseCode::NoError);
     // Anonymous HTTP reads follow the same grants.
     assert_eq!(ok_json(call(&agent, "GET", "/v1/health/service/web", "", b"")).as_array().map(Vec::len), Some(1));
+    // A default token set at run time takes over DNS from the next query; cleared, the
+    // anonymous token's grants apply again.
+    let (kv_only, _) = token_with_rules(&agent, "kv-only", r#"key_prefix "" { policy = "read" }"#);
+    let set_default = |secret: &str| {
+        let body = json!({"Token": secret}).to_string();
+        assert_eq!(call(&agent, "PUT", "/v1/agent/token/default", ROOT, body.as_bytes()).status, 200);
+    };
+    set_default(&kv_only);
+    assert_eq!(rcode("web.service.consul"), hickory_proto::op::ResponseCode::NXDomain);
+    set_default("");
+    assert_eq!(rcode("web.service.consul"), hickory_proto::op::ResponseCode::NoError);
 }
 
 #[test]
