@@ -925,3 +925,55 @@ fn acl_section_and_consuls_older_keys_are_decoded() {
         assert!(err.contains(expected), "{text}: {err}");
     }
 }
+
+/// A JSON value over a few keys (so objects overlap), at most `depth` levels deep.
+fn json_value(depth: u32) -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i32>().prop_map(Value::from),
+        "[a-c]{0,2}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(depth, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+            prop::collection::btree_map("[a-c]", inner, 0..3).prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn json_object() -> impl proptest::strategy::Strategy<Value = Map<String, Value>> {
+    use proptest::strategy::Strategy;
+    proptest::collection::btree_map("[a-d]", json_value(3), 0..4).prop_map(|m| m.into_iter().collect())
+}
+
+/// What merging `from` into `into` must give: `from`'s scalars replace, objects merge
+/// (recursively), arrays append; keys of only one side stay as they are.
+fn merge_model(into: &Map<String, Value>, from: &Map<String, Value>) -> Map<String, Value> {
+    let mut out = into.clone();
+    for (key, new) in from {
+        let merged = match (into.get(key), new) {
+            (Some(Value::Object(old)), Value::Object(new)) => Value::Object(merge_model(old, new)),
+            (Some(Value::Array(old)), Value::Array(new)) => Value::Array(old.iter().chain(new).cloned().collect()),
+            _ => new.clone(),
+        };
+        out.insert(key.clone(), merged);
+    }
+    out
+}
+
+proptest::proptest! {
+    #[test]
+    fn merging_config_files_replaces_scalars_merges_objects_appends_arrays(
+        files in proptest::collection::vec(json_object(), 1..4)
+    ) {
+        let mut merged = Map::new();
+        let mut model = Map::new();
+        for file in files {
+            model = merge_model(&model, &file);
+            merge_objects(&mut merged, file);
+        }
+        proptest::prop_assert_eq!(merged, model);
+    }
+}

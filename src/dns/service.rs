@@ -23,7 +23,8 @@ use super::answer::QueryResults;
 use super::forward::{ForwardError, Forwarder};
 use super::lookup::Lookup;
 use super::wire::{
-    encode_within, error_reply, peek_header, Reply, Responder, Transport, TCP_MESSAGE_MAX, UDP_PAYLOAD_MAX,
+    encode_within, error_reply, error_reply_to, peek_header, single_question, Reply, Responder, Transport,
+    TCP_MESSAGE_MAX, UDP_PAYLOAD_MAX,
 };
 use super::zones::{self, Zones};
 use crate::cluster::Cluster;
@@ -216,7 +217,7 @@ impl DnsService {
                 } else {
                     ResponseCode::ServFail
                 };
-                peek_header(packet).map(|h| error_reply(&h, code)).unwrap_or_default()
+                error_reply_to(packet, code).unwrap_or_default()
             }
         }
     }
@@ -290,7 +291,7 @@ impl DnsService {
 
     /// SERVFAIL for `packet`, when the slow path is full.
     pub fn servfail(packet: &[u8]) -> Option<Vec<u8>> {
-        peek_header(packet).map(|h| error_reply(&h, ResponseCode::ServFail))
+        error_reply_to(packet, ResponseCode::ServFail)
     }
 
     /// Answers a packet the fast path called `NotOurs`: on a client agent a name in cairn's
@@ -300,11 +301,12 @@ impl DnsService {
         let protocol = if transport == Transport::Udp { Protocol::Udp } else { Protocol::Tcp };
         let request = match Request::from_bytes(packet.clone(), src, protocol) {
             Ok(request) => request,
-            Err(_) => return error_reply(&header, ResponseCode::FormErr),
+            Err(_) => return error_reply(&header, None, ResponseCode::FormErr),
         };
         let Some(query) = request.queries.queries().first() else {
-            return error_reply(&header, ResponseCode::FormErr);
+            return error_reply(&header, None, ResponseCode::FormErr);
         };
+        let error = |code| error_reply_to(&packet, code).unwrap_or_default();
         if self.owns(query.name()) {
             return match &self.servers {
                 Some(cluster) => self.ask_server(cluster, packet, transport).await,
@@ -312,7 +314,7 @@ impl DnsService {
                 // fast path answers otherwise).
                 None => match self.reply_slow_consul(&packet, transport).await {
                     Some(answer) => answer,
-                    None => error_reply(&header, ResponseCode::ServFail),
+                    None => error(ResponseCode::ServFail),
                 },
             };
         }
@@ -324,17 +326,17 @@ impl DnsService {
             };
             let capture = Capture::default();
             zones.catalog.handle_request::<_, TokioTime>(&request, capture.clone()).await;
-            return capture.bytes(limit).unwrap_or_else(|| error_reply(&header, ResponseCode::ServFail));
+            return capture.bytes(limit).unwrap_or_else(|| error(ResponseCode::ServFail));
         }
         let settings = self.settings.load_full();
         if settings.forwarder.is_empty() || !settings.recursor_allow.iter().any(|c| c.contains(src.ip())) {
-            return error_reply(&header, ResponseCode::Refused);
+            return error(ResponseCode::Refused);
         }
         match settings.forwarder.forward(&packet, transport).await {
             Ok(answer) => answer,
             Err(ForwardError::AllFailed) => {
                 tracing::debug!(name = %query.name(), "every recursor failed");
-                error_reply(&header, ResponseCode::ServFail)
+                error(ResponseCode::ServFail)
             }
         }
     }
@@ -346,7 +348,7 @@ impl DnsService {
     async fn reply_slow_consul(&self, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
         let request = Message::from_vec(packet).ok()?;
         let settings = self.settings.load_full();
-        let servfail = || Some(error_reply(&request.metadata, ResponseCode::ServFail));
+        let servfail = || Some(error_reply(&request.metadata, single_question(&request), ResponseCode::ServFail));
         let unknown = || {
             let directory = self.store.directory();
             match settings.responder.reply_here(packet, transport, &directory, &mut rand::rng()) {
@@ -404,7 +406,9 @@ impl DnsService {
     /// answers, the last one a server gave to the same query if it is within `max_stale`,
     /// else SERVFAIL.
     async fn ask_server(&self, cluster: &Cluster, packet: Vec<u8>, transport: Transport) -> Vec<u8> {
-        let Some(header) = peek_header(&packet) else { return Vec::new() };
+        if packet.len() < 12 {
+            return Vec::new();
+        }
         let key = packet.get(2..).unwrap_or_default().to_vec();
         let kept = |answers: &ServerAnswers| {
             let (at, answer) = answers.get(&key)?;
@@ -425,7 +429,7 @@ impl DnsService {
             }
             _ => {
                 let answers = self.server_answers.lock().unwrap_or_else(|e| e.into_inner());
-                kept(&answers).unwrap_or_else(|| error_reply(&header, ResponseCode::ServFail))
+                kept(&answers).unwrap_or_else(|| error_reply_to(&packet, ResponseCode::ServFail).unwrap_or_default())
             }
         }
     }
@@ -487,7 +491,7 @@ impl DnsService {
             Reply::Bytes(bytes) => bytes,
             Reply::NotOurs => match self.try_slow_permit() {
                 Some(_permit) => self.reply_elsewhere(packet.clone(), peer, Transport::Tcp).await,
-                None => error_reply(&peek_header(&packet)?, ResponseCode::ServFail),
+                None => error_reply_to(&packet, ResponseCode::ServFail)?,
             },
         };
         if bytes.is_empty() {

@@ -87,13 +87,33 @@ pub fn peek_header(packet: &[u8]) -> Option<Metadata> {
     Some(metadata)
 }
 
-/// A bare error response (no question), as FORMERR and NOTIMP need.
-pub fn error_reply(request: &Metadata, code: ResponseCode) -> Vec<u8> {
+/// An error response: the request's header (ID, opcode, RD, CD) and, when given, its
+/// question. Resolvers match an answer to their query by its question, and some discard one
+/// that lacks it, so it is echoed whenever the request has exactly one.
+pub fn error_reply(request: &Metadata, question: Option<&Query>, code: ResponseCode) -> Vec<u8> {
     let mut metadata = Metadata::response_from_request(request);
     metadata.response_code = code;
     let mut message = Message::new(metadata.id, MessageType::Response, metadata.op_code);
     message.metadata = metadata;
+    message.add_queries(question.cloned());
     message.to_vec().unwrap_or_default()
+}
+
+/// [`error_reply`] to a raw packet: its question is echoed when the packet has exactly one
+/// that decodes (the rest of the packet may be broken). `None` for less than a header.
+pub fn error_reply_to(packet: &[u8], code: ResponseCode) -> Option<Vec<u8>> {
+    use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+    let header = peek_header(packet)?;
+    let question = (packet[4..6] == [0, 1]).then(|| Query::read(&mut BinDecoder::new(&packet[12..])).ok()).flatten();
+    Some(error_reply(&header, question.as_ref(), code))
+}
+
+/// A message's question, when it has exactly one.
+pub fn single_question(message: &Message) -> Option<&Query> {
+    match message.queries.as_slice() {
+        [query] => Some(query),
+        _ => None,
+    }
 }
 
 impl Responder {
@@ -128,7 +148,7 @@ impl Responder {
         }
         let request = match Message::from_vec(packet) {
             Ok(request) => request,
-            Err(_) => return Reply::Bytes(error_reply(&header, ResponseCode::FormErr)),
+            Err(_) => return Reply::Bytes(error_reply_to(packet, ResponseCode::FormErr).unwrap_or_default()),
         };
         self.reply_with(&request, transport, dir, rng, routing)
     }
@@ -151,7 +171,7 @@ impl Responder {
         results: &answer::QueryResults,
     ) -> Vec<u8> {
         let Some((query, domain)) = request.queries.first().and_then(|q| Some((q, self.domain_of(&q.name)?))) else {
-            return error_reply(&request.metadata, ResponseCode::ServFail);
+            return error_reply(&request.metadata, single_question(request), ResponseCode::ServFail);
         };
         let question = Question {
             name: &query.name,
@@ -189,11 +209,11 @@ impl Responder {
     ) -> Reply {
         let header = &request.metadata;
         if header.op_code != OpCode::Query {
-            return Reply::Bytes(error_reply(header, ResponseCode::NotImp));
+            return Reply::Bytes(error_reply(header, single_question(request), ResponseCode::NotImp));
         }
         let query = match request.queries.as_slice() {
             [query] => query,
-            _ => return Reply::Bytes(error_reply(header, ResponseCode::FormErr)),
+            _ => return Reply::Bytes(error_reply(header, None, ResponseCode::FormErr)),
         };
         if let Some(edns) = &request.edns {
             if edns.version() > 0 {
@@ -202,7 +222,7 @@ impl Responder {
         }
         let Some(domain) = self.domain_of(&query.name) else { return Reply::NotOurs };
         if matches!(query.query_type, RecordType::AXFR | RecordType::IXFR) {
-            return Reply::Bytes(error_reply(header, ResponseCode::NotImp));
+            return Reply::Bytes(error_reply(header, Some(query), ResponseCode::NotImp));
         }
         if !self.holds_catalog {
             // A client agent: a server answers (the slow path asks it).
@@ -333,7 +353,7 @@ pub fn encode_within(
         .unwrap_or_else(|| {
             // Not even an empty answer fits or encodes: a bug or a record hickory rejects.
             tracing::error!(id = message.metadata.id, max, "DNS answer could not be encoded; sending SERVFAIL");
-            error_reply(&message.metadata, ResponseCode::ServFail)
+            error_reply(&message.metadata, single_question(&message), ResponseCode::ServFail)
         })
 }
 

@@ -168,8 +168,16 @@ fn hostile_and_unusual_packets() {
     notify.add_query(Query::query(Name::from_ascii("consul.").expect("name"), RecordType::SOA));
     let m = ask(&r, &store, &notify.to_vec().expect("encode"), Transport::Udp).expect("notimp");
     assert_eq!(m.metadata.response_code, ResponseCode::NotImp);
-    let m = ask(&r, &store, &query("consul.", RecordType::AXFR, None), Transport::Tcp).expect("notimp");
+    assert_eq!(m.queries.len(), 1, "an error answer echoes the question (resolvers match on it)");
+    let m = ask(&r, &store, &query("CoNsUl.", RecordType::AXFR, None), Transport::Tcp).expect("notimp");
     assert_eq!(m.metadata.response_code, ResponseCode::NotImp);
+    assert_eq!(m.queries[0].name.to_ascii(), "CoNsUl.");
+    // Raw bytes: the question is echoed when it decodes, even if what follows does not.
+    let mut trailing = query("web.service.consul.", RecordType::SRV, None);
+    trailing[11] = 1; // claims an additional record that is not there
+    let m = Message::from_vec(&super::wire::error_reply_to(&trailing, ResponseCode::FormErr).expect("header"))
+        .expect("parses");
+    assert_eq!((m.metadata.response_code, m.queries[0].query_type), (ResponseCode::FormErr, RecordType::SRV));
     // EDNS version 1: BADVERS.
     let mut v1 = Message::query();
     v1.add_query(Query::query(Name::from_ascii("big.service.consul.").expect("name"), RecordType::A));
@@ -183,4 +191,94 @@ fn hostile_and_unusual_packets() {
     let m = ask(&r, &store, &query("BiG.SeRvIcE.CoNsUl.", RecordType::A, None), Transport::Udp).expect("answer");
     assert_eq!(m.queries[0].name.to_ascii(), "BiG.SeRvIcE.CoNsUl.");
     assert_eq!(m.answers[0].name.to_ascii(), "BiG.SeRvIcE.CoNsUl.");
+}
+
+/// One instance of a random catalog: node index, service, tag, its check's status.
+type Instance = (usize, &'static str, &'static str, crate::model::CheckStatus);
+
+fn arbitrary_catalog() -> impl proptest::strategy::Strategy<Value = Vec<Instance>> {
+    use crate::model::CheckStatus;
+    use proptest::prelude::*;
+    let instance = (
+        0usize..6,
+        prop::sample::select(vec!["web", "db"]),
+        prop::sample::select(vec!["v1", "v2"]),
+        prop::sample::select(vec![CheckStatus::Passing, CheckStatus::Warning, CheckStatus::Critical]),
+    );
+    prop::collection::vec(instance, 0..12)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// The answer builder against a model of Consul's rule: `[tag.]name.service.consul` A
+    /// answers the addresses of the nodes with an instance of `name` (with `tag`) whose
+    /// checks are not critical; SRV answers one record per such instance; a service never
+    /// registered is NXDOMAIN.
+    #[test]
+    fn service_answers_are_the_healthy_instances(catalog in arbitrary_catalog()) {
+        use crate::model::{CheckDefinition, CheckStatus};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 64 << 20).expect("store");
+        // A later registration of the same service on a node replaces the earlier one.
+        let mut latest: BTreeMap<(usize, &str), (&str, CheckStatus)> = BTreeMap::new();
+        let commands: Vec<Command> = catalog
+            .iter()
+            .map(|&(node, service, tag, status)| {
+                latest.insert((node, service), (tag, status));
+                Command::Register(Box::new(RegisterRequest {
+                    id: String::new(),
+                    node: format!("node-{node}"),
+                    address: format!("10.0.0.{}", node + 1),
+                    datacenter: "dc1".into(),
+                    tagged_addresses: BTreeMap::new(),
+                    node_meta: BTreeMap::new(),
+                    service: Some(ServiceDefinition {
+                        id: service.into(),
+                        service: service.into(),
+                        tags: vec![tag.into()],
+                        address: String::new(),
+                        meta: BTreeMap::new(),
+                        port: 80,
+                        weights: Weights::default(),
+                        enable_tag_override: false,
+                        tagged_addresses: Default::default(),
+                    }),
+                    checks: vec![CheckDefinition {
+                        check_id: format!("check-{service}"),
+                        name: "check".into(),
+                        status,
+                        notes: String::new(),
+                        output: String::new(),
+                        service_id: service.into(),
+                        check_type: "ttl".into(),
+                    }],
+                    skip_node_update: false,
+                }))
+            })
+            .collect();
+        store.apply(&[AppliedBatch { index: 2, commands: &commands, leader_time_ms: None }], &[]).expect("apply");
+        let r = responder(8, 0);
+        for (service, tag) in [("web", None), ("db", None), ("web", Some("v1")), ("db", Some("v2"))] {
+            let mut expected: Vec<String> = latest
+                .iter()
+                .filter(|((_, s), (t, status))| *s == service && tag.is_none_or(|tag| tag == *t) && *status != CheckStatus::Critical)
+                .map(|((node, _), _)| format!("A 10.0.0.{}", node + 1))
+                .collect();
+            expected.sort();
+            let name = match tag {
+                Some(tag) => format!("{tag}.{service}.service.consul."),
+                None => format!("{service}.service.consul."),
+            };
+            let a = ask(&r, &store, &query(&name, RecordType::A, None), Transport::Tcp).expect("answer");
+            let mut answers: Vec<String> = a.answers.iter().map(|rec| format!("{} {}", rec.record_type(), rec.data)).collect();
+            answers.sort();
+            proptest::prop_assert_eq!(&answers, &expected, "{}", name);
+            let srv = ask(&r, &store, &query(&name, RecordType::SRV, None), Transport::Tcp).expect("answer");
+            proptest::prop_assert_eq!(srv.answers.len(), expected.len());
+            if !latest.keys().any(|(_, s)| *s == service) {
+                proptest::prop_assert_eq!(a.metadata.response_code, ResponseCode::NXDomain, "{}", name);
+            }
+        }
+    }
 }

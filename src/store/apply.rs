@@ -107,8 +107,9 @@ enum Outcome {
 impl Store {
     /// Applies `batches` in order and writes `meta` (e.g. `last_applied`, membership) into
     /// `sm_meta`, all in one write transaction; then wakes the blocking queries it touched.
-    /// Returns one result per command. Blocking: call from a blocking thread.
-    pub(crate) fn apply(
+    /// Returns one result per command. Blocking: call from a blocking thread. The Raft state
+    /// machine is the only caller in the agent; tests and fuzz targets build states with it.
+    pub fn apply(
         &self,
         batches: &[AppliedBatch<'_>],
         meta: &[(&str, Vec<u8>)],

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
 
-pub(crate) use apply::AppliedBatch;
+pub use apply::AppliedBatch;
 pub(crate) use apply::INDEX_OFFSET;
 pub use directory::{Directory, InstanceRecord, NodeRecord};
 pub use read::{ReadView, ServiceHealth};

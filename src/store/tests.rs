@@ -617,3 +617,89 @@ fn a_raft_write_in_flight_is_timed_until_one_finishes() {
     writer.join().expect("writer").expect("the write");
     assert_eq!(store.raft_writes_stuck_for(), None);
 }
+
+/// One command of a random sequence: KV writes, deletes and transactions over a few keys,
+/// registrations and deregistrations over a few nodes and services, sessions.
+fn arbitrary_command() -> impl proptest::strategy::Strategy<Value = Command> {
+    use proptest::prelude::*;
+    let key = prop::sample::select(vec!["a", "a/b", "a/c", "b"]);
+    let node = prop::sample::select(vec!["n1", "n2", "n3"]);
+    let status = prop::sample::select(vec![CheckStatus::Passing, CheckStatus::Warning, CheckStatus::Critical]);
+    let verb = prop::sample::select(vec![TxnKvVerb::Set, TxnKvVerb::Cas, TxnKvVerb::Delete, TxnKvVerb::DeleteTree]);
+    prop_oneof![
+        (key.clone(), any::<u8>(), prop::option::of(0u64..8)).prop_map(|(k, v, cas)| Command::KvSet {
+            key: k.into(),
+            value: Some(vec![v]),
+            flags: 0,
+            cas,
+        }),
+        (key.clone(), any::<bool>()).prop_map(|(k, recurse)| Command::KvDelete { key: k.into(), recurse, cas: None }),
+        prop::collection::vec((verb, key, 0u64..8), 1..4).prop_map(|ops| Command::Txn {
+            ops: ops
+                .into_iter()
+                .map(|(verb, key, index)| TxnKvOp {
+                    verb,
+                    key: key.into(),
+                    value: Some(b"x".to_vec()),
+                    flags: 0,
+                    index,
+                    session: None,
+                })
+                .collect(),
+        }),
+        (node.clone(), prop::option::of(prop::sample::select(vec!["web", "db"])), status).prop_map(
+            |(node, service, status)| {
+                let checks = service.map(|s| vec![check(&format!("c-{s}"), s, status)]).unwrap_or_default();
+                register(node, service.map(|s| (s, s)), checks)
+            }
+        ),
+        (node.clone(), prop::option::of(prop::sample::select(vec!["web", "db"]))).prop_map(|(node, service)| {
+            Command::Deregister(DeregisterRequest {
+                node: node.into(),
+                service_id: service.map(str::to_string),
+                check_id: None,
+            })
+        }),
+        node.prop_map(|node| Command::SessionCreate(Box::new(crate::model::Session {
+            id: format!("s-{node}"),
+            name: String::new(),
+            node: node.into(),
+            node_checks: Vec::new(),
+            service_checks: Vec::new(),
+            lock_delay_ms: 0,
+            behavior: Default::default(),
+            ttl_ms: 0,
+            create_index: 0,
+            modify_index: 0,
+        }))),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Whatever the commands, no index a reader can see goes backwards: each table's index,
+    /// the catalog's, and every row's ModifyIndex, which never exceeds its table's.
+    #[test]
+    fn indexes_never_go_backwards(commands in proptest::collection::vec(arbitrary_command(), 1..40)) {
+        let (_dir, store) = open();
+        let tables = [Table::Nodes, Table::Services, Table::Checks, Table::Kv, Table::Sessions];
+        let mut seen = vec![0u64; tables.len() + 1];
+        for (i, command) in commands.into_iter().enumerate() {
+            apply(&store, i as u64 + 2, vec![command]);
+            let view = store.read().expect("read");
+            let mut now: Vec<u64> = tables.iter().map(|t| view.table_index(*t).expect("index")).collect();
+            now.push(view.catalog_index().expect("catalog index"));
+            for (before, after) in seen.iter().zip(&now) {
+                proptest::prop_assert!(after >= before, "an index went backwards: {seen:?} -> {now:?}");
+            }
+            for key in ["a", "a/b", "a/c", "b"] {
+                if let Some(entry) = view.kv_get(key).expect("kv") {
+                    proptest::prop_assert!(entry.create_index <= entry.modify_index);
+                    proptest::prop_assert!(entry.modify_index <= now[3], "{key} beyond the KV index");
+                }
+            }
+            seen = now;
+        }
+    }
+}

@@ -1,0 +1,7 @@
+#![no_main]
+//! The `http_check_register` checks of tests/hostile, under libFuzzer.
+
+#[path = "../../tests/hostile/mod.rs"]
+mod hostile;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hostile::http::check_check_register(data));
