@@ -104,7 +104,14 @@ pub fn error_reply(request: &Metadata, question: Option<&Query>, code: ResponseC
 pub fn error_reply_to(packet: &[u8], code: ResponseCode) -> Option<Vec<u8>> {
     use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
     let header = peek_header(packet)?;
-    let question = (packet[4..6] == [0, 1]).then(|| Query::read(&mut BinDecoder::new(&packet[12..])).ok()).flatten();
+    // Decoded from the whole packet: a compression pointer in the name counts from its start.
+    let question = (packet[4..6] == [0, 1])
+        .then(|| {
+            let mut decoder = BinDecoder::new(packet);
+            decoder.read_slice(12).ok()?;
+            Query::read(&mut decoder).ok()
+        })
+        .flatten();
     Some(error_reply(&header, question.as_ref(), code))
 }
 
