@@ -284,3 +284,45 @@ fn a_hundred_concurrent_backups_get_an_archive_or_429_and_the_agent_serves_on() 
     assert!(archives >= 1 && archives + busy == 100);
     assert!(rss_bytes(&agent) < RSS_BOUND);
 }
+
+#[test]
+fn a_udp_flood_from_one_source_is_rate_limited_and_other_sources_are_answered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("rrl.json");
+    let rrl = serde_json::json!({"dns_config": {"rate_limit": {"responses_per_second": 50, "slip": 2, "ipv4_prefix_length": 32}}});
+    std::fs::write(&config, rrl.to_string()).expect("config");
+    let agent = Agent::start(&["-config-file", config.to_str().expect("utf-8")]);
+    let flooder = std::net::UdpSocket::bind(SocketAddr::from((ATTACKER, 0))).expect("attacker socket");
+    let query = support::dns::query_message("consul.service.consul", RecordType::A, None).to_vec().expect("encode");
+    let sent = 1000;
+    let started = Instant::now();
+    for _ in 0..sent {
+        flooder.send_to(&query, agent.dns).expect("send");
+    }
+    let sending = started.elapsed();
+    flooder.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+    let (mut full, mut slipped) = (0u32, 0u32);
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = flooder.recv(&mut buf) {
+        let answer = hickory_proto::op::Message::from_vec(&buf[..n]).expect("an answer parses");
+        if answer.metadata.truncation {
+            assert!(answer.answers.is_empty(), "a slipped answer carries no records");
+            slipped += 1;
+        } else {
+            full += 1;
+        }
+    }
+    // 50 per second, one second of burst, over the time the flood took to send.
+    let allowed = 50 + (50.0 * sending.as_secs_f64()).ceil() as u32 + 5;
+    println!("flood of {sent} in {sending:?}: {full} answered, {slipped} slipped (TC), allowed {allowed}");
+    assert!(full <= allowed, "{full} full answers; the limit allows {allowed}");
+    assert!(full >= 40, "the burst is answered: {full}");
+    assert!(slipped > 0 && full + slipped < sent, "limited answers slip or drop: {slipped}");
+    // Another source is answered meanwhile, and over TCP the limited source is too.
+    for _ in 0..20 {
+        let answer = support::dns::udp(agent.dns, "consul.service.consul", RecordType::A, None);
+        assert_eq!(answer.answers.len(), 1, "another source");
+    }
+    still_serves(&agent);
+    agent.wait_log("DNS UDP answers rate-limited", Duration::from_secs(5));
+}

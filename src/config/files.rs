@@ -384,6 +384,15 @@ pub(super) fn apply_dns_config(
         soa.set("min_ttl", &mut dns.soa.min_ttl, decode_u32)?;
         soa.finish("", warnings)?;
     }
+    if let Some(mut limit) = section.section("rate_limit")? {
+        let rl = &mut dns.rate_limit;
+        limit.set("responses_per_second", &mut rl.responses_per_second, decode_u32)?;
+        limit.set("slip", &mut rl.slip, |v| decode_uint(v, 0, 100))?;
+        limit.set("ipv4_prefix_length", &mut rl.ipv4_prefix_length, |v| decode_uint(v, 0, 32))?;
+        limit.set("ipv6_prefix_length", &mut rl.ipv6_prefix_length, |v| decode_uint(v, 0, 128))?;
+        limit.set("table_size", &mut rl.table_size, |v| decode_uint(v, 1, 10_000_000))?;
+        limit.finish("", warnings)?;
+    }
     section.finish(DNS_CONFIG_NOT_IMPLEMENTED, warnings)
 }
 

@@ -257,6 +257,33 @@ pub struct DnsConfig {
     /// CIDRs (`ip/prefix`, syntax checked) allowed to use the recursors.
     pub recursor_allow: Vec<String>,
     pub soa: Soa,
+    /// Response-rate limiting on UDP (`dns::rate_limit`).
+    pub rate_limit: RateLimitConfig,
+}
+
+/// The `dns_config.rate_limit` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    /// Answers per second to one source prefix; 0 turns the limit off.
+    pub responses_per_second: u32,
+    /// Every `slip`-th limited answer is sent empty with TC; 0 drops them all.
+    pub slip: u32,
+    pub ipv4_prefix_length: u8,
+    pub ipv6_prefix_length: u8,
+    /// Source prefixes tracked at most.
+    pub table_size: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            responses_per_second: 0,
+            slip: 2,
+            ipv4_prefix_length: 24,
+            ipv6_prefix_length: 56,
+            table_size: 100_000,
+        }
+    }
 }
 
 impl Default for DnsConfig {
@@ -274,6 +301,7 @@ impl Default for DnsConfig {
             recursor_strategy: RecursorStrategy::Sequential,
             recursor_allow: vec!["127.0.0.0/8".to_string(), "::1/128".to_string()],
             soa: Soa::default(),
+            rate_limit: RateLimitConfig::default(),
         }
     }
 }

@@ -270,6 +270,7 @@ fn every_implemented_key_is_decoded() {
             recursor_strategy: RecursorStrategy::Random,
             recursor_allow: vec!["10.0.0.0/8".into(), "fd00::/8".into()],
             soa: Soa { refresh: 1, retry: 2, expire: 3, min_ttl: 4 },
+            rate_limit: RateLimitConfig::default(),
         },
         log_level: LogLevel::Warn,
         log_json: false,
@@ -920,6 +921,8 @@ fn acl_section_and_consuls_older_keys_are_decoded() {
         (r#"{"acl": {"tokens": {"defualt": "x"}}}"#, "acl.tokens.defualt"),
         (r#"{"acl": {"tokens": {"default": ""}}}"#, "acl.tokens.default"),
         (r#"{"acl": {"enable_token_persistence": "yes"}}"#, "acl.enable_token_persistence"),
+        (r#"{"dns_config": {"rate_limit": {"ipv4_prefix_length": 33}}}"#, "dns_config.rate_limit.ipv4_prefix_length"),
+        (r#"{"dns_config": {"rate_limit": {"burst": 1}}}"#, "burst"),
     ] {
         let err = load_error(&[DATA_DIR, text]);
         assert!(err.contains(expected), "{text}: {err}");

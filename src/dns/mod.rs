@@ -9,6 +9,7 @@ pub mod answer;
 mod cache;
 mod forward;
 pub mod lookup;
+pub mod rate_limit;
 mod service;
 mod tcp;
 mod udp;
@@ -107,7 +108,8 @@ pub fn settings_from_config(config: &Config) -> Result<DnsSettings, DnsError> {
         dns.recursor_timeout,
         dns.recursor_strategy == RecursorStrategy::Random,
     );
-    Ok(DnsSettings { responder, forwarder, recursor_allow, max_stale: dns.max_stale })
+    let rate_limit = rate_limit::RateLimiter::new(&dns.rate_limit);
+    Ok(DnsSettings { responder, forwarder, recursor_allow, max_stale: dns.max_stale, rate_limit })
 }
 
 /// The bound DNS listeners.

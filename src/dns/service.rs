@@ -74,6 +74,8 @@ pub struct DnsSettings {
     /// answering from its replica with no leader, and a client from its copies of a
     /// server's answers when no server answers.
     pub max_stale: std::time::Duration,
+    /// UDP response-rate limiting, when on (a reload starts it afresh).
+    pub rate_limit: Option<super::rate_limit::RateLimiter>,
 }
 
 /// A server's answers a client agent keeps for when no server answers, at most; when full,
@@ -287,6 +289,19 @@ impl DnsService {
 
     pub fn try_slow_permit(&self) -> Option<OwnedSemaphorePermit> {
         self.slow_path.clone().try_acquire_owned().ok()
+    }
+
+    /// What may be sent over UDP to `src` for `answer`: the answer, an empty one with TC
+    /// (rate-limited, but slipped), or nothing (rate-limited).
+    pub fn rate_limited(&self, src: std::net::IpAddr, answer: Vec<u8>) -> Option<Vec<u8>> {
+        use super::rate_limit::{slipped, Verdict};
+        let settings = self.settings.load();
+        let Some(limiter) = &settings.rate_limit else { return Some(answer) };
+        match limiter.check(src, std::time::Instant::now()) {
+            Verdict::Answer => Some(answer),
+            Verdict::Slip => slipped(&answer),
+            Verdict::Drop => None,
+        }
     }
 
     /// SERVFAIL for `packet`, when the slow path is full.

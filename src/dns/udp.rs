@@ -1,7 +1,7 @@
 //! The UDP listeners: one `SO_REUSEPORT` socket per core, each with a tight receive → answer
 //! → send loop that answers cairn's names inline (no task per datagram). Only answers that
 //! need I/O (static zones, forwarding) leave the loop, as tasks bounded by the service's
-//! slow-path permits.
+//! slow-path permits. Every answer passes the response-rate limit first, when one is set.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -76,8 +76,10 @@ pub async fn serve(socket: UdpSocket, service: Arc<DnsService>, shutdown: Cancel
         match reply {
             Reply::Drop => {}
             Reply::Bytes(answer) => {
-                send(&socket, &answer, src).await;
-                counters.answered(packet, &answer, took());
+                if let Some(answer) = service.rate_limited(src.ip(), answer) {
+                    send(&socket, &answer, src).await;
+                    counters.answered(packet, &answer, took());
+                }
             }
             Reply::NotOurs => match service.try_slow_permit() {
                 Some(permit) => {
@@ -86,13 +88,15 @@ pub async fn serve(socket: UdpSocket, service: Arc<DnsService>, shutdown: Cancel
                     let counters = service.slow_counters();
                     tasks.spawn(async move {
                         let answer = service.reply_elsewhere(packet.clone(), src, Transport::Udp).await;
-                        send(&socket, &answer, src).await;
-                        counters.answered(&packet, &answer, took());
+                        if let Some(answer) = service.rate_limited(src.ip(), answer) {
+                            send(&socket, &answer, src).await;
+                            counters.answered(&packet, &answer, took());
+                        }
                         drop(permit);
                     });
                 }
                 None => {
-                    if let Some(answer) = DnsService::servfail(packet) {
+                    if let Some(answer) = DnsService::servfail(packet).and_then(|a| service.rate_limited(src.ip(), a)) {
                         send(&socket, &answer, src).await;
                         counters.answered(packet, &answer, took());
                     }
