@@ -16,7 +16,7 @@ if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
         { echo "fuzz/run.sh: cargo-fuzz needs nightly Rust, and rustup could not install it here" >&2; exit 2; }
 fi
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-targets=${TARGETS:-"dns_packet dns_name config_files http_catalog_register http_txn http_service_register http_check_register snapshot_restore snapshot_records"}
+targets=${TARGETS:-"dns_packet dns_name config_files http_catalog_register http_txn http_service_register http_check_register rpc_frame gossip_packet snapshot_restore snapshot_records"}
 sanitizer=${SANITIZER:-none}
 mkdir -p logs
 cargo +nightly fuzz build -s "$sanitizer" $targets

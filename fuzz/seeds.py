@@ -141,3 +141,29 @@ TXNS = [
 ]
 for t in TXNS:
     write("http_txn", json.dumps(t).encode())
+
+def frame(message, blob=b""):
+    body = json.dumps(message).encode()
+    return b"\x01" + struct.pack(">II", len(body), len(blob)) + body + blob
+
+FRAMES = [
+    ({"Hello": {"cluster": "dc1", "from": 1, "to": 2}}, b""),
+    ({"HelloWan": {"from_datacenter": "dc2", "datacenter": "dc1", "from": 1, "to": 2}}, b""),
+    ("Status", b""),
+    ({"ReadIndex": {"consistent": True}}, b""),
+    ({"Dns": {"tcp": False}}, query("web.service.consul", "A")),
+    ({"Http": {"method": "GET", "uri": "/v1/catalog/services?stale", "headers": [["x-consul-token", "t"]]}}, b""),
+    ({"Http": {"method": "PUT", "uri": "/v1/kv/a", "headers": []}}, b"value"),
+    ({"NodeCatalog": {"node": "n1", "token": "t"}}, b""),
+    ({"NodeCatalog": {"node": "n1"}}, b""),
+    ({"RenewSession": {"id": "abc"}}, b""),
+    ({"Forward": {"v": 1, "commands": [{"KvSet": {"key": "k", "value": "dg==", "flags": 0, "cas": None}}]}}, b""),
+    ({"AgentWrite": {"proposal": {"v": 1, "commands": [{"Deregister": {"node": "n1", "service_id": "web",
+                                                                         "check_id": None}}]},
+                     "tokens": ["secret"]}}, b""),
+    ({"Vote": {"vote": {"leader_id": {"term": 1, "node_id": 1}, "committed": False}, "last_log_id": None}}, b""),
+]
+for message, blob in FRAMES:
+    write("rpc_frame", frame(message, blob))
+write("rpc_frame", b"\x02" + frame("Status")[1:])
+write("rpc_frame", b"\x01\xff\xff\xff\xff\x00\x00\x00\x00")

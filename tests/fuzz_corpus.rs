@@ -27,3 +27,46 @@ fn every_corpus_and_regression_input_passes_its_checks() {
     }
     assert!(replayed > 0, "no corpus inputs found under {}", root.display());
 }
+
+/// Writes real gossip packets (two members meeting: announce, pings, acks, their
+/// membership updates) as seeds for `gossip_packet`. Run by hand:
+/// `cargo test --test fuzz_corpus write_gossip_seeds -- --ignored`.
+#[test]
+#[ignore]
+fn write_gossip_seeds() {
+    use cairn::gossip::core::{Core, Timings};
+    use cairn::gossip::envelope::{Envelope, GossipKey};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/gossip_packet");
+    std::fs::create_dir_all(&dir).expect("corpus dir");
+    let now = std::time::Instant::now();
+    let (a_id, b_id) = (hostile::peers::member("a", 8301), hostile::peers::member("b", 8302));
+    let mut a = Core::new(a_id.clone(), Timings::lan(), 1, now);
+    let mut b = Core::new(b_id.clone(), Timings::lan(), 2, now);
+    a.announce(now, b_id.clone());
+    let mut written = 0;
+    for round in 0..6 {
+        let at = now + std::time::Duration::from_millis(200 * round);
+        a.fire_due(at);
+        b.fire_due(at);
+        let from_a = a.take_outbox();
+        let from_b = b.take_outbox();
+        for (_, packet) in &from_a {
+            let _ = b.handle_packet(at, a_id.addr, packet);
+        }
+        for (_, packet) in &from_b {
+            let _ = a.handle_packet(at, b_id.addr, packet);
+        }
+        for (_, packet) in from_a.iter().chain(&from_b) {
+            let mut seed = vec![0u8];
+            seed.extend_from_slice(packet);
+            std::fs::write(dir.join(format!("real-{written}")), seed).expect("write seed");
+            // The same through the envelope `check_gossip_packet` opens odd-mode packets with.
+            let key = GossipKey::from_base64(hostile::peers::GOSSIP_KEY).expect("key");
+            let mut sealed = vec![1u8];
+            sealed.extend(Envelope::new(&[key]).seal(packet, hostile::peers::GOSSIP_NOW_MS));
+            std::fs::write(dir.join(format!("sealed-{written}")), sealed).expect("write seed");
+            written += 1;
+        }
+    }
+    assert!(written > 0, "the members exchanged nothing");
+}

@@ -19,7 +19,8 @@ mod membership;
 mod network;
 mod operator;
 mod replay;
-mod rpc;
+/// Public for the fuzz targets (`fuzz/`), which feed it hostile frames.
+pub mod rpc;
 mod serve;
 mod session_ttl;
 mod state_machine;

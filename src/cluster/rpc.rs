@@ -226,8 +226,9 @@ pub enum FrameError {
     Decode(String),
 }
 
-/// Reads one whole frame: both lengths are checked against their limits before any buffer
-/// is allocated, and the JSON is decoded before it is returned.
+/// Reads one whole frame: both lengths are checked against their limits first, the buffers
+/// grow only as bytes arrive (a peer that announces 128 MiB and sends nothing holds none of
+/// it), and the JSON is decoded before it is returned.
 pub async fn read_frame<T: DeserializeOwned>(
     reader: &mut (impl AsyncRead + Unpin),
 ) -> Result<(T, Vec<u8>), FrameError> {
@@ -248,12 +249,26 @@ pub async fn read_frame<T: DeserializeOwned>(
     if blob_len > BLOB_BYTES_MAX {
         return Err(FrameError::TooLarge { what: "data", len: blob_len, max: BLOB_BYTES_MAX });
     }
-    let mut json = vec![0u8; json_len];
-    reader.read_exact(&mut json).await?;
-    let mut blob = vec![0u8; blob_len];
-    reader.read_exact(&mut blob).await?;
+    let json = read_exactly(reader, json_len).await?;
+    let blob = read_exactly(reader, blob_len).await?;
     let message = serde_json::from_slice(&json).map_err(|e| FrameError::Decode(e.to_string()))?;
     Ok((message, blob))
+}
+
+/// Bytes buffered ahead of their arrival, at most.
+const READ_AHEAD_BYTES: usize = 64 << 10;
+
+/// The next `len` bytes, in a buffer that grows as they arrive.
+async fn read_exactly(reader: &mut (impl AsyncRead + Unpin), len: usize) -> Result<Vec<u8>, FrameError> {
+    let mut bytes = Vec::with_capacity(len.min(READ_AHEAD_BYTES));
+    reader.take(len as u64).read_to_end(&mut bytes).await?;
+    if bytes.len() < len {
+        return Err(FrameError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("frame cut short: {} of {len} bytes", bytes.len()),
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Writes one frame with a single write call.

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod dns;
 pub mod http;
+pub mod peers;
 pub mod snapshot;
 
 /// A target's check: panics when an invariant breaks.
@@ -23,6 +24,8 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("http_txn", http::check_txn),
     ("http_service_register", http::check_service_register),
     ("http_check_register", http::check_check_register),
+    ("rpc_frame", peers::check_rpc_frame),
+    ("gossip_packet", peers::check_gossip_packet),
     ("snapshot_restore", snapshot::check_archive),
     ("snapshot_records", snapshot::check_records),
 ];
