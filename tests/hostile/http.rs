@@ -60,12 +60,17 @@ impl Agent {
             if self.connection.is_none() {
                 let stream = TcpStream::connect(self.addr).ok()?;
                 stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+                // One write per request, sent at once: Nagle's algorithm against the server's
+                // delayed ACK would add 40 ms to every request.
+                stream.set_nodelay(true).ok()?;
                 self.connection = Some(BufReader::new(stream));
             }
             let connection = self.connection.as_mut()?;
-            let head = format!("{method} {path} HTTP/1.1\r\nHost: fuzz\r\nContent-Length: {}\r\n\r\n", body.len());
-            let sent =
-                connection.get_mut().write_all(head.as_bytes()).and_then(|()| connection.get_mut().write_all(body));
+            let mut request =
+                format!("{method} {path} HTTP/1.1\r\nHost: fuzz\r\nContent-Length: {}\r\n\r\n", body.len())
+                    .into_bytes();
+            request.extend_from_slice(body);
+            let sent = connection.get_mut().write_all(&request);
             match sent.ok().and_then(|()| read_answer(connection)) {
                 Some((answer, close)) => {
                     if close {
