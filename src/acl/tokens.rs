@@ -59,12 +59,19 @@ pub enum TokensError {
     File { path: PathBuf, reason: String },
 }
 
+/// Where the tokens in effect come from.
+#[derive(Default)]
+struct Sources {
+    /// Set through the API (and persisted): these win over the config, also on reload.
+    by_api: TokenSet,
+    /// From the config, as last loaded.
+    config: TokenSet,
+}
+
 pub struct AgentTokens {
     current: ArcSwap<TokenSet>,
-    /// Set through the API (and persisted): these win over the config, also on reload.
-    set_by_api: Mutex<TokenSet>,
-    /// From the config, as last loaded.
-    from_config: Mutex<TokenSet>,
+    /// Changed, and `current` recomputed from it, under this one lock.
+    sources: Mutex<Sources>,
     /// Moves on every change, so what caches a token's rules (DNS) resolves again.
     generation: AtomicU64,
     /// Where API-set tokens are kept, with `enable_token_persistence`.
@@ -77,8 +84,7 @@ impl AgentTokens {
         let config = TokenSet { default, agent };
         AgentTokens {
             current: ArcSwap::from_pointee(config.clone()),
-            set_by_api: Mutex::default(),
-            from_config: Mutex::new(config),
+            sources: Mutex::new(Sources { by_api: TokenSet::default(), config }),
             generation: AtomicU64::new(0),
             persisted: None,
         }
@@ -92,13 +98,15 @@ impl AgentTokens {
         match std::fs::read(&path) {
             Ok(bytes) => {
                 let saved: TokenSet = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-                *self.set_by_api.get_mut().unwrap_or_else(|e| e.into_inner()) = saved;
+                self.sources.get_mut().unwrap_or_else(|e| e.into_inner()).by_api = saved;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(bad(e.to_string())),
         }
         self.persisted = Some(path);
-        self.recompute();
+        let sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        self.recompute(&sources);
+        drop(sources);
         Ok(self)
     }
 
@@ -120,8 +128,8 @@ impl AgentTokens {
     /// Sets `kind` (an empty secret clears it), persisting first when asked to: a token the
     /// API acknowledged is the one the next start uses.
     pub fn set(&self, kind: TokenKind, secret: &str) -> Result<(), TokensError> {
-        let mut by_api = self.set_by_api.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = by_api.clone();
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = sources.by_api.clone();
         *next.slot(kind) = Some(secret.to_string()).filter(|s| !s.is_empty());
         if let Some(path) = &self.persisted {
             let bytes = serde_json::to_vec(&next)
@@ -129,23 +137,26 @@ impl AgentTokens {
             crate::durable_file::replace_file_durably(path, &[&bytes])
                 .map_err(|e| TokensError::File { path: path.clone(), reason: e.to_string() })?;
         }
-        *by_api = next;
-        drop(by_api);
-        self.recompute();
+        sources.by_api = next;
+        self.recompute(&sources);
         Ok(())
     }
 
     /// The config's tokens after a reload (API-set ones still win); whether the tokens in
     /// effect changed.
     pub fn reload_config(&self, default: Option<String>, agent: Option<String>) -> bool {
-        *self.from_config.lock().unwrap_or_else(|e| e.into_inner()) = TokenSet { default, agent };
-        self.recompute()
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        sources.config = TokenSet { default, agent };
+        self.recompute(&sources)
     }
 
-    fn recompute(&self) -> bool {
-        let by_api = self.set_by_api.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let config = self.from_config.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let next = TokenSet { default: by_api.default.or(config.default), agent: by_api.agent.or(config.agent) };
+    /// Makes `current` what `sources` (locked by the caller) say; whether it changed.
+    fn recompute(&self, sources: &Sources) -> bool {
+        let (api, config) = (&sources.by_api, &sources.config);
+        let next = TokenSet {
+            default: api.default.clone().or_else(|| config.default.clone()),
+            agent: api.agent.clone().or_else(|| config.agent.clone()),
+        };
         if **self.current.load() == next {
             return false;
         }
