@@ -51,6 +51,7 @@ impl Answer {
     }
 }
 
+#[derive(Clone)]
 pub struct ApiClient {
     base: String,
     http: reqwest::Client,

@@ -154,6 +154,8 @@ fn encoded(s: &str) -> String {
 pub struct WatchDefinition {
     pub spec: WatchSpec,
     pub handler: Handler,
+    /// The ACL token its queries present (none: the agent's default token).
+    pub token: Option<crate::model::acl::Secret>,
 }
 
 /// What runs when the view changes.

@@ -523,3 +523,32 @@ fn a_waiting_blocking_query_answers_under_its_tokens_rules_as_they_are_when_it_w
     assert_eq!(keys, ["app/a"], "app/b is hidden by the narrowed policy");
     assert_eq!(r.header("X-Consul-Results-Filtered-By-ACLs"), Some("true"));
 }
+
+#[test]
+fn a_config_watch_queries_with_its_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("watch.log");
+    let script = format!("cat >> {0}; printf '\\n---\\n' >> {0}", log.display());
+    let config = json!({
+        "acl": {"enabled": true, "default_policy": "deny", "tokens": {"initial_management": ROOT}},
+        "watches": [
+            {"type": "key", "key": "app/x", "token": ROOT, "args": ["sh", "-c", script]},
+            {"type": "key", "key": "app/y", "args": ["true"]},
+        ],
+    });
+    let path = dir.path().join("acl.json");
+    std::fs::write(&path, config.to_string()).expect("write config");
+    let agent = Agent::start(&["-config-file", path.to_str().expect("utf-8")]);
+    support::wait_for("the initial management token", Duration::from_secs(15), || {
+        (call(&agent, "GET", "/v1/acl/token/self", ROOT, b"").status == 200).then_some(())
+    });
+    assert_eq!(call(&agent, "PUT", "/v1/kv/app/x", ROOT, b"hello").text(), "true");
+    support::wait_for("the watch with a token to see app/x", Duration::from_secs(15), || {
+        std::fs::read_to_string(&log).ok().filter(|l| l.contains("\"Key\": \"app/x\"")).map(drop)
+    });
+    // Without one it acts as the anonymous token, which may read nothing here.
+    agent.wait_log(
+        "watch query failed; retrying watch=/v1/kv/app/y error=\"Unexpected response code: 403",
+        Duration::from_secs(15),
+    );
+}

@@ -63,7 +63,10 @@ impl Watches {
     }
 
     fn start(&self, definition: WatchDefinition, stop: CancellationToken) {
-        let Some(api) = self.api.clone() else { return };
+        let Some(mut api) = self.api.clone() else { return };
+        if let Some(token) = &definition.token {
+            api = Arc::new(ApiClient::clone(&api).with_token(Some(token.0.clone())));
+        }
         // Checked when the config loaded.
         let Ok(path) = definition.spec.path() else { return };
         tracing::info!(watch = %path, "config watch started");

@@ -395,3 +395,11 @@ pub(super) fn decode_tls_version(value: &Value) -> Result<TlsVersion, Mismatch> 
         other => Err(Mismatch::bad_string(EXPECTED, other)),
     }
 }
+
+/// An ACL token's secret: 1 to 256 printable characters.
+pub(super) fn decode_token(value: &Value) -> Result<String, Mismatch> {
+    match value.as_str() {
+        Some(t) if !t.is_empty() && t.len() <= 256 && !t.chars().any(char::is_control) => Ok(t.to_string()),
+        _ => Err(Mismatch::new("a token (1 to 256 printable characters)", value)),
+    }
+}

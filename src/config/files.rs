@@ -10,7 +10,7 @@ use super::decode::{
     decode_bool, decode_cidr, decode_datacenter, decode_domain, decode_duration, decode_encrypt_key, decode_ip,
     decode_join_addr, decode_list, decode_log_level, decode_node_id, decode_node_name, decode_optional_port,
     decode_path, decode_port, decode_positive_duration, decode_recursor, decode_service_ttl, decode_strategy,
-    decode_tls_version, decode_u32, decode_u64, decode_uint, describe, set_if_some, Mismatch, Section,
+    decode_tls_version, decode_token, decode_u32, decode_u64, decode_uint, describe, set_if_some, Mismatch, Section,
 };
 use super::watches::decode_watch;
 use super::{quote, Config, ConfigError, DnsConfig, TlsSettings, TlsVersion, MIB};
@@ -414,7 +414,7 @@ fn decode_acl(
     acl: &mut crate::acl::AclConfig,
     warnings: &mut Vec<String>,
 ) -> Result<(), ConfigError> {
-    let token = |v: &Value| decode_token(v);
+    let token = decode_token;
     top.set("acl_default_policy", &mut acl.default_allow, decode_default_policy)?;
     if let Some(t) = top.get("acl_master_token", token)? {
         acl.initial_management = Some(t);
@@ -454,13 +454,6 @@ fn decode_default_policy(value: &Value) -> Result<bool, Mismatch> {
         Some("allow") => Ok(true),
         Some("deny") => Ok(false),
         _ => Err(Mismatch::new("\"allow\" or \"deny\"", value)),
-    }
-}
-
-fn decode_token(value: &Value) -> Result<String, Mismatch> {
-    match value.as_str() {
-        Some(t) if !t.is_empty() && t.len() <= 256 && !t.chars().any(char::is_control) => Ok(t.to_string()),
-        _ => Err(Mismatch::new("a token (1 to 256 printable characters)", value)),
     }
 }
 

@@ -801,16 +801,14 @@ fn watches_load_from_every_file_in_order() {
         })
     );
     assert_eq!(config.watches[2].spec.path().as_deref(), Ok("/v1/health/state/critical?filter=ServiceName+%3D%3D+web"));
+    assert_eq!(config.watches[2].token, Some(crate::model::acl::Secret("t".into())));
     assert_eq!(
         config.watches[2].handler,
         Handler::Script { args: strings(&["/bin/sh", "-c", "echo hi"]), capture: true }
     );
     assert_eq!(
         warnings,
-        [
-            r#"config c.json: watches[1]: "handler" is deprecated; use "args" (a program and its arguments)"#,
-            r#"config c.json: key "watches[1].token" is not implemented by cairn yet and is ignored"#,
-        ]
+        [r#"config c.json: watches[1]: "handler" is deprecated; use "args" (a program and its arguments)"#,]
     );
 }
 

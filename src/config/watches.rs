@@ -3,13 +3,14 @@
 use serde_json::Value;
 
 use super::decode::{
-    decode_bool, decode_datacenter, decode_list, decode_positive_duration, decode_str, describe, Mismatch, Section,
+    decode_bool, decode_datacenter, decode_list, decode_positive_duration, decode_str, decode_token, describe,
+    Mismatch, Section,
 };
 use super::{quote, ConfigError};
 use crate::watch::{Handler, HttpHandler, WatchDefinition, WatchSpec, WatchType};
 
 /// Keys of a watch Consul documents that cairn accepts and ignores.
-pub(super) const WATCH_NOT_IMPLEMENTED: &str = "token";
+pub(super) const WATCH_NOT_IMPLEMENTED: &str = "";
 
 /// One `watches` entry, checked as Consul's agent checks it (`watch.ParseExempt` and the
 /// handler rules): a known type with only its own parameters, and exactly one handler.
@@ -118,8 +119,9 @@ pub(super) fn decode_watch(
             ))
         }
     };
+    let token = s.get("token", decode_token)?.map(crate::model::acl::Secret);
     s.finish(WATCH_NOT_IMPLEMENTED, warnings)?;
-    Ok(WatchDefinition { spec, handler })
+    Ok(WatchDefinition { spec, handler, token })
 }
 
 /// A watch's `http_handler_config`: `path` (the URL), `method` (POST), `header`
