@@ -43,11 +43,15 @@ pub const TABLE_TAGS: usize = 13;
 pub const TAG_META: u8 = 0;
 pub const TAG_NODES: u8 = 1;
 pub const TAG_SERVICES: u8 = 2;
+pub const TAG_SERVICE_NAMES: u8 = 3;
 pub const TAG_CHECKS: u8 = 4;
 pub const TAG_KV: u8 = 5;
+pub const TAG_KV_TOMBSTONES: u8 = 6;
+pub const TAG_INDEXES: u8 = 7;
 pub const TAG_SESSIONS: u8 = 8;
 pub const TAG_LOCK_DELAYS: u8 = 10;
 pub const TAG_PREPARED_QUERIES: u8 = 11;
+pub const TAG_ACL: u8 = 12;
 
 /// One record of a state snapshot: table tag, key, value.
 pub type Record<'a> = (u8, &'a [u8], &'a [u8]);

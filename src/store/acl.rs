@@ -70,3 +70,22 @@ pub(super) fn all<T: serde::de::DeserializeOwned>(
 pub(super) fn bootstrapped(t: &SmTables, txn: &Txn<'_>) -> Result<Option<u64>, StoreError> {
     t.acl.get(txn, BOOTSTRAP_KEY)?.map(|bytes| codec::decode_u64(TABLE, BOOTSTRAP_KEY, bytes)).transpose()
 }
+
+/// Whether a row of `sm_acl` (from a backup archive, before a restore) reads back as what its
+/// key says it holds.
+pub(super) fn check_row(key: &[u8], value: &[u8]) -> Result<(), String> {
+    let json =
+        |what: fn(&[u8]) -> bool| if what(value) { Ok(()) } else { Err("an ACL row that does not decode".to_string()) };
+    if key == BOOTSTRAP_KEY {
+        return codec::decode_u64(TABLE, key, value).map(drop).map_err(|e| e.to_string());
+    }
+    if key.starts_with(TOKEN_PREFIX) {
+        json(|v| serde_json::from_slice::<AclToken>(v).is_ok())
+    } else if key.starts_with(POLICY_PREFIX) {
+        json(|v| serde_json::from_slice::<crate::model::acl::AclPolicy>(v).is_ok())
+    } else if key.starts_with(ROLE_PREFIX) {
+        json(|v| serde_json::from_slice::<crate::model::acl::AclRole>(v).is_ok())
+    } else {
+        Ok(())
+    }
+}
