@@ -128,7 +128,7 @@ fn read_answer(connection: &mut BufReader<TcpStream>) -> Option<(Answer, bool)> 
 /// Sends `body` to `path`. When it is refused, what `state` reads must be as it was; a first
 /// difference is measured again around the same body sent once more, so a write in the
 /// background (anti-entropy repairing the agent's own node, say) is not taken for the body's.
-fn send_checked(agent: &mut Agent, path: &str, body: &[u8], state: fn(&mut Agent) -> Vec<u8>) -> Answer {
+fn send_checked(agent: &mut Agent, path: &str, body: &[u8], state: impl Fn(&mut Agent) -> Vec<u8>) -> Answer {
     let before = state(agent);
     let answer = agent.must("PUT", path, body);
     if answer.status != 200 && state(agent) != before {
@@ -181,26 +181,38 @@ pub fn check_catalog_register(body: &[u8]) {
     }
 }
 
-/// `PUT /v1/agent/service/register`: a refused body leaves the agent's services as they were.
-pub fn check_service_register(body: &[u8]) {
+/// A body to one of the agent's own register endpoints: refused, it leaves the agent's list
+/// (`list`) as it was; accepted, everything listed is removed again through `deregister`.
+fn check_agent_register(body: &[u8], register: &str, list: &str, id_field: &str, deregister: &str) {
     let mut agent = agent().lock().unwrap_or_else(|e| e.into_inner());
-    let state = |a: &mut Agent| a.must("GET", "/v1/agent/services", b"").body;
-    if send_checked(&mut agent, "/v1/agent/service/register", body, state).status == 200 {
-        for id in names(&state(&mut agent), "ID") {
-            agent.must("PUT", &format!("/v1/agent/service/deregister/{}", encode(&id)), b"");
+    let state = |a: &mut Agent| a.must("GET", list, b"").body;
+    if send_checked(&mut agent, register, body, state).status == 200 {
+        for id in names(&state(&mut agent), id_field) {
+            agent.must("PUT", &format!("{deregister}{}", encode(&id)), b"");
         }
     }
 }
 
+/// `PUT /v1/agent/service/register`: a refused body leaves the agent's services as they were.
+pub fn check_service_register(body: &[u8]) {
+    check_agent_register(
+        body,
+        "/v1/agent/service/register",
+        "/v1/agent/services",
+        "ID",
+        "/v1/agent/service/deregister/",
+    );
+}
+
 /// `PUT /v1/agent/check/register`: as services, for the agent's checks.
 pub fn check_check_register(body: &[u8]) {
-    let mut agent = agent().lock().unwrap_or_else(|e| e.into_inner());
-    let state = |a: &mut Agent| a.must("GET", "/v1/agent/checks", b"").body;
-    if send_checked(&mut agent, "/v1/agent/check/register", body, state).status == 200 {
-        for id in names(&state(&mut agent), "CheckID") {
-            agent.must("PUT", &format!("/v1/agent/check/deregister/{}", encode(&id)), b"");
-        }
-    }
+    check_agent_register(
+        body,
+        "/v1/agent/check/register",
+        "/v1/agent/checks",
+        "CheckID",
+        "/v1/agent/check/deregister/",
+    );
 }
 
 /// `PUT /v1/txn`: a refused or rolled-back transaction leaves the KV index where it was.
