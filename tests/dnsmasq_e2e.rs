@@ -29,13 +29,21 @@ fn free_port() -> u16 {
     }
 }
 
-fn dig(port: u16, args: &[&str]) -> String {
+/// dig's output, or `None` when dig got no answer (exit status not 0: dnsmasq not
+/// listening yet, or timed out). dig prints its "communications error" to stdout even
+/// with `+short`, so the output alone cannot tell an answer from a failure.
+fn try_dig(port: u16, args: &[&str]) -> Option<String> {
     let output = Command::new("dig")
         .args(["@127.0.0.1", "-p", &port.to_string(), "+time=2", "+tries=1"])
         .args(args)
         .output()
         .expect("dig must be installed (tests/setup.sh installs bind9-dnsutils)");
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    output.status.success().then_some(stdout)
+}
+
+fn dig(port: u16, args: &[&str]) -> String {
+    try_dig(port, args).unwrap_or_else(|| panic!("dig {args:?} through dnsmasq got no answer"))
 }
 
 #[test]
@@ -66,8 +74,7 @@ fn dig_through_dnsmasq_reaches_cairn() {
     let _dnsmasq = Dnsmasq(child);
 
     let short = wait_for("dnsmasq to answer", Duration::from_secs(20), || {
-        let out = dig(port, &["redis.service.consul", "+short"]);
-        (!out.trim().is_empty()).then_some(out)
+        try_dig(port, &["redis.service.consul", "+short"]).filter(|out| !out.trim().is_empty())
     });
     assert_eq!(short.trim(), "192.168.10.10");
     let srv = dig(port, &["_redis._tcp.service.consul", "SRV", "+short"]);
