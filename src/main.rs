@@ -171,7 +171,7 @@ fn run_agent(flags: &AgentFlags) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let options = cairn::agent::AgentOptions { flags: flags.clone(), set_log_level, log_tap };
+    let options = cairn::agent::AgentOptions { flags: flags.clone(), set_log_level, log_tap, api: None };
     match runtime.block_on(cairn::agent::run(config, options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -125,6 +125,10 @@ pub struct AgentOptions {
     pub set_log_level: SetLogLevel,
     /// Where `/v1/agent/monitor` reads the log from.
     pub log_tap: Arc<crate::http::monitor::LogTap>,
+    /// Handed the HTTP API's context once it serves, for a process that embeds the agent and
+    /// calls the API without a socket through [`crate::http::router`] (the fuzz harness: no
+    /// TCP or HTTP parsing per input, and the store's indexes at hand). `None` in the daemon.
+    pub api: Option<tokio::sync::oneshot::Sender<Arc<http::HttpContext>>>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT, then shuts down gracefully.
@@ -310,6 +314,10 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
     }
     tasks.spawn(http::serve(http_listener, Arc::clone(&ctx), shutdown.clone(), DRAIN_MAX, None));
     tracing::info!(addr = %http_bound, "HTTP API listening");
+    if let Some(embedder) = options.api {
+        // The embedder may have stopped waiting; the API still serves on its socket.
+        let _ = embedder.send(Arc::clone(&ctx));
+    }
     let https = https.map(|(listener, bound, tls)| {
         tasks.spawn(http::serve(listener, Arc::clone(&ctx), shutdown.clone(), DRAIN_MAX, Some(Arc::clone(&tls))));
         tracing::info!(addr = %bound, "HTTPS API listening");

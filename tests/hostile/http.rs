@@ -1,26 +1,29 @@
 //! HTTP request bodies for the endpoints that change state, sent to a whole agent running
-//! in this process (`-dev`, its HTTP API on loopback): `PUT /v1/catalog/register`,
+//! in this process (`-dev`, its HTTP API's router called directly): `PUT /v1/catalog/register`,
 //! `/v1/agent/service/register`, `/v1/agent/check/register` and `/v1/txn`.
 //!
-//! Invariants: every answer is a well-formed HTTP response with a status below 500 (a body
-//! is the client's fault or fine, never the server's) — except Consul's 500 "No path to
-//! datacenter" for a `Datacenter` no server knows; a refused body changed nothing (the
-//! catalog or KV index, or the agent's own list, is as it was). What a body did register is
+//! Invariants: every answer has a status below 500 (a body is the client's fault or fine,
+//! never the server's) — except Consul's 500 "No path to datacenter" for a `Datacenter` no
+//! server knows; a refused body changed nothing (no index of the store moved, or the agent's
+//! own list is as it was). What a body did register is
 //! removed again, so the state stays small whatever the number of inputs.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use tower::ServiceExt;
+
+/// The agent's HTTP API, called in process: the router the agent serves on its socket, run
+/// on the agent's runtime from the fuzzing thread. No TCP or HTTP parsing per input (hyper's
+/// parser is not what these targets fuzz), and the store's indexes are read directly.
 struct Agent {
-    addr: SocketAddr,
-    connection: Option<BufReader<TcpStream>>,
+    ctx: std::sync::Arc<cairn::http::HttpContext>,
+    router: axum::Router,
+    runtime: tokio::runtime::Handle,
 }
 
 struct Answer {
     status: u16,
-    index: Option<u64>,
     body: Vec<u8>,
 }
 
@@ -28,23 +31,33 @@ fn agent() -> &'static Mutex<Agent> {
     static AGENT: OnceLock<Mutex<Agent>> = OnceLock::new();
     AGENT.get_or_init(|| {
         let free = |what| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect(what).port();
-        let http = free("a free HTTP port");
         let json = serde_json::json!({
             "node_name": "fuzz",
-            "ports": {"http": http, "dns": free("a free DNS port"), "server": 0, "serf_lan": 0, "serf_wan": -1},
+            "ports": {"http": free("a free HTTP port"), "dns": free("a free DNS port"), "server": 0, "serf_lan": 0, "serf_wan": -1},
             "log_level": "error",
         });
         let flags = cairn::config::AgentFlags { dev: true, ..Default::default() };
         let (config, _) =
             cairn::config::Config::from_sources(&[("fuzz.json".into(), json.to_string())], &flags).expect("config");
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let handle = runtime.handle().clone();
+        let (api_tx, api_rx) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
-            let options =
-                cairn::agent::AgentOptions { flags, set_log_level: Box::new(|_| {}), log_tap: Default::default() };
-            let result = runtime.expect("runtime").block_on(cairn::agent::run(config, options));
+            let options = cairn::agent::AgentOptions {
+                flags,
+                set_log_level: Box::new(|_| {}),
+                log_tap: Default::default(),
+                api: Some(api_tx),
+            };
+            let result = runtime.block_on(cairn::agent::run(config, options));
             panic!("the in-process agent stopped: {result:?}");
         });
-        let mut agent = Agent { addr: SocketAddr::from(([127, 0, 0, 1], http)), connection: None };
+        let ctx = handle
+            .block_on(async { tokio::time::timeout(Duration::from_secs(30), api_rx).await })
+            .expect("the in-process agent did not serve within 30 s")
+            .expect("the in-process agent stopped before serving");
+        let mut agent = Agent { router: cairn::http::router(ctx.clone()), ctx, runtime: handle };
         let deadline = Instant::now() + Duration::from_secs(30);
         while agent.call("GET", "/v1/status/leader", b"").map(|a| a.body.len() > 2) != Some(true) {
             assert!(Instant::now() < deadline, "the in-process agent did not elect itself within 30 s");
@@ -55,34 +68,24 @@ fn agent() -> &'static Mutex<Agent> {
 }
 
 impl Agent {
-    /// One request on a kept-alive connection; `None` when the agent could not be reached.
+    /// One request through the router; `None` when it cannot be made (a path `http` refuses).
     fn call(&mut self, method: &str, path: &str, body: &[u8]) -> Option<Answer> {
-        for _ in 0..2 {
-            if self.connection.is_none() {
-                let stream = TcpStream::connect(self.addr).ok()?;
-                stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-                // One write per request, sent at once: Nagle's algorithm against the server's
-                // delayed ACK would add 40 ms to every request.
-                stream.set_nodelay(true).ok()?;
-                self.connection = Some(BufReader::new(stream));
-            }
-            let connection = self.connection.as_mut()?;
-            let mut request =
-                format!("{method} {path} HTTP/1.1\r\nHost: fuzz\r\nContent-Length: {}\r\n\r\n", body.len())
-                    .into_bytes();
-            request.extend_from_slice(body);
-            let sent = connection.get_mut().write_all(&request);
-            match sent.ok().and_then(|()| read_answer(connection)) {
-                Some((answer, close)) => {
-                    if close {
-                        self.connection = None;
-                    }
-                    return Some(answer);
-                }
-                None => self.connection = None,
-            }
-        }
-        None
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-length", body.len())
+            .body(axum::body::Body::from(body.to_vec()))
+            .ok()?;
+        let router = self.router.clone();
+        self.runtime.block_on(async move {
+            let response = match router.oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            let (parts, body) = response.into_parts();
+            let body = axum::body::to_bytes(body, usize::MAX).await.ok()?.to_vec();
+            Some(Answer { status: parts.status.as_u16(), body })
+        })
     }
 
     fn must(&mut self, method: &str, path: &str, body: &[u8]) -> Answer {
@@ -96,33 +99,6 @@ impl Agent {
         );
         answer
     }
-}
-
-/// An answer, and whether the server closes the connection after it.
-fn read_answer(connection: &mut BufReader<TcpStream>) -> Option<(Answer, bool)> {
-    let mut line = String::new();
-    connection.read_line(&mut line).ok()?;
-    let status: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
-    let (mut length, mut index, mut close) = (0usize, None, false);
-    loop {
-        line.clear();
-        connection.read_line(&mut line).ok()?;
-        let header = line.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        let (name, value) = header.split_once(':')?;
-        match name.to_ascii_lowercase().as_str() {
-            "content-length" => length = value.trim().parse().ok()?,
-            "x-consul-index" => index = value.trim().parse().ok(),
-            "connection" => close = value.trim().eq_ignore_ascii_case("close"),
-            "transfer-encoding" => panic!("a chunked answer where cairn sends lengths"),
-            _ => {}
-        }
-    }
-    let mut body = vec![0; length];
-    connection.read_exact(&mut body).ok()?;
-    Some((Answer { status, index, body }, close))
 }
 
 /// Sends `body` to `path`. When it is refused, what `state` reads must be as it was; a first
@@ -140,8 +116,15 @@ fn send_checked(agent: &mut Agent, path: &str, body: &[u8], state: impl Fn(&mut 
     answer
 }
 
-fn index_of(agent: &mut Agent, path: &str) -> Vec<u8> {
-    agent.must("GET", path, b"").index.unwrap_or(0).to_be_bytes().to_vec()
+/// The index of every table of the store: any change to the catalog, KV, sessions,
+/// prepared queries or ACLs raises one.
+fn store_indexes(agent: &mut Agent) -> Vec<u8> {
+    use cairn::store::Table;
+    let view = agent.ctx.store.read().expect("a store read");
+    [Table::Nodes, Table::Services, Table::Checks, Table::Kv, Table::Sessions, Table::PreparedQueries, Table::Acl]
+        .into_iter()
+        .flat_map(|table| view.table_index(table).expect("a table index").to_be_bytes())
+        .collect()
 }
 
 /// The names a list answers: the keys of an object, or `field` of each element of an array.
@@ -167,11 +150,11 @@ fn encode(path: &str) -> String {
         .collect()
 }
 
-/// `PUT /v1/catalog/register`: a refused body leaves the catalog index where it was; what a
+/// `PUT /v1/catalog/register`: a refused body leaves every table index where it was; what a
 /// body registered (any node but the agent's own) is deregistered.
 pub fn check_catalog_register(body: &[u8]) {
     let mut agent = agent().lock().unwrap_or_else(|e| e.into_inner());
-    let answer = send_checked(&mut agent, "/v1/catalog/register", body, |a| index_of(a, "/v1/catalog/nodes"));
+    let answer = send_checked(&mut agent, "/v1/catalog/register", body, store_indexes);
     if answer.status == 200 {
         let nodes = agent.must("GET", "/v1/catalog/nodes", b"").body;
         for node in names(&nodes, "Node").into_iter().filter(|n| n != "fuzz") {
@@ -215,10 +198,11 @@ pub fn check_check_register(body: &[u8]) {
     );
 }
 
-/// `PUT /v1/txn`: a refused or rolled-back transaction leaves the KV index where it was.
+/// `PUT /v1/txn`: a refused or rolled-back transaction leaves every table index where it was
+/// (a transaction may hold catalog operations too).
 pub fn check_txn(body: &[u8]) {
     let mut agent = agent().lock().unwrap_or_else(|e| e.into_inner());
-    if send_checked(&mut agent, "/v1/txn", body, |a| index_of(a, "/v1/kv/?keys")).status == 200 {
+    if send_checked(&mut agent, "/v1/txn", body, store_indexes).status == 200 {
         agent.must("DELETE", "/v1/kv/?recurse", b"");
     }
 }
