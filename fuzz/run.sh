@@ -19,7 +19,6 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 targets=${TARGETS:-"dns_packet dns_name config_files http_catalog_register http_txn http_service_register http_check_register rpc_frame gossip_packet snapshot_restore snapshot_records"}
 sanitizer=${SANITIZER:-none}
 mkdir -p logs
-cargo +nightly fuzz build -s "$sanitizer" $targets
 for target in $targets; do
     dict=()
     case $target in
@@ -27,6 +26,8 @@ for target in $targets; do
         config_files | http_*) dict=(-dict=dicts/json.dict) ;;
     esac
     mkdir -p "corpus/$target"
+    # One target per build: `cargo fuzz build` takes a single target name.
+    cargo +nightly fuzz build -s "$sanitizer" "$target"
     status=0
     cargo +nightly fuzz run -s "$sanitizer" "$target" "corpus/$target" -- \
         -max_total_time=$((minutes * 60)) -print_final_stats=1 -timeout=10 -rss_limit_mb=4096 "${dict[@]}" \

@@ -65,6 +65,12 @@ pub struct ArchiveError(pub String);
 #[error("{0}")]
 pub struct SnapshotError(pub String);
 
+impl From<SnapshotError> for ArchiveError {
+    fn from(e: SnapshotError) -> Self {
+        ArchiveError(e.0)
+    }
+}
+
 /// What an archive says about itself (`cairn snapshot inspect`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArchiveHeader {
@@ -162,51 +168,133 @@ impl<W: Write> SnapshotWriter<W> {
     }
 }
 
-/// Splits the next `n` bytes off `rest`.
-fn take<'a>(rest: &mut &'a [u8], n: usize) -> Result<&'a [u8], SnapshotError> {
-    if rest.len() < n {
-        return Err(SnapshotError("record runs past the end".into()));
-    }
-    let (head, tail) = rest.split_at(n);
-    *rest = tail;
-    Ok(head)
+/// Reads a state snapshot of `len` bytes from `input` record by record, checking the framing
+/// (tags, key lengths, lengths that stay inside `len`) as it goes and the record count and
+/// checksum at [`SnapshotReader::finish`]. Memory stays at one record whatever the size, so
+/// a Raft snapshot streams from its file into the store; nothing read may be trusted (or
+/// committed) until `finish` says the whole snapshot is intact.
+pub struct SnapshotReader<R: Read> {
+    records_left: RecordBytes<R>,
+    records: u64,
+    key: Vec<u8>,
+    value: Vec<u8>,
 }
 
-/// The records of a state snapshot, once its magic, checksum, record count, tags and key
-/// lengths have checked out.
-pub fn parse_snapshot(bytes: &[u8]) -> Result<Vec<Record<'_>>, SnapshotError> {
-    let bad = |why: &str| SnapshotError(why.to_string());
-    if bytes.len() < SNAPSHOT_MAGIC.len() + 16 || &bytes[..SNAPSHOT_MAGIC.len()] != SNAPSHOT_MAGIC {
-        return Err(bad("missing CAIRNSM1 header"));
-    }
-    let (body, sum) = bytes.split_at(bytes.len() - 8);
-    if fnv1a(body) != u64::from_be_bytes(sum.try_into().map_err(|_| bad("short trailer"))?) {
-        return Err(bad("checksum mismatch"));
-    }
-    let (records, count) = body.split_at(body.len() - 8);
-    let count = u64::from_be_bytes(count.try_into().map_err(|_| bad("short trailer"))?);
-    let mut out = Vec::new();
-    let mut rest = &records[SNAPSHOT_MAGIC.len()..];
-    while !rest.is_empty() {
-        let tag = take(&mut rest, 1)?[0];
-        if tag as usize >= TABLE_TAGS {
-            return Err(bad("unknown table tag"));
+/// The trailer: record count and checksum, u64 BE each.
+const SNAPSHOT_TRAILER: u64 = 16;
+
+/// The records part of a snapshot being read: how much of it is left, and the checksum of
+/// everything read so far.
+struct RecordBytes<R: Read> {
+    input: R,
+    hash: u64,
+    remaining: u64,
+}
+
+impl<R: Read> RecordBytes<R> {
+    /// Replaces `buf` with the next `n` bytes.
+    fn fill(&mut self, buf: &mut Vec<u8>, n: u64) -> Result<(), SnapshotError> {
+        let past_end = || SnapshotError("record runs past the end".into());
+        if n > self.remaining {
+            return Err(past_end());
         }
-        let key_len = u32::from_be_bytes(take(&mut rest, 4)?.try_into().unwrap_or([0; 4])) as usize;
+        buf.clear();
+        let read =
+            self.input.by_ref().take(n).read_to_end(buf).map_err(|e| SnapshotError(format!("cannot read: {e}")))?;
+        if read as u64 != n {
+            return Err(past_end());
+        }
+        self.hash = fnv1a_more(self.hash, buf);
+        self.remaining -= n;
+        Ok(())
+    }
+
+    fn u32(&mut self, scratch: &mut Vec<u8>) -> Result<u32, SnapshotError> {
+        self.fill(scratch, 4)?;
+        Ok(u32::from_be_bytes(scratch[..4].try_into().unwrap_or([0; 4])))
+    }
+}
+
+impl<R: Read> SnapshotReader<R> {
+    pub fn begin(mut input: R, len: u64) -> Result<Self, SnapshotError> {
+        let magic_len = SNAPSHOT_MAGIC.len() as u64;
+        let mut magic = [0u8; 8];
+        if len < magic_len + SNAPSHOT_TRAILER || input.read_exact(&mut magic).is_err() || &magic != SNAPSHOT_MAGIC {
+            return Err(SnapshotError("missing CAIRNSM1 header".into()));
+        }
+        let records_left = RecordBytes { input, hash: fnv1a(&magic), remaining: len - magic_len - SNAPSHOT_TRAILER };
+        Ok(SnapshotReader { records_left, records: 0, key: Vec::new(), value: Vec::new() })
+    }
+
+    /// The next record, or `None` after the last.
+    pub fn next_record(&mut self) -> Result<Option<Record<'_>>, SnapshotError> {
+        let bytes = &mut self.records_left;
+        if bytes.remaining == 0 {
+            return Ok(None);
+        }
+        bytes.fill(&mut self.value, 1)?;
+        let tag = self.value[0];
+        if tag as usize >= TABLE_TAGS {
+            return Err(SnapshotError("unknown table tag".into()));
+        }
+        let key_len = bytes.u32(&mut self.value)? as usize;
         if key_len == 0 || key_len > KEY_BYTES_MAX {
             return Err(SnapshotError(format!(
                 "a key of {key_len} bytes cannot be stored (keys are 1 to {KEY_BYTES_MAX} bytes)"
             )));
         }
-        let key = take(&mut rest, key_len)?;
-        let value_len = u32::from_be_bytes(take(&mut rest, 4)?.try_into().unwrap_or([0; 4])) as usize;
-        let value = take(&mut rest, value_len)?;
-        out.push((tag, key, value));
+        bytes.fill(&mut self.key, key_len as u64)?;
+        let value_len = bytes.u32(&mut self.value)?;
+        bytes.fill(&mut self.value, u64::from(value_len))?;
+        self.records += 1;
+        Ok(Some((tag, &self.key, &self.value)))
     }
-    if out.len() as u64 != count {
-        return Err(bad("record count mismatch"));
+
+    /// Checks the trailer once every record is read; returns the number of records.
+    pub fn finish(self) -> Result<u64, SnapshotError> {
+        let bad = |why: &str| SnapshotError(why.to_string());
+        let RecordBytes { mut input, hash, remaining } = self.records_left;
+        if remaining != 0 {
+            return Err(bad("records left unread"));
+        }
+        let mut trailer = [0u8; SNAPSHOT_TRAILER as usize];
+        input.read_exact(&mut trailer).map_err(|_| bad("short trailer"))?;
+        let (count, sum) = trailer.split_at(8);
+        if fnv1a_more(hash, count) != u64::from_be_bytes(sum.try_into().map_err(|_| bad("short trailer"))?) {
+            return Err(bad("checksum mismatch"));
+        }
+        if u64::from_be_bytes(count.try_into().map_err(|_| bad("short trailer"))?) != self.records {
+            return Err(bad("record count mismatch"));
+        }
+        Ok(self.records)
     }
-    Ok(out)
+}
+
+/// Reads every record of a state snapshot held in memory through `visit`, then checks the
+/// trailer (see [`SnapshotReader`]); returns the number of records.
+pub fn visit_snapshot<E: From<SnapshotError>>(
+    bytes: &[u8],
+    mut visit: impl FnMut(Record<'_>) -> Result<(), E>,
+) -> Result<u64, E> {
+    let mut reader = SnapshotReader::begin(bytes, bytes.len() as u64)?;
+    while let Some(record) = reader.next_record()? {
+        visit(record)?;
+    }
+    Ok(reader.finish()?)
+}
+
+/// A record copied out of its snapshot.
+pub type OwnedRecord = (u8, Vec<u8>, Vec<u8>);
+
+/// The records of a state snapshot held in memory, copied out, once its framing, record
+/// count and checksum have checked out.
+pub fn parse_snapshot(bytes: &[u8]) -> Result<Vec<OwnedRecord>, SnapshotError> {
+    let mut records = Vec::new();
+    visit_snapshot(bytes, |(tag, key, value)| {
+        records.push((tag, key.to_vec(), value.to_vec()));
+        Ok::<_, SnapshotError>(())
+    })?;
+    Ok(records)
 }
 
 /// Writes an archive into `file` (empty, open for reading and writing) and rewinds it.
@@ -290,7 +378,7 @@ pub fn verify_archive(archive: &[u8]) -> Result<Verified, ArchiveError> {
     if state.len() as u64 != header.state_bytes {
         return Err(bad(format!("state is {} bytes, the header says {}", state.len(), header.state_bytes)));
     }
-    parse_snapshot(&archive[state.clone()]).map_err(|e| bad(e.to_string()))?;
+    visit_snapshot(&archive[state.clone()], |_| Ok::<_, SnapshotError>(()))?;
     Ok(Verified { header, checksum, state })
 }
 
@@ -325,7 +413,7 @@ mod tests {
         assert_eq!((verified.header.index, verified.header.term), (42, 3));
         assert_eq!((verified.header.nodes, verified.header.kv, verified.header.services), (1, 2, 0));
         let records = parse_snapshot(verified.state(&bytes)).expect("state");
-        assert_eq!(records[1], (TAG_KV, &b"k"[..], &b"v"[..]));
+        assert_eq!(records[1], (TAG_KV, b"k".to_vec(), b"v".to_vec()));
         let mut damaged = bytes.clone();
         let middle = damaged.len() / 2;
         damaged[middle] ^= 1;

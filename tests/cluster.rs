@@ -294,7 +294,8 @@ fn five_servers_and_a_client_stay_linearizable_through_a_leader_kill() {
 }
 
 /// A follower whose disk is wiped (same node id, empty data dir) catches up by snapshot
-/// install once the leader has compacted the log it would need, and holds every key.
+/// install once the leader has compacted the log it would need, and holds every key. The
+/// snapshot (over 2 MB) travels in several chunks, streamed from file to file.
 #[test]
 fn a_wiped_follower_catches_up_by_snapshot() {
     let temp = tempfile::tempdir().expect("tempdir");
@@ -331,15 +332,25 @@ fn a_wiped_follower_catches_up_by_snapshot() {
     }
     s3.kill();
     std::fs::remove_dir_all(temp.path().join("s3")).expect("wipe s3");
-    // More writes while it is gone: the log it would need is compacted away.
+    // More writes while it is gone: the log it would need is compacted away. 40 KiB values
+    // make the snapshot span several 1 MiB chunks.
+    let big = |i: usize| format!("{i:03}").repeat(40 * 1024 / 3);
     for i in 60..150 {
-        assert_eq!(writer.put(&format!("/v1/kv/k/{i:03}"), "v").text(), "true");
+        assert_eq!(writer.put(&format!("/v1/kv/k/{i:03}"), big(i)).text(), "true");
     }
     let s3 = with_config("s3", Some(&join), true);
     let expected: BTreeSet<String> = (0..150).map(|i| format!("k/{i:03}")).collect();
     wait_for("the wiped follower to hold every key", FORM, || (kv_keys(&s3, true) == expected).then_some(()));
-    let snapshot = temp.path().join("s3").join("lmdb").join("snapshot.bin");
-    assert!(snapshot.exists(), "caught up by installing a snapshot ({} missing)", snapshot.display());
+    assert_eq!(s3.get("/v1/kv/k/149?raw&stale").text(), big(149));
+    let lmdb = temp.path().join("s3").join("lmdb");
+    let current = std::fs::read(lmdb.join("snapshot.json")).expect("caught up by installing a snapshot");
+    let current: serde_json::Value = serde_json::from_slice(&current).expect("snapshot.json");
+    let data = lmdb.join(current["data"].as_str().expect("its data file"));
+    let size = std::fs::metadata(&data).expect("the data file").len();
+    // At least the 50 values (2 MB) written before the leader's last snapshot: more than
+    // one chunk.
+    assert!(size > 1 << 20, "the snapshot is {size} bytes: it fit in one chunk");
+    assert!(!lmdb.join("snapshot-receiving.part").exists(), "the received file became the snapshot");
     assert_eq!(voters(&s1).len(), 3);
 }
 

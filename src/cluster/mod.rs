@@ -26,7 +26,6 @@ mod session_ttl;
 mod state_machine;
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -75,6 +74,9 @@ openraft::declare_raft_types!(
     pub TypeConfig:
         D = Proposal,
         R = Vec<CommandResult>,
+        // A snapshot is a file (`state_machine`): sent and received chunk by chunk, never
+        // whole in memory.
+        SnapshotData = tokio::fs::File,
 );
 
 type Raft = openraft::Raft<TypeConfig>;

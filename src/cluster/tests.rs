@@ -284,3 +284,100 @@ async fn a_wan_connection_cannot_reach_raft() {
     );
     assert_eq!(server.cluster.raft.metrics().borrow().current_term, term, "the refused vote changed nothing");
 }
+
+async fn machine_with(keys: &[&str]) -> (tempfile::TempDir, Store, StateMachine) {
+    use openraft::storage::RaftStateMachine;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), 64 << 20).expect("open store");
+    let mut sm = StateMachine::new(store.clone());
+    let entries: Vec<Entry<TypeConfig>> = keys
+        .iter()
+        .zip(1..)
+        .map(|(key, index)| Entry {
+            log_id: log_id(1, 1, index),
+            payload: EntryPayload::Normal(Proposal {
+                v: Proposal::VERSION,
+                commands: vec![kv_set(key)],
+                leader_time_ms: None,
+            }),
+        })
+        .collect();
+    sm.apply(entries).await.expect("apply");
+    (dir, store, sm)
+}
+
+fn keys_of(store: &Store) -> Vec<String> {
+    store.read().expect("read").kv_list("").expect("list").into_iter().map(|e| e.key).collect()
+}
+
+/// A snapshot goes from one state machine's file to another's as openraft sends it, chunk
+/// by chunk at offsets, and is installed from the file; a damaged one is refused with the
+/// state untouched. The received file becomes the current snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_streams_from_file_to_file_and_damage_is_refused() {
+    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+    use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+    let (_a_dir, _a_store, mut a) = machine_with(&["x/1", "x/2", "x/3"]).await;
+    let built = a.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    let (b_dir, b_store, mut b) = machine_with(&["old"]).await;
+    let read_all = |mut from: Box<tokio::fs::File>, damage: bool| async move {
+        let mut bytes = Vec::new();
+        from.seek(std::io::SeekFrom::Start(0)).await.expect("seek");
+        from.read_to_end(&mut bytes).await.expect("read");
+        if damage {
+            let last = bytes.len() - 1;
+            bytes[last] ^= 1;
+        }
+        bytes
+    };
+    for damage in [true, false] {
+        let current = a.get_current_snapshot().await.expect("current").expect("a snapshot");
+        assert_eq!(current.meta, built.meta);
+        let bytes = read_all(current.snapshot, damage).await;
+        let mut receiving = b.begin_receiving_snapshot().await.expect("begin");
+        for (i, chunk) in bytes.chunks(7).enumerate() {
+            receiving.seek(std::io::SeekFrom::Start(i as u64 * 7)).await.expect("seek");
+            receiving.write_all(chunk).await.expect("write");
+        }
+        let installed = b.install_snapshot(&built.meta, receiving).await;
+        if damage {
+            assert!(installed.is_err(), "a damaged snapshot was installed");
+            assert_eq!(keys_of(&b_store), ["old"], "a refused snapshot changed the state");
+        } else {
+            installed.expect("install");
+            assert_eq!(keys_of(&b_store), ["x/1", "x/2", "x/3"]);
+        }
+    }
+    let current = b.get_current_snapshot().await.expect("current").expect("b keeps the received snapshot");
+    assert_eq!(current.meta, built.meta);
+    let lmdb = b_dir.path();
+    let names: Vec<String> = std::fs::read_dir(lmdb)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("snapshot"))
+        .collect();
+    assert_eq!(names.len(), 2, "snapshot.json and one data file: {names:?}");
+}
+
+/// A snapshot in the one-file layout of earlier versions is converted when first read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_snapshot_file_is_converted() {
+    use openraft::storage::RaftStateMachine;
+    let (dir, store, mut sm) = machine_with(&["k"]).await;
+    let (data, _) = store.snapshot(&[]).expect("snapshot");
+    let meta = openraft::SnapshotMeta::<NodeId, BasicNode> {
+        last_log_id: Some(log_id(1, 1, 1)),
+        last_membership: Default::default(),
+        snapshot_id: "1-1-1".into(),
+    };
+    let meta_json = serde_json::to_vec(&meta).expect("meta");
+    let legacy = [&(meta_json.len() as u64).to_be_bytes()[..], &meta_json, &data].concat();
+    std::fs::write(dir.path().join("snapshot.bin"), legacy).expect("legacy file");
+    let mut current = sm.get_current_snapshot().await.expect("read").expect("converted");
+    assert_eq!(current.meta, meta);
+    let mut read = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut *current.snapshot, &mut read).await.expect("read data");
+    assert_eq!(read, data);
+    assert!(!dir.path().join("snapshot.bin").exists());
+    assert!(dir.path().join("snapshot.json").exists());
+}

@@ -303,7 +303,6 @@ impl ApplyTx<'_, '_> {
             Ok(_) => return reject(format!("{what} changed since it was checked")),
             Err(e) => return reject(e.to_string()),
         };
-        let records = crate::backup::parse_snapshot(verified.state(bytes))?;
         // The restore's own index: above the archive's highest and above anything issued
         // before, so no reader sees an index go backwards. Later indexes follow from it.
         let raft_index = self.index - self.offset;
@@ -321,11 +320,13 @@ impl ApplyTx<'_, '_> {
                 db.clear(self.txn)?;
             }
         }
-        for (tag, key, value) in records {
+        // Checked whole by `verify` above: an error here leaves the apply uncommitted.
+        crate::backup::visit_snapshot(verified.state(bytes), |(tag, key, value)| {
             if tag != super::TAG_META {
                 tables[tag as usize].1.put(self.txn, key, value)?;
             }
-        }
+            Ok::<_, StoreError>(())
+        })?;
         // Rows keep their archived Create/ModifyIndex; every index readers block on moves
         // to the restore's.
         let index_keys: Vec<Vec<u8>> =

@@ -31,8 +31,7 @@ pub fn write(
 /// the server cannot decode afterwards would stop it.
 pub fn verify(archive: &[u8]) -> Result<Verified, ArchiveError> {
     let verified = crate::backup::verify_archive(archive)?;
-    let records = crate::backup::parse_snapshot(verified.state(archive)).map_err(|e| ArchiveError(e.0))?;
-    for (tag, key, value) in records {
+    let check_row = |(tag, key, value): crate::backup::Record<'_>| {
         let decoded = match tag {
             TAG_NODES => json_row::<crate::model::Node>(value),
             TAG_SERVICES => json_row::<crate::model::Service>(value),
@@ -56,8 +55,9 @@ pub fn verify(archive: &[u8]) -> Result<Verified, ArchiveError> {
             TAG_ACL => super::acl::check_row(key, value),
             _ => Ok(()),
         };
-        decoded.map_err(|e| ArchiveError(format!("a row of table {tag} does not decode: {e}")))?;
-    }
+        decoded.map_err(|e| ArchiveError(format!("a row of table {tag} does not decode: {e}")))
+    };
+    crate::backup::visit_snapshot(verified.state(archive), check_row)?;
     Ok(verified)
 }
 

@@ -43,19 +43,27 @@ impl Store {
         Ok(meta)
     }
 
-    /// Replaces the state machine with `bytes` (checked before anything is touched), then
-    /// writes `meta`, in one transaction, and wakes every blocking query.
-    pub fn restore_snapshot(&self, bytes: &[u8], meta: &[(&str, Vec<u8>)], index: u64) -> Result<(), StoreError> {
-        let records = crate::backup::parse_snapshot(bytes)?;
+    /// Replaces the state machine with the state snapshot of `len` bytes read from `snapshot`
+    /// (streamed: one record in memory at a time), then writes `meta`, in one transaction
+    /// committed only if the whole snapshot checked out; wakes every blocking query.
+    pub fn restore_snapshot(
+        &self,
+        snapshot: impl std::io::Read,
+        len: u64,
+        meta: &[(&str, Vec<u8>)],
+        index: u64,
+    ) -> Result<(), StoreError> {
+        let mut records = crate::backup::SnapshotReader::begin(snapshot, len)?;
         let tables = self.sm.all();
         let mut wtxn = self.env().write_txn()?;
         for (_, db) in tables {
             db.clear(&mut wtxn)?;
         }
-        for (tag, key, value) in records {
-            let (_, db) = tables[tag as usize];
-            db.put(&mut wtxn, key, value)?;
+        while let Some((tag, key, value)) = records.next_record()? {
+            tables[tag as usize].1.put(&mut wtxn, key, value)?;
         }
+        // A damaged snapshot returns here, and dropping `wtxn` aborts it: nothing changed.
+        records.finish()?;
         for (key, value) in meta {
             self.sm.meta.put(&mut wtxn, key.as_bytes(), value)?;
         }

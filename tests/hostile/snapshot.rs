@@ -41,7 +41,9 @@ fn fixture() -> &'static Mutex<Fixture> {
 /// A backup archive around a state snapshot's records (valid framing and checksums).
 fn archive_of(state: &[u8]) -> Vec<u8> {
     let records = cairn::backup::parse_snapshot(state).expect("a valid state snapshot");
-    archive_of_records(&records)
+    let borrowed: Vec<(u8, &[u8], &[u8])> =
+        records.iter().map(|(tag, key, value)| (*tag, &key[..], &value[..])).collect();
+    archive_of_records(&borrowed)
 }
 
 fn archive_of_records(records: &[(u8, &[u8], &[u8])]) -> Vec<u8> {
@@ -66,7 +68,7 @@ fn restored_rows(state: &[u8]) -> BTreeMap<(u8, Vec<u8>), Vec<u8>> {
         .expect("a valid state snapshot")
         .into_iter()
         .filter(|(tag, _, _)| !NOT_RESTORED.contains(tag))
-        .map(|(tag, key, value)| ((tag, key.to_vec()), value.to_vec()))
+        .map(|(tag, key, value)| ((tag, key), value))
         .collect()
 }
 
