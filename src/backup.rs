@@ -39,7 +39,7 @@ pub const INDEX_MAX: u64 = 1 << 53;
 
 /// How many tables snapshots carry (tags `0..TABLE_TAGS`). The tags are the format: never
 /// renumber them.
-pub const TABLE_TAGS: usize = 13;
+pub const TABLE_TAGS: usize = 14;
 pub const TAG_META: u8 = 0;
 pub const TAG_NODES: u8 = 1;
 pub const TAG_SERVICES: u8 = 2;
@@ -52,6 +52,7 @@ pub const TAG_SESSIONS: u8 = 8;
 pub const TAG_LOCK_DELAYS: u8 = 10;
 pub const TAG_PREPARED_QUERIES: u8 = 11;
 pub const TAG_ACL: u8 = 12;
+pub const TAG_RESTORE_PARTS: u8 = 13;
 
 /// One record of a state snapshot: table tag, key, value.
 pub type Record<'a> = (u8, &'a [u8], &'a [u8]);

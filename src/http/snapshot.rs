@@ -10,12 +10,14 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::error::ApiError;
 use super::query::Query;
-use super::Ctx;
-use crate::model::{Command, CommandResult, RestoreArchive, RestoreRequest};
+use super::{Ctx, HttpContext};
+use crate::model::{
+    Command, CommandResult, RestoreArchive, RestorePart, RestoreParts, RestoreRequest, RESTORE_PART_BYTES,
+};
 use crate::store::archive;
 
 /// Snapshots are taken and restored on a server: a client agent holds no state to save and
@@ -93,15 +95,11 @@ pub async fn restore(ctx: Ctx, headers: HeaderMap, mut body: Body) -> Result<Res
     file.sync_all().await.map_err(staging_error)?;
     drop(file);
     // Alone, this server restores from the staged file (up to snapshot_max_bytes); with
-    // others, the archive travels in the log entry so that every server restores it.
-    let inline = ctx.cluster.server_count() > 1;
-    if inline && size > RestoreArchive::BYTES_MAX {
-        return Err(ApiError::TooLarge(format!(
-            "a snapshot restored into several servers travels through the Raft log and is limited to {} bytes \
-             (this one has {size}): restore it into one server started alone, then join the others",
-            RestoreArchive::BYTES_MAX
-        )));
-    }
+    // others, the archive travels through the log so that every server restores it: in the
+    // entry itself up to RESTORE_PART_BYTES, else in parts, one entry each, then a command
+    // that restores from them.
+    let several = ctx.cluster.server_count() > 1;
+    let inline = several && size <= RESTORE_PART_BYTES;
     let path = staged.0.clone();
     let (verified, bytes) = tokio::task::spawn_blocking(move || {
         std::fs::read(&path).map(|bytes| (archive::verify(&bytes), if inline { bytes } else { Vec::new() }))
@@ -110,10 +108,14 @@ pub async fn restore(ctx: Ctx, headers: HeaderMap, mut body: Body) -> Result<Res
     .map_err(|e| ApiError::Internal(format!("archive check failed: {e}")))?
     .map_err(staging_error)?;
     let verified = verified.map_err(|e| ApiError::BadRequest(format!("Invalid snapshot archive: {}", e.0)))?;
+    let checksum = verified.checksum;
     let command = if inline {
-        Command::RestoreArchive(RestoreArchive { archive: bytes, checksum: verified.checksum })
+        Command::RestoreArchive(RestoreArchive { archive: bytes, checksum })
+    } else if several {
+        send_parts(&ctx, &staged.0, &name, size).await?;
+        Command::RestoreParts(RestoreParts { restore: name, size_bytes: size, checksum })
     } else {
-        Command::Restore(RestoreRequest { archive: name, checksum: verified.checksum, size_bytes: size })
+        Command::Restore(RestoreRequest { archive: name, checksum, size_bytes: size })
     };
     match ctx.cluster.write(command).await? {
         CommandResult::Done => {
@@ -123,4 +125,25 @@ pub async fn restore(ctx: Ctx, headers: HeaderMap, mut body: Body) -> Result<Res
         CommandResult::Rejected(why) => Err(ApiError::Internal(format!("Restore failed: {why}"))),
         other => Err(ApiError::Internal(format!("Restore failed: unexpected result {other:?}"))),
     }
+}
+
+/// Sends the staged archive at `path` through the log in parts of [`RESTORE_PART_BYTES`],
+/// each committed before the next is read, so memory stays at one part.
+async fn send_parts(ctx: &HttpContext, path: &std::path::Path, restore: &str, size: u64) -> Result<(), ApiError> {
+    let read_error = |e: std::io::Error| ApiError::Internal(format!("cannot read the staged archive: {e}"));
+    let mut file = tokio::fs::File::open(path).await.map_err(read_error)?;
+    let (mut offset, mut parts) = (0, 0);
+    while offset < size {
+        let mut bytes = vec![0; RESTORE_PART_BYTES.min(size - offset) as usize];
+        file.read_exact(&mut bytes).await.map_err(read_error)?;
+        let len = bytes.len() as u64;
+        let part = Command::RestorePart(RestorePart { restore: restore.to_string(), offset, bytes });
+        match ctx.cluster.write(part).await? {
+            CommandResult::Done => (offset, parts) = (offset + len, parts + 1),
+            CommandResult::Rejected(why) => return Err(ApiError::Internal(format!("Restore failed: {why}"))),
+            other => return Err(ApiError::Internal(format!("Restore failed: unexpected result {other:?}"))),
+        }
+    }
+    tracing::info!(restore, parts, bytes = size, "backup archive sent through the Raft log in parts");
+    Ok(())
 }

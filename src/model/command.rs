@@ -58,9 +58,15 @@ pub enum Command {
     /// 100 MB restore is a small log entry.
     Restore(RestoreRequest),
     /// `PUT /v1/snapshot` into several servers: the archive travels inside the entry, so
-    /// every server restores the same bytes (a staged file exists on one disk only). Bounded
-    /// by [`RestoreArchive::BYTES_MAX`].
+    /// every server restores the same bytes (a staged file exists on one disk only). Up to
+    /// [`RESTORE_PART_BYTES`]; a larger archive travels in parts.
     RestoreArchive(RestoreArchive),
+    /// One part of a larger archive restored into several servers, in order: kept in the
+    /// state machine until [`Command::RestoreParts`]. The part at offset 0 drops the parts
+    /// of any restore that never finished.
+    RestorePart(RestorePart),
+    /// Restores from the parts of `restore` held, if they add up to the archive checked.
+    RestoreParts(RestoreParts),
     /// `PUT /v1/session/create`; the ID is chosen by the server that took the request.
     SessionCreate(Box<Session>),
     /// `PUT /v1/session/destroy/{id}`, or the leader's TTL timer running out: invalidates
@@ -124,10 +130,27 @@ pub struct RestoreArchive {
     pub checksum: u64,
 }
 
-impl RestoreArchive {
-    /// Largest archive carried in one log entry: with base64 and the other entries of one
-    /// append, a replication frame stays under the server RPC's 128 MiB.
-    pub const BYTES_MAX: u64 = 16 << 20;
+/// Largest archive (or part of one) carried in one log entry. Small: openraft bounds each
+/// append RPC by the heartbeat interval (100 ms at the default timing), and a follower
+/// catching up gets up to 16 entries in one append (`max_payload_entries`).
+pub const RESTORE_PART_BYTES: u64 = 512 << 10;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestorePart {
+    /// Names the restore (the name of the archive staged on the server that took it).
+    pub restore: String,
+    /// Where these bytes start in the archive.
+    pub offset: u64,
+    #[serde(with = "base64_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreParts {
+    pub restore: String,
+    pub size_bytes: u64,
+    /// The archive's own checksum (its trailer), checked again when applied.
+    pub checksum: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +209,8 @@ impl Command {
             // What it writes into the store, not the size of the entry.
             Command::Restore(r) => BASE + r.size_bytes as usize,
             Command::RestoreArchive(r) => BASE + r.archive.len() * 4 / 3,
+            Command::RestorePart(p) => BASE + p.bytes.len() * 4 / 3,
+            Command::RestoreParts(r) => BASE + r.size_bytes as usize,
         }
     }
 }
@@ -422,6 +447,14 @@ mod tests {
         let pinned = r#"{"RestoreArchive":{"archive":"aGk=","checksum":7}}"#;
         assert_eq!(serde_json::to_string(&inline).expect("serializes"), pinned);
         assert_eq!(serde_json::from_str::<Command>(pinned).expect("decodes"), inline);
+        let part = Command::RestorePart(RestorePart { restore: "r".into(), offset: 4, bytes: b"hi".to_vec() });
+        let pinned = r#"{"RestorePart":{"restore":"r","offset":4,"bytes":"aGk="}}"#;
+        assert_eq!(serde_json::to_string(&part).expect("serializes"), pinned);
+        assert_eq!(serde_json::from_str::<Command>(pinned).expect("decodes"), part);
+        let parts = Command::RestoreParts(RestoreParts { restore: "r".into(), size_bytes: 6, checksum: 7 });
+        let pinned = r#"{"RestoreParts":{"restore":"r","size_bytes":6,"checksum":7}}"#;
+        assert_eq!(serde_json::to_string(&parts).expect("serializes"), pinned);
+        assert_eq!(serde_json::from_str::<Command>(pinned).expect("decodes"), parts);
         let proposal = serde_json::to_string(&Proposal::new(vec![])).expect("serializes");
         assert_eq!(proposal, r#"{"v":1,"commands":[]}"#);
         let stamped = Proposal { leader_time_ms: Some(5), ..Proposal::new(vec![]) };

@@ -19,7 +19,8 @@ mod session;
 pub use catalog::{CheckStatus, HealthCheck, Node, Service, ServiceAddress, Weights};
 pub use command::{
     CheckDefinition, Command, CommandResult, DeregisterRequest, KvLockOp, Proposal, RegisterRequest, RestoreArchive,
-    RestoreRequest, ServiceDefinition, TxnError, TxnKvOp, TxnKvVerb, TxnResult,
+    RestorePart, RestoreParts, RestoreRequest, ServiceDefinition, TxnError, TxnKvOp, TxnKvVerb, TxnResult,
+    RESTORE_PART_BYTES,
 };
 pub use duration::{format_duration, parse_duration};
 pub use kv::KvEntry;

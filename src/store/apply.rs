@@ -14,8 +14,16 @@ use super::watch::{Table, Touched};
 use super::{SmTables, Store, StoreError};
 use crate::model::{
     CheckStatus, Command, CommandResult, DeregisterRequest, HealthCheck, KvEntry, KvLockOp, Node, RegisterRequest,
-    RestoreRequest, Service, Session, SessionBehavior, TxnError, TxnKvOp, TxnKvVerb, TxnResult,
+    RestorePart, RestoreParts, RestoreRequest, Service, Session, SessionBehavior, TxnError, TxnKvOp, TxnKvVerb,
+    TxnResult,
 };
+
+/// `sm_restore_parts` keys of one restore: its name, then NUL.
+fn restore_part_prefix(restore: &str) -> Vec<u8> {
+    let mut prefix = restore.as_bytes().to_vec();
+    prefix.push(0);
+    prefix
+}
 
 /// One committed log entry's commands, at its log index.
 pub struct AppliedBatch<'a> {
@@ -221,6 +229,8 @@ impl ApplyTx<'_, '_> {
             Command::Txn { ops } => self.txn(ops),
             Command::Restore(req) => self.restore(req),
             Command::RestoreArchive(req) => self.restore_bytes(&req.archive, req.checksum, "the archive in the log"),
+            Command::RestorePart(part) => self.restore_part(part),
+            Command::RestoreParts(req) => self.restore_parts(req),
             Command::SessionCreate(session) => self.session_create(session),
             Command::SessionDestroy { id } => {
                 self.invalidate_session(id)?;
@@ -294,8 +304,71 @@ impl ApplyTx<'_, '_> {
         self.restore_bytes(&bytes, req.checksum, &format!("staged archive {}", path.display()))
     }
 
+    /// Keeps one part of an archive restored into several servers. Parts arrive in order;
+    /// the first drops whatever an unfinished restore left.
+    fn restore_part(&mut self, part: &RestorePart) -> Result<Outcome, StoreError> {
+        let reject = |why: String| Ok(Outcome::Abort(CommandResult::Rejected(why)));
+        if part.restore.is_empty() || part.restore.len() > 255 || part.restore.contains('\0') {
+            return reject(format!("invalid restore name {:?}", part.restore));
+        }
+        if part.offset == 0 {
+            self.t.restore_parts.clear(self.txn)?;
+        } else {
+            let held = self.restore_parts_held(&part.restore)?;
+            if held.iter().map(|(_, bytes)| bytes.len() as u64).sum::<u64>() != part.offset {
+                return reject(format!(
+                    "part at offset {} of restore {} does not follow the parts held (another restore started since?)",
+                    part.offset, part.restore
+                ));
+            }
+        }
+        let mut key = restore_part_prefix(&part.restore);
+        key.extend_from_slice(&part.offset.to_be_bytes());
+        self.t.restore_parts.put(self.txn, &key, &part.bytes)?;
+        Ok(Outcome::Commit(CommandResult::Done))
+    }
+
+    /// The parts of `restore` held, by offset.
+    fn restore_parts_held(&self, restore: &str) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let prefix = restore_part_prefix(restore);
+        let mut parts = Vec::new();
+        for row in self.t.restore_parts.prefix_iter(self.txn, &prefix)? {
+            let (key, bytes) = row?;
+            let offset = codec::decode_u64("sm_restore_parts", key, &key[prefix.len()..])?;
+            parts.push((offset, bytes.to_vec()));
+        }
+        Ok(parts)
+    }
+
+    /// Restores from the parts of `req.restore`, which must make up the archive checked on
+    /// the server that took it. The parts are dropped either way.
+    fn restore_parts(&mut self, req: &RestoreParts) -> Result<Outcome, StoreError> {
+        let mut archive = Vec::new();
+        for (offset, bytes) in self.restore_parts_held(&req.restore)? {
+            if offset != archive.len() as u64 {
+                break;
+            }
+            archive.extend_from_slice(&bytes);
+        }
+        self.t.restore_parts.clear(self.txn)?;
+        if archive.len() as u64 != req.size_bytes {
+            let why = format!(
+                "restore {}: the parts held make {} bytes of the {} sent (another restore started since?)",
+                req.restore,
+                archive.len(),
+                req.size_bytes
+            );
+            return Ok(Outcome::Commit(CommandResult::Rejected(why)));
+        }
+        match self.restore_bytes(&archive, req.checksum, &format!("restore {}", req.restore))? {
+            // Refused before it changed anything (see `restore_bytes`): keep the parts dropped.
+            Outcome::Abort(refused) => Ok(Outcome::Commit(refused)),
+            done => Ok(done),
+        }
+    }
+
     /// Replaces the state with `bytes`, a backup archive whose checksum must be `checksum`
-    /// (`what` names it in rejections).
+    /// (`what` names it in rejections). A refusal comes before anything is changed.
     fn restore_bytes(&mut self, bytes: &[u8], checksum: u64, what: &str) -> Result<Outcome, StoreError> {
         let reject = |why: String| Ok(Outcome::Abort(CommandResult::Rejected(why)));
         let verified = match super::archive::verify(bytes) {
@@ -320,9 +393,10 @@ impl ApplyTx<'_, '_> {
                 db.clear(self.txn)?;
             }
         }
-        // Checked whole by `verify` above: an error here leaves the apply uncommitted.
+        // Checked whole by `verify` above: an error here leaves the apply uncommitted. The
+        // parts of a restore under way when the archive was made are not restored.
         crate::backup::visit_snapshot(verified.state(bytes), |(tag, key, value)| {
-            if tag != super::TAG_META {
+            if tag != super::TAG_META && tag != super::TAG_RESTORE_PARTS {
                 tables[tag as usize].1.put(self.txn, key, value)?;
             }
             Ok::<_, StoreError>(())

@@ -37,7 +37,7 @@ pub use watch::{Subscription, Table, Topic, Watches};
 pub type RawDb = Database<'static, Bytes, Bytes>;
 
 /// Names of the LMDB databases, in creation order. Part of the disk format.
-const DB_NAMES: [&str; 15] = [
+const DB_NAMES: [&str; 16] = [
     "raft_log",
     "raft_meta",
     "sm_meta",
@@ -53,6 +53,7 @@ const DB_NAMES: [&str; 15] = [
     "sm_kv_lock_delays",
     "sm_prepared_queries",
     "sm_acl",
+    "sm_restore_parts",
 ];
 
 /// The state-machine tables, which snapshots copy and restore wholesale.
@@ -82,6 +83,10 @@ pub(crate) struct SmTables {
     pub prepared_queries: RawDb,
     /// ACL tokens, policies and roles, and the secret index (`acl_key`).
     pub acl: RawDb,
+    /// `restore id \0 offset u64 BE` → bytes: the parts of a backup archive restored into
+    /// several servers, until the command that restores from them (`Command::RestoreParts`).
+    /// In the state machine, so a server that installs a Raft snapshot mid-way has them too.
+    pub restore_parts: RawDb,
 }
 
 impl SmTables {
@@ -101,6 +106,7 @@ impl SmTables {
             (10, self.lock_delays),
             (11, self.prepared_queries),
             (12, self.acl),
+            (13, self.restore_parts),
         ]
     }
 }
@@ -155,7 +161,7 @@ fn process_tag() -> &'static str {
 
 pub(crate) use crate::backup::{
     TABLE_TAGS, TAG_ACL, TAG_CHECKS, TAG_INDEXES, TAG_KV, TAG_KV_TOMBSTONES, TAG_LOCK_DELAYS, TAG_META, TAG_NODES,
-    TAG_PREPARED_QUERIES, TAG_SERVICES, TAG_SERVICE_NAMES, TAG_SESSIONS,
+    TAG_PREPARED_QUERIES, TAG_RESTORE_PARTS, TAG_SERVICES, TAG_SERVICE_NAMES, TAG_SESSIONS,
 };
 
 /// Handle on the LMDB environment. Cheap to clone.
@@ -281,18 +287,18 @@ impl Store {
         }
         .map_err(open_err)?;
         let wtxn = env.write_txn().map_err(open_err)?;
-        let dbs: [RawDb; 15] = env
+        let dbs: [RawDb; 16] = env
             .create_databases_and_commit(wtxn, |opener, wtxn| {
                 let mut dbs = Vec::with_capacity(DB_NAMES.len());
                 for name in DB_NAMES {
                     dbs.push(opener.create_database::<Bytes, Bytes>(wtxn, Some(name))?);
                 }
-                let dbs: [_; 15] = dbs.try_into().unwrap_or_else(|_| unreachable!());
+                let dbs: [_; 16] = dbs.try_into().unwrap_or_else(|_| unreachable!());
                 Ok::<_, heed::Error>(CommitOrAbort::<_, ()>::Commit(dbs))
             })
             .map_err(open_err)?
             .unwrap_commit();
-        let [raft_log, raft_meta, meta, nodes, services, service_names, checks, kv, kv_tombstones, indexes, sessions, session_refs, lock_delays, prepared_queries, acl] =
+        let [raft_log, raft_meta, meta, nodes, services, service_names, checks, kv, kv_tombstones, indexes, sessions, session_refs, lock_delays, prepared_queries, acl, restore_parts] =
             dbs;
         let store = Store {
             env,
@@ -312,6 +318,7 @@ impl Store {
                 lock_delays,
                 prepared_queries,
                 acl,
+                restore_parts,
             },
             watches: Arc::new(Watches::default()),
             directory: Arc::default(),

@@ -714,3 +714,53 @@ proptest::proptest! {
         }
     }
 }
+
+/// A backup archive of `store`'s state, as `GET /v1/snapshot` writes one.
+fn archive_of(store: &Store) -> Vec<u8> {
+    let mut file = tempfile::tempfile().expect("tempfile");
+    super::archive::write(store, &mut file, &[], |_| Ok((10, 1)), 0).expect("archive");
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut bytes).expect("read back");
+    bytes
+}
+
+/// An archive restored into several servers in parts: parts must follow each other, a new
+/// restore's first part supersedes an unfinished one, the restore happens only when every
+/// part is held, and the parts are gone afterwards either way.
+#[test]
+fn an_archive_restored_in_parts_needs_every_part_in_order() {
+    use crate::model::{RestorePart, RestoreParts};
+    let (_source_dir, source) = open();
+    apply(&source, 2, vec![kv_set("from/archive", "v", None)]);
+    let archive = archive_of(&source);
+    let checksum = u64::from_be_bytes(archive[archive.len() - 8..].try_into().expect("8 bytes"));
+    let (len, half) = (archive.len(), archive.len() / 2);
+    let part = |restore: &str, from: usize, to: usize| {
+        Command::RestorePart(RestorePart {
+            restore: restore.into(),
+            offset: from as u64,
+            bytes: archive[from..to].to_vec(),
+        })
+    };
+    let parts = |restore: &str| {
+        Command::RestoreParts(RestoreParts { restore: restore.into(), size_bytes: len as u64, checksum })
+    };
+    let rejected = |results: Vec<CommandResult>| matches!(&results[0], CommandResult::Rejected(_));
+    let (_dir, store) = open();
+    apply(&store, 2, vec![kv_set("live", "v", None)]);
+    assert!(rejected(apply(&store, 3, vec![part("r1", half, len)])), "a part that follows nothing");
+    assert_eq!(apply(&store, 4, vec![part("r1", 0, half)]), [CommandResult::Done]);
+    assert_eq!(apply(&store, 5, vec![part("r2", 0, half)]), [CommandResult::Done]);
+    assert!(rejected(apply(&store, 6, vec![part("r1", half, len)])), "r1 was superseded by r2");
+    assert!(rejected(apply(&store, 7, vec![parts("r1")])), "r1 lacks its parts");
+    assert!(rejected(apply(&store, 8, vec![part("r2", half, len)])), "the refused restore dropped every part");
+    assert!(store.read().expect("read").kv_get("live").expect("get").is_some(), "nothing was restored");
+    let _ = apply(&store, 9, vec![part("r3", 0, half)]);
+    let _ = apply(&store, 10, vec![part("r3", half, len)]);
+    assert_eq!(apply(&store, 11, vec![parts("r3")]), [CommandResult::Done]);
+    let view = store.read().expect("read");
+    assert!(view.kv_get("live").expect("get").is_none());
+    assert!(view.kv_get("from/archive").expect("get").is_some());
+    drop(view);
+    assert!(rejected(apply(&store, 12, vec![part("r3", half, len)])), "the parts are gone after the restore");
+}
