@@ -12,9 +12,7 @@ pub fn replace_file_durably(path: &Path, parts: &[&[u8]]) -> std::io::Result<()>
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp_name);
-    // A leftover of a crash may have other permissions: the mode applies only to a new file.
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let mut file = create_owner_only(&tmp)?;
     for part in parts {
         file.write_all(part)?;
     }
@@ -24,4 +22,11 @@ pub fn replace_file_durably(path: &Path, parts: &[&[u8]]) -> std::io::Result<()>
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// Creates `path` empty, readable and writable by its owner only (replacing any file there:
+/// a leftover of a crash may have other permissions, and the mode applies only to a new file).
+pub fn create_owner_only(path: &Path) -> std::io::Result<std::fs::File> {
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(path)
 }

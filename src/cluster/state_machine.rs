@@ -9,8 +9,8 @@
 //! durable commit whose sync covers every earlier apply, and `Store::snapshot` syncs first.
 
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -34,11 +34,12 @@ const META_MEMBERSHIP: &str = "membership";
 // own (`snapshot-<n>.data`: a state snapshot, which carries its own checksum; sent to a
 // peer as it is, chunk by chunk), and `snapshot.json`, its meta and the data file's name,
 // replaced durably once the data is on disk. After a crash the current snapshot is the old
-// one or the new one; data files no `snapshot.json` names are removed at the next save.
-// Neither side of a transfer ever holds a whole snapshot in memory.
+// one or the new one. Neither side of a transfer ever holds a whole snapshot in memory.
 const CURRENT_FILE: &str = "snapshot.json";
 const DATA_PREFIX: &str = "snapshot-";
 const DATA_SUFFIX: &str = ".data";
+/// A snapshot being built (renamed to a data file once synced).
+const BUILDING_SUFFIX: &str = ".building";
 /// Where a snapshot sent by the leader is written as it arrives.
 const RECEIVING_FILE: &str = "snapshot-receiving.part";
 /// The snapshot of cairn before 2026-12-07, one file: `meta length u64 BE, meta JSON, data`.
@@ -60,6 +61,128 @@ struct CurrentSnapshot {
 #[derive(Clone)]
 pub struct StateMachine {
     store: Store,
+    files: SnapshotFiles,
+}
+
+/// The snapshot files in the data dir. openraft builds a snapshot in a task of its own,
+/// which may finish while a snapshot from the leader is installed: replacing the current
+/// snapshot is serialized, and a build never replaces a newer snapshot.
+#[derive(Clone)]
+struct SnapshotFiles {
+    dir: PathBuf,
+    replacing: Arc<Mutex<()>>,
+}
+
+impl SnapshotFiles {
+    /// Removes what a crash left half-written (nothing is being built or received yet).
+    fn open(dir: PathBuf) -> Self {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for name in entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()) {
+                if name == RECEIVING_FILE || (name.starts_with(DATA_PREFIX) && name.ends_with(BUILDING_SUFFIX)) {
+                    let _ = std::fs::remove_file(dir.join(&name));
+                }
+            }
+        }
+        SnapshotFiles { dir, replacing: Arc::default() }
+    }
+
+    /// A name `snapshot-<n><suffix>` no file in the directory has.
+    fn new_name(&self, suffix: &str) -> String {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        (nanos..)
+            .map(|n| format!("{DATA_PREFIX}{n}{suffix}"))
+            .find(|name| !self.dir.join(name).exists())
+            .unwrap_or_default()
+    }
+
+    /// A new file for a snapshot being built, and its path.
+    fn create_building(&self) -> std::io::Result<(std::fs::File, PathBuf)> {
+        let path = self.dir.join(self.new_name(BUILDING_SUFFIX));
+        Ok((crate::durable_file::create_owner_only(&path)?, path))
+    }
+
+    fn receiving(&self) -> PathBuf {
+        self.dir.join(RECEIVING_FILE)
+    }
+
+    /// Makes `file` (synced) the current snapshot with `meta`, renamed to `name` (from
+    /// [`SnapshotFiles::new_name`]; a retry after a failure finds it renamed already) —
+    /// unless the current one is newer and `file` was built here: then `file` is dropped.
+    /// Removes every other data file and the legacy file. Returns the current snapshot.
+    fn make_current(&self, meta: &Meta, file: &Path, name: &str, built: bool) -> std::io::Result<(Meta, PathBuf)> {
+        let _one_at_a_time = self.replacing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((current, data)) = self.read_current_locked()? {
+            if built && current.last_log_id > meta.last_log_id {
+                std::fs::remove_file(file)?;
+                return Ok((current, data));
+            }
+        }
+        self.make_current_locked(meta, file, name)
+    }
+
+    /// [`SnapshotFiles::make_current`]'s work, with the lock held.
+    fn make_current_locked(&self, meta: &Meta, file: &Path, name: &str) -> std::io::Result<(Meta, PathBuf)> {
+        // A name of its own: the current data file is never overwritten in place.
+        let data = self.dir.join(name);
+        if !data.exists() {
+            std::fs::rename(file, &data)?;
+        }
+        let current = serde_json::to_vec(&CurrentSnapshot { meta: meta.clone(), data: name.to_string() })?;
+        crate::durable_file::replace_file_durably(&self.dir.join(CURRENT_FILE), &[&current])?;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let other = entry?.file_name().to_string_lossy().into_owned();
+            let stale = other.starts_with(DATA_PREFIX) && other.ends_with(DATA_SUFFIX) && other != name;
+            if stale || other == LEGACY_FILE {
+                std::fs::remove_file(self.dir.join(&other))?;
+            }
+        }
+        Ok((meta.clone(), data))
+    }
+
+    /// The current snapshot's meta and data file, if there is one.
+    fn read_current(&self) -> std::io::Result<Option<(Meta, PathBuf)>> {
+        let _one_at_a_time = self.replacing.lock().unwrap_or_else(|p| p.into_inner());
+        self.read_current_locked()
+    }
+
+    fn read_current_locked(&self) -> std::io::Result<Option<(Meta, PathBuf)>> {
+        let path = self.dir.join(CURRENT_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.convert_legacy(),
+            Err(e) => return Err(e),
+        };
+        let unreadable = |why: String| std::io::Error::other(format!("{}: {why}", path.display()));
+        let current: CurrentSnapshot = serde_json::from_slice(&bytes).map_err(|e| unreadable(e.to_string()))?;
+        let plain_name = current.data.starts_with(DATA_PREFIX) && !current.data.contains('/');
+        if !plain_name {
+            return Err(unreadable(format!("{:?} is not a snapshot data file", current.data)));
+        }
+        Ok(Some((current.meta, self.dir.join(current.data))))
+    }
+
+    /// Converts a legacy `snapshot.bin`, streaming its data into a data file of its own.
+    fn convert_legacy(&self) -> std::io::Result<Option<(Meta, PathBuf)>> {
+        let path = self.dir.join(LEGACY_FILE);
+        let mut legacy = match std::fs::File::open(&path) {
+            Ok(file) => BufReader::with_capacity(BUFFER_BYTES, file),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let corrupt = |why: &str| std::io::Error::other(format!("{}: {why}", path.display()));
+        let mut len = [0u8; 8];
+        legacy.read_exact(&mut len).map_err(|_| corrupt("truncated"))?;
+        let meta_len = u64::from_be_bytes(len).min(legacy.get_ref().metadata()?.len());
+        let mut meta = Vec::new();
+        legacy.by_ref().take(meta_len).read_to_end(&mut meta)?;
+        let meta: Meta = serde_json::from_slice(&meta).map_err(|e| corrupt(&e.to_string()))?;
+        let (mut data, building) = self.create_building()?;
+        std::io::copy(&mut legacy, &mut data)?;
+        data.sync_all()?;
+        let converted = self.make_current_locked(&meta, &building, &self.new_name(DATA_SUFFIX))?;
+        tracing::info!(file = %converted.1.display(), "converted the Raft snapshot to its two-file layout");
+        Ok(Some(converted))
+    }
 }
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -74,80 +197,10 @@ fn snapshot_write_err(e: impl std::error::Error + 'static) -> StorageError<NodeI
     StorageIOError::write_snapshot(None, &e).into()
 }
 
-/// A name for a new data file, unlike any before it in this directory.
-fn new_data_name() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    format!("{DATA_PREFIX}{nanos}{DATA_SUFFIX}")
-}
-
-fn create_owner_only(path: &Path) -> std::io::Result<std::fs::File> {
-    // A leftover of a crash may have other permissions: the mode applies only to a new file.
-    let _ = std::fs::remove_file(path);
-    std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(path)
-}
-
-/// Makes `data` (a file in `dir`, already synced) the current snapshot with `meta`, then
-/// removes every other data file and the legacy file.
-fn make_current(dir: &Path, meta: &Meta, data: &str) -> std::io::Result<()> {
-    let current = serde_json::to_vec(&CurrentSnapshot { meta: meta.clone(), data: data.to_string() })?;
-    crate::durable_file::replace_file_durably(&dir.join(CURRENT_FILE), &[&current])?;
-    for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        let name = name.to_string_lossy();
-        let stale = name.starts_with(DATA_PREFIX) && name.ends_with(DATA_SUFFIX) && name != data;
-        if stale || name == LEGACY_FILE {
-            std::fs::remove_file(dir.join(&*name))?;
-        }
-    }
-    Ok(())
-}
-
-/// The current snapshot's meta and data file, if there is one (converting a legacy file).
-fn read_current(dir: &Path) -> std::io::Result<Option<(Meta, PathBuf)>> {
-    let path = dir.join(CURRENT_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return convert_legacy(dir),
-        Err(e) => return Err(e),
-    };
-    let unreadable = |why: String| std::io::Error::other(format!("{}: {why}", path.display()));
-    let current: CurrentSnapshot = serde_json::from_slice(&bytes).map_err(|e| unreadable(e.to_string()))?;
-    let plain_name = current.data.starts_with(DATA_PREFIX) && !current.data.contains('/');
-    if !plain_name {
-        return Err(unreadable(format!("{:?} is not a snapshot data file", current.data)));
-    }
-    Ok(Some((current.meta, dir.join(current.data))))
-}
-
-/// Converts a legacy `snapshot.bin`, streaming its data into a data file of its own.
-fn convert_legacy(dir: &Path) -> std::io::Result<Option<(Meta, PathBuf)>> {
-    let path = dir.join(LEGACY_FILE);
-    let mut legacy = match std::fs::File::open(&path) {
-        Ok(file) => BufReader::with_capacity(BUFFER_BYTES, file),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let corrupt = |why: &str| std::io::Error::other(format!("{}: {why}", path.display()));
-    let mut len = [0u8; 8];
-    legacy.read_exact(&mut len).map_err(|_| corrupt("truncated"))?;
-    let file_len = legacy.get_ref().metadata()?.len();
-    let meta_len = u64::from_be_bytes(len).min(file_len);
-    let mut meta = Vec::new();
-    legacy.by_ref().take(meta_len).read_to_end(&mut meta)?;
-    let meta: Meta = serde_json::from_slice(&meta).map_err(|e| corrupt(&e.to_string()))?;
-    let name = new_data_name();
-    let data_path = dir.join(&name);
-    let mut data = create_owner_only(&data_path)?;
-    std::io::copy(&mut legacy, &mut data)?;
-    data.sync_all()?;
-    make_current(dir, &meta, &name)?;
-    tracing::info!(file = %data_path.display(), "converted the Raft snapshot to its two-file layout");
-    Ok(Some((meta, data_path)))
-}
-
 impl StateMachine {
     pub fn new(store: Store) -> Self {
-        StateMachine { store }
+        let files = SnapshotFiles::open(store.env().path().to_path_buf());
+        StateMachine { store, files }
     }
 
     fn read_applied(&self) -> StorageResult<(Option<LogId<NodeId>>, Membership)> {
@@ -163,10 +216,6 @@ impl StateMachine {
         Ok((last_applied, membership))
     }
 
-    fn dir(&self) -> PathBuf {
-        self.store.env().path().to_path_buf()
-    }
-
     /// Opens a data file of the current snapshot for openraft.
     async fn open(meta: Meta, path: &Path) -> StorageResult<Snapshot<TypeConfig>> {
         let file = tokio::fs::File::open(path).await.map_err(snapshot_err)?;
@@ -179,14 +228,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     /// so that a snapshot never needs room in the map — taking one is how a nearly full map
     /// is freed), syncs it, and makes it the current snapshot.
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let store = self.store.clone();
-        let dir = self.dir();
-        let (name, meta) = tokio::task::spawn_blocking(move || {
+        let (store, files) = (self.store.clone(), self.files.clone());
+        let (building, meta) = tokio::task::spawn_blocking(move || {
             store.write_when_space("saving a Raft snapshot", || {
-                let name = new_data_name();
-                let path = dir.join(&name);
+                let (file, path) = files.create_building()?;
                 let written = (|| {
-                    let file = create_owner_only(&path)?;
                     let mut out = BufWriter::with_capacity(BUFFER_BYTES, &file);
                     let mut writer = crate::backup::SnapshotWriter::begin(&mut out)?;
                     let meta = store.snapshot_to(&mut writer, &[META_LAST_APPLIED, META_MEMBERSHIP])?;
@@ -199,7 +245,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 if written.is_err() {
                     let _ = std::fs::remove_file(&path);
                 }
-                written.map(|meta| (name, meta))
+                written.map(|meta| (path, meta))
             })
         })
         .await
@@ -218,11 +264,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             None => "empty".to_string(),
         };
         let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
-        let dir = self.dir();
-        let (current, store) = (meta.clone(), self.store.clone());
-        let data = tokio::task::spawn_blocking(move || {
-            store.write_when_space("saving a Raft snapshot", || make_current(&dir, &current, &name))?;
-            Ok::<_, std::io::Error>(dir.join(name))
+        let (store, files) = (self.store.clone(), self.files.clone());
+        let (meta, data) = tokio::task::spawn_blocking(move || {
+            let name = files.new_name(DATA_SUFFIX);
+            store.write_when_space("saving a Raft snapshot", || files.make_current(&meta, &building, &name, true))
         })
         .await
         .map_err(snapshot_err)?
@@ -285,8 +330,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     /// A file in the data dir that the leader's chunks are written into as they arrive.
     async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<tokio::fs::File>> {
-        let path = self.dir().join(RECEIVING_FILE);
-        let file = tokio::task::spawn_blocking(move || create_owner_only(&path))
+        let path = self.files.receiving();
+        let file = tokio::task::spawn_blocking(move || crate::durable_file::create_owner_only(&path))
             .await
             .map_err(snapshot_write_err)?
             .map_err(snapshot_write_err)?;
@@ -304,7 +349,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             (META_MEMBERSHIP, serde_json::to_vec(&meta.last_membership).map_err(sm_err)?),
         ];
         let index = meta.last_log_id.map_or(0, |id| id.index);
-        let (store, dir, current) = (self.store.clone(), self.dir(), meta.clone());
+        let (store, files, current) = (self.store.clone(), self.files.clone(), meta.clone());
         tokio::task::spawn_blocking(move || {
             // On disk before the restore lets the log behind it go.
             received.sync_all()?;
@@ -313,9 +358,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 (&received).seek(SeekFrom::Start(0))?;
                 store.restore_snapshot(BufReader::with_capacity(BUFFER_BYTES, &received), len, &sm_meta, index)
             })?;
-            let name = new_data_name();
-            std::fs::rename(dir.join(RECEIVING_FILE), dir.join(&name))?;
-            store.write_when_space("saving a Raft snapshot", || make_current(&dir, &current, &name))?;
+            let (receiving, name) = (files.receiving(), files.new_name(DATA_SUFFIX));
+            store.write_when_space("saving a Raft snapshot", || {
+                files.make_current(&current, &receiving, &name, false)
+            })?;
             Ok::<_, crate::store::StoreError>(())
         })
         .await
@@ -324,8 +370,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let dir = self.dir();
-        let current = tokio::task::spawn_blocking(move || read_current(&dir))
+        let files = self.files.clone();
+        let current = tokio::task::spawn_blocking(move || files.read_current())
             .await
             .map_err(snapshot_err)?
             .map_err(snapshot_err)?;
@@ -333,5 +379,51 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Some((meta, data)) => Self::open(meta, &data).await.map(Some),
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(index: u64) -> Meta {
+        SnapshotMeta {
+            last_log_id: Some(openraft::testing::log_id(1, 1, index)),
+            last_membership: Membership::default(),
+            snapshot_id: index.to_string(),
+        }
+    }
+
+    /// openraft builds snapshots in a task of its own: a build that finishes after a newer
+    /// snapshot was installed must not replace it. Leftovers of a crash go at the next start.
+    #[test]
+    fn an_older_build_never_replaces_the_current_snapshot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = SnapshotFiles::open(dir.path().to_path_buf());
+        let build = |content: &[u8]| {
+            let (mut file, path) = files.create_building().expect("building file");
+            file.write_all(content).expect("write");
+            path
+        };
+        std::fs::write(files.receiving(), b"installed").expect("received");
+        let name = files.new_name(DATA_SUFFIX);
+        let (current, installed) = files.make_current(&meta(10), &files.receiving(), &name, false).expect("install");
+        assert_eq!(current, meta(10));
+        let older = build(b"older");
+        let name = files.new_name(DATA_SUFFIX);
+        let (current, data) = files.make_current(&meta(5), &older, &name, true).expect("older build");
+        assert_eq!((current, &data), (meta(10), &installed), "the installed snapshot stays current");
+        assert!(!older.exists(), "the older build is dropped");
+        let newer = build(b"newer");
+        let name = files.new_name(DATA_SUFFIX);
+        let (current, data) = files.make_current(&meta(12), &newer, &name, true).expect("newer build");
+        assert_eq!(current, meta(12));
+        assert_eq!(std::fs::read(&data).expect("data"), b"newer");
+        assert!(!installed.exists(), "the replaced data file is removed");
+        let leftover = build(b"half written");
+        std::fs::write(files.receiving(), b"half received").expect("receiving");
+        let files = SnapshotFiles::open(dir.path().to_path_buf());
+        assert!(!leftover.exists() && !files.receiving().exists(), "a crash's leftovers are removed");
+        assert_eq!(files.read_current().expect("read").expect("a snapshot"), (meta(12), data));
     }
 }
