@@ -314,8 +314,15 @@ impl ApplyTx<'_, '_> {
         if part.offset == 0 {
             self.t.restore_parts.clear(self.txn)?;
         } else {
-            let held = self.restore_parts_held(&part.restore)?;
-            if held.iter().map(|(_, bytes)| bytes.len() as u64).sum::<u64>() != part.offset {
+            let prefix = restore_part_prefix(&part.restore);
+            // The last part held must end where this one starts.
+            let end = match self.t.restore_parts.rev_prefix_iter(self.txn, &prefix)?.next().transpose()? {
+                Some((key, bytes)) => {
+                    codec::decode_u64("sm_restore_parts", key, &key[prefix.len()..])? + bytes.len() as u64
+                }
+                None => 0,
+            };
+            if end != part.offset {
                 return reject(format!(
                     "part at offset {} of restore {} does not follow the parts held (another restore started since?)",
                     part.offset, part.restore
@@ -328,27 +335,17 @@ impl ApplyTx<'_, '_> {
         Ok(Outcome::Commit(CommandResult::Done))
     }
 
-    /// The parts of `restore` held, by offset.
-    fn restore_parts_held(&self, restore: &str) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let prefix = restore_part_prefix(restore);
-        let mut parts = Vec::new();
-        for row in self.t.restore_parts.prefix_iter(self.txn, &prefix)? {
-            let (key, bytes) = row?;
-            let offset = codec::decode_u64("sm_restore_parts", key, &key[prefix.len()..])?;
-            parts.push((offset, bytes.to_vec()));
-        }
-        Ok(parts)
-    }
-
     /// Restores from the parts of `req.restore`, which must make up the archive checked on
     /// the server that took it. The parts are dropped either way.
     fn restore_parts(&mut self, req: &RestoreParts) -> Result<Outcome, StoreError> {
+        let prefix = restore_part_prefix(&req.restore);
         let mut archive = Vec::new();
-        for (offset, bytes) in self.restore_parts_held(&req.restore)? {
-            if offset != archive.len() as u64 {
+        for row in self.t.restore_parts.prefix_iter(self.txn, &prefix)? {
+            let (key, bytes) = row?;
+            if codec::decode_u64("sm_restore_parts", key, &key[prefix.len()..])? != archive.len() as u64 {
                 break;
             }
-            archive.extend_from_slice(&bytes);
+            archive.extend_from_slice(bytes);
         }
         self.t.restore_parts.clear(self.txn)?;
         if archive.len() as u64 != req.size_bytes {
