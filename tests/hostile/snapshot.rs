@@ -11,9 +11,9 @@ use cairn::backup::TABLE_TAGS;
 use cairn::model::{CheckStatus, Command, CommandResult, RestoreArchive};
 use cairn::store::{AppliedBatch, Store};
 
-/// Tables a restore does not copy: Raft's metadata (0) and the blocking indexes (7), which
-/// move to the restore's index.
-const NOT_RESTORED: [u8; 2] = [0, 7];
+/// Tables a restore does not copy: Raft's metadata (0), the blocking indexes (7), which
+/// move to the restore's index, and the parts of a restore under way (13), dropped.
+const NOT_RESTORED: [u8; 3] = [0, 7, cairn::backup::TAG_RESTORE_PARTS];
 
 struct Fixture {
     _dir: tempfile::TempDir,
