@@ -354,32 +354,73 @@ pub fn write_archive<E: From<std::io::Error> + From<ArchiveError>>(
 /// snapshot's own framing and checksum) before anything trusts it. What the rows hold is the
 /// store's to check (`store::archive::verify`).
 pub fn verify_archive(archive: &[u8]) -> Result<Verified, ArchiveError> {
+    read_archive(|| Ok(archive), archive.len() as u64, |_| Ok::<_, ArchiveError>(()))
+}
+
+/// Reads an archive of `len` bytes from what `open` gives (a file, or bytes in memory),
+/// streaming, so memory stays at one record whatever its size. `open` is called twice:
+/// first the whole archive is checked against its checksum (a truncated or damaged one is
+/// refused as such before anything in it is parsed), then the header and the state
+/// snapshot's framing are checked as each state record is handed to `visit`.
+pub fn read_archive<R: Read, E: From<ArchiveError>>(
+    mut open: impl FnMut() -> std::io::Result<R>,
+    len: u64,
+    mut visit: impl FnMut(Record<'_>) -> Result<(), E>,
+) -> Result<Verified, E> {
     let bad = |why: String| ArchiveError(why);
-    if archive.len() < ARCHIVE_MAGIC.len() + 4 + 8 || &archive[..ARCHIVE_MAGIC.len()] != ARCHIVE_MAGIC {
-        return Err(bad("missing CAIRNBK1 header (not a cairn archive, or empty)".into()));
+    let unreadable = |e: std::io::Error| ArchiveError(format!("cannot read the archive: {e}"));
+    let magic_len = ARCHIVE_MAGIC.len() as u64;
+    let not_ours = || bad("missing CAIRNBK1 header (not a cairn archive, or empty)".into());
+    let mut input = open().map_err(unreadable)?;
+    let mut magic = [0u8; 8];
+    if len < magic_len + 4 + 8 || input.read_exact(&mut magic).is_err() || &magic != ARCHIVE_MAGIC {
+        return Err(not_ours().into());
     }
-    let (body, sum) = archive.split_at(archive.len() - 8);
-    let checksum = u64::from_be_bytes(sum.try_into().map_err(|_| bad("short trailer".into()))?);
-    if fnv1a(body) != checksum {
-        return Err(bad("checksum mismatch (truncated or damaged)".into()));
+    let mut hash = fnv1a(&magic);
+    let mut chunk = vec![0u8; BUFFER_BYTES];
+    let mut left = len - magic_len - 8;
+    while left > 0 {
+        let n = input.read(&mut chunk[..BUFFER_BYTES.min(left as usize)]).map_err(unreadable)?;
+        if n == 0 {
+            return Err(bad("checksum mismatch (truncated or damaged)".into()).into());
+        }
+        hash = fnv1a_more(hash, &chunk[..n]);
+        left -= n as u64;
     }
-    let header_len = u32::from_be_bytes(body[8..12].try_into().map_err(|_| bad("short header".into()))?) as usize;
-    if header_len > HEADER_BYTES_MAX || 12 + header_len > body.len() {
-        return Err(bad(format!("header length {header_len} runs past the archive")));
+    let mut sum = [0u8; 8];
+    input.read_exact(&mut sum).map_err(|_| bad("checksum mismatch (truncated or damaged)".into()))?;
+    let checksum = u64::from_be_bytes(sum);
+    if hash != checksum {
+        return Err(bad("checksum mismatch (truncated or damaged)".into()).into());
     }
-    let header: ArchiveHeader =
-        serde_json::from_slice(&body[12..12 + header_len]).map_err(|e| bad(format!("unreadable header: {e}")))?;
+    drop(input);
+
+    let mut input = open().map_err(unreadable)?;
+    let mut start = [0u8; 12];
+    input.read_exact(&mut start).map_err(unreadable)?;
+    let header_len = u32::from_be_bytes([start[8], start[9], start[10], start[11]]) as u64;
+    if header_len > HEADER_BYTES_MAX as u64 || 12 + header_len + 8 > len {
+        return Err(bad(format!("header length {header_len} runs past the archive")).into());
+    }
+    let mut header = Vec::new();
+    input.by_ref().take(header_len).read_to_end(&mut header).map_err(unreadable)?;
+    let header: ArchiveHeader = serde_json::from_slice(&header).map_err(|e| bad(format!("unreadable header: {e}")))?;
     if header.version != ARCHIVE_VERSION {
-        return Err(bad(format!("format version {} is not {ARCHIVE_VERSION}", header.version)));
+        return Err(bad(format!("format version {} is not {ARCHIVE_VERSION}", header.version)).into());
     }
     if header.index >= INDEX_MAX {
-        return Err(bad(format!("index {} is out of range", header.index)));
+        return Err(bad(format!("index {} is out of range", header.index)).into());
     }
-    let state = 12 + header_len..body.len();
-    if state.len() as u64 != header.state_bytes {
-        return Err(bad(format!("state is {} bytes, the header says {}", state.len(), header.state_bytes)));
+    let state_len = len - 12 - header_len - 8;
+    if state_len != header.state_bytes {
+        return Err(bad(format!("state is {state_len} bytes, the header says {}", header.state_bytes)).into());
     }
-    visit_snapshot(&archive[state.clone()], |_| Ok::<_, SnapshotError>(()))?;
+    let mut records = SnapshotReader::begin(input.by_ref().take(state_len), state_len).map_err(ArchiveError::from)?;
+    while let Some(record) = records.next_record().map_err(ArchiveError::from)? {
+        visit(record)?;
+    }
+    records.finish().map_err(ArchiveError::from)?;
+    let state = (12 + header_len) as usize..(len - 8) as usize;
     Ok(Verified { header, checksum, state })
 }
 

@@ -100,9 +100,13 @@ pub async fn restore(ctx: Ctx, headers: HeaderMap, mut body: Body) -> Result<Res
     // that restores from them.
     let several = ctx.cluster.server_count() > 1;
     let inline = several && size <= RESTORE_PART_BYTES;
+    // Checked streaming from the staged file: memory stays at one record.
     let path = staged.0.clone();
     let (verified, bytes) = tokio::task::spawn_blocking(move || {
-        std::fs::read(&path).map(|bytes| (archive::verify(&bytes), if inline { bytes } else { Vec::new() }))
+        let open = || std::fs::File::open(&path).map(|file| std::io::BufReader::with_capacity(64 << 10, file));
+        let verified = archive::check(open, size);
+        let bytes = if inline && verified.is_ok() { std::fs::read(&path)? } else { Vec::new() };
+        Ok::<_, std::io::Error>((verified, bytes))
     })
     .await
     .map_err(|e| ApiError::Internal(format!("archive check failed: {e}")))?

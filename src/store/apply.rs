@@ -6,6 +6,8 @@
 
 mod acl;
 
+use std::io::{Seek, Write};
+
 use heed::RwTxn;
 
 use super::codec::{self, index_key, session_ref};
@@ -17,6 +19,22 @@ use crate::model::{
     RestorePart, RestoreParts, RestoreRequest, Service, Session, SessionBehavior, TxnError, TxnKvOp, TxnKvVerb,
     TxnResult,
 };
+
+/// Bytes buffered on the way to or from an archive's file.
+const ARCHIVE_BUFFER: usize = 64 * 1024;
+
+/// Why reading an archive into the tables stopped: the store failed (Raft must stop), or
+/// the archive could not be read again (the restore is refused).
+enum RestoreError {
+    Store(StoreError),
+    Archive(crate::backup::ArchiveError),
+}
+
+impl From<crate::backup::ArchiveError> for RestoreError {
+    fn from(e: crate::backup::ArchiveError) -> Self {
+        RestoreError::Archive(e)
+    }
+}
 
 /// `sm_restore_parts` keys of one restore: its name, then NUL.
 fn restore_part_prefix(restore: &str) -> Vec<u8> {
@@ -228,7 +246,12 @@ impl ApplyTx<'_, '_> {
             }
             Command::Txn { ops } => self.txn(ops),
             Command::Restore(req) => self.restore(req),
-            Command::RestoreArchive(req) => self.restore_bytes(&req.archive, req.checksum, "the archive in the log"),
+            Command::RestoreArchive(req) => self.restore_from(
+                || Ok(&req.archive[..]),
+                req.archive.len() as u64,
+                req.checksum,
+                "the archive in the log",
+            ),
             Command::RestorePart(part) => self.restore_part(part),
             Command::RestoreParts(req) => self.restore_parts(req),
             Command::SessionCreate(session) => self.session_create(session),
@@ -297,11 +320,12 @@ impl ApplyTx<'_, '_> {
             return reject(format!("invalid staged archive name {:?}", req.archive));
         }
         let path = self.staging_dir.join(&req.archive);
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
+        let len = match std::fs::metadata(&path) {
+            Ok(meta) => meta.len(),
             Err(e) => return reject(format!("staged archive {}: {e}", path.display())),
         };
-        self.restore_bytes(&bytes, req.checksum, &format!("staged archive {}", path.display()))
+        let open = || std::fs::File::open(&path).map(|file| std::io::BufReader::with_capacity(ARCHIVE_BUFFER, file));
+        self.restore_from(open, len, req.checksum, &format!("staged archive {}", path.display()))
     }
 
     /// Keeps one part of an archive restored into several servers. Parts arrive in order;
@@ -338,41 +362,91 @@ impl ApplyTx<'_, '_> {
     /// Restores from the parts of `req.restore`, which must make up the archive checked on
     /// the server that took it. The parts are dropped either way.
     fn restore_parts(&mut self, req: &RestoreParts) -> Result<Outcome, StoreError> {
+        // Copied into an unnamed file beside the staged archives (memory stays at one part),
+        // then restored from it like a staged archive.
         let prefix = restore_part_prefix(&req.restore);
-        let mut archive = Vec::new();
+        let copied = std::fs::create_dir_all(self.staging_dir).and_then(|()| tempfile::tempfile_in(self.staging_dir));
+        let mut copied = copied.map(|file| (std::io::BufWriter::with_capacity(ARCHIVE_BUFFER, file), 0u64));
         for row in self.t.restore_parts.prefix_iter(self.txn, &prefix)? {
             let (key, bytes) = row?;
-            if codec::decode_u64("sm_restore_parts", key, &key[prefix.len()..])? != archive.len() as u64 {
-                break;
+            let offset = codec::decode_u64("sm_restore_parts", key, &key[prefix.len()..])?;
+            if let Ok((file, written)) = &mut copied {
+                if offset != *written {
+                    break;
+                }
+                if let Err(e) = file.write_all(bytes) {
+                    copied = Err(e);
+                    break;
+                }
+                *written += bytes.len() as u64;
             }
-            archive.extend_from_slice(bytes);
         }
         self.t.restore_parts.clear(self.txn)?;
-        if archive.len() as u64 != req.size_bytes {
-            let why = format!(
-                "restore {}: the parts held make {} bytes of the {} sent (another restore started since?)",
-                req.restore,
-                archive.len(),
-                req.size_bytes
-            );
-            return Ok(Outcome::Commit(CommandResult::Rejected(why)));
-        }
-        match self.restore_bytes(&archive, req.checksum, &format!("restore {}", req.restore))? {
-            // Refused before it changed anything (see `restore_bytes`): keep the parts dropped.
-            Outcome::Abort(refused) => Ok(Outcome::Commit(refused)),
-            done => Ok(done),
+        let refuse =
+            |why: String| Ok(Outcome::Commit(CommandResult::Rejected(format!("restore {}: {why}", req.restore))));
+        let file =
+            match copied.and_then(|(file, written)| Ok((file.into_inner().map_err(|e| e.into_error())?, written))) {
+                Ok((file, written)) if written == req.size_bytes => file,
+                Ok((_, written)) => {
+                    return refuse(format!(
+                        "the parts held make {written} bytes of the {} sent (another restore started since?)",
+                        req.size_bytes
+                    ))
+                }
+                Err(e) => return refuse(format!("cannot copy its parts into {}: {e}", self.staging_dir.display())),
+            };
+        let open = || {
+            let mut file = file.try_clone()?;
+            file.seek(std::io::SeekFrom::Start(0))?;
+            Ok(std::io::BufReader::with_capacity(ARCHIVE_BUFFER, file))
+        };
+        // Refused when checked, nothing changed: the parts stay dropped.
+        let verified = match Self::check_archive(open, req.size_bytes, req.checksum, "its parts") {
+            Ok(verified) => verified,
+            Err(why) => return refuse(why),
+        };
+        self.replace_with(open, req.size_bytes, &verified)
+    }
+
+    /// Checks an archive, streaming it from what `open` gives, against the checksum it had
+    /// when the server that took it checked it; the refusal says why (`what` names it).
+    fn check_archive<R: std::io::Read>(
+        open: impl FnMut() -> std::io::Result<R>,
+        len: u64,
+        checksum: u64,
+        what: &str,
+    ) -> Result<crate::backup::Verified, String> {
+        match super::archive::check(open, len) {
+            Ok(v) if v.checksum == checksum => Ok(v),
+            Ok(_) => Err(format!("{what} changed since it was checked")),
+            Err(e) => Err(e.to_string()),
         }
     }
 
-    /// Replaces the state with `bytes`, a backup archive whose checksum must be `checksum`
-    /// (`what` names it in rejections). A refusal comes before anything is changed.
-    fn restore_bytes(&mut self, bytes: &[u8], checksum: u64, what: &str) -> Result<Outcome, StoreError> {
+    /// Replaces the state with a backup archive whose checksum must be `checksum`, read
+    /// (streaming) from what `open` gives; `what` names it in rejections.
+    fn restore_from<R: std::io::Read>(
+        &mut self,
+        mut open: impl FnMut() -> std::io::Result<R>,
+        len: u64,
+        checksum: u64,
+        what: &str,
+    ) -> Result<Outcome, StoreError> {
+        match Self::check_archive(&mut open, len, checksum, what) {
+            Ok(verified) => self.replace_with(open, len, &verified),
+            Err(why) => Ok(Outcome::Abort(CommandResult::Rejected(why))),
+        }
+    }
+
+    /// Replaces the state with a checked archive (`verified`), read again from what `open`
+    /// gives. A refusal is an abort: whatever was changed before it is undone.
+    fn replace_with<R: std::io::Read>(
+        &mut self,
+        open: impl FnMut() -> std::io::Result<R>,
+        len: u64,
+        verified: &crate::backup::Verified,
+    ) -> Result<Outcome, StoreError> {
         let reject = |why: String| Ok(Outcome::Abort(CommandResult::Rejected(why)));
-        let verified = match super::archive::verify(bytes) {
-            Ok(v) if v.checksum == checksum => v,
-            Ok(_) => return reject(format!("{what} changed since it was checked")),
-            Err(e) => return reject(e.to_string()),
-        };
         // The restore's own index: above the archive's highest and above anything issued
         // before, so no reader sees an index go backwards. Later indexes follow from it.
         let raft_index = self.index - self.offset;
@@ -390,14 +464,21 @@ impl ApplyTx<'_, '_> {
                 db.clear(self.txn)?;
             }
         }
-        // Checked whole by `verify` above: an error here leaves the apply uncommitted. The
-        // parts of a restore under way when the archive was made are not restored.
-        crate::backup::visit_snapshot(verified.state(bytes), |(tag, key, value)| {
+        // The parts of a restore under way when the archive was made are not restored. The
+        // archive was checked; reading it again can still fail (a disk error): refused, and
+        // the abort undoes the tables cleared above.
+        let txn = &mut *self.txn;
+        let copied = crate::backup::read_archive(open, len, |(tag, key, value)| {
             if tag != super::TAG_META && tag != super::TAG_RESTORE_PARTS {
-                tables[tag as usize].1.put(self.txn, key, value)?;
+                tables[tag as usize].1.put(txn, key, value).map_err(|e| RestoreError::Store(e.into()))?;
             }
-            Ok::<_, StoreError>(())
-        })?;
+            Ok::<_, RestoreError>(())
+        });
+        match copied {
+            Ok(_) => {}
+            Err(RestoreError::Store(e)) => return Err(e),
+            Err(RestoreError::Archive(e)) => return reject(format!("reading the archive again: {e}")),
+        }
         // Rows keep their archived Create/ModifyIndex; every index readers block on moves
         // to the restore's.
         let index_keys: Vec<Vec<u8>> =

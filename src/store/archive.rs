@@ -26,12 +26,12 @@ pub fn write(
     crate::backup::write_archive(file, created_unix, |snapshot| position(&store.snapshot_to(snapshot, meta_keys)?))
 }
 
-/// Checks an archive completely: its framing (`crate::backup::verify_archive`), then that
-/// every row reads back as what its table holds — a restore replaces the tables, and a row
-/// the server cannot decode afterwards would stop it.
-pub fn verify(archive: &[u8]) -> Result<Verified, ArchiveError> {
-    let verified = crate::backup::verify_archive(archive)?;
-    let check_row = |(tag, key, value): crate::backup::Record<'_>| {
+/// Checks an archive of `len` bytes completely, streaming it from what `open` gives (twice:
+/// `crate::backup::read_archive`): its framing, then that every row reads back as what its
+/// table holds — a restore replaces the tables, and a row the server cannot decode
+/// afterwards would stop it.
+pub fn check<R: std::io::Read>(open: impl FnMut() -> std::io::Result<R>, len: u64) -> Result<Verified, ArchiveError> {
+    crate::backup::read_archive(open, len, |(tag, key, value)| {
         let decoded = match tag {
             TAG_NODES => json_row::<crate::model::Node>(value),
             TAG_SERVICES => json_row::<crate::model::Service>(value),
@@ -56,9 +56,7 @@ pub fn verify(archive: &[u8]) -> Result<Verified, ArchiveError> {
             _ => Ok(()),
         };
         decoded.map_err(|e| ArchiveError(format!("a row of table {tag} does not decode: {e}")))
-    };
-    crate::backup::visit_snapshot(verified.state(archive), check_row)?;
-    Ok(verified)
+    })
 }
 
 fn json_row<T: serde::de::DeserializeOwned>(value: &[u8]) -> Result<(), String> {
@@ -68,6 +66,10 @@ fn json_row<T: serde::de::DeserializeOwned>(value: &[u8]) -> Result<(), String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn verify(archive: &[u8]) -> Result<Verified, ArchiveError> {
+        check(|| Ok(archive), archive.len() as u64)
+    }
 
     #[test]
     fn a_row_that_does_not_decode_as_its_table_is_refused() {
