@@ -4,7 +4,7 @@
 //! leader failover: the leader SIGKILLed `FAILOVER_TRIALS` times under writes through a
 //! follower, timing until a survivor reports a new leader and until a write through a
 //! survivor succeeds again. Every server process is pinned to the same core as in the other
-//! sections.
+//! sections, or, with `--unpinned`, free to use every core (as deployed).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -204,9 +204,10 @@ struct Cell {
 
 pub async fn run(settings: &Settings) -> Result<()> {
     println!(
-        "## Three-server clusters: durable writes ({} s per cell, {} B values, fresh cluster per cell)\n",
+        "## Three-server clusters: durable writes ({} s per cell, {} B values, fresh cluster per cell; {})\n",
         settings.seconds,
-        load::VALUE_BYTES
+        load::VALUE_BYTES,
+        server::placement()
     );
     let mut cells = Vec::new();
     for system in ["cairn", "etcd"] {

@@ -25,7 +25,7 @@ use anyhow::{bail, Context, Result};
 use crate::server::Binaries;
 
 const USAGE: &str = "usage: http_bench [--only writes|watch|footprint|checks|cluster|sessions|bulk]... [--seconds N] \
-                     [--cairn PATH] [--etcd PATH]";
+                     [--unpinned] [--cairn PATH] [--etcd PATH]";
 
 /// Longest a section may run: a base, plus a share per `--seconds` (the writes section runs
 /// nine cells of `--seconds` each).
@@ -102,6 +102,9 @@ fn parse_args(args: &[String]) -> Result<(Vec<Section>, Settings)> {
                     .filter(|&s| s > 0)
                     .with_context(|| format!("--seconds {text:?}: want a whole number > 0"))?;
             }
+            // Every server free to use every core, as deployed (run.sh then leaves the bench
+            // unpinned too).
+            "--unpinned" => server::unpin_servers(),
             "--cairn" => settings.bins.cairn = PathBuf::from(value()?),
             "--etcd" => settings.bins.etcd = PathBuf::from(value()?),
             // `cargo bench` passes this to every bench binary.
@@ -184,10 +187,10 @@ async fn main() -> ExitCode {
     println!("load average at start: {}", loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
     println!("command: {}", args.join(" "));
     println!(
-        "cairn: {}; etcd: {}; servers pinned to core {}; open-files limit {nofile}\n",
+        "cairn: {}; etcd: {}; {}; open-files limit {nofile}\n",
         settings.bins.cairn.display(),
         settings.bins.etcd.display(),
-        server::SERVER_CPU
+        server::placement()
     );
     let mut failed = false;
     for section in sections {

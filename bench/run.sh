@@ -2,7 +2,8 @@
 # Builds and runs cairn's HTTP benchmark (see bench/README.md). Arguments go to the bench:
 #   bash bench/run.sh                      # every section, 5 s per write cell
 #   bash bench/run.sh --only writes --seconds 3
-# The bench runs on core 1 and starts every server (cairn, etcd) on core 0.
+#   bash bench/run.sh --only cluster --unpinned   # every process free to use every core
+# The bench runs on core 1 and starts every server (cairn, etcd) on core 0, unless --unpinned.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,4 +29,7 @@ fi
 
 echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'); cairn commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml || echo ' (src modified)'); $(etcd --version | head -n 1)"
 echo "run: bash bench/run.sh $*"
-exec taskset -c 1 "$bench_bin" "$@"
+case " $* " in
+    *" --unpinned "*) exec "$bench_bin" "$@" ;;
+    *) exec taskset -c 1 "$bench_bin" "$@" ;;
+esac

@@ -15,8 +15,27 @@ use anyhow::{bail, Context, Result};
 use crate::client::HttpConn;
 
 /// Every server runs on this core (the bench itself runs on another, see `run.sh`), so each
-/// system gets exactly one core, and the same one.
+/// system gets exactly one core, and the same one — unless `--unpinned`.
 pub const SERVER_CPU: usize = 0;
+/// Cleared by `--unpinned`: servers (and the bench) may then use every core.
+static PIN_SERVERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// `--unpinned`: servers started from now on are free to use every core.
+pub fn unpin_servers() {
+    PIN_SERVERS.store(false, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Where servers run, for the report.
+pub fn placement() -> String {
+    if PIN_SERVERS.load(std::sync::atomic::Ordering::Relaxed) {
+        format!("servers pinned to core {SERVER_CPU}, the bench to another")
+    } else {
+        format!(
+            "unpinned: servers and the bench share all {} cores",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        )
+    }
+}
 /// How long a server may take to start or to stop after SIGTERM.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -46,15 +65,18 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `program args` pinned to `SERVER_CPU` (as `taskset -c 0` would), stdout
+    /// Starts `program args` pinned to `SERVER_CPU` (as `taskset -c 0` would; not with
+    /// `--unpinned`), stdout
     /// discarded, stderr captured. Does not wait for anything.
     pub fn spawn(name: &str, program: &Path, args: &[String]) -> Result<Server> {
         let mut command = Command::new(program);
         command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        // SAFETY: runs in the forked child before exec; `pin_to_server_cpu` only builds a
-        // cpu_set_t on the stack and makes one system call, both async-signal-safe.
-        unsafe {
-            command.pre_exec(pin_to_server_cpu);
+        if PIN_SERVERS.load(std::sync::atomic::Ordering::Relaxed) {
+            // SAFETY: runs in the forked child before exec; `pin_to_server_cpu` only builds a
+            // cpu_set_t on the stack and makes one system call, both async-signal-safe.
+            unsafe {
+                command.pre_exec(pin_to_server_cpu);
+            }
         }
         let mut child = command.spawn().with_context(|| format!("cannot start {name} ({})", program.display()))?;
         let log = Arc::new(Mutex::new(Vec::new()));
