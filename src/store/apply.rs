@@ -393,7 +393,9 @@ impl ApplyTx<'_, '_> {
                         req.size_bytes
                     ))
                 }
-                Err(e) => return refuse(format!("cannot copy its parts into {}: {e}", self.staging_dir.display())),
+                // Local to this server: refusing here alone would leave it apart from the others.
+                // A storage error instead (retried while the disk is full, as any apply).
+                Err(e) => return Err(StoreError::SnapshotIo(e)),
             };
         let open = || {
             let mut file = file.try_clone()?;
