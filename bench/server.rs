@@ -36,6 +36,7 @@ pub fn placement() -> String {
         )
     }
 }
+
 /// How long a server may take to start or to stop after SIGTERM.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -66,8 +67,7 @@ pub struct Server {
 
 impl Server {
     /// Starts `program args` pinned to `SERVER_CPU` (as `taskset -c 0` would; not with
-    /// `--unpinned`), stdout
-    /// discarded, stderr captured. Does not wait for anything.
+    /// `--unpinned`), stdout discarded, stderr captured. Does not wait for anything.
     pub fn spawn(name: &str, program: &Path, args: &[String]) -> Result<Server> {
         let mut command = Command::new(program);
         command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
