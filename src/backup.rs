@@ -28,8 +28,8 @@ const HEADER_BYTES_MAX: usize = 64 * 1024;
 /// Room for the header at the front of an archive being written (see the module doc).
 const HEADER_ROOM: usize = 1024;
 const STATE_START: u64 = (ARCHIVE_MAGIC.len() + 4 + HEADER_ROOM) as u64;
-/// Bytes an archive buffers on their way to or from its file.
-const BUFFER_BYTES: usize = 64 * 1024;
+/// Bytes buffered on the way to or from a snapshot's or an archive's file.
+pub const BUFFER_BYTES: usize = 64 * 1024;
 
 /// LMDB's key size limit: a record with a longer (or empty) key could never be stored, and
 /// applying it would stop Raft, so such a snapshot is refused when checked.

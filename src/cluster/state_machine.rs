@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use super::{NodeId, TypeConfig};
+use crate::backup::BUFFER_BYTES;
 use crate::model::{Command, CommandResult};
 use crate::store::{AppliedBatch, Store};
 
@@ -45,8 +46,6 @@ const RECEIVING_FILE: &str = "snapshot-receiving.part";
 /// The snapshot of cairn before 2026-12-07, one file: `meta length u64 BE, meta JSON, data`.
 /// Converted to the two files when first read.
 const LEGACY_FILE: &str = "snapshot.bin";
-/// Bytes buffered on the way to or from a snapshot file.
-const BUFFER_BYTES: usize = 64 * 1024;
 
 type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
 

@@ -47,7 +47,8 @@ pub async fn save(ctx: Ctx, q: Query) -> Result<Response, ApiError> {
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     // Sent from the file in chunks; the permit (and the unnamed file) go when the body
     // has been sent or the client has gone.
-    let chunks = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 64 * 1024);
+    let chunks =
+        tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), crate::backup::BUFFER_BYTES);
     let body = Body::from_stream(chunks.map(move |chunk| {
         let _held = &permit;
         chunk
@@ -103,7 +104,9 @@ pub async fn restore(ctx: Ctx, headers: HeaderMap, mut body: Body) -> Result<Res
     // Checked streaming from the staged file: memory stays at one record.
     let path = staged.0.clone();
     let (verified, bytes) = tokio::task::spawn_blocking(move || {
-        let open = || std::fs::File::open(&path).map(|file| std::io::BufReader::with_capacity(64 << 10, file));
+        let open = || {
+            std::fs::File::open(&path).map(|file| std::io::BufReader::with_capacity(crate::backup::BUFFER_BYTES, file))
+        };
         let verified = archive::check(open, size);
         let bytes = if inline && verified.is_ok() { std::fs::read(&path)? } else { Vec::new() };
         Ok::<_, std::io::Error>((verified, bytes))

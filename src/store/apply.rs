@@ -20,8 +20,7 @@ use crate::model::{
     TxnResult,
 };
 
-/// Bytes buffered on the way to or from an archive's file.
-const ARCHIVE_BUFFER: usize = 64 * 1024;
+use crate::backup::BUFFER_BYTES;
 
 /// Why reading an archive into the tables stopped: the store failed (Raft must stop), or
 /// the archive could not be read again (the restore is refused).
@@ -324,7 +323,7 @@ impl ApplyTx<'_, '_> {
             Ok(meta) => meta.len(),
             Err(e) => return reject(format!("staged archive {}: {e}", path.display())),
         };
-        let open = || std::fs::File::open(&path).map(|file| std::io::BufReader::with_capacity(ARCHIVE_BUFFER, file));
+        let open = || std::fs::File::open(&path).map(|file| std::io::BufReader::with_capacity(BUFFER_BYTES, file));
         self.restore_from(open, len, req.checksum, &format!("staged archive {}", path.display()))
     }
 
@@ -363,44 +362,35 @@ impl ApplyTx<'_, '_> {
     /// the server that took it. The parts are dropped either way.
     fn restore_parts(&mut self, req: &RestoreParts) -> Result<Outcome, StoreError> {
         // Copied into an unnamed file beside the staged archives (memory stays at one part),
-        // then restored from it like a staged archive.
+        // then restored from it like a staged archive. Failing to copy is local to this
+        // server: refusing here alone would leave it apart from the others, so it is a storage
+        // error (`?`: retried while the disk is full, as any apply).
+        std::fs::create_dir_all(self.staging_dir)?;
+        let mut copy = std::io::BufWriter::with_capacity(BUFFER_BYTES, tempfile::tempfile_in(self.staging_dir)?);
         let prefix = restore_part_prefix(&req.restore);
-        let copied = std::fs::create_dir_all(self.staging_dir).and_then(|()| tempfile::tempfile_in(self.staging_dir));
-        let mut copied = copied.map(|file| (std::io::BufWriter::with_capacity(ARCHIVE_BUFFER, file), 0u64));
+        let mut copied = 0;
         for row in self.t.restore_parts.prefix_iter(self.txn, &prefix)? {
             let (key, bytes) = row?;
-            let offset = codec::decode_u64("sm_restore_parts", key, &key[prefix.len()..])?;
-            if let Ok((file, written)) = &mut copied {
-                if offset != *written {
-                    break;
-                }
-                if let Err(e) = file.write_all(bytes) {
-                    copied = Err(e);
-                    break;
-                }
-                *written += bytes.len() as u64;
+            if codec::decode_u64("sm_restore_parts", key, &key[prefix.len()..])? != copied {
+                break;
             }
+            copy.write_all(bytes)?;
+            copied += bytes.len() as u64;
         }
+        let file = copy.into_inner().map_err(|e| e.into_error())?;
         self.t.restore_parts.clear(self.txn)?;
         let refuse =
             |why: String| Ok(Outcome::Commit(CommandResult::Rejected(format!("restore {}: {why}", req.restore))));
-        let file =
-            match copied.and_then(|(file, written)| Ok((file.into_inner().map_err(|e| e.into_error())?, written))) {
-                Ok((file, written)) if written == req.size_bytes => file,
-                Ok((_, written)) => {
-                    return refuse(format!(
-                        "the parts held make {written} bytes of the {} sent (another restore started since?)",
-                        req.size_bytes
-                    ))
-                }
-                // Local to this server: refusing here alone would leave it apart from the others.
-                // A storage error instead (retried while the disk is full, as any apply).
-                Err(e) => return Err(StoreError::SnapshotIo(e)),
-            };
+        if copied != req.size_bytes {
+            return refuse(format!(
+                "the parts held make {copied} bytes of the {} sent (another restore started since?)",
+                req.size_bytes
+            ));
+        }
         let open = || {
             let mut file = file.try_clone()?;
             file.seek(std::io::SeekFrom::Start(0))?;
-            Ok(std::io::BufReader::with_capacity(ARCHIVE_BUFFER, file))
+            Ok(std::io::BufReader::with_capacity(BUFFER_BYTES, file))
         };
         // Refused when checked, nothing changed: the parts stay dropped.
         let verified = match Self::check_archive(open, req.size_bytes, req.checksum, "its parts") {
