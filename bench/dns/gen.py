@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Data for the DNS benchmark (bench/dns/run.sh): one catalog, three forms.
 
-  gen.py files DIR          consul.zone (Knot, NSD), queries-a.txt, queries-srv.txt
-  gen.py load HTTP_PORT     registers the catalog in a running cairn over HTTP
+  gen.py files DIR [N]          consul.zone (Knot, NSD), queries-a.txt, queries-srv.txt
+  gen.py load HTTP_PORT [N]     registers the catalog in a running cairn over HTTP
 
-The catalog: services svc-1 .. svc-N (N = 1000), each with 3 instances svc-K-1..3 on
-nodes node-K-1..3 (3,000 nodes), addresses 10.I.(K >> 8).(K & 255), port 8080 + I.
+The catalog: services svc-1 .. svc-N (N = 1000 unless given), each with 3 instances
+svc-K-1..3 on nodes node-K-1..3 (3N nodes), addresses 10.I.(K >> 8).(K & 255), port 8080 + I.
+A larger N holds the smaller catalog: loading 10,000 into a cairn that holds 1,000 adds
+the other 9,000.
 The static zone holds the same answers cairn gives (A: 3 records; SRV: 3 SRV records
 with the node names as targets and their A records in the additional section), TTL 0
 like cairn's default.
@@ -21,6 +23,7 @@ INSTANCES = 3
 
 
 def instances():
+    """Every instance of the catalog: (service number, instance, node, address, port)."""
     for k in range(1, SERVICES + 1):
         for i in range(1, INSTANCES + 1):
             yield k, i, f"node-{k}-{i}", f"10.{i}.{k >> 8}.{k & 255}", 8080 + i
@@ -66,6 +69,8 @@ def load(http_port):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 4:
+        SERVICES = int(sys.argv.pop())
     if len(sys.argv) == 3 and sys.argv[1] == "files":
         write_files(sys.argv[2])
     elif len(sys.argv) == 3 and sys.argv[1] == "load":

@@ -5,33 +5,54 @@
 #   bash bench/dns/run.sh                  # 3 rounds, 10 s per measurement (~10 minutes)
 #   bash bench/dns/run.sh --quick          # smoke run: 1 round, 2 s per measurement
 #   bash bench/dns/run.sh --seconds 20 --rounds 5
+#   bash bench/dns/run.sh --unpinned       # every server and client free to use every core
 #
-# Every server runs pinned to core 0 and every load generator to core 1 (taskset). All three
-# servers stay up for the whole run; each measurement loads one of them while the others idle.
+# Pinned (the default): every server runs pinned to core 0 and every load generator to core 1
+# (taskset). Unpinned: nothing is pinned; Knot runs its default worker count (one UDP worker
+# per core), NSD one server process per core (reuseport), cairn its default (one UDP loop
+# per core), and dnsperf one thread per core — the way they are deployed, the load generator
+# sharing the cores with the server. All servers stay up for the whole run; each measurement
+# loads one of them while the others idle.
 # Phases, each a number of rounds over [knot, nsd, cairn] with the order rotated every round:
 #   1. max qps, A queries, dnsperf (the issue's method)
 #   2. max qps, A queries, udpload (bench/dns/udpload.c: one busy-polling thread with
-#      sendmmsg/recvmmsg, which drives the servers harder than dnsperf can from one core)
-#   3. max qps, SRV queries, dnsperf and udpload
-#   4. latency p50/p99/p99.9, A queries, udpload at a fixed rate of 50% of Knot's median
-#      dnsperf max (the issue's rate), then at 50% of Knot's median udpload max
-# Options: DNSPERF_ARGS (default "-c 4 -q 200") and UDPLOAD_WINDOW (default 100 outstanding).
+#      sendmmsg/recvmmsg, which drives the servers harder than dnsperf can from one core);
+#      pinned only (unpinned, its busy core would be taken from the server)
+#   3. max qps, SRV queries, dnsperf (and udpload, pinned)
+#   4. max qps, A queries, dnsperf, with 10x the catalog (10,000 services x 3): cairn gets the
+#      other 9,000 registered, Knot and NSD a second instance serving the larger zone
+#   5. latency p50/p99/p99.9, A queries, udpload at a fixed rate of 50% of Knot's median
+#      dnsperf max (the issue's rate), then (pinned) at 50% of Knot's median udpload max
+# Options: DNSPERF_ARGS (default "-c 4 -q 200" pinned, "-T <cores> -c <8 x cores> -q <200 x
+# cores>" unpinned) and UDPLOAD_WINDOW (default 100 outstanding).
 set -euo pipefail
 
 seconds=10
 rounds=3
+unpinned=
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) seconds="$2"; shift 2 ;;
         --rounds) rounds="$2"; shift 2 ;;
         --quick) seconds=2; rounds=1; shift ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        --unpinned) unpinned=1; shift ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
-run_args="--seconds $seconds --rounds $rounds"
-dnsperf_args=${DNSPERF_ARGS:-"-c 4 -q 200"}
+run_args="--seconds $seconds --rounds $rounds${unpinned:+ --unpinned}"
+cores=$(nproc)
+if [ -n "$unpinned" ]; then
+    on_server=()
+    on_client=()
+    dnsperf_args=${DNSPERF_ARGS:-"-T $cores -c $((8 * cores)) -q $((200 * cores))"}
+else
+    on_server=(taskset -c 0)
+    on_client=(taskset -c 1)
+    dnsperf_args=${DNSPERF_ARGS:-"-c 4 -q 200"}
+fi
 udpload_window=${UDPLOAD_WINDOW:-100}
+big_services=10000
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -79,6 +100,9 @@ trap cleanup EXIT
 
 gcc -O2 -Wall -o "$work/udpload" "$here/udpload.c"
 python3 "$here/gen.py" files "$work"
+mkdir -p "$work/big"
+python3 "$here/gen.py" files "$work/big" "$big_services"
+cp "$work/big/queries-a.txt" "$work/queries-a10x.txt"
 
 free_port() {
     python3 -c '
@@ -94,26 +118,8 @@ while True:
 }
 
 # --- servers -----------------------------------------------------------------------------
-# Knot: one UDP worker, one TCP worker, one background worker (it is pinned to one core).
-knot_port=$(free_port)
-mkdir -p "$work/knot"
-cat > "$work/knot/knot.conf" <<EOF
-server:
-    rundir: "$work/knot"
-    listen: 127.0.0.1@$knot_port
-    udp-workers: 1
-    tcp-workers: 1
-    background-workers: 1
-log:
-  - target: stderr
-    any: warning
-database:
-    storage: "$work/knot"
-zone:
-  - domain: consul.
-    storage: "$work"
-    file: "consul.zone"
-EOF
+# Knot, pinned: one UDP worker, one TCP worker, one background worker (it has one core);
+# unpinned: its defaults (a UDP and a TCP worker per core).
 # Knot 3.2 has no option for its UDP receive buffer and takes the system default
 # (net.core.rmem_default, 208 KiB on Debian: ~300 queued queries), so it drops queries
 # whenever its core stalls for a few ms, where cairn (8 MiB) and NSD (2 MiB) queue them.
@@ -121,39 +127,68 @@ EOF
 # (KNOT_RMEM=0 to skip; needs root).
 knot_rmem=${KNOT_RMEM:-2097152}
 old_rmem=$(sysctl -n net.core.rmem_default)
-if [ "$knot_rmem" != 0 ]; then
-    "${sudo_cmd[@]}" sysctl -q -w net.core.rmem_default="$knot_rmem"
-    restore_rmem=1
-fi
-taskset -c 0 knotd -c "$work/knot/knot.conf" > "$work/knot/out.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do
-    dig +noedns +short +tries=1 +time=1 @127.0.0.1 -p "$knot_port" svc-1.service.consul A 2>/dev/null | grep -q . && break
-    sleep 0.1
-done
-if [ -n "${restore_rmem:-}" ]; then
-    "${sudo_cmd[@]}" sysctl -q -w net.core.rmem_default="$old_rmem"
-    restore_rmem=
-fi
-
-# NSD: one server process (server-count 1), RRL off, minimal responses (no NS in the
-# authority section, which cairn and Knot do not send either).
-nsd_port=$(free_port)
-mkdir -p "$work/nsd"
-cat > "$work/nsd/nsd.conf" <<EOF
+start_knot() { # NAME ZONE_DIR: a Knot serving ZONE_DIR/consul.zone, its port in port[NAME]
+    local name=$1 zones=$2 p workers=""
+    p=$(free_port)
+    mkdir -p "$work/$name"
+    if [ -z "$unpinned" ]; then
+        workers=$'    udp-workers: 1\n    tcp-workers: 1\n    background-workers: 1'
+    fi
+    cat > "$work/$name/knot.conf" <<EOF
 server:
-    ip-address: 127.0.0.1@$nsd_port
+    rundir: "$work/$name"
+    listen: 127.0.0.1@$p
+$workers
+log:
+  - target: stderr
+    any: warning
+database:
+    storage: "$work/$name"
+zone:
+  - domain: consul.
+    storage: "$zones"
+    file: "consul.zone"
+EOF
+    if [ "$knot_rmem" != 0 ]; then
+        "${sudo_cmd[@]}" sysctl -q -w net.core.rmem_default="$knot_rmem"
+        restore_rmem=1
+    fi
+    "${on_server[@]}" knotd -c "$work/$name/knot.conf" > "$work/$name/out.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 300); do
+        dig +noedns +short +tries=1 +time=1 @127.0.0.1 -p "$p" svc-1.service.consul A 2>/dev/null | grep -q . && break
+        sleep 0.1
+    done
+    if [ -n "${restore_rmem:-}" ]; then
+        "${sudo_cmd[@]}" sysctl -q -w net.core.rmem_default="$old_rmem"
+        restore_rmem=
+    fi
+    port[$name]=$p
+}
+
+# NSD: one server process pinned (server-count 1), one per core unpinned (with reuseport, as
+# Knot and cairn), RRL off, minimal responses (no NS in the authority section, which cairn
+# and Knot do not send either).
+start_nsd() { # NAME ZONE_DIR
+    local name=$1 zones=$2 p count=1 reuseport=no
+    p=$(free_port)
+    mkdir -p "$work/$name"
+    if [ -n "$unpinned" ]; then count=$cores; reuseport=yes; fi
+    cat > "$work/$name/nsd.conf" <<EOF
+server:
+    ip-address: 127.0.0.1@$p
     do-ip6: no
-    server-count: 1
+    server-count: $count
+    reuseport: $reuseport
     username: ""
     chroot: ""
-    zonesdir: "$work"
+    zonesdir: "$zones"
     database: ""
-    zonelistfile: "$work/nsd/zone.list"
-    xfrdfile: "$work/nsd/xfrd.state"
-    xfrdir: "$work/nsd"
-    pidfile: "$work/nsd/nsd.pid"
-    logfile: "$work/nsd/nsd.log"
+    zonelistfile: "$work/$name/zone.list"
+    xfrdfile: "$work/$name/xfrd.state"
+    xfrdir: "$work/$name"
+    pidfile: "$work/$name/nsd.pid"
+    logfile: "$work/$name/nsd.log"
     rrl-ratelimit: 0
     minimal-responses: yes
 remote-control:
@@ -162,13 +197,21 @@ zone:
     name: consul.
     zonefile: consul.zone
 EOF
-taskset -c 0 nsd -d -c "$work/nsd/nsd.conf" > "$work/nsd/out.log" 2>&1 &
-pids+=($!)
+    "${on_server[@]}" nsd -d -c "$work/$name/nsd.conf" > "$work/$name/out.log" 2>&1 &
+    pids+=($!)
+    port[$name]=$p
+}
 
-# cairn: under taskset -c 0 it sees one core, so it runs one UDP socket and one runtime worker.
+declare -A port=()
+start_knot knot "$work"
+start_nsd nsd "$work"
+
+# cairn: pinned, under taskset -c 0 it sees one core, so it runs one UDP socket and one runtime
+# worker; unpinned, one of each per core.
 mkdir -p "$work/cairn"
-taskset -c 0 "$cairn_bin" agent -server -bootstrap-expect 1 -data-dir "$work/cairn/data" \
-    -http-port 0 -dns-port 0 -node bench -log-level info > "$work/cairn/out.log" 2>&1 &
+"${on_server[@]}" "$cairn_bin" agent -server -bootstrap-expect 1 -data-dir "$work/cairn/data" \
+    -http-port 0 -dns-port 0 -server-port 0 -serf-lan-port 0 -serf-wan-port -1 -node bench -log-level info \
+    > "$work/cairn/out.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 300); do
     grep -q "registered this server in the catalog" "$work/cairn/out.log" && break
@@ -178,37 +221,40 @@ if ! grep -q "registered this server in the catalog" "$work/cairn/out.log"; then
     echo "run.sh: cairn did not become ready:" >&2; cat "$work/cairn/out.log" >&2; exit 1
 fi
 http_port=$(sed -n 's/.*HTTP API listening addr=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/cairn/out.log" | head -n 1)
-cairn_port=$(sed -n 's/.*DNS listening (UDP and TCP) addr=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/cairn/out.log" | head -n 1)
+port[cairn]=$(sed -n 's/.*DNS listening (UDP and TCP) addr=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/cairn/out.log" | head -n 1)
 python3 "$here/gen.py" load "$http_port"
 
-declare -A port=([knot]=$knot_port [nsd]=$nsd_port [cairn]=$cairn_port)
 servers=(knot nsd cairn)
 
 # --- correctness -------------------------------------------------------------------------
 # Every server must give the same 3 addresses and 3 SRV records for a sample of names.
-for server in "${servers[@]}"; do
-    for _ in $(seq 50); do
-        dig +noedns +short +tries=1 +time=1 @127.0.0.1 -p "${port[$server]}" svc-1.service.consul A 2>/dev/null | grep -q . && break
-        sleep 0.2
-    done
-done
-echo "== correctness (dig +noedns; answers sorted; response size for svc-1)"
-for name in svc-1 svc-500 svc-1000; do
-    expect=""
+check_answers() { # NAME...
+    local server name expect got srv
     for server in "${servers[@]}"; do
-        got=$(dig +noedns +short +tries=1 +time=2 @127.0.0.1 -p "${port[$server]}" "$name.service.consul" A | sort | tr '\n' ' ')
-        srv=$(dig +noedns +short +tries=1 +time=2 @127.0.0.1 -p "${port[$server]}" "$name.service.consul" SRV | sort | tr '\n' ' ')
-        if [ "$(wc -w <<< "$got")" -ne 3 ] || [ "$(grep -o '\.node\.' <<< "$srv" | wc -l)" -ne 3 ]; then
-            echo "run.sh: $server: $name: expected 3 A and 3 SRV records, got A: $got SRV: $srv" >&2
-            exit 1
-        fi
-        if [ -z "$expect" ]; then expect="$got$srv"; elif [ "$expect" != "$got$srv" ]; then
-            echo "run.sh: $server answers $name differently: $got$srv vs $expect" >&2
-            exit 1
-        fi
+        for _ in $(seq 50); do
+            dig +noedns +short +tries=1 +time=1 @127.0.0.1 -p "${port[$server]}" "$1.service.consul" A 2>/dev/null | grep -q . && break
+            sleep 0.2
+        done
     done
-    echo "$name.service.consul: all servers: A $got"
-done
+    for name in "$@"; do
+        expect=""
+        for server in "${servers[@]}"; do
+            got=$(dig +noedns +short +tries=1 +time=2 @127.0.0.1 -p "${port[$server]}" "$name.service.consul" A | sort | tr '\n' ' ')
+            srv=$(dig +noedns +short +tries=1 +time=2 @127.0.0.1 -p "${port[$server]}" "$name.service.consul" SRV | sort | tr '\n' ' ')
+            if [ "$(wc -w <<< "$got")" -ne 3 ] || [ "$(grep -o '\.node\.' <<< "$srv" | wc -l)" -ne 3 ]; then
+                echo "run.sh: $server: $name: expected 3 A and 3 SRV records, got A: $got SRV: $srv" >&2
+                exit 1
+            fi
+            if [ -z "$expect" ]; then expect="$got$srv"; elif [ "$expect" != "$got$srv" ]; then
+                echo "run.sh: $server answers $name differently: $got$srv vs $expect" >&2
+                exit 1
+            fi
+        done
+        echo "$name.service.consul: all servers: A $got"
+    done
+}
+echo "== correctness (dig +noedns; answers sorted; response size for svc-1)"
+check_answers svc-1 svc-500 svc-1000
 for server in "${servers[@]}"; do
     size() { dig +noedns +tries=1 +time=2 @127.0.0.1 -p "${port[$server]}" svc-1.service.consul "$1" | sed -n 's/.*MSG SIZE  rcvd: //p'; }
     printf '%-6s port %-5s  A response %s bytes, SRV response %s bytes\n' "$server" "${port[$server]}" "$(size A)" "$(size SRV)"
@@ -239,7 +285,7 @@ run_dnsperf() {
     local mix=$1 server=$2 round=$3 out="$work/dnsperf.out" a b busy
     a=$(cpu_snap)
     # shellcheck disable=SC2086
-    taskset -c 1 dnsperf -s 127.0.0.1 -p "${port[$server]}" -d "$work/queries-$mix.txt" -l "$seconds" $dnsperf_args > "$out" 2>&1
+    "${on_client[@]}" dnsperf -s 127.0.0.1 -p "${port[$server]}" -d "$work/queries-$mix.txt" -l "$seconds" $dnsperf_args > "$out" 2>&1
     b=$(cpu_snap)
     busy=$(cpu_busy "$a" "$b")
     local qps lost
@@ -254,7 +300,7 @@ run_udpload() {
     local phase=$1 mix=$2 server=$3 round=$4 mode=$5 a b busy line
     a=$(cpu_snap)
     # shellcheck disable=SC2086
-    line=$(taskset -c 1 "$work/udpload" -s 127.0.0.1 -p "${port[$server]}" -d "$work/queries-$mix.txt" -l "$seconds" $mode)
+    line=$("${on_client[@]}" "$work/udpload" -s 127.0.0.1 -p "${port[$server]}" -d "$work/queries-$mix.txt" -l "$seconds" $mode)
     b=$(cpu_snap)
     busy=$(cpu_busy "$a" "$b")
     printf '%s\t%s\t%s\t%s\t%s busy0=%s busy1=%s\n' "$phase" "$mix" "$server" "$round" "$line" ${busy} >> "$results"
@@ -279,7 +325,11 @@ echo "machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/c
 echo "servers: $(knotd --version | head -n 1); $(nsd -v 2>&1 | head -n 1); cairn (1,000 services x 3 instances)"
 echo "clients: $(dnsperf -h 2>&1 | sed -n 's/^Version /dnsperf /p') ($dnsperf_args); udpload (-q $udpload_window)"
 echo "run: bash bench/dns/run.sh $run_args"
-echo "all servers on core 0, load generators on core 1; $rounds round(s) x ${seconds}s; orders rotate per round"
+if [ -n "$unpinned" ]; then
+    echo "unpinned: every server and load generator free to use all $cores cores; $rounds round(s) x ${seconds}s; orders rotate per round"
+else
+    echo "all servers on core 0, load generators on core 1; $rounds round(s) x ${seconds}s; orders rotate per round"
+fi
 
 # --- phases ------------------------------------------------------------------------------
 for mix in a srv; do
@@ -287,6 +337,7 @@ for mix in a srv; do
     for r in $(seq "$rounds"); do
         for s in $(order "$r"); do run_dnsperf "$mix" "$s" "$r"; done
     done
+    if [ -n "$unpinned" ]; then continue; fi
     echo; echo "== max qps, ${mix^^} queries, udpload -q $udpload_window"; load_line
     for r in $(seq "$rounds"); do
         for s in $(order "$r"); do run_udpload udpload "$mix" "$s" "$r" "-q $udpload_window"; done
@@ -294,14 +345,32 @@ for mix in a srv; do
 done
 
 rate1=$(python3 -c "print(int($(median_of dnsperf a knot qps) / 2))")
-rate2=$(python3 -c "print(int($(median_of udpload a knot qps) / 2))")
-for rate in "$rate1" "$rate2"; do
+rates=("$rate1")
+if [ -z "$unpinned" ]; then
+    rates+=("$(python3 -c "print(int($(median_of udpload a knot qps) / 2))")")
+fi
+for rate in "${rates[@]}"; do
     echo; echo "== latency, A queries, udpload -Q $rate"; load_line
     for r in $(seq "$rounds"); do
         for s in $(order "$r"); do run_udpload "fixed-$rate" a "$s" "$r" "-Q $rate"; done
     done
 done
+
+# 10x the catalog: cairn gets the other 9,000 services registered; Knot and NSD serve the
+# larger zone from second instances (the first ones are stopped to leave them no CPU).
+echo; echo "== 10x the catalog: $big_services services x 3"
+python3 "$here/gen.py" load "$http_port" "$big_services"
+for pid in "${pids[@]:0:2}"; do kill "$pid"; wait "$pid" 2>/dev/null || true; done
+start_knot knot10 "$work/big"
+start_nsd nsd10 "$work/big"
+port[knot]=${port[knot10]}
+port[nsd]=${port[nsd10]}
+check_answers svc-1 svc-5000 "svc-$big_services"
+echo; echo "== max qps, A queries, $big_services services, dnsperf $dnsperf_args"; load_line
+for r in $(seq "$rounds"); do
+    for s in $(order "$r"); do run_dnsperf a10x "$s" "$r"; done
+done
 load_line
 
 echo
-python3 "$here/report.py" table "$results" "$rate1" "$rate2"
+python3 "$here/report.py" table "$results" "${rates[@]}"

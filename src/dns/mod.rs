@@ -125,7 +125,7 @@ pub struct DnsAddrs {
 async fn bind_both(
     addr: SocketAddr,
     cores: usize,
-) -> Result<(Vec<tokio::net::UdpSocket>, tokio::net::TcpListener), DnsError> {
+) -> Result<(Vec<socket2::Socket>, tokio::net::TcpListener), DnsError> {
     let bind_err = |addr| move |source| DnsError::Bind { addr, source };
     if addr.port() != 0 {
         let sockets = udp::bind(addr, cores).map_err(bind_err(addr))?;
@@ -146,7 +146,7 @@ async fn bind_both(
     Err(DnsError::Bind { addr, source: last_error.unwrap_or_else(|| std::io::Error::other("no free port found")) })
 }
 
-/// Binds UDP (one socket per core) and TCP on `addr` (port 0: any free port, the same for
+/// Binds UDP (one socket and thread per core) and TCP on `addr` (port 0: any free port, the same for
 /// both) and serves until `shutdown`.
 pub async fn start(
     service: Arc<DnsService>,
@@ -158,13 +158,10 @@ pub async fn start(
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let bind_err = |addr| move |source| DnsError::Bind { addr, source };
     let (sockets, tcp) = bind_both(addr, cores).await?;
-    let addrs = DnsAddrs {
-        udp: sockets[0].local_addr().map_err(bind_err(addr))?,
-        tcp: tcp.local_addr().map_err(bind_err(addr))?,
-    };
-    for socket in sockets {
-        tasks.spawn(udp::serve(socket, Arc::clone(&service), shutdown.clone(), tasks.clone()));
-    }
+    let tcp_addr = tcp.local_addr().map_err(bind_err(addr))?;
+    // One port for both (see `bind_both`).
+    let addrs = DnsAddrs { udp: tcp_addr, tcp: tcp_addr };
+    udp::spawn(sockets, Arc::clone(&service), shutdown.clone(), tasks).map_err(bind_err(addr))?;
     tasks.spawn(tcp::serve(tcp, service, tcp_limits, shutdown, tasks.clone()));
     Ok(addrs)
 }
