@@ -137,11 +137,12 @@ impl Worker {
             };
             let now_secs =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as u32);
+            cache.refresh(&self.service, now_secs);
             for slot in 0..received {
                 let (packet, src) = batch.datagram(slot);
                 let Some(src) = src else { continue };
                 let started = counters.time_this_one().then(Instant::now);
-                let reply = match cache.reply(packet, &self.service, now_secs) {
+                let reply = match cache.reply(packet, &self.service) {
                     Some(reply) => {
                         counters.cache(matches!(reply, Reply::Bytes(_)));
                         reply
