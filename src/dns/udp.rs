@@ -82,6 +82,7 @@ pub fn spawn(
         tasks.spawn(async move {
             let mut thread_gone = thread_gone;
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => {}
                 _ = &mut thread_gone => {
                     // Only a panic ends a thread before shutdown.
@@ -347,6 +348,56 @@ fn socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_takes_what_is_queued_answers_each_source_and_shutdown_wakes_the_receive() {
+        let socket = bind("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0);
+        socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let server = socket.local_addr().unwrap().as_socket().unwrap();
+        let clients: Vec<std::net::UdpSocket> =
+            (0..3).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+        for (n, client) in clients.iter().enumerate() {
+            client.send_to(format!("query {n}").as_bytes(), server).unwrap();
+        }
+        let mut batch = Batch::new();
+        let mut received = 0;
+        let mut answers = Vec::new();
+        while received < 3 {
+            let got = batch.receive(&socket).unwrap();
+            for slot in 0..got {
+                let (packet, src) = batch.datagram(slot);
+                let mut answer = b"answer to ".to_vec();
+                answer.extend_from_slice(packet);
+                assert!(clients.iter().any(|c| Some(c.local_addr().unwrap()) == src));
+                answers.push(Pending { slot, answer, started: None });
+            }
+            batch.send(&socket, &answers);
+            answers.clear();
+            received += got;
+        }
+        for (n, client) in clients.iter().enumerate() {
+            client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 64];
+            let len = client.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..len], format!("answer to query {n}").as_bytes());
+        }
+        // A receive blocked for up to 30 s returns as soon as the socket is shut down for reading.
+        let socket = Arc::new(socket);
+        let blocked = {
+            let socket = Arc::clone(&socket);
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let _ = Batch::new().receive(&socket);
+                started.elapsed()
+            })
+        };
+        // Either order passes (a receive after the shutdown returns at once too); the pause
+        // makes the blocked case the one tested.
+        std::thread::sleep(Duration::from_millis(100));
+        socket.shutdown(std::net::Shutdown::Read).unwrap_or(());
+        let waited = blocked.join().unwrap();
+        assert!(waited < Duration::from_secs(5), "the receive stayed blocked for {waited:?}");
+    }
 
     #[test]
     fn socket_addresses_convert_both_families() {
