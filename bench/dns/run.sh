@@ -22,7 +22,8 @@
 #   4. max qps, A queries, dnsperf, with 10x the catalog (10,000 services x 3): cairn gets the
 #      other 9,000 registered, Knot and NSD a second instance serving the larger zone
 #   5. latency p50/p99/p99.9, A queries, udpload at a fixed rate of 50% of Knot's median
-#      dnsperf max (the issue's rate), then (pinned) at 50% of Knot's median udpload max
+#      dnsperf max (the issue's rate), then (pinned) at 50% of Knot's median udpload max;
+#      unpinned, udpload sleeps between turns (-y 50) instead of busy-polling a shared core
 # Options: DNSPERF_ARGS (default "-c 4 -q 200" pinned, "-T <cores> -c <8 x cores> -q <200 x
 # cores>" unpinned) and UDPLOAD_WINDOW (default 100 outstanding).
 set -euo pipefail
@@ -350,9 +351,9 @@ if [ -z "$unpinned" ]; then
     rates+=("$(python3 -c "print(int($(median_of udpload a knot qps) / 2))")")
 fi
 for rate in "${rates[@]}"; do
-    echo; echo "== latency, A queries, udpload -Q $rate"; load_line
+    echo; echo "== latency, A queries, udpload -Q $rate${unpinned:+ -y 50}"; load_line
     for r in $(seq "$rounds"); do
-        for s in $(order "$r"); do run_udpload "fixed-$rate" a "$s" "$r" "-Q $rate"; done
+        for s in $(order "$r"); do run_udpload "fixed-$rate" a "$s" "$r" "-Q $rate${unpinned:+ -y 50}"; done
     done
 done
 

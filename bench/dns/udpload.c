@@ -7,10 +7,14 @@
  * server. udpload runs one busy-polling thread: sends leave on schedule, and every reply is
  * timed when recvmmsg returns it.
  *
- *   udpload -s ADDR -p PORT -d QUERYFILE -l SECONDS (-Q RATE | -q OUTSTANDING) [-c SOCKETS]
+ *   udpload -s ADDR -p PORT -d QUERYFILE -l SECONDS (-Q RATE | -q OUTSTANDING) [-c SOCKETS] [-y US]
  *
  * -Q RATE: open loop, RATE queries per second spread evenly over time (latency mode).
  * -q N:    closed loop, N queries outstanding (throughput mode).
+ * -y US:   with -Q, sleep between turns (in ppoll on the sockets, woken by a reply or after
+ *          at most US microseconds) instead of busy-polling: for runs where the client shares
+ *          its cores with the server, whose core a busy-polling client would take. Sends due
+ *          while it sleeps leave together when it wakes.
  * QUERYFILE is dnsperf's format ("name type" per line; A, AAAA, SRV, TXT, ANY).
  * Queries carry RD and no EDNS, like dnsperf's defaults. A query unanswered after 1 s is lost.
  *
@@ -21,6 +25,7 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <poll.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -113,10 +118,10 @@ static double percentile(uint64_t total, double frac) {
 
 int main(int argc, char **argv) {
     const char *addr = "127.0.0.1", *file = NULL;
-    int port = 53, window = 0;
+    int port = 53, window = 0, yield_us = 0;
     double seconds = 10, rate = 0;
     int opt;
-    while ((opt = getopt(argc, argv, "s:p:d:l:Q:q:c:")) != -1) {
+    while ((opt = getopt(argc, argv, "s:p:d:l:Q:q:c:y:")) != -1) {
         switch (opt) {
         case 's': addr = optarg; break;
         case 'p': port = atoi(optarg); break;
@@ -125,12 +130,14 @@ int main(int argc, char **argv) {
         case 'Q': rate = atof(optarg); break;
         case 'q': window = atoi(optarg); break;
         case 'c': nsockets = atoi(optarg); break;
+        case 'y': yield_us = atoi(optarg); break;
         default: goto usage;
         }
     }
-    if (!file || (rate <= 0) == (window <= 0) || nsockets < 1 || nsockets > MAX_SOCKETS) {
+    if (!file || (rate <= 0) == (window <= 0) || nsockets < 1 || nsockets > MAX_SOCKETS || yield_us < 0 ||
+        (yield_us > 0 && rate <= 0)) {
     usage:
-        fprintf(stderr, "usage: udpload -s ADDR -p PORT -d FILE -l SECONDS (-Q RATE | -q OUTSTANDING) [-c SOCKETS]\n");
+        fprintf(stderr, "usage: udpload -s ADDR -p PORT -d FILE -l SECONDS (-Q RATE | -q OUTSTANDING) [-c SOCKETS] [-y US]\n");
         return 2;
     }
     if (window > IDS * nsockets) window = IDS * nsockets;
@@ -253,6 +260,31 @@ int main(int argc, char **argv) {
             last_sweep = now;
             for (size_t i = 0; i < (size_t)IDS * nsockets; i++) {
                 if (sent_at[i] > 1 && now - sent_at[i] > TIMEOUT_NS) { sent_at[i] = 0; lost++; outstanding--; }
+            }
+        }
+
+        /* -y: sleep until a reply comes, the next send is due, or US have passed. A sleep
+         * that overran what was asked by 200 µs or more counts as a stall (the overrun). */
+        if (yield_us > 0) {
+            uint64_t wait = (uint64_t)yield_us * 1000;
+            if (sending) {
+                uint64_t next_due = start + (uint64_t)((double)sent * 1e9 / rate);
+                now = now_ns();
+                wait = next_due > now ? (next_due - now < wait ? next_due - now : wait) : 0;
+            }
+            if (wait > 0) {
+                struct pollfd pfd[MAX_SOCKETS];
+                for (int s = 0; s < nsockets; s++) pfd[s] = (struct pollfd){.fd = fds[s], .events = POLLIN};
+                struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)wait};
+                uint64_t before = now_ns();
+                ppoll(pfd, (nfds_t)nsockets, &ts, NULL);
+                uint64_t after = now_ns();
+                if (after - before >= wait + 200000) {
+                    uint64_t over = after - before - wait;
+                    stalls++; stall_ns += over;
+                    if (over > max_stall_ns) max_stall_ns = over;
+                }
+                last_turn = after;
             }
         }
     }
