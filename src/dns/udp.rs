@@ -209,7 +209,8 @@ fn send_one(socket: &Socket, answer: &[u8], to: SocketAddr) {
 }
 
 /// The buffers of one `recvmmsg`/`sendmmsg` pair: `BATCH` datagram buffers and their
-/// source addresses, and the kernel's message headers pointing into them.
+/// source addresses, and the kernel's message headers pointing into them (rewritten before
+/// every system call; the heap buffers they point into never move). Lives on its thread.
 struct Batch {
     buffers: Box<[[u8; DATAGRAM_MAX]]>,
     sources: Box<[libc::sockaddr_storage]>,
@@ -220,10 +221,6 @@ struct Batch {
     /// Source address length of each slot.
     source_lengths: [libc::socklen_t; BATCH],
 }
-
-// SAFETY: the raw pointers in `iovecs` and `headers` point into the batch's own heap buffers
-// (which never move) and are rewritten before every system call; nothing else reads them.
-unsafe impl Send for Batch {}
 
 impl Batch {
     fn new() -> Batch {
