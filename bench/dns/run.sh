@@ -9,7 +9,7 @@
 #
 # Pinned (the default): every server runs pinned to core 0 and every load generator to core 1
 # (taskset). Unpinned: nothing is pinned; Knot runs its default worker count (one UDP worker
-# per core), NSD one server process per core (reuseport), cairn its default (one UDP loop
+# per core), NSD one server process per core (reuseport), cairn its default (one UDP thread
 # per core), and dnsperf one thread per core — the way they are deployed, the load generator
 # sharing the cores with the server. All servers stay up for the whole run; each measurement
 # loads one of them while the others idle.
