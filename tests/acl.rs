@@ -552,3 +552,114 @@ fn a_config_watch_queries_with_its_token() {
         Duration::from_secs(15),
     );
 }
+
+#[test]
+fn a_token_expires_at_its_expiration_time_and_the_leader_deletes_it() {
+    let (agent, _dir) = acl_agent(json!({"token_min_expiration_ttl": "1s", "token_max_expiration_ttl": "1h"}));
+    let policy = ok_json(call(
+        &agent,
+        "PUT",
+        "/v1/acl/policy",
+        ROOT,
+        json!({"Name": "app-read", "Rules": r#"key_prefix "app/" { policy = "read" }"#}).to_string().as_bytes(),
+    ));
+    let create = |body: Value| call(&agent, "PUT", "/v1/acl/token", ROOT, body.to_string().as_bytes());
+    let links = json!([{"ID": policy["ID"]}]);
+
+    // Consul's rules and messages; nothing is created by a refused body.
+    let before = ok_json(call(&agent, "GET", "/v1/acl/tokens", ROOT, b"")).as_array().expect("list").len();
+    for (body, message) in [
+        (json!({"ExpirationTTL": "10s", "ExpirationTime": "2099-01-01T00:00:00Z"}), "cannot both be set".to_string()),
+        (json!({"ExpirationTTL": "2h"}), "Token Expiration TTL '2h0m0s' should be between 1s and 1h0m0s".into()),
+        (json!({"ExpirationTTL": "-5s"}), "Token Expiration TTL '-5s' should be > 0".into()),
+        (json!({"ExpirationTTL": "soon"}), "ExpirationTTL \"soon\"".into()),
+        (json!({"ExpirationTime": "2001-01-01T00:00:00Z"}), "ExpirationTime cannot be before CreateTime".into()),
+        (json!({"ExpirationTime": "2099-01-01T00:00:00Z"}), "ExpirationTime cannot be more than 1h0m0s".into()),
+        (json!({"ExpirationTime": "tomorrow"}), "not an RFC 3339 time".into()),
+    ] {
+        let r = create(body.clone());
+        assert!(r.status == 400 && r.text().contains(&message), "{body}: {} {}", r.status, r.text());
+    }
+    let after = ok_json(call(&agent, "GET", "/v1/acl/tokens", ROOT, b"")).as_array().expect("list").len();
+    assert_eq!(before, after, "a refused body created a token");
+
+    // Go's client sends the TTL in nanoseconds; an hour-long token is not touched below.
+    let long = ok_json(create(json!({"Policies": links, "ExpirationTTL": 3_600_000_000_000u64})));
+    let long_accessor = long["AccessorID"].as_str().expect("accessor").to_string();
+    assert!(long["ExpirationTime"].is_string(), "{long}");
+    let r = call(
+        &agent,
+        "PUT",
+        &format!("/v1/acl/token/{long_accessor}"),
+        ROOT,
+        json!({"ExpirationTTL": "5m"}).to_string().as_bytes(),
+    );
+    assert_eq!((r.status, r.text()), (400, format!("Cannot change expiration time of {long_accessor}")));
+    let r = call(
+        &agent,
+        "PUT",
+        &format!("/v1/acl/token/{long_accessor}"),
+        ROOT,
+        json!({"Description": "kept", "ExpirationTime": long["ExpirationTime"]}).to_string().as_bytes(),
+    );
+    assert_eq!(ok_json(r)["ExpirationTime"], long["ExpirationTime"], "repeating the time is an update");
+
+    let short = ok_json(create(json!({"Policies": links, "ExpirationTTL": "3s"})));
+    let (secret, accessor) = (
+        short["SecretID"].as_str().expect("secret").to_string(),
+        short["AccessorID"].as_str().expect("accessor").to_string(),
+    );
+    let created = time_of(&short["CreateTime"]);
+    let expires = time_of(&short["ExpirationTime"]);
+    assert_eq!(expires.duration_since(created).expect("after creation"), Duration::from_secs(3), "{short}");
+    assert_eq!(call(&agent, "PUT", "/v1/kv/app/x", ROOT, b"v").text(), "true");
+    let first = call(&agent, "GET", "/v1/kv/app/x", &secret, b"");
+    assert_eq!(first.status, 200, "{}", first.text());
+
+    // A query waiting with the token ends when it expires; afterwards every request with it
+    // is refused and the token is gone from the list.
+    let (http, index, waiting_secret) = (agent.http, first.index(), secret.clone());
+    let waiter = std::thread::spawn(move || {
+        let path = format!("/v1/kv/app/x?index={index}&wait=60s");
+        let r = http_request_with_headers(http, "GET", &path, &[("X-Consul-Token", &waiting_secret)], b"");
+        (r, std::time::SystemTime::now())
+    });
+    let (r, ended) = waiter.join().expect("waiter");
+    assert_eq!((r.status, r.text().as_str()), (403, "ACL not found"));
+    assert!(ended >= expires, "the query ended {:?} before the expiration", expires.duration_since(ended));
+    assert!(ended.duration_since(expires).expect("after") < Duration::from_secs(5), "ended long after expiring");
+    for path in ["/v1/kv/app/x", "/v1/catalog/services", "/v1/acl/token/self"] {
+        let r = call(&agent, "GET", path, &secret, b"");
+        assert_eq!((r.status, r.text().as_str()), (403, "ACL not found"), "{path}");
+    }
+    support::wait_for("the expired token deleted", Duration::from_secs(10), || {
+        (call(&agent, "GET", &format!("/v1/acl/token/{accessor}"), ROOT, b"").status == 404).then_some(())
+    });
+    let tokens = ok_json(call(&agent, "GET", "/v1/acl/tokens", ROOT, b""));
+    let accessors: Vec<&str> =
+        tokens.as_array().expect("list").iter().filter_map(|t| t["AccessorID"].as_str()).collect();
+    assert!(!accessors.contains(&accessor.as_str()) && accessors.contains(&long_accessor.as_str()), "{tokens}");
+
+    // The CLI: -expires-ttl is checked by name, and the time shown.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(support::cairn_bin())
+            .args(args)
+            .args(["-http-addr", &agent.http.to_string(), "-token", ROOT])
+            .output()
+            .expect("run cairn");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = cli(&["acl", "token", "create", "-policy-name", "app-read", "-expires-ttl", "30m"]);
+    assert!(ok && text.contains("Expiration Time:"), "{text}");
+    let (ok, text) = cli(&["acl", "token", "create", "-expires-ttl", "soon"]);
+    assert!(!ok && text.contains("expires-ttl"), "{text}");
+}
+
+fn time_of(value: &Value) -> std::time::SystemTime {
+    let text = value.as_str().unwrap_or_else(|| panic!("not a time: {value}"));
+    let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).expect("RFC 3339");
+    std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(at.unix_timestamp_nanos()).expect("after 1970"))
+}

@@ -12,6 +12,7 @@ pub mod tokens;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 pub use crate::model::acl_rules::{Access, Resource, Rules, RulesError, Scope};
 
@@ -38,6 +39,10 @@ pub struct AclConfig {
     pub enable_token_persistence: bool,
     /// How long a client agent keeps a token a server resolved for it (`token_ttl`).
     pub token_ttl: std::time::Duration,
+    /// The shortest and longest lifetime a new token may be given (`ExpirationTTL`, or
+    /// `ExpirationTime` from its creation); Consul's 1 minute and 24 hours by default.
+    pub token_min_expiration_ttl: std::time::Duration,
+    pub token_max_expiration_ttl: std::time::Duration,
 }
 
 impl Default for AclConfig {
@@ -50,6 +55,8 @@ impl Default for AclConfig {
             default_token: None,
             enable_token_persistence: false,
             token_ttl: std::time::Duration::from_secs(30),
+            token_min_expiration_ttl: std::time::Duration::from_secs(60),
+            token_max_expiration_ttl: std::time::Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -142,6 +149,28 @@ pub struct ResolvedToken {
     /// Empty when ACLs are off.
     pub accessor_id: String,
     pub authorizer: Authorizer,
+    /// When the token stops working (its `ExpirationTime`), if it expires.
+    pub expires: Option<SystemTime>,
+}
+
+impl ResolvedToken {
+    /// What every request may do while ACLs are off.
+    pub fn off() -> ResolvedToken {
+        ResolvedToken { accessor_id: String::new(), authorizer: Authorizer::off(), expires: None }
+    }
+
+    /// What `grants` amount to under `default_allow`.
+    pub fn from_grants(grants: &TokenGrants, default_allow: bool) -> ResolvedToken {
+        ResolvedToken {
+            accessor_id: grants.accessor_id.clone(),
+            authorizer: grants.authorizer(default_allow),
+            expires: grants.expires_at(),
+        }
+    }
+
+    pub fn expired(&self, now: SystemTime) -> bool {
+        self.expires.is_some_and(|at| at <= now)
+    }
 }
 
 /// What a token's policies, roles and identities amount to, gathered from the state (a
@@ -156,6 +185,9 @@ pub struct TokenGrants {
     pub rules: Vec<String>,
     pub service_identities: Vec<AclServiceIdentity>,
     pub node_identities: Vec<AclNodeIdentity>,
+    /// The token's `ExpirationTime`, so that a client agent keeps it no longer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiration_time: Option<String>,
 }
 
 impl TokenGrants {
@@ -163,7 +195,11 @@ impl TokenGrants {
     /// (those limited to other datacenters left out; links to deleted ones ignored), and its
     /// and its roles' identities.
     pub fn of(view: &ReadView<'_>, token: &AclToken, datacenter: &str) -> Result<TokenGrants, StoreError> {
-        let mut grants = TokenGrants { accessor_id: token.accessor_id.clone(), ..TokenGrants::default() };
+        let mut grants = TokenGrants {
+            accessor_id: token.accessor_id.clone(),
+            expiration_time: token.expiration_time.clone(),
+            ..TokenGrants::default()
+        };
         let mut policy_ids: Vec<String> = token.policies.iter().map(|l| l.id.clone()).collect();
         grants.service_identities.extend(token.service_identities.iter().cloned());
         grants.node_identities.extend(token.node_identities.iter().cloned());
@@ -190,6 +226,12 @@ impl TokenGrants {
         grants.service_identities.retain(|s| s.datacenters.is_empty() || s.datacenters.iter().any(|d| d == datacenter));
         grants.node_identities.retain(|n| n.datacenter.is_empty() || n.datacenter == datacenter);
         Ok(grants)
+    }
+
+    /// When the token stops working; see [`AclToken::expires_at`].
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        let token = AclToken { expiration_time: self.expiration_time.clone(), ..AclToken::default() };
+        token.expires_at()
     }
 
     /// The authorizer these grants make under `default_allow`. Rules that no longer parse
@@ -225,7 +267,7 @@ impl TokenGrants {
 /// Why a token cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum AclError {
-    /// The secret names no token (Consul's wording).
+    /// The secret names no token, or one that has expired (Consul's wording for both).
     #[error("ACL not found")]
     NotFound,
     #[error(transparent)]
@@ -249,7 +291,7 @@ pub struct AclResolver {
 
 impl AclResolver {
     pub fn new(config: AclConfig, tokens: Arc<tokens::AgentTokens>, datacenter: String, store: Store) -> AclResolver {
-        let off = Arc::new(ResolvedToken { accessor_id: String::new(), authorizer: Authorizer::off() });
+        let off = Arc::new(ResolvedToken::off());
         AclResolver { config, tokens, datacenter, store, cache: Mutex::default(), off }
     }
 
@@ -278,7 +320,8 @@ impl AclResolver {
         self.tokens.default_token().unwrap_or_else(|| ANONYMOUS_TOKEN_SECRET.to_string())
     }
 
-    /// What `secret` (the default when `None`) may do, from this replica.
+    /// What `secret` (the default when `None`) may do, from this replica. An expired token is
+    /// refused from its expiration time on, whether or not the leader has deleted it yet.
     pub fn resolve(&self, secret: Option<&str>) -> Result<Arc<ResolvedToken>, AclError> {
         if !self.config.enabled {
             return Ok(Arc::clone(&self.off));
@@ -296,14 +339,11 @@ impl AclResolver {
         let generation = self.store.acl_generation();
         if let Some((cached_generation, resolved)) = self.cached(secret) {
             if cached_generation == generation {
-                return Ok(resolved);
+                return if resolved.expired(SystemTime::now()) { Err(AclError::NotFound) } else { Ok(resolved) };
             }
         }
         let grants = self.grants(secret)?;
-        let resolved = Arc::new(ResolvedToken {
-            accessor_id: grants.accessor_id.clone(),
-            authorizer: grants.authorizer(self.config.default_allow),
-        });
+        let resolved = Arc::new(ResolvedToken::from_grants(&grants, self.config.default_allow));
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= CACHED_TOKENS_MAX {
             cache.clear();
@@ -318,10 +358,11 @@ impl AclResolver {
     }
 
     /// What `secret` is granted, read from the state: what a server answers a client agent
-    /// that resolves a token through it.
+    /// that resolves a token through it. An expired token is not found.
     pub fn grants(&self, secret: &str) -> Result<TokenGrants, AclError> {
         let view = self.store.read()?;
         let token = match view.acl_token_by_secret(secret)? {
+            Some(token) if token.expired(SystemTime::now()) => return Err(AclError::NotFound),
             Some(token) => token,
             // The anonymous token exists once ACLs are bootstrapped; before that it grants
             // nothing (the default policy decides).

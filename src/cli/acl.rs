@@ -70,6 +70,14 @@ pub struct TokenCreate {
     /// The secret to use (a UUID); generated when absent.
     #[arg(long, value_name = "UUID")]
     pub secret: Option<String>,
+    /// How long the token works (`30m`, `8h`); it never expires when absent.
+    #[arg(long = "expires-ttl", value_name = "DURATION", value_parser = expires_ttl)]
+    pub expires_ttl: Option<String>,
+}
+
+/// A token lifetime as the server takes it: a Go duration.
+fn expires_ttl(text: &str) -> Result<String, String> {
+    crate::model::parse_duration(text).map(|_| text.to_string())
 }
 
 #[derive(clap::Args, Debug)]
@@ -130,6 +138,9 @@ pub fn run(command: AclCommand) -> Result<(), CliError> {
             });
             if let Some(secret) = &a.secret {
                 body["SecretID"] = json!(secret);
+            }
+            if let Some(ttl) = &a.expires_ttl {
+                body["ExpirationTTL"] = json!(ttl);
             }
             let token = put_json(&Client::new(&a.out.client)?, "/v1/acl/token", Some(&body))?;
             show(&a.out, &token, print_token);
@@ -231,6 +242,9 @@ fn print_token(token: &Value) {
     println!("Description:      {}", text(&token["Description"]));
     println!("Local:            {}", token["Local"].as_bool().unwrap_or(false));
     println!("Create Time:      {}", text(&token["CreateTime"]));
+    if let Some(at) = token["ExpirationTime"].as_str() {
+        println!("Expiration Time:  {at}");
+    }
     let policies: Vec<&Value> = token["Policies"].as_array().into_iter().flatten().collect();
     if !policies.is_empty() {
         println!("Policies:");

@@ -24,6 +24,7 @@ pub mod rpc;
 mod serve;
 mod session_ttl;
 mod state_machine;
+mod token_expiry;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -396,6 +397,7 @@ impl Cluster {
         if cluster.config.server {
             tasks.spawn(membership::run(cluster.clone(), shutdown.clone()));
             tasks.spawn(session_ttl::run(cluster.clone(), shutdown.clone()));
+            tasks.spawn(token_expiry::run(cluster.clone(), shutdown.clone()));
             // 1 s at the default timing, a little over the leader lease: a leader whose disk
             // takes longer than that for one write is slower than an election.
             let stall = Duration::from_millis(10 * unit);

@@ -429,6 +429,8 @@ fn decode_acl(
     section.set("enabled", &mut acl.enabled, decode_bool)?;
     section.set("default_policy", &mut acl.default_allow, decode_default_policy)?;
     section.set("token_ttl", &mut acl.token_ttl, decode_duration)?;
+    section.set("token_min_expiration_ttl", &mut acl.token_min_expiration_ttl, decode_duration)?;
+    section.set("token_max_expiration_ttl", &mut acl.token_max_expiration_ttl, decode_duration)?;
     section.set("enable_token_persistence", &mut acl.enable_token_persistence, decode_bool)?;
     if let Some(mut tokens) = section.section("tokens")? {
         // `master` is the older name of `initial_management`, which wins when both are set.

@@ -639,6 +639,11 @@ impl Config {
                  certificates must chain to: set tls.defaults.ca_file",
             );
         }
+        if self.acl.token_min_expiration_ttl.is_zero()
+            || self.acl.token_max_expiration_ttl < self.acl.token_min_expiration_ttl
+        {
+            return invalid("acl.token_min_expiration_ttl must be above 0 and at most acl.token_max_expiration_ttl");
+        }
         if self.dev && !self.server {
             return invalid("-dev runs a single server: remove \"server\": false");
         }

@@ -898,11 +898,16 @@ fn acl_section_and_consuls_older_keys_are_decoded() {
         DATA_DIR,
         r#"{"acl_master_token": "old-root", "acl_token": "old-default",
         "acl": {"enabled": true, "default_policy": "deny", "token_ttl": "5s", "enable_token_persistence": true,
+                "token_min_expiration_ttl": "10s", "token_max_expiration_ttl": "720h",
                 "tokens": {"initial_management": "root", "agent": "agent-t", "default": "anon-t"}}}"#,
     ]);
     let acl = config.acl;
     assert!(acl.enabled && !acl.default_allow && acl.enable_token_persistence);
     assert_eq!(acl.token_ttl, Duration::from_secs(5));
+    assert_eq!(
+        (acl.token_min_expiration_ttl, acl.token_max_expiration_ttl),
+        (Duration::from_secs(10), Duration::from_secs(720 * 3600))
+    );
     assert_eq!(acl.initial_management.as_deref(), Some("root"));
     assert_eq!(acl.agent_token.as_deref(), Some("agent-t"));
     assert_eq!(acl.default_token.as_deref(), Some("anon-t"));
@@ -919,6 +924,9 @@ fn acl_section_and_consuls_older_keys_are_decoded() {
         (r#"{"acl": {"tokens": {"defualt": "x"}}}"#, "acl.tokens.defualt"),
         (r#"{"acl": {"tokens": {"default": ""}}}"#, "acl.tokens.default"),
         (r#"{"acl": {"enable_token_persistence": "yes"}}"#, "acl.enable_token_persistence"),
+        (r#"{"acl": {"token_min_expiration_ttl": "0s"}}"#, "acl.token_min_expiration_ttl must be above 0"),
+        (r#"{"acl": {"token_max_expiration_ttl": "30s"}}"#, "at most acl.token_max_expiration_ttl"),
+        (r#"{"acl": {"token_max_expiration_ttl": "a day"}}"#, "acl.token_max_expiration_ttl"),
         (r#"{"dns_config": {"rate_limit": {"ipv4_prefix_length": 33}}}"#, "dns_config.rate_limit.ipv4_prefix_length"),
         (r#"{"dns_config": {"rate_limit": {"burst": 1}}}"#, "burst"),
     ] {

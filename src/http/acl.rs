@@ -8,13 +8,18 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
+use std::time::{Duration, SystemTime};
 
 use super::acl_gate::{acl_error, RequestAcl};
 use super::body::{decode_json_or_default, read_limited};
 use super::query::Query;
 use super::{ApiError, Ctx};
 use crate::acl::{Access, Rules, Scope};
-use crate::model::acl::{valid_acl_name, AclLink, AclNodeIdentity, AclPolicy, AclRole, AclServiceIdentity, AclToken};
+use crate::model::acl::{
+    format_rfc3339, parse_rfc3339, valid_acl_name, AclLink, AclNodeIdentity, AclPolicy, AclRole, AclServiceIdentity,
+    AclToken,
+};
+use crate::model::{format_duration, parse_duration};
 use crate::model::{Command, CommandResult};
 use crate::store::{ReadView, StoreError, Table};
 
@@ -93,7 +98,7 @@ pub async fn bootstrap(ctx: Ctx) -> Result<Response, ApiError> {
 }
 
 fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    format_rfc3339(SystemTime::now())
 }
 
 /// A token in a request body (unknown fields ignored, as Consul).
@@ -110,6 +115,85 @@ struct TokenBody {
     service_identities: Option<Vec<AclServiceIdentity>>,
     node_identities: Option<Vec<AclNodeIdentity>>,
     local: bool,
+    /// RFC 3339.
+    expiration_time: Option<String>,
+    /// A Go duration (`"1h"`), or nanoseconds as Consul's Go client sends it.
+    #[serde(rename = "ExpirationTTL")]
+    expiration_ttl: Option<serde_json::Value>,
+}
+
+impl TokenBody {
+    /// `ExpirationTTL` as a duration; `None` when absent or zero (no expiration).
+    fn ttl(&self) -> Result<Option<Duration>, ApiError> {
+        let bad = |shown: &str| ApiError::BadRequest(format!("Token Expiration TTL '{shown}' should be > 0"));
+        let ttl = match &self.expiration_ttl {
+            None | Some(serde_json::Value::Null) => return Ok(None),
+            Some(serde_json::Value::String(text)) if text.starts_with('-') => return Err(bad(text)),
+            Some(serde_json::Value::String(text)) => {
+                parse_duration(text).map_err(|why| ApiError::BadRequest(format!("ExpirationTTL {text:?}: {why}")))?
+            }
+            Some(serde_json::Value::Number(n)) => match n.as_u64() {
+                Some(nanos) => Duration::from_nanos(nanos),
+                None => return Err(bad(&n.to_string())),
+            },
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "ExpirationTTL must be a duration such as \"1h\", got {other}"
+                )))
+            }
+        };
+        Ok((!ttl.is_zero()).then_some(ttl))
+    }
+
+    /// `ExpirationTime` as a time; `None` when absent.
+    fn time(&self) -> Result<Option<SystemTime>, ApiError> {
+        match self.expiration_time.as_deref().filter(|t| !t.is_empty()) {
+            None => Ok(None),
+            Some(text) => parse_rfc3339(text)
+                .map(Some)
+                .ok_or_else(|| ApiError::BadRequest(format!("ExpirationTime {text:?} is not an RFC 3339 time"))),
+        }
+    }
+
+    /// The expiration of a token created at `created` from this body, checked against the
+    /// configured bounds (Consul's rules and messages).
+    fn expiration(&self, ctx: &Ctx, created: SystemTime) -> Result<Option<String>, ApiError> {
+        let config = ctx.acl.config();
+        let (min, max) = (config.token_min_expiration_ttl, config.token_max_expiration_ttl);
+        let at = match (self.ttl()?, self.time()?) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return Err(ApiError::BadRequest("Expiration TTL and Expiration Time cannot both be set".into()))
+            }
+            (Some(ttl), None) => {
+                if ttl < min || ttl > max {
+                    return Err(ApiError::BadRequest(format!(
+                        "Token Expiration TTL '{}' should be between {} and {}",
+                        format_duration(ttl),
+                        format_duration(min),
+                        format_duration(max)
+                    )));
+                }
+                created + ttl
+            }
+            (None, Some(at)) => {
+                let Ok(lifetime) = at.duration_since(created) else {
+                    return Err(ApiError::BadRequest("ExpirationTime cannot be before CreateTime".into()));
+                };
+                let (bound, side) = match lifetime {
+                    l if l > max => (max, "more"),
+                    l if l < min => (min, "less"),
+                    _ => return Ok(Some(format_rfc3339(at))),
+                };
+                return Err(ApiError::BadRequest(format!(
+                    "ExpirationTime cannot be {side} than {} in the future (was {})",
+                    format_duration(bound),
+                    format_duration(lifetime)
+                )));
+            }
+        };
+        Ok(Some(format_rfc3339(at)))
+    }
 }
 
 /// A request body, where an empty one means every field at its default.
@@ -161,6 +245,8 @@ pub async fn token_create(ctx: Ctx, acl: RequestAcl, headers: HeaderMap, body: B
     if !b.accessor_id.is_empty() && ctx.store.read()?.acl_token(&b.accessor_id)?.is_some() {
         return Err(ApiError::BadRequest("Invalid Token: AccessorID is already in use".into()));
     }
+    let created = SystemTime::now();
+    let expiration_time = b.expiration(&ctx, created)?;
     let token = AclToken {
         accessor_id: if b.accessor_id.is_empty() { new_id() } else { b.accessor_id },
         secret_id: if b.secret_id.is_empty() { new_id() } else { b.secret_id },
@@ -170,7 +256,8 @@ pub async fn token_create(ctx: Ctx, acl: RequestAcl, headers: HeaderMap, body: B
         service_identities: b.service_identities.unwrap_or_default(),
         node_identities: b.node_identities.unwrap_or_default(),
         local: b.local,
-        create_time: now_rfc3339(),
+        create_time: format_rfc3339(created),
+        expiration_time,
         ..AclToken::default()
     };
     store_token(&ctx, &acl, token).await
@@ -192,6 +279,14 @@ pub async fn token_update(
     let old = ctx.store.read()?.acl_token(&accessor)?.ok_or_else(|| ApiError::NotFound("ACL not found".into()))?;
     if !b.secret_id.is_empty() && b.secret_id != old.secret_id {
         return Err(ApiError::BadRequest("Changing a token's SecretID is not permitted".into()));
+    }
+    // The expiration is fixed at creation; a body may repeat it, not change it.
+    let same_expiration = match b.time()? {
+        None => true,
+        Some(at) => old.expires_at() == Some(at),
+    };
+    if b.ttl()?.is_some() || !same_expiration {
+        return Err(ApiError::BadRequest(format!("Cannot change expiration time of {accessor}")));
     }
     let token = AclToken {
         description: b.description.unwrap_or(old.description.clone()),

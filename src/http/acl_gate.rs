@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
@@ -73,7 +73,7 @@ impl RequestAcl {
 
     /// ACLs off.
     pub fn off() -> RequestAcl {
-        RequestAcl::new(Arc::new(ResolvedToken { accessor_id: String::new(), authorizer: Authorizer::off() }), None)
+        RequestAcl::new(Arc::new(ResolvedToken::off()), None)
     }
 
     /// What the token may do now.
@@ -313,7 +313,11 @@ impl HttpContext {
             let tokens = self.remote_tokens.tokens.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((at, token)) = tokens.get(&secret) {
                 if at.elapsed() < ttl {
-                    return Ok(Arc::clone(token));
+                    return if token.expired(SystemTime::now()) {
+                        Err(acl_error(AclError::NotFound))
+                    } else {
+                        Ok(Arc::clone(token))
+                    };
                 }
             }
         }
@@ -335,10 +339,10 @@ impl HttpContext {
         }
         let grants: TokenGrants = serde_json::from_slice(&body)
             .map_err(|e| ApiError::Internal(format!("a server's answer about an ACL token is unreadable: {e}")))?;
-        let token = Arc::new(ResolvedToken {
-            accessor_id: grants.accessor_id.clone(),
-            authorizer: grants.authorizer(self.acl.config().default_allow),
-        });
+        let token = Arc::new(ResolvedToken::from_grants(&grants, self.acl.config().default_allow));
+        if token.expired(SystemTime::now()) {
+            return Err(acl_error(AclError::NotFound));
+        }
         let mut tokens = self.remote_tokens.tokens.lock().unwrap_or_else(|p| p.into_inner());
         if tokens.len() >= REMOTE_TOKENS_MAX {
             tokens.clear();

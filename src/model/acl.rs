@@ -66,8 +66,39 @@ pub struct AclToken {
     pub local: bool,
     /// RFC 3339, set when created.
     pub create_time: String,
+    /// RFC 3339: from then on the token is refused, and the leader deletes it. Set when
+    /// created (from `ExpirationTTL` or given), never changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiration_time: Option<String>,
     pub create_index: u64,
     pub modify_index: u64,
+}
+
+impl AclToken {
+    /// When the token stops working, if it expires. A time that does not parse (none can be
+    /// stored through the API) counts as already past: a token is never kept by mistake.
+    pub fn expires_at(&self) -> Option<std::time::SystemTime> {
+        let text = self.expiration_time.as_deref()?;
+        Some(parse_rfc3339(text).unwrap_or(std::time::UNIX_EPOCH))
+    }
+
+    pub fn expired(&self, now: std::time::SystemTime) -> bool {
+        self.expires_at().is_some_and(|at| at <= now)
+    }
+}
+
+/// An RFC 3339 time as Consul writes them (`2026-12-07T10:00:00Z`, fractions and offsets
+/// allowed).
+pub fn parse_rfc3339(text: &str) -> Option<std::time::SystemTime> {
+    let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    let nanos = at.unix_timestamp_nanos();
+    let since_epoch = std::time::Duration::from_nanos(u64::try_from(nanos).ok()?);
+    Some(std::time::UNIX_EPOCH + since_epoch)
+}
+
+/// `at` in RFC 3339, UTC.
+pub fn format_rfc3339(at: std::time::SystemTime) -> String {
+    time::OffsetDateTime::from(at).format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
