@@ -132,8 +132,29 @@ fn https_serves_the_api_and_the_cli_checks_the_agent_certificate() {
         .output()
         .expect("run");
     assert!(ok(by_env).contains("test-node"));
+    // CONSUL_HTTP_SSL_VERIFY=false: the certificate is not checked (a lab's last resort).
+    let unchecked = Command::new(cairn_bin())
+        .args(["members", "-http-addr", &addr])
+        .env("CONSUL_HTTP_SSL_VERIFY", "false")
+        .output()
+        .expect("run");
+    assert!(ok(unchecked).contains("test-node"));
     // Plain HTTP keeps working beside it.
     assert_eq!(agent.get("/v1/status/leader").status, 200);
+    // The server RPC with a certificate but without verify_incoming (the step between off and
+    // enforced): TLS and plain text are both answered.
+    let rpc = rpc_address(&agent);
+    let hello = hello_to(&agent);
+    let mut over_tls = rpc_connect(&lab, rpc, "dc1-cli-consul-0");
+    let mut plain = TcpStream::connect(rpc).expect("connect");
+    plain.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    for stream in [&mut over_tls as &mut dyn ReadWrite, &mut plain] {
+        assert_eq!(rpc_call(stream, &hello), serde_json::json!("Hello"));
+        assert_eq!(
+            rpc_call(stream, &serde_json::json!("Status")),
+            serde_json::json!({"Status": {"initialized": true}})
+        );
+    }
 }
 
 /// Makes a client certificate for `cn` signed by the lab's CA, valid `from`..`until`.
@@ -245,7 +266,7 @@ fn rpc_connect(lab: &Lab, rpc: SocketAddr, cert: &str) -> rustls::StreamOwned<ru
 }
 
 /// One server-RPC request (a frame without a blob) and the JSON of its answer.
-fn rpc_call(stream: &mut impl ReadWrite, request: &serde_json::Value) -> serde_json::Value {
+fn rpc_call(stream: &mut (impl ReadWrite + ?Sized), request: &serde_json::Value) -> serde_json::Value {
     let json = request.to_string().into_bytes();
     let mut frame = vec![1u8];
     frame.extend((json.len() as u32).to_be_bytes());
@@ -259,6 +280,26 @@ fn rpc_call(stream: &mut impl ReadWrite, request: &serde_json::Value) -> serde_j
     let mut body = vec![0u8; json_len + blob_len];
     stream.read_exact(&mut body).expect("answer");
     serde_json::from_slice(&body[..json_len]).expect("JSON answer")
+}
+
+/// Where `agent` serves the server RPC, from its log.
+fn rpc_address(agent: &Agent) -> SocketAddr {
+    agent
+        .log()
+        .lines()
+        .find_map(|l| l.split("server RPC listening addr=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .expect("the RPC address in the log")
+}
+
+/// The first frame of a server-RPC connection to `agent`.
+fn hello_to(agent: &Agent) -> serde_json::Value {
+    let node_id = agent.get("/v1/agent/self").json()["Config"]["NodeID"].as_str().expect("id").replace('-', "");
+    let uuid: [u8; 16] = (0..16)
+        .map(|i| u8::from_str_radix(&node_id[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect::<Vec<u8>>()
+        .try_into()
+        .expect("16 bytes");
+    serde_json::json!({"Hello": {"cluster": "dc1", "from": 4242, "to": cairn::cluster::raft_node_id(uuid)}})
 }
 
 trait ReadWrite: Read + Write {}
@@ -413,22 +454,11 @@ fn servers_replicate_over_mutual_tls_and_refuse_a_server_without_it() {
     });
     assert_eq!(servers[0].get("/v1/kv/from-client?raw").text(), "tls");
 
-    let rpc: SocketAddr = servers[0]
-        .log()
-        .lines()
-        .find_map(|l| l.split("server RPC listening addr=").nth(1)?.split_whitespace().next()?.parse().ok())
-        .expect("the RPC address in the log");
+    let rpc = rpc_address(&servers[0]);
     // The client's certificate is the CA's but names no server: with verify_server_hostname
     // it may ask what agents ask, never speak Raft or forward a write past the ACL checks.
-    let node_id = servers[0].get("/v1/agent/self").json()["Config"]["NodeID"].as_str().expect("id").replace('-', "");
-    let uuid: [u8; 16] = (0..16)
-        .map(|i| u8::from_str_radix(&node_id[2 * i..2 * i + 2], 16).expect("hex"))
-        .collect::<Vec<u8>>()
-        .try_into()
-        .expect("16 bytes");
-    let to = cairn::cluster::raft_node_id(uuid);
     let mut as_client = rpc_connect(&lab, rpc, "dc1-client-consul-0");
-    let hello = serde_json::json!({"Hello": {"cluster": "dc1", "from": 4242, "to": to}});
+    let hello = hello_to(&servers[0]);
     assert_eq!(rpc_call(&mut as_client, &hello), serde_json::json!("Hello"));
     assert_eq!(
         rpc_call(&mut as_client, &serde_json::json!("Status")),
