@@ -379,7 +379,9 @@ fn a_client_agent_resolves_tokens_through_its_server_and_uses_its_default_token(
     let server_config = dir.path().join("server.json");
     std::fs::write(
         &server_config,
-        json!({"acl": {"enabled": true, "default_policy": "deny", "tokens": {"initial_management": ROOT}}}).to_string(),
+        json!({"acl": {"enabled": true, "default_policy": "deny", "token_min_expiration_ttl": "1s",
+                       "tokens": {"initial_management": ROOT}}})
+        .to_string(),
     )
     .expect("write");
     let mut server_args = agent_args("s1", dir.path(), Some(1), None);
@@ -487,6 +489,19 @@ fn a_client_agent_resolves_tokens_through_its_server_and_uses_its_default_token(
     });
     let kept = std::fs::read_to_string(dir.path().join("c2").join("acl-tokens.json")).expect("persisted tokens");
     assert!(kept.contains(c2_agent), "{kept}");
+
+    // c2 keeps resolved tokens for 30 s (the default token_ttl), but never past their
+    // expiration time.
+    let policy = ok_json(call(&server, "GET", "/v1/acl/policy/name/deployer", ROOT, b""));
+    let body = json!({"Policies": [{"ID": policy["ID"]}], "ExpirationTTL": "2s"}).to_string();
+    let expiring = ok_json(call(&server, "PUT", "/v1/acl/token", ROOT, body.as_bytes()));
+    let secret = expiring["SecretID"].as_str().expect("secret");
+    assert_eq!(call(&c2, "GET", "/v1/agent/services", secret, b"").status, 200, "resolved and kept");
+    let started = Instant::now();
+    support::wait_for("c2 to refuse the expired token", Duration::from_secs(8), || {
+        (call(&c2, "GET", "/v1/agent/services", secret, b"").status == 403).then_some(())
+    });
+    assert!(started.elapsed() < Duration::from_secs(8), "refused by its expiration, not by token_ttl");
 }
 
 #[test]
