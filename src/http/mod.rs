@@ -15,7 +15,9 @@ mod catalog;
 mod coordinate;
 mod error;
 mod event;
+mod fanout;
 mod forward;
+mod h1;
 mod health;
 mod internal_ui;
 mod kv;
@@ -275,10 +277,7 @@ async fn measure(
     next: axum::middleware::Next,
 ) -> Response {
     let started = std::time::Instant::now();
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let matched = request.extensions().get::<axum::extract::MatchedPath>().cloned();
     // Known methods only: a label per made-up method would let clients grow the metrics.
     let method = match *request.method() {
         Method::GET => "GET",
@@ -290,8 +289,13 @@ async fn measure(
         Method::PATCH => "PATCH",
         _ => "other",
     };
-    let response = next.run(request).await;
-    ctx.metrics.http_request(&route, method, response.status().as_u16(), started.elapsed());
+    let mut response = next.run(request).await;
+    let route = matched.as_ref().map_or("unmatched", axum::extract::MatchedPath::as_str);
+    ctx.metrics.http_request(route, method, response.status().as_u16(), started.elapsed());
+    // Requests answered together with this one are counted under the same route (`h1`).
+    if let Some(matched) = matched {
+        response.extensions_mut().insert(matched);
+    }
     response
 }
 

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use super::acl_gate::RequestAcl;
 use super::error::ApiError;
+use super::fanout::GroupWake;
 use super::HttpContext;
 use crate::config::parse_duration;
 use crate::filter::Filter;
@@ -42,6 +43,8 @@ pub struct Query {
     pub filter: Option<Arc<Filter>>,
     /// The request's ACL token (ACLs off when parsed with [`Query::parse`] alone).
     pub acl: RequestAcl,
+    /// Set when identical blocking queries may join this one while it waits (`h1`).
+    pub group: Option<Arc<GroupWake>>,
 }
 
 impl Query {
@@ -124,6 +127,7 @@ impl FromRequestParts<Arc<HttpContext>> for Query {
         let mut q = Query::parse(parts.uri.query(), &ctx.identity.datacenter)?;
         q.path = parts.uri.path().to_string();
         q.acl = parts.extensions.get::<RequestAcl>().cloned().unwrap_or_else(RequestAcl::off);
+        q.group = parts.extensions.get::<Arc<GroupWake>>().cloned();
         Ok(q)
     }
 }
@@ -245,18 +249,31 @@ impl HttpContext {
         // Not kept while waiting: 10,000 waiting queries would each hold an answer that no
         // one will be sent (a few hundred MB when answers are large).
         drop(first);
+        // Identical queries may join this one only while it waits, so that whatever it
+        // answers them is read after they came (`fanout`).
+        let group = q.group.as_deref();
+        let reading = || group.inspect(|g| g.reading());
+        group.inspect(|g| g.waiting());
         loop {
             tokio::select! {
                 wake = subscription.changed() => {
+                    reading();
                     let answer = subscription.shared(&key, wake, answer_now)?;
                     if answer.index > q.index {
                         return Ok(self.respond(&answer));
                     }
+                    group.inspect(|g| g.waiting());
                 }
                 // Revoked: refused. Still valid: the next answer follows its current rules.
                 _ = acl_change(&mut acl_changes) => q.acl.refresh(self.resolve_token(q.acl.secret()).await?),
-                _ = tokio::time::sleep_until(deadline) => return Ok(self.respond(&answer_now()?)),
-                _ = self.shutdown.cancelled() => return Ok(self.respond(&answer_now()?)),
+                _ = tokio::time::sleep_until(deadline) => {
+                    reading();
+                    return Ok(self.respond(&answer_now()?));
+                }
+                _ = self.shutdown.cancelled() => {
+                    reading();
+                    return Ok(self.respond(&answer_now()?));
+                }
             }
         }
     }

@@ -13,7 +13,10 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use super::fanout::FanOut;
+use super::h1::H1;
 use super::{router, HttpContext};
 use crate::per_address::PerAddress;
 use crate::refusals::Refusals;
@@ -75,7 +78,16 @@ pub async fn serve(
     drain: Duration,
     tls: Option<Arc<TlsServer>>,
 ) {
-    let service = TowerToHyperService::new(router(ctx.clone()));
+    let app = router(ctx.clone());
+    let service = TowerToHyperService::new(app.clone());
+    let h1 = Arc::new(H1 {
+        router: app,
+        ctx: Arc::clone(&ctx),
+        fanout: FanOut::default(),
+        header_timeout: ctx.limits.http_header_read_timeout,
+        shutdown: shutdown.clone(),
+    });
+    let connections = TaskTracker::new();
     // HTTP/1.1 only, as Consul serves plain-text clients: cleartext h2 would let one
     // connection carry many concurrent requests past the per-client connection limit.
     let mut builder = Builder::new(TokioExecutor::new()).http1_only();
@@ -129,16 +141,12 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let (acceptor, builder, service, watcher) =
             (tls.as_ref().map(|t| t.acceptor()), Arc::clone(&builder), service.clone(), graceful.watcher());
-        tokio::spawn(async move {
-            // hyper waits for a client's first bytes with no deadline of its own (its header
-            // timeout starts after them): a client that connects and stays silent is closed
-            // here after limits.http_header_read_timeout, as one that stops mid-headers is.
+        let h1 = Arc::clone(&h1);
+        connections.spawn(async move {
+            // Plain text: cairn's own loop, which hands the connection to hyper at the first
+            // request it does not serve itself (`h1`).
             let Some(acceptor) = acceptor else {
-                if matches!(tokio::time::timeout(header_timeout, stream.peek(&mut [0u8; 1])).await, Ok(Ok(1..))) {
-                    serve_one(&builder, stream, service, watcher, peer).await;
-                } else {
-                    tracing::debug!(client = %peer, "HTTP connection sent nothing in time; closed");
-                }
+                h1.serve(stream, peer, |io| async move { serve_one(&builder, io, service, watcher, peer).await }).await;
                 drop(slot);
                 return;
             };
@@ -164,8 +172,13 @@ pub async fn serve(
         });
     }
     drop(listener);
+    connections.close();
+    let drained = async {
+        graceful.shutdown().await;
+        connections.wait().await;
+    };
     tokio::select! {
-        _ = graceful.shutdown() => tracing::debug!("HTTP connections drained"),
+        _ = drained => tracing::debug!("HTTP connections drained"),
         _ = tokio::time::sleep(drain) => tracing::warn!(?drain, "HTTP drain timed out; closing remaining connections"),
     }
 }

@@ -1,0 +1,601 @@
+//! cairn's own HTTP/1.1 loop for plain-text connections. It serves the requests that make up
+//! almost all of a watcher's traffic — `GET` without a body — through the same router as
+//! hyper, writing each response as one `writev`; identical blocking queries are answered
+//! together ([`super::fanout`]). At the first request it does not serve itself (a body, an
+//! upgrade, `HEAD`, `Expect`, the streaming monitor) it hands the connection to hyper, the
+//! bytes it has read included, so every other request keeps hyper's full HTTP/1.1.
+//!
+//! Kept from hyper's behaviour: each request head must arrive within
+//! `limits.http_header_read_timeout` of when it is awaited (an idle keep-alive connection is
+//! closed after it too), at most 100 headers and hyper's 408 KiB of head (431 past them),
+//! 400 for a malformed head; pipelined requests are answered in order; `Connection: close`
+//! and HTTP/1.0 close after the answer; at shutdown an idle connection closes and a busy one
+//! after its answer.
+
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, HttpBody as _};
+use axum::extract::MatchedPath;
+use axum::http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use super::fanout::{self, Delivery, Encoded, FanOut, GroupWake, Role};
+use super::HttpContext;
+
+/// hyper's defaults, so that what hyper took this loop takes too.
+const MAX_HEADERS: usize = 100;
+const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
+/// The read buffer's first size (it grows only for long heads).
+const READ_BYTES: usize = 4096;
+
+/// What the loop needs, shared by every plain-text connection.
+pub(super) struct H1 {
+    pub router: axum::Router,
+    pub ctx: Arc<HttpContext>,
+    pub fanout: FanOut,
+    pub header_timeout: Duration,
+    pub shutdown: CancellationToken,
+}
+
+/// A request head this loop serves itself.
+struct Served {
+    request: Request<Body>,
+    /// Close after the answer (`Connection: close`, HTTP/1.0).
+    close: bool,
+    /// What makes this request's answer the same as another's, for a blocking query on a
+    /// keep-alive connection.
+    group_key: Option<Vec<u8>>,
+}
+
+enum Head {
+    Served(Box<Served>),
+    /// Not for this loop: hyper takes the connection from this request on.
+    HandOff,
+    /// Answer this status and close.
+    Refuse(StatusCode),
+}
+
+/// Why the loop stopped reading.
+enum Stop {
+    /// The client closed, went silent past the timeout, or the agent drains.
+    Close,
+    /// Hand the connection and the bytes read to hyper.
+    HandOff,
+}
+
+impl H1 {
+    /// Serves `stream` until it closes; `hand_off` serves the rest of a connection with hyper.
+    pub async fn serve<F, Fut>(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, hand_off: F)
+    where
+        F: FnOnce(Prefixed) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let stream = Arc::new(stream);
+        let mut buf = BytesMut::with_capacity(READ_BYTES);
+        let stop = self.serve_requests(&stream, &mut buf, peer).await;
+        if let Stop::HandOff = stop {
+            match Arc::try_unwrap(stream) {
+                Ok(stream) => hand_off(Prefixed { prefix: buf.freeze(), stream }).await,
+                Err(_) => tracing::warn!(client = %peer, "HTTP connection still shared at hand-off; closed"),
+            }
+        }
+    }
+
+    async fn serve_requests(&self, stream: &Arc<TcpStream>, buf: &mut BytesMut, peer: SocketAddr) -> Stop {
+        loop {
+            let head = match self.read_head(stream, buf).await {
+                Ok(Some(head)) => head,
+                Ok(None) => return Stop::Close,
+                Err(status) => {
+                    let _ = write_all(stream, &simple_response(status).slices_from(0)).await;
+                    return Stop::Close;
+                }
+            };
+            let served = match head {
+                Head::Served(served) => served,
+                Head::HandOff => return Stop::HandOff,
+                Head::Refuse(status) => {
+                    tracing::debug!(client = %peer, %status, "HTTP request refused before routing");
+                    let _ = write_all(stream, &simple_response(status).slices_from(0)).await;
+                    return Stop::Close;
+                }
+            };
+            let Served { request, close, group_key } = *served;
+            let version = request.version();
+            let result = match group_key {
+                Some(key) => self.answer_grouped(stream, key, request).await,
+                None => self.answer(stream, request, version, close).await,
+            };
+            if result.is_err() || close || self.shutdown.is_cancelled() {
+                return Stop::Close;
+            }
+        }
+    }
+
+    /// Reads until `buf` holds a whole request head and says what to do with it; `None` when
+    /// the connection closes (or times out, or the agent drains) between requests. The head's
+    /// bytes are consumed from `buf` only when the loop serves the request itself.
+    async fn read_head(&self, stream: &TcpStream, buf: &mut BytesMut) -> Result<Option<Head>, StatusCode> {
+        let deadline = tokio::time::Instant::now() + self.header_timeout;
+        loop {
+            if !buf.is_empty() {
+                if let Some(head) = parse(buf)? {
+                    return Ok(Some(head));
+                }
+                if buf.len() >= MAX_HEAD_BYTES {
+                    return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+                }
+            }
+            let idle = buf.is_empty();
+            tokio::select! {
+                ready = stream.readable() => if ready.is_err() { return Ok(None) },
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::debug!("HTTP request head not received within limits.http_header_read_timeout; closed");
+                    return Ok(None);
+                }
+                _ = self.shutdown.cancelled(), if idle => return Ok(None),
+            }
+            buf.reserve(READ_BYTES.min(MAX_HEAD_BYTES.saturating_sub(buf.len())).max(1));
+            match stream.try_read_buf(buf) {
+                Ok(0) => return Ok(None),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    /// Runs `request` through the router and writes its response.
+    async fn answer(
+        &self,
+        stream: &TcpStream,
+        request: Request<Body>,
+        version: Version,
+        close: bool,
+    ) -> std::io::Result<()> {
+        let response = self.route(request).await;
+        let (parts, body) = response.into_parts();
+        let bodiless = matches!(parts.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+        if bodiless || body.size_hint().exact().is_some() {
+            let body = if bodiless { Bytes::new() } else { collect(body).await? };
+            let head = encode_head(&parts, Some(body.len()), version, close, bodiless);
+            return write_all(stream, &[IoSlice::new(&head), IoSlice::new(&body)]).await;
+        }
+        // A stream of unknown length: chunked (HTTP/1.0: until the connection closes).
+        let chunked = version != Version::HTTP_10;
+        let head = encode_head(&parts, None, version, close || !chunked, false);
+        write_all(stream, &[IoSlice::new(&head)]).await?;
+        let mut body = body;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(std::io::Error::other)?;
+            let Ok(data) = frame.into_data() else { continue };
+            if data.is_empty() {
+                continue;
+            }
+            if chunked {
+                let size = format!("{:x}\r\n", data.len());
+                write_all(stream, &[IoSlice::new(size.as_bytes()), IoSlice::new(&data), IoSlice::new(b"\r\n")]).await?;
+            } else {
+                write_all(stream, &[IoSlice::new(&data)]).await?;
+            }
+        }
+        if chunked {
+            write_all(stream, &[IoSlice::new(b"0\r\n\r\n")]).await?;
+        }
+        if !chunked {
+            // Close-delimited: the caller closes.
+            return Err(std::io::Error::other("HTTP/1.0 body ended by closing"));
+        }
+        Ok(())
+    }
+
+    /// A blocking query that may share its answer with identical ones.
+    async fn answer_grouped(
+        &self,
+        stream: &Arc<TcpStream>,
+        key: Vec<u8>,
+        request: Request<Body>,
+    ) -> std::io::Result<()> {
+        let arrived = Instant::now();
+        let permit = || self.ctx.blocking_permits.clone().try_acquire_owned().ok();
+        match self.fanout.enter(key.clone(), stream, permit) {
+            Role::Alone => self.answer(stream, request, Version::HTTP_11, false).await,
+            Role::Joined(answer) => {
+                let delivery = answer.await.unwrap_or(Delivery::Failed);
+                if let Delivery::Sent(encoded) | Delivery::Rest { encoded, .. } = &delivery {
+                    self.ctx.metrics.http_request(&encoded.route, "GET", encoded.status, arrived.elapsed());
+                }
+                deliver_rest(stream, delivery).await
+            }
+            Role::Lead(wake) => {
+                // Members are never left waiting: if this future is dropped (a panic in a
+                // handler), the guard closes the group and they close their connections.
+                let guard = LeadGuard { fanout: &self.fanout, key: &key, wake: &wake };
+                let mut request = request;
+                request.extensions_mut().insert(Arc::clone(&wake));
+                let response = self.route(request).await;
+                let (parts, body) = response.into_parts();
+                let route = parts.extensions.get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str);
+                let bodiless = matches!(parts.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+                let encoded = match body.size_hint().exact() {
+                    Some(_) if !bodiless => match collect(body).await {
+                        Ok(body) => Some(Arc::new(Encoded {
+                            head: encode_head(&parts, Some(body.len()), Version::HTTP_11, false, false),
+                            body,
+                            status: parts.status.as_u16(),
+                            route: route.to_string(),
+                        })),
+                        Err(_) => None,
+                    },
+                    _ => None,
+                };
+                let Some(encoded) = encoded else {
+                    // Blocking endpoints answer whole bodies; anything else is not shared.
+                    tracing::warn!(status = %parts.status, "a grouped request's answer cannot be shared; members closed");
+                    return Err(std::io::Error::other("unshareable answer"));
+                };
+                // The leader's own answer first (it came first), then every member's.
+                let own = fanout::send_now(stream, &encoded);
+                let members = self.fanout.finish(&key, &wake, Some(&encoded));
+                if members > 0 {
+                    tracing::debug!(members, "one answer written to identical blocking queries");
+                }
+                drop(guard); // finds the group closed: nothing to do
+                deliver_rest(stream, own).await
+            }
+        }
+    }
+
+    async fn route(&self, request: Request<Body>) -> Response<Body> {
+        match self.router.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+}
+
+/// Closes a group whose leader ends without an answer to share (closing it again after
+/// [`FanOut::finish`] does nothing).
+struct LeadGuard<'a> {
+    fanout: &'a FanOut,
+    key: &'a [u8],
+    wake: &'a Arc<GroupWake>,
+}
+
+impl Drop for LeadGuard<'_> {
+    fn drop(&mut self) {
+        self.fanout.finish(self.key, self.wake, None);
+    }
+}
+
+/// Finishes what [`fanout::send_now`] left.
+async fn deliver_rest(stream: &TcpStream, delivery: Delivery) -> std::io::Result<()> {
+    match delivery {
+        Delivery::Sent(_) => Ok(()),
+        Delivery::Rest { encoded, offset } => write_all(stream, &encoded.slices_from(offset)).await,
+        Delivery::Failed => Err(std::io::Error::other("the shared answer could not be written")),
+    }
+}
+
+async fn collect(body: Body) -> std::io::Result<Bytes> {
+    body.collect().await.map(|c| c.to_bytes()).map_err(std::io::Error::other)
+}
+
+/// Parses the head at the start of `buf`, if whole.
+fn parse(buf: &mut BytesMut) -> Result<Option<Head>, StatusCode> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let head_len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        Err(_) => return Err(StatusCode::BAD_REQUEST),
+    };
+    let (Some(method), Some(target), Some(minor)) = (parsed.method, parsed.path, parsed.version) else {
+        return Err(StatusCode::BAD_REQUEST);
+    };
+    if method != "GET" || target.starts_with("/v1/agent/monitor") {
+        return Ok(Some(Head::HandOff));
+    }
+    let version = if minor == 1 { Version::HTTP_11 } else { Version::HTTP_10 };
+    let mut close = version == Version::HTTP_10;
+    let mut request = Request::new(Body::empty());
+    *request.method_mut() = Method::GET;
+    *request.version_mut() = version;
+    *request.uri_mut() = match target.parse() {
+        Ok(uri) => uri,
+        Err(_) => return Ok(Some(Head::Refuse(StatusCode::BAD_REQUEST))),
+    };
+    let mut group_key = Vec::with_capacity(target.len() + 64);
+    group_key.extend_from_slice(target.as_bytes());
+    let map = request.headers_mut();
+    map.reserve(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(h.value))
+        else {
+            return Ok(Some(Head::Refuse(StatusCode::BAD_REQUEST)));
+        };
+        if name == header::TRANSFER_ENCODING
+            || name == header::UPGRADE
+            || name == header::EXPECT
+            || (name == header::CONTENT_LENGTH && h.value != b"0")
+        {
+            return Ok(Some(Head::HandOff));
+        }
+        if name == header::CONNECTION {
+            let tokens = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+            if tokens.split(',').any(|t| t.trim() == "upgrade") {
+                return Ok(Some(Head::HandOff));
+            }
+            close |= tokens.split(',').any(|t| t.trim() == "close");
+        }
+        // Headers that cannot change an answer are left out of what tells requests apart.
+        if !matches!(
+            name,
+            header::HOST | header::USER_AGENT | header::ACCEPT | header::ACCEPT_ENCODING | header::CONNECTION
+        ) {
+            group_key.push(0);
+            group_key.extend_from_slice(name.as_str().as_bytes());
+            group_key.push(b':');
+            group_key.extend_from_slice(h.value);
+        }
+        map.append(name, value);
+    }
+    buf.advance(head_len);
+    let blocking = request.uri().query().is_some_and(has_index);
+    let group_key = (blocking && !close).then_some(group_key);
+    Ok(Some(Head::Served(Box::new(Served { request, close, group_key }))))
+}
+
+/// Whether a query string asks to block (`index=` other than 0).
+fn has_index(query: &str) -> bool {
+    query
+        .split('&')
+        .any(|pair| pair.strip_prefix("index=").is_some_and(|v| !v.is_empty() && !v.trim_start_matches('0').is_empty()))
+}
+
+/// The status line and headers of `parts`, with `Content-Length` (when `length` is known and
+/// the handler did not set it), `Date`, and `Connection: close` when closing.
+fn encode_head(
+    parts: &axum::http::response::Parts,
+    length: Option<usize>,
+    version: Version,
+    close: bool,
+    bodiless: bool,
+) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(if version == Version::HTTP_10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        if bodiless && name == header::CONTENT_LENGTH {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    match length {
+        Some(n) if !bodiless && !parts.headers.contains_key(header::CONTENT_LENGTH) => {
+            head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+        }
+        None if version != Version::HTTP_10 => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
+    }
+    head.extend_from_slice(b"date: ");
+    head.extend_from_slice(&http_date());
+    head.extend_from_slice(b"\r\n");
+    if close {
+        head.extend_from_slice(b"connection: close\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// The current time as an HTTP date, formatted at most once a second per thread.
+fn http_date() -> [u8; 29] {
+    use std::cell::RefCell;
+    thread_local! {
+        static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.0 != second {
+            let text = httpdate::fmt_http_date(now);
+            let mut bytes = [b' '; 29];
+            let n = text.len().min(29);
+            bytes[..n].copy_from_slice(&text.as_bytes()[..n]);
+            *cell = (second, bytes);
+        }
+        cell.1
+    })
+}
+
+/// A bodiless answer that closes the connection.
+fn simple_response(status: StatusCode) -> Encoded {
+    let date = http_date();
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-length: 0\r\ndate: {}\r\nconnection: close\r\n\r\n",
+        String::from_utf8_lossy(&date)
+    );
+    Encoded { head: head.into_bytes(), body: Bytes::new(), status: status.as_u16(), route: String::new() }
+}
+
+/// Writes every byte of `slices`.
+async fn write_all(stream: &TcpStream, slices: &[IoSlice<'_>]) -> std::io::Result<()> {
+    let total: usize = slices.iter().map(|s| s.len()).sum();
+    let mut written = 0;
+    while written < total {
+        let remaining = remaining_slices(slices, written);
+        match stream.try_write_vectored(&remaining) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => stream.writable().await?,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `slices` without their first `skip` bytes.
+fn remaining_slices<'a>(slices: &'a [IoSlice<'a>], mut skip: usize) -> Vec<IoSlice<'a>> {
+    let mut out = Vec::with_capacity(slices.len());
+    for slice in slices {
+        let bytes: &'a [u8] = slice;
+        if skip >= bytes.len() {
+            skip -= bytes.len();
+            continue;
+        }
+        out.push(IoSlice::new(&bytes[skip..]));
+        skip = 0;
+    }
+    out
+}
+
+/// A connection handed to hyper: the bytes this loop read but did not serve come first.
+pub(super) struct Prefixed {
+    prefix: Bytes,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(out.remaining());
+            out.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, out)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, data)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_nonzero_index_blocks() {
+        assert!(has_index("index=12&wait=5m"));
+        assert!(has_index("wait=5m&index=7"));
+        assert!(!has_index("index=0"));
+        assert!(!has_index("index="));
+        assert!(!has_index("recurse&xindex=5"));
+    }
+
+    #[test]
+    fn heads_are_served_handed_off_or_refused() {
+        let served = |text: &str| {
+            let mut buf = BytesMut::from(text);
+            match parse(&mut buf) {
+                Ok(Some(Head::Served(s))) => Some((s.close, s.group_key.is_some(), buf.len())),
+                _ => None,
+            }
+        };
+        assert_eq!(served("GET /v1/kv/a HTTP/1.1\r\nHost: x\r\n\r\nGET /next"), Some((false, false, 9)));
+        assert_eq!(served("GET /v1/kv/a?index=5 HTTP/1.1\r\n\r\n"), Some((false, true, 0)));
+        assert_eq!(served("GET /v1/kv/a?index=5 HTTP/1.1\r\nConnection: close\r\n\r\n"), Some((true, false, 0)));
+        assert_eq!(served("GET /v1/kv/a?index=5 HTTP/1.0\r\n\r\n"), Some((true, false, 0)));
+        let kind = |text: &str| match parse(&mut BytesMut::from(text)) {
+            Ok(Some(Head::HandOff)) => "hand-off",
+            Ok(Some(Head::Refuse(_))) | Err(_) => "refused",
+            Ok(Some(Head::Served(_))) => "served",
+            Ok(None) => "partial",
+        };
+        assert_eq!(kind("PUT /v1/kv/a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx"), "hand-off");
+        assert_eq!(kind("GET /v1/kv/a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), "hand-off");
+        assert_eq!(kind("GET /v1/kv/a HTTP/1.1\r\nContent-Length: 3\r\n\r\n"), "hand-off");
+        assert_eq!(kind("GET /v1/kv/a HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), "served");
+        assert_eq!(kind("GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"), "hand-off");
+        assert_eq!(kind("HEAD /v1/kv/a HTTP/1.1\r\n\r\n"), "hand-off");
+        assert_eq!(kind("GET /v1/agent/monitor HTTP/1.1\r\n\r\n"), "hand-off");
+        assert_eq!(kind("GET /v1/kv/a HTTP/1.1\r\nHost"), "partial");
+        assert_eq!(kind("GET /v1/kv/a HTTP/9\r\n\r\n"), "refused");
+        assert_eq!(kind("\x01\x02 nonsense\r\n\r\n"), "refused");
+    }
+
+    #[test]
+    fn identical_requests_share_a_key_and_tokens_tell_them_apart() {
+        let key = |text: &str| match parse(&mut BytesMut::from(text)) {
+            Ok(Some(Head::Served(s))) => s.group_key,
+            _ => None,
+        };
+        let a = key("GET /v1/kv/a?index=5 HTTP/1.1\r\nHost: one\r\nUser-Agent: x\r\n\r\n");
+        let b = key("GET /v1/kv/a?index=5 HTTP/1.1\r\nHost: two\r\n\r\n");
+        let c = key("GET /v1/kv/a?index=5 HTTP/1.1\r\nX-Consul-Token: t\r\n\r\n");
+        let d = key("GET /v1/kv/a?index=6 HTTP/1.1\r\n\r\n");
+        assert!(a.is_some());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(a, d);
+    }
+
+    #[test]
+    fn heads_carry_length_date_and_close() {
+        let response = Response::builder().status(200).header("x-consul-index", "7").body(()).expect("response");
+        let (parts, ()) = response.into_parts();
+        let head = String::from_utf8(encode_head(&parts, Some(5), Version::HTTP_11, true, false)).expect("text");
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\nx-consul-index: 7\r\ncontent-length: 5\r\ndate: "), "{head}");
+        assert!(head.ends_with("GMT\r\nconnection: close\r\n\r\n"), "{head}");
+        let chunked = String::from_utf8(encode_head(&parts, None, Version::HTTP_11, false, false)).expect("text");
+        assert!(chunked.contains("transfer-encoding: chunked\r\n") && !chunked.contains("connection"), "{chunked}");
+    }
+}

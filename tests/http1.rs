@@ -1,0 +1,229 @@
+//! HTTP/1.1 on the plain-text port, where cairn serves bodiless GETs itself and hands a
+//! connection to hyper at its first other request: pipelined requests answered in order
+//! across the hand-off, chunked request bodies, `Connection: close` and HTTP/1.0, oversized
+//! and malformed heads, idle keep-alive connections timed out, and identical blocking queries
+//! answered together (each watcher its answer, its connection usable afterwards).
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::{Agent, Response};
+
+fn connect(agent: &Agent) -> BufReader<TcpStream> {
+    let stream = TcpStream::connect(agent.http).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    BufReader::new(stream)
+}
+
+fn send(conn: &mut BufReader<TcpStream>, bytes: &[u8]) {
+    conn.get_mut().write_all(bytes).expect("write");
+}
+
+/// Reads exactly one response (Content-Length or chunked body).
+fn read_one(conn: &mut BufReader<TcpStream>) -> Response {
+    let mut raw = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        let n = conn.read_until(b'\n', &mut line).expect("read head");
+        assert!(n > 0, "closed before a whole head: {}", String::from_utf8_lossy(&raw));
+        raw.extend_from_slice(&line);
+        if line == b"\r\n" {
+            break;
+        }
+    }
+    let head = support::parse_response(&raw);
+    let length = head.header("content-length").map(|v| v.parse::<usize>().expect("length"));
+    let mut body = Vec::new();
+    if let Some(length) = length {
+        body.resize(length, 0);
+        conn.read_exact(&mut body).expect("read body");
+    } else if head.header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            conn.read_line(&mut size).expect("chunk size");
+            let size = usize::from_str_radix(size.trim(), 16).expect("hex size");
+            let mut chunk = vec![0; size + 2];
+            conn.read_exact(&mut chunk).expect("chunk");
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+    Response { status: head.status, headers: head.headers, body }
+}
+
+/// Whether the server closes the connection within `within` (EOF), reading any bytes left.
+fn closed_within(conn: &mut BufReader<TcpStream>, within: Duration) -> bool {
+    conn.get_mut().set_read_timeout(Some(within)).expect("timeout");
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).is_ok()
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_across_the_hand_off_to_hyper() {
+    let agent = Agent::start(&[]);
+    let mut conn = connect(&agent);
+    // Four requests in one write: two GETs served by cairn's loop, a PUT with a body (hyper
+    // from here on), a GET after it, on one connection.
+    send(
+        &mut conn,
+        b"GET /v1/kv/pipelined HTTP/1.1\r\nHost: a\r\n\r\n\
+          GET /v1/status/leader HTTP/1.1\r\nHost: a\r\n\r\n\
+          PUT /v1/kv/pipelined HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nvalue\
+          GET /v1/kv/pipelined?raw HTTP/1.1\r\nHost: a\r\n\r\n",
+    );
+    let missing = read_one(&mut conn);
+    assert_eq!(missing.status, 404);
+    assert!(missing.header("x-consul-index").is_some() && missing.header("date").is_some());
+    let leader = read_one(&mut conn);
+    assert_eq!(leader.status, 200);
+    assert!(leader.text().contains("127.0.0.1"), "{}", leader.text());
+    assert_eq!(read_one(&mut conn).text(), "true");
+    assert_eq!(read_one(&mut conn).text(), "value");
+    // Chunked request bodies go to hyper too.
+    send(
+        &mut conn,
+        b"PUT /v1/kv/chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    );
+    assert_eq!(read_one(&mut conn).text(), "true");
+    assert_eq!(agent.get("/v1/kv/chunked?raw").text(), "abc");
+}
+
+#[test]
+fn close_http10_bad_heads_and_idle_connections() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("limits.json");
+    std::fs::write(&config, r#"{"limits": {"http_header_read_timeout": "1s"}}"#).expect("config");
+    let agent = Agent::start(&["-config-file", config.to_str().expect("utf-8")]);
+    assert_eq!(agent.put("/v1/kv/k", "v").text(), "true");
+
+    let mut conn = connect(&agent);
+    send(&mut conn, b"GET /v1/kv/k?raw HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    let r = read_one(&mut conn);
+    assert_eq!((r.status, r.text().as_str(), r.header("connection")), (200, "v", Some("close")));
+    assert!(closed_within(&mut conn, Duration::from_secs(5)), "closed after Connection: close");
+
+    let mut conn = connect(&agent);
+    send(&mut conn, b"GET /v1/kv/k?raw HTTP/1.0\r\n\r\n");
+    let r = read_one(&mut conn);
+    assert_eq!((r.status, r.text().as_str()), (200, "v"));
+    assert!(closed_within(&mut conn, Duration::from_secs(5)), "HTTP/1.0 closes after the answer");
+
+    let mut conn = connect(&agent);
+    send(&mut conn, b"GET /v1/kv/k HTTP/1.1\r\nBad Header\r\n\r\n");
+    assert_eq!(read_one(&mut conn).status, 400);
+
+    let mut conn = connect(&agent);
+    let huge = format!("GET /v1/kv/k HTTP/1.1\r\nX-Big: {}\r\n", "a".repeat(500 * 1024));
+    let _ = conn.get_mut().write_all(huge.as_bytes());
+    assert_eq!(read_one(&mut conn).status, 431);
+
+    // Kept alive, then idle: closed after the header timeout, as hyper does.
+    let mut conn = connect(&agent);
+    send(&mut conn, b"GET /v1/kv/k?raw HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(read_one(&mut conn).text(), "v");
+    let idle = Instant::now();
+    assert!(closed_within(&mut conn, Duration::from_secs(10)), "an idle connection is closed");
+    assert!(idle.elapsed() >= Duration::from_millis(900), "closed too early: {:?}", idle.elapsed());
+    // The agent serves on.
+    assert_eq!(agent.get("/v1/kv/k?raw").text(), "v");
+}
+
+#[test]
+fn identical_blocking_queries_are_answered_together_and_their_connections_go_on() {
+    const WATCHERS: usize = 50;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("metrics.json");
+    std::fs::write(&config, r#"{"telemetry": {"prometheus_retention_time": "60s"}}"#).expect("config");
+    let agent = Agent::start(&["-config-file", config.to_str().expect("utf-8"), "-log-level", "debug"]);
+    assert_eq!(agent.put("/v1/kv/shared", "one").text(), "true");
+    let index = agent.get("/v1/kv/shared").index();
+    let request = format!("GET /v1/kv/shared?index={index}&wait=60s HTTP/1.1\r\nHost: a\r\n\r\n");
+    let mut watchers: Vec<_> = (0..WATCHERS).map(|_| connect(&agent)).collect();
+    for conn in &mut watchers {
+        send(conn, request.as_bytes());
+    }
+    // Another token's query is not answered with theirs: a different request.
+    let mut other = connect(&agent);
+    send(&mut other, format!("GET /v1/kv/shared?index={index}&wait=60s&stale HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+    support::wait_for("every watcher waiting", Duration::from_secs(10), || {
+        let self_ = agent.get("/v1/agent/self").json();
+        let waiting: usize = self_["Stats"]["cairn"]["blocking_queries"].as_str()?.parse().ok()?;
+        (waiting == WATCHERS + 1).then_some(())
+    });
+    assert_eq!(agent.put("/v1/kv/shared", "two").text(), "true");
+    let mut bodies = Vec::new();
+    for conn in watchers.iter_mut().chain(std::iter::once(&mut other)) {
+        let r = read_one(conn);
+        assert_eq!(r.status, 200);
+        assert!(r.index() > index);
+        bodies.push(r.body);
+    }
+    let value = |body: &[u8]| {
+        let entries: serde_json::Value = serde_json::from_slice(body).expect("json");
+        entries[0]["Value"].as_str().map(str::to_string)
+    };
+    assert!(bodies.iter().all(|b| value(b).as_deref() == Some("dHdv")), "every watcher sees \"two\"");
+    // One leader, every other watcher answered with its response.
+    let members = format!("members={}", WATCHERS - 1);
+    assert!(
+        agent
+            .log()
+            .lines()
+            .any(|l| l.contains("one answer written to identical blocking queries") && l.contains(&members)),
+        "{}",
+        agent.log()
+    );
+    // Each connection goes on: a second request on every one.
+    for conn in &mut watchers {
+        send(conn, b"GET /v1/kv/shared?raw HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(read_one(conn).text(), "two");
+    }
+    // Every request counted: the index read, 51 blocking queries (leader, members, the other
+    // one), 50 second requests.
+    let metrics = agent.get("/v1/agent/metrics?format=prometheus").text();
+    let counted = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"cairn_http_requests_total{route="/v1/kv/{*key}",method="GET",status="200"} "#))
+        .unwrap_or_else(|| panic!("no KV GET count in:\n{metrics}"));
+    assert_eq!(counted, (1 + WATCHERS + 1 + WATCHERS).to_string(), "members are counted under their route");
+    assert_eq!(
+        agent.get("/v1/agent/self").json()["Stats"]["cairn"]["blocking_queries"].as_str(),
+        Some("0"),
+        "no permit left behind"
+    );
+}
+
+#[test]
+fn a_query_arriving_after_a_write_is_answered_with_it() {
+    let agent = Agent::start(&[]);
+    assert_eq!(agent.put("/v1/kv/fresh", "one").text(), "true");
+    let index = agent.get("/v1/kv/fresh").index();
+    let request = format!("GET /v1/kv/fresh?index={index}&wait=30s HTTP/1.1\r\nHost: a\r\n\r\n");
+    let mut first = connect(&agent);
+    send(&mut first, request.as_bytes());
+    support::wait_for("the first watcher waiting", Duration::from_secs(10), || {
+        let waiting = agent.get("/v1/agent/self").json()["Stats"]["cairn"]["blocking_queries"].clone();
+        (waiting == "1").then_some(())
+    });
+    for round in 2..6 {
+        // A write acknowledged, then the same request: its answer holds the write at once.
+        let value = format!("v{round}");
+        assert_eq!(agent.put("/v1/kv/fresh", &value).text(), "true");
+        let mut late = connect(&agent);
+        let started = Instant::now();
+        send(&mut late, request.as_bytes());
+        let r = read_one(&mut late);
+        let entries: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+        let seen = entries[0]["Value"].as_str().expect("value").to_string();
+        use base64::Engine;
+        let expected = base64::engine::general_purpose::STANDARD.encode(&value);
+        assert_eq!(seen, expected, "round {round}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    assert_eq!(read_one(&mut first).status, 200);
+}
