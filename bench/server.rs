@@ -217,9 +217,10 @@ pub struct Running {
 }
 
 /// Config that lifts the limits the watch section would otherwise hit (200 connections per
-/// client IP, 20,000 blocking queries) and gives LMDB room for the write runs.
-pub const RAISED_LIMITS_CONFIG: &str =
-    r#"{"limits": {"http_max_conns_per_client": 30000, "max_blocking_queries": 30000}, "lmdb_map_size_mb": 4096}"#;
+/// client IP, 8,192 connections in all, 20,000 blocking queries) and gives LMDB room for the
+/// write runs.
+pub const RAISED_LIMITS_CONFIG: &str = r#"{"limits": {"http_max_conns_per_client": 30000, "http_max_conns": 30000,
+    "max_blocking_queries": 30000}, "lmdb_map_size_mb": 4096}"#;
 
 /// Starts `cairn agent -server -bootstrap-expect 1` on a fresh data dir with
 /// `RAISED_LIMITS_CONFIG`, and waits until it takes writes.

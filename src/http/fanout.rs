@@ -145,6 +145,9 @@ impl FanOut {
         };
         let members = members.unwrap_or_default();
         let count = members.len();
+        // Every answer is written before any member is woken: woken tasks would compete with
+        // this loop for the core, and each write would wait behind them.
+        let mut woken = Vec::with_capacity(count);
         for Member { stream, done, _permit } in members {
             let delivery = match encoded {
                 Some(encoded) => send_now(&stream, encoded),
@@ -153,6 +156,9 @@ impl FanOut {
             // Released before the member goes on: its connection is its own again (hyper may
             // take it over), and its query no longer counts as blocking.
             drop((stream, _permit));
+            woken.push((done, delivery));
+        }
+        for (done, delivery) in woken {
             // A member whose task is gone has nothing left to do.
             let _ = done.send(delivery);
         }
