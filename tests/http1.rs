@@ -1,7 +1,8 @@
 //! HTTP/1.1 on the plain-text port, where cairn serves bodiless GETs itself and hands a
 //! connection to hyper at its first other request: pipelined requests answered in order
 //! across the hand-off, chunked request bodies, `Connection: close` and HTTP/1.0, oversized
-//! and malformed heads, idle keep-alive connections timed out, and identical blocking queries
+//! and malformed heads, idle keep-alive connections timed out, a streamed response framed once,
+//! waiting watchers that hang up releasing what they held, and identical blocking queries
 //! answered together (each watcher its answer, its connection usable afterwards).
 
 mod support;
@@ -114,6 +115,13 @@ fn close_http10_bad_heads_and_idle_connections() {
     assert!(closed_within(&mut conn, Duration::from_secs(5)), "HTTP/1.0 closes after the answer");
 
     let mut conn = connect(&agent);
+    send(&mut conn, b"GET /v1/kv/k?raw HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let r = read_one(&mut conn);
+    assert_eq!((r.status, r.header("connection")), (200, Some("keep-alive")));
+    send(&mut conn, b"GET /v1/kv/k?raw HTTP/1.0\r\n\r\n");
+    assert_eq!(read_one(&mut conn).text(), "v", "kept alive for a second request");
+
+    let mut conn = connect(&agent);
     send(&mut conn, b"GET /v1/kv/k HTTP/1.1\r\nBad Header\r\n\r\n");
     assert_eq!(read_one(&mut conn).status, 400);
 
@@ -144,7 +152,12 @@ fn identical_blocking_queries_are_answered_together_and_their_connections_go_on(
     let index = agent.get("/v1/kv/shared").index();
     let request = format!("GET /v1/kv/shared?index={index}&wait=60s HTTP/1.1\r\nHost: a\r\n\r\n");
     let mut watchers: Vec<_> = (0..WATCHERS).map(|_| connect(&agent)).collect();
-    for conn in &mut watchers {
+    // The first leads: it waits before the others come, so they all join it.
+    send(&mut watchers[0], request.as_bytes());
+    support::wait_for("the leader waiting", Duration::from_secs(10), || {
+        (blocking_count(&agent) == Some(1)).then_some(())
+    });
+    for conn in &mut watchers[1..] {
         send(conn, request.as_bytes());
     }
     // Another token's query is not answered with theirs: a different request.
@@ -168,16 +181,16 @@ fn identical_blocking_queries_are_answered_together_and_their_connections_go_on(
         entries[0]["Value"].as_str().map(str::to_string)
     };
     assert!(bodies.iter().all(|b| value(b).as_deref() == Some("dHdv")), "every watcher sees \"two\"");
-    // One leader, every other watcher answered with its response.
+    // One leader, every other watcher answered with its response (the line is logged after
+    // the writes; the harness reads the log through a pipe).
     let members = format!("members={}", WATCHERS - 1);
-    assert!(
+    support::wait_for("the fan-out's log line", Duration::from_secs(5), || {
         agent
             .log()
             .lines()
-            .any(|l| l.contains("one answer written to identical blocking queries") && l.contains(&members)),
-        "{}",
-        agent.log()
-    );
+            .any(|l| l.contains("one answer written to identical blocking queries") && l.contains(&members))
+            .then_some(())
+    });
     // Each connection goes on: a second request on every one.
     for conn in &mut watchers {
         send(conn, b"GET /v1/kv/shared?raw HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -226,4 +239,76 @@ fn a_query_arriving_after_a_write_is_answered_with_it() {
         assert!(started.elapsed() < Duration::from_secs(5));
     }
     assert_eq!(read_one(&mut first).status, 200);
+}
+
+fn blocking_count(agent: &Agent) -> Option<usize> {
+    agent.get("/v1/agent/self").json()["Stats"]["cairn"]["blocking_queries"].as_str()?.parse().ok()
+}
+
+#[test]
+fn watchers_that_hang_up_release_their_blocking_query_at_once() {
+    let agent = Agent::start(&[]);
+    assert_eq!(agent.put("/v1/kv/gone", "v").text(), "true");
+    let index = agent.get("/v1/kv/gone").index();
+    let request = format!("GET /v1/kv/gone?index={index}&wait=60s HTTP/1.1\r\nHost: a\r\n\r\n");
+    let mut watchers: Vec<_> = (0..5).map(|_| connect(&agent)).collect();
+    // The first leads (it waits before the others come), the others join it.
+    send(&mut watchers[0], request.as_bytes());
+    support::wait_for("the leader waiting", Duration::from_secs(10), || {
+        (blocking_count(&agent) == Some(1)).then_some(())
+    });
+    for conn in &mut watchers[1..] {
+        send(conn, request.as_bytes());
+    }
+    // Alone: a different request.
+    let mut alone = connect(&agent);
+    send(&mut alone, format!("GET /v1/kv/gone?index={index}&wait=60s&stale HTTP/1.1\r\n\r\n").as_bytes());
+    support::wait_for("six waiting", Duration::from_secs(10), || (blocking_count(&agent) == Some(6)).then_some(()));
+    // Members leave, then the leader (the first), then the one alone: each releases at once.
+    for (left, conn) in watchers.drain(1..).enumerate() {
+        drop(conn);
+        let expected = 6 - (left + 1);
+        support::wait_for("a member released", Duration::from_secs(5), || {
+            (blocking_count(&agent) == Some(expected)).then_some(())
+        });
+    }
+    drop(watchers);
+    support::wait_for("the leader released", Duration::from_secs(5), || {
+        (blocking_count(&agent) == Some(1)).then_some(())
+    });
+    drop(alone);
+    support::wait_for("the lone query released", Duration::from_secs(5), || {
+        (blocking_count(&agent) == Some(0)).then_some(())
+    });
+    // A leader whose client left keeps answering those who joined it.
+    let mut leader = connect(&agent);
+    send(&mut leader, request.as_bytes());
+    support::wait_for("the leader waiting", Duration::from_secs(5), || {
+        (blocking_count(&agent) == Some(1)).then_some(())
+    });
+    let mut member = connect(&agent);
+    send(&mut member, request.as_bytes());
+    support::wait_for("the member waiting", Duration::from_secs(5), || {
+        (blocking_count(&agent) == Some(2)).then_some(())
+    });
+    drop(leader);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(agent.put("/v1/kv/gone", "w").text(), "true");
+    let r = read_one(&mut member);
+    assert_eq!(r.status, 200);
+    assert!(r.index() > index);
+}
+
+#[test]
+fn a_streamed_backup_is_framed_by_its_length_alone() {
+    let agent = Agent::start(&[]);
+    assert_eq!(agent.put("/v1/kv/backed-up", "v").text(), "true");
+    let mut conn = connect(&agent);
+    send(&mut conn, b"GET /v1/snapshot HTTP/1.1\r\nHost: a\r\n\r\n");
+    let r = read_one(&mut conn);
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-length").is_some() && r.header("transfer-encoding").is_none(), "{:?}", r.headers);
+    // The connection is still in step: a second request is answered.
+    send(&mut conn, b"GET /v1/kv/backed-up?raw HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(read_one(&mut conn).text(), "v");
 }

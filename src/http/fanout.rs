@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::io::IoSlice;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -70,11 +70,15 @@ pub(super) enum Delivery {
     Sent(Arc<Encoded>),
     /// The socket's buffer filled: the connection writes the rest itself.
     Rest { encoded: Arc<Encoded>, offset: usize },
-    /// The connection failed, or the answer could not be shared: close it.
+    /// The connection failed: close it.
     Failed,
+    /// The leader's answer cannot be shared (it streams, or the leader ended without one):
+    /// run the request alone.
+    RunAlone,
 }
 
 struct Member {
+    id: u64,
     stream: Arc<TcpStream>,
     done: oneshot::Sender<Delivery>,
     /// One of `limits.max_blocking_queries`, as if the member's query ran alone.
@@ -90,8 +94,8 @@ struct Group {
 pub(super) enum Role {
     /// Run the request, then hand its answer to [`FanOut::finish`].
     Lead(Arc<GroupWake>),
-    /// Wait for the leader's answer.
-    Joined(oneshot::Receiver<Delivery>),
+    /// Wait for the leader's answer; `id` names this member to [`FanOut::leave`].
+    Joined { answer: oneshot::Receiver<Delivery>, id: u64 },
     /// Run the request alone (its group is reading, or no blocking-query permit is left:
     /// running it gives the usual answer).
     Alone,
@@ -101,11 +105,18 @@ pub(super) enum Role {
 #[derive(Default)]
 pub(super) struct FanOut {
     groups: Mutex<HashMap<Vec<u8>, Group>>,
+    next_member: AtomicU64,
 }
 
 impl FanOut {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Group>> {
         self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a group of `key` is waiting now (a request joining it must first be as fresh
+    /// as if it ran alone: its consistency barrier).
+    pub fn has_waiting(&self, key: &[u8]) -> bool {
+        self.lock().get(key).is_some_and(|g| g.wake.is_waiting())
     }
 
     /// Joins the group of `key` if its leader is waiting, else leads a new one when there is
@@ -121,8 +132,9 @@ impl FanOut {
             Some(group) if group.wake.is_waiting() => {
                 let Some(permit) = permit() else { return Role::Alone };
                 let (done, answer) = oneshot::channel();
-                group.members.push(Member { stream: Arc::clone(stream), done, _permit: permit });
-                Role::Joined(answer)
+                let id = self.next_member.fetch_add(1, Ordering::Relaxed);
+                group.members.push(Member { id, stream: Arc::clone(stream), done, _permit: permit });
+                Role::Joined { answer, id }
             }
             Some(_) => Role::Alone,
             None => {
@@ -133,8 +145,31 @@ impl FanOut {
         }
     }
 
+    /// Takes member `id` out of the group of `key` (its client went away); its permit is
+    /// released. Nothing happens if its answer is already on its way.
+    pub fn leave(&self, key: &[u8], id: u64) {
+        let mut groups = self.lock();
+        if let Some(group) = groups.get_mut(key) {
+            group.members.retain(|m| m.id != id);
+        }
+    }
+
+    /// Closes the group `wake` leads if nobody joined it (its leader's client went away);
+    /// whether it did.
+    pub fn close_if_alone(&self, key: &[u8], wake: &Arc<GroupWake>) -> bool {
+        let mut groups = self.lock();
+        match groups.get(key) {
+            Some(group) if Arc::ptr_eq(&group.wake, wake) && group.members.is_empty() => {
+                groups.remove(key);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Closes the group `wake` leads and sends `encoded` (`None`: the answer cannot be
-    /// shared) to its members, in the order they came; the number of members.
+    /// shared; each member runs its request alone) to its members, in the order they came;
+    /// the number of members.
     pub fn finish(&self, key: &[u8], wake: &Arc<GroupWake>, encoded: Option<&Arc<Encoded>>) -> usize {
         let members = {
             let mut groups = self.lock();
@@ -148,10 +183,10 @@ impl FanOut {
         // Every answer is written before any member is woken: woken tasks would compete with
         // this loop for the core, and each write would wait behind them.
         let mut woken = Vec::with_capacity(count);
-        for Member { stream, done, _permit } in members {
+        for Member { stream, done, _permit, .. } in members {
             let delivery = match encoded {
                 Some(encoded) => send_now(&stream, encoded),
-                None => Delivery::Failed,
+                None => Delivery::RunAlone,
             };
             // Released before the member goes on: its connection is its own again (hyper may
             // take it over), and its query no longer counts as blocking.
@@ -214,7 +249,7 @@ mod tests {
         let Role::Lead(wake) = fanout.enter(b"k".to_vec(), &stream, permit) else { panic!("the first leads") };
         assert!(matches!(fanout.enter(b"k".to_vec(), &stream, permit), Role::Alone), "the leader is reading");
         wake.waiting();
-        let Role::Joined(answer) = fanout.enter(b"k".to_vec(), &stream, permit) else { panic!("joins") };
+        let Role::Joined { answer, .. } = fanout.enter(b"k".to_vec(), &stream, permit) else { panic!("joins") };
         assert!(matches!(fanout.enter(b"k".to_vec(), &stream, permit), Role::Alone), "no permit left");
         assert!(matches!(fanout.enter(b"other".to_vec(), &stream, permit), Role::Lead(_)));
         let encoded = Arc::new(Encoded {
@@ -226,6 +261,15 @@ mod tests {
         assert_eq!(fanout.finish(b"k", &wake, Some(&encoded)), 1);
         assert!(matches!(answer.await, Ok(Delivery::Sent(_))));
         assert_eq!(permits.available_permits(), 1, "the member's permit is back");
-        assert!(matches!(fanout.enter(b"k".to_vec(), &stream, permit), Role::Lead(_)), "a new group");
+        let Role::Lead(again) = fanout.enter(b"k".to_vec(), &stream, permit) else { panic!("a new group") };
+        // A member whose client left is taken out, and its permit returned.
+        again.waiting();
+        let Role::Joined { id, .. } = fanout.enter(b"k".to_vec(), &stream, permit) else { panic!("joins") };
+        assert_eq!(permits.available_permits(), 0);
+        assert!(!fanout.close_if_alone(b"k", &again), "a member is waiting");
+        fanout.leave(b"k", id);
+        assert_eq!(permits.available_permits(), 1);
+        assert!(fanout.close_if_alone(b"k", &again), "alone now");
+        assert!(!fanout.has_waiting(b"k"));
     }
 }

@@ -28,11 +28,14 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::fanout::{self, Delivery, Encoded, FanOut, GroupWake, Role};
+use super::query::Query;
 use super::HttpContext;
 
 /// hyper's defaults, so that what hyper took this loop takes too.
 const MAX_HEADERS: usize = 100;
 const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
+/// The longest request target the `http` crate parses (hyper answers 414 past it).
+const MAX_URI_BYTES: usize = u16::MAX as usize - 1;
 /// The read buffer's first size (it grows only for long heads).
 const READ_BYTES: usize = 4096;
 
@@ -111,11 +114,15 @@ impl H1 {
             let Served { request, close, group_key } = *served;
             let version = request.version();
             let result = match group_key {
-                Some(key) => self.answer_grouped(stream, key, request).await,
-                None => self.answer(stream, request, version, close).await,
+                Some(key) => self.answer_grouped(stream, buf, key, request).await,
+                None => self.answer(stream, buf, request, version, close).await,
             };
             if result.is_err() || close || self.shutdown.is_cancelled() {
                 return Stop::Close;
+            }
+            // One long head grew the buffer: not kept for the connection's life.
+            if buf.is_empty() && buf.capacity() > 16 * READ_BYTES {
+                *buf = BytesMut::with_capacity(READ_BYTES);
             }
         }
     }
@@ -154,105 +161,168 @@ impl H1 {
         }
     }
 
-    /// Runs `request` through the router and writes its response.
+    /// Runs `request` through the router and writes its response; a client that closes its
+    /// side meanwhile ends the request, as hyper does (a blocking query's permit and the
+    /// connection's slot are released at once).
     async fn answer(
         &self,
         stream: &TcpStream,
+        buf: &mut BytesMut,
         request: Request<Body>,
         version: Version,
         close: bool,
     ) -> std::io::Result<()> {
-        let response = self.route(request).await;
-        let (parts, body) = response.into_parts();
+        let response = tokio::select! {
+            response = self.route(request) => response,
+            () = client_gone(stream, buf) => return Err(std::io::Error::other("the client closed")),
+        };
+        self.write_response(stream, response, version, close).await
+    }
+
+    async fn write_response(
+        &self,
+        stream: &TcpStream,
+        response: Response<Body>,
+        version: Version,
+        close: bool,
+    ) -> std::io::Result<()> {
+        let close = close || self.shutdown.is_cancelled();
+        let (parts, mut body) = response.into_parts();
         let bodiless = matches!(parts.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
         if bodiless || body.size_hint().exact().is_some() {
             let body = if bodiless { Bytes::new() } else { collect(body).await? };
-            let head = encode_head(&parts, Some(body.len()), version, close, bodiless);
+            let framing = if bodiless { Framing::None } else { Framing::Length(body.len()) };
+            let head = encode_head(&parts, framing, version, close);
             return write_all(stream, &[IoSlice::new(&head), IoSlice::new(&body)]).await;
         }
-        // A stream of unknown length: chunked (HTTP/1.0: until the connection closes).
-        let chunked = version != Version::HTTP_10;
-        let head = encode_head(&parts, None, version, close || !chunked, false);
+        // A stream: framed by the length its handler set, else chunked (HTTP/1.0: until the
+        // connection closes).
+        let framing = if parts.headers.contains_key(header::CONTENT_LENGTH) {
+            Framing::Given
+        } else if version == Version::HTTP_10 {
+            Framing::UntilClose
+        } else {
+            Framing::Chunked
+        };
+        let head = encode_head(&parts, framing, version, close || framing == Framing::UntilClose);
         write_all(stream, &[IoSlice::new(&head)]).await?;
-        let mut body = body;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(std::io::Error::other)?;
             let Ok(data) = frame.into_data() else { continue };
             if data.is_empty() {
                 continue;
             }
-            if chunked {
+            if framing == Framing::Chunked {
                 let size = format!("{:x}\r\n", data.len());
                 write_all(stream, &[IoSlice::new(size.as_bytes()), IoSlice::new(&data), IoSlice::new(b"\r\n")]).await?;
             } else {
                 write_all(stream, &[IoSlice::new(&data)]).await?;
             }
         }
-        if chunked {
-            write_all(stream, &[IoSlice::new(b"0\r\n\r\n")]).await?;
+        match framing {
+            Framing::Chunked => write_all(stream, &[IoSlice::new(b"0\r\n\r\n")]).await,
+            // The caller closes.
+            Framing::UntilClose => Err(std::io::Error::other("an HTTP/1.0 stream ends by closing")),
+            _ => Ok(()),
         }
-        if !chunked {
-            // Close-delimited: the caller closes.
-            return Err(std::io::Error::other("HTTP/1.0 body ended by closing"));
-        }
-        Ok(())
     }
 
     /// A blocking query that may share its answer with identical ones.
     async fn answer_grouped(
         &self,
         stream: &Arc<TcpStream>,
+        buf: &mut BytesMut,
         key: Vec<u8>,
         request: Request<Body>,
     ) -> std::io::Result<()> {
         let arrived = Instant::now();
+        // Joining must not make a query less fresh than running alone: the barrier its
+        // consistency mode asks for (a follower catching up with the leader) comes first.
+        if self.fanout.has_waiting(&key) {
+            let fresh = match Query::parse(request.uri().query(), &self.ctx.identity.datacenter) {
+                Ok(q) => self.ctx.check_consistency(&q).await.is_ok(),
+                Err(_) => false,
+            };
+            if !fresh {
+                return self.answer(stream, buf, request, Version::HTTP_11, false).await;
+            }
+        }
         let permit = || self.ctx.blocking_permits.clone().try_acquire_owned().ok();
         match self.fanout.enter(key.clone(), stream, permit) {
-            Role::Alone => self.answer(stream, request, Version::HTTP_11, false).await,
-            Role::Joined(answer) => {
-                let delivery = answer.await.unwrap_or(Delivery::Failed);
+            Role::Alone => self.answer(stream, buf, request, Version::HTTP_11, false).await,
+            Role::Joined { answer, id } => {
+                let delivery = tokio::select! {
+                    delivery = answer => delivery.unwrap_or(Delivery::Failed),
+                    () = client_gone(stream, buf) => {
+                        self.fanout.leave(&key, id);
+                        return Err(std::io::Error::other("the client closed"));
+                    }
+                };
                 if let Delivery::Sent(encoded) | Delivery::Rest { encoded, .. } = &delivery {
                     self.ctx.metrics.http_request(&encoded.route, "GET", encoded.status, arrived.elapsed());
                 }
-                deliver_rest(stream, delivery).await
-            }
-            Role::Lead(wake) => {
-                // Members are never left waiting: if this future is dropped (a panic in a
-                // handler), the guard closes the group and they close their connections.
-                let guard = LeadGuard { fanout: &self.fanout, key: &key, wake: &wake };
-                let mut request = request;
-                request.extensions_mut().insert(Arc::clone(&wake));
-                let response = self.route(request).await;
-                let (parts, body) = response.into_parts();
-                let route = parts.extensions.get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str);
-                let bodiless = matches!(parts.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
-                let encoded = match body.size_hint().exact() {
-                    Some(_) if !bodiless => match collect(body).await {
-                        Ok(body) => Some(Arc::new(Encoded {
-                            head: encode_head(&parts, Some(body.len()), Version::HTTP_11, false, false),
-                            body,
-                            status: parts.status.as_u16(),
-                            route: route.to_string(),
-                        })),
-                        Err(_) => None,
-                    },
-                    _ => None,
-                };
-                let Some(encoded) = encoded else {
-                    // Blocking endpoints answer whole bodies; anything else is not shared.
-                    tracing::warn!(status = %parts.status, "a grouped request's answer cannot be shared; members closed");
-                    return Err(std::io::Error::other("unshareable answer"));
-                };
-                // The leader's own answer first (it came first), then every member's.
-                let own = fanout::send_now(stream, &encoded);
-                let members = self.fanout.finish(&key, &wake, Some(&encoded));
-                if members > 0 {
-                    tracing::debug!(members, "one answer written to identical blocking queries");
+                match delivery {
+                    Delivery::RunAlone => self.answer(stream, buf, request, Version::HTTP_11, false).await,
+                    delivery => deliver_rest(stream, delivery).await,
                 }
-                drop(guard); // finds the group closed: nothing to do
-                deliver_rest(stream, own).await
             }
+            Role::Lead(wake) => self.lead(stream, buf, &key, wake, request).await,
         }
+    }
+
+    /// Runs the request of a group and answers every member with its response.
+    async fn lead(
+        &self,
+        stream: &Arc<TcpStream>,
+        buf: &mut BytesMut,
+        key: &[u8],
+        wake: Arc<GroupWake>,
+        mut request: Request<Body>,
+    ) -> std::io::Result<()> {
+        // Members are never left waiting: if this future is dropped (a panic in a handler),
+        // the guard closes the group and they run their requests alone.
+        let guard = LeadGuard { fanout: &self.fanout, key, wake: &wake };
+        request.extensions_mut().insert(Arc::clone(&wake));
+        let routed = self.route(request);
+        tokio::pin!(routed);
+        // The leader's client leaving ends the query only if nobody joined it.
+        let mut gone = false;
+        let response = loop {
+            tokio::select! {
+                response = &mut routed => break response,
+                () = client_gone(stream, buf), if !gone => {
+                    if self.fanout.close_if_alone(key, &wake) {
+                        return Err(std::io::Error::other("the client closed"));
+                    }
+                    gone = true;
+                }
+            }
+        };
+        let (parts, body) = response.into_parts();
+        let shareable = parts.status != StatusCode::NO_CONTENT
+            && parts.status != StatusCode::NOT_MODIFIED
+            && body.size_hint().exact().is_some();
+        if !shareable {
+            // Blocking endpoints answer whole bodies; anything else is not shared.
+            self.fanout.finish(key, &wake, None);
+            return self.write_response(stream, Response::from_parts(parts, body), Version::HTTP_11, false).await;
+        }
+        let body = collect(body).await?;
+        let route = parts.extensions.get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str);
+        let encoded = Arc::new(Encoded {
+            head: encode_head(&parts, Framing::Length(body.len()), Version::HTTP_11, false),
+            body,
+            status: parts.status.as_u16(),
+            route: route.to_string(),
+        });
+        // The leader's own answer first (it came first), then every member's.
+        let own = fanout::send_now(stream, &encoded);
+        let members = self.fanout.finish(key, &wake, Some(&encoded));
+        if members > 0 {
+            tracing::debug!(members, "one answer written to identical blocking queries");
+        }
+        drop(guard); // finds the group closed: nothing to do
+        deliver_rest(stream, own).await
     }
 
     async fn route(&self, request: Request<Body>) -> Response<Body> {
@@ -282,8 +352,43 @@ async fn deliver_rest(stream: &TcpStream, delivery: Delivery) -> std::io::Result
     match delivery {
         Delivery::Sent(_) => Ok(()),
         Delivery::Rest { encoded, offset } => write_all(stream, &encoded.slices_from(offset)).await,
-        Delivery::Failed => Err(std::io::Error::other("the shared answer could not be written")),
+        Delivery::Failed | Delivery::RunAlone => Err(std::io::Error::other("the shared answer was not written")),
     }
+}
+
+/// Completes when the client closes its side of the connection (or it fails). Bytes it sends
+/// meanwhile (pipelined requests) are kept in `buf`; once that holds a whole head's worth,
+/// the watch stops (the request in progress then finishes as if the client were there).
+async fn client_gone(stream: &TcpStream, buf: &mut BytesMut) {
+    loop {
+        if buf.len() >= MAX_HEAD_BYTES {
+            return std::future::pending().await;
+        }
+        if stream.readable().await.is_err() {
+            return;
+        }
+        buf.reserve(READ_BYTES);
+        match stream.try_read_buf(buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// How a response's body is delimited.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body (204, 304).
+    None,
+    /// `Content-Length` of the collected body (unless the handler set it).
+    Length(usize),
+    /// The handler set `Content-Length` on a stream.
+    Given,
+    Chunked,
+    /// HTTP/1.0 without a length: the body ends when the connection closes.
+    UntilClose,
 }
 
 async fn collect(body: Body) -> std::io::Result<Bytes> {
@@ -303,18 +408,25 @@ fn parse(buf: &mut BytesMut) -> Result<Option<Head>, StatusCode> {
     let (Some(method), Some(target), Some(minor)) = (parsed.method, parsed.path, parsed.version) else {
         return Err(StatusCode::BAD_REQUEST);
     };
-    if method != "GET" || target.starts_with("/v1/agent/monitor") {
+    if method != "GET" {
+        return Ok(Some(Head::HandOff));
+    }
+    let uri: axum::http::Uri = match target.parse() {
+        Ok(uri) => uri,
+        // What hyper answers: 414 past the longest URI `http` takes, else 400.
+        Err(_) if target.len() > MAX_URI_BYTES => return Ok(Some(Head::Refuse(StatusCode::URI_TOO_LONG))),
+        Err(_) => return Ok(Some(Head::Refuse(StatusCode::BAD_REQUEST))),
+    };
+    if uri.path().starts_with("/v1/agent/monitor") {
         return Ok(Some(Head::HandOff));
     }
     let version = if minor == 1 { Version::HTTP_11 } else { Version::HTTP_10 };
+    // HTTP/1.0 closes unless it asks to be kept alive; HTTP/1.1 stays open unless it asks not.
     let mut close = version == Version::HTTP_10;
     let mut request = Request::new(Body::empty());
     *request.method_mut() = Method::GET;
     *request.version_mut() = version;
-    *request.uri_mut() = match target.parse() {
-        Ok(uri) => uri,
-        Err(_) => return Ok(Some(Head::Refuse(StatusCode::BAD_REQUEST))),
-    };
+    *request.uri_mut() = uri;
     let mut group_key = Vec::with_capacity(target.len() + 64);
     group_key.extend_from_slice(target.as_bytes());
     let map = request.headers_mut();
@@ -336,7 +448,11 @@ fn parse(buf: &mut BytesMut) -> Result<Option<Head>, StatusCode> {
             if tokens.split(',').any(|t| t.trim() == "upgrade") {
                 return Ok(Some(Head::HandOff));
             }
-            close |= tokens.split(',').any(|t| t.trim() == "close");
+            if tokens.split(',').any(|t| t.trim() == "close") {
+                close = true;
+            } else if version == Version::HTTP_10 && tokens.split(',').any(|t| t.trim() == "keep-alive") {
+                close = false;
+            }
         }
         // Headers that cannot change an answer are left out of what tells requests apart.
         if !matches!(
@@ -352,7 +468,7 @@ fn parse(buf: &mut BytesMut) -> Result<Option<Head>, StatusCode> {
     }
     buf.advance(head_len);
     let blocking = request.uri().query().is_some_and(has_index);
-    let group_key = (blocking && !close).then_some(group_key);
+    let group_key = (blocking && !close && version == Version::HTTP_11).then_some(group_key);
     Ok(Some(Head::Served(Box::new(Served { request, close, group_key }))))
 }
 
@@ -363,15 +479,9 @@ fn has_index(query: &str) -> bool {
         .any(|pair| pair.strip_prefix("index=").is_some_and(|v| !v.is_empty() && !v.trim_start_matches('0').is_empty()))
 }
 
-/// The status line and headers of `parts`, with `Content-Length` (when `length` is known and
-/// the handler did not set it), `Date`, and `Connection: close` when closing.
-fn encode_head(
-    parts: &axum::http::response::Parts,
-    length: Option<usize>,
-    version: Version,
-    close: bool,
-    bodiless: bool,
-) -> Vec<u8> {
+/// The status line and headers of `parts`, with the framing header, `Date`, and
+/// `Connection: close` when closing (`keep-alive` to an HTTP/1.0 client when not).
+fn encode_head(parts: &axum::http::response::Parts, framing: Framing, version: Version, close: bool) -> Vec<u8> {
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(if version == Version::HTTP_10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
     head.extend_from_slice(parts.status.as_str().as_bytes());
@@ -379,10 +489,11 @@ fn encode_head(
     head.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
     head.extend_from_slice(b"\r\n");
     for (name, value) in &parts.headers {
-        if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
-            continue;
-        }
-        if bodiless && name == header::CONTENT_LENGTH {
+        // The framing headers are this loop's to write (a stream keeps the length it was given).
+        let skip = name == header::CONNECTION
+            || name == header::TRANSFER_ENCODING
+            || (name == header::CONTENT_LENGTH && framing != Framing::Given);
+        if skip {
             continue;
         }
         head.extend_from_slice(name.as_str().as_bytes());
@@ -390,18 +501,18 @@ fn encode_head(
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
-    match length {
-        Some(n) if !bodiless && !parts.headers.contains_key(header::CONTENT_LENGTH) => {
-            head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
-        }
-        None if version != Version::HTTP_10 => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        _ => {}
+    match framing {
+        Framing::Length(n) => head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
+        Framing::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::None | Framing::Given | Framing::UntilClose => {}
     }
     head.extend_from_slice(b"date: ");
     head.extend_from_slice(&http_date());
     head.extend_from_slice(b"\r\n");
     if close {
         head.extend_from_slice(b"connection: close\r\n");
+    } else if version == Version::HTTP_10 {
+        head.extend_from_slice(b"connection: keep-alive\r\n");
     }
     head.extend_from_slice(b"\r\n");
     head
@@ -482,10 +593,14 @@ impl AsyncRead for Prefixed {
         cx: &mut std::task::Context<'_>,
         out: &mut ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        if !self.prefix.is_empty() {
+        if !self.prefix.is_empty() && out.remaining() > 0 {
             let n = self.prefix.len().min(out.remaining());
             out.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // Frees the read buffer the prefix was cut from.
+                self.prefix = Bytes::new();
+            }
             return std::task::Poll::Ready(Ok(()));
         }
         std::pin::Pin::new(&mut self.stream).poll_read(cx, out)
@@ -554,6 +669,7 @@ mod tests {
         assert_eq!(served("GET /v1/kv/a?index=5 HTTP/1.1\r\n\r\n"), Some((false, true, 0)));
         assert_eq!(served("GET /v1/kv/a?index=5 HTTP/1.1\r\nConnection: close\r\n\r\n"), Some((true, false, 0)));
         assert_eq!(served("GET /v1/kv/a?index=5 HTTP/1.0\r\n\r\n"), Some((true, false, 0)));
+        assert_eq!(served("GET /v1/kv/a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"), Some((false, false, 0)));
         let kind = |text: &str| match parse(&mut BytesMut::from(text)) {
             Ok(Some(Head::HandOff)) => "hand-off",
             Ok(Some(Head::Refuse(_))) | Err(_) => "refused",
@@ -567,6 +683,7 @@ mod tests {
         assert_eq!(kind("GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"), "hand-off");
         assert_eq!(kind("HEAD /v1/kv/a HTTP/1.1\r\n\r\n"), "hand-off");
         assert_eq!(kind("GET /v1/agent/monitor HTTP/1.1\r\n\r\n"), "hand-off");
+        assert_eq!(kind("GET http://h/v1/agent/monitor?loglevel=debug HTTP/1.1\r\n\r\n"), "hand-off");
         assert_eq!(kind("GET /v1/kv/a HTTP/1.1\r\nHost"), "partial");
         assert_eq!(kind("GET /v1/kv/a HTTP/9\r\n\r\n"), "refused");
         assert_eq!(kind("\x01\x02 nonsense\r\n\r\n"), "refused");
@@ -592,10 +709,18 @@ mod tests {
     fn heads_carry_length_date_and_close() {
         let response = Response::builder().status(200).header("x-consul-index", "7").body(()).expect("response");
         let (parts, ()) = response.into_parts();
-        let head = String::from_utf8(encode_head(&parts, Some(5), Version::HTTP_11, true, false)).expect("text");
+        let head = String::from_utf8(encode_head(&parts, Framing::Length(5), Version::HTTP_11, true)).expect("text");
         assert!(head.starts_with("HTTP/1.1 200 OK\r\nx-consul-index: 7\r\ncontent-length: 5\r\ndate: "), "{head}");
         assert!(head.ends_with("GMT\r\nconnection: close\r\n\r\n"), "{head}");
-        let chunked = String::from_utf8(encode_head(&parts, None, Version::HTTP_11, false, false)).expect("text");
+        let chunked = String::from_utf8(encode_head(&parts, Framing::Chunked, Version::HTTP_11, false)).expect("text");
         assert!(chunked.contains("transfer-encoding: chunked\r\n") && !chunked.contains("connection"), "{chunked}");
+        // A stream whose handler gave its length keeps it, and is not chunked as well.
+        let sized = Response::builder().header("content-length", "9").body(()).expect("response").into_parts().0;
+        let given = String::from_utf8(encode_head(&sized, Framing::Given, Version::HTTP_11, false)).expect("text");
+        assert!(given.contains("content-length: 9\r\n") && !given.contains("transfer-encoding"), "{given}");
+        let length = String::from_utf8(encode_head(&sized, Framing::Length(3), Version::HTTP_11, false)).expect("text");
+        assert_eq!(length.matches("content-length").count(), 1, "{length}");
+        let old = String::from_utf8(encode_head(&parts, Framing::Length(0), Version::HTTP_10, false)).expect("text");
+        assert!(old.starts_with("HTTP/1.0 200 OK") && old.contains("connection: keep-alive"), "{old}");
     }
 }

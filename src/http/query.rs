@@ -258,14 +258,23 @@ impl HttpContext {
             tokio::select! {
                 wake = subscription.changed() => {
                     reading();
-                    let answer = subscription.shared(&key, wake, answer_now)?;
+                    // A group shares its answer already, and must read after its members
+                    // came: an answer another query cached for this wake may be older.
+                    let answer = match group {
+                        Some(_) => Arc::new(answer_now()?),
+                        None => subscription.shared(&key, wake, answer_now)?,
+                    };
                     if answer.index > q.index {
                         return Ok(self.respond(&answer));
                     }
                     group.inspect(|g| g.waiting());
                 }
                 // Revoked: refused. Still valid: the next answer follows its current rules.
-                _ = acl_change(&mut acl_changes) => q.acl.refresh(self.resolve_token(q.acl.secret()).await?),
+                _ = acl_change(&mut acl_changes) => {
+                    reading();
+                    q.acl.refresh(self.resolve_token(q.acl.secret()).await?);
+                    group.inspect(|g| g.waiting());
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     reading();
                     return Ok(self.respond(&answer_now()?));
