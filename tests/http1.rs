@@ -151,15 +151,7 @@ fn identical_blocking_queries_are_answered_together_and_their_connections_go_on(
     assert_eq!(agent.put("/v1/kv/shared", "one").text(), "true");
     let index = agent.get("/v1/kv/shared").index();
     let request = format!("GET /v1/kv/shared?index={index}&wait=60s HTTP/1.1\r\nHost: a\r\n\r\n");
-    let mut watchers: Vec<_> = (0..WATCHERS).map(|_| connect(&agent)).collect();
-    // The first leads: it waits before the others come, so they all join it.
-    send(&mut watchers[0], request.as_bytes());
-    support::wait_for("the leader waiting", Duration::from_secs(10), || {
-        (blocking_count(&agent) == Some(1)).then_some(())
-    });
-    for conn in &mut watchers[1..] {
-        send(conn, request.as_bytes());
-    }
+    let mut watchers = group(&agent, &request, WATCHERS);
     // Another token's query is not answered with theirs: a different request.
     let mut other = connect(&agent);
     send(&mut other, format!("GET /v1/kv/shared?index={index}&wait=60s&stale HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
@@ -241,6 +233,20 @@ fn a_query_arriving_after_a_write_is_answered_with_it() {
     assert_eq!(read_one(&mut first).status, 200);
 }
 
+/// `count` connections sending `request`: the first leads (it waits before the others come,
+/// so they all join it). Expects no other blocking query.
+fn group(agent: &Agent, request: &str, count: usize) -> Vec<BufReader<TcpStream>> {
+    let mut watchers: Vec<_> = (0..count).map(|_| connect(agent)).collect();
+    send(&mut watchers[0], request.as_bytes());
+    support::wait_for("the leader waiting", Duration::from_secs(10), || {
+        (blocking_count(agent) == Some(1)).then_some(())
+    });
+    for conn in &mut watchers[1..] {
+        send(conn, request.as_bytes());
+    }
+    watchers
+}
+
 fn blocking_count(agent: &Agent) -> Option<usize> {
     agent.get("/v1/agent/self").json()["Stats"]["cairn"]["blocking_queries"].as_str()?.parse().ok()
 }
@@ -251,15 +257,7 @@ fn watchers_that_hang_up_release_their_blocking_query_at_once() {
     assert_eq!(agent.put("/v1/kv/gone", "v").text(), "true");
     let index = agent.get("/v1/kv/gone").index();
     let request = format!("GET /v1/kv/gone?index={index}&wait=60s HTTP/1.1\r\nHost: a\r\n\r\n");
-    let mut watchers: Vec<_> = (0..5).map(|_| connect(&agent)).collect();
-    // The first leads (it waits before the others come), the others join it.
-    send(&mut watchers[0], request.as_bytes());
-    support::wait_for("the leader waiting", Duration::from_secs(10), || {
-        (blocking_count(&agent) == Some(1)).then_some(())
-    });
-    for conn in &mut watchers[1..] {
-        send(conn, request.as_bytes());
-    }
+    let mut watchers = group(&agent, &request, 5);
     // Alone: a different request.
     let mut alone = connect(&agent);
     send(&mut alone, format!("GET /v1/kv/gone?index={index}&wait=60s&stale HTTP/1.1\r\n\r\n").as_bytes());
