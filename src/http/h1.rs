@@ -8,9 +8,10 @@
 //! Kept from hyper's behaviour: each request head must arrive within
 //! `limits.http_header_read_timeout` of when it is awaited (an idle keep-alive connection is
 //! closed after it too), at most 100 headers and hyper's 408 KiB of head (431 past them),
-//! 400 for a malformed head; pipelined requests are answered in order; `Connection: close`
-//! and HTTP/1.0 close after the answer; at shutdown an idle connection closes and a busy one
-//! after its answer.
+//! 400 for a malformed head, 414 for an overlong target; pipelined requests are answered in
+//! order; `Connection: close` (and HTTP/1.0 without `keep-alive`) closes after the answer; a
+//! client that hangs up while its request runs ends the request; at shutdown an idle
+//! connection closes and a busy one after its answer (which says `Connection: close`).
 
 use std::io::IoSlice;
 use std::net::SocketAddr;
@@ -51,7 +52,7 @@ pub(super) struct H1 {
 /// A request head this loop serves itself.
 struct Served {
     request: Request<Body>,
-    /// Close after the answer (`Connection: close`, HTTP/1.0).
+    /// Close after the answer (`Connection: close`, HTTP/1.0 without `keep-alive`).
     close: bool,
     /// What makes this request's answer the same as another's, for a blocking query on a
     /// keep-alive connection.
