@@ -216,7 +216,7 @@ fn question_type(packet: &[u8]) -> Option<u16> {
 #[derive(Debug)]
 struct RouteStats {
     /// By (method, status).
-    requests: BTreeMap<(String, u16), u64>,
+    requests: BTreeMap<(&'static str, u16), u64>,
     latency: Histogram,
 }
 
@@ -237,12 +237,15 @@ impl Metrics {
     }
 
     /// One HTTP request answered: `route` is the matched path template (or `unmatched`).
-    pub fn http_request(&self, route: &str, method: &str, status: u16, took: Duration) {
+    /// Allocates only for a route or method and status seen for the first time.
+    pub fn http_request(&self, route: &str, method: &'static str, status: u16, took: Duration) {
         let mut routes = self.http.lock().unwrap_or_else(|e| e.into_inner());
-        let stats = routes
-            .entry(route.to_string())
-            .or_insert_with(|| RouteStats { requests: BTreeMap::new(), latency: Histogram::new(HTTP_SECONDS) });
-        *stats.requests.entry((method.to_string(), status)).or_default() += 1;
+        if !routes.contains_key(route) {
+            let fresh = RouteStats { requests: BTreeMap::new(), latency: Histogram::new(HTTP_SECONDS) };
+            routes.insert(route.to_string(), fresh);
+        }
+        let Some(stats) = routes.get_mut(route) else { return };
+        *stats.requests.entry((method, status)).or_default() += 1;
         stats.latency.observe(took, false);
     }
 
@@ -279,7 +282,8 @@ impl Metrics {
         let routes = self.http.lock().unwrap_or_else(|e| e.into_inner());
         for (route, stats) in routes.iter() {
             for ((method, status), count) in &stats.requests {
-                let labels = vec![("route", route.clone()), ("method", method.clone()), ("status", status.to_string())];
+                let labels =
+                    vec![("route", route.clone()), ("method", method.to_string()), ("status", status.to_string())];
                 counters.push(Counter { name: "http_requests_total", labels, value: *count });
             }
             let labels = vec![("route", route.clone())];
