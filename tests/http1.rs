@@ -126,6 +126,10 @@ fn close_http10_bad_heads_and_idle_connections() {
     assert_eq!(read_one(&mut conn).status, 400);
 
     let mut conn = connect(&agent);
+    send(&mut conn, format!("GET /v1/kv/{} HTTP/1.1\r\n\r\n", "k".repeat(70_000)).as_bytes());
+    assert_eq!(read_one(&mut conn).status, 414);
+
+    let mut conn = connect(&agent);
     let huge = format!("GET /v1/kv/k HTTP/1.1\r\nX-Big: {}\r\n", "a".repeat(500 * 1024));
     let _ = conn.get_mut().write_all(huge.as_bytes());
     assert_eq!(read_one(&mut conn).status, 431);
@@ -148,17 +152,13 @@ fn identical_blocking_queries_are_answered_together_and_their_connections_go_on(
     let config = dir.path().join("metrics.json");
     std::fs::write(&config, r#"{"telemetry": {"prometheus_retention_time": "60s"}}"#).expect("config");
     let agent = Agent::start(&["-config-file", config.to_str().expect("utf-8"), "-log-level", "debug"]);
-    assert_eq!(agent.put("/v1/kv/shared", "one").text(), "true");
-    let index = agent.get("/v1/kv/shared").index();
-    let request = format!("GET /v1/kv/shared?index={index}&wait=60s HTTP/1.1\r\nHost: a\r\n\r\n");
+    let (index, request) = blocking_get(&agent, "shared", "one");
     let mut watchers = group(&agent, &request, WATCHERS);
     // Another token's query is not answered with theirs: a different request.
     let mut other = connect(&agent);
     send(&mut other, format!("GET /v1/kv/shared?index={index}&wait=60s&stale HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
     support::wait_for("every watcher waiting", Duration::from_secs(10), || {
-        let self_ = agent.get("/v1/agent/self").json();
-        let waiting: usize = self_["Stats"]["cairn"]["blocking_queries"].as_str()?.parse().ok()?;
-        (waiting == WATCHERS + 1).then_some(())
+        (blocking_count(&agent) == Some(WATCHERS + 1)).then_some(())
     });
     assert_eq!(agent.put("/v1/kv/shared", "two").text(), "true");
     let mut bodies = Vec::new();
@@ -196,24 +196,17 @@ fn identical_blocking_queries_are_answered_together_and_their_connections_go_on(
         .find_map(|l| l.strip_prefix(r#"cairn_http_requests_total{route="/v1/kv/{*key}",method="GET",status="200"} "#))
         .unwrap_or_else(|| panic!("no KV GET count in:\n{metrics}"));
     assert_eq!(counted, (1 + WATCHERS + 1 + WATCHERS).to_string(), "members are counted under their route");
-    assert_eq!(
-        agent.get("/v1/agent/self").json()["Stats"]["cairn"]["blocking_queries"].as_str(),
-        Some("0"),
-        "no permit left behind"
-    );
+    assert_eq!(blocking_count(&agent), Some(0), "no permit left behind");
 }
 
 #[test]
 fn a_query_arriving_after_a_write_is_answered_with_it() {
     let agent = Agent::start(&[]);
-    assert_eq!(agent.put("/v1/kv/fresh", "one").text(), "true");
-    let index = agent.get("/v1/kv/fresh").index();
-    let request = format!("GET /v1/kv/fresh?index={index}&wait=30s HTTP/1.1\r\nHost: a\r\n\r\n");
+    let (_, request) = blocking_get(&agent, "fresh", "one");
     let mut first = connect(&agent);
     send(&mut first, request.as_bytes());
     support::wait_for("the first watcher waiting", Duration::from_secs(10), || {
-        let waiting = agent.get("/v1/agent/self").json()["Stats"]["cairn"]["blocking_queries"].clone();
-        (waiting == "1").then_some(())
+        (blocking_count(&agent) == Some(1)).then_some(())
     });
     for round in 2..6 {
         // A write acknowledged, then the same request: its answer holds the write at once.
@@ -247,6 +240,13 @@ fn group(agent: &Agent, request: &str, count: usize) -> Vec<BufReader<TcpStream>
     watchers
 }
 
+/// Writes `value` to KV `key`; its index and a blocking GET of it waiting for the next change.
+fn blocking_get(agent: &Agent, key: &str, value: &str) -> (u64, String) {
+    assert_eq!(agent.put(&format!("/v1/kv/{key}"), value).text(), "true");
+    let index = agent.get(&format!("/v1/kv/{key}")).index();
+    (index, format!("GET /v1/kv/{key}?index={index}&wait=60s HTTP/1.1\r\nHost: a\r\n\r\n"))
+}
+
 fn blocking_count(agent: &Agent) -> Option<usize> {
     agent.get("/v1/agent/self").json()["Stats"]["cairn"]["blocking_queries"].as_str()?.parse().ok()
 }
@@ -254,9 +254,7 @@ fn blocking_count(agent: &Agent) -> Option<usize> {
 #[test]
 fn watchers_that_hang_up_release_their_blocking_query_at_once() {
     let agent = Agent::start(&[]);
-    assert_eq!(agent.put("/v1/kv/gone", "v").text(), "true");
-    let index = agent.get("/v1/kv/gone").index();
-    let request = format!("GET /v1/kv/gone?index={index}&wait=60s HTTP/1.1\r\nHost: a\r\n\r\n");
+    let (index, request) = blocking_get(&agent, "gone", "v");
     let mut watchers = group(&agent, &request, 5);
     // Alone: a different request.
     let mut alone = connect(&agent);

@@ -230,8 +230,7 @@ impl TokenGrants {
 
     /// When the token stops working; see [`AclToken::expires_at`].
     pub fn expires_at(&self) -> Option<SystemTime> {
-        let token = AclToken { expiration_time: self.expiration_time.clone(), ..AclToken::default() };
-        token.expires_at()
+        crate::model::acl::expires_at(self.expiration_time.as_deref())
     }
 
     /// The authorizer these grants make under `default_allow`. Rules that no longer parse

@@ -98,17 +98,14 @@ impl H1 {
             let head = match self.read_head(stream, buf).await {
                 Ok(Some(head)) => head,
                 Ok(None) => return Stop::Close,
-                Err(status) => {
-                    let _ = write_all(stream, &simple_response(status).slices_from(0)).await;
-                    return Stop::Close;
-                }
+                Err(status) => Head::Refuse(status),
             };
             let served = match head {
                 Head::Served(served) => served,
                 Head::HandOff => return Stop::HandOff,
                 Head::Refuse(status) => {
                     tracing::debug!(client = %peer, %status, "HTTP request refused before routing");
-                    let _ = write_all(stream, &simple_response(status).slices_from(0)).await;
+                    let _ = write_all(stream, &[IoSlice::new(&refusal_head(status))]).await;
                     return Stop::Close;
                 }
             };
@@ -541,13 +538,13 @@ fn http_date() -> [u8; 29] {
 }
 
 /// A bodiless answer that closes the connection.
-fn simple_response(status: StatusCode) -> Encoded {
+fn refusal_head(status: StatusCode) -> Vec<u8> {
     let date = http_date();
-    let head = format!(
+    format!(
         "HTTP/1.1 {status}\r\ncontent-length: 0\r\ndate: {}\r\nconnection: close\r\n\r\n",
         String::from_utf8_lossy(&date)
-    );
-    Encoded { head: head.into_bytes(), body: Bytes::new(), status: status.as_u16(), route: String::new() }
+    )
+    .into_bytes()
 }
 
 /// Writes every byte of `slices`.

@@ -78,13 +78,17 @@ impl AclToken {
     /// When the token stops working, if it expires. A time that does not parse (none can be
     /// stored through the API) counts as already past: a token is never kept by mistake.
     pub fn expires_at(&self) -> Option<std::time::SystemTime> {
-        let text = self.expiration_time.as_deref()?;
-        Some(parse_rfc3339(text).unwrap_or(std::time::UNIX_EPOCH))
+        expires_at(self.expiration_time.as_deref())
     }
 
     pub fn expired(&self, now: std::time::SystemTime) -> bool {
         self.expires_at().is_some_and(|at| at <= now)
     }
+}
+
+/// When a token with this `ExpirationTime` stops working; see [`AclToken::expires_at`].
+pub fn expires_at(expiration_time: Option<&str>) -> Option<std::time::SystemTime> {
+    Some(parse_rfc3339(expiration_time?).unwrap_or(std::time::UNIX_EPOCH))
 }
 
 /// An RFC 3339 time as Consul writes them (`2026-12-07T10:00:00Z`, fractions and offsets
