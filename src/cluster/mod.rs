@@ -982,24 +982,93 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// made durable (or, on a follower, forwarded and committed), the next batch accumulates.
 /// Measured: several forwarded batches in flight made smaller entries and fewer writes per
 /// second through a follower (bench/README.md, "Three-server clusters").
+///
+/// A proposal that answered many writes is usually followed by most of them again, sent by
+/// the same clients as soon as their answers arrive; proposing the few writes queued at that
+/// moment would put those clients one whole proposal behind. So when fewer writes are queued
+/// than the last proposal carried, the next one waits for them ([`LastProposal::gather_wait`]).
 async fn run_proposer(cluster: Cluster, mut rx: mpsc::Receiver<PendingWrite>, shutdown: CancellationToken) {
+    let mut last = LastProposal::default();
     loop {
-        let first = tokio::select! {
+        let batch = tokio::select! {
             _ = shutdown.cancelled() => return,
-            next = rx.recv() => match next { Some(w) => w, None => return },
+            next = next_batch(&mut rx, last) => match next { Some(batch) => batch, None => return },
         };
-        let mut batch = vec![first];
-        let mut bytes = batch[0].command.approx_size();
-        while batch.len() < BATCH_COMMANDS_MAX && bytes < BATCH_BYTES_MAX {
-            match rx.try_recv() {
-                Ok(w) => {
-                    bytes += w.command.approx_size();
-                    batch.push(w);
-                }
-                Err(_) => break,
+        let started = Instant::now();
+        let writes = batch.len();
+        propose_batch(&cluster, batch).await;
+        last = LastProposal { writes, took: started.elapsed() };
+    }
+}
+
+/// Waits for a write, then takes every queued one and, after a proposal of more writes than
+/// that, waits for those ([`LastProposal::gather_wait`]). `None` once the queue is closed.
+async fn next_batch(rx: &mut mpsc::Receiver<PendingWrite>, last: LastProposal) -> Option<Vec<PendingWrite>> {
+    let mut batch = Batch::new(rx.recv().await?);
+    while !batch.is_full() {
+        match rx.try_recv() {
+            Ok(w) => batch.push(w),
+            Err(_) => break,
+        }
+    }
+    if let Some(wait) = last.gather_wait(batch.writes.len()) {
+        let deadline = Instant::now() + wait;
+        while batch.writes.len() < last.writes && !batch.is_full() {
+            tokio::select! {
+                next = rx.recv() => match next {
+                    Some(w) => batch.push(w),
+                    None => break,
+                },
+                () = tokio::time::sleep_until(deadline) => break,
             }
         }
-        propose_batch(&cluster, batch).await;
+    }
+    Some(batch.writes)
+}
+
+/// The longest a proposal waits for more writes ([`LastProposal::gather_wait`]).
+const GATHER_WAIT_MAX: Duration = Duration::from_millis(10);
+
+/// The writes of the next proposal, within [`BATCH_COMMANDS_MAX`] and [`BATCH_BYTES_MAX`].
+struct Batch {
+    writes: Vec<PendingWrite>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn new(first: PendingWrite) -> Self {
+        let bytes = first.command.approx_size();
+        Batch { writes: vec![first], bytes }
+    }
+
+    fn push(&mut self, write: PendingWrite) {
+        self.bytes += write.command.approx_size();
+        self.writes.push(write);
+    }
+
+    fn is_full(&self) -> bool {
+        self.writes.len() >= BATCH_COMMANDS_MAX || self.bytes >= BATCH_BYTES_MAX
+    }
+}
+
+/// What the proposer's last proposal carried and how long it took to answer.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct LastProposal {
+    writes: usize,
+    took: Duration,
+}
+
+impl LastProposal {
+    /// How long a proposal holding `queued` writes waits for more: nothing when at least as
+    /// many are queued as the last proposal carried (one sequential writer never waits), else
+    /// up to the last proposal's own duration, at most [`GATHER_WAIT_MAX`]; it goes as soon as
+    /// as many have arrived. Measured on three servers with 16 and 64 closed-loop clients:
+    /// 30-40 % more writes per second and a lower p99, since the clients answered by one
+    /// proposal no longer split into a large and a small one (bench/README.md, "Three-server
+    /// clusters unpinned"). The cost, when the clients do not come back: one wait, at most
+    /// as long as a proposal.
+    fn gather_wait(&self, queued: usize) -> Option<Duration> {
+        (queued < self.writes).then(|| self.took.min(GATHER_WAIT_MAX))
     }
 }
 

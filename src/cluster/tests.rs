@@ -381,3 +381,54 @@ async fn a_legacy_snapshot_file_is_converted() {
     assert!(!dir.path().join("snapshot.bin").exists());
     assert!(dir.path().join("snapshot.json").exists());
 }
+
+fn pending(key: &str) -> PendingWrite {
+    PendingWrite { command: kv_set(key), token: None, reply: oneshot::channel().0 }
+}
+
+/// The proposer's gathering: a lone writer never waits; after a proposal of four writes the
+/// next one waits for four, and goes as soon as they are there; it waits no longer than the
+/// last proposal took, nor than `GATHER_WAIT_MAX`. On a paused clock: time moves only when
+/// every task waits, so the timings are exact.
+#[tokio::test(start_paused = true)]
+async fn a_proposal_gathers_the_writes_the_last_one_answered() {
+    let one = LastProposal { writes: 1, took: Duration::from_secs(5) };
+    assert_eq!(one.gather_wait(1), None, "one sequential writer never waits");
+    assert_eq!(LastProposal::default().gather_wait(1), None);
+    let four = LastProposal { writes: 4, took: Duration::from_secs(5) };
+    assert_eq!(four.gather_wait(4), None);
+    assert_eq!(four.gather_wait(1), Some(GATHER_WAIT_MAX), "bounded by GATHER_WAIT_MAX");
+    let quick = LastProposal { writes: 4, took: Duration::from_millis(3) };
+    assert_eq!(quick.gather_wait(2), Some(Duration::from_millis(3)), "bounded by the last proposal");
+
+    // The other writes arrive 2 ms later: one proposal of four, before the bound.
+    let (tx, mut rx) = mpsc::channel(16);
+    tx.send(pending("a")).await.expect("send");
+    let late = tx.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        for key in ["b", "c", "d", "e"] {
+            late.send(pending(key)).await.expect("send");
+        }
+    });
+    let slow = LastProposal { writes: 4, took: Duration::from_secs(5) };
+    let started = Instant::now();
+    let batch = next_batch(&mut rx, slow).await.expect("a batch");
+    assert_eq!(batch.len(), 4, "waits for as many writes as the last proposal carried, no more");
+    assert_eq!(started.elapsed(), Duration::from_millis(2), "goes as soon as they are there");
+    let rest = next_batch(&mut rx, LastProposal { writes: 4, took: Duration::ZERO }).await.expect("the fifth");
+    assert_eq!(rest.len(), 1, "a zero wait takes what is queued");
+
+    // Nobody comes back: the wait ends at the bound with what there is.
+    tx.send(pending("f")).await.expect("send");
+    let started = Instant::now();
+    let batch = next_batch(&mut rx, quick).await.expect("a batch");
+    assert_eq!(batch.len(), 1);
+    assert_eq!(started.elapsed(), Duration::from_millis(3), "waits as long as the last proposal took");
+    tx.send(pending("g")).await.expect("send");
+    let started = Instant::now();
+    next_batch(&mut rx, four).await.expect("a batch");
+    assert_eq!(started.elapsed(), GATHER_WAIT_MAX, "and never longer than GATHER_WAIT_MAX");
+    drop(tx);
+    assert!(next_batch(&mut rx, four).await.is_none(), "a closed queue ends the proposer");
+}
