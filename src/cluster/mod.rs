@@ -1064,11 +1064,12 @@ impl LastProposal {
     /// up to twice the last proposal's duration, at most [`GATHER_WAIT_MAX`]; it goes as soon
     /// as as many have arrived. Twice, because on a busy host the clients' round trip (their
     /// answers written, their next requests read and parsed) takes about a proposal's time
-    /// or longer; once cut it short in about one run in three. Measured on three servers with
-    /// 16 and 64 closed-loop clients: 20-40 % more writes per second and a lower p99, since
-    /// the clients answered by one proposal no longer split into a large and a small one
-    /// (bench/README.md, "Three-server clusters unpinned"). The cost, when the clients do not
-    /// come back: one wait of at most two proposals' time or 10 ms.
+    /// or longer: with once, one run in three fell back to 1.46× etcd through a follower.
+    /// Measured on three servers with 16 and 64 closed-loop clients: 20-40 % more writes per
+    /// second and a lower p99, since the clients answered by one proposal no longer split
+    /// into a large and a small one (bench/README.md, "Three-server clusters: proposals that
+    /// gather the writes they answered"). The cost, when the clients do not come back: one
+    /// wait of at most two proposals' time or 10 ms.
     fn gather_wait(&self, queued: usize) -> Option<Duration> {
         (queued < self.writes).then(|| (self.took * 2).min(GATHER_WAIT_MAX))
     }

@@ -388,8 +388,8 @@ fn pending(key: &str) -> PendingWrite {
 
 /// The proposer's gathering: a lone writer never waits; after a proposal of four writes the
 /// next one waits for four, and goes as soon as they are there; it waits no longer than twice
-/// what the last proposal took, nor than `GATHER_WAIT_MAX`. On a paused clock: time moves only when
-/// every task waits, so the timings are exact.
+/// what the last proposal took, nor than `GATHER_WAIT_MAX`. On a paused clock: time moves
+/// only when every task waits, so the timings are exact.
 #[tokio::test(start_paused = true)]
 async fn a_proposal_gathers_the_writes_the_last_one_answered() {
     let one = LastProposal { writes: 1, took: Duration::from_secs(5) };
