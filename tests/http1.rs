@@ -1,6 +1,7 @@
-//! HTTP/1.1 on the plain-text port, where cairn serves bodiless GETs itself and hands a
-//! connection to hyper at its first other request: pipelined requests answered in order
-//! across the hand-off, chunked request bodies, `Connection: close` and HTTP/1.0, oversized
+//! HTTP/1.1 on the plain-text port, where cairn serves bodiless GETs and small-bodied writes
+//! itself and hands a connection to hyper at its first other request: pipelined requests
+//! answered in order across the hand-off, bodies arriving in pieces, large and chunked
+//! request bodies, a client hanging up mid-body, `Connection: close` and HTTP/1.0, oversized
 //! and malformed heads, idle keep-alive connections timed out, a streamed response framed once,
 //! waiting watchers that hang up releasing what they held, and identical blocking queries
 //! answered together (each watcher its answer, its connection usable afterwards).
@@ -68,8 +69,8 @@ fn closed_within(conn: &mut BufReader<TcpStream>, within: Duration) -> bool {
 fn pipelined_requests_are_answered_in_order_across_the_hand_off_to_hyper() {
     let agent = Agent::start(&[]);
     let mut conn = connect(&agent);
-    // Four requests in one write: two GETs served by cairn's loop, a PUT with a body (hyper
-    // from here on), a GET after it, on one connection.
+    // Four requests in one write, all served by cairn's loop: two GETs, a PUT with a body, a
+    // GET after it, on one connection.
     send(
         &mut conn,
         b"GET /v1/kv/pipelined HTTP/1.1\r\nHost: a\r\n\r\n\
@@ -85,7 +86,7 @@ fn pipelined_requests_are_answered_in_order_across_the_hand_off_to_hyper() {
     assert!(leader.text().contains("127.0.0.1"), "{}", leader.text());
     assert_eq!(read_one(&mut conn).text(), "true");
     assert_eq!(read_one(&mut conn).text(), "value");
-    // Chunked request bodies go to hyper too.
+    // Chunked request bodies go to hyper (from here on, for this connection).
     send(
         &mut conn,
         b"PUT /v1/kv/chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
@@ -307,4 +308,67 @@ fn a_streamed_backup_is_framed_by_its_length_alone() {
     // The connection is still in step: a second request is answered.
     send(&mut conn, b"GET /v1/kv/backed-up?raw HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(read_one(&mut conn).text(), "v");
+}
+
+/// Writes with small bodies are served by cairn's loop, whatever pieces their bodies arrive
+/// in; a body over 64 KiB goes to hyper with the connection; a client that hangs up mid-body
+/// writes nothing and costs the agent nothing.
+#[test]
+fn small_bodied_writes_are_served_and_larger_bodies_go_to_hyper() {
+    let agent = Agent::start(&["-log-level", "debug"]);
+    let handed_off = |agent: &Agent| agent.log().matches("HTTP connection handed to hyper").count();
+    let mut conn = connect(&agent);
+    // Head, then the body in two pieces, with pauses longer than a read takes.
+    send(&mut conn, b"PUT /v1/kv/pieces HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(50));
+    send(&mut conn, b"hello ");
+    std::thread::sleep(Duration::from_millis(50));
+    send(&mut conn, b"world");
+    assert_eq!(read_one(&mut conn).text(), "true");
+    // A read, a transaction, a POST where only PUT is routed, a delete and a read, pipelined
+    // in one segment and answered in order.
+    send(
+        &mut conn,
+        b"GET /v1/kv/pieces?raw HTTP/1.1\r\nHost: a\r\n\r\n\
+          PUT /v1/txn HTTP/1.1\r\nHost: a\r\nContent-Length: 50\r\n\r\n\
+          [{\"KV\":{\"Verb\":\"set\",\"Key\":\"txn\",\"Value\":\"dHhu\"}}]\
+          POST /v1/txn HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n[]\
+          DELETE /v1/kv/pieces HTTP/1.1\r\nHost: a\r\n\r\n\
+          GET /v1/kv/pieces HTTP/1.1\r\nHost: a\r\n\r\n",
+    );
+    assert_eq!(read_one(&mut conn).text(), "hello world");
+    let txn = read_one(&mut conn);
+    assert_eq!(txn.status, 200, "{}", txn.text());
+    assert!(txn.text().contains("\"Key\":\"txn\""), "{}", txn.text());
+    assert_eq!(read_one(&mut conn).status, 405, "the method reaches the router as sent");
+    assert_eq!(read_one(&mut conn).text(), "true");
+    assert_eq!(read_one(&mut conn).status, 404);
+    assert_eq!(agent.get("/v1/kv/txn?raw").text(), "txn", "the transaction's write is there");
+    assert_eq!(handed_off(&agent), 0, "every write so far served by cairn's loop:\n{}", agent.log());
+
+    // 100 KiB: hyper reads it (the connection is hyper's from here on) and the loop's
+    // replayed bytes keep the request whole.
+    let big = vec![b'x'; 100 << 10];
+    let mut request =
+        format!("PUT /v1/kv/big HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", big.len()).into_bytes();
+    request.extend_from_slice(&big[..1000]);
+    send(&mut conn, &request);
+    std::thread::sleep(Duration::from_millis(20));
+    send(&mut conn, &big[1000..]);
+    assert_eq!(read_one(&mut conn).text(), "true");
+    send(&mut conn, b"GET /v1/kv/big?raw HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(read_one(&mut conn).body.len(), big.len());
+    support::wait_for("the hand-off's log line", Duration::from_secs(5), || (handed_off(&agent) == 1).then_some(()));
+
+    // Hanging up after 3 of 10 body bytes: nothing written, the agent serves on.
+    let mut gone = connect(&agent);
+    send(&mut gone, b"PUT /v1/kv/half HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc");
+    gone.get_mut().shutdown(std::net::Shutdown::Write).expect("half-close");
+    assert!(closed_within(&mut gone, Duration::from_secs(5)), "the agent closes a connection whose body ended early");
+    drop(gone);
+    assert_eq!(agent.get("/v1/kv/half").status, 404, "a partial body writes nothing");
+    let mut fresh = connect(&agent);
+    send(&mut fresh, b"PUT /v1/kv/after HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok");
+    assert_eq!(read_one(&mut fresh).text(), "true");
+    assert_eq!(agent.get("/v1/kv/after?raw").text(), "ok");
 }

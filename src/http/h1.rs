@@ -1,9 +1,11 @@
 //! cairn's own HTTP/1.1 loop for plain-text connections. It serves the requests that make up
-//! almost all of a watcher's traffic — `GET` without a body — through the same router as
-//! hyper, writing each response as one `writev`; identical blocking queries are answered
-//! together ([`super::fanout`]). At the first request it does not serve itself (a body, an
-//! upgrade, `HEAD`, `Expect`, the streaming monitor) it hands the connection to hyper, the
-//! bytes it has read included, so every other request keeps hyper's full HTTP/1.1.
+//! almost all of the API's traffic — `GET` without a body (a watcher's), and `PUT`, `POST`
+//! and `DELETE` whose body has a `Content-Length` of at most [`MAX_SERVED_BODY`] (a writer's)
+//! — through the same router as hyper, writing each response as one `writev`; identical
+//! blocking queries are answered together ([`super::fanout`]). At the first request it does
+//! not serve itself (a chunked or larger body, an upgrade, `HEAD`, `Expect`, the streaming
+//! monitor) it hands the connection to hyper, the bytes it has read included, so every other
+//! request keeps hyper's full HTTP/1.1.
 //!
 //! Kept from hyper's behaviour: each request head must arrive within
 //! `limits.http_header_read_timeout` of when it is awaited (an idle keep-alive connection is
@@ -11,7 +13,9 @@
 //! 400 for a malformed head, 414 for an overlong target; pipelined requests are answered in
 //! order; `Connection: close` (and HTTP/1.0 without `keep-alive`) closes after the answer; a
 //! client that hangs up while its request runs ends the request; at shutdown an idle
-//! connection closes and a busy one after its answer (which says `Connection: close`).
+//! connection closes and a busy one after its answer (which says `Connection: close`). As in
+//! hyper, a body has no time limit of its own (only the connection caps bound the clients
+//! that send one slowly), and a client that hangs up mid-body ends the connection.
 
 use std::io::IoSlice;
 use std::net::SocketAddr;
@@ -37,8 +41,11 @@ const MAX_HEADERS: usize = 100;
 const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 /// The longest request target the `http` crate parses (hyper answers 414 past it).
 const MAX_URI_BYTES: usize = u16::MAX as usize - 1;
-/// The read buffer's first size (it grows only for long heads).
+/// The read buffer's first size (it grows only for long heads and bodies).
 const READ_BYTES: usize = 4096;
+/// The largest request body this loop reads itself; larger ones go to hyper, whose handlers
+/// stream them under their own limits. A KV write's value is usually far smaller.
+const MAX_SERVED_BODY: usize = 64 << 10;
 
 /// What the loop needs, shared by every plain-text connection.
 pub(super) struct H1 {
@@ -52,6 +59,8 @@ pub(super) struct H1 {
 /// A request head this loop serves itself.
 struct Served {
     request: Request<Body>,
+    /// The length of its body, still to read after the head (0: none).
+    body_len: usize,
     /// Close after the answer (`Connection: close`, HTTP/1.0 without `keep-alive`).
     close: bool,
     /// What makes this request's answer the same as another's, for a blocking query on a
@@ -86,6 +95,7 @@ impl H1 {
         let mut buf = BytesMut::with_capacity(READ_BYTES);
         let stop = self.serve_requests(&stream, &mut buf, peer).await;
         if let Stop::HandOff = stop {
+            tracing::debug!(client = %peer, "HTTP connection handed to hyper");
             match Arc::try_unwrap(stream) {
                 Ok(stream) => hand_off(Prefixed { prefix: buf.freeze(), stream }).await,
                 Err(_) => tracing::warn!(client = %peer, "HTTP connection still shared at hand-off; closed"),
@@ -109,7 +119,13 @@ impl H1 {
                     return Stop::Close;
                 }
             };
-            let Served { request, close, group_key } = *served;
+            let Served { mut request, body_len, close, group_key } = *served;
+            if body_len > 0 {
+                match read_body(stream, buf, body_len).await {
+                    Some(body) => *request.body_mut() = Body::from(body),
+                    None => return Stop::Close,
+                }
+            }
             let version = request.version();
             let result = match group_key {
                 Some(key) => self.answer_grouped(stream, buf, key, request).await,
@@ -406,9 +422,13 @@ fn parse(buf: &mut BytesMut) -> Result<Option<Head>, StatusCode> {
     let (Some(method), Some(target), Some(minor)) = (parsed.method, parsed.path, parsed.version) else {
         return Err(StatusCode::BAD_REQUEST);
     };
-    if method != "GET" {
-        return Ok(Some(Head::HandOff));
-    }
+    let method = match method {
+        "GET" => Method::GET,
+        "PUT" => Method::PUT,
+        "POST" => Method::POST,
+        "DELETE" => Method::DELETE,
+        _ => return Ok(Some(Head::HandOff)),
+    };
     let uri: axum::http::Uri = match target.parse() {
         Ok(uri) => uri,
         // What hyper answers: 414 past the longest URI `http` takes, else 400.
@@ -422,7 +442,9 @@ fn parse(buf: &mut BytesMut) -> Result<Option<Head>, StatusCode> {
     // HTTP/1.0 closes unless it asks to be kept alive; HTTP/1.1 stays open unless it asks not.
     let mut close = version == Version::HTTP_10;
     let mut request = Request::new(Body::empty());
-    *request.method_mut() = Method::GET;
+    let get = method == Method::GET;
+    let mut body_len = None;
+    *request.method_mut() = method;
     *request.version_mut() = version;
     *request.uri_mut() = uri;
     let mut group_key = Vec::with_capacity(target.len() + 64);
@@ -434,12 +456,16 @@ fn parse(buf: &mut BytesMut) -> Result<Option<Head>, StatusCode> {
         else {
             return Ok(Some(Head::Refuse(StatusCode::BAD_REQUEST)));
         };
-        if name == header::TRANSFER_ENCODING
-            || name == header::UPGRADE
-            || name == header::EXPECT
-            || (name == header::CONTENT_LENGTH && h.value != b"0")
-        {
+        if name == header::TRANSFER_ENCODING || name == header::UPGRADE || name == header::EXPECT {
             return Ok(Some(Head::HandOff));
+        }
+        if name == header::CONTENT_LENGTH {
+            // One plain length this loop reads whole, else hyper's rules and answers (400
+            // for a malformed or repeated length, streaming for a large one).
+            match served_body_len(h.value) {
+                Some(len) if body_len.is_none() && (len == 0 || !get) => body_len = Some(len),
+                _ => return Ok(Some(Head::HandOff)),
+            }
         }
         if name == header::CONNECTION {
             let tokens = String::from_utf8_lossy(h.value).to_ascii_lowercase();
@@ -465,9 +491,20 @@ fn parse(buf: &mut BytesMut) -> Result<Option<Head>, StatusCode> {
         map.append(name, value);
     }
     buf.advance(head_len);
-    let blocking = request.uri().query().is_some_and(has_index);
+    let blocking = get && request.uri().query().is_some_and(has_index);
     let group_key = (blocking && !close && version == Version::HTTP_11).then_some(group_key);
-    Ok(Some(Head::Served(Box::new(Served { request, close, group_key }))))
+    let body_len = body_len.unwrap_or(0);
+    Ok(Some(Head::Served(Box::new(Served { request, body_len, close, group_key }))))
+}
+
+/// A `Content-Length` value this loop reads the body of: decimal digits only, at most
+/// [`MAX_SERVED_BODY`].
+fn served_body_len(value: &[u8]) -> Option<usize> {
+    if value.is_empty() || value.len() > 6 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let len = std::str::from_utf8(value).ok()?.parse::<usize>().ok()?;
+    (len <= MAX_SERVED_BODY).then_some(len)
 }
 
 /// Whether a query string asks to block (`index=` other than 0).
@@ -579,6 +616,22 @@ fn remaining_slices<'a>(slices: &'a [IoSlice<'a>], mut skip: usize) -> Vec<IoSli
     out
 }
 
+/// Reads until `buf` holds `len` body bytes and takes them; `None` when the client closes
+/// first or the connection fails.
+async fn read_body(stream: &TcpStream, buf: &mut BytesMut, len: usize) -> Option<Bytes> {
+    while buf.len() < len {
+        buf.reserve(len - buf.len());
+        stream.readable().await.ok()?;
+        match stream.try_read_buf(buf) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
+            Err(_) => return None,
+        }
+    }
+    Some(buf.split_to(len).freeze())
+}
+
 /// A connection handed to hyper: the bytes this loop read but did not serve come first.
 pub(super) struct Prefixed {
     prefix: Bytes,
@@ -668,13 +721,25 @@ mod tests {
         assert_eq!(served("GET /v1/kv/a?index=5 HTTP/1.1\r\nConnection: close\r\n\r\n"), Some((true, false, 0)));
         assert_eq!(served("GET /v1/kv/a?index=5 HTTP/1.0\r\n\r\n"), Some((true, false, 0)));
         assert_eq!(served("GET /v1/kv/a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"), Some((false, false, 0)));
+        // A body stays in the buffer for the loop to read; a write never joins a group.
+        assert_eq!(served("PUT /v1/kv/a?index=5 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"), Some((false, false, 3)));
         let kind = |text: &str| match parse(&mut BytesMut::from(text)) {
             Ok(Some(Head::HandOff)) => "hand-off",
             Ok(Some(Head::Refuse(_))) | Err(_) => "refused",
             Ok(Some(Head::Served(_))) => "served",
             Ok(None) => "partial",
         };
-        assert_eq!(kind("PUT /v1/kv/a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx"), "hand-off");
+        assert_eq!(kind("PUT /v1/kv/a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx"), "served");
+        assert_eq!(kind("POST /v1/txn HTTP/1.1\r\nContent-Length: 65536\r\n\r\n"), "served");
+        assert_eq!(kind("DELETE /v1/kv/a HTTP/1.1\r\n\r\n"), "served");
+        assert_eq!(kind("PUT /v1/kv/a HTTP/1.1\r\nContent-Length: 65537\r\n\r\n"), "hand-off");
+        assert_eq!(kind("PUT /v1/kv/a HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"), "hand-off");
+        assert_eq!(kind("PUT /v1/kv/a HTTP/1.1\r\nContent-Length: +1\r\n\r\nx"), "hand-off");
+        assert_eq!(kind("PUT /v1/kv/a HTTP/1.1\r\nContent-Length: 1, 1\r\n\r\nx"), "hand-off");
+        assert_eq!(kind("PUT /v1/kv/a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"), "hand-off");
+        assert_eq!(kind("PUT /v1/kv/a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), "hand-off");
+        assert_eq!(kind("PATCH /v1/kv/a HTTP/1.1\r\n\r\n"), "hand-off");
+        assert_eq!(kind("OPTIONS * HTTP/1.1\r\n\r\n"), "hand-off");
         assert_eq!(kind("GET /v1/kv/a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), "hand-off");
         assert_eq!(kind("GET /v1/kv/a HTTP/1.1\r\nContent-Length: 3\r\n\r\n"), "hand-off");
         assert_eq!(kind("GET /v1/kv/a HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), "served");
