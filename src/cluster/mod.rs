@@ -1052,7 +1052,7 @@ impl Batch {
 }
 
 /// What the proposer's last proposal carried and how long it took to answer.
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
+#[derive(Debug, Default, Clone, Copy)]
 struct LastProposal {
     writes: usize,
     took: Duration,

@@ -165,12 +165,8 @@ impl H1 {
                 _ = self.shutdown.cancelled(), if idle => return Ok(None),
             }
             buf.reserve(READ_BYTES.min(MAX_HEAD_BYTES.saturating_sub(buf.len())).max(1));
-            match stream.try_read_buf(buf) {
-                Ok(0) => return Ok(None),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return Ok(None),
+            if !read_ready(stream, buf) {
+                return Ok(None);
             }
         }
     }
@@ -382,11 +378,8 @@ async fn client_gone(stream: &TcpStream, buf: &mut BytesMut) {
             return;
         }
         buf.reserve(READ_BYTES);
-        match stream.try_read_buf(buf) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
-            Err(_) => return,
+        if !read_ready(stream, buf) {
+            return;
         }
     }
 }
@@ -500,9 +493,10 @@ fn parse(buf: &mut BytesMut) -> Result<Option<Head>, StatusCode> {
 /// A `Content-Length` value this loop reads the body of: decimal digits only, at most
 /// [`MAX_SERVED_BODY`].
 fn served_body_len(value: &[u8]) -> Option<usize> {
-    if value.is_empty() || value.len() > 6 || !value.iter().all(u8::is_ascii_digit) {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
+    // Too many digits for a usize fails to parse, and goes to hyper too.
     let len = std::str::from_utf8(value).ok()?.parse::<usize>().ok()?;
     (len <= MAX_SERVED_BODY).then_some(len)
 }
@@ -622,14 +616,22 @@ async fn read_body(stream: &TcpStream, buf: &mut BytesMut, len: usize) -> Option
     while buf.len() < len {
         buf.reserve(len - buf.len());
         stream.readable().await.ok()?;
-        match stream.try_read_buf(buf) {
-            Ok(0) => return None,
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
-            Err(_) => return None,
+        if !read_ready(stream, buf) {
+            return None;
         }
     }
     Some(buf.split_to(len).freeze())
+}
+
+/// One non-blocking read into `buf` once the socket was reported readable: `false` when the
+/// client closed or the connection failed (a spurious wake-up or an interrupted read is
+/// neither).
+fn read_ready(stream: &TcpStream, buf: &mut BytesMut) -> bool {
+    match stream.try_read_buf(buf) {
+        Ok(0) => false,
+        Ok(_) => true,
+        Err(e) => matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted),
+    }
 }
 
 /// A connection handed to hyper: the bytes this loop read but did not serve come first.
@@ -733,6 +735,7 @@ mod tests {
         assert_eq!(kind("POST /v1/txn HTTP/1.1\r\nContent-Length: 65536\r\n\r\n"), "served");
         assert_eq!(kind("DELETE /v1/kv/a HTTP/1.1\r\n\r\n"), "served");
         assert_eq!(kind("PUT /v1/kv/a HTTP/1.1\r\nContent-Length: 65537\r\n\r\n"), "hand-off");
+        assert_eq!(kind("PUT /v1/kv/a HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n"), "hand-off");
         assert_eq!(kind("PUT /v1/kv/a HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"), "hand-off");
         assert_eq!(kind("PUT /v1/kv/a HTTP/1.1\r\nContent-Length: +1\r\n\r\nx"), "hand-off");
         assert_eq!(kind("PUT /v1/kv/a HTTP/1.1\r\nContent-Length: 1, 1\r\n\r\nx"), "hand-off");
