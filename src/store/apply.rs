@@ -35,6 +35,54 @@ impl From<crate::backup::ArchiveError> for RestoreError {
     }
 }
 
+/// A restore from parts refused (the parts are dropped either way, so it commits).
+fn refuse_parts(req: &RestoreParts, why: String) -> Outcome {
+    Outcome::Commit(CommandResult::Rejected(format!("restore {}: {why}", req.restore)))
+}
+
+/// This server's copy of a restore's parts, read from the start as often as asked; it keeps
+/// the first I/O error met, which the archive reader reports only as an unreadable archive.
+struct LocalCopy {
+    file: std::fs::File,
+    failure: std::cell::RefCell<Option<std::io::Error>>,
+}
+
+impl LocalCopy {
+    fn new(file: std::fs::File) -> LocalCopy {
+        LocalCopy { file, failure: std::cell::RefCell::new(None) }
+    }
+
+    fn open(&self) -> std::io::Result<std::io::BufReader<CopyReader<'_>>> {
+        let rewound = || {
+            let mut file = self.file.try_clone()?;
+            file.seek(std::io::SeekFrom::Start(0))?;
+            Ok(file)
+        };
+        let file = rewound().inspect_err(|e| self.note(e))?;
+        Ok(std::io::BufReader::with_capacity(BUFFER_BYTES, CopyReader { file, copy: self }))
+    }
+
+    fn note(&self, e: &std::io::Error) {
+        self.failure.borrow_mut().get_or_insert_with(|| std::io::Error::new(e.kind(), e.to_string()));
+    }
+
+    /// The first I/O error met reading the copy, if any.
+    fn failure(&self) -> Option<std::io::Error> {
+        self.failure.borrow_mut().take()
+    }
+}
+
+struct CopyReader<'c> {
+    file: std::fs::File,
+    copy: &'c LocalCopy,
+}
+
+impl std::io::Read for CopyReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.file.read(buf).inspect_err(|e| self.copy.note(e))
+    }
+}
+
 /// `sm_restore_parts` keys of one restore: its name, then NUL.
 fn restore_part_prefix(restore: &str) -> Vec<u8> {
     let mut prefix = restore.as_bytes().to_vec();
@@ -379,25 +427,32 @@ impl ApplyTx<'_, '_> {
         }
         let file = copy.into_inner().map_err(|e| e.into_error())?;
         self.t.restore_parts.clear(self.txn)?;
-        let refuse =
-            |why: String| Ok(Outcome::Commit(CommandResult::Rejected(format!("restore {}: {why}", req.restore))));
         if copied != req.size_bytes {
-            return refuse(format!(
-                "the parts held make {copied} bytes of the {} sent (another restore started since?)",
-                req.size_bytes
+            return Ok(refuse_parts(
+                req,
+                format!(
+                    "the parts held make {copied} bytes of the {} sent (another restore started since?)",
+                    req.size_bytes
+                ),
             ));
         }
-        let open = || {
-            let mut file = file.try_clone()?;
-            file.seek(std::io::SeekFrom::Start(0))?;
-            Ok(std::io::BufReader::with_capacity(BUFFER_BYTES, file))
+        self.restore_from_copy(&LocalCopy::new(file), req)
+    }
+
+    /// Restores from this server's copy of a restore's parts. Every server holds the same
+    /// parts, so an archive that fails its check is refused alike on every one; a copy this
+    /// server cannot read back (a disk error) is its own failure, a storage error like any
+    /// failed read of the store, never a refusal that would leave it apart from the others.
+    fn restore_from_copy(&mut self, copy: &LocalCopy, req: &RestoreParts) -> Result<Outcome, StoreError> {
+        let outcome = match Self::check_archive(|| copy.open(), req.size_bytes, req.checksum, "its parts") {
+            Ok(verified) => self.replace_with(|| copy.open(), req.size_bytes, &verified)?,
+            // Refused when checked, nothing changed: the parts stay dropped.
+            Err(why) => refuse_parts(req, why),
         };
-        // Refused when checked, nothing changed: the parts stay dropped.
-        let verified = match Self::check_archive(open, req.size_bytes, req.checksum, "its parts") {
-            Ok(verified) => verified,
-            Err(why) => return refuse(why),
-        };
-        self.replace_with(open, req.size_bytes, &verified)
+        match copy.failure() {
+            Some(e) => Err(e.into()),
+            None => Ok(outcome),
+        }
     }
 
     /// Checks an archive, streaming it from what `open` gives, against the checksum it had
@@ -1160,5 +1215,50 @@ impl ApplyTx<'_, '_> {
             },
         };
         Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// A copy of a restore's parts that this server cannot read back is a storage error here
+    /// (Raft stops on this server rather than leave it apart from the others); bytes that
+    /// read fine but are no archive are a refusal, as on every server holding the same parts.
+    #[test]
+    fn a_local_copy_that_cannot_be_read_back_is_a_storage_error_not_a_refusal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("data"), 64 << 20).expect("open store");
+        let req = RestoreParts { restore: "r1".into(), size_bytes: 64, checksum: 1 };
+        let mut wtxn = store.env().write_txn().expect("write txn");
+        let mut tx = ApplyTx {
+            txn: &mut wtxn,
+            t: store.sm,
+            index: 10,
+            offset: 0,
+            staging_dir: store.staging_dir(),
+            touched: Touched::default(),
+            now_ms: None,
+        };
+
+        // A directory opened as a file: every read of it fails (EISDIR).
+        let unreadable = std::fs::File::open(dir.path()).expect("open the directory");
+        match tx.restore_from_copy(&LocalCopy::new(unreadable), &req) {
+            Err(StoreError::SnapshotIo(e)) => assert_eq!(e.kind(), std::io::ErrorKind::IsADirectory, "{e}"),
+            Err(e) => panic!("want the read failure, got {e}"),
+            Ok(_) => panic!("an unreadable copy must be a storage error, not an outcome"),
+        }
+
+        let mut garbage = tempfile::tempfile().expect("tempfile");
+        garbage.write_all(&[7u8; 64]).expect("write");
+        match tx.restore_from_copy(&LocalCopy::new(garbage), &req) {
+            Ok(Outcome::Commit(CommandResult::Rejected(why))) => {
+                assert!(why.starts_with("restore r1: ") && why.contains("missing CAIRNBK1 header"), "{why}")
+            }
+            Ok(_) => panic!("bytes that are no archive must be refused"),
+            Err(e) => panic!("bytes that are no archive must be refused, not a storage error: {e}"),
+        }
     }
 }
