@@ -72,6 +72,7 @@ impl LocalCopy {
     }
 }
 
+/// Reads the copy, noting an I/O error in it with the copy.
 struct CopyReader<'c> {
     file: std::fs::File,
     copy: &'c LocalCopy,
@@ -450,7 +451,11 @@ impl ApplyTx<'_, '_> {
             Err(why) => refuse_parts(req, why),
         };
         match copy.failure() {
-            Some(e) => Err(e.into()),
+            Some(e) => Err(std::io::Error::new(
+                e.kind(),
+                format!("reading back this server's copy of restore {}: {e}", req.restore),
+            )
+            .into()),
             None => Ok(outcome),
         }
     }
@@ -1246,7 +1251,10 @@ mod tests {
         // A directory opened as a file: every read of it fails (EISDIR).
         let unreadable = std::fs::File::open(dir.path()).expect("open the directory");
         match tx.restore_from_copy(&LocalCopy::new(unreadable), &req) {
-            Err(StoreError::SnapshotIo(e)) => assert_eq!(e.kind(), std::io::ErrorKind::IsADirectory, "{e}"),
+            Err(StoreError::SnapshotIo(e)) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::IsADirectory, "{e}");
+                assert!(e.to_string().starts_with("reading back this server's copy of restore r1: "), "{e}");
+            }
             Err(e) => panic!("want the read failure, got {e}"),
             Ok(_) => panic!("an unreadable copy must be a storage error, not an outcome"),
         }

@@ -121,7 +121,7 @@ pub enum StoreError {
     Corrupt { table: &'static str, key: String, reason: String },
     #[error("snapshot is not a cairn snapshot or is damaged: {0}")]
     BadSnapshot(String),
-    #[error("cannot write a snapshot: {0}")]
+    #[error("snapshot or restore file I/O: {0}")]
     SnapshotIo(#[from] std::io::Error),
 }
 
