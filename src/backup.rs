@@ -106,7 +106,7 @@ impl Verified {
 
 const FNV1A_START: u64 = 0xcbf29ce484222325;
 
-fn fnv1a_more(mut hash: u64, bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a_more(mut hash: u64, bytes: &[u8]) -> u64 {
     for b in bytes {
         hash ^= u64::from(*b);
         hash = hash.wrapping_mul(0x100000001b3);
@@ -114,7 +114,7 @@ fn fnv1a_more(mut hash: u64, bytes: &[u8]) -> u64 {
     hash
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     fnv1a_more(FNV1A_START, bytes)
 }
 

@@ -290,8 +290,7 @@ fn a_full_lmdb_map_fails_writes_with_a_reason_while_reads_go_on() {
     assert!(full.text().contains("data store is full"), "{}", full.text());
     assert_eq!(agent.get("/v1/kv/small?raw").text(), "still here", "reads must go on");
     assert_eq!(agent.get("/v1/catalog/nodes").status, 200);
-    // Deleting data gives the room back (the refused write also triggered a snapshot, which
-    // purges the log): writes succeed again without a restart.
+    // Deleting data gives the room back: writes succeed again without a restart.
     assert_eq!(agent.delete("/v1/kv/fill/?recurse").text(), "true");
     support::wait_for("writes to be accepted again", Duration::from_secs(30), || {
         (agent.put("/v1/kv/after-full", "ok").status == 200).then_some(())

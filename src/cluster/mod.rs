@@ -25,6 +25,7 @@ mod serve;
 mod session_ttl;
 mod state_machine;
 mod token_expiry;
+mod wal;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -412,7 +413,7 @@ impl Cluster {
 
     /// Proposes `command` and waits until it is committed and applied here (on a client
     /// agent: committed through a server). Fails fast, before anything reaches the log, when
-    /// the queue is full or the LMDB map is nearly full (a full map inside a log append would
+    /// the queue is full or the LMDB map is nearly full (a full map inside an apply would
     /// stop Raft); waits up to [`LEADER_WAIT`] for a leader.
     pub async fn write(&self, command: Command) -> Result<CommandResult, WriteError> {
         self.write_as(command, None).await
@@ -445,8 +446,8 @@ impl Cluster {
 
     /// Fails when this server's disk is full, or when `commands` (about `cost` bytes) would
     /// not fit in the LMDB map beside the writes already queued. Room is counted about four
-    /// times per command: log entry, state rows, indexes, and the copy-on-write pages of the
-    /// commit.
+    /// times per command: state rows, indexes, the copy-on-write pages of the commit, and
+    /// the pages freed meanwhile that LMDB cannot reuse while a reader holds them.
     async fn check_room(&self, commands: &[Command], cost: u64) -> Result<(), WriteError> {
         if let Some(why) = self.store.out_of_space() {
             return Err(WriteError::OutOfSpace(why));
@@ -458,11 +459,6 @@ impl Cluster {
         let reserve = (size_bytes / 8).min(64 << 20) / if frees_space { 2 } else { 1 };
         let queued = self.queued_bytes.load(Ordering::Relaxed);
         if room_bytes < reserve + queued + cost {
-            // Purging the log is what gives room back: ask for a snapshot now rather than
-            // after the next 5,000 entries.
-            if let Err(e) = self.raft.trigger().snapshot().await {
-                tracing::warn!(error = %e, "could not trigger a snapshot to free LMDB space");
-            }
             return Err(WriteError::MapFull { room_bytes, size_bytes });
         }
         Ok(())

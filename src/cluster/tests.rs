@@ -27,12 +27,12 @@ fn blank(index: u64) -> Entry<TypeConfig> {
     Entry { log_id: log_id(1, 1, index), payload: EntryPayload::Blank }
 }
 
-/// Fails if completion is ever reported before the entries' transaction has committed and
-/// been synced: at the moment `done` runs, a fresh read transaction (which sees committed
-/// data only) must already find every entry, and a sync must have followed the commit.
-/// SIGKILL tests cannot catch this, since the page cache survives.
+/// Fails if completion is ever reported before the entries are on disk: at the moment
+/// `done` runs, the segment files read afresh (a second open of the log) must hold every
+/// entry, and a sync must have followed. SIGKILL tests cannot catch this, since the page
+/// cache survives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn append_acknowledges_only_committed_entries() {
+async fn append_acknowledges_only_entries_on_disk() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path(), 64 << 20).expect("open store");
     let log = LogStore::new(store.clone()).expect("log store");
@@ -40,23 +40,58 @@ async fn append_acknowledges_only_committed_entries() {
         let entries: Vec<_> = (round * 10 + 1..=round * 10 + 10).map(blank).collect();
         let (tx, rx) = std::sync::mpsc::channel();
         let probe = store.clone();
+        let wal_dir = dir.path().join("raft-log");
         let syncs_before = store.sync_count();
         log.append_then(entries, move |result| {
             result.expect("append succeeded");
-            let rtxn = probe.env().read_txn().expect("read txn");
-            let visible = probe.raft_log.len(&rtxn).expect("len");
-            tx.send((visible, probe.sync_count())).expect("send");
+            let (reopened, _) = wal::Wal::open(&wal_dir, None, wal::SEGMENT_BYTES, probe.clone()).expect("reopen");
+            tx.send((reopened.last_index(), probe.sync_count())).expect("send");
         })
         .await
         .expect("append");
-        let (visible, syncs) = rx.recv().expect("done was called");
-        assert_eq!(visible, (round + 1) * 10, "completion reported before commit");
-        assert!(syncs > syncs_before, "completion reported before the commit was synced");
+        let (last, syncs) = rx.recv().expect("done was called");
+        assert_eq!(last, Some((round + 1) * 10), "completion reported before the entries were written");
+        assert!(syncs > syncs_before, "completion reported before the entries were synced");
     }
-    // Commits fsync their pages; only the meta page waits for `Store::sync` (NO_META_SYNC).
+    // The vote and the state: commits fsync their pages; only the meta page waits for
+    // `Store::sync` (NO_META_SYNC).
     let flags = store.env().get_flags().expect("flags");
     let weakening = heed::EnvFlags::NO_SYNC | heed::EnvFlags::MAP_ASYNC | heed::EnvFlags::WRITE_MAP;
     assert_eq!(flags & weakening.bits(), 0, "LMDB environment opened without page sync");
+}
+
+/// A data dir from before the log left LMDB: its entries are moved into segment files at
+/// the first open, and the table emptied; what openraft reads is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_kept_in_lmdb_moves_into_segment_files() {
+    use openraft::storage::RaftLogStorage;
+    use openraft::RaftLogReader;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), 64 << 20).expect("open store");
+    let mut wtxn = store.env().write_txn().expect("txn");
+    for index in 5..=5000u64 {
+        let bytes = serde_json::to_vec(&blank(index)).expect("encode");
+        store.raft_log.put(&mut wtxn, &index.to_be_bytes(), &bytes).expect("put");
+    }
+    let purged = serde_json::to_vec(&log_id(1, 1, 4)).expect("encode");
+    store.raft_meta.put(&mut wtxn, b"last_purged", &purged).expect("put");
+    store.commit_durably(wtxn).expect("commit");
+
+    let mut log = LogStore::new(store.clone()).expect("log store");
+    let state = log.get_log_state().await.expect("state");
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 4)));
+    assert_eq!(state.last_log_id, Some(log_id(1, 1, 5000)));
+    let entries = log.try_get_log_entries(4990..).await.expect("read");
+    assert_eq!(entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), (4990..=5000).collect::<Vec<_>>());
+    let rtxn = store.env().read_txn().expect("txn");
+    assert!(store.raft_log.is_empty(&rtxn).expect("len"), "the LMDB table is emptied");
+    drop(rtxn);
+    assert!(dir.path().join("raft-log").is_dir() && !dir.path().join("raft-log.moving").exists());
+    drop(log);
+
+    let mut log = LogStore::new(store).expect("reopen");
+    assert_eq!(log.get_log_state().await.expect("state").last_log_id, Some(log_id(1, 1, 5000)));
+    assert_eq!(log.try_get_log_entries(5..6).await.expect("read")[0].log_id, log_id(1, 1, 5));
 }
 
 /// A bootstrapped one-server cluster on a fresh store, with a leader.

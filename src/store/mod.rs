@@ -175,7 +175,8 @@ pub struct Store {
     directory: Arc<directory::DirectoryCell>,
     /// Where restore archives are staged before the Raft entry that applies them.
     staging_dir: Arc<std::path::PathBuf>,
-    /// `fsync`s made by [`Store::sync`], for tests of what is acknowledged when.
+    /// `fsync`s made by [`Store::sync`] and [`Store::sync_file`], for tests of what is
+    /// acknowledged when.
     syncs: Arc<std::sync::atomic::AtomicU64>,
     /// How long each of those syncs took (the metric `fsync_seconds`).
     sync_seconds: Arc<crate::metrics::Histogram>,
@@ -489,6 +490,18 @@ impl Store {
             self.env.copy_to_path(&partial, heed::CompactionOption::Disabled)?;
             std::fs::rename(&partial, path.as_path())?;
         }
+        Ok(())
+    }
+
+    /// Makes `file`'s writes durable (`fdatasync`): for the Raft log's segment files, which
+    /// share the environment's disk, so they are held by the stall failpoint and timed and
+    /// counted like [`Store::sync`].
+    pub fn sync_file(&self, file: &std::fs::File) -> std::io::Result<()> {
+        let started = std::time::Instant::now();
+        self.wait_while_disk_stalls();
+        file.sync_data()?;
+        self.sync_seconds.observe(started.elapsed(), false);
+        self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 
