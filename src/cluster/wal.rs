@@ -44,8 +44,10 @@ const MAGIC: &[u8; 8] = b"CAIRNWL1";
 const BATCH_HEADER_BYTES: usize = 24;
 const RECORD_HEADER_BYTES: usize = 12;
 /// What one segment is preallocated to; a batch larger than what is left starts a new one
-/// (a batch larger than this gets a segment of its own, grown to fit).
-pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// (a batch larger than this gets a segment of its own, grown to fit). Small enough that a
+/// server on a small disk is not refused a segment, large enough that one is started every
+/// few seconds at most under a full write load.
+pub const SEGMENT_BYTES: u64 = 16 << 20;
 const SEGMENT_SUFFIX: &str = ".seg";
 /// Zeroes are written over a torn tail in pieces of this size.
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
@@ -628,15 +630,20 @@ fn zero(file: &File, from: u64, until: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Reserves `bytes` for the file on disk, so appends do not allocate.
+/// Reserves `bytes` for the file on disk, so appends do not allocate. Where that cannot be
+/// done the file grows as it is written instead: on a file system without preallocation,
+/// and on a disk without that much room (the entries may still fit; if they do not, their
+/// write meets the full disk and waits for space like any other).
 fn preallocate(file: &File, bytes: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let len = libc::off_t::try_from(bytes).map_err(std::io::Error::other)?;
     // SAFETY: a valid open file descriptor; posix_fallocate reads nothing else.
     match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
-        0 => Ok(()),
-        // A file system without preallocation: the file grows as it is written instead.
-        libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
+        0 | libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
+        libc::ENOSPC | libc::EDQUOT => {
+            tracing::warn!(bytes, "no room to preallocate a Raft log segment: it grows as it is written");
+            file.set_len(0)
+        }
         code => Err(std::io::Error::from_raw_os_error(code)),
     }
 }
