@@ -117,8 +117,8 @@ impl LogStore {
         what: &'static str,
         key: &'static [u8],
         value: &T,
-    ) -> StorageResult<()> {
-        let bytes = serde_json::to_vec(value).map_err(write_err)?;
+    ) -> Result<(), heed::Error> {
+        let bytes = serde_json::to_vec(value).map_err(|e| heed::Error::Io(e.into()))?;
         let store = self.store.clone();
         blocking(move || {
             store.raft_write(what, || {
@@ -128,7 +128,6 @@ impl LogStore {
             })
         })
         .await
-        .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     /// Writes `entries` and calls `done` once they are on disk — or failed to be. This is
@@ -256,7 +255,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
-        self.put_meta("saving the vote", KEY_VOTE, vote).await
+        self.put_meta("saving the vote", KEY_VOTE, vote).await.map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
@@ -288,7 +287,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // claims entries that are gone; a crash in between has the next open remove them.
         // Its sync also makes every earlier state-machine commit durable: no entry goes
         // before the state that applied it is on disk.
-        self.put_meta("purging the Raft log", KEY_LAST_PURGED, &log_id).await?;
+        self.put_meta("purging the Raft log", KEY_LAST_PURGED, &log_id).await.map_err(write_err)?;
         let wal = Arc::clone(&self.wal);
         blocking(move || wal.purge(log_id.index)).await.map_err(write_err)
     }

@@ -480,11 +480,7 @@ impl Store {
 
     /// Makes every commit so far durable (`fdatasync`).
     pub fn sync(&self) -> Result<(), heed::Error> {
-        let started = std::time::Instant::now();
-        self.wait_while_disk_stalls();
-        self.env.force_sync()?;
-        self.sync_seconds.observe(started.elapsed(), false);
-        self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.counted_flush(|| self.env.force_sync())?;
         if let Some(path) = &self.copy_on_sync {
             let partial = path.with_extension("partial");
             self.env.copy_to_path(&partial, heed::CompactionOption::Disabled)?;
@@ -497,9 +493,14 @@ impl Store {
     /// share the environment's disk, so they are held by the stall failpoint and timed and
     /// counted like [`Store::sync`].
     pub fn sync_file(&self, file: &std::fs::File) -> std::io::Result<()> {
+        self.counted_flush(|| file.sync_data())
+    }
+
+    /// Runs `flush` once the stall failpoint lets it, timed and counted.
+    fn counted_flush<E>(&self, flush: impl FnOnce() -> Result<(), E>) -> Result<(), E> {
         let started = std::time::Instant::now();
         self.wait_while_disk_stalls();
-        file.sync_data()?;
+        flush()?;
         self.sync_seconds.observe(started.elapsed(), false);
         self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
