@@ -251,26 +251,54 @@ pub struct Cluster {
 #[derive(Default)]
 struct QuorumClock(std::sync::Mutex<Option<std::time::Instant>>);
 
+/// How often [`QuorumClock::track`] takes a turn even without a metrics change, and the
+/// longest gap between two turns it trusts (an eighth of the default 800 ms lease; the
+/// followers elect no sooner than 400 ms after the lease ends).
+const QUORUM_CLOCK_TURN: Duration = Duration::from_millis(25);
+const QUORUM_CLOCK_GAP_MAX: Duration = Duration::from_millis(100);
+
 impl QuorumClock {
     fn acked_within(&self, lease: Duration) -> bool {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|at| at.elapsed() <= lease)
     }
 
     /// Follows `metrics` until `shutdown`.
+    ///
+    /// `millis_since_quorum_ack` is counted back from when it is *read*, so a snapshot read
+    /// long after it was published would renew the lease falsely: a leader stopped (SIGSTOP,
+    /// a VM pause) just after publishing "acknowledged 10 ms ago" would, on waking, read it
+    /// as fresh and answer a default read from its old state before it learns that another
+    /// server leads (the fault harness's leader-sigstop found it: a read of 71 after 72 and
+    /// 73 were acknowledged). Every turn consumes the latest snapshot, so one read in a turn
+    /// that follows the previous one closely was published since; after a longer gap the
+    /// lease is dropped until a snapshot published after it arrives.
     async fn track(
         self: Arc<Self>,
         mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
         shutdown: CancellationToken,
     ) {
+        let mut turns = tokio::time::interval(QUORUM_CLOCK_TURN);
+        turns.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_turn = std::time::Instant::now();
+        let mut changed = true;
         loop {
-            if let Some(ms) = metrics.borrow_and_update().millis_since_quorum_ack {
-                let at = std::time::Instant::now().checked_sub(Duration::from_millis(ms));
+            let now = std::time::Instant::now();
+            let gap = now.duration_since(last_turn);
+            last_turn = now;
+            if gap > QUORUM_CLOCK_GAP_MAX {
+                // Whatever is pending may be from before the gap: consumed unread.
+                metrics.borrow_and_update();
+                *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            } else if changed || metrics.has_changed().unwrap_or(false) {
+                let ms = metrics.borrow_and_update().millis_since_quorum_ack;
+                let at = ms.and_then(|ms| now.checked_sub(Duration::from_millis(ms)));
                 *self.0.lock().unwrap_or_else(|e| e.into_inner()) = at;
             }
-            tokio::select! {
+            changed = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                changed = metrics.changed() => if changed.is_err() { return },
-            }
+                result = metrics.changed() => if result.is_err() { return } else { true },
+                _ = turns.tick() => false,
+            };
         }
     }
 }

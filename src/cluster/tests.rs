@@ -467,3 +467,40 @@ async fn a_proposal_gathers_the_writes_the_last_one_answered() {
     drop(tx);
     assert!(next_batch(&mut rx, four).await.is_none(), "a closed queue ends the proposer");
 }
+
+/// The leader lease after a pause: a metrics snapshot published just before the whole
+/// process stopped (SIGSTOP, a VM pause) says "acknowledged 10 ms ago"; read after the pause
+/// it must not renew the lease, or the old leader answers default reads from its old state
+/// (the fault harness's leader-sigstop found it). A fresh snapshot renews it again.
+#[test]
+fn a_snapshot_read_after_a_pause_does_not_renew_the_lease() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    runtime.block_on(async {
+        let mut acked = openraft::RaftMetrics::<NodeId, BasicNode>::new_initial(1);
+        acked.millis_since_quorum_ack = Some(10);
+        let (tx, rx) = watch::channel(acked.clone());
+        let clock = Arc::new(QuorumClock::default());
+        let shutdown = CancellationToken::new();
+        let tracker = tokio::spawn(Arc::clone(&clock).track(rx, shutdown.clone()));
+        let lease = Duration::from_millis(800);
+        async fn renewed(clock: &QuorumClock, lease: Duration) -> bool {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !clock.acked_within(lease) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            clock.acked_within(lease)
+        }
+        assert!(renewed(&clock, lease).await, "a fresh snapshot renews the lease");
+
+        tx.send(acked.clone()).expect("send");
+        // The only runtime thread stops for a second, as a stopped process does.
+        std::thread::sleep(Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(!clock.acked_within(lease), "a snapshot from before the pause renewed the lease");
+
+        tx.send(acked).expect("send");
+        assert!(renewed(&clock, lease).await, "a snapshot published after the pause renews it");
+        shutdown.cancel();
+        tracker.await.expect("tracker");
+    });
+}
