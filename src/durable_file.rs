@@ -19,9 +19,14 @@ pub fn replace_file_durably(path: &Path, parts: &[&[u8]]) -> std::io::Result<()>
     file.sync_all()?;
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
+        sync_dir(dir)?;
     }
     Ok(())
+}
+
+/// Makes the entries of `dir` durable (files created, renamed or removed in it).
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Creates `path` empty, readable and writable by its owner only (replacing any file there:

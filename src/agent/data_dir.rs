@@ -138,7 +138,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()?;
     fs::rename(&tmp, path)?;
     if let Some(parent) = path.parent() {
-        File::open(parent)?.sync_all()?;
+        crate::durable_file::sync_dir(parent)?;
     }
     Ok(())
 }

@@ -206,7 +206,7 @@ fn move_lmdb_log(store: &Store, dir: &Path, purged: Option<u64>) -> StorageResul
     drop(wal);
     std::fs::rename(&building, dir).map_err(write_err)?;
     if let Some(parent) = dir.parent() {
-        std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(write_err)?;
+        crate::durable_file::sync_dir(parent).map_err(write_err)?;
     }
     Ok(moved)
 }

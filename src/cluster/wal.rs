@@ -649,7 +649,7 @@ fn preallocate(file: &File, bytes: u64) -> std::io::Result<()> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+    crate::durable_file::sync_dir(dir).map_err(io_err(dir))
 }
 
 #[cfg(test)]
@@ -676,6 +676,15 @@ mod tests {
 
         fn open(&self, purged: Option<u64>, segment_bytes: u64) -> Result<(Wal, Opened), WalError> {
             Wal::open(&self.wal_dir, purged, segment_bytes, self.store.clone())
+        }
+
+        /// A log with entries `1..=count`, one append each, payloads `len` bytes.
+        fn filled(&self, count: u64, len: usize, segment_bytes: u64) -> Wal {
+            let (wal, _) = self.open(None, segment_bytes).expect("open");
+            for i in 1..=count {
+                wal.append(i, &[payload(i, len)]).expect("append");
+            }
+            wal
         }
 
         fn segments(&self) -> Vec<PathBuf> {
@@ -720,10 +729,7 @@ mod tests {
     #[test]
     fn a_torn_append_is_cut_off_and_the_log_goes_on() {
         let f = Fixture::new();
-        let (wal, _) = f.open(None, 1 << 20).expect("open");
-        for i in 1..=10 {
-            wal.append(i, &[payload(i, 50)]).expect("append");
-        }
+        let wal = f.filled(10, 50, 1 << 20);
         let path = f.segments().pop().expect("a segment");
         drop(wal);
         // A crash in the middle of the eleventh append: part of its batch reached the disk.
@@ -747,10 +753,7 @@ mod tests {
     #[test]
     fn damage_before_intact_entries_stops_the_open() {
         let f = Fixture::new();
-        let (wal, _) = f.open(None, 1 << 20).expect("open");
-        for i in 1..=5 {
-            wal.append(i, &[payload(i, 50)]).expect("append");
-        }
+        let wal = f.filled(5, 50, 1 << 20);
         let path = f.segments().pop().expect("a segment");
         drop(wal);
         // One bit of entry 2's payload flipped (a disk's damage, not a torn append).
@@ -772,10 +775,7 @@ mod tests {
     #[test]
     fn a_damaged_segment_that_is_not_the_last_stops_the_open() {
         let f = Fixture::new();
-        let (wal, _) = f.open(None, 512).expect("open");
-        for i in 1..=20 {
-            wal.append(i, &[payload(i, 100)]).expect("append");
-        }
+        let wal = f.filled(20, 100, 512);
         drop(wal);
         let first = f.segments().remove(0);
         let file = std::fs::OpenOptions::new().write(true).open(&first).expect("segment");
@@ -785,10 +785,7 @@ mod tests {
 
         // A missing middle segment is a gap, refused too.
         let f = Fixture::new();
-        let (wal, _) = f.open(None, 512).expect("open");
-        for i in 1..=20 {
-            wal.append(i, &[payload(i, 100)]).expect("append");
-        }
+        let wal = f.filled(20, 100, 512);
         drop(wal);
         let segments = f.segments();
         std::fs::remove_file(&segments[1]).expect("remove");
@@ -799,10 +796,7 @@ mod tests {
     #[test]
     fn truncated_entries_never_come_back() {
         let f = Fixture::new();
-        let (wal, _) = f.open(None, 1024).expect("open");
-        for i in 1..=30 {
-            wal.append(i, &[payload(i, 60)]).expect("append");
-        }
+        let wal = f.filled(30, 60, 1024);
         let before = f.segments().len();
         // Entries 8.. go, across segments: the later segments are removed, the old 8..=10
         // stay in the first one behind a marker, and a new 8 follows it.
@@ -847,10 +841,7 @@ mod tests {
     #[test]
     fn purged_segments_are_removed_and_the_log_restarts_after_them() {
         let f = Fixture::new();
-        let (wal, _) = f.open(None, 1024).expect("open");
-        for i in 1..=30 {
-            wal.append(i, &[payload(i, 60)]).expect("append");
-        }
+        let wal = f.filled(30, 60, 1024);
         let before = f.segments().len();
         wal.purge(12).expect("purge");
         assert!(f.segments().len() < before, "segments holding only purged entries removed");
@@ -872,10 +863,7 @@ mod tests {
 
         // A crash between the durable purge point and the files' removal: the open removes them.
         let f = Fixture::new();
-        let (wal, _) = f.open(None, 1024).expect("open");
-        for i in 1..=30 {
-            wal.append(i, &[payload(i, 60)]).expect("append");
-        }
+        let wal = f.filled(30, 60, 1024);
         drop(wal);
         let (wal, opened) = f.open(Some(12), 1024).expect("reopen");
         assert!(opened.removed_segments > 0);
