@@ -168,12 +168,16 @@ EOF
 }
 
 # NSD: one server process pinned (server-count 1), one per core unpinned (with reuseport, as
-# Knot and cairn), RRL off, minimal responses (no NS in the authority section, which cairn
-# and Knot do not send either).
+# Knot and cairn), RRL off. The same records as Knot and cairn: NSD adds the zone's NS
+# record to every answer's authority section unless `minimal-responses: yes`, which also
+# drops the SRV targets' A records from the additional section; so NSD serves the zone
+# without its apex NS record and with minimal responses off: no authority section, the
+# targets' addresses in the additional section, as the other two send.
 start_nsd() { # NAME ZONE_DIR
-    local name=$1 zones=$2 p count=1 reuseport=no
+    local name=$1 p count=1 reuseport=no
     p=$(free_port)
     mkdir -p "$work/$name"
+    grep -v ' IN NS ' "$2/consul.zone" > "$work/$name/consul.zone"
     if [ -n "$unpinned" ]; then count=$cores; reuseport=yes; fi
     cat > "$work/$name/nsd.conf" <<EOF
 server:
@@ -183,7 +187,7 @@ server:
     reuseport: $reuseport
     username: ""
     chroot: ""
-    zonesdir: "$zones"
+    zonesdir: "$work/$name"
     database: ""
     zonelistfile: "$work/$name/zone.list"
     xfrdfile: "$work/$name/xfrd.state"
@@ -191,7 +195,7 @@ server:
     pidfile: "$work/$name/nsd.pid"
     logfile: "$work/$name/nsd.log"
     rrl-ratelimit: 0
-    minimal-responses: yes
+    minimal-responses: no
 remote-control:
     control-enable: no
 zone:
@@ -258,7 +262,14 @@ echo "== correctness (dig +noedns; answers sorted; response size for svc-1)"
 check_answers svc-1 svc-500 svc-1000
 for server in "${servers[@]}"; do
     size() { dig +noedns +tries=1 +time=2 @127.0.0.1 -p "${port[$server]}" svc-1.service.consul "$1" | sed -n 's/.*MSG SIZE  rcvd: //p'; }
-    printf '%-6s port %-5s  A response %s bytes, SRV response %s bytes\n' "$server" "${port[$server]}" "$(size A)" "$(size SRV)"
+    # Every server must send the same sections: 3 SRV records, no authority, the 3 targets' A
+    # records as additionals.
+    sections=$(dig +noedns +tries=1 +time=2 @127.0.0.1 -p "${port[$server]}" svc-1.service.consul SRV | grep -o 'ANSWER: [0-9]*, AUTHORITY: [0-9]*, ADDITIONAL: [0-9]*')
+    if [ "$sections" != "ANSWER: 3, AUTHORITY: 0, ADDITIONAL: 3" ]; then
+        echo "run.sh: $server: SRV answer for svc-1 has $sections; expected ANSWER: 3, AUTHORITY: 0, ADDITIONAL: 3" >&2
+        exit 1
+    fi
+    printf '%-6s port %-5s  A response %s bytes, SRV response %s bytes (%s)\n' "$server" "${port[$server]}" "$(size A)" "$(size SRV)" "$sections"
 done
 for server in "${servers[@]}"; do
     echo "$server UDP socket: $(ss -ulnm "sport = :${port[$server]}" | grep -o 'rb[0-9]*' | head -n 1 | sed 's/rb/receive buffer /') bytes"

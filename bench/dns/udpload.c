@@ -7,7 +7,7 @@
  * server. udpload runs one busy-polling thread: sends leave on schedule, and every reply is
  * timed when recvmmsg returns it.
  *
- *   udpload -s ADDR -p PORT -d QUERYFILE -l SECONDS (-Q RATE | -q OUTSTANDING) [-c SOCKETS] [-y US]
+ *   udpload -s ADDR -p PORT -d QUERYFILE -l SECONDS (-Q RATE | -q OUTSTANDING) [-c SOCKETS] [-y US] [-S US]
  *
  * -Q RATE: open loop, RATE queries per second spread evenly over time (latency mode).
  * -q N:    closed loop, N queries outstanding (throughput mode).
@@ -15,6 +15,9 @@
  *          at most US microseconds) instead of busy-polling: for runs where the client shares
  *          its cores with the server, whose core a busy-polling client would take. Sends due
  *          while it sleeps leave together when it wakes.
+ * -S US:   print each reply slower than US microseconds to stderr, one line each: when its
+ *          query was sent (ms since the start), its latency (µs), and how many replies the
+ *          receive that took it returned (to see whether slow replies come in bursts).
  * QUERYFILE is dnsperf's format ("name type" per line; A, AAAA, SRV, TXT, ANY).
  * Queries carry RD and no EDNS, like dnsperf's defaults. A query unanswered after 1 s is lost.
  *
@@ -118,10 +121,10 @@ static double percentile(uint64_t total, double frac) {
 
 int main(int argc, char **argv) {
     const char *addr = "127.0.0.1", *file = NULL;
-    int port = 53, window = 0, yield_us = 0;
+    int port = 53, window = 0, yield_us = 0, slow_us = 0;
     double seconds = 10, rate = 0;
     int opt;
-    while ((opt = getopt(argc, argv, "s:p:d:l:Q:q:c:y:")) != -1) {
+    while ((opt = getopt(argc, argv, "s:p:d:l:Q:q:c:y:S:")) != -1) {
         switch (opt) {
         case 's': addr = optarg; break;
         case 'p': port = atoi(optarg); break;
@@ -131,13 +134,14 @@ int main(int argc, char **argv) {
         case 'q': window = atoi(optarg); break;
         case 'c': nsockets = atoi(optarg); break;
         case 'y': yield_us = atoi(optarg); break;
+        case 'S': slow_us = atoi(optarg); break;
         default: goto usage;
         }
     }
     if (!file || (rate <= 0) == (window <= 0) || nsockets < 1 || nsockets > MAX_SOCKETS || yield_us < 0 ||
-        (yield_us > 0 && rate <= 0)) {
+        (yield_us > 0 && rate <= 0) || slow_us < 0) {
     usage:
-        fprintf(stderr, "usage: udpload -s ADDR -p PORT -d FILE -l SECONDS (-Q RATE | -q OUTSTANDING) [-c SOCKETS] [-y US]\n");
+        fprintf(stderr, "usage: udpload -s ADDR -p PORT -d FILE -l SECONDS (-Q RATE | -q OUTSTANDING) [-c SOCKETS] [-y US] [-S US]\n");
         return 2;
     }
     if (window > IDS * nsockets) window = IDS * nsockets;
@@ -244,6 +248,8 @@ int main(int argc, char **argv) {
                     if (*slot <= 1) { late++; continue; }
                     uint64_t us = (t - *slot) / 1000;
                     hist[us > HIST_US ? HIST_US : us]++;
+                    if (slow_us > 0 && us > (uint64_t)slow_us)
+                        fprintf(stderr, "%.3f %llu %d\n", (*slot - start) / 1e6, (unsigned long long)us, n);
                     *slot = 0;
                     outstanding--; answered++;
                     rcodes[r[3] & 0x0f]++;

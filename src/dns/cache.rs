@@ -12,6 +12,15 @@
 //! Only complete answers are cached (their order is reshuffled over time); an answer that
 //! holds a subset of the records (a limit or the size cut them) takes the full path every
 //! time, so which records a client gets stays random per response.
+//!
+//! The full path costs many times a cached answer (~30 µs per build at moderate rates, its
+//! data cold in the CPU's caches), so its work is spread out, never bunched: a miss builds
+//! one variant (the others come one per hit, each hit until then answered by a fresh
+//! build), and each entry rebuilds a variant after a random number of hits. With fixed
+//! counts, clients that go round the same names (dnsperf, udpload, any periodic poller)
+//! brought every entry to its rebuild in the same few milliseconds: a thousand names
+//! rebuilt at once held a UDP thread ~30 ms and queued everything behind it (bench/README,
+//! "DNS latency: answer-cache rebuilds spread out").
 
 use std::collections::HashMap;
 
@@ -21,11 +30,12 @@ use super::wire::{Reply, Transport, UDP_PAYLOAD_MAX};
 /// Shuffled variants kept per answer with more than one record ("random order per response"
 /// picks one of them).
 const VARIANTS: usize = 4;
-/// One variant is rebuilt with a fresh shuffle every this many hits, so that over time every
-/// order comes up, not just the first shuffles. A rebuild takes the full path: at 16 the
-/// rebuilds were 3-4% of a loaded server's core (perf during bench/dns: building, address
-/// parsing, encoding); 64 cuts that by four, and a name asked 1,000 times a second still gets
-/// a fresh order 16 times a second.
+/// One variant is rebuilt with a fresh shuffle every this many hits on average, so that over
+/// time every order comes up, not just the first shuffles. A rebuild takes the full path: at
+/// 16 the rebuilds were 3-4% of a loaded server's core (perf during bench/dns: building,
+/// address parsing, encoding); 64 cuts that by four, and a name asked 1,000 times a second
+/// still gets a fresh order 16 times a second. Each entry draws the hits until its next
+/// rebuild uniformly from 1..2×this, so entries built together do not rebuild together.
 const RESHUFFLE_EVERY: u32 = 64;
 /// Entries at most per loop; when full the cache is emptied (it refills from hot names).
 const ENTRIES_MAX: usize = 16_384;
@@ -145,8 +155,9 @@ impl Key {
 }
 
 enum Entry {
-    /// Pre-encoded answers (one per variant).
-    Answer { variants: Vec<Vec<u8>>, expires_with_second: bool, hits: u32 },
+    /// Pre-encoded answers (one per variant). `shuffled`: more than one record, so variants
+    /// differ (up to `VARIANTS` are kept); `until_reshuffle`: hits before one is rebuilt.
+    Answer { variants: Vec<Vec<u8>>, expires_with_second: bool, shuffled: bool, until_reshuffle: u32 },
     /// Not one of cairn's names.
     NotOurs,
     /// An answer that holds only some of the records (cut by a limit or for size): which
@@ -161,6 +172,8 @@ pub struct AnswerCache {
     second: u32,
     entries: HashMap<Box<[u8]>, Entry>,
     next_variant: usize,
+    /// Answers built through the full path for this cache (misses, fills, rebuilds).
+    builds: u64,
 }
 
 impl AnswerCache {
@@ -185,26 +198,40 @@ impl AnswerCache {
     pub fn reply(&mut self, packet: &[u8], service: &DnsService) -> Option<Reply> {
         let query = parse_plain(packet)?;
         let key = Key::new(&query);
-        let entry = match self.entries.get_mut(key.as_bytes()) {
-            Some(entry) => entry,
+        let (entry, built_now) = match self.entries.get_mut(key.as_bytes()) {
+            Some(entry) => (entry, false),
             None => {
+                self.builds += 1;
                 let built = build_entry(&key, &query, service)?;
                 if self.entries.len() >= ENTRIES_MAX {
                     self.entries.clear();
                 }
-                self.entries.entry(key.as_bytes().into()).or_insert(built)
+                (self.entries.entry(key.as_bytes().into()).or_insert(built), true)
             }
         };
         match entry {
             Entry::NotOurs => Some(Reply::NotOurs),
             Entry::FullPath => None,
-            Entry::Answer { variants, hits, .. } => {
+            Entry::Answer { variants, shuffled, until_reshuffle, .. } => {
+                if built_now || !*shuffled {
+                    return Some(Reply::Bytes(patch(&variants[0], &query)));
+                }
+                if variants.len() < VARIANTS {
+                    // Still filling: this hit's answer is a fresh build, kept as a variant.
+                    self.builds += 1;
+                    if let Some(fresh) = build_variant(&key, &query, service) {
+                        let reply = patch(&fresh, &query);
+                        variants.push(fresh);
+                        return Some(Reply::Bytes(reply));
+                    }
+                }
                 self.next_variant = self.next_variant.wrapping_add(1);
                 let slot = self.next_variant % variants.len();
-                *hits = hits.wrapping_add(1);
-                if variants.len() > 1 && *hits % RESHUFFLE_EVERY == 0 {
-                    let request = canonical_request(&key, &query);
-                    if let Reply::Bytes(fresh) = service.reply_fast(&request, Transport::Udp) {
+                *until_reshuffle -= 1;
+                if *until_reshuffle == 0 {
+                    *until_reshuffle = hits_until_reshuffle();
+                    self.builds += 1;
+                    if let Some(fresh) = build_variant(&key, &query, service) {
                         variants[slot] = fresh;
                     }
                 }
@@ -212,6 +239,11 @@ impl AnswerCache {
             }
         }
     }
+}
+
+/// Hits before an entry's next rebuild: uniform over 1..2×`RESHUFFLE_EVERY`.
+fn hits_until_reshuffle() -> u32 {
+    rand::random_range(1..2 * RESHUFFLE_EVERY)
 }
 
 /// The canonical request for `key`: id 0, RD/CD clear, lowercase name.
@@ -230,33 +262,45 @@ fn canonical_request(key: &Key, query: &PlainQuery<'_>) -> Vec<u8> {
     packet
 }
 
+/// A miss: the first variant, or what the name takes instead (the full path, not ours).
+/// Only one variant is built here; the others come with the next hits.
 fn build_entry(key: &Key, query: &PlainQuery<'_>, service: &DnsService) -> Option<Entry> {
     let request = canonical_request(key, query);
-    let mut variants = Vec::new();
-    for _ in 0..VARIANTS {
-        match service.reply_fast(&request, Transport::Udp) {
-            Reply::NotOurs => return Some(Entry::NotOurs),
-            Reply::Drop => return None,
-            Reply::Bytes(bytes) => {
-                // The question must sit right after the header, uncompressed, for `patch`.
-                let end = HEADER_LEN + key.name_len;
-                if bytes.len() < end || !bytes[HEADER_LEN..end].eq_ignore_ascii_case(key.qname_lower()) {
-                    return None;
-                }
-                let answers = be16(&bytes, 6);
-                if variants.is_empty() && answers > 0 && answers < full_answer_count(service, &request) {
-                    return Some(Entry::FullPath);
-                }
-                // Anything carrying an SOA (negative answers, SOA queries) has the clock as serial.
-                let has_soa = be16(&bytes, 8) > 0 || query.qtype == u16::from(hickory_proto::rr::RecordType::SOA);
-                variants.push(bytes);
-                if answers <= 1 || has_soa {
-                    return Some(Entry::Answer { variants, expires_with_second: has_soa, hits: 0 });
-                }
-            }
-        }
+    let bytes = match service.reply_fast(&request, Transport::Udp) {
+        Reply::NotOurs => return Some(Entry::NotOurs),
+        Reply::Drop => return None,
+        Reply::Bytes(bytes) => bytes,
+    };
+    if !question_first(&bytes, key) {
+        return None;
     }
-    Some(Entry::Answer { variants, expires_with_second: false, hits: 0 })
+    let answers = be16(&bytes, 6);
+    if answers > 0 && answers < full_answer_count(service, &request) {
+        return Some(Entry::FullPath);
+    }
+    // Anything carrying an SOA (negative answers, SOA queries) has the clock as serial.
+    let has_soa = be16(&bytes, 8) > 0 || query.qtype == u16::from(hickory_proto::rr::RecordType::SOA);
+    Some(Entry::Answer {
+        variants: vec![bytes],
+        expires_with_second: has_soa,
+        shuffled: answers > 1 && !has_soa,
+        until_reshuffle: hits_until_reshuffle(),
+    })
+}
+
+/// Another variant of an entry's answer (a fresh shuffle), or `None` if the full path did
+/// not give one that `patch` can serve.
+fn build_variant(key: &Key, query: &PlainQuery<'_>, service: &DnsService) -> Option<Vec<u8>> {
+    match service.reply_fast(&canonical_request(key, query), Transport::Udp) {
+        Reply::Bytes(bytes) if question_first(&bytes, key) => Some(bytes),
+        _ => None,
+    }
+}
+
+/// Whether the question sits right after the header, uncompressed, as `patch` needs.
+fn question_first(answer: &[u8], key: &Key) -> bool {
+    let end = HEADER_LEN + key.name_len;
+    answer.len() >= end && answer[HEADER_LEN..end].eq_ignore_ascii_case(key.qname_lower())
 }
 
 /// How many answers the full set has (as TCP would return it).
@@ -332,6 +376,76 @@ mod tests {
         assert_eq!(key.qname_lower().len(), 256);
         assert_eq!(key.as_bytes().len(), KEY_MAX);
         assert!(key.qname_lower()[1..64].iter().all(|&b| b == b'x'));
+    }
+
+    /// A cache over a store holding `services` services of three healthy instances each,
+    /// and the A query for each service name.
+    fn catalog(services: usize) -> (tempfile::TempDir, DnsService, Vec<Vec<u8>>) {
+        use super::super::wire_tests::{register, responder};
+        use crate::store::{AppliedBatch, Store};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 64 << 20).expect("store");
+        let commands: Vec<_> =
+            (0..services * 3).map(|i| register(i, &format!("svc-{i}"), &format!("svc-{}", i / 3))).collect();
+        store.apply(&[AppliedBatch { index: 2, commands: &commands, leader_time_ms: None }], &[]).expect("apply");
+        let settings = super::super::DnsSettings {
+            responder: responder(3, 0),
+            forwarder: super::super::Forwarder::new(vec![], std::time::Duration::from_secs(1), false),
+            recursor_allow: vec![],
+            max_stale: std::time::Duration::from_secs(10),
+            rate_limit: None,
+        };
+        let service = DnsService::new(settings, store, None, 16);
+        let queries = (0..services).map(|k| packet(&format!("svc-{k}.service.consul."), None)).collect();
+        (dir, service, queries)
+    }
+
+    #[test]
+    fn a_miss_builds_one_answer_and_the_next_hits_fill_the_variants() {
+        let (_dir, service, queries) = catalog(1);
+        let mut cache = AnswerCache::default();
+        cache.refresh(&service, 1);
+        let mut orders = std::collections::HashSet::new();
+        for n in 1..=VARIANTS as u64 {
+            let Some(Reply::Bytes(answer)) = cache.reply(&queries[0], &service) else { panic!("no answer") };
+            let answer = Message::from_vec(&answer).expect("answer");
+            assert_eq!((answer.metadata.id, answer.answers.len()), (0xbeef, 3));
+            orders.insert(format!("{:?}", answer.answers));
+            assert_eq!(cache.builds, n, "each of the first {VARIANTS} answers is built once");
+        }
+        // From then on the variants answer, with a rebuild only now and then.
+        for _ in 0..1000 {
+            assert!(matches!(cache.reply(&queries[0], &service), Some(Reply::Bytes(_))));
+        }
+        let rebuilds = cache.builds - VARIANTS as u64;
+        assert!((4..=60).contains(&rebuilds), "{rebuilds} rebuilds in 1000 hits (about 1000/{RESHUFFLE_EVERY})");
+        assert!(orders.len() > 1, "the first answers were all in one order: {orders:?}");
+    }
+
+    #[test]
+    fn entries_built_together_rebuild_at_different_times() {
+        // Clients that go round the same names (dnsperf, a poller) hit every entry equally
+        // often; the rebuilds must still spread over the rounds, not come in one.
+        let (_dir, service, queries) = catalog(200);
+        let mut cache = AnswerCache::default();
+        cache.refresh(&service, 1);
+        let mut per_round = Vec::new();
+        for _ in 0..(VARIANTS + 4 * RESHUFFLE_EVERY as usize) {
+            let before = cache.builds;
+            for query in &queries {
+                assert!(matches!(cache.reply(query, &service), Some(Reply::Bytes(_))));
+            }
+            per_round.push(cache.builds - before);
+        }
+        // The first rounds build each name's variants, one per name and round.
+        assert!(per_round[..VARIANTS].iter().all(|&b| b >= 200), "{per_round:?}");
+        let rebuilds = &per_round[VARIANTS..];
+        let most = rebuilds.iter().copied().max().unwrap_or(0);
+        let total: u64 = rebuilds.iter().sum();
+        // 200 names × 256 rounds / 64 hits per rebuild ≈ 800, ~3 a round; all 200 in one
+        // round is what fixed counts did.
+        assert!(most <= 30, "{most} of 200 entries rebuilt in the same round: {rebuilds:?}");
+        assert!((400..=1600).contains(&total), "{total} rebuilds over the rounds");
     }
 
     #[test]

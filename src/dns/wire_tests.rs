@@ -11,7 +11,7 @@ use super::wire::{Reply, Responder, Transport};
 use crate::model::{Command, RegisterRequest, ServiceDefinition, Weights};
 use crate::store::{AppliedBatch, Store};
 
-fn responder(udp_answer_limit: usize, a_record_limit: usize) -> Responder {
+pub(super) fn responder(udp_answer_limit: usize, a_record_limit: usize) -> Responder {
     Responder {
         answers: AnswerSettings {
             datacenter: "dc1".into(),
@@ -33,33 +33,34 @@ fn responder(udp_answer_limit: usize, a_record_limit: usize) -> Responder {
 fn store(n: usize) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path(), 64 << 20).expect("store");
-    let commands: Vec<Command> = (0..n)
-        .map(|i| {
-            Command::Register(Box::new(RegisterRequest {
-                id: String::new(),
-                node: format!("node-{i}"),
-                address: format!("10.0.{}.{}", i / 250, i % 250 + 1),
-                datacenter: "dc1".into(),
-                tagged_addresses: BTreeMap::new(),
-                node_meta: BTreeMap::new(),
-                service: Some(ServiceDefinition {
-                    id: "big".into(),
-                    service: "big".into(),
-                    tags: vec![],
-                    address: String::new(),
-                    meta: BTreeMap::new(),
-                    port: 80,
-                    weights: Weights::default(),
-                    enable_tag_override: false,
-                    tagged_addresses: Default::default(),
-                }),
-                checks: vec![],
-                skip_node_update: false,
-            }))
-        })
-        .collect();
+    let commands: Vec<Command> = (0..n).map(|i| register(i, "big", "big")).collect();
     store.apply(&[AppliedBatch { index: 2, commands: &commands, leader_time_ms: None }], &[]).expect("apply");
     (dir, store)
+}
+
+/// Registers node `node-I` (address 10.0.x.y from I) with one instance `id` of `service`, no checks.
+pub(super) fn register(i: usize, id: &str, service: &str) -> Command {
+    Command::Register(Box::new(RegisterRequest {
+        id: String::new(),
+        node: format!("node-{i}"),
+        address: format!("10.0.{}.{}", i / 250, i % 250 + 1),
+        datacenter: "dc1".into(),
+        tagged_addresses: BTreeMap::new(),
+        node_meta: BTreeMap::new(),
+        service: Some(ServiceDefinition {
+            id: id.into(),
+            service: service.into(),
+            tags: vec![],
+            address: String::new(),
+            meta: BTreeMap::new(),
+            port: 80,
+            weights: Weights::default(),
+            enable_tag_override: false,
+            tagged_addresses: Default::default(),
+        }),
+        checks: vec![],
+        skip_node_update: false,
+    }))
 }
 
 fn query(name: &str, qtype: RecordType, edns_payload: Option<u16>) -> Vec<u8> {
