@@ -330,7 +330,9 @@ pub async fn run(config: Config, options: AgentOptions) -> Result<(), AgentError
         max_conns: config.limits.dns_tcp_max_conns,
         max_conns_per_client: config.limits.dns_tcp_max_conns_per_client,
     };
-    let dns_bound = crate::dns::start(Arc::clone(&dns), dns_addr, tcp_limits, shutdown.clone(), &tasks).await?;
+    let udp_receive_buffer = config.limits.dns_udp_receive_buffer_bytes as usize;
+    let dns_bound =
+        crate::dns::start(Arc::clone(&dns), dns_addr, udp_receive_buffer, tcp_limits, shutdown.clone(), &tasks).await?;
     tracing::info!(addr = %dns_bound.udp, "DNS listening (UDP and TCP)");
     notify::notify(&format!("READY=1\nSTATUS=DNS on {}, HTTP on {http_bound}", dns_bound.udp));
 

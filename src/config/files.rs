@@ -285,6 +285,9 @@ pub(super) fn apply_object(
         limits.set("dns_tcp_max_conns_per_client", &mut l.dns_tcp_max_conns_per_client, |v| {
             decode_uint(v, 1, u32::MAX.into())
         })?;
+        limits.set("dns_udp_receive_buffer_bytes", &mut l.dns_udp_receive_buffer_bytes, |v| {
+            decode_uint(v, 64 * 1024, 1 << 30)
+        })?;
         limits.finish(LIMITS_NOT_IMPLEMENTED, warnings)?;
     }
     let map_size_mb = top.get("lmdb_map_size_mb", |v| decode_uint::<u64>(v, 1, u64::MAX / MIB))?;

@@ -337,6 +337,9 @@ pub struct Limits {
     pub dns_tcp_max_conns: u32,
     /// Open DNS TCP connections per client address; past it new ones are closed at once.
     pub dns_tcp_max_conns_per_client: u32,
+    /// Receive buffer asked for each DNS UDP socket (`SO_RCVBUF`): how many queries wait in
+    /// the kernel while a core is busy or stalled; past it the kernel drops them.
+    pub dns_udp_receive_buffer_bytes: u32,
     pub kv_max_value_size: u64,
     pub http_max_body_bytes: u64,
     pub http_header_read_timeout: Duration,
@@ -363,6 +366,7 @@ impl Default for Limits {
             http_max_conns: 8192,
             dns_tcp_max_conns: 4096,
             dns_tcp_max_conns_per_client: 64,
+            dns_udp_receive_buffer_bytes: 4 * MIB as u32,
             kv_max_value_size: 512 * 1024,
             http_max_body_bytes: 1024 * 1024,
             http_header_read_timeout: Duration::from_secs(30),

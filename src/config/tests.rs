@@ -208,7 +208,7 @@ fn every_implemented_key_is_decoded() {
             "max_blocking_queries": 13, "txn_max_ops": 14, "max_pending_writes": 15,
             "dns_max_forwards_in_flight": 16, "checks_max_concurrent": 17, "snapshot_saves_in_flight": 3,
             "https_handshake_timeout": "2s", "http_max_conns": 21, "dns_tcp_max_conns": 22,
-            "dns_tcp_max_conns_per_client": 23
+            "dns_tcp_max_conns_per_client": 23, "dns_udp_receive_buffer_bytes": 1048576
         },
         "lmdb_map_size_mb": 2, "zones_dir": "/z",
         "enable_local_script_checks": true, "check_update_interval": "1m",
@@ -290,6 +290,7 @@ fn every_implemented_key_is_decoded() {
             http_max_conns: 21,
             dns_tcp_max_conns: 22,
             dns_tcp_max_conns_per_client: 23,
+            dns_udp_receive_buffer_bytes: 1 << 20,
         },
         lmdb_map_size_bytes: 2 * MIB,
         zones_dir: Some("/z".into()),
@@ -509,6 +510,10 @@ fn bad_files_are_reported_with_file_key_and_value() {
         (
             r#"{"dns_config": {"udp_answer_limit": 9}}"#,
             r#"config a.json: key "dns_config.udp_answer_limit" must be an integer from 1 to 8, got 9"#,
+        ),
+        (
+            r#"{"limits": {"dns_udp_receive_buffer_bytes": 4096}}"#,
+            r#"config a.json: key "limits.dns_udp_receive_buffer_bytes" must be an integer from 65536 to 1073741824, got 4096"#,
         ),
         (
             r#"{"dns_config": {"recursor_strategy": "fastest"}}"#,

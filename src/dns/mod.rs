@@ -125,10 +125,11 @@ pub struct DnsAddrs {
 async fn bind_both(
     addr: SocketAddr,
     cores: usize,
+    receive_buffer: usize,
 ) -> Result<(Vec<socket2::Socket>, tokio::net::TcpListener), DnsError> {
     let bind_err = |addr| move |source| DnsError::Bind { addr, source };
     if addr.port() != 0 {
-        let sockets = udp::bind(addr, cores).map_err(bind_err(addr))?;
+        let sockets = udp::bind(addr, cores, receive_buffer).map_err(bind_err(addr))?;
         let tcp = tokio::net::TcpListener::bind(addr).await.map_err(bind_err(addr))?;
         return Ok((sockets, tcp));
     }
@@ -138,7 +139,7 @@ async fn bind_both(
         let chosen = probe.local_addr().map_err(bind_err(addr))?;
         let Ok(tcp) = tokio::net::TcpListener::bind(chosen).await else { continue };
         drop(probe);
-        match udp::bind(chosen, cores) {
+        match udp::bind(chosen, cores, receive_buffer) {
             Ok(sockets) => return Ok((sockets, tcp)),
             Err(e) => last_error = Some(e),
         }
@@ -146,18 +147,20 @@ async fn bind_both(
     Err(DnsError::Bind { addr, source: last_error.unwrap_or_else(|| std::io::Error::other("no free port found")) })
 }
 
-/// Binds UDP (one socket and thread per core) and TCP on `addr` (port 0: any free port, the same for
-/// both) and serves until `shutdown`.
+/// Binds UDP (one socket and thread per core, each asking for `udp_receive_buffer` bytes of
+/// kernel queue) and TCP on `addr` (port 0: any free port, the same for both) and serves
+/// until `shutdown`.
 pub async fn start(
     service: Arc<DnsService>,
     addr: SocketAddr,
+    udp_receive_buffer: usize,
     tcp_limits: TcpLimits,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) -> Result<DnsAddrs, DnsError> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let bind_err = |addr| move |source| DnsError::Bind { addr, source };
-    let (sockets, tcp) = bind_both(addr, cores).await?;
+    let (sockets, tcp) = bind_both(addr, cores, udp_receive_buffer).await?;
     let tcp_addr = tcp.local_addr().map_err(bind_err(addr))?;
     // One port for both (see `bind_both`).
     let addrs = DnsAddrs { udp: tcp_addr, tcp: tcp_addr };

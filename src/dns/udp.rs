@@ -34,18 +34,32 @@ const BATCH: usize = 32;
 const RECEIVE_WAKE: Duration = Duration::from_millis(500);
 
 /// Binds `count` sockets to `addr` with `SO_REUSEPORT` (port 0: the first picks a port, the
-/// rest share it).
-pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<Socket>> {
+/// rest share it), each asking the kernel for `receive_buffer` bytes of queue.
+pub fn bind(addr: SocketAddr, count: usize, receive_buffer: usize) -> io::Result<Vec<Socket>> {
     let mut sockets = Vec::with_capacity(count);
     let mut addr = addr;
-    for _ in 0..count.max(1) {
+    for n in 0..count.max(1) {
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         socket.set_reuse_port(true)?;
         if addr.is_ipv6() {
             socket.set_only_v6(true)?;
         }
-        // Room for bursts: a few thousand queries queue in the kernel, not in cairn.
-        let _ = socket.set_recv_buffer_size(4 << 20);
+        // Room for bursts and stalls: queries queue in the kernel, not in cairn. Linux doubles
+        // the request for its bookkeeping and caps it at `net.core.rmem_max`.
+        let _ = socket.set_recv_buffer_size(receive_buffer);
+        if n == 0 {
+            let granted = socket.recv_buffer_size().unwrap_or(0);
+            if granted < receive_buffer {
+                // Info, not a warning: most hosts' default cap (208 KiB) is below the default ask.
+                tracing::info!(
+                    requested = receive_buffer,
+                    granted,
+                    "the DNS UDP receive buffer is smaller than limits.dns_udp_receive_buffer_bytes asks \
+                     (the kernel caps it at net.core.rmem_max; raise that sysctl for more): fewer queries \
+                     wait through a busy moment, more are dropped"
+                );
+            }
+        }
         socket.set_read_timeout(Some(RECEIVE_WAKE))?;
         socket.bind(&addr.into())?;
         addr = socket.local_addr()?.as_socket().ok_or_else(|| io::Error::other("UDP socket has no IP address"))?;
@@ -348,7 +362,7 @@ mod tests {
 
     #[test]
     fn a_batch_takes_what_is_queued_answers_each_source_and_shutdown_wakes_the_receive() {
-        let socket = bind("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0);
+        let socket = bind("127.0.0.1:0".parse().unwrap(), 1, 1 << 20).unwrap().remove(0);
         socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let server = socket.local_addr().unwrap().as_socket().unwrap();
         let clients: Vec<std::net::UdpSocket> =
@@ -394,6 +408,17 @@ mod tests {
         socket.shutdown(std::net::Shutdown::Read).unwrap_or(());
         let waited = blocked.join().unwrap();
         assert!(waited < Duration::from_secs(5), "the receive stayed blocked for {waited:?}");
+    }
+
+    #[test]
+    fn sockets_ask_for_the_receive_buffer_given() {
+        let granted = |ask: usize| {
+            let socket = bind("127.0.0.1:0".parse().unwrap(), 1, ask).unwrap().remove(0);
+            socket.recv_buffer_size().unwrap()
+        };
+        // Linux doubles what is asked (below its cap, net.core.rmem_max: 208 KiB by default).
+        assert_eq!(granted(64 << 10), 128 << 10);
+        assert!(granted(1 << 20) > 128 << 10);
     }
 
     #[test]
