@@ -44,8 +44,8 @@ pub fn bind(addr: SocketAddr, count: usize, receive_buffer: usize) -> io::Result
         if addr.is_ipv6() {
             socket.set_only_v6(true)?;
         }
-        // Room for bursts and stalls: queries queue in the kernel, not in cairn. Linux doubles
-        // the request for its bookkeeping and caps it at `net.core.rmem_max`.
+        // Room for bursts and stalls: queries queue in the kernel, not in cairn. Linux caps the
+        // request at `net.core.rmem_max`, then doubles it for its bookkeeping.
         let _ = socket.set_recv_buffer_size(receive_buffer);
         if n == 0 {
             let granted = socket.recv_buffer_size().unwrap_or(0);
