@@ -152,6 +152,11 @@ impl Key {
     fn qname_lower(&self) -> &[u8] {
         &self.bytes[..self.name_len]
     }
+
+    /// The client's effective UDP size (512 without EDNS), as in the key.
+    fn client_size(&self) -> u16 {
+        u16::from_be_bytes([self.bytes[self.name_len + 2], self.bytes[self.name_len + 3]])
+    }
 }
 
 enum Entry {
@@ -172,7 +177,8 @@ pub struct AnswerCache {
     second: u32,
     entries: HashMap<Box<[u8]>, Entry>,
     next_variant: usize,
-    /// Answers built through the full path for this cache (misses, fills, rebuilds).
+    /// Answers built through the full path for this cache (misses and the counts some take,
+    /// fills, rebuilds).
     builds: u64,
 }
 
@@ -201,8 +207,7 @@ impl AnswerCache {
         let (entry, built_now) = match self.entries.get_mut(key.as_bytes()) {
             Some(entry) => (entry, false),
             None => {
-                self.builds += 1;
-                let built = build_entry(&key, &query, service)?;
+                let built = build_entry(&key, &query, service, &mut self.builds)?;
                 if self.entries.len() >= ENTRIES_MAX {
                     self.entries.clear();
                 }
@@ -264,8 +269,9 @@ fn canonical_request(key: &Key, query: &PlainQuery<'_>) -> Vec<u8> {
 
 /// A miss: the first variant, or what the name takes instead (the full path, not ours).
 /// Only one variant is built here; the others come with the next hits.
-fn build_entry(key: &Key, query: &PlainQuery<'_>, service: &DnsService) -> Option<Entry> {
+fn build_entry(key: &Key, query: &PlainQuery<'_>, service: &DnsService, builds: &mut u64) -> Option<Entry> {
     let request = canonical_request(key, query);
+    *builds += 1;
     let bytes = match service.reply_fast(&request, Transport::Udp) {
         Reply::NotOurs => return Some(Entry::NotOurs),
         Reply::Drop => return None,
@@ -274,9 +280,16 @@ fn build_entry(key: &Key, query: &PlainQuery<'_>, service: &DnsService) -> Optio
     if !question_first(&bytes, key) {
         return None;
     }
+    // Only a cut answer (TC for size, or as many answers as a policy cap allows) can hold
+    // fewer records than the full set; only then is the full set built to count them.
     let answers = be16(&bytes, 6);
-    if answers > 0 && answers < full_answer_count(service, &request) {
-        return Some(Entry::FullPath);
+    let truncated = bytes[2] & 0x02 != 0;
+    let capped = service.udp_policy_cap(query.qtype, key.client_size()).is_some_and(|cap| usize::from(answers) >= cap);
+    if answers > 0 && (truncated || capped) {
+        *builds += 1;
+        if answers < full_answer_count(service, &request) {
+            return Some(Entry::FullPath);
+        }
     }
     // Anything carrying an SOA (negative answers, SOA queries) has the clock as serial.
     let has_soa = be16(&bytes, 8) > 0 || query.qtype == u16::from(hickory_proto::rr::RecordType::SOA);
@@ -381,12 +394,18 @@ mod tests {
     /// A cache over a store holding `services` services of three healthy instances each,
     /// and the A query for each service name.
     fn catalog(services: usize) -> (tempfile::TempDir, DnsService, Vec<Vec<u8>>) {
+        catalog_of(services, 3)
+    }
+
+    /// As `catalog`, with `instances` instances per service.
+    fn catalog_of(services: usize, instances: usize) -> (tempfile::TempDir, DnsService, Vec<Vec<u8>>) {
         use super::super::wire_tests::{register, responder};
         use crate::store::{AppliedBatch, Store};
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), 64 << 20).expect("store");
-        let commands: Vec<_> =
-            (0..services * 3).map(|i| register(i, &format!("svc-{i}"), &format!("svc-{}", i / 3))).collect();
+        let commands: Vec<_> = (0..services * instances)
+            .map(|i| register(i, &format!("svc-{i}"), &format!("svc-{}", i / instances)))
+            .collect();
         store.apply(&[AppliedBatch { index: 2, commands: &commands, leader_time_ms: None }], &[]).expect("apply");
         let settings = super::super::DnsSettings {
             responder: responder(3, 0),
@@ -411,15 +430,41 @@ mod tests {
             let answer = Message::from_vec(&answer).expect("answer");
             assert_eq!((answer.metadata.id, answer.answers.len()), (0xbeef, 3));
             orders.insert(format!("{:?}", answer.answers));
-            assert_eq!(cache.builds, n, "each of the first {VARIANTS} answers is built once");
+            // The miss also counts the full set: 3 answers is as many as a 512-byte client
+            // may get (udp_answer_limit), so they may have been cut.
+            assert_eq!(cache.builds, n + 1, "each of the first {VARIANTS} answers is built once");
         }
         // From then on the variants answer, with a rebuild only now and then.
         for _ in 0..1000 {
             assert!(matches!(cache.reply(&queries[0], &service), Some(Reply::Bytes(_))));
         }
-        let rebuilds = cache.builds - VARIANTS as u64;
+        let rebuilds = cache.builds - VARIANTS as u64 - 1;
         assert!((4..=60).contains(&rebuilds), "{rebuilds} rebuilds in 1000 hits (about 1000/{RESHUFFLE_EVERY})");
         assert!(orders.len() > 1, "the first answers were all in one order: {orders:?}");
+    }
+
+    #[test]
+    fn only_an_answer_that_may_have_been_cut_is_counted_against_the_full_set() {
+        let count = |instances: usize, edns: Option<u16>| {
+            let (_dir, service, _) = catalog_of(1, instances);
+            let mut cache = AnswerCache::default();
+            cache.refresh(&service, 1);
+            let reply = cache.reply(&packet("svc-0.service.consul.", edns), &service);
+            let answers = match reply {
+                Some(Reply::Bytes(answer)) => Message::from_vec(&answer).expect("answer").answers.len(),
+                None => 0, // the full path: a subset, drawn per response
+                Some(_) => panic!("not an answer"),
+            };
+            (answers, cache.builds)
+        };
+        // Under the 512-byte client's cap of 3: complete, no count.
+        assert_eq!(count(2, None), (2, 1));
+        // At the cap: counted, complete.
+        assert_eq!(count(3, None), (3, 2));
+        // Over it: counted, a subset, so every response takes the full path.
+        assert_eq!(count(5, None), (0, 2));
+        // An EDNS client of 1232 bytes has no cap: five answers fit, no count.
+        assert_eq!(count(5, Some(1232)), (5, 1));
     }
 
     #[test]

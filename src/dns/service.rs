@@ -280,6 +280,12 @@ impl DnsService {
         self.settings.load().responder.reply_to_packet(packet, transport, &directory, &mut rand::rng())
     }
 
+    /// The most answers a UDP response to `qtype` for a client of `client_size` bytes may
+    /// carry by policy (see [`Responder::policy_cap`]).
+    pub fn udp_policy_cap(&self, qtype: u16, client_size: u16) -> Option<usize> {
+        self.settings.load().responder.policy_cap(qtype.into(), Transport::Udp, client_size)
+    }
+
     /// What answers are currently built from: the directory index and the settings
     /// generation (the answer cache's validity).
     pub fn answers_version(&self) -> (u64, u64) {

@@ -274,6 +274,20 @@ impl Responder {
         self.encode(request, &question, built, transport)
     }
 
+    /// The most answers a response may carry by policy (load spreading, never TC):
+    /// `a_record_limit` for address queries on any transport, `udp_answer_limit` for UDP
+    /// clients of 512 bytes (no EDNS, or EDNS asking no more). `None`: no cap.
+    pub fn policy_cap(&self, qtype: RecordType, transport: Transport, client_size: u16) -> Option<usize> {
+        let is_address_query = matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY);
+        let by_type = (self.a_record_limit > 0 && is_address_query).then_some(self.a_record_limit);
+        let by_size = (transport == Transport::Udp && client_size <= UDP_PLAIN_MAX && self.udp_answer_limit > 0)
+            .then_some(self.udp_answer_limit);
+        match (by_type, by_size) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// The response bytes for `built`: header flags, EDNS, the policy limits and the size
     /// limit.
     fn encode(
@@ -291,13 +305,8 @@ impl Responder {
             message.set_edns(response_edns(client_edns));
         }
 
-        // Policy limits: load spreading, never TC.
-        let is_address_query = matches!(question.qtype, RecordType::A | RecordType::AAAA | RecordType::ANY);
-        if self.a_record_limit > 0 && is_address_query {
-            built.answers.truncate(self.a_record_limit);
-        }
-        if transport == Transport::Udp && client_size <= UDP_PLAIN_MAX && self.udp_answer_limit > 0 {
-            built.answers.truncate(self.udp_answer_limit);
+        if let Some(cap) = self.policy_cap(question.qtype, transport, client_size) {
+            built.answers.truncate(cap);
         }
         let max = match transport {
             Transport::Udp => client_size.min(UDP_PAYLOAD_MAX) as usize,
