@@ -27,6 +27,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d /tmp/cairn-dns-latency.XXXXXX)
 pids=()
 cleanup() {
+    if [ -n "${restore_rmem:-}" ]; then "${sudo_cmd[@]}" sysctl -q -w net.core.rmem_default="$old_rmem" || true; fi
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     rm -rf "$work"
@@ -34,55 +35,16 @@ cleanup() {
 trap cleanup EXIT
 gcc -O2 -Wall -o "$work/udpload" "$here/udpload.c"
 python3 "$here/gen.py" files "$work"
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
+unpinned=""
+on_server=(taskset -c 0)
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
 declare -A port=()
-port[knot]=$(free_port)
-mkdir -p "$work/knot"
-cat >"$work/knot/knot.conf" <<EOF
-server:
-    rundir: "$work/knot"
-    listen: 127.0.0.1@${port[knot]}
-    udp-workers: 1
-    tcp-workers: 1
-    background-workers: 1
-log:
-  - target: stderr
-    any: warning
-database:
-    storage: "$work/knot"
-zone:
-  - domain: consul.
-    storage: "$work"
-    file: "consul.zone"
-EOF
-# Knot takes the system's default receive buffer; give it NSD's 2 MiB as bench/dns/run.sh does.
-old_rmem=$(sysctl -n net.core.rmem_default)
-sysctl -q -w net.core.rmem_default=2097152 2>/dev/null || true
-taskset -c 0 knotd -c "$work/knot/knot.conf" >"$work/knot/out.log" 2>&1 &
-pids+=($!)
-sleep 1
-sysctl -q -w net.core.rmem_default="$old_rmem" 2>/dev/null || true
-
-for name in old new; do
-    mkdir -p "$work/$name"
-    taskset -c 0 "${bin[$name]}" agent -server -bootstrap-expect 1 -data-dir "$work/$name/data" -http-port 0 \
-        -dns-port 0 -server-port 0 -serf-lan-port 0 -serf-wan-port -1 -node bench -log-level info \
-        >"$work/$name/out.log" 2>&1 &
-    pids+=($!)
-done
-for name in old new; do
-    for _ in $(seq 300); do
-        grep -q "registered this server in the catalog" "$work/$name/out.log" && break
-        sleep 0.1
-    done
-    http=$(sed -n 's/.*HTTP API listening addr=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/$name/out.log" | head -n 1)
-    port[$name]=$(sed -n 's/.*DNS listening (UDP and TCP) addr=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/$name/out.log" | head -n 1)
-    if [ -z "$http" ] || [ -z "${port[$name]}" ]; then
-        echo "latency_ab.sh: $name (${bin[$name]}) did not start:" >&2; cat "$work/$name/out.log" >&2; exit 1
-    fi
-    python3 "$here/gen.py" load "$http"
-done
+# shellcheck source=bench/dns/servers.sh
+source "$here/servers.sh"
+start_knot knot "$work"
+start_cairn old "${bin[old]}"
+start_cairn new "${bin[new]}"
 
 for rate in $rates; do
     for round in 1 2 3; do

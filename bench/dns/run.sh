@@ -105,67 +105,8 @@ mkdir -p "$work/big"
 python3 "$here/gen.py" files "$work/big" "$big_services"
 cp "$work/big/queries-a.txt" "$work/queries-a10x.txt"
 
-free_port() {
-    python3 -c '
-import socket
-while True:
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 0)); port = u.getsockname()[1]
-    t = socket.socket()
-    try:
-        t.bind(("127.0.0.1", port)); print(port); break
-    except OSError:
-        pass
-'
-}
-
-# --- servers -----------------------------------------------------------------------------
-# Knot, pinned: one UDP worker, one TCP worker, one background worker (it has one core);
-# unpinned: its defaults (a UDP and a TCP worker per core).
-# Knot 3.2 has no option for its UDP receive buffer and takes the system default
-# (net.core.rmem_default, 208 KiB on Debian: ~300 queued queries), so it drops queries
-# whenever its core stalls for a few ms, where cairn (8 MiB) and NSD (2 MiB) queue them.
-# The default is raised to NSD's 2 MiB while knotd creates its sockets, then restored
-# (KNOT_RMEM=0 to skip; needs root).
-knot_rmem=${KNOT_RMEM:-2097152}
-old_rmem=$(sysctl -n net.core.rmem_default)
-start_knot() { # NAME ZONE_DIR: a Knot serving ZONE_DIR/consul.zone, its port in port[NAME]
-    local name=$1 zones=$2 p workers=""
-    p=$(free_port)
-    mkdir -p "$work/$name"
-    if [ -z "$unpinned" ]; then
-        workers=$'    udp-workers: 1\n    tcp-workers: 1\n    background-workers: 1'
-    fi
-    cat > "$work/$name/knot.conf" <<EOF
-server:
-    rundir: "$work/$name"
-    listen: 127.0.0.1@$p
-$workers
-log:
-  - target: stderr
-    any: warning
-database:
-    storage: "$work/$name"
-zone:
-  - domain: consul.
-    storage: "$zones"
-    file: "consul.zone"
-EOF
-    if [ "$knot_rmem" != 0 ]; then
-        "${sudo_cmd[@]}" sysctl -q -w net.core.rmem_default="$knot_rmem"
-        restore_rmem=1
-    fi
-    "${on_server[@]}" knotd -c "$work/$name/knot.conf" > "$work/$name/out.log" 2>&1 &
-    pids+=($!)
-    for _ in $(seq 300); do
-        dig +noedns +short +tries=1 +time=1 @127.0.0.1 -p "$p" svc-1.service.consul A 2>/dev/null | grep -q . && break
-        sleep 0.1
-    done
-    if [ -n "${restore_rmem:-}" ]; then
-        "${sudo_cmd[@]}" sysctl -q -w net.core.rmem_default="$old_rmem"
-        restore_rmem=
-    fi
-    port[$name]=$p
-}
+# shellcheck source=bench/dns/servers.sh
+source "$here/servers.sh"
 
 # NSD: one server process pinned (server-count 1), one per core unpinned (with reuseport, as
 # Knot and cairn), RRL off. The same records as Knot and cairn: NSD adds the zone's NS
@@ -211,23 +152,7 @@ declare -A port=()
 start_knot knot "$work"
 start_nsd nsd "$work"
 
-# cairn: pinned, under taskset -c 0 it sees one core, so it runs one UDP socket and one runtime
-# worker; unpinned, one of each per core.
-mkdir -p "$work/cairn"
-"${on_server[@]}" "$cairn_bin" agent -server -bootstrap-expect 1 -data-dir "$work/cairn/data" \
-    -http-port 0 -dns-port 0 -server-port 0 -serf-lan-port 0 -serf-wan-port -1 -node bench -log-level info \
-    > "$work/cairn/out.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 300); do
-    grep -q "registered this server in the catalog" "$work/cairn/out.log" && break
-    sleep 0.1
-done
-if ! grep -q "registered this server in the catalog" "$work/cairn/out.log"; then
-    echo "run.sh: cairn did not become ready:" >&2; cat "$work/cairn/out.log" >&2; exit 1
-fi
-http_port=$(sed -n 's/.*HTTP API listening addr=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/cairn/out.log" | head -n 1)
-port[cairn]=$(sed -n 's/.*DNS listening (UDP and TCP) addr=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/cairn/out.log" | head -n 1)
-python3 "$here/gen.py" load "$http_port"
+start_cairn cairn "$cairn_bin"
 
 servers=(knot nsd cairn)
 
@@ -371,7 +296,7 @@ done
 # 10x the catalog: cairn gets the other 9,000 services registered; Knot and NSD serve the
 # larger zone from second instances (the first ones are stopped to leave them no CPU).
 echo; echo "== 10x the catalog: $big_services services x 3"
-python3 "$here/gen.py" load "$http_port" "$big_services"
+python3 "$here/gen.py" load "${http_port[cairn]}" "$big_services"
 for pid in "${pids[@]:0:2}"; do kill "$pid"; wait "$pid" 2>/dev/null || true; done
 start_knot knot10 "$work/big"
 start_nsd nsd10 "$work/big"
